@@ -1,0 +1,1 @@
+//! Live capture: pre-copy on log-dirty, a brief pause, write-behind.

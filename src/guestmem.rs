@@ -1,0 +1,190 @@
+//! Reading guest memory that changes under us.
+//!
+//! Guest frames are mapped from another agent (the guest's vCPUs, or the simulator's writer
+//! threads), which may write them at any moment. They are therefore never seen as `&[u8]`: every
+//! access is a volatile word read, as rust-vmm's volatile slices do. This is the only module of
+//! the `xckpt` crate with `unsafe` code.
+
+use crate::hv::PAGE_SIZE;
+
+const WORDS: usize = PAGE_SIZE / 8;
+
+/// A read-only view of one mapped guest page, valid for `'a`.
+#[derive(Clone, Copy)]
+pub struct GuestPage<'a> {
+    ptr: *const u64,
+    _life: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> GuestPage<'a> {
+    /// Wrap a mapped guest page.
+    ///
+    /// # Safety
+    /// `ptr` must be page-aligned and point to `PAGE_SIZE` readable bytes that stay mapped for
+    /// `'a`. Other agents may write them concurrently; this type only reads them volatilely.
+    pub unsafe fn new(ptr: *const u8) -> Self {
+        debug_assert_eq!(ptr as usize % PAGE_SIZE, 0);
+        GuestPage { ptr: ptr.cast(), _life: std::marker::PhantomData }
+    }
+
+    /// Copy the page into `dst`. The copy is a snapshot of each word at some instant.
+    pub fn copy_to(&self, dst: &mut [u8]) {
+        assert_eq!(dst.len(), PAGE_SIZE);
+        for (i, chunk) in dst.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `i < WORDS`, so the read stays inside the page that `new`'s contract keeps
+            // mapped and readable for 'a; the pointer is page-aligned so every word is aligned.
+            let w = unsafe { self.ptr.add(i).read_volatile() };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+    }
+
+    /// Whether every byte of the page is zero now.
+    pub fn is_zero(&self) -> bool {
+        (0..WORDS).all(|i| {
+            // SAFETY: as in `copy_to`: `i < WORDS`, aligned, mapped for 'a.
+            unsafe { self.ptr.add(i).read_volatile() == 0 }
+        })
+    }
+}
+
+/// A writable view of one page of memory owned by the simulator, shared with reader threads.
+#[derive(Clone, Copy)]
+pub struct SharedPageMut {
+    ptr: *mut u64,
+}
+
+// SAFETY: the pointer refers to memory that outlives all users (the simulator's mapping, dropped
+// only after its writer threads are joined) and every access through it is volatile.
+unsafe impl Send for SharedPageMut {}
+// SAFETY: as above; concurrent volatile reads and writes of aligned words are the intended use.
+unsafe impl Sync for SharedPageMut {}
+
+impl SharedPageMut {
+    /// Wrap a page of shared memory for volatile writes.
+    ///
+    /// # Safety
+    /// `ptr` must be page-aligned and point to `PAGE_SIZE` writable bytes that stay mapped for as
+    /// long as this value or a copy of it is used.
+    pub unsafe fn new(ptr: *mut u8) -> Self {
+        debug_assert_eq!(ptr as usize % PAGE_SIZE, 0);
+        SharedPageMut { ptr: ptr.cast() }
+    }
+
+    /// Overwrite the page with `src`, word by word.
+    pub fn write_from(&self, src: &[u8]) {
+        assert_eq!(src.len(), PAGE_SIZE);
+        for (i, chunk) in src.chunks_exact(8).enumerate() {
+            let w = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
+            // SAFETY: `i < WORDS`, aligned, and `new`'s contract keeps the page mapped and
+            // writable; concurrent readers only use volatile reads.
+            unsafe { self.ptr.add(i).write_volatile(w) };
+        }
+    }
+
+    /// A read view of the same page.
+    pub fn as_page(&self) -> GuestPage<'_> {
+        // SAFETY: the page is mapped and readable for as long as `self` is (contract of `new`).
+        unsafe { GuestPage::new(self.ptr.cast::<u8>()) }
+    }
+}
+
+/// Anonymous memory mapped for the simulator's guest RAM, unmapped on drop.
+pub struct AnonMapping {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain process memory; all accesses go through volatile page views.
+unsafe impl Send for AnonMapping {}
+// SAFETY: as above.
+unsafe impl Sync for AnonMapping {}
+
+impl AnonMapping {
+    /// Map `pages` zeroed pages (lazily backed: untouched pages cost nothing).
+    pub fn new(pages: u64) -> std::io::Result<Self> {
+        let len = usize::try_from(pages)
+            .ok()
+            .and_then(|p| p.checked_mul(PAGE_SIZE))
+            .filter(|&l| l > 0)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choice; no existing
+        // memory is affected. The result is checked against MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(AnonMapping { base: base.cast(), len })
+    }
+
+    /// Number of pages mapped.
+    pub fn pages(&self) -> u64 {
+        (self.len / PAGE_SIZE) as u64
+    }
+
+    /// A writable view of page `pfn`. Panics if out of range.
+    pub fn page_mut(&self, pfn: u64) -> SharedPageMut {
+        assert!(pfn < self.pages(), "pfn {pfn} out of range");
+        // SAFETY: `pfn` is in range, so the page lies inside the mapping, which stays mapped until
+        // `self` drops; callers (the simulator) join their writers before dropping it.
+        unsafe { SharedPageMut::new(self.base.add(pfn as usize * PAGE_SIZE)) }
+    }
+
+    /// A read view of page `pfn`, valid while `self` lives. Panics if out of range.
+    pub fn page(&self, pfn: u64) -> GuestPage<'_> {
+        assert!(pfn < self.pages(), "pfn {pfn} out of range");
+        // SAFETY: in range, and borrowed from `self`, so it cannot outlive the mapping.
+        unsafe { GuestPage::new(self.base.add(pfn as usize * PAGE_SIZE)) }
+    }
+
+    /// Give pages `[pfn, pfn+count)` back to the kernel; they read as zero afterwards.
+    pub fn discard(&self, pfn: u64, count: u64) {
+        assert!(pfn + count <= self.pages(), "range out of mapping");
+        // SAFETY: the range lies inside our own private anonymous mapping; MADV_DONTNEED on it
+        // only replaces its contents with zero pages.
+        unsafe {
+            libc::madvise(
+                self.base.add(pfn as usize * PAGE_SIZE).cast(),
+                count as usize * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
+impl Drop for AnonMapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly what mmap returned; no view outlives `self`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(align(4096))]
+    struct Aligned([u8; PAGE_SIZE]);
+
+    #[test]
+    fn copy_and_zero() {
+        let mut buf = Box::new(Aligned([0u8; PAGE_SIZE]));
+        // SAFETY: `buf` is page-aligned, PAGE_SIZE bytes, and outlives `w`.
+        let w = unsafe { SharedPageMut::new(buf.0.as_mut_ptr()) };
+        assert!(w.as_page().is_zero());
+        let src: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+        w.write_from(&src);
+        let mut out = vec![0u8; PAGE_SIZE];
+        w.as_page().copy_to(&mut out);
+        assert_eq!(out, src);
+        assert!(!w.as_page().is_zero());
+    }
+}

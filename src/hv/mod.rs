@@ -1,0 +1,214 @@
+//! The hypervisor seen by a checkpoint: a short ladder of traits, each adding one capability.
+//!
+//! ```text
+//! Domain          identity, info, pause / unpause
+//!  +- DirtyLog    log-dirty enable / disable / fetch-and-clear
+//!  +- GuestMemory page types and batched read-only mapping of guest frames
+//!  +- MachineState opaque CPU / platform state blobs and the domain's config blob
+//! Checkpointable = DirtyLog + GuestMemory + MachineState
+//! ```
+//!
+//! Two back-ends implement it: [`sim`] (an in-process domain with real memory and writers) and
+//! `xen` (libxenctrl through `xen-sys`). Dirty state travels as plain data: a [`PfnBitmap`] with
+//! bit `i` set when pfn `i` was written, the same layout as Xen's log-dirty bitmap.
+
+pub mod pause;
+pub mod sim;
+
+use bitvec::prelude::{BitVec, Lsb0};
+use serde::{Deserialize, Serialize};
+
+use crate::guestmem::GuestPage;
+
+/// Size of a guest page in bytes.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A guest frame number (pfn for PV, gfn for PVH/HVM).
+pub type Pfn = u64;
+
+/// One bit per pfn, bit `i` of word `i / 64` is pfn `i`: Xen's log-dirty bitmap layout.
+pub type PfnBitmap = BitVec<u64, Lsb0>;
+
+/// The kind of guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestType {
+    /// Paravirtualised guest (shadow paging needed for log-dirty).
+    Pv,
+    /// PVH guest (HAP).
+    Pvh,
+    /// HVM guest with a device model (HAP).
+    Hvm,
+}
+
+/// What identifies one incarnation of a domain. A checkpoint series is only valid while this
+/// stays the same; `instance` changes whenever the domain is re-created or migrated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainIdentity {
+    /// The domain's name.
+    pub name: String,
+    /// The domain id at capture time.
+    pub domid: u32,
+    /// The domain's uuid, canonical text form.
+    pub uuid: String,
+    /// Changes when the domain is re-created (Xen: domid + uuid + xenstore vm path + start time).
+    pub instance: String,
+}
+
+/// Facts about a running domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// Who it is.
+    pub identity: DomainIdentity,
+    /// PV, PVH or HVM.
+    pub guest_type: GuestType,
+    /// Size of the pfn space: highest guest frame number + 1.
+    pub pfn_count: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Frames the domain has populated.
+    pub populated_pages: u64,
+    /// Whether the domain is paused now.
+    pub paused: bool,
+}
+
+/// The type of a guest frame, as far as a checkpoint cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageType {
+    /// No frame behind this pfn (never populated, or ballooned out).
+    Unpopulated,
+    /// An ordinary populated frame.
+    Normal,
+    /// A frame Xen reports broken; it cannot be read.
+    Broken,
+    /// A populated frame with a back-end specific type (PV page tables); the raw type is kept.
+    Other(u32),
+}
+
+/// One opaque piece of CPU or platform state, kept apart from the pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateBlob {
+    /// What the blob is; see [`state_kind`].
+    pub kind: u32,
+    /// The bytes, exactly as the back-end produced them.
+    pub data: Vec<u8>,
+}
+
+/// Known [`StateBlob::kind`] values. Back-ends may add their own above 0x1000.
+pub mod state_kind {
+    /// The simulator's CPU state (a counter and a register file).
+    pub const SIM_CPU: u32 = 1;
+    /// `xc_domain_hvm_getcontext` output.
+    pub const HVM_CONTEXT: u32 = 0x10;
+    /// HVM params as libxc saves them: pairs of little-endian u64 (index, value).
+    pub const HVM_PARAMS: u32 = 0x11;
+    /// TSC info: mode u32, khz u32, nsec u64, incarnation u32 (libxc X86_TSC_INFO body).
+    pub const TSC_INFO: u32 = 0x12;
+    /// CPUID policy leaves (libxc X86_CPUID_POLICY body).
+    pub const CPUID_POLICY: u32 = 0x13;
+    /// MSR policy entries (libxc X86_MSR_POLICY body).
+    pub const MSR_POLICY: u32 = 0x14;
+    /// QEMU device state from QMP `xen-save-devices-state`.
+    pub const QEMU_STATE: u32 = 0x20;
+}
+
+/// An error from a hypervisor operation, naming the domain and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    /// No domain of that name, id or uuid.
+    #[error("no domain named {0:?}: check `xl list`")]
+    NoSuchDomain(String),
+    /// The back-end is not available on this host (e.g. Xen libraries missing).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The hypervisor refused or failed an operation.
+    #[error("domain {domain}: {op} failed: {reason}")]
+    Op {
+        /// Domain name or id.
+        domain: String,
+        /// The operation, e.g. "pause" or "log-dirty CLEAN".
+        op: &'static str,
+        /// Errno text or back-end message.
+        reason: String,
+    },
+    /// Log-dirty is not supported for this domain (PV guest on a hypervisor without shadow paging).
+    #[error("domain {domain}: log-dirty is not supported by this hypervisor ({reason}); use --no-live for a paused checkpoint")]
+    LogDirtyUnsupported {
+        /// Domain name.
+        domain: String,
+        /// Errno text.
+        reason: String,
+    },
+}
+
+impl HvError {
+    /// Build an [`HvError::Op`].
+    pub fn op(domain: impl Into<String>, op: &'static str, reason: impl std::fmt::Display) -> Self {
+        HvError::Op { domain: domain.into(), op, reason: reason.to_string() }
+    }
+}
+
+/// A domain: who it is, and pausing.
+pub trait Domain: Send + Sync {
+    /// Current facts about the domain.
+    fn info(&self) -> Result<DomainInfo, HvError>;
+    /// Pause all vCPUs (and writers). Prefer [`pause::PauseGuard`], which always unpauses.
+    fn pause(&self) -> Result<(), HvError>;
+    /// Undo one [`Domain::pause`].
+    fn unpause(&self) -> Result<(), HvError>;
+    /// Name used in messages.
+    fn name(&self) -> String;
+}
+
+/// Log-dirty tracking.
+pub trait DirtyLog: Domain {
+    /// Turn log-dirty mode on. Turning it on when already on is not an error.
+    fn logdirty_enable(&self) -> Result<(), HvError>;
+    /// Turn log-dirty mode off.
+    fn logdirty_disable(&self) -> Result<(), HvError>;
+    /// Whether log-dirty mode is on now.
+    fn logdirty_enabled(&self) -> Result<bool, HvError>;
+    /// Fetch the dirty bitmap and clear it, atomically (Xen's CLEAN). `into` is resized to
+    /// `pfn_count` bits and overwritten. Returns the number of dirty pages.
+    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError>;
+}
+
+/// Reading guest memory.
+pub trait GuestMemory: Domain {
+    /// The type of each pfn in `pfns`, written to `out` (same length).
+    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError>;
+    /// Map a batch of frames read-only. Frames that cannot be mapped report an errno per frame.
+    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError>;
+}
+
+/// A batch of mapped guest frames, unmapped on drop.
+pub trait MappedBatch {
+    /// Number of frames in the batch.
+    fn len(&self) -> usize;
+    /// Whether the batch is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Frame `i` of the batch, or the errno the hypervisor gave for it.
+    fn page(&self, i: usize) -> Result<GuestPage<'_>, i32>;
+}
+
+/// CPU and platform state, and the domain's configuration.
+pub trait MachineState: Domain {
+    /// Called once before pre-copy starts (Xen HVM: turn on QEMU's dirty log for DMA).
+    fn prepare_capture(&self) -> Result<(), HvError> {
+        Ok(())
+    }
+    /// Called once the capture ended, successful or not.
+    fn finish_capture(&self) -> Result<(), HvError> {
+        Ok(())
+    }
+    /// Opaque CPU / platform state. Called while the domain is paused.
+    fn save_state(&self) -> Result<Vec<StateBlob>, HvError>;
+    /// The domain's configuration blob (libxl JSON on Xen), as `xl save` embeds it.
+    fn config(&self) -> Result<Vec<u8>, HvError>;
+}
+
+/// Everything a live checkpoint needs.
+pub trait Checkpointable: DirtyLog + GuestMemory + MachineState {}
+impl<T: DirtyLog + GuestMemory + MachineState> Checkpointable for T {}

@@ -1,0 +1,1 @@
+//! The pause guard: a paused domain is always unpaused. INTERFACE STUB.

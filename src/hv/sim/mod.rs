@@ -1,0 +1,1 @@
+//! The simulated domain. INTERFACE STUB.

@@ -1,0 +1,114 @@
+//! The layer file: one checkpoint's pages, page index and VM state.
+//!
+//! INTERFACE STUB (to be replaced by the real implementation; keep these public names).
+
+pub mod frame;
+pub mod index;
+pub mod reader;
+pub mod writer;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hv::{DomainIdentity, GuestType};
+
+pub use frame::{compress_frame, Codec, Frame};
+pub use index::{IndexCounts, LayerIndex};
+pub use reader::{LayerReadError, LayerReader};
+pub use writer::{LayerWriteError, LayerWriter};
+
+/// Pages per zstd frame unless told otherwise (64 pages = 256 KiB).
+pub const DEFAULT_FRAME_PAGES: u32 = 64;
+
+/// Why a layer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// Every populated page.
+    Base,
+    /// Pages dirtied since the parent layer.
+    Incremental,
+    /// Every page whose content differs from the chain (after tracking was lost).
+    Resync,
+}
+
+/// A policy that evicted a page (restored as zeros). Zero and unpopulated pages are entries of
+/// their own, not evictions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictPolicy {
+    /// Free in the guest's page allocator (agent report).
+    Free,
+    /// Clean page cache dropped by the agent, then free.
+    Cache,
+    /// Ballooned out for the capture.
+    Balloon,
+}
+
+/// What a layer says about one pfn it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageEntry {
+    /// Page data is stored in a frame slot.
+    Data,
+    /// The page is all zeros.
+    Zero,
+    /// The page was evicted by a policy; it restores as zeros.
+    Evicted(EvictPolicy),
+    /// No frame behind the pfn (never populated, or ballooned out).
+    Unpopulated,
+}
+
+/// Figures of the capture that produced a layer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaptureStats {
+    /// Pre-copy rounds run (the paused final round not counted).
+    pub rounds: u32,
+    /// Pause to resume, microseconds, measured.
+    pub downtime_us: u64,
+    /// Live pre-copy time, milliseconds.
+    pub precopy_ms: u64,
+    /// Whole capture time (start to layer committed), milliseconds.
+    pub total_ms: u64,
+    /// Pages the layer had to cover (dirty since parent, or populated for a base).
+    pub dirty_pages: u64,
+    /// Page copies sent in all rounds, re-sent pages included.
+    pub sent_pages: u64,
+    /// Pages stored as data.
+    pub data_pages: u64,
+    /// Pages recorded as zero.
+    pub zero_pages: u64,
+    /// Pfns recorded as unpopulated.
+    pub unpopulated_pages: u64,
+    /// Pages evicted, per policy.
+    pub evicted: BTreeMap<EvictPolicy, u64>,
+    /// Free-form remarks for the summary (e.g. "free: no agent answered in 2 s").
+    pub notes: Vec<String>,
+}
+
+/// The header of a layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    /// Layer id, unique in its chain, increasing.
+    pub id: u64,
+    /// The layer this one is on top of.
+    pub parent: Option<u64>,
+    /// Base, incremental or resync.
+    pub kind: LayerKind,
+    /// The domain captured.
+    pub domain: DomainIdentity,
+    /// PV, PVH or HVM.
+    pub guest_type: GuestType,
+    /// Size of the pfn space.
+    pub pfn_count: u64,
+    /// vCPUs of the domain.
+    pub vcpus: u32,
+    /// Creation time (the pause instant), milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Pages per frame.
+    pub frame_pages: u32,
+    /// zstd level used (0 = stored raw).
+    pub compress_level: i32,
+    /// Capture figures.
+    pub stats: CaptureStats,
+}

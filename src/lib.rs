@@ -1,0 +1,24 @@
+//! xckpt: live, incremental checkpoints of Xen guests, restored through stock libxl.
+//!
+//! The modules follow the data path of a checkpoint and of a restore:
+//!
+//! ```text
+//! hv (domain: sim | xen) -> capture -> layer -> store -> compose -> stream -> libxl (xl restore)
+//!                              \-> evict (pages that need not be saved)
+//! ```
+//!
+//! * [`hv`] is the hypervisor trait ladder and its back-ends, with the pause guard.
+//! * [`guestmem`] is the one small module that reads guest memory changing under us.
+//! * [`capture`] runs live pre-copy on log-dirty, pauses briefly, and writes a layer after resume.
+//! * [`layer`] is the on-disk layer format (see `docs/format.md`).
+//! * [`store`] holds chains of layers per domain, with atomic updates and a manifest.
+//! * [`compose`] reads any point of a chain as one memory image.
+//! * [`stream`] turns an image into a Xen migration stream for `xl restore`, and parses one back.
+
+pub mod capture;
+pub mod compose;
+pub mod guestmem;
+pub mod hv;
+pub mod layer;
+pub mod store;
+pub mod stream;

@@ -1,0 +1,4 @@
+//! The `xckpt` command.
+fn main() {
+    println!("xckpt");
+}
