@@ -143,12 +143,13 @@ fn writer_loop(inner: &Inner, targets: &Targets, stop: &AtomicBool, done: &Atomi
     let mut bucket = TokenBucket::new(rate);
     while bucket.take(stop) {
         let pfn = targets.pick(&mut rng);
-        let generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        inner.content.fill(pfn, generation, &mut buf);
         let Some(_write) = inner.gate.enter(stop) else { break };
         // Writers only write populated pages; a page ballooned out since the start is skipped
-        // (ballooning holds the gate, so this check cannot race with it).
+        // (ballooning holds the gate, so this check cannot race with it). The generation only
+        // moves inside the gate, so it is stable while the domain is paused.
         if inner.populated.get(pfn) {
+            let generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            inner.content.fill(pfn, generation, &mut buf);
             inner.write_and_mark(pfn, &buf);
             done.fetch_add(1, Ordering::Relaxed);
         }
