@@ -24,6 +24,15 @@ fn observe_only_checks_pass_on_an_idle_sim() {
         ld.notes
     );
     suite::check_logdirty_exact(&d).unwrap();
+    let all = suite::run_with_writer(&d, 3).unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["logdirty-exact", "pause", "map", "logdirty", "precopy"]
+    );
+    assert!(all[4]
+        .to_string()
+        .starts_with("precopy: ok\n  pass: copy equals memory"));
 }
 
 #[test]

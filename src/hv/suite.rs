@@ -331,3 +331,40 @@ pub fn check_logdirty_exact<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(
     hv("disable", d.logdirty_disable())?;
     Ok(r)
 }
+
+impl std::fmt::Display for SuiteReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: ok", self.name)?;
+        for p in &self.passed {
+            writeln!(f, "  pass: {p}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every observe-only check, in order (pause, map, log-dirty, pre-copy with `rounds` rounds):
+/// what the Xen back-end runs on a live domain. Stops at the first failure.
+pub fn run_observe<D: DirtyLog + GuestMemory + ?Sized>(
+    d: &D,
+    rounds: u32,
+) -> Result<Vec<SuiteReport>, String> {
+    Ok(vec![
+        check_pause(d)?,
+        check_map(d)?,
+        check_logdirty(d)?,
+        check_precopy(d, rounds)?,
+    ])
+}
+
+/// [`check_logdirty_exact`] (no other writer may run meanwhile), then [`run_observe`].
+pub fn run_with_writer<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(
+    d: &D,
+    rounds: u32,
+) -> Result<Vec<SuiteReport>, String> {
+    let mut reports = vec![check_logdirty_exact(d)?];
+    reports.extend(run_observe(d, rounds)?);
+    Ok(reports)
+}
