@@ -17,7 +17,7 @@
 //!   log-dirty is off fails with `EINVAL` (the Xen back-end may see an empty bitmap instead),
 //!   so a capture that forgot to enable tracking fails loudly on the sim.
 //! * Pause counts nest like Xen's controller pause count; an unpause of an unpaused domain fails
-//!   with `EINVAL`. [`Domain::pause`] returns only once no write is in progress.
+//!   with `EINVAL`. [`crate::hv::Domain::pause`] returns only once no write is in progress.
 //! * Ground truth ([`Truth`]) is recorded on demand or automatically at each outermost pause.
 
 mod backend;
