@@ -6,24 +6,32 @@ use std::time::{Duration, Instant};
 
 use xckpt::compose::{Image, PageState};
 use xckpt::hv::sim::{
-    page_digest, AccessPattern, SimConfig, SimCpuState, SimDomain, TruthMode, WorkloadSpec, UNPOPULATED_DIGEST,
+    page_digest, AccessPattern, SimConfig, SimCpuState, SimDomain, TruthMode, WorkloadSpec,
+    UNPOPULATED_DIGEST,
 };
 use xckpt::hv::{
-    state_kind, DirtyLog, Domain, GuestMemory, MachineState, PageType, Pfn, PfnBitmap, StateBlob, PAGE_SIZE,
+    state_kind, DirtyLog, Domain, GuestMemory, MachineState, PageType, Pfn, PfnBitmap, StateBlob,
+    PAGE_SIZE,
 };
 use xckpt::layer::{EvictPolicy, LayerReadError};
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
 fn sim(pages: u64, pattern: AccessPattern, writers: usize) -> SimDomain {
     let mut cfg = SimConfig::small(pages);
-    cfg.workload = WorkloadSpec { pattern, rate_mib_s: 0.0 };
+    cfg.workload = WorkloadSpec {
+        pattern,
+        rate_mib_s: 0.0,
+    };
     cfg.writers = writers;
     SimDomain::new(cfg).unwrap()
 }
@@ -36,7 +44,10 @@ struct Copy {
 
 impl Copy {
     fn new(pages: u64) -> Self {
-        Copy { data: vec![0; pages as usize * PAGE_SIZE], populated: vec![false; pages as usize] }
+        Copy {
+            data: vec![0; pages as usize * PAGE_SIZE],
+            populated: vec![false; pages as usize],
+        }
     }
 
     fn take(&mut self, d: &SimDomain, pfns: &[Pfn]) {
@@ -66,14 +77,19 @@ fn ones(bits: &PfnBitmap) -> Vec<Pfn> {
 fn logdirty_every_write_in_exactly_the_next_clean() {
     let d = sim(1024, AccessPattern::Uniform, 0);
     let mut bits = PfnBitmap::new();
-    assert!(matches!(d.logdirty_clean(&mut bits), Err(xckpt::hv::HvError::Op { .. })));
+    assert!(matches!(
+        d.logdirty_clean(&mut bits),
+        Err(xckpt::hv::HvError::Op { .. })
+    ));
     d.logdirty_enable().unwrap();
     assert_eq!(d.logdirty_clean(&mut bits).unwrap(), 0);
     assert_eq!(bits.len(), 1024);
     let mut rng = fastrand::Rng::with_seed(3);
     let populated: Vec<Pfn> = (0..1024).filter(|&p| !(768..832).contains(&p)).collect();
     for round in 0..20u8 {
-        let mut want: Vec<Pfn> = (0..rng.usize(0..50)).map(|_| populated[rng.usize(..populated.len())]).collect();
+        let mut want: Vec<Pfn> = (0..rng.usize(0..50))
+            .map(|_| populated[rng.usize(..populated.len())])
+            .collect();
         for &p in &want {
             d.write_page(p, &vec![round; PAGE_SIZE]).unwrap();
         }
@@ -83,7 +99,10 @@ fn logdirty_every_write_in_exactly_the_next_clean() {
         assert_eq!(ones(&bits), want, "round {round}");
     }
     assert_eq!(d.logdirty_clean(&mut bits).unwrap(), 0);
-    assert!(d.write_page(800, &[0; PAGE_SIZE]).is_err(), "hole pfns cannot be written");
+    assert!(
+        d.write_page(800, &[0; PAGE_SIZE]).is_err(),
+        "hole pfns cannot be written"
+    );
 }
 
 #[test]
@@ -106,7 +125,10 @@ fn balloon_and_populate_are_dirty_and_change_types() {
     assert_eq!(ones(&bits_after(&d)), vec![10, 11]);
     let mut buf = vec![1u8; PAGE_SIZE];
     assert!(d.read_page(10, &mut buf).unwrap());
-    assert!(buf.iter().all(|&b| b == 0), "a re-populated page reads as zeros");
+    assert!(
+        buf.iter().all(|&b| b == 0),
+        "a re-populated page reads as zeros"
+    );
     assert_eq!(d.info().unwrap().populated_pages, 256 - 16 - 2);
 }
 
@@ -122,7 +144,13 @@ fn bits_after(d: &SimDomain) -> PfnBitmap {
 fn concurrent_writers_never_lose_a_write() {
     for (pattern, balloon) in [
         (AccessPattern::Uniform, false),
-        (AccessPattern::HotSet { hot_fraction: 0.05, hot_probability: 0.9 }, true),
+        (
+            AccessPattern::HotSet {
+                hot_fraction: 0.05,
+                hot_probability: 0.9,
+            },
+            true,
+        ),
         (AccessPattern::Sequential, false),
     ] {
         let pages = 2048;
@@ -151,10 +179,19 @@ fn concurrent_writers_never_lose_a_write() {
         let mut buf = vec![0u8; PAGE_SIZE];
         for pfn in 0..pages {
             let populated = d.read_page(pfn, &mut buf).unwrap();
-            assert_eq!(populated, copy.populated[pfn as usize], "{pattern:?}: pfn {pfn} population");
-            assert!(buf == copy.data[pfn as usize * PAGE_SIZE..][..PAGE_SIZE], "{pattern:?}: pfn {pfn} differs");
+            assert_eq!(
+                populated, copy.populated[pfn as usize],
+                "{pattern:?}: pfn {pfn} population"
+            );
+            assert!(
+                buf == copy.data[pfn as usize * PAGE_SIZE..][..PAGE_SIZE],
+                "{pattern:?}: pfn {pfn} differs"
+            );
         }
-        assert!(sent > 0 && d.generation() > 6000, "{pattern:?}: the writers ran during pre-copy");
+        assert!(
+            sent > 0 && d.generation() > 6000,
+            "{pattern:?}: the writers ran during pre-copy"
+        );
         d.unpause().unwrap();
         assert!(d.stop_workload() > 0);
     }
@@ -171,15 +208,23 @@ fn pause_stops_writers_and_nests() {
     let (g, digests) = (d.generation(), d.digests());
     std::thread::sleep(Duration::from_millis(30));
     d.unpause().unwrap();
-    assert!(d.info().unwrap().paused, "one of two unpauses leaves it paused");
+    assert!(
+        d.info().unwrap().paused,
+        "one of two unpauses leaves it paused"
+    );
     std::thread::sleep(Duration::from_millis(30));
     assert_eq!(d.digests(), digests, "memory is stable while paused");
     let progress: u64 = d.writer_progress().iter().sum();
     assert_eq!(d.generation(), g, "no write starts while paused");
     d.unpause().unwrap();
     assert!(!d.info().unwrap().paused);
-    assert!(matches!(d.unpause(), Err(xckpt::hv::HvError::Op { op: "unpause", .. })));
-    wait_for("writers to resume", || d.writer_progress().iter().sum::<u64>() > progress + 100);
+    assert!(matches!(
+        d.unpause(),
+        Err(xckpt::hv::HvError::Op { op: "unpause", .. })
+    ));
+    wait_for("writers to resume", || {
+        d.writer_progress().iter().sum::<u64>() > progress + 100
+    });
     d.stop_workload();
 }
 
@@ -224,20 +269,40 @@ fn workloads_pick_the_right_pages() {
         d.stop_workload();
         (written, ones(&bits))
     };
-    let (_, hot) = run(AccessPattern::HotSet { hot_fraction: 0.05, hot_probability: 1.0 }, 3000);
-    assert!(hot.len() <= (populated as f64 * 0.05).ceil() as usize, "{} pages outside the hot set", hot.len());
+    let (_, hot) = run(
+        AccessPattern::HotSet {
+            hot_fraction: 0.05,
+            hot_probability: 1.0,
+        },
+        3000,
+    );
+    assert!(
+        hot.len() <= (populated as f64 * 0.05).ceil() as usize,
+        "{} pages outside the hot set",
+        hot.len()
+    );
     let (written, seq) = run(AccessPattern::Sequential, 100);
     let hole = (pages * 3 / 4)..(pages * 3 / 4 + pages / 16);
-    let want: Vec<Pfn> = (0..pages).filter(|p| !hole.contains(p)).take(written as usize).collect();
+    let want: Vec<Pfn> = (0..pages)
+        .filter(|p| !hole.contains(p))
+        .take(written as usize)
+        .collect();
     assert_eq!(seq, want, "one sequential writer dirties a prefix");
     let (_, uniform) = run(AccessPattern::Uniform, 3000);
-    assert!(uniform.len() > hot.len() * 4, "uniform writes spread ({} pages)", uniform.len());
+    assert!(
+        uniform.len() > hot.len() * 4,
+        "uniform writes spread ({} pages)",
+        uniform.len()
+    );
 }
 
 #[test]
 fn rate_limit_is_roughly_respected() {
     let d = sim(1024, AccessPattern::Uniform, 2);
-    let spec = WorkloadSpec { pattern: AccessPattern::Uniform, rate_mib_s: 4.0 };
+    let spec = WorkloadSpec {
+        pattern: AccessPattern::Uniform,
+        rate_mib_s: 4.0,
+    };
     let start = Instant::now();
     d.start_workload_with(&spec, 2).unwrap();
     wait_for("writes", || d.generation() > 10);
@@ -245,7 +310,10 @@ fn rate_limit_is_roughly_respected() {
     let written = d.stop_workload();
     let allowed = 4.0 * 256.0 * start.elapsed().as_secs_f64();
     // Only an upper bound: a slow machine writes less, never more than the limit (+ bursts).
-    assert!((written as f64) <= allowed * 1.5 + 64.0, "{written} pages written, {allowed} allowed");
+    assert!(
+        (written as f64) <= allowed * 1.5 + 64.0,
+        "{written} pages written, {allowed} allowed"
+    );
 }
 
 /// An image held in memory, built from a paused sim.
@@ -271,7 +339,12 @@ impl MemImage {
                 }
             })
             .collect();
-        MemImage { states, data, blobs: d.save_state().unwrap(), config: d.config().unwrap() }
+        MemImage {
+            states,
+            data,
+            blobs: d.save_state().unwrap(),
+            config: d.config().unwrap(),
+        }
     }
 }
 
@@ -290,7 +363,9 @@ impl Image for MemImage {
     }
     fn read_page(&self, pfn: Pfn, buf: &mut [u8]) -> Result<(), LayerReadError> {
         match self.states[pfn as usize] {
-            PageState::Data(_) => buf.copy_from_slice(&self.data[pfn as usize * PAGE_SIZE..][..PAGE_SIZE]),
+            PageState::Data(_) => {
+                buf.copy_from_slice(&self.data[pfn as usize * PAGE_SIZE..][..PAGE_SIZE])
+            }
             _ => buf.fill(0),
         }
         Ok(())
@@ -314,7 +389,11 @@ fn from_image_round_trip() {
     let truth = d.truths()[at].clone();
     assert_eq!(truth.label, "checkpoint");
     let zero = page_digest(&[0; PAGE_SIZE]);
-    let evict = truth.digests.iter().position(|&g| g != zero && g != UNPOPULATED_DIGEST).unwrap() as Pfn;
+    let evict = truth
+        .digests
+        .iter()
+        .position(|&g| g != zero && g != UNPOPULATED_DIGEST)
+        .unwrap() as Pfn;
     let image = MemImage::of(&d, evict);
     let r = SimDomain::from_image(&image).unwrap();
     assert!(r.info().unwrap().paused, "a restored sim starts paused");
@@ -329,7 +408,10 @@ fn from_image_round_trip() {
     assert_ne!(r.identity().instance, d.identity().instance);
     let blob = &r.save_state().unwrap()[0];
     assert_eq!(blob.kind, state_kind::SIM_CPU);
-    assert_eq!(SimCpuState::decode(&blob.data).unwrap().generation, d.generation());
+    assert_eq!(
+        SimCpuState::decode(&blob.data).unwrap().generation,
+        d.generation()
+    );
     r.unpause().unwrap();
     d.unpause().unwrap();
     d.stop_workload();
@@ -346,7 +428,10 @@ fn writer_throughput() {
     std::thread::sleep(Duration::from_secs(2));
     let pages = d.stop_workload();
     let mib = pages as f64 * PAGE_SIZE as f64 / (1 << 20) as f64;
-    println!("one writer: {:.0} MiB/s", mib / start.elapsed().as_secs_f64());
+    println!(
+        "one writer: {:.0} MiB/s",
+        mib / start.elapsed().as_secs_f64()
+    );
     let batch: Vec<Pfn> = (0..65536).collect();
     let counter = AtomicU64::new(0);
     let t = Instant::now();
@@ -363,5 +448,27 @@ fn writer_throughput() {
         }
     }
     let gib = counter.load(Ordering::Relaxed) as f64 * PAGE_SIZE as f64 / (1u64 << 30) as f64;
-    println!("page_types + map + copy: {:.2} GiB/s", gib / t.elapsed().as_secs_f64());
+    println!(
+        "page_types + map + copy: {:.2} GiB/s",
+        gib / t.elapsed().as_secs_f64()
+    );
+    let spec = WorkloadSpec {
+        pattern: AccessPattern::Uniform,
+        rate_mib_s: 100.0,
+    };
+    let start = Instant::now();
+    d.start_workload_with(&spec, 2).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let pages = d.stop_workload();
+    let mib = pages as f64 * PAGE_SIZE as f64 / (1 << 20) as f64;
+    println!(
+        "limited to 100 MiB/s: {:.1} MiB/s",
+        mib / start.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let big = SimDomain::new(SimConfig::small(1 << 18)).unwrap();
+    println!("creating a 1 GiB sim: {:.2} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    big.digests();
+    println!("digests of 1 GiB: {:.2} s", t.elapsed().as_secs_f64());
 }

@@ -40,7 +40,10 @@ struct Registry {
     paused: Vec<(u64, Arc<dyn Domain>)>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { next_id: 0, paused: Vec::new() });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    next_id: 0,
+    paused: Vec::new(),
+});
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static FLAG_MODE: AtomicBool = AtomicBool::new(false);
 static SIGNALS_SEEN: AtomicU32 = AtomicU32::new(0);
@@ -76,7 +79,9 @@ fn ensure_signal_thread() -> Result<(), HvError> {
             .map_err(|e| e.to_string())
     });
     started.clone().map_err(|reason| {
-        HvError::Unavailable(format!("cannot install the SIGINT/SIGTERM handler that unpauses domains: {reason}"))
+        HvError::Unavailable(format!(
+            "cannot install the SIGINT/SIGTERM handler that unpauses domains: {reason}"
+        ))
     })
 }
 
@@ -87,7 +92,10 @@ fn on_signal(signo: i32) {
     for (_, dom) in reg.paused.drain(..) {
         match unpause_with_retries(&*dom) {
             Ok(()) => eprintln!("xckpt: signal {signo}: unpaused domain {}", dom.name()),
-            Err(e) => eprintln!("xckpt: signal {signo}: {e}; unpause it by hand (`xl unpause {}`)", dom.name()),
+            Err(e) => eprintln!(
+                "xckpt: signal {signo}: {e}; unpause it by hand (`xl unpause {}`)",
+                dom.name()
+            ),
         }
     }
     if !FLAG_MODE.load(Ordering::SeqCst) || seen >= 2 {
@@ -128,14 +136,23 @@ impl PauseGuard {
         }
         let mut reg = registry();
         if interrupted() {
-            return Err(HvError::op(dom.name(), "pause", "interrupted by SIGINT/SIGTERM"));
+            return Err(HvError::op(
+                dom.name(),
+                "pause",
+                "interrupted by SIGINT/SIGTERM",
+            ));
         }
         dom.pause()?;
         let paused_at = Instant::now();
         let id = reg.next_id;
         reg.next_id += 1;
         reg.paused.push((id, Arc::clone(&dom)));
-        Ok(PauseGuard { dom, id, paused_at, released: false })
+        Ok(PauseGuard {
+            dom,
+            id,
+            paused_at,
+            released: false,
+        })
     }
 
     /// When the pause took effect.
@@ -188,6 +205,9 @@ impl Drop for PauseGuard {
 
 impl std::fmt::Debug for PauseGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PauseGuard").field("domain", &self.dom.name()).field("paused_at", &self.paused_at).finish()
+        f.debug_struct("PauseGuard")
+            .field("domain", &self.dom.name())
+            .field("paused_at", &self.paused_at)
+            .finish()
     }
 }

@@ -32,7 +32,10 @@ pub struct SuiteReport {
 
 impl SuiteReport {
     fn new(name: &str) -> Self {
-        SuiteReport { name: name.to_string(), ..Default::default() }
+        SuiteReport {
+            name: name.to_string(),
+            ..Default::default()
+        }
     }
 
     fn pass(&mut self, what: impl Into<String>) {
@@ -71,7 +74,10 @@ fn hv<T>(what: &str, r: Result<T, crate::hv::HvError>) -> Result<T, String> {
 /// (unpaused is expected).
 pub fn check_pause<D: Domain + ?Sized>(d: &D) -> Result<SuiteReport, String> {
     let mut r = SuiteReport::new("pause");
-    r.ensure(!hv("info", d.info())?.paused, "domain is running at the start")?;
+    r.ensure(
+        !hv("info", d.info())?.paused,
+        "domain is running at the start",
+    )?;
     hv("pause", d.pause())?;
     let once = hv("info", d.info())?.paused;
     let nested = hv("pause", d.pause()).and_then(|()| {
@@ -85,7 +91,10 @@ pub fn check_pause<D: Domain + ?Sized>(d: &D) -> Result<SuiteReport, String> {
     r.ensure(once, "paused after one pause")?;
     r.ensure(twice, "paused after a nested pause")?;
     r.ensure(after_one, "still paused after one of two unpauses")?;
-    r.ensure(!hv("info", d.info())?.paused, "running after the last unpause")?;
+    r.ensure(
+        !hv("info", d.info())?.paused,
+        "running after the last unpause",
+    )?;
     Ok(r)
 }
 
@@ -104,14 +113,20 @@ pub fn check_map<D: GuestMemory + ?Sized>(d: &D) -> Result<SuiteReport, String> 
         hv("page types", d.page_types(&pfns, types))?;
         let batch = hv("map", d.map_batch(&pfns))?;
         if batch.len() != pfns.len() {
-            return Err(format!("map: batch of {} frames has length {}", pfns.len(), batch.len()));
+            return Err(format!(
+                "map: batch of {} frames has length {}",
+                pfns.len(),
+                batch.len()
+            ));
         }
         for (i, t) in types.iter().enumerate() {
             let page = batch.page(i);
             match t {
                 PageType::Normal => {
                     normal += 1;
-                    let p = page.map_err(|e| format!("map: normal pfn {:#x} failed with errno {e}", pfns[i]))?;
+                    let p = page.map_err(|e| {
+                        format!("map: normal pfn {:#x} failed with errno {e}", pfns[i])
+                    })?;
                     p.copy_to(&mut buf);
                 }
                 PageType::Unpopulated => {
@@ -126,8 +141,11 @@ pub fn check_map<D: GuestMemory + ?Sized>(d: &D) -> Result<SuiteReport, String> 
         start += pfns.len() as u64;
     }
     r.pass("every normal frame maps and reads; no unpopulated frame maps");
-    r.notes.push(format!("{normal} normal, {holes} unpopulated, {other} other frames"));
-    r.notes.push(format!("info().populated_pages = {}", info.populated_pages));
+    r.notes.push(format!(
+        "{normal} normal, {holes} unpopulated, {other} other frames"
+    ));
+    r.notes
+        .push(format!("info().populated_pages = {}", info.populated_pages));
     Ok(r)
 }
 
@@ -142,21 +160,36 @@ pub fn check_logdirty<D: DirtyLog + ?Sized>(d: &D) -> Result<SuiteReport, String
     r.pass("enabling when already enabled succeeds");
     let mut bits = PfnBitmap::new();
     let n = hv("CLEAN", d.logdirty_clean(&mut bits))?;
-    r.ensure(bits.len() as u64 == pfn_count, "CLEAN bitmap has pfn_count bits")?;
-    r.ensure(bits.count_ones() as u64 == n, "CLEAN count equals the bits set")?;
+    r.ensure(
+        bits.len() as u64 == pfn_count,
+        "CLEAN bitmap has pfn_count bits",
+    )?;
+    r.ensure(
+        bits.count_ones() as u64 == n,
+        "CLEAN count equals the bits set",
+    )?;
     hv("pause", d.pause())?;
     let first = hv("CLEAN", d.logdirty_clean(&mut bits));
     let second = hv("CLEAN", d.logdirty_clean(&mut bits));
     hv("unpause", d.unpause())?;
     let (first, second) = (first?, second?);
-    r.notes.push(format!("paused: first CLEAN {first} pages, second {second}"));
+    r.notes.push(format!(
+        "paused: first CLEAN {first} pages, second {second}"
+    ));
     hv("disable", d.logdirty_disable())?;
-    r.ensure(!hv("enabled", d.logdirty_enabled())?, "disabled after disable")?;
+    r.ensure(
+        !hv("enabled", d.logdirty_enabled())?,
+        "disabled after disable",
+    )?;
     Ok(r)
 }
 
 /// The digest of every pfn in `pfns` as read now (holes and unreadable frames get markers).
-fn digest_pfns<D: GuestMemory + ?Sized>(d: &D, pfns: &[Pfn], out: &mut [u64]) -> Result<(), String> {
+fn digest_pfns<D: GuestMemory + ?Sized>(
+    d: &D,
+    pfns: &[Pfn],
+    out: &mut [u64],
+) -> Result<(), String> {
     let mut buf = vec![0u8; PAGE_SIZE];
     let mut types = vec![PageType::Unpopulated; BATCH];
     for chunk in pfns.chunks(BATCH) {
@@ -181,7 +214,10 @@ fn digest_pfns<D: GuestMemory + ?Sized>(d: &D, pfns: &[Pfn], out: &mut [u64]) ->
 /// `rounds` of CLEAN + copy-the-dirty-pages while the guest runs, then pause, CLEAN, copy the
 /// rest, and check (still paused) that the copy equals memory exactly. "Copies" are digests.
 /// Leaves log-dirty off and the domain running.
-pub fn check_precopy<D: DirtyLog + GuestMemory + ?Sized>(d: &D, rounds: u32) -> Result<SuiteReport, String> {
+pub fn check_precopy<D: DirtyLog + GuestMemory + ?Sized>(
+    d: &D,
+    rounds: u32,
+) -> Result<SuiteReport, String> {
     let mut r = SuiteReport::new("precopy");
     let pfn_count = hv("info", d.info())?.pfn_count;
     let all: Vec<Pfn> = (0..pfn_count).collect();
@@ -213,10 +249,16 @@ pub fn check_precopy<D: DirtyLog + GuestMemory + ?Sized>(d: &D, rounds: u32) -> 
     unpaused?;
     disabled?;
     let lost: Vec<usize> = (0..now.len()).filter(|&i| now[i] != copy[i]).collect();
-    r.notes.push(format!("pages copied per round (last one paused): {sent:?}"));
+    r.notes.push(format!(
+        "pages copied per round (last one paused): {sent:?}"
+    ));
     r.ensure(
         lost.is_empty(),
-        format!("copy equals memory after the paused round ({} pfns differ, first {:?})", lost.len(), lost.first()),
+        format!(
+            "copy equals memory after the paused round ({} pfns differ, first {:?})",
+            lost.len(),
+            lost.first()
+        ),
     )?;
     Ok(r)
 }
@@ -224,17 +266,28 @@ pub fn check_precopy<D: DirtyLog + GuestMemory + ?Sized>(d: &D, rounds: u32) -> 
 /// Exact log-dirty semantics with a controlled writer and no other writer running: every page
 /// written after enable is in exactly the next CLEAN, CLEAN clears, a page written twice counts
 /// once, writes while off are not tracked, and enable starts from an empty bitmap.
-pub fn check_logdirty_exact<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(d: &D) -> Result<SuiteReport, String> {
+pub fn check_logdirty_exact<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(
+    d: &D,
+) -> Result<SuiteReport, String> {
     let mut r = SuiteReport::new("logdirty-exact");
     let pfn_count = hv("info", d.info())?.pfn_count;
     let pfns: Vec<Pfn> = (0..pfn_count).collect();
     let mut types = vec![PageType::Unpopulated; pfns.len()];
     hv("page types", d.page_types(&pfns, &mut types))?;
-    let normal: Vec<Pfn> = pfns.iter().copied().filter(|&p| types[p as usize] == PageType::Normal).collect();
+    let normal: Vec<Pfn> = pfns
+        .iter()
+        .copied()
+        .filter(|&p| types[p as usize] == PageType::Normal)
+        .collect();
     if normal.len() < 8 {
         return Err("logdirty-exact: needs at least 8 populated pages".into());
     }
-    let picks: Vec<Pfn> = normal.iter().copied().step_by((normal.len() / 7).max(1)).take(7).collect();
+    let picks: Vec<Pfn> = normal
+        .iter()
+        .copied()
+        .step_by((normal.len() / 7).max(1))
+        .take(7)
+        .collect();
     let page = |tag: u8| vec![tag; PAGE_SIZE];
     let mut bits = PfnBitmap::new();
 
@@ -242,7 +295,10 @@ pub fn check_logdirty_exact<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(d: 
     d.write_page(picks[0], &page(1))?;
     hv("enable", d.logdirty_enable())?;
     let n = hv("CLEAN", d.logdirty_clean(&mut bits))?;
-    r.ensure(n == 0 && bits.not_any(), "enable starts from an empty bitmap; writes while off are not tracked")?;
+    r.ensure(
+        n == 0 && bits.not_any(),
+        "enable starts from an empty bitmap; writes while off are not tracked",
+    )?;
 
     for (i, &p) in picks.iter().enumerate() {
         d.write_page(p, &page(10 + i as u8))?;
@@ -254,7 +310,10 @@ pub fn check_logdirty_exact<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(d: 
     let mut want = picks.clone();
     want.sort_unstable();
     want.dedup();
-    r.ensure(got == want && n == want.len() as u64, format!("CLEAN reports exactly the {} written pages", want.len()))?;
+    r.ensure(
+        got == want && n == want.len() as u64,
+        format!("CLEAN reports exactly the {} written pages", want.len()),
+    )?;
     r.pass("enable while enabled keeps the bitmap");
     let n = hv("CLEAN", d.logdirty_clean(&mut bits))?;
     r.ensure(n == 0 && bits.not_any(), "CLEAN clears the bitmap")?;
@@ -262,10 +321,50 @@ pub fn check_logdirty_exact<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(d: 
     d.write_page(picks[1], &page(7))?;
     hv("disable", d.logdirty_disable())?;
     r.ensure(!hv("enabled", d.logdirty_enabled())?, "disabled")?;
-    r.ensure(d.logdirty_clean(&mut bits).is_err(), "CLEAN fails while log-dirty is off")?;
+    r.ensure(
+        d.logdirty_clean(&mut bits).is_err(),
+        "CLEAN fails while log-dirty is off",
+    )?;
     hv("enable", d.logdirty_enable())?;
     let n = hv("CLEAN", d.logdirty_clean(&mut bits))?;
     r.ensure(n == 0, "disable drops pending dirty bits")?;
     hv("disable", d.logdirty_disable())?;
     Ok(r)
+}
+
+impl std::fmt::Display for SuiteReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: ok", self.name)?;
+        for p in &self.passed {
+            writeln!(f, "  pass: {p}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every observe-only check, in order (pause, map, log-dirty, pre-copy with `rounds` rounds):
+/// what the Xen back-end runs on a live domain. Stops at the first failure.
+pub fn run_observe<D: DirtyLog + GuestMemory + ?Sized>(
+    d: &D,
+    rounds: u32,
+) -> Result<Vec<SuiteReport>, String> {
+    Ok(vec![
+        check_pause(d)?,
+        check_map(d)?,
+        check_logdirty(d)?,
+        check_precopy(d, rounds)?,
+    ])
+}
+
+/// [`check_logdirty_exact`] (no other writer may run meanwhile), then [`run_observe`].
+pub fn run_with_writer<D: DirtyLog + GuestMemory + PageWriter + ?Sized>(
+    d: &D,
+    rounds: u32,
+) -> Result<Vec<SuiteReport>, String> {
+    let mut reports = vec![check_logdirty_exact(d)?];
+    reports.extend(run_observe(d, rounds)?);
+    Ok(reports)
 }

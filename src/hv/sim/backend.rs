@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use super::{lock, Inner, SimCpuState, SimDomain};
 use crate::guestmem::GuestPage;
 use crate::hv::{
-    state_kind, DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
-    PfnBitmap, StateBlob,
+    state_kind, DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch,
+    PageType, Pfn, PfnBitmap, StateBlob,
 };
 
 impl Domain for SimDomain {
@@ -41,7 +41,11 @@ impl Domain for SimDomain {
     fn unpause(&self) -> Result<(), HvError> {
         let mut count = lock(&self.inner.pauses);
         if *count == 0 {
-            return Err(HvError::op(self.name(), "unpause", "EINVAL: the domain is not paused"));
+            return Err(HvError::op(
+                self.name(),
+                "unpause",
+                "EINVAL: the domain is not paused",
+            ));
         }
         *count -= 1;
         self.inner.gate.release();
@@ -88,7 +92,11 @@ impl DirtyLog for SimDomain {
     fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
         let _switch = lock(&self.inner.logdirty_switch);
         if !self.logdirty_on() {
-            return Err(HvError::op(self.name(), "log-dirty CLEAN", "EINVAL: log-dirty mode is off"));
+            return Err(HvError::op(
+                self.name(),
+                "log-dirty CLEAN",
+                "EINVAL: log-dirty mode is off",
+            ));
         }
         Ok(self.inner.dirty.take_into(into))
     }
@@ -113,14 +121,26 @@ impl MappedBatch for SimBatch<'_> {
 impl GuestMemory for SimDomain {
     fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
         if pfns.len() != out.len() {
-            return Err(HvError::op(self.name(), "page types", "EINVAL: output length differs from input"));
+            return Err(HvError::op(
+                self.name(),
+                "page types",
+                "EINVAL: output length differs from input",
+            ));
         }
         let inner = &self.inner;
         for (&pfn, t) in pfns.iter().zip(out.iter_mut()) {
             if pfn >= inner.pfn_count {
-                return Err(HvError::op(self.name(), "page types", format!("EINVAL: pfn {pfn:#x} beyond pfn_count")));
+                return Err(HvError::op(
+                    self.name(),
+                    "page types",
+                    format!("EINVAL: pfn {pfn:#x} beyond pfn_count"),
+                ));
             }
-            *t = if inner.populated.get(pfn) { PageType::Normal } else { PageType::Unpopulated };
+            *t = if inner.populated.get(pfn) {
+                PageType::Normal
+            } else {
+                PageType::Unpopulated
+            };
         }
         Ok(())
     }
@@ -149,7 +169,10 @@ impl MachineState for SimDomain {
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
         let vcpus = lock(&self.cfg).vcpus;
         let state = SimCpuState::capture(self.generation(), self.writer_progress(), vcpus);
-        Ok(vec![StateBlob { kind: state_kind::SIM_CPU, data: state.encode() }])
+        Ok(vec![StateBlob {
+            kind: state_kind::SIM_CPU,
+            data: state.encode(),
+        }])
     }
 
     /// The [`super::SimConfig`] as JSON, with `populated` as it is now.

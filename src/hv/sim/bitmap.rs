@@ -31,7 +31,8 @@ impl AtomicBitmap {
 
     #[inline]
     pub(crate) fn get(&self, i: u64) -> bool {
-        i < self.bits && self.words[(i / 64) as usize].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+        i < self.bits
+            && self.words[(i / 64) as usize].load(Ordering::Acquire) & (1 << (i % 64)) != 0
     }
 
     /// Clear every bit.
@@ -50,7 +51,11 @@ impl AtomicBitmap {
         let raw = into.as_raw_mut_slice();
         let mut count = 0u64;
         for (dst, w) in raw.iter_mut().zip(self.words.iter()) {
-            let v = if w.load(Ordering::Relaxed) == 0 { 0 } else { w.swap(0, Ordering::AcqRel) };
+            let v = if w.load(Ordering::Relaxed) == 0 {
+                0
+            } else {
+                w.swap(0, Ordering::AcqRel)
+            };
             *dst = v;
             count += u64::from(v.count_ones());
         }
@@ -59,7 +64,10 @@ impl AtomicBitmap {
 
     /// Number of set bits.
     pub(crate) fn count(&self) -> u64 {
-        self.words.iter().map(|w| u64::from(w.load(Ordering::Acquire).count_ones())).sum()
+        self.words
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Acquire).count_ones()))
+            .sum()
     }
 
     /// Set bits as maximal ranges.

@@ -81,13 +81,19 @@ pub enum TruthMode {
 
 impl Default for ContentSpec {
     fn default() -> Self {
-        ContentSpec { compressibility: 0.6, zero_fraction: 0.1 }
+        ContentSpec {
+            compressibility: 0.6,
+            zero_fraction: 0.1,
+        }
     }
 }
 
 impl Default for WorkloadSpec {
     fn default() -> Self {
-        WorkloadSpec { pattern: AccessPattern::Uniform, rate_mib_s: 0.0 }
+        WorkloadSpec {
+            pattern: AccessPattern::Uniform,
+            rate_mib_s: 0.0,
+        }
     }
 }
 
@@ -100,7 +106,7 @@ impl SimConfig {
             let hole = 3 * pages / 4;
             vec![0..hole, hole + pages / 16..pages]
         } else {
-            vec![0..pages]
+            std::iter::once(0..pages).collect()
         };
         SimConfig {
             name: format!("sim-{pages}"),
@@ -121,14 +127,25 @@ impl SimConfig {
         if self.pfn_count == 0 || self.pfn_count > (1 << 36) {
             return Err(format!("pfn_count {} must be in 1..=2^36", self.pfn_count));
         }
-        if let Some(r) = self.populated.iter().find(|r| r.start > r.end || r.end > self.pfn_count) {
-            return Err(format!("populated range {r:?} is outside 0..{}", self.pfn_count));
+        if let Some(r) = self
+            .populated
+            .iter()
+            .find(|r| r.start > r.end || r.end > self.pfn_count)
+        {
+            return Err(format!(
+                "populated range {r:?} is outside 0..{}",
+                self.pfn_count
+            ));
         }
         let unit = |x: f64| (0.0..=1.0).contains(&x);
         if !unit(self.content.compressibility) || !unit(self.content.zero_fraction) {
             return Err("content fractions must be within 0..=1".into());
         }
-        if let AccessPattern::HotSet { hot_fraction, hot_probability } = self.workload.pattern {
+        if let AccessPattern::HotSet {
+            hot_fraction,
+            hot_probability,
+        } = self.workload.pattern
+        {
             if !unit(hot_fraction) || !unit(hot_probability) {
                 return Err("hot-set fractions must be within 0..=1".into());
             }
@@ -137,7 +154,10 @@ impl SimConfig {
             return Err("rate_mib_s must be a finite number >= 0".into());
         }
         if self.writers > 256 {
-            return Err(format!("{} writers is too many (at most 256)", self.writers));
+            return Err(format!(
+                "{} writers is too many (at most 256)",
+                self.writers
+            ));
         }
         Ok(())
     }

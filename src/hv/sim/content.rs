@@ -10,7 +10,8 @@ use super::config::ContentSpec;
 
 const CHUNK: usize = 256;
 
-const TEXT: &[u8] = b"Nov 22 03:14:15 guest kernel: [  42.123456] eth0: link up, 1000Mbps, full-duplex \
+const TEXT: &[u8] =
+    b"Nov 22 03:14:15 guest kernel: [  42.123456] eth0: link up, 1000Mbps, full-duplex \
 /usr/lib/x86_64-linux-gnu/libc.so.6 /usr/bin/python3 GET /index.html HTTP/1.1 200 OK \
 Content-Type: text/html; charset=utf-8 <div class=\"row\"><span>hello world</span></div> \
 SELECT id, name, value FROM settings WHERE owner = 'admin' ORDER BY id; systemd[1]: Started \
@@ -81,7 +82,13 @@ mod tests {
 
     #[test]
     fn deterministic_and_distinct() {
-        let g = ContentGen::new(7, &ContentSpec { compressibility: 0.6, zero_fraction: 0.0 });
+        let g = ContentGen::new(
+            7,
+            &ContentSpec {
+                compressibility: 0.6,
+                zero_fraction: 0.0,
+            },
+        );
         let (mut a, mut b, mut c) = (vec![0; PAGE_SIZE], vec![0; PAGE_SIZE], vec![0; PAGE_SIZE]);
         assert!(g.fill(3, 1, &mut a));
         g.fill(3, 1, &mut b);
@@ -92,7 +99,13 @@ mod tests {
 
     #[test]
     fn compresses_two_to_three_times() {
-        let g = ContentGen::new(9, &ContentSpec { compressibility: 0.6, zero_fraction: 0.0 });
+        let g = ContentGen::new(
+            9,
+            &ContentSpec {
+                compressibility: 0.6,
+                zero_fraction: 0.0,
+            },
+        );
         let mut data = vec![0u8; 64 * PAGE_SIZE];
         for (i, p) in data.chunks_exact_mut(PAGE_SIZE).enumerate() {
             g.fill(i as u64, 5, p);

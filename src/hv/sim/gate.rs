@@ -27,7 +27,12 @@ impl Drop for InFlight<'_> {
 
 impl Gate {
     pub(crate) fn new() -> Self {
-        Gate { holds: AtomicU32::new(0), inflight: AtomicU64::new(0), lock: Mutex::new(()), cv: Condvar::new() }
+        Gate {
+            holds: AtomicU32::new(0),
+            inflight: AtomicU64::new(0),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
     }
 
     /// Stop writers: returns once no write is in progress; none starts until [`Gate::release`].

@@ -22,8 +22,14 @@ pub struct SimCpuState {
 impl SimCpuState {
     /// The state for `generation`, `writer_pages` and `vcpus` vCPUs.
     pub fn capture(generation: u64, writer_pages: Vec<u64>, vcpus: u32) -> Self {
-        let registers = (0..u64::from(vcpus)).map(|v| mix(generation, v, 0x5245_4753)).collect();
-        SimCpuState { generation, writer_pages, registers }
+        let registers = (0..u64::from(vcpus))
+            .map(|v| mix(generation, v, 0x5245_4753))
+            .collect();
+        SimCpuState {
+            generation,
+            writer_pages,
+            registers,
+        }
     }
 
     /// The blob bytes.
@@ -60,15 +66,24 @@ impl SimDomain {
                 PageState::Data(_) => {
                     image
                         .read_page(pfn, &mut buf)
-                        .map_err(|source| SimError::ImageRead { name: inner.name.clone(), pfn, source })?;
+                        .map_err(|source| SimError::ImageRead {
+                            name: inner.name.clone(),
+                            pfn,
+                            source,
+                        })?;
                     inner.mem.page_mut(pfn).write_from(&buf);
                 }
             }
             inner.populated.set(pfn);
         }
-        let cpu = image.state_blobs().iter().find(|b| b.kind == state_kind::SIM_CPU);
+        let cpu = image
+            .state_blobs()
+            .iter()
+            .find(|b| b.kind == state_kind::SIM_CPU);
         if let Some(state) = cpu.and_then(|b| SimCpuState::decode(&b.data).ok()) {
-            inner.generation.store(state.generation, std::sync::atomic::Ordering::SeqCst);
+            inner
+                .generation
+                .store(state.generation, std::sync::atomic::Ordering::SeqCst);
         }
         dom.pause().expect("pausing a new sim cannot fail");
         Ok(dom)

@@ -17,7 +17,7 @@
 //!   log-dirty is off fails with `EINVAL` (the Xen back-end may see an empty bitmap instead),
 //!   so a capture that forgot to enable tracking fails loudly on the sim.
 //! * Pause counts nest like Xen's controller pause count; an unpause of an unpaused domain fails
-//!   with `EINVAL`. [`Domain::pause`] returns only once no write is in progress.
+//!   with `EINVAL`. [`crate::hv::Domain::pause`] returns only once no write is in progress.
 //! * Ground truth ([`Truth`]) is recorded on demand or automatically at each outermost pause.
 
 mod backend;
@@ -164,7 +164,12 @@ fn new_identity(name: &str, seed: u64) -> DomainIdentity {
         b >> 52,
         b & 0xffff_ffff_ffff
     );
-    DomainIdentity { name: name.to_string(), domid, instance: format!("sim:{domid}:{uuid}:{:x}", b >> 20), uuid }
+    DomainIdentity {
+        name: name.to_string(),
+        domid,
+        instance: format!("sim:{domid}:{uuid}:{:x}", b >> 20),
+        uuid,
+    }
 }
 
 impl SimDomain {
@@ -173,21 +178,37 @@ impl SimDomain {
     /// with [`SimDomain::start_workload`].
     pub fn new(cfg: SimConfig) -> Result<SimDomain, SimError> {
         let dom = SimDomain::empty(cfg)?;
-        let inner = &dom.inner;
-        let mut buf = vec![0u8; PAGE_SIZE];
-        for pfn in 0..inner.pfn_count {
-            if inner.populated.get(pfn) && inner.content.fill(pfn, 0, &mut buf) {
-                inner.mem.page_mut(pfn).write_from(&buf);
+        let inner = &*dom.inner;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8) as u64;
+        let per = inner.pfn_count.div_ceil(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                s.spawn(move || {
+                    let mut buf = vec![0u8; PAGE_SIZE];
+                    for pfn in t * per..((t + 1) * per).min(inner.pfn_count) {
+                        if inner.populated.get(pfn) && inner.content.fill(pfn, 0, &mut buf) {
+                            inner.mem.page_mut(pfn).write_from(&buf);
+                        }
+                    }
+                });
             }
-        }
+        });
         Ok(dom)
     }
 
     /// A domain with the populated ranges of `cfg` set, all pages zero.
     fn empty(cfg: SimConfig) -> Result<SimDomain, SimError> {
-        cfg.validate().map_err(|reason| SimError::Config { name: cfg.name.clone(), reason })?;
-        let mem = AnonMapping::new(cfg.pfn_count)
-            .map_err(|source| SimError::Map { name: cfg.name.clone(), pages: cfg.pfn_count, source })?;
+        cfg.validate().map_err(|reason| SimError::Config {
+            name: cfg.name.clone(),
+            reason,
+        })?;
+        let mem = AnonMapping::new(cfg.pfn_count).map_err(|source| SimError::Map {
+            name: cfg.name.clone(),
+            pages: cfg.pfn_count,
+            source,
+        })?;
         let populated = AtomicBitmap::new(cfg.pfn_count);
         for r in &cfg.populated {
             r.clone().for_each(|p| {
@@ -241,11 +262,17 @@ impl SimDomain {
             let mut cfg = lock(&self.cfg);
             cfg.workload = spec.clone();
             cfg.writers = writers;
-            cfg.validate().map_err(|reason| SimError::Config { name: cfg.name.clone(), reason })?;
+            cfg.validate().map_err(|reason| SimError::Config {
+                name: cfg.name.clone(),
+                reason,
+            })?;
             cfg.seed ^ self.inner.generation.load(Ordering::Relaxed)
         };
-        let w = Workers::start(&self.inner, spec, writers, seed)
-            .map_err(|source| SimError::Spawn { name: self.inner.name.clone(), source })?;
+        let w =
+            Workers::start(&self.inner, spec, writers, seed).map_err(|source| SimError::Spawn {
+                name: self.inner.name.clone(),
+                source,
+            })?;
         *lock(&self.workers) = Some(w);
         Ok(())
     }
@@ -258,7 +285,10 @@ impl SimDomain {
 
     /// Pages written by each writer of the running (or last stopped) workload.
     pub fn writer_progress(&self) -> Vec<u64> {
-        lock(&self.workers).as_ref().map(Workers::progress).unwrap_or_default()
+        lock(&self.workers)
+            .as_ref()
+            .map(Workers::progress)
+            .unwrap_or_default()
     }
 
     /// The write generation counter: pages written by writers since creation (or restore).
@@ -267,7 +297,13 @@ impl SimDomain {
     }
 
     fn check_pfn(&self, pfn: u64, populated: bool) -> Result<(), SimError> {
-        let err = |reason| Err(SimError::Pfn { name: self.inner.name.clone(), pfn, reason });
+        let err = |reason| {
+            Err(SimError::Pfn {
+                name: self.inner.name.clone(),
+                pfn,
+                reason,
+            })
+        };
         if pfn >= self.inner.pfn_count {
             return err("beyond pfn_count");
         }
@@ -311,12 +347,20 @@ impl SimDomain {
 
     fn change_population(&self, range: Range<u64>, populate: bool) -> Result<(), SimError> {
         if range.end > self.inner.pfn_count || range.start > range.end {
-            return Err(SimError::Pfn { name: self.inner.name.clone(), pfn: range.end, reason: "range beyond pfn_count" });
+            return Err(SimError::Pfn {
+                name: self.inner.name.clone(),
+                pfn: range.end,
+                reason: "range beyond pfn_count",
+            });
         }
         let inner = &self.inner;
         inner.gate.hold();
         for pfn in range.clone() {
-            let changed = if populate { inner.populated.set(pfn) } else { inner.populated.clear(pfn) };
+            let changed = if populate {
+                inner.populated.set(pfn)
+            } else {
+                inner.populated.clear(pfn)
+            };
             if changed {
                 inner.mark(pfn);
             }

@@ -33,7 +33,10 @@ impl Truth {
     /// restored sim). A length mismatch counts every extra pfn as different.
     pub fn differing(&self, digests: &[u64]) -> Vec<u64> {
         let n = self.digests.len().max(digests.len());
-        (0..n).filter(|&i| self.digests.get(i) != digests.get(i)).map(|i| i as u64).collect()
+        (0..n)
+            .filter(|&i| self.digests.get(i) != digests.get(i))
+            .map(|i| i as u64)
+            .collect()
     }
 
     /// The recorded content of `pfn`, with [`TruthMode::Full`].
@@ -62,5 +65,10 @@ pub(crate) fn snapshot(inner: &Inner, label: String, mode: TruthMode) -> Truth {
             page_digest(dst)
         })
         .collect();
-    Truth { label, generation, digests, memory }
+    Truth {
+        label,
+        generation,
+        digests,
+        memory,
+    }
 }

@@ -28,21 +28,32 @@ struct Targets {
 
 impl Targets {
     fn new(inner: &Inner, pattern: AccessPattern, seed: u64) -> Self {
-        let mut pfns: Vec<u64> = (0..inner.pfn_count).filter(|&p| inner.populated.get(p)).collect();
+        let mut pfns: Vec<u64> = (0..inner.pfn_count)
+            .filter(|&p| inner.populated.get(p))
+            .collect();
         let mut hot = pfns.len();
         if let AccessPattern::HotSet { hot_fraction, .. } = pattern {
             fastrand::Rng::with_seed(seed).shuffle(&mut pfns);
             hot = ((pfns.len() as f64 * hot_fraction).ceil() as usize).clamp(1, pfns.len().max(1));
         }
-        Targets { pfns, pattern, hot, cursor: AtomicU64::new(0) }
+        Targets {
+            pfns,
+            pattern,
+            hot,
+            cursor: AtomicU64::new(0),
+        }
     }
 
     fn pick(&self, rng: &mut fastrand::Rng) -> u64 {
         let n = self.pfns.len();
         let i = match self.pattern {
             AccessPattern::Uniform => rng.usize(..n),
-            AccessPattern::Sequential => (self.cursor.fetch_add(1, Ordering::Relaxed) % n as u64) as usize,
-            AccessPattern::HotSet { hot_probability, .. } => {
+            AccessPattern::Sequential => {
+                (self.cursor.fetch_add(1, Ordering::Relaxed) % n as u64) as usize
+            }
+            AccessPattern::HotSet {
+                hot_probability, ..
+            } => {
                 if self.hot >= n || rng.f64() < hot_probability {
                     rng.usize(..self.hot)
                 } else {
@@ -65,7 +76,12 @@ struct TokenBucket {
 impl TokenBucket {
     fn new(rate: f64) -> Self {
         let cap = (rate * 0.005).max(1.0);
-        TokenBucket { rate, cap, tokens: cap, last: Instant::now() }
+        TokenBucket {
+            rate,
+            cap,
+            tokens: cap,
+            last: Instant::now(),
+        }
     }
 
     /// Wait until one page may be written. False if `stop` was set meanwhile.
@@ -75,7 +91,8 @@ impl TokenBucket {
         }
         loop {
             let now = Instant::now();
-            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.cap);
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+                .min(self.cap);
             self.last = now;
             if self.tokens >= 1.0 {
                 self.tokens -= 1.0;
@@ -93,19 +110,33 @@ impl TokenBucket {
 
 impl Workers {
     /// Start `writers` threads running `spec` on `inner`.
-    pub(crate) fn start(inner: &Arc<Inner>, spec: &WorkloadSpec, writers: usize, seed: u64) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        inner: &Arc<Inner>,
+        spec: &WorkloadSpec,
+        writers: usize,
+        seed: u64,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let progress: Arc<[AtomicU64]> = (0..writers).map(|_| AtomicU64::new(0)).collect();
         let targets = Arc::new(Targets::new(inner, spec.pattern, seed));
         let rate = spec.rate_mib_s * (1 << 20) as f64 / PAGE_SIZE as f64 / writers.max(1) as f64;
-        let mut w = Workers { stop, handles: Vec::new(), progress };
+        let mut w = Workers {
+            stop,
+            handles: Vec::new(),
+            progress,
+        };
         if targets.pfns.is_empty() {
             return Ok(w);
         }
         for i in 0..writers {
-            let (shared, targets, stop, progress) =
-                (Arc::clone(inner), Arc::clone(&targets), Arc::clone(&w.stop), Arc::clone(&w.progress));
-            let rng = fastrand::Rng::with_seed(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let (shared, targets, stop, progress) = (
+                Arc::clone(inner),
+                Arc::clone(&targets),
+                Arc::clone(&w.stop),
+                Arc::clone(&w.progress),
+            );
+            let rng =
+                fastrand::Rng::with_seed(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let spawned = std::thread::Builder::new()
                 .name(format!("sim-writer-{i}"))
                 .spawn(move || writer_loop(&shared, &targets, &stop, &progress[i], rng, rate));
@@ -122,7 +153,10 @@ impl Workers {
 
     /// Pages written by each writer so far.
     pub(crate) fn progress(&self) -> Vec<u64> {
-        self.progress.iter().map(|p| p.load(Ordering::Relaxed)).collect()
+        self.progress
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Stop and join every writer; returns the pages they wrote.
@@ -138,12 +172,21 @@ impl Workers {
     }
 }
 
-fn writer_loop(inner: &Inner, targets: &Targets, stop: &AtomicBool, done: &AtomicU64, mut rng: fastrand::Rng, rate: f64) {
+fn writer_loop(
+    inner: &Inner,
+    targets: &Targets,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+    mut rng: fastrand::Rng,
+    rate: f64,
+) {
     let mut buf = vec![0u8; PAGE_SIZE];
     let mut bucket = TokenBucket::new(rate);
     while bucket.take(stop) {
         let pfn = targets.pick(&mut rng);
-        let Some(_write) = inner.gate.enter(stop) else { break };
+        let Some(_write) = inner.gate.enter(stop) else {
+            break;
+        };
         // Writers only write populated pages; a page ballooned out since the start is skipped
         // (ballooning holds the gate, so this check cannot race with it). The generation only
         // moves inside the gate, so it is stable while the domain is paused.
