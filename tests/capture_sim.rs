@@ -81,7 +81,7 @@ fn incremental_holds_exactly_the_dirtied_pages_less_zero_pages() {
     let base = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(base.layer.kind, LayerKind::Base);
     let data_pfns: Vec<Pfn> = (0..40).map(|i| i * 37 % 1500).collect();
-    let zero_pfns: Vec<Pfn> = vec![3, 1000, 1499, 1600];
+    let zero_pfns: Vec<Pfn> = vec![3, 1000, 1499, 1700];
     let mut page = vec![0xabu8; PAGE_SIZE];
     for &p in &data_pfns {
         page[..8].copy_from_slice(&p.to_le_bytes());
@@ -229,7 +229,9 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
         dom.sim.write_page(p, &page).unwrap();
     }
     dom.fail_map_after_pause.store(true, Ordering::SeqCst);
-    assert!(checkpoint(&dom, &chain, &opts(1)).is_err());
+    // Non-live, so the dirty pages are mapped under pause.
+    let paused_capture = CaptureOptions { live: false, ..opts(1) };
+    assert!(checkpoint(&dom, &chain, &paused_capture).is_err());
     assert!(!dom.info().unwrap().paused, "left paused after a map failure");
     dom.fail_map_after_pause.store(false, Ordering::SeqCst);
     assert_eq!(chain.manifest().unwrap().layers.len(), head, "a failed run must not add a layer");

@@ -195,10 +195,20 @@ impl VerifyCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&self.target.name)?;
         let report = chain.verify(self.target.layer)?;
+        let path: Vec<String> = report.path.iter().map(|id| id.to_string()).collect();
         if self.json {
-            print_json(&report)?;
+            print_json(&serde_json::json!({
+                "chain": report.chain, "top": report.top, "path": report.path,
+                "layers_checked": report.layers.len(), "ok": true,
+            }))?;
         } else {
-            println!("chain {}: {report}", self.target.name);
+            println!(
+                "chain {}: OK up to layer {} ({} layers checked; restore path {})",
+                report.chain,
+                report.top,
+                report.layers.len(),
+                path.join(" -> ")
+            );
         }
         Ok(ExitCode::SUCCESS)
     }
