@@ -68,6 +68,9 @@ struct LayerFigures {
     layer_bytes: u64,
     downtime_ms: f64,
     rounds: usize,
+    /// Page copies written but superseded by a later round (dead space in the file).
+    dead_pages: u64,
+    round_detail: Vec<xckpt::capture::RoundReport>,
     capture_s: f64,
     /// 1.1 x dirty_pages x 4096 x the base's compressed/raw ratio (incrementals only).
     bound_bytes: Option<u64>,
@@ -189,8 +192,8 @@ impl BenchCmd {
         let (base, base_t) = &reports[0];
         let full_capture_s = base_t.as_secs_f64();
         let full_capture_gbps = mem_bytes as f64 / full_capture_s / 1e9;
-        let base_raw = (base.layer.stats.data_pages * PAGE_SIZE as u64).max(1);
-        let ratio = base.layer.bytes as f64 / base_raw as f64;
+        // The base's compression: encoded bytes over raw bytes of the pages it wrote.
+        let ratio = base.stored_bytes as f64 / base.raw_bytes.max(1) as f64;
         let layers: Vec<LayerFigures> = reports
             .iter()
             .enumerate()
@@ -204,6 +207,8 @@ impl BenchCmd {
                     layer_bytes: r.layer.bytes,
                     downtime_ms: r.downtime.as_secs_f64() * 1e3,
                     rounds: r.rounds.len(),
+                    dead_pages: r.raw_bytes / PAGE_SIZE as u64 - s.data_pages,
+                    round_detail: r.rounds.clone(),
                     capture_s: t.as_secs_f64(),
                     bound_bytes: (i > 0)
                         .then(|| (1.1 * s.dirty_pages as f64 * PAGE_SIZE as f64 * ratio) as u64),
