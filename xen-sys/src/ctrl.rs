@@ -301,10 +301,8 @@ impl XenCtrl {
         let mut leaves = vec![XenCpuidLeaf::default(); nl as usize];
         let mut msrs = vec![XenMsrEntry::default(); nm as usize];
         // SAFETY: plain allocation; checked for NULL below and destroyed by `Policy::drop`.
-        let policy = Policy {
-            api,
-            p: unsafe { (api.xc_cpu_policy_init)() },
-        };
+        let p = unsafe { (api.xc_cpu_policy_init)() };
+        let policy = Policy { api, p };
         if policy.p.is_null() {
             return Err(XenError::last("xc_cpu_policy_init"));
         }
