@@ -24,7 +24,21 @@ impl<'a> GuestPage<'a> {
     /// `'a`. Other agents may write them concurrently; this type only reads them volatilely.
     pub unsafe fn new(ptr: *const u8) -> Self {
         debug_assert_eq!(ptr as usize % PAGE_SIZE, 0);
-        GuestPage { ptr: ptr.cast(), _life: std::marker::PhantomData }
+        GuestPage {
+            ptr: ptr.cast(),
+            _life: std::marker::PhantomData,
+        }
+    }
+
+    /// View frame `i` of a read-only foreign mapping made by `xen-sys`, or the errno Xen gave
+    /// for that frame. The view borrows the mapping, so it cannot outlive the unmap.
+    pub fn from_foreign(mapping: &'a xen_sys::ForeignMapping<'_>, i: usize) -> Result<Self, i32> {
+        let ptr = mapping.page_ptr(i)?;
+        // SAFETY: `ForeignMapping::page_ptr` guarantees an `Ok` pointer is page-aligned with
+        // PAGE_SIZE readable bytes mapped until the mapping drops, and the returned view borrows
+        // the mapping for 'a. The guest may write the page concurrently; GuestPage only reads
+        // it volatilely.
+        Ok(unsafe { GuestPage::new(ptr.as_ptr()) })
     }
 
     /// Copy the page into `dst`. The copy is a snapshot of each word at some instant.
@@ -122,7 +136,10 @@ impl AnonMapping {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(AnonMapping { base: base.cast(), len })
+        Ok(AnonMapping {
+            base: base.cast(),
+            len,
+        })
     }
 
     /// Number of pages mapped.
