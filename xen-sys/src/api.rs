@@ -238,3 +238,22 @@ fn load() -> Result<Loaded, XenError> {
         api,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_library_is_one_line_naming_it() {
+        let e = open_lib("libxckpt-missing.so.0")
+            .err()
+            .expect("cannot load");
+        let m = e.to_string();
+        assert!(m.starts_with("cannot load libxckpt-missing.so.0 ("), "{m}");
+        assert!(
+            m.contains("xen-utils-4.17 / libxenmisc4.17") && m.contains("not a Xen dom0"),
+            "{m}"
+        );
+        assert!(!m.contains('\n'), "{m}");
+    }
+}

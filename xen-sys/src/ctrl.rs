@@ -89,7 +89,7 @@ impl XenCtrl {
     fn open_with(api: &'static XenApi) -> Result<Self, XenError> {
         // SAFETY: NULL loggers make libxc log to stderr; flags 0 is a normal reentrant handle.
         let xch = unsafe { (api.xc_interface_open)(std::ptr::null_mut(), std::ptr::null_mut(), 0) };
-        let xch = NonNull::new(xch).ok_or_else(|| XenError::last("xc_interface_open"))?;
+        let xch = NonNull::new(xch).ok_or_else(|| crate::open_error("xc_interface_open"))?;
         Ok(XenCtrl {
             h: Arc::new(CtrlHandle { api, xch }),
         })

@@ -42,7 +42,7 @@ impl ForeignMemory {
     fn open_with(api: &'static XenApi) -> Result<Self, XenError> {
         // SAFETY: a NULL logger logs to stderr; flags must be 0.
         let h = unsafe { (api.xenforeignmemory_open)(std::ptr::null_mut(), 0) };
-        let h = NonNull::new(h).ok_or_else(|| XenError::last("xenforeignmemory_open"))?;
+        let h = NonNull::new(h).ok_or_else(|| crate::open_error("xenforeignmemory_open"))?;
         Ok(ForeignMemory { api, h })
     }
 

@@ -62,6 +62,9 @@ pub enum XenError {
          (or the xen-privcmd module is not loaded)"
     )]
     NoPrivcmd,
+    /// `/dev/xen/privcmd` exists but may not be opened by this user.
+    #[error("cannot open /dev/xen/privcmd: permission denied (run xckpt as root in dom0)")]
+    PrivcmdDenied,
     /// A library call failed.
     #[error("{call} failed: {} (errno {errno})", std::io::Error::from_raw_os_error(*.errno))]
     Call {
@@ -87,6 +90,21 @@ impl XenError {
             .raw_os_error()
             .unwrap_or(libc::EIO);
         XenError::Call { call, errno }
+    }
+}
+
+/// The error for a failed handle open (`call`), with the current errno.
+pub(crate) fn open_error(call: &'static str) -> XenError {
+    match XenError::last(call) {
+        XenError::Call {
+            errno: libc::EACCES | libc::EPERM,
+            ..
+        } => XenError::PrivcmdDenied,
+        XenError::Call {
+            errno: libc::ENOENT | libc::ENXIO | libc::ENODEV,
+            ..
+        } => XenError::NoPrivcmd,
+        e => e,
     }
 }
 

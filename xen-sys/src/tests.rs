@@ -178,6 +178,7 @@ fn errors_are_one_line() {
         }
         .to_string(),
         XenError::NoPrivcmd.to_string(),
+        XenError::PrivcmdDenied.to_string(),
         XenError::Call {
             call: "xc_domain_pause",
             errno: libc::ESRCH,
@@ -188,7 +189,7 @@ fn errors_are_one_line() {
         assert!(!m.contains('\n'), "{m}");
     }
     assert!(msgs[0].contains("libxenctrl.so.4.17") && msgs[0].contains("xen-utils-4.17"));
-    assert!(msgs[2].starts_with("xc_domain_pause failed: No such process"));
+    assert!(msgs[3].starts_with("xc_domain_pause failed: No such process"));
 }
 
 /// On a host without a privcmd device, opening fails with the one-line dom0 message (and the
