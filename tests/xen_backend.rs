@@ -183,6 +183,9 @@ fn logdirty_round_trip() {
     assert_eq!(d.logdirty_clean(&mut bm).unwrap(), 0);
     d.logdirty_disable().unwrap();
     assert!(!fake::logdirty_on(221));
+    let off = d.logdirty_clean(&mut bm).unwrap_err().to_string();
+    assert!(off.contains("log-dirty mode is off"), "{off}");
+    assert!(!fake::logdirty_on(221));
 
     // Log-dirty left on by someone else: enable restarts it, as libxc does.
     let other = XenCtrl::open_fake();

@@ -250,7 +250,9 @@ unsafe extern "C" fn shadow_control(
 ) -> c_int {
     rc(with_dom(domid, |d| match op {
         XEN_DOMCTL_SHADOW_OP_OFF => {
+            // Xen frees the log-dirty bitmap when turning it off.
             d.logdirty = false;
+            d.dirty.iter_mut().for_each(|w| *w = 0);
             Ok(0)
         }
         XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY => {

@@ -7,12 +7,15 @@
 //! * [`DirtyLog::logdirty_enabled`] answers from this handle's own state when it enabled
 //!   tracking, and otherwise probes: ENABLE failing with EINVAL means on; ENABLE succeeding
 //!   means it was off, and it is turned off again at once.
+//! * [`DirtyLog::logdirty_clean`] fails while log-dirty is off (Xen itself would return an
+//!   empty bitmap), and asks for `XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL` when the domain is paused
+//!   (the final round), so pages Xen itself maps writably are reported too.
 
 use std::sync::atomic::Ordering;
 
 use xen_sys::abi::{
-    XEN_DOMCTL_PFINFO_BROKEN, XEN_DOMCTL_PFINFO_NOTAB, XEN_DOMCTL_PFINFO_XALLOC,
-    XEN_DOMCTL_PFINFO_XTAB, XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL, XEN_DOMCTL_SHADOW_OP_CLEAN,
+    XEN_DOMCTL_PFINFO_BROKEN, XEN_DOMCTL_PFINFO_NOTAB, XEN_DOMCTL_PFINFO_XTAB,
+    XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL, XEN_DOMCTL_SHADOW_OP_CLEAN,
     XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, XEN_DOMCTL_SHADOW_OP_OFF, XEN_DOMINF_PAUSED,
 };
 use xen_sys::{ForeignMapping, XenError};
@@ -83,6 +86,15 @@ impl DirtyLog for XenDomain {
     }
 
     fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        // Xen answers a CLEAN with an empty bitmap when log-dirty is off; fail loudly instead,
+        // as the sim does, so a capture that forgot to enable tracking cannot lose writes.
+        if !self.logdirty_ours.load(Ordering::SeqCst) && !self.logdirty_enabled()? {
+            return Err(HvError::op(
+                self.name(),
+                "log-dirty CLEAN",
+                "log-dirty mode is off",
+            ));
+        }
         let pfn_count = self.pfn_count()?;
         // The final round runs paused: ask Xen to include pages it maps writably itself.
         let paused = self.xc_info()?.flags & XEN_DOMINF_PAUSED != 0;
@@ -129,8 +141,8 @@ pub(crate) fn page_type(raw: u32) -> PageType {
         XEN_DOMCTL_PFINFO_XTAB => PageType::Unpopulated,
         XEN_DOMCTL_PFINFO_BROKEN => PageType::Broken,
         XEN_DOMCTL_PFINFO_NOTAB => PageType::Normal,
-        // Allocate-only frames have no content worth reading; libxc skips them like XTAB.
-        XEN_DOMCTL_PFINFO_XALLOC => PageType::Unpopulated,
+        // Anything else (PV page-table types, XALLOC, which libxc also sends without data) is
+        // kept raw for the caller to decide.
         other => PageType::Other(other),
     }
 }
@@ -193,5 +205,6 @@ mod tests {
         assert_eq!(page_type(XEN_DOMCTL_PFINFO_BROKEN), PageType::Broken);
         assert_eq!(page_type(0), PageType::Normal);
         assert_eq!(page_type(0x1 << 28), PageType::Other(0x1 << 28));
+        assert_eq!(page_type(0xe << 28), PageType::Other(0xe << 28));
     }
 }
