@@ -14,6 +14,7 @@
 
 pub mod pause;
 pub mod sim;
+pub mod suite;
 pub mod xen;
 
 use bitvec::prelude::{BitVec, Lsb0};
