@@ -245,9 +245,7 @@ mod tests {
 
     #[test]
     fn missing_library_is_one_line_naming_it() {
-        let e = open_lib("libxckpt-missing.so.0")
-            .err()
-            .expect("cannot load");
+        let e = open_lib("libxckpt-missing.so.0").expect_err("cannot load");
         let m = e.to_string();
         assert!(m.starts_with("cannot load libxckpt-missing.so.0 ("), "{m}");
         assert!(
