@@ -131,6 +131,29 @@ fn open_by_name_domid_and_uuid() {
 }
 
 #[test]
+fn guest_type_without_libxl_type_node() {
+    let xs = MapXs::default();
+    make(205, "dm", "hvm", 1, &xs);
+    make(206, "nodm", "hvm", 1, &xs);
+    xs.rm("/libxl/205/type").unwrap();
+    xs.rm("/libxl/206/type").unwrap();
+    xs.set("/local/domain/0/device-model/205/state", "running");
+    assert_eq!(
+        open("dm", &xs, XenEnv::default()).unwrap().guest_type(),
+        GuestType::Hvm
+    );
+    assert_eq!(
+        open("nodm", &xs, XenEnv::default()).unwrap().guest_type(),
+        GuestType::Pvh
+    );
+    xs.set("/libxl/206/type", "hvm");
+    assert_eq!(
+        open("nodm", &xs, XenEnv::default()).unwrap().guest_type(),
+        GuestType::Hvm
+    );
+}
+
+#[test]
 fn info_and_identity_across_recreation() {
     let xs = MapXs::default();
     let u = make(211, "app", "hvm", 1, &xs);

@@ -83,14 +83,21 @@ pub(crate) fn identity(xs: &dyn Xs, info: &XcDomainInfo) -> DomainIdentity {
     }
 }
 
-/// The guest type: PV without the HVM flag; else libxl's recorded type (`pvh` or `hvm`).
+/// The guest type: PV without the HVM flag; else libxl's recorded type (`/libxl/<domid>/type`,
+/// `pvh` or `hvm`); without that node, HVM exactly when a device model is registered under
+/// `/local/domain/0/device-model/<domid>`.
 pub(crate) fn guest_type(xs: &dyn Xs, info: &XcDomainInfo) -> GuestType {
     if info.flags & XEN_DOMINF_HVM_GUEST == 0 {
         return GuestType::Pv;
     }
-    match read(xs, &format!("/libxl/{}/type", info.domain)).as_deref() {
+    let domid = info.domain;
+    match read(xs, &format!("/libxl/{domid}/type")).as_deref() {
         Some("pvh") => GuestType::Pvh,
-        _ => GuestType::Hvm,
+        Some("hvm") => GuestType::Hvm,
+        _ if read(xs, &format!("/local/domain/0/device-model/{domid}/state")).is_some() => {
+            GuestType::Hvm
+        }
+        _ => GuestType::Pvh,
     }
 }
 

@@ -7,7 +7,8 @@
 //! * Identity: the uuid comes from the domain handle; `instance` joins domid, uuid, the
 //!   xenstore `vm` path and `/vm/<uuid>/start_time`, so it changes when the domain is re-created.
 //! * Guest type: PV without `XEN_DOMINF_hvm_guest`; otherwise libxl's `/libxl/<domid>/type`
-//!   (`pvh` or `hvm`, HVM if absent). PV guests are refused: this back-end supports PVH and HVM.
+//!   (`pvh` or `hvm`; if absent, HVM when a device model is registered in xenstore). PV guests
+//!   are refused: this back-end supports PVH and HVM.
 //! * Log-dirty (`dirty.rs`): `xc_shadow_control` / `xc_logdirty_control` with a hypercall bitmap.
 //! * State (`state.rs`): the exact bodies of libxc's X86_TSC_INFO, HVM_CONTEXT, HVM_PARAMS,
 //!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`qmp`])
