@@ -56,6 +56,11 @@ impl DirtyLog for XenDomain {
                 self.logdirty_ours.store(true, Ordering::SeqCst);
                 Ok(())
             }
+            Err(e) if e.errno() == Some(libc::EINVAL) => Err(HvError::op(
+                self.name(),
+                "log-dirty ENABLE",
+                format!("{e}; Xen refuses log-dirty for domains with passed-through PCI devices"),
+            )),
             Err(e) => Err(self
                 .unsupported(&e)
                 .unwrap_or_else(|| op_err(self, "log-dirty ENABLE")(e))),
