@@ -30,6 +30,17 @@ impl<'a> GuestPage<'a> {
         }
     }
 
+    /// View frame `i` of a read-only foreign mapping made by `xen-sys`, or the errno Xen gave
+    /// for that frame. The view borrows the mapping, so it cannot outlive the unmap.
+    pub fn from_foreign(mapping: &'a xen_sys::ForeignMapping<'_>, i: usize) -> Result<Self, i32> {
+        let ptr = mapping.page_ptr(i)?;
+        // SAFETY: `ForeignMapping::page_ptr` guarantees an `Ok` pointer is page-aligned with
+        // PAGE_SIZE readable bytes mapped until the mapping drops, and the returned view borrows
+        // the mapping for 'a. The guest may write the page concurrently; GuestPage only reads
+        // it volatilely.
+        Ok(unsafe { GuestPage::new(ptr.as_ptr()) })
+    }
+
     /// Copy the page into `dst`. The copy is a snapshot of each word at some instant.
     pub fn copy_to(&self, dst: &mut [u8]) {
         assert_eq!(dst.len(), PAGE_SIZE);

@@ -15,6 +15,7 @@
 pub mod pause;
 pub mod sim;
 pub mod suite;
+pub mod xen;
 
 use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};
@@ -99,15 +100,19 @@ pub struct StateBlob {
 pub mod state_kind {
     /// The simulator's CPU state (a counter and a register file).
     pub const SIM_CPU: u32 = 1;
-    /// `xc_domain_hvm_getcontext` output.
+    /// libxc HVM_CONTEXT record body: the `xc_domain_hvm_getcontext` output, as is.
     pub const HVM_CONTEXT: u32 = 0x10;
-    /// HVM params as libxc saves them: pairs of little-endian u64 (index, value).
+    /// libxc HVM_PARAMS record body: count u32, reserved u32, then `count` pairs of
+    /// little-endian u64 (index, value): the non-zero params of libxc's list, in its order.
     pub const HVM_PARAMS: u32 = 0x11;
-    /// TSC info: mode u32, khz u32, nsec u64, incarnation u32 (libxc X86_TSC_INFO body).
+    /// libxc X86_TSC_INFO record body: mode u32, khz u32, nsec u64, incarnation u32,
+    /// reserved u32 (24 bytes, little-endian).
     pub const TSC_INFO: u32 = 0x12;
-    /// CPUID policy leaves (libxc X86_CPUID_POLICY body).
+    /// libxc X86_CPUID_POLICY record body: an array of `xen_cpuid_leaf_t` (leaf, subleaf, a, b,
+    /// c, d: six little-endian u32 each).
     pub const CPUID_POLICY: u32 = 0x13;
-    /// MSR policy entries (libxc X86_MSR_POLICY body).
+    /// libxc X86_MSR_POLICY record body: an array of `xen_msr_entry_t` (idx u32, flags u32,
+    /// val u64, little-endian).
     pub const MSR_POLICY: u32 = 0x14;
     /// QEMU device state from QMP `xen-save-devices-state`.
     pub const QEMU_STATE: u32 = 0x20;

@@ -1,0 +1,215 @@
+//! Log-dirty tracking and guest memory access for [`XenDomain`].
+//!
+//! Xen has no "is log-dirty on?" query (libxc's save says as much): enabling fails with EINVAL
+//! when it is already on (`paging_log_dirty_enable` in xen/arch/x86/mm/paging.c). So:
+//! * [`DirtyLog::logdirty_enable`] is a no-op when this handle enabled it (keeping the bitmap);
+//!   otherwise on EINVAL it does what libxc does: OFF, then ENABLE again.
+//! * [`DirtyLog::logdirty_enabled`] answers from this handle's own state when it enabled
+//!   tracking, and otherwise probes: ENABLE failing with EINVAL means on; ENABLE succeeding
+//!   means it was off, and it is turned off again at once.
+//! * [`DirtyLog::logdirty_clean`] fails while log-dirty is off (Xen itself would return an
+//!   empty bitmap), and asks for `XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL` when the domain is paused
+//!   (the final round), so pages Xen itself maps writably are reported too.
+
+use std::sync::atomic::Ordering;
+
+use xen_sys::abi::{
+    XEN_DOMCTL_PFINFO_BROKEN, XEN_DOMCTL_PFINFO_NOTAB, XEN_DOMCTL_PFINFO_XTAB,
+    XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL, XEN_DOMCTL_SHADOW_OP_CLEAN,
+    XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, XEN_DOMCTL_SHADOW_OP_OFF, XEN_DOMINF_PAUSED,
+};
+use xen_sys::{ForeignMapping, XenError};
+
+use super::{op_err, XenDomain};
+use crate::guestmem::GuestPage;
+use crate::hv::{DirtyLog, Domain, GuestMemory, HvError, MappedBatch, PageType, Pfn, PfnBitmap};
+
+impl XenDomain {
+    fn shadow(&self, op: u32) -> Result<(), XenError> {
+        self.xc.shadow_control(self.domid, op, 0)
+    }
+
+    fn unsupported(&self, e: &XenError) -> Option<HvError> {
+        (e.errno() == Some(libc::EOPNOTSUPP)).then(|| HvError::LogDirtyUnsupported {
+            domain: self.name(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl DirtyLog for XenDomain {
+    fn logdirty_enable(&self) -> Result<(), HvError> {
+        if self.logdirty_ours.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let first = match self.shadow(XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EBUSY)) => {
+                // Already on (someone else's session): restart it, as libxc's save does.
+                self.shadow(XEN_DOMCTL_SHADOW_OP_OFF)
+                    .and_then(|()| self.shadow(XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY))
+            }
+            Err(e) => Err(e),
+        };
+        match first {
+            Ok(()) => {
+                self.logdirty_ours.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) if e.errno() == Some(libc::EINVAL) => Err(HvError::op(
+                self.name(),
+                "log-dirty ENABLE",
+                format!("{e}; Xen refuses log-dirty for domains with passed-through PCI devices"),
+            )),
+            Err(e) => Err(self
+                .unsupported(&e)
+                .unwrap_or_else(|| op_err(self, "log-dirty ENABLE")(e))),
+        }
+    }
+
+    fn logdirty_disable(&self) -> Result<(), HvError> {
+        self.shadow(XEN_DOMCTL_SHADOW_OP_OFF)
+            .map_err(op_err(self, "log-dirty OFF"))?;
+        self.logdirty_ours.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn logdirty_enabled(&self) -> Result<bool, HvError> {
+        if self.logdirty_ours.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        match self.shadow(XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY) {
+            Ok(()) => {
+                self.shadow(XEN_DOMCTL_SHADOW_OP_OFF)
+                    .map_err(op_err(self, "log-dirty OFF"))?;
+                Ok(false)
+            }
+            Err(e) if e.errno() == Some(libc::EINVAL) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(op_err(self, "log-dirty probe")(e)),
+        }
+    }
+
+    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        // Xen answers a CLEAN with an empty bitmap when log-dirty is off; fail loudly instead,
+        // as the sim does, so a capture that forgot to enable tracking cannot lose writes.
+        if !self.logdirty_ours.load(Ordering::SeqCst) && !self.logdirty_enabled()? {
+            return Err(HvError::op(
+                self.name(),
+                "log-dirty CLEAN",
+                "log-dirty mode is off",
+            ));
+        }
+        let pfn_count = self.pfn_count()?;
+        // The final round runs paused: ask Xen to include pages it maps writably itself.
+        let paused = self.xc_info()?.flags & XEN_DOMINF_PAUSED != 0;
+        let mode = if paused {
+            XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL
+        } else {
+            0
+        };
+        let mut slot = self.bitmap.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().map_or(true, |b| b.bits() != pfn_count) {
+            *slot = None;
+            *slot = Some(
+                self.xc
+                    .alloc_bitmap(pfn_count)
+                    .map_err(op_err(self, "log-dirty bitmap"))?,
+            );
+        }
+        let bm = slot.as_mut().expect("allocated above");
+        self.xc
+            .logdirty_control(self.domid, XEN_DOMCTL_SHADOW_OP_CLEAN, bm, mode)
+            .map_err(op_err(self, "log-dirty CLEAN"))?;
+        copy_bitmap(bm.words(), pfn_count, into);
+        Ok(into.count_ones() as u64)
+    }
+}
+
+/// Overwrite `into` with the first `bits` bits of `words` (Xen's layout, bit i of word i/64).
+pub(crate) fn copy_bitmap(words: &[u64], bits: u64, into: &mut PfnBitmap) {
+    into.clear();
+    into.resize(bits as usize, false);
+    let raw = into.as_raw_mut_slice();
+    raw.copy_from_slice(&words[..raw.len()]);
+    let tail = bits % 64;
+    if tail != 0 {
+        if let Some(last) = raw.last_mut() {
+            *last &= (1u64 << tail) - 1;
+        }
+    }
+}
+
+/// Classify a raw `XEN_DOMCTL_PFINFO_*` type.
+pub(crate) fn page_type(raw: u32) -> PageType {
+    match raw {
+        XEN_DOMCTL_PFINFO_XTAB => PageType::Unpopulated,
+        XEN_DOMCTL_PFINFO_BROKEN => PageType::Broken,
+        XEN_DOMCTL_PFINFO_NOTAB => PageType::Normal,
+        // Anything else (PV page-table types, XALLOC, which libxc also sends without data) is
+        // kept raw for the caller to decide.
+        other => PageType::Other(other),
+    }
+}
+
+/// A batch of frames mapped through libxenforeignmemory.
+struct XenBatch<'a> {
+    m: ForeignMapping<'a>,
+}
+
+impl MappedBatch for XenBatch<'_> {
+    fn len(&self) -> usize {
+        self.m.len()
+    }
+
+    fn page(&self, i: usize) -> Result<GuestPage<'_>, i32> {
+        GuestPage::from_foreign(&self.m, i)
+    }
+}
+
+impl GuestMemory for XenDomain {
+    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
+        assert_eq!(pfns.len(), out.len(), "page_types: output length");
+        let mut raw = vec![0u32; pfns.len()];
+        self.xc
+            .pfn_types(self.domid, pfns, &mut raw)
+            .map_err(op_err(self, "page types"))?;
+        for (o, r) in out.iter_mut().zip(raw) {
+            *o = page_type(r);
+        }
+        Ok(())
+    }
+
+    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        let m = self
+            .fm
+            .map_read(self.domid, pfns)
+            .map_err(op_err(self, "map guest frames"))?;
+        Ok(Box::new(XenBatch { m }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_copy_masks_the_tail() {
+        let mut b = PfnBitmap::new();
+        copy_bitmap(&[u64::MAX, u64::MAX], 70, &mut b);
+        assert_eq!(b.len(), 70);
+        assert_eq!(b.count_ones(), 70);
+        assert_eq!(b.as_raw_slice(), &[u64::MAX, 0x3f]);
+        copy_bitmap(&[0b1010], 4, &mut b);
+        assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn page_type_classes() {
+        assert_eq!(page_type(XEN_DOMCTL_PFINFO_XTAB), PageType::Unpopulated);
+        assert_eq!(page_type(XEN_DOMCTL_PFINFO_BROKEN), PageType::Broken);
+        assert_eq!(page_type(0), PageType::Normal);
+        assert_eq!(page_type(0x1 << 28), PageType::Other(0x1 << 28));
+        assert_eq!(page_type(0xe << 28), PageType::Other(0xe << 28));
+    }
+}

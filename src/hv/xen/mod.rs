@@ -1,0 +1,213 @@
+//! The Xen back-end: PVH and HVM (HAP) guests through libxenctrl (`xen-sys`), xenstore, QMP
+//! and `xl`.
+//!
+//! * [`XenDomain::open`] resolves a name, domid or uuid (xenstore `/local/domain/<id>/name`,
+//!   the domain handle for uuids) and opens the control, foreign-memory and xenstore handles.
+//!   On a host that is not a Xen dom0 it fails with one line saying so.
+//! * Identity: the uuid comes from the domain handle; `instance` joins domid, uuid, the
+//!   xenstore `vm` path and `/vm/<uuid>/start_time`, so it changes when the domain is re-created.
+//! * Guest type: PV without `XEN_DOMINF_hvm_guest`; otherwise libxl's `/libxl/<domid>/type`
+//!   (`pvh` or `hvm`; if absent, HVM when a device model is registered in xenstore). PV guests
+//!   are refused: this back-end supports PVH and HVM.
+//! * Log-dirty (`dirty.rs`): `xc_shadow_control` / `xc_logdirty_control` with a hypercall bitmap.
+//! * State (`state.rs`): the exact bodies of libxc's X86_TSC_INFO, HVM_CONTEXT, HVM_PARAMS,
+//!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`qmp`])
+//!   for HVM; the config is libxl's JSON as `xl list -l` prints it ([`xl`]).
+
+mod dirty;
+mod ident;
+pub mod qmp;
+mod state;
+pub mod xl;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+use xen_sys::{ForeignMemory, HypercallBitmap, XenCtrl, XenError};
+use xenstore_rs::Xs;
+
+use super::{Domain, DomainIdentity, DomainInfo, GuestType, HvError};
+
+/// Where the back-end finds the tools around libxenctrl. [`Default`] is a stock Xen 4.17 dom0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenEnv {
+    /// The `xl` command (run as `xl list -l <domid>` for the config).
+    pub xl_command: PathBuf,
+    /// Directory of libxl's QMP sockets `qmp-libxl-<domid>`.
+    pub qmp_dir: PathBuf,
+    /// Directory where QEMU writes its device state (`xckpt-qemu-save.<domid>`), readable by
+    /// QEMU; libxl uses the same one for `qemu-save.<domid>`.
+    pub qemu_save_dir: PathBuf,
+}
+
+impl Default for XenEnv {
+    fn default() -> Self {
+        XenEnv {
+            xl_command: PathBuf::from("xl"),
+            qmp_dir: PathBuf::from("/var/run/xen"),
+            qemu_save_dir: PathBuf::from("/var/lib/xen"),
+        }
+    }
+}
+
+/// A xenstore connection the back-end can share between threads.
+pub type XenStore = Box<dyn Xs + Send>;
+
+/// A running PVH or HVM domain on this Xen host.
+pub struct XenDomain {
+    xc: XenCtrl,
+    fm: ForeignMemory,
+    xs: Mutex<XenStore>,
+    env: XenEnv,
+    domid: u32,
+    guest_type: GuestType,
+    /// Identity at open time: the domain must stay this incarnation.
+    identity: DomainIdentity,
+    /// The log-dirty bitmap, allocated on the first CLEAN and re-sized if the pfn space grows.
+    bitmap: Mutex<Option<HypercallBitmap>>,
+    /// Whether this handle turned log-dirty on (and has not turned it off since).
+    logdirty_ours: AtomicBool,
+    /// Whether QEMU's global dirty log was turned on by `prepare_capture`.
+    qemu_dirty_on: AtomicBool,
+}
+
+impl std::fmt::Debug for XenDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XenDomain")
+            .field("domid", &self.domid)
+            .field("identity", &self.identity)
+            .field("guest_type", &self.guest_type)
+            .finish()
+    }
+}
+
+/// Map a library failure to the back-end's error for domain `d` and operation `op`.
+pub(crate) fn op_err<'d>(
+    d: &'d XenDomain,
+    op: &'static str,
+) -> impl FnOnce(XenError) -> HvError + 'd {
+    move |e| HvError::op(d.name(), op, e)
+}
+
+impl XenDomain {
+    /// Open the domain named by `spec` (a name, a domid or a uuid) on this host.
+    ///
+    /// Fails with [`HvError::Unavailable`] (one line) when the Xen libraries are missing or this
+    /// host is not a Xen dom0, and with [`HvError::NoSuchDomain`] when nothing matches.
+    pub fn open(spec: &str) -> Result<Self, HvError> {
+        let xc = XenCtrl::open().map_err(|e| HvError::Unavailable(e.to_string()))?;
+        let fm = ForeignMemory::open().map_err(|e| HvError::Unavailable(e.to_string()))?;
+        let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| {
+            HvError::Unavailable(format!(
+                "cannot connect to xenstore (/run/xenstored/socket or /dev/xen/xenbus): {e}; \
+                 is xenstored running?"
+            ))
+        })?;
+        Self::open_with(xc, fm, Box::new(xs), XenEnv::default(), spec)
+    }
+
+    /// Open with the given handles and environment (tests pass xen-sys's fake hypervisor and
+    /// an in-memory xenstore).
+    pub fn open_with(
+        xc: XenCtrl,
+        fm: ForeignMemory,
+        xs: XenStore,
+        env: XenEnv,
+        spec: &str,
+    ) -> Result<Self, HvError> {
+        let domid = ident::resolve(&xc, &*xs, spec)?;
+        let info = xc
+            .domain_info(domid)
+            .map_err(|e| HvError::op(spec, "domain info", e))?
+            .ok_or_else(|| HvError::NoSuchDomain(spec.to_string()))?;
+        let identity = ident::identity(&*xs, &info);
+        let guest_type = ident::guest_type(&*xs, &info);
+        if guest_type == GuestType::Pv {
+            return Err(HvError::Unavailable(format!(
+                "domain {} is a PV guest: the Xen back-end supports PVH and HVM guests",
+                identity.name
+            )));
+        }
+        Ok(XenDomain {
+            xc,
+            fm,
+            xs: Mutex::new(xs),
+            env,
+            domid,
+            guest_type,
+            identity,
+            bitmap: Mutex::new(None),
+            logdirty_ours: AtomicBool::new(false),
+            qemu_dirty_on: AtomicBool::new(false),
+        })
+    }
+
+    /// The domain id.
+    pub fn domid(&self) -> u32 {
+        self.domid
+    }
+
+    /// The guest type found at open time.
+    pub fn guest_type(&self) -> GuestType {
+        self.guest_type
+    }
+
+    fn with_xs<R>(&self, f: impl FnOnce(&dyn Xs) -> R) -> R {
+        let g = self.xs.lock().unwrap_or_else(|e| e.into_inner());
+        f(&**g)
+    }
+
+    /// Current domain info, failing if the domain is gone or was re-created.
+    fn xc_info(&self) -> Result<xen_sys::abi::XcDomainInfo, HvError> {
+        let info = self
+            .xc
+            .domain_info(self.domid)
+            .map_err(op_err(self, "domain info"))?
+            .ok_or_else(|| HvError::NoSuchDomain(self.identity.name.clone()))?;
+        if ident::uuid_text(&info.handle) != self.identity.uuid {
+            return Err(HvError::op(
+                self.name(),
+                "domain info",
+                format!("domain id {} now belongs to another domain", self.domid),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// Size of the pfn space now: maximum gpfn + 1.
+    fn pfn_count(&self) -> Result<u64, HvError> {
+        Ok(self
+            .xc
+            .maximum_gpfn(self.domid)
+            .map_err(op_err(self, "maximum gpfn"))?
+            + 1)
+    }
+}
+
+impl Domain for XenDomain {
+    fn info(&self) -> Result<DomainInfo, HvError> {
+        let info = self.xc_info()?;
+        let identity = self.with_xs(|xs| ident::identity(xs, &info));
+        Ok(DomainInfo {
+            identity,
+            guest_type: self.guest_type,
+            pfn_count: self.pfn_count()?,
+            vcpus: info.max_vcpu_id.wrapping_add(1),
+            populated_pages: info.tot_pages,
+            paused: info.flags & xen_sys::abi::XEN_DOMINF_PAUSED != 0,
+        })
+    }
+
+    fn pause(&self) -> Result<(), HvError> {
+        self.xc.pause(self.domid).map_err(op_err(self, "pause"))
+    }
+
+    fn unpause(&self) -> Result<(), HvError> {
+        self.xc.unpause(self.domid).map_err(op_err(self, "unpause"))
+    }
+
+    fn name(&self) -> String {
+        self.identity.name.clone()
+    }
+}

@@ -1,0 +1,185 @@
+//! CPU and platform state of a PVH / HVM domain, as the bodies of libxc's migration records.
+//!
+//! libxc's HVM save writes, at the end of each checkpoint, X86_TSC_INFO, HVM_CONTEXT and
+//! HVM_PARAMS, and once up front X86_CPUID_POLICY and X86_MSR_POLICY (xg_sr_save_x86_hvm.c,
+//! xg_sr_common_x86.c). Each [`StateBlob`] here carries exactly one such record body, so the
+//! stream writer only adds the record header and padding. Records libxc would skip are skipped
+//! too: HVM_PARAMS with no non-zero param, and empty CPUID / MSR policies. For HVM guests QEMU's
+//! device state follows as a [`state_kind::QEMU_STATE`] blob.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use xen_sys::abi::HVM_PARAMS_SAVED;
+use xen_sys::{cpuid_record, msr_record};
+
+use super::{op_err, qmp, xl, XenDomain};
+use crate::hv::{state_kind, Domain, GuestType, HvError, MachineState, StateBlob};
+
+/// The HVM_PARAMS record body: count u32, reserved u32, then (index u64, value u64) pairs,
+/// little-endian, for the non-zero params in libxc's order.
+pub(crate) fn hvm_params_record(params: &[(u32, u64)]) -> Option<Vec<u8>> {
+    let set: Vec<_> = params.iter().filter(|(_, v)| *v != 0).collect();
+    if set.is_empty() {
+        return None;
+    }
+    let mut body = Vec::with_capacity(8 + 16 * set.len());
+    body.extend_from_slice(&(set.len() as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    for (i, v) in set {
+        body.extend_from_slice(&u64::from(*i).to_le_bytes());
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    Some(body)
+}
+
+impl XenDomain {
+    fn qmp(
+        &self,
+        command: &str,
+        args: serde_json::Value,
+        op: &'static str,
+    ) -> Result<serde_json::Value, HvError> {
+        let path = qmp::socket_path(&self.env.qmp_dir, self.domid);
+        qmp::execute(&path, command, args).map_err(|e| HvError::op(self.name(), op, e))
+    }
+
+    fn set_qemu_dirty_log(&self, on: bool) -> Result<(), HvError> {
+        self.qmp(
+            "xen-set-global-dirty-log",
+            json!({ "enable": on }),
+            "QEMU dirty log",
+        )?;
+        self.qemu_dirty_on.store(on, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// QEMU's device state, saved to a 0600 file QEMU overwrites, read back and removed.
+    fn qemu_state(&self) -> Result<Vec<u8>, HvError> {
+        let path: PathBuf = self
+            .env
+            .qemu_save_dir
+            .join(format!("xckpt-qemu-save.{}", self.domid));
+        let fail = |e: std::io::Error| {
+            HvError::op(
+                self.name(),
+                "QEMU device state",
+                format!("{}: {e}", path.display()),
+            )
+        };
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(fail)?;
+        let saved = self.qmp(
+            "xen-save-devices-state",
+            json!({ "filename": path.to_string_lossy(), "live": false }),
+            "QEMU device state",
+        );
+        let data = saved.and_then(|_| std::fs::read(&path).map_err(fail));
+        let _ = std::fs::remove_file(&path);
+        data
+    }
+
+    fn hvm_blobs(&self) -> Result<Vec<StateBlob>, HvError> {
+        let d = self.domid;
+        let mut out = Vec::with_capacity(6);
+        let tsc = self.xc.tsc_info(d).map_err(op_err(self, "TSC info"))?;
+        out.push(StateBlob {
+            kind: state_kind::TSC_INFO,
+            data: tsc.to_record(),
+        });
+        let ctx = self
+            .xc
+            .hvm_context(d)
+            .map_err(op_err(self, "HVM context"))?;
+        out.push(StateBlob {
+            kind: state_kind::HVM_CONTEXT,
+            data: ctx,
+        });
+        let mut params = Vec::with_capacity(HVM_PARAMS_SAVED.len());
+        for idx in HVM_PARAMS_SAVED {
+            params.push((
+                idx,
+                self.xc
+                    .hvm_param(d, idx)
+                    .map_err(op_err(self, "HVM param"))?,
+            ));
+        }
+        if let Some(body) = hvm_params_record(&params) {
+            out.push(StateBlob {
+                kind: state_kind::HVM_PARAMS,
+                data: body,
+            });
+        }
+        let (leaves, msrs) = self.xc.cpu_policy(d).map_err(op_err(self, "CPU policy"))?;
+        if !leaves.is_empty() {
+            out.push(StateBlob {
+                kind: state_kind::CPUID_POLICY,
+                data: cpuid_record(&leaves),
+            });
+        }
+        if !msrs.is_empty() {
+            out.push(StateBlob {
+                kind: state_kind::MSR_POLICY,
+                data: msr_record(&msrs),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl MachineState for XenDomain {
+    fn prepare_capture(&self) -> Result<(), HvError> {
+        match self.guest_type {
+            GuestType::Hvm => self.set_qemu_dirty_log(true),
+            _ => Ok(()),
+        }
+    }
+
+    fn finish_capture(&self) -> Result<(), HvError> {
+        if self.qemu_dirty_on.load(Ordering::SeqCst) {
+            self.set_qemu_dirty_log(false)?;
+        }
+        Ok(())
+    }
+
+    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        let mut blobs = self.hvm_blobs()?;
+        if self.guest_type == GuestType::Hvm {
+            blobs.push(StateBlob {
+                kind: state_kind::QEMU_STATE,
+                data: self.qemu_state()?,
+            });
+        }
+        Ok(blobs)
+    }
+
+    fn config(&self) -> Result<Vec<u8>, HvError> {
+        xl::domain_config(&self.env.xl_command, self.domid)
+            .map_err(|e| HvError::op(self.name(), "domain config", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hvm_params_body() {
+        assert_eq!(hvm_params_record(&[(1, 0), (5, 0)]), None);
+        let b = hvm_params_record(&[(1, 0xfeff), (5, 0), (36, 8)]).unwrap();
+        let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&0xfeffu64.to_le_bytes());
+        want.extend_from_slice(&36u64.to_le_bytes());
+        want.extend_from_slice(&8u64.to_le_bytes());
+        assert_eq!(b, want);
+    }
+}

@@ -1,0 +1,100 @@
+//! The domain's libxl configuration, as `xl save` embeds it.
+//!
+//! `xl save` calls `libxl_retrieve_domain_configuration` and `libxl_domain_config_to_json`, and
+//! embeds the JSON text with its trailing NUL. `xl list -l <domid>` prints the same retrieved
+//! configuration as `[{"domid": N, "config": {...}}]`. Running `xl` is preferred to loading
+//! libxenlight: `libxl_domain_config` is a large generated struct whose layout we would have to
+//! mirror to allocate it, and libxl's context wants a logger and the xl lock conventions;
+//! `xl` is present on every dom0 that has the libraries. The JSON is re-serialised (key order
+//! may differ from libxl's); libxl parses it by key, so restore sees the same configuration.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Why the configuration could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum XlError {
+    /// `xl` could not be run.
+    #[error("cannot run {cmd}: {source} (is xen-utils-4.17 installed?)")]
+    Spawn {
+        /// The command.
+        cmd: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `xl` failed.
+    #[error("`{cmd} list -l {domid}` failed: {stderr}")]
+    Failed {
+        /// The command.
+        cmd: String,
+        /// The domain.
+        domid: u32,
+        /// Its first line of stderr.
+        stderr: String,
+    },
+    /// The output held no configuration for the domain.
+    #[error("`{cmd} list -l {domid}` printed no configuration for domain {domid}")]
+    NoConfig {
+        /// The command.
+        cmd: String,
+        /// The domain.
+        domid: u32,
+    },
+}
+
+/// The libxl JSON configuration of `domid` followed by a NUL byte, exactly the optional-data
+/// payload `xl save` writes after its length.
+pub fn domain_config(xl: &Path, domid: u32) -> Result<Vec<u8>, XlError> {
+    let cmd = xl.display().to_string();
+    let out = Command::new(xl)
+        .args(["list", "-l", &domid.to_string()])
+        .output()
+        .map_err(|source| XlError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.lines().next().unwrap_or("no message").to_string();
+        return Err(XlError::Failed { cmd, domid, stderr });
+    }
+    config_from_list(&out.stdout, domid).ok_or(XlError::NoConfig { cmd, domid })
+}
+
+/// Pick `domid`'s `config` object out of `xl list -l` output; JSON text plus a trailing NUL.
+pub fn config_from_list(stdout: &[u8], domid: u32) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(stdout).ok()?;
+    let entries = match v {
+        Value::Array(a) => a,
+        one @ Value::Object(_) => vec![one],
+        _ => return None,
+    };
+    let entry = entries
+        .into_iter()
+        .find(|e| e.get("domid").and_then(Value::as_u64) == Some(u64::from(domid)))?;
+    let config = entry.get("config").filter(|c| c.is_object())?;
+    let mut text = serde_json::to_vec_pretty(config).ok()?;
+    text.push(0);
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_right_domain() {
+        let out = br#"[
+    { "domid": 3, "config": { "c_info": { "name": "a" } } },
+    { "domid": 5, "config": { "c_info": { "type": "hvm", "name": "b" } } }
+]"#;
+        let c = config_from_list(out, 5).unwrap();
+        assert_eq!(c.last(), Some(&0));
+        let v: Value = serde_json::from_slice(&c[..c.len() - 1]).unwrap();
+        assert_eq!(v["c_info"]["name"], "b");
+        assert!(config_from_list(out, 4).is_none());
+        assert!(config_from_list(b"not json", 3).is_none());
+    }
+}

@@ -1,0 +1,439 @@
+//! The Xen back-end against xen-sys's fake hypervisor, an in-memory xenstore, a scripted QMP
+//! server and a stand-in `xl`. Each test uses its own domids (the fake registry is global).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use xckpt::hv::xen::{XenDomain, XenEnv};
+use xckpt::hv::{
+    state_kind, DirtyLog, Domain, GuestMemory, GuestType, HvError, MachineState, PageType,
+    PfnBitmap, PAGE_SIZE,
+};
+use xen_sys::abi::*;
+use xen_sys::fake::{self, FakeDomainSpec};
+use xen_sys::{ForeignMemory, XenCtrl};
+use xenstore_rs::Xs;
+
+#[derive(Clone, Default)]
+struct MapXs(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl MapXs {
+    fn set(&self, k: &str, v: &str) {
+        self.0.lock().unwrap().insert(k.to_string(), v.to_string());
+    }
+}
+
+impl Xs for MapXs {
+    fn directory(&self, path: &str) -> std::io::Result<Vec<Box<str>>> {
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        let m = self.0.lock().unwrap();
+        let mut kids: Vec<Box<str>> = m
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .map(|rest| rest.split('/').next().unwrap().into())
+            .collect();
+        kids.dedup();
+        Ok(kids)
+    }
+    fn read(&self, path: &str) -> std::io::Result<Box<str>> {
+        let m = self.0.lock().unwrap();
+        m.get(path)
+            .map(|s| s.as_str().into())
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+    fn write(&self, path: &str, data: &str) -> std::io::Result<()> {
+        self.set(path, data);
+        Ok(())
+    }
+    fn rm(&self, path: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().remove(path);
+        Ok(())
+    }
+}
+
+fn uuid(domid: u32, gen: u8) -> ([u8; 16], String) {
+    let mut h = [0u8; 16];
+    h[0] = domid as u8;
+    h[15] = gen;
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        h,
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        ),
+    )
+}
+
+/// Create fake domain `domid` named `name` of type `ty` with xenstore entries; returns the
+/// xenstore.
+fn make(domid: u32, name: &str, ty: &str, gen: u8, xs: &MapXs) -> String {
+    let (h, u) = uuid(domid, gen);
+    fake::add_domain(FakeDomainSpec {
+        domid,
+        uuid: h,
+        hvm: ty != "pv",
+        pfn_count: 300,
+        vcpus: 2,
+        unpopulated: vec![10],
+        broken: vec![11],
+        logdirty_errno: None,
+    });
+    xs.set(&format!("/local/domain/{domid}/name"), name);
+    xs.set(&format!("/local/domain/{domid}/vm"), &format!("/vm/{u}"));
+    xs.set(&format!("/vm/{u}/start_time"), &format!("1700000000.{gen}"));
+    xs.set(&format!("/libxl/{domid}/type"), ty);
+    u
+}
+
+fn open(spec: &str, xs: &MapXs, env: XenEnv) -> Result<XenDomain, HvError> {
+    XenDomain::open_with(
+        XenCtrl::open_fake(),
+        ForeignMemory::open_fake(),
+        Box::new(xs.clone()),
+        env,
+        spec,
+    )
+}
+
+#[test]
+fn open_by_name_domid_and_uuid() {
+    let xs = MapXs::default();
+    let u = make(201, "web", "pvh", 1, &xs);
+    make(202, "db", "pvh", 1, &xs);
+    make(203, "old", "pv", 1, &xs);
+    for spec in ["web", "201", u.as_str(), &u.to_uppercase()] {
+        assert_eq!(
+            open(spec, &xs, XenEnv::default()).unwrap().domid(),
+            201,
+            "{spec}"
+        );
+    }
+    assert_eq!(open("db", &xs, XenEnv::default()).unwrap().domid(), 202);
+    assert!(
+        matches!(open("nope", &xs, XenEnv::default()), Err(HvError::NoSuchDomain(s)) if s == "nope")
+    );
+    assert!(matches!(
+        open("209", &xs, XenEnv::default()),
+        Err(HvError::NoSuchDomain(_))
+    ));
+    let pv = open("old", &xs, XenEnv::default()).unwrap_err().to_string();
+    assert!(pv.contains("PV guest"), "{pv}");
+}
+
+#[test]
+fn guest_type_without_libxl_type_node() {
+    let xs = MapXs::default();
+    make(205, "dm", "hvm", 1, &xs);
+    make(206, "nodm", "hvm", 1, &xs);
+    xs.rm("/libxl/205/type").unwrap();
+    xs.rm("/libxl/206/type").unwrap();
+    xs.set("/local/domain/0/device-model/205/state", "running");
+    assert_eq!(
+        open("dm", &xs, XenEnv::default()).unwrap().guest_type(),
+        GuestType::Hvm
+    );
+    assert_eq!(
+        open("nodm", &xs, XenEnv::default()).unwrap().guest_type(),
+        GuestType::Pvh
+    );
+    xs.set("/libxl/206/type", "hvm");
+    assert_eq!(
+        open("nodm", &xs, XenEnv::default()).unwrap().guest_type(),
+        GuestType::Hvm
+    );
+}
+
+#[test]
+fn info_and_identity_across_recreation() {
+    let xs = MapXs::default();
+    let u = make(211, "app", "hvm", 1, &xs);
+    let d = open("app", &xs, XenEnv::default()).unwrap();
+    let i = d.info().unwrap();
+    assert_eq!(i.identity.name, "app");
+    assert_eq!(i.identity.domid, 211);
+    assert_eq!(i.identity.uuid, u);
+    assert_eq!(i.guest_type, GuestType::Hvm);
+    assert_eq!(
+        (i.pfn_count, i.vcpus, i.populated_pages, i.paused),
+        (300, 2, 299, false)
+    );
+    d.pause().unwrap();
+    assert!(d.info().unwrap().paused);
+    d.unpause().unwrap();
+    assert_eq!(fake::pause_count(211), 0);
+
+    // Same uuid, new start time: a re-created domain has a new instance.
+    make(211, "app", "hvm", 1, &xs);
+    xs.set(&format!("/vm/{u}/start_time"), "1800000000.5");
+    assert_ne!(d.info().unwrap().identity.instance, i.identity.instance);
+    // A different domain under the same domid is refused.
+    make(211, "app", "hvm", 2, &xs);
+    assert!(matches!(d.info(), Err(HvError::Op { .. })));
+    fake::remove_domain(211);
+    assert!(matches!(d.info(), Err(HvError::NoSuchDomain(_))));
+}
+
+#[test]
+fn logdirty_round_trip() {
+    let xs = MapXs::default();
+    make(221, "ld", "pvh", 1, &xs);
+    let d = open("221", &xs, XenEnv::default()).unwrap();
+    assert!(!d.logdirty_enabled().unwrap());
+    assert!(
+        !fake::logdirty_on(221),
+        "the probe must leave log-dirty off"
+    );
+    d.logdirty_enable().unwrap();
+    for pfn in [0u64, 64, 299] {
+        fake::write_page(221, pfn, &vec![1; PAGE_SIZE]);
+    }
+    d.logdirty_enable().unwrap(); // already on: keeps the bits
+    assert!(d.logdirty_enabled().unwrap());
+    let mut bm = PfnBitmap::new();
+    assert_eq!(d.logdirty_clean(&mut bm).unwrap(), 3);
+    assert_eq!(bm.len(), 300);
+    assert_eq!(bm.iter_ones().collect::<Vec<_>>(), vec![0, 64, 299]);
+    assert_eq!(d.logdirty_clean(&mut bm).unwrap(), 0);
+    d.logdirty_disable().unwrap();
+    assert!(!fake::logdirty_on(221));
+    let off = d.logdirty_clean(&mut bm).unwrap_err().to_string();
+    assert!(off.contains("log-dirty mode is off"), "{off}");
+    assert!(!fake::logdirty_on(221));
+
+    // Log-dirty left on by someone else: enable restarts it, as libxc does.
+    let other = XenCtrl::open_fake();
+    other
+        .shadow_control(221, XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, 0)
+        .unwrap();
+    assert!(d.logdirty_enabled().unwrap());
+    d.logdirty_enable().unwrap();
+    assert!(fake::logdirty_on(221));
+}
+
+#[test]
+fn logdirty_unsupported_is_its_own_error() {
+    let xs = MapXs::default();
+    make(231, "nold", "pvh", 1, &xs);
+    let (h, _) = uuid(231, 1);
+    fake::add_domain(FakeDomainSpec {
+        domid: 231,
+        uuid: h,
+        hvm: true,
+        pfn_count: 16,
+        vcpus: 1,
+        logdirty_errno: Some(libc::EOPNOTSUPP),
+        ..Default::default()
+    });
+    let d = open("nold", &xs, XenEnv::default()).unwrap();
+    assert!(
+        matches!(d.logdirty_enable(), Err(HvError::LogDirtyUnsupported { domain, .. }) if domain == "nold")
+    );
+}
+
+#[test]
+fn page_types_and_mapping() {
+    let xs = MapXs::default();
+    make(241, "mem", "pvh", 1, &xs);
+    let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+    fake::write_page(241, 7, &page);
+    let d = open("mem", &xs, XenEnv::default()).unwrap();
+    let pfns = [7u64, 10, 11, 12, 300];
+    let mut types = [PageType::Normal; 5];
+    d.page_types(&pfns, &mut types).unwrap();
+    assert_eq!(
+        types,
+        [
+            PageType::Normal,
+            PageType::Unpopulated,
+            PageType::Broken,
+            PageType::Normal,
+            PageType::Unpopulated
+        ]
+    );
+    let b = d.map_batch(&pfns[..4]).unwrap();
+    assert_eq!(b.len(), 4);
+    let mut out = vec![0u8; PAGE_SIZE];
+    b.page(0).unwrap().copy_to(&mut out);
+    assert_eq!(out, page);
+    assert_eq!(b.page(1).err(), Some(libc::ENOENT));
+    assert_eq!(b.page(2).err(), Some(libc::ENOENT));
+    assert!(b.page(3).unwrap().is_zero());
+}
+
+fn expected_pvh_blobs(domid: u32) -> Vec<(u32, Vec<u8>)> {
+    let (mode, nsec, khz, inc) = fake::FAKE_TSC;
+    let tsc = [
+        &mode.to_le_bytes()[..],
+        &khz.to_le_bytes(),
+        &nsec.to_le_bytes(),
+        &inc.to_le_bytes(),
+        &[0; 4],
+    ]
+    .concat();
+    let mut params = vec![3, 0, 0, 0, 0, 0, 0, 0];
+    for (i, v) in [
+        (HVM_PARAM_STORE_PFN, 299u64),
+        (HVM_PARAM_CONSOLE_PFN, 298),
+        (HVM_PARAM_X87_FIP_WIDTH, 8),
+    ] {
+        params.extend_from_slice(&u64::from(i).to_le_bytes());
+        params.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut cpuid = Vec::new();
+    for l in fake::FAKE_LEAVES {
+        for w in [l.leaf, l.subleaf, l.a, l.b, l.c, l.d] {
+            cpuid.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    let m = fake::FAKE_MSRS[0];
+    let msr = [
+        &m.idx.to_le_bytes()[..],
+        &m.flags.to_le_bytes(),
+        &m.val.to_le_bytes(),
+    ]
+    .concat();
+    vec![
+        (state_kind::TSC_INFO, tsc),
+        (state_kind::HVM_CONTEXT, fake::hvm_context_bytes(domid)),
+        (state_kind::HVM_PARAMS, params),
+        (state_kind::CPUID_POLICY, cpuid),
+        (state_kind::MSR_POLICY, msr),
+    ]
+}
+
+#[test]
+fn pvh_state_is_libxc_record_bodies() {
+    let xs = MapXs::default();
+    make(251, "st", "pvh", 1, &xs);
+    let d = open("st", &xs, XenEnv::default()).unwrap();
+    d.prepare_capture().unwrap(); // no device model: nothing to do
+    let got: Vec<(u32, Vec<u8>)> = d
+        .save_state()
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.kind, b.data))
+        .collect();
+    assert_eq!(got, expected_pvh_blobs(251));
+    d.finish_capture().unwrap();
+}
+
+/// A QMP server answering `commands` connections; `xen-save-devices-state` writes `state` to
+/// the file it is given. Returns the commands seen.
+fn qmp_server(
+    path: &Path,
+    connections: usize,
+    state: &'static [u8],
+) -> std::thread::JoinHandle<Vec<Value>> {
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..connections {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"{\"QMP\": {}}\n").unwrap();
+            for _ in 0..2 {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["execute"] == "xen-save-devices-state" {
+                    std::fs::write(v["arguments"]["filename"].as_str().unwrap(), state).unwrap();
+                }
+                seen.push(v);
+                w.write_all(b"{\"return\": {}}\n").unwrap();
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn hvm_state_config_and_qemu() {
+    let xs = MapXs::default();
+    make(261, "win", "hvm", 1, &xs);
+    let dir = tempfile::tempdir().unwrap();
+    let xl = dir.path().join("xl");
+    std::fs::write(
+        &xl,
+        "#!/bin/sh\n[ \"$1 $2 $3\" = \"list -l 261\" ] || exit 1\n\
+         echo '[{\"domid\": 261, \"config\": {\"c_info\": {\"type\": \"hvm\", \"name\": \"win\"}}}]'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&xl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = XenEnv {
+        xl_command: xl,
+        qmp_dir: dir.path().into(),
+        qemu_save_dir: dir.path().into(),
+    };
+    let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
+    let d = open("win", &xs, env).unwrap();
+
+    d.prepare_capture().unwrap();
+    let blobs = d.save_state().unwrap();
+    d.finish_capture().unwrap();
+    let seen = server.join().unwrap();
+    let cmds: Vec<&str> = seen
+        .iter()
+        .map(|v| v["execute"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cmds,
+        [
+            "qmp_capabilities",
+            "xen-set-global-dirty-log",
+            "qmp_capabilities",
+            "xen-save-devices-state",
+            "qmp_capabilities",
+            "xen-set-global-dirty-log"
+        ]
+    );
+    assert_eq!(seen[1]["arguments"]["enable"], true);
+    assert_eq!(seen[3]["arguments"]["live"], false);
+    assert_eq!(seen[5]["arguments"]["enable"], false);
+    let (last, first) = blobs.split_last().unwrap();
+    let got: Vec<(u32, Vec<u8>)> = first.iter().map(|b| (b.kind, b.data.clone())).collect();
+    assert_eq!(got, expected_pvh_blobs(261));
+    assert_eq!(
+        (last.kind, last.data.as_slice()),
+        (state_kind::QEMU_STATE, &b"QEVM device state"[..])
+    );
+    assert!(
+        !dir.path().join("xckpt-qemu-save.261").exists(),
+        "temporary state file removed"
+    );
+
+    let cfg = d.config().unwrap();
+    assert_eq!(
+        cfg.last(),
+        Some(&0),
+        "NUL-terminated like xl's embedded config"
+    );
+    let v: Value = serde_json::from_slice(&cfg[..cfg.len() - 1]).unwrap();
+    assert_eq!(v["c_info"]["name"], "win");
+}
+
+/// This machine has no Xen: opening a real domain fails with one clear line.
+#[test]
+fn open_without_xen_is_one_clear_line() {
+    if Path::new("/dev/xen/privcmd").exists() {
+        return;
+    }
+    let e = XenDomain::open("anything").unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, HvError::Unavailable(_)), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(
+        msg.contains("not running in a Xen dom0") || msg.contains("xen-utils-4.17"),
+        "{msg}"
+    );
+}
