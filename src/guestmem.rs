@@ -24,7 +24,10 @@ impl<'a> GuestPage<'a> {
     /// `'a`. Other agents may write them concurrently; this type only reads them volatilely.
     pub unsafe fn new(ptr: *const u8) -> Self {
         debug_assert_eq!(ptr as usize % PAGE_SIZE, 0);
-        GuestPage { ptr: ptr.cast(), _life: std::marker::PhantomData }
+        GuestPage {
+            ptr: ptr.cast(),
+            _life: std::marker::PhantomData,
+        }
     }
 
     /// Copy the page into `dst`. The copy is a snapshot of each word at some instant.
@@ -122,7 +125,10 @@ impl AnonMapping {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(AnonMapping { base: base.cast(), len })
+        Ok(AnonMapping {
+            base: base.cast(),
+            len,
+        })
     }
 
     /// Number of pages mapped.

@@ -30,8 +30,9 @@ fn check_round_trip(ty: GuestType, n: usize) {
     assert_eq!(got.config.as_deref(), Some(img.config.as_slice()));
 
     // Pages: every populated pfn, in order, byte-equal; zero / evicted as zeros.
-    let populated: Vec<u64> =
-        (0..n as u64).filter(|&p| img.page_state(p) != PageState::Unpopulated).collect();
+    let populated: Vec<u64> = (0..n as u64)
+        .filter(|&p| img.page_state(p) != PageState::Unpopulated)
+        .collect();
     assert_eq!(got.pages.iter().map(|p| p.0).collect::<Vec<_>>(), populated);
     for (pfn, pty, data) in &got.pages {
         assert_eq!(*pty, PageType::Normal);
@@ -43,8 +44,11 @@ fn check_round_trip(ty: GuestType, n: usize) {
     }
     // read_page was called for data pages only, in ascending pfn order.
     let reads = img.reads.lock().unwrap().clone();
-    let data_pfns: Vec<u64> =
-        populated.iter().copied().filter(|p| img.data.contains_key(p)).collect();
+    let data_pfns: Vec<u64> = populated
+        .iter()
+        .copied()
+        .filter(|p| img.data.contains_key(p))
+        .collect();
     assert_eq!(reads, data_pfns);
 
     // Blobs: all of them, byte-equal.
@@ -56,7 +60,10 @@ fn check_round_trip(ty: GuestType, n: usize) {
 
     let end = got.end.expect("end");
     assert_eq!(end.guest_type, ty);
-    assert_eq!(end.pfn_range, Some((populated[0], *populated.last().unwrap())));
+    assert_eq!(
+        end.pfn_range,
+        Some((populated[0], *populated.last().unwrap()))
+    );
     assert_eq!(end.data_pages, populated.len() as u64);
     assert_eq!(end.nodata_pfns, 0);
     assert_eq!(end.bytes, out.len() as u64);
@@ -95,7 +102,10 @@ fn pv_is_unsupported() {
     let mut img = image(GuestType::Hvm, 64);
     img.ty = GuestType::Pv;
     let err = write_save_file(&img, &StreamOptions::default(), &mut Vec::new()).unwrap_err();
-    assert!(matches!(err, StreamWriteError::Unsupported(GuestType::Pv)), "{err}");
+    assert!(
+        matches!(err, StreamWriteError::Unsupported(GuestType::Pv)),
+        "{err}"
+    );
 }
 
 fn without(img: &mut TestImage, kind: u32) {
@@ -113,7 +123,10 @@ fn missing_state_is_reported_before_writing() {
         without(&mut img, kind);
         let mut out = Vec::new();
         let err = write_save_file(&img, &StreamOptions::default(), &mut out).unwrap_err();
-        assert!(matches!(err, StreamWriteError::MissingState(n) if n == name), "{err}");
+        assert!(
+            matches!(err, StreamWriteError::MissingState(n) if n == name),
+            "{err}"
+        );
         assert!(out.is_empty());
     }
 }
@@ -131,7 +144,14 @@ fn optional_state_may_be_absent() {
     }
     let (out, _) = write(&img, &StreamOptions::default());
     let kinds: Vec<u32> = parse(&out).blobs.iter().map(|b| b.kind).collect();
-    assert_eq!(kinds, [state_kind::HVM_PARAMS, state_kind::HVM_CONTEXT, state_kind::QEMU_STATE]);
+    assert_eq!(
+        kinds,
+        [
+            state_kind::HVM_PARAMS,
+            state_kind::HVM_CONTEXT,
+            state_kind::QEMU_STATE
+        ]
+    );
 }
 
 #[test]
@@ -147,7 +167,10 @@ fn malformed_state_is_rejected() {
         without(&mut img, kind);
         img.blobs.push(StateBlob { kind, data });
         let err = write_save_file(&img, &StreamOptions::default(), &mut Vec::new()).unwrap_err();
-        assert!(matches!(err, StreamWriteError::BadState { .. }), "{kind:#x}: {err}");
+        assert!(
+            matches!(err, StreamWriteError::BadState { .. }),
+            "{kind:#x}: {err}"
+        );
     }
 }
 
@@ -156,7 +179,16 @@ fn unpopulated_store_page_is_rejected() {
     let mut img = image(GuestType::Pvh, 64);
     img.states[STORE_PFN as usize] = PageState::Unpopulated;
     let err = write_save_file(&img, &StreamOptions::default(), &mut Vec::new()).unwrap_err();
-    assert!(matches!(err, StreamWriteError::BadState { what: "HVM_PARAMS", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StreamWriteError::BadState {
+                what: "HVM_PARAMS",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// Accepts `left` bytes, then fails like a pipe whose reader exited.
@@ -181,7 +213,9 @@ impl Write for BrokenPipe {
 #[test]
 fn write_errors_surface_as_io() {
     let img = image(GuestType::Hvm, 3000);
-    let mut out = BrokenPipe { left: 1000 * PAGE_SIZE + 3 };
+    let mut out = BrokenPipe {
+        left: 1000 * PAGE_SIZE + 3,
+    };
     let err = write_save_file(&img, &StreamOptions::default(), &mut out).unwrap_err();
     assert!(
         matches!(&err, StreamWriteError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe),
@@ -196,7 +230,10 @@ fn json(config: &[u8]) -> serde_json::Value {
 #[test]
 fn rename_sets_name_and_fresh_uuid() {
     let img = image(GuestType::Hvm, 64);
-    let opts = StreamOptions { new_name: Some("clone-1".into()), ..Default::default() };
+    let opts = StreamOptions {
+        new_name: Some("clone-1".into()),
+        ..Default::default()
+    };
     let (out, _) = write(&img, &opts);
     let got = json(&parse(&out).config.unwrap());
     let orig = json(&img.config);
@@ -221,7 +258,10 @@ fn domid_is_cleared_unless_preserved() {
     img.config = br#"{"c_info": {"type": "pvh", "name": "g", "domid": 12}}"#.to_vec();
     let (out, _) = write(&img, &StreamOptions::default());
     assert_eq!(json(&parse(&out).config.unwrap())["c_info"]["domid"], 0);
-    let keep = StreamOptions { preserve_domid: true, ..Default::default() };
+    let keep = StreamOptions {
+        preserve_domid: true,
+        ..Default::default()
+    };
     let (out, _) = write(&img, &keep);
     assert_eq!(parse(&out).config.unwrap(), img.config);
 }
@@ -230,7 +270,10 @@ fn domid_is_cleared_unless_preserved() {
 fn rename_of_non_json_config_fails() {
     let mut img = image(GuestType::Pvh, 64);
     img.config = b"name = 'g'\n".to_vec();
-    let opts = StreamOptions { new_name: Some("x".into()), ..Default::default() };
+    let opts = StreamOptions {
+        new_name: Some("x".into()),
+        ..Default::default()
+    };
     let err = write_save_file(&img, &opts, &mut Vec::new()).unwrap_err();
     assert!(matches!(err, StreamWriteError::BadConfig(_)), "{err}");
 }

@@ -147,7 +147,11 @@ pub enum HvError {
 impl HvError {
     /// Build an [`HvError::Op`].
     pub fn op(domain: impl Into<String>, op: &'static str, reason: impl std::fmt::Display) -> Self {
-        HvError::Op { domain: domain.into(), op, reason: reason.to_string() }
+        HvError::Op {
+            domain: domain.into(),
+            op,
+            reason: reason.to_string(),
+        }
     }
 }
 

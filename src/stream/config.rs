@@ -76,7 +76,14 @@ pub fn random_uuid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// The guest type named by a libxl JSON config (`c_info.type`, else `b_info.type`).
@@ -112,7 +119,10 @@ mod tests {
         let out = prepare_config(raw, &ConfigRewrite::default()).unwrap();
         let v: Value = serde_json::from_slice(strip_nul(&out)).unwrap();
         assert_eq!(v["c_info"]["domid"], 0);
-        let keep = ConfigRewrite { preserve_domid: true, ..Default::default() };
+        let keep = ConfigRewrite {
+            preserve_domid: true,
+            ..Default::default()
+        };
         let out = prepare_config(raw, &keep).unwrap();
         assert_eq!(strip_nul(&out), raw);
     }
@@ -127,8 +137,14 @@ mod tests {
 
     #[test]
     fn guest_type_from_config() {
-        assert_eq!(guest_type_of(br#"{"c_info":{"type":"pvh"}}"#), Some(GuestType::Pvh));
-        assert_eq!(guest_type_of(br#"{"b_info":{"type":"hvm"}}"#), Some(GuestType::Hvm));
+        assert_eq!(
+            guest_type_of(br#"{"c_info":{"type":"pvh"}}"#),
+            Some(GuestType::Pvh)
+        );
+        assert_eq!(
+            guest_type_of(br#"{"b_info":{"type":"hvm"}}"#),
+            Some(GuestType::Hvm)
+        );
         assert_eq!(guest_type_of(b"not json"), None);
     }
 }

@@ -91,11 +91,17 @@ pub enum StreamParseError {
 impl StreamParseError {
     /// Build a [`StreamParseError::Malformed`].
     pub(crate) fn malformed(offset: u64, what: impl Into<String>) -> Self {
-        StreamParseError::Malformed { what: what.into(), offset }
+        StreamParseError::Malformed {
+            what: what.into(),
+            offset,
+        }
     }
 
     /// Build a [`StreamParseError::Unsupported`].
     pub(crate) fn unsupported(offset: u64, what: impl Into<String>) -> Self {
-        StreamParseError::Unsupported { what: what.into(), offset }
+        StreamParseError::Unsupported {
+            what: what.into(),
+            offset,
+        }
     }
 }

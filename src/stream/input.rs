@@ -35,7 +35,10 @@ impl<'r, R: Read> Input<'r, R> {
     }
 
     fn io(&self, source: io::Error) -> StreamParseError {
-        StreamParseError::Io { offset: self.offset, source }
+        StreamParseError::Io {
+            offset: self.offset,
+            source,
+        }
     }
 
     /// Fill `buf` or fail.
@@ -60,7 +63,10 @@ impl<'r, R: Read> Input<'r, R> {
     /// `len` bytes into a new vector, which grows only as bytes arrive.
     pub fn bytes(&mut self, len: u64) -> Result<Vec<u8>, StreamParseError> {
         let mut v = Vec::new();
-        let got = (&mut *self.inner).take(len).read_to_end(&mut v).map_err(|e| self.io(e))?;
+        let got = (&mut *self.inner)
+            .take(len)
+            .read_to_end(&mut v)
+            .map_err(|e| self.io(e))?;
         self.offset += got as u64;
         if (got as u64) < len {
             return Err(self.io(io::ErrorKind::UnexpectedEof.into()));
@@ -110,6 +116,9 @@ impl<'r, R: Read> Input<'r, R> {
 
     /// Wrap a sink error with the current offset.
     pub fn sink(&self, source: SinkError) -> StreamParseError {
-        StreamParseError::Sink { offset: self.offset, source }
+        StreamParseError::Sink {
+            offset: self.offset,
+            source,
+        }
     }
 }

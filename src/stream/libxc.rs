@@ -131,7 +131,9 @@ fn write_batch(
     w.write_all(&words)?;
     for &(pfn, state) in batch {
         if let PageState::Data(_) = state {
-            image.read_page(pfn, buf).map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
+            image
+                .read_page(pfn, buf)
+                .map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
             w.write_all(buf)?;
             stats.data_pages += 1;
         } else {

@@ -65,7 +65,10 @@ pub fn parse_libxc<R: Read>(
             }
             libxc_rec::STATIC_DATA_END => {
                 if static_end {
-                    return Err(StreamParseError::malformed(rec.at, "second STATIC_DATA_END"));
+                    return Err(StreamParseError::malformed(
+                        rec.at,
+                        "second STATIC_DATA_END",
+                    ));
                 }
                 static_end = true;
                 inp.skip_body(&rec)?;
@@ -101,30 +104,51 @@ fn read_headers<R: Read>(
     let be32 = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
     let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
     if u64::from_be_bytes(ih[..8].try_into().expect("8 bytes")) != IHDR_MARKER {
-        return Err(StreamParseError::BadMagic { what: "libxc image marker", offset: at });
+        return Err(StreamParseError::BadMagic {
+            what: "libxc image marker",
+            offset: at,
+        });
     }
     if be32(&ih[8..12]) != IHDR_ID {
-        return Err(StreamParseError::BadMagic { what: "libxc image id", offset: at + 8 });
+        return Err(StreamParseError::BadMagic {
+            what: "libxc image id",
+            offset: at + 8,
+        });
     }
     let version = be32(&ih[12..16]);
     if !(2..=3).contains(&version) {
-        return Err(StreamParseError::unsupported(at + 12, format!("libxc stream v{version}")));
+        return Err(StreamParseError::unsupported(
+            at + 12,
+            format!("libxc stream v{version}"),
+        ));
     }
     if u16::from_be_bytes([ih[16], ih[17]]) & IHDR_OPT_BIG_ENDIAN != 0 {
-        return Err(StreamParseError::unsupported(at + 16, "big-endian libxc stream"));
+        return Err(StreamParseError::unsupported(
+            at + 16,
+            "big-endian libxc stream",
+        ));
     }
     let at = inp.offset();
     let dh: [u8; 16] = inp.array()?;
     let domain_type = le32(&dh[..4]);
     let page_shift = u16::from_le_bytes([dh[4], dh[5]]);
     if domain_type == DHDR_TYPE_X86_PV || config_guest == Some(GuestType::Pv) {
-        return Err(StreamParseError::unsupported(at, "PV guest streams are not supported yet"));
+        return Err(StreamParseError::unsupported(
+            at,
+            "PV guest streams are not supported yet",
+        ));
     }
     if domain_type != DHDR_TYPE_X86_HVM {
-        return Err(StreamParseError::unsupported(at, format!("domain type {domain_type}")));
+        return Err(StreamParseError::unsupported(
+            at,
+            format!("domain type {domain_type}"),
+        ));
     }
     if page_shift != PAGE_SHIFT {
-        return Err(StreamParseError::malformed(at + 4, format!("page shift {page_shift}")));
+        return Err(StreamParseError::malformed(
+            at + 4,
+            format!("page shift {page_shift}"),
+        ));
     }
     Ok(DomainHeader {
         libxc_version: version,
@@ -175,17 +199,24 @@ fn state_record<R: Read>(
         if body.is_empty() {
             return Ok(()); // Errata 1: zero-length records from Xen 4.6 - 4.8.
         }
-        let count = body.get(..4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")));
+        let count = body
+            .get(..4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")));
         match count {
             Some(0) if body.len() == 8 => return Ok(()),
             Some(c) if body.len() as u64 == 8 + u64::from(c) * 16 => {}
-            _ => return bad(format!("HVM_PARAMS of {len} bytes does not match its count")),
+            _ => {
+                return bad(format!(
+                    "HVM_PARAMS of {len} bytes does not match its count"
+                ))
+            }
         }
     }
     if kind == state_kind::HVM_CONTEXT && body.is_empty() {
         return Ok(());
     }
-    sink.state_blob(StateBlob { kind, data: body }).map_err(|e| inp.sink(e))
+    sink.state_blob(StateBlob { kind, data: body })
+        .map_err(|e| inp.sink(e))
 }
 
 /// The crate's page type for a PFINFO type.
@@ -208,7 +239,10 @@ fn page_data<R: Read>(
 ) -> Result<(), StreamParseError> {
     let len = u64::from(rec.len);
     if len < 8 {
-        return Err(StreamParseError::malformed(rec.at, "PAGE_DATA shorter than its header"));
+        return Err(StreamParseError::malformed(
+            rec.at,
+            "PAGE_DATA shorter than its header",
+        ));
     }
     let count = u64::from(inp.u32_le()?);
     inp.skip(4)?;
@@ -261,7 +295,8 @@ fn page_data<R: Read>(
         } else {
             s.nodata_pfns += 1;
         }
-        sink.page(pfn, page_type(ty), data).map_err(|e| inp.sink(e))?;
+        sink.page(pfn, page_type(ty), data)
+            .map_err(|e| inp.sink(e))?;
     }
     Ok(())
 }

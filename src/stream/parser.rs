@@ -7,8 +7,8 @@ use std::io::Read;
 use super::config::{guest_type_of, strip_nul};
 use super::error::StreamParseError;
 use super::format::{
-    libxl_rec, EMULATOR_HEADER_LEN, LIBXL_IDENT, LIBXL_OPT_BIG_ENDIAN, LIBXL_VERSION,
-    XL_BYTEORDER, XL_FLAGS_KNOWN, XL_FLAG_JSON, XL_FLAG_STREAM_V2, XL_MAGIC,
+    libxl_rec, EMULATOR_HEADER_LEN, LIBXL_IDENT, LIBXL_OPT_BIG_ENDIAN, LIBXL_VERSION, XL_BYTEORDER,
+    XL_FLAGS_KNOWN, XL_FLAG_JSON, XL_FLAG_STREAM_V2, XL_MAGIC,
 };
 use super::input::{Input, RecHeader};
 use super::libxc_parse::{parse_libxc, LibxcSummary};
@@ -67,11 +67,17 @@ pub fn parse_save_file(
 fn read_xl_header<R: Read>(inp: &mut Input<'_, R>) -> Result<XlHeader, StreamParseError> {
     let magic: [u8; 32] = inp.array()?;
     if &magic != XL_MAGIC {
-        return Err(StreamParseError::BadMagic { what: "xl savefile magic", offset: 0 });
+        return Err(StreamParseError::BadMagic {
+            what: "xl savefile magic",
+            offset: 0,
+        });
     }
     let at = inp.offset();
     if inp.u32_le()? != XL_BYTEORDER {
-        return Err(StreamParseError::unsupported(at, "byte order is not little-endian"));
+        return Err(StreamParseError::unsupported(
+            at,
+            "byte order is not little-endian",
+        ));
     }
     let at = inp.offset();
     let mandatory = inp.u32_le()?;
@@ -91,7 +97,10 @@ fn read_xl_header<R: Read>(inp: &mut Input<'_, R>) -> Result<XlHeader, StreamPar
     let at = inp.offset();
     let opt_len = inp.u32_le()?;
     if opt_len > MAX_OPTIONAL_DATA {
-        return Err(StreamParseError::malformed(at, format!("{opt_len} bytes of optional data")));
+        return Err(StreamParseError::malformed(
+            at,
+            format!("{opt_len} bytes of optional data"),
+        ));
     }
     let at = inp.offset();
     let opt = inp.bytes(u64::from(opt_len))?;
@@ -108,7 +117,11 @@ fn read_xl_header<R: Read>(inp: &mut Input<'_, R>) -> Result<XlHeader, StreamPar
         })?;
         Some(body.to_vec())
     };
-    Ok(XlHeader { mandatory, optional, config })
+    Ok(XlHeader {
+        mandatory,
+        optional,
+        config,
+    })
 }
 
 fn read_libxl_header<R: Read>(inp: &mut Input<'_, R>) -> Result<(), StreamParseError> {
@@ -118,10 +131,16 @@ fn read_libxl_header<R: Read>(inp: &mut Input<'_, R>) -> Result<(), StreamParseE
     let version = u32::from_be_bytes(h[8..12].try_into().expect("4 bytes"));
     let options = u32::from_be_bytes(h[12..].try_into().expect("4 bytes"));
     if ident != LIBXL_IDENT {
-        return Err(StreamParseError::BadMagic { what: "libxl stream ident", offset: at });
+        return Err(StreamParseError::BadMagic {
+            what: "libxl stream ident",
+            offset: at,
+        });
     }
     if version != LIBXL_VERSION {
-        return Err(StreamParseError::unsupported(at, format!("libxl stream version {version}")));
+        return Err(StreamParseError::unsupported(
+            at,
+            format!("libxl stream version {version}"),
+        ));
     }
     if options & LIBXL_OPT_BIG_ENDIAN != 0 {
         return Err(StreamParseError::unsupported(at, "big-endian libxl stream"));
@@ -198,11 +217,15 @@ fn emulator_record<R: Read>(
         ));
     }
     if (rec.len as usize) < EMULATOR_HEADER_LEN {
-        return Err(StreamParseError::malformed(rec.at, "emulator record shorter than its header"));
+        return Err(StreamParseError::malformed(
+            rec.at,
+            "emulator record shorter than its header",
+        ));
     }
     let mut body = inp.body(rec)?;
     let id = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
     body.drain(..EMULATOR_HEADER_LEN);
-    sink.state_blob(StateBlob { kind, data: body }).map_err(|e| inp.sink(e))?;
+    sink.state_blob(StateBlob { kind, data: body })
+        .map_err(|e| inp.sink(e))?;
     Ok(id)
 }

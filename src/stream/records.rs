@@ -65,11 +65,7 @@ pub fn write_padding(w: &mut impl Write, len: usize) -> Result<(), StreamWriteEr
 }
 
 /// Write a whole record whose body is the concatenation of `parts`.
-pub fn write_record(
-    w: &mut impl Write,
-    ty: u32,
-    parts: &[&[u8]],
-) -> Result<(), StreamWriteError> {
+pub fn write_record(w: &mut impl Write, ty: u32, parts: &[&[u8]]) -> Result<(), StreamWriteError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     write_record_header(w, ty, len)?;
     for p in parts {
@@ -86,6 +82,9 @@ mod tests {
     fn record_is_padded_to_eight() {
         let mut out = Vec::new();
         write_record(&mut out, 3, &[b"abc", b"de"]).unwrap();
-        assert_eq!(out, [3, 0, 0, 0, 5, 0, 0, 0, b'a', b'b', b'c', b'd', b'e', 0, 0, 0]);
+        assert_eq!(
+            out,
+            [3, 0, 0, 0, 5, 0, 0, 0, b'a', b'b', b'c', b'd', b'e', 0, 0, 0]
+        );
     }
 }

@@ -29,11 +29,18 @@ pub struct StreamState<'a> {
 
 /// The last blob of `kind` (later blobs supersede earlier ones).
 fn find(blobs: &[StateBlob], kind: u32) -> Option<&[u8]> {
-    blobs.iter().rev().find(|b| b.kind == kind).map(|b| b.data.as_slice())
+    blobs
+        .iter()
+        .rev()
+        .find(|b| b.kind == kind)
+        .map(|b| b.data.as_slice())
 }
 
 fn bad(what: &'static str, reason: impl Into<String>) -> StreamWriteError {
-    StreamWriteError::BadState { what, reason: reason.into() }
+    StreamWriteError::BadState {
+        what,
+        reason: reason.into(),
+    }
 }
 
 fn non_empty(b: Option<&[u8]>) -> Option<&[u8]> {
@@ -53,13 +60,19 @@ pub fn collect(blobs: &[StateBlob], ty: GuestType) -> Result<StreamState<'_>, St
     let cpuid = non_empty(find(blobs, state_kind::CPUID_POLICY));
     if let Some(c) = cpuid {
         if c.len() % CPUID_LEAF_LEN != 0 {
-            return Err(bad("CPUID_POLICY", format!("{} bytes is not a multiple of 24", c.len())));
+            return Err(bad(
+                "CPUID_POLICY",
+                format!("{} bytes is not a multiple of 24", c.len()),
+            ));
         }
     }
     let msr = non_empty(find(blobs, state_kind::MSR_POLICY));
     if let Some(m) = msr {
         if m.len() % MSR_ENTRY_LEN != 0 {
-            return Err(bad("MSR_POLICY", format!("{} bytes is not a multiple of 16", m.len())));
+            return Err(bad(
+                "MSR_POLICY",
+                format!("{} bytes is not a multiple of 16", m.len()),
+            ));
         }
     }
     let tsc = find(blobs, state_kind::TSC_INFO);
@@ -79,24 +92,44 @@ pub fn collect(blobs: &[StateBlob], ty: GuestType) -> Result<StreamState<'_>, St
     } else {
         (None, None)
     };
-    Ok(StreamState { cpuid, msr, tsc, params, context, qemu, qemu_xenstore, store_pfn })
+    Ok(StreamState {
+        cpuid,
+        msr,
+        tsc,
+        params,
+        context,
+        qemu,
+        qemu_xenstore,
+        store_pfn,
+    })
 }
 
 /// Check an HVM_PARAMS body (count, pad, count * (index, value)); return the store pfn.
 pub fn check_params(p: &[u8]) -> Result<u64, StreamWriteError> {
     if p.len() < 8 {
-        return Err(bad("HVM_PARAMS", format!("{} bytes, shorter than its header", p.len())));
+        return Err(bad(
+            "HVM_PARAMS",
+            format!("{} bytes, shorter than its header", p.len()),
+        ));
     }
     let count = u32::from_le_bytes(p[..4].try_into().expect("4 bytes")) as usize;
     if p.len() != 8 + count * 16 {
-        return Err(bad("HVM_PARAMS", format!("{} bytes for {count} params", p.len())));
+        return Err(bad(
+            "HVM_PARAMS",
+            format!("{} bytes for {count} params", p.len()),
+        ));
     }
     p[8..]
         .chunks_exact(16)
         .find(|e| u64::from_le_bytes(e[..8].try_into().expect("8 bytes")) == HVM_PARAM_STORE_PFN)
         .map(|e| u64::from_le_bytes(e[8..].try_into().expect("8 bytes")))
         .filter(|&v| v != 0)
-        .ok_or_else(|| bad("HVM_PARAMS", "no HVM_PARAM_STORE_PFN (the xenstore ring page)"))
+        .ok_or_else(|| {
+            bad(
+                "HVM_PARAMS",
+                "no HVM_PARAM_STORE_PFN (the xenstore ring page)",
+            )
+        })
 }
 
 /// Check emulator xenstore data: NUL-terminated, non-empty, relative keys, each with a value.
@@ -132,8 +165,14 @@ mod tests {
 
     #[test]
     fn params_need_store_pfn() {
-        assert_eq!(check_params(&params(&[(5, 9), (1, 0xfeffc)])).unwrap(), 0xfeffc);
-        assert!(matches!(check_params(&params(&[(5, 9)])), Err(StreamWriteError::BadState { .. })));
+        assert_eq!(
+            check_params(&params(&[(5, 9), (1, 0xfeffc)])).unwrap(),
+            0xfeffc
+        );
+        assert!(matches!(
+            check_params(&params(&[(5, 9)])),
+            Err(StreamWriteError::BadState { .. })
+        ));
         let mut short = params(&[(1, 2)]);
         short.pop();
         assert!(check_params(&short).is_err());

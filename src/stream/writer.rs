@@ -39,7 +39,11 @@ pub struct StreamOptions {
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions { new_name: None, preserve_domid: false, xen_version: (4, 17) }
+        StreamOptions {
+            new_name: None,
+            preserve_domid: false,
+            xen_version: (4, 17),
+        }
     }
 }
 
@@ -73,8 +77,10 @@ pub fn write_save_file(
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
     check_special_pages(image, &st)?;
-    let rewrite =
-        ConfigRewrite { new_name: opts.new_name.clone(), preserve_domid: opts.preserve_domid };
+    let rewrite = ConfigRewrite {
+        new_name: opts.new_name.clone(),
+        preserve_domid: opts.preserve_domid,
+    };
     let config = prepare_config(image.config(), &rewrite)?;
 
     let mut w = CountingWriter::new(BufWriter::with_capacity(1 << 20, out));
@@ -108,7 +114,10 @@ fn check_special_pages(image: &dyn Image, st: &StreamState<'_>) -> Result<(), St
     {
         return Err(StreamWriteError::BadState {
             what: "HVM_PARAMS",
-            reason: format!("the xenstore ring pfn {:#x} is not populated in the image", st.store_pfn),
+            reason: format!(
+                "the xenstore ring pfn {:#x} is not populated in the image",
+                st.store_pfn
+            ),
         });
     }
     Ok(())

@@ -71,14 +71,32 @@ pub fn params(entries: &[(u64, u64)]) -> Vec<u8> {
 /// A full set of blobs; odd sizes exercise record padding.
 pub fn blobs(ty: GuestType) -> Vec<StateBlob> {
     let mut v = vec![
-        StateBlob { kind: state_kind::HVM_CONTEXT, data: bytes(1, 1237) },
-        StateBlob { kind: state_kind::HVM_PARAMS, data: params(&[(1, STORE_PFN), (17, 0x11)]) },
-        StateBlob { kind: state_kind::TSC_INFO, data: bytes(2, 24) },
-        StateBlob { kind: state_kind::CPUID_POLICY, data: bytes(3, 24 * 3) },
-        StateBlob { kind: state_kind::MSR_POLICY, data: bytes(4, 16 * 2) },
+        StateBlob {
+            kind: state_kind::HVM_CONTEXT,
+            data: bytes(1, 1237),
+        },
+        StateBlob {
+            kind: state_kind::HVM_PARAMS,
+            data: params(&[(1, STORE_PFN), (17, 0x11)]),
+        },
+        StateBlob {
+            kind: state_kind::TSC_INFO,
+            data: bytes(2, 24),
+        },
+        StateBlob {
+            kind: state_kind::CPUID_POLICY,
+            data: bytes(3, 24 * 3),
+        },
+        StateBlob {
+            kind: state_kind::MSR_POLICY,
+            data: bytes(4, 16 * 2),
+        },
     ];
     if ty == GuestType::Hvm {
-        v.push(StateBlob { kind: state_kind::QEMU_STATE, data: bytes(5, 3001) });
+        v.push(StateBlob {
+            kind: state_kind::QEMU_STATE,
+            data: bytes(5, 3001),
+        });
         v.push(StateBlob {
             kind: state_kind::QEMU_XENSTORE,
             data: b"physmap/f0000000/start_addr\0f0000000\0physmap/f0000000/size\0800000\0"
