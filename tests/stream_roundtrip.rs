@@ -277,3 +277,22 @@ fn rename_of_non_json_config_fails() {
     let err = write_save_file(&img, &opts, &mut Vec::new()).unwrap_err();
     assert!(matches!(err, StreamWriteError::BadConfig(_)), "{err}");
 }
+
+#[test]
+fn empty_config_is_written_like_xl_save_without_config() {
+    let mut img = image(GuestType::Pvh, 64);
+    img.config.clear();
+    let (out, _) = write(&img, &StreamOptions::default());
+    // mandatory flags: STREAMv2 only; optional data: just a zero config length.
+    assert_eq!(&out[36..40], &[2, 0, 0, 0]);
+    assert_eq!(&out[44..52], &[4, 0, 0, 0, 0, 0, 0, 0]);
+    let got = parse(&out);
+    assert!(got.config.is_none());
+    let end = got.end.unwrap();
+    assert!(!end.config_present && !end.config_is_json);
+    assert_eq!(
+        end.guest_type,
+        GuestType::Pvh,
+        "no config, no emulator record: PVH"
+    );
+}

@@ -17,9 +17,12 @@ pub struct ConfigRewrite {
 }
 
 /// The config bytes to embed: the JSON text (rewritten if needed) followed by one NUL, as
-/// `xl save` writes it (`strlen + 1`).
+/// `xl save` writes it (`strlen + 1`); empty when there is no config at all.
 pub fn prepare_config(raw: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamWriteError> {
     let text = strip_nul(raw);
+    if text.is_empty() && rw.new_name.is_none() {
+        return Ok(Vec::new()); // No config: `xl restore` then needs one on its command line.
+    }
     let needs_domid_clear = !rw.preserve_domid && has_nonzero_domid(text);
     let mut out = if rw.new_name.is_none() && !needs_domid_clear {
         text.to_vec()
@@ -111,6 +114,24 @@ mod tests {
         let raw = b"{\"c_info\": {\"name\": \"a\"}}\0";
         let out = prepare_config(raw, &ConfigRewrite::default()).unwrap();
         assert_eq!(out, b"{\"c_info\": {\"name\": \"a\"}}\0");
+    }
+
+    #[test]
+    fn empty_config_stays_empty() {
+        assert!(prepare_config(b"", &ConfigRewrite::default())
+            .unwrap()
+            .is_empty());
+        assert!(prepare_config(b"\0", &ConfigRewrite::default())
+            .unwrap()
+            .is_empty());
+        let rename = ConfigRewrite {
+            new_name: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            prepare_config(b"", &rename),
+            Err(StreamWriteError::BadConfig(_))
+        ));
     }
 
     #[test]

@@ -115,7 +115,8 @@ fn read_xl_header<R: Read>(inp: &mut Input<'_, R>) -> Result<XlHeader, StreamPar
         let body = opt.get(4..).and_then(|r| r.get(..len)).ok_or_else(|| {
             StreamParseError::malformed(at, format!("config of {len} bytes overruns optional data"))
         })?;
-        Some(body.to_vec())
+        // `xl save` without a config writes a zero length (and no JSON flag).
+        (!body.is_empty()).then(|| body.to_vec())
     };
     Ok(XlHeader {
         mandatory,
