@@ -2,7 +2,7 @@
 //! hands over to the libxc parser at LIBXC_CONTEXT. Accepts what `xl restore` 4.17 accepts
 //! for a plain (non-checkpointed) HVM or PVH stream, and rejects what it would reject.
 
-use std::io::Read;
+use std::io::{BufReader, Read};
 
 use super::config::{guest_type_of, strip_nul};
 use super::error::StreamParseError;
@@ -28,12 +28,14 @@ struct XlHeader {
 /// Validate and walk an `xl save` file, delivering its content to `sink`.
 ///
 /// Never panics and never allocates more than the bytes actually present (capped at
-/// 128 MiB per record and 64 MiB of optional data), whatever the input.
+/// 128 MiB per record and 64 MiB of optional data), whatever the input. Reads through its
+/// own 1 MiB buffer, so `input` need not be buffered; it may be read past the final END.
 pub fn parse_save_file(
     input: &mut impl Read,
     sink: &mut impl StreamSink,
 ) -> Result<ParsedHeader, StreamParseError> {
-    let mut inp = Input::new(input);
+    let mut buffered = BufReader::with_capacity(1 << 20, input);
+    let mut inp = Input::new(&mut buffered);
     let xl = read_xl_header(&mut inp)?;
     let config_guest = xl.config.as_deref().and_then(guest_type_of);
     if let Some(c) = &xl.config {
