@@ -240,6 +240,15 @@ fn parses_stock_like_stream() {
 }
 
 #[test]
+fn emulator_record_of_pvh_guest_is_rejected() {
+    let mut b = stock_like(3, &[]);
+    // Same length config, type "pvh" instead of "hvm".
+    let at = b.windows(5).position(|w| w == b"\"hvm\"").unwrap();
+    b[at + 1..at + 4].copy_from_slice(b"pvh");
+    assert!(malformed(parse(&b)).contains("emulator record"));
+}
+
+#[test]
 fn v2_stream_infers_static_data_end() {
     let got = parse(&stock_like(2, &[])).unwrap();
     assert_eq!(got.end.unwrap().domain.libxc_version, 2);
