@@ -74,6 +74,7 @@ fn check_round_trip(ty: GuestType, n: usize) {
     assert_eq!(stats.bytes, out.len() as u64);
     assert_eq!(stats.data_pages, data_pfns.len() as u64);
     assert_eq!(stats.data_pages + stats.zero_pages, populated.len() as u64);
+    assert_eq!(stats.pages, populated.len() as u64);
     assert_eq!(stats.unpopulated_pfns, n as u64 - populated.len() as u64);
     assert_eq!(stats.page_records, populated.len().div_ceil(1024) as u64);
 }
@@ -231,7 +232,7 @@ fn json(config: &[u8]) -> serde_json::Value {
 fn rename_sets_name_and_fresh_uuid() {
     let img = image(GuestType::Hvm, 64);
     let opts = StreamOptions {
-        new_name: Some("clone-1".into()),
+        rename: Some("clone-1".into()),
         ..Default::default()
     };
     let (out, _) = write(&img, &opts);
@@ -271,7 +272,7 @@ fn rename_of_non_json_config_fails() {
     let mut img = image(GuestType::Pvh, 64);
     img.config = b"name = 'g'\n".to_vec();
     let opts = StreamOptions {
-        new_name: Some("x".into()),
+        rename: Some("x".into()),
         ..Default::default()
     };
     let err = write_save_file(&img, &opts, &mut Vec::new()).unwrap_err();

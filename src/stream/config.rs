@@ -10,7 +10,7 @@ use crate::hv::GuestType;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigRewrite {
     /// New `c_info.name`; a fresh random `c_info.uuid` goes with it.
-    pub new_name: Option<String>,
+    pub rename: Option<String>,
     /// Keep `c_info.domid` (like `xl save -D`); otherwise it is set to 0 so the restored
     /// domain gets a fresh domid.
     pub preserve_domid: bool,
@@ -20,11 +20,11 @@ pub struct ConfigRewrite {
 /// `xl save` writes it (`strlen + 1`); empty when there is no config at all.
 pub fn prepare_config(raw: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamWriteError> {
     let text = strip_nul(raw);
-    if text.is_empty() && rw.new_name.is_none() {
+    if text.is_empty() && rw.rename.is_none() {
         return Ok(Vec::new()); // No config: `xl restore` then needs one on its command line.
     }
     let needs_domid_clear = !rw.preserve_domid && has_nonzero_domid(text);
-    let mut out = if rw.new_name.is_none() && !needs_domid_clear {
+    let mut out = if rw.rename.is_none() && !needs_domid_clear {
         text.to_vec()
     } else {
         rewrite(text, rw)?
@@ -60,7 +60,7 @@ fn rewrite(text: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamWriteError>
         .get_mut("c_info")
         .and_then(Value::as_object_mut)
         .ok_or_else(|| StreamWriteError::BadConfig("no \"c_info\" object".into()))?;
-    if let Some(name) = &rw.new_name {
+    if let Some(name) = &rw.rename {
         c_info.insert("name".into(), Value::String(name.clone()));
         c_info.insert("uuid".into(), Value::String(random_uuid()));
     }
@@ -125,7 +125,7 @@ mod tests {
             .unwrap()
             .is_empty());
         let rename = ConfigRewrite {
-            new_name: Some("x".into()),
+            rename: Some("x".into()),
             ..Default::default()
         };
         assert!(matches!(

@@ -197,7 +197,7 @@ fn state_record<R: Read>(
     let body = inp.body(rec)?;
     if kind == state_kind::HVM_PARAMS {
         if body.is_empty() {
-            return Ok(()); // Errata 1: zero-length records from Xen 4.6 - 4.8.
+            return Ok(()); // Spec erratum 1 (Xen 4.6 - 4.8); libxc 4.17 is stricter here.
         }
         let count = body
             .get(..4)

@@ -29,7 +29,7 @@ use crate::hv::GuestType;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamOptions {
     /// Restore under this name (`c_info.name`) with a fresh random uuid (`c_info.uuid`).
-    pub new_name: Option<String>,
+    pub rename: Option<String>,
     /// Keep `c_info.domid` as captured (`xl save -D`). Off by default: the domid is set to 0
     /// so `xl restore` picks a free one, as a plain `xl save` does.
     pub preserve_domid: bool,
@@ -40,7 +40,7 @@ pub struct StreamOptions {
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
-            new_name: None,
+            rename: None,
             preserve_domid: false,
             xen_version: (4, 17),
         }
@@ -52,6 +52,8 @@ impl Default for StreamOptions {
 pub struct StreamStats {
     /// Bytes written in total.
     pub bytes: u64,
+    /// Pages sent (with data or as zeros): `data_pages + zero_pages`.
+    pub pages: u64,
     /// Pages sent with stored data.
     pub data_pages: u64,
     /// Zero or evicted pages, sent as zero-filled pages.
@@ -78,7 +80,7 @@ pub fn write_save_file(
     let st = collect(image.state_blobs(), ty)?;
     check_special_pages(image, &st)?;
     let rewrite = ConfigRewrite {
-        new_name: opts.new_name.clone(),
+        rename: opts.rename.clone(),
         preserve_domid: opts.preserve_domid,
     };
     let config = prepare_config(image.config(), &rewrite)?;
@@ -104,6 +106,7 @@ pub fn write_save_file(
     stats.records += 2;
     w.flush()?;
     stats.bytes = w.count();
+    stats.pages = stats.data_pages + stats.zero_pages;
     Ok(stats)
 }
 
