@@ -1,8 +1,15 @@
 //! Reading a point of a chain as one memory image: the newest copy of each pfn across the
-//! layers up to N. INTERFACE STUB for ComposedImage; the `Image` trait is final.
+//! layers up to N.
+//!
+//! [`ComposedImage`] opens layer N and follows parent links back to the base, so any layer of a
+//! chain can be composed. At open it builds a table with, per pfn, the newest layer that covers
+//! it (two bytes per pfn), so [`Image::page_state`] is O(1). A pfn no layer covers is
+//! unpopulated: the base covers every populated pfn.
 
-use crate::hv::{GuestType, Pfn, StateBlob};
-use crate::layer::{EvictPolicy, LayerReadError};
+use std::path::{Path, PathBuf};
+
+use crate::hv::{GuestType, Pfn, StateBlob, PAGE_SIZE};
+use crate::layer::{EvictPolicy, LayerKind, LayerReadError, LayerReader, PageEntry};
 
 /// The resolved state of one pfn in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,5 +42,223 @@ pub trait Image: Sync {
     fn config(&self) -> &[u8];
 }
 
+/// Errors while composing layers.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// A layer could not be read.
+    #[error(transparent)]
+    Read(#[from] LayerReadError),
+    /// A layer's parent is not available.
+    #[error("layer {path} needs parent layer {parent}, which is missing: re-take a full checkpoint with --full")]
+    MissingParent {
+        /// The child layer.
+        path: PathBuf,
+        /// The missing parent's id.
+        parent: u64,
+    },
+    /// Two layers do not link up (wrong parent, other domain, or a loop).
+    #[error("layer {path} does not continue layer {below}: {reason}")]
+    BadLink {
+        /// The upper layer.
+        path: PathBuf,
+        /// The lower layer's id.
+        below: u64,
+        /// What disagrees.
+        reason: String,
+    },
+    /// The bottom layer is not a base.
+    #[error("layer {path} is the bottom of the chain but is not a base layer")]
+    NoBase {
+        /// The bottom layer.
+        path: PathBuf,
+    },
+    /// No layers given.
+    #[error("nothing to compose: the chain has no layers")]
+    Empty,
+    /// More layers than the pfn table can name.
+    #[error(
+        "{count} layers in one chain exceed the limit of {MAX_LAYERS}; take a new base with --full"
+    )]
+    TooMany {
+        /// The number of layers.
+        count: usize,
+    },
+}
+
+/// The most layers one image can compose.
+pub const MAX_LAYERS: usize = u16::MAX as usize - 1;
+const NONE: u16 = u16::MAX;
+
 /// Layers 0..=N of a chain, composed.
-pub struct ComposedImage {}
+pub struct ComposedImage {
+    layers: Vec<LayerReader>,
+    owner: Vec<u16>,
+}
+
+impl ComposedImage {
+    /// Open layer `top` and its ancestors; `layer_path` maps a layer id to its file (None if
+    /// the chain does not have it).
+    pub fn open(
+        top: &Path,
+        mut layer_path: impl FnMut(u64) -> Option<PathBuf>,
+    ) -> Result<Self, ComposeError> {
+        let mut layers = vec![LayerReader::open(top)?];
+        while let Some(parent) = layers.last().and_then(|l| l.meta().parent) {
+            if layers.len() > MAX_LAYERS {
+                return Err(ComposeError::TooMany {
+                    count: layers.len(),
+                });
+            }
+            let child = layers
+                .last()
+                .map(|l| l.path().to_path_buf())
+                .unwrap_or_default();
+            let path = layer_path(parent).ok_or(ComposeError::MissingParent {
+                path: child,
+                parent,
+            })?;
+            layers.push(LayerReader::open(&path)?);
+        }
+        layers.reverse();
+        ComposedImage::from_layers(layers)
+    }
+
+    /// Compose already opened layers, base first. Checks that each layer's parent is the one
+    /// below it, that all are of one domain, and that the bottom one is a base.
+    pub fn from_layers(layers: Vec<LayerReader>) -> Result<Self, ComposeError> {
+        check_links(&layers)?;
+        let top = layers.last().ok_or(ComposeError::Empty)?;
+        let pfn_count = top.meta().pfn_count as usize;
+        let mut owner = vec![NONE; pfn_count];
+        for (i, layer) in layers.iter().enumerate() {
+            for pfn in layer.index().covered() {
+                if let Some(o) = owner.get_mut(pfn as usize) {
+                    *o = i as u16;
+                }
+            }
+        }
+        Ok(ComposedImage { layers, owner })
+    }
+
+    /// The composed layers, base first.
+    pub fn layers(&self) -> &[LayerReader] {
+        &self.layers
+    }
+
+    /// The top layer (layer N).
+    pub fn top(&self) -> &LayerReader {
+        &self.layers[self.layers.len() - 1]
+    }
+
+    /// The index (into [`Self::layers`]) of the layer `pfn` is read from, if any covers it.
+    pub fn owner(&self, pfn: Pfn) -> Option<usize> {
+        match self.owner.get(pfn as usize) {
+            Some(&o) if o != NONE => Some(o as usize),
+            _ => None,
+        }
+    }
+
+    /// Visit every pfn of the image exactly once, decoding each needed frame once: first every
+    /// pfn that is not data (in pfn order, with `None`), then the data pages layer by layer in
+    /// the order they are stored (with the page). Stops at the first error `f` returns.
+    pub fn for_each_page<E: From<LayerReadError>>(
+        &self,
+        mut f: impl FnMut(Pfn, PageState, Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for pfn in 0..self.owner.len() as Pfn {
+            let state = self.page_state(pfn);
+            if !matches!(state, PageState::Data(_)) {
+                f(pfn, state, None)?;
+            }
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut live: Vec<(u64, Pfn)> = layer
+                .index()
+                .data_slots()
+                .filter(|&(pfn, _)| self.owner(pfn) == Some(i))
+                .map(|(pfn, slot)| (slot, pfn))
+                .collect();
+            live.sort_unstable();
+            let mut at = 0;
+            while at < live.len() {
+                let k = layer.frame_of_slot(live[at].0).unwrap_or(usize::MAX);
+                let pages = layer.decode(k)?;
+                let slots = layer.frame_slots(k);
+                while at < live.len() && live[at].0 < slots.end {
+                    let (slot, pfn) = live[at];
+                    let off = (slot - slots.start) as usize * PAGE_SIZE;
+                    f(pfn, PageState::Data(i), Some(&pages[off..off + PAGE_SIZE]))?;
+                    at += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_links(layers: &[LayerReader]) -> Result<(), ComposeError> {
+    if layers.len() > MAX_LAYERS {
+        return Err(ComposeError::TooMany {
+            count: layers.len(),
+        });
+    }
+    let base = layers.first().ok_or(ComposeError::Empty)?;
+    if base.meta().parent.is_some() || base.meta().kind != LayerKind::Base {
+        return Err(ComposeError::NoBase {
+            path: base.path().to_path_buf(),
+        });
+    }
+    for pair in layers.windows(2) {
+        let (below, above) = (pair[0].meta(), pair[1].meta());
+        let reason = if above.parent != Some(below.id) {
+            format!("its parent is {:?}", above.parent)
+        } else if above.id <= below.id {
+            format!("its id {} is not above {}", above.id, below.id)
+        } else if above.domain.uuid != below.domain.uuid {
+            format!("domain {} is not {}", above.domain.uuid, below.domain.uuid)
+        } else {
+            continue;
+        };
+        return Err(ComposeError::BadLink {
+            path: pair[1].path().to_path_buf(),
+            below: below.id,
+            reason,
+        });
+    }
+    Ok(())
+}
+
+impl Image for ComposedImage {
+    fn pfn_count(&self) -> u64 {
+        self.owner.len() as u64
+    }
+    fn guest_type(&self) -> GuestType {
+        self.top().meta().guest_type
+    }
+    fn vcpus(&self) -> u32 {
+        self.top().meta().vcpus
+    }
+    fn page_state(&self, pfn: Pfn) -> PageState {
+        let Some(i) = self.owner(pfn) else {
+            return PageState::Unpopulated;
+        };
+        match self.layers[i].entry(pfn) {
+            Some(PageEntry::Data) => PageState::Data(i),
+            Some(PageEntry::Zero) => PageState::Zero,
+            Some(PageEntry::Evicted(p)) => PageState::Evicted(p),
+            Some(PageEntry::Unpopulated) | None => PageState::Unpopulated,
+        }
+    }
+    fn read_page(&self, pfn: Pfn, buf: &mut [u8]) -> Result<(), LayerReadError> {
+        match self.owner(pfn) {
+            Some(i) => self.layers[i].read_page(pfn, buf),
+            None => self.top().read_page(Pfn::MAX, buf),
+        }
+    }
+    fn state_blobs(&self) -> &[StateBlob] {
+        self.top().state()
+    }
+    fn config(&self) -> &[u8] {
+        self.top().config()
+    }
+}

@@ -17,6 +17,7 @@
 
 pub mod capture;
 pub mod compose;
+pub mod failpoint;
 pub mod guestmem;
 pub mod hv;
 pub mod layer;

@@ -1,1 +1,389 @@
 //! Live capture: pre-copy on log-dirty, a brief pause, write-behind.
+//!
+//! ```text
+//! plan (base | incremental | resync)
+//!  -> arm log-dirty; round 0 = every pfn (base, resync) or the dirty set since the parent
+//!  -> live rounds: fetch-and-clear, send what was dirtied, until the policy says pause
+//!  -> pause; fetch-and-clear; copy the last dirty pages into RAM; save vCPU/platform state
+//!  -> resume (downtime = pause to resume, measured)
+//!  -> write-behind: compress and write the held pages, finish the layer, commit it
+//!  -> leave log-dirty on, so the next run's fetch-and-clear yields what changed since
+//! ```
+//!
+//! Correctness rests on the log-dirty contract: after a fetch-and-clear at time `t`, every write
+//! that a copy made after `t` may have missed is reported by a later fetch-and-clear. The last
+//! one happens under pause, so the layer holds every page as it was at the pause instant.
+//! Dirty bits fetched by a run that then fails are saved ([`pending`]) and OR-ed into the next.
+
+pub mod copy;
+pub mod pending;
+pub mod pipeline;
+pub mod plan;
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::hv::pause::{self, PauseGuard};
+use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
+use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
+use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
+use copy::{copy_pfns, CopyFigures, CopyRules};
+use pipeline::{Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
+pub use plan::Plan;
+use policy::{Decision, PrecopyPolicy, Progress, StopReason};
+
+/// Options of one checkpoint.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Take a base layer even if the chain could take an incremental.
+    pub full: bool,
+    /// Pre-copy while the guest runs (false: pause for the whole capture, like `xl save -c`).
+    pub live: bool,
+    /// When to stop pre-copy.
+    pub policy: PrecopyPolicy,
+    /// zstd level (0: store pages raw).
+    pub compress_level: i32,
+    /// Compress worker threads.
+    pub threads: usize,
+    /// Pages per frame.
+    pub frame_pages: u32,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            full: false,
+            live: true,
+            policy: PrecopyPolicy::default(),
+            compress_level: 1,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
+        }
+    }
+}
+
+/// One round of a capture.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundReport {
+    /// 0-based round; the paused final round is marked `paused`.
+    pub round: u32,
+    /// Whether the round ran under pause.
+    pub paused: bool,
+    /// Pages read.
+    pub pages: u64,
+    /// Wall time of the round, ms.
+    pub ms: f64,
+}
+
+/// The result of a checkpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaptureReport {
+    /// The committed layer.
+    pub layer: LayerRecord,
+    /// Why the layer is a resync, if it is one.
+    pub resync_reason: Option<String>,
+    /// Why pre-copy stopped.
+    pub stop: StopReason,
+    /// Rounds, the paused one last.
+    pub rounds: Vec<RoundReport>,
+    /// Pause to resume, measured.
+    pub downtime: Duration,
+    /// Page copies written and their sizes.
+    pub raw_bytes: u64,
+    /// Encoded bytes of the frames written.
+    pub stored_bytes: u64,
+}
+
+/// Errors of a checkpoint. Each names the domain; none leaves the domain paused.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// A hypervisor operation failed.
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the layer failed after the domain resumed.
+    #[error("domain {domain}: writing the layer failed: {source}; the domain is running, the chain is unchanged and this run's dirty pages are kept for the next checkpoint")]
+    Write {
+        /// Domain name.
+        domain: String,
+        /// The cause.
+        source: LayerWriteError,
+    },
+    /// SIGINT/SIGTERM arrived.
+    #[error("domain {domain}: checkpoint interrupted; the domain is running and the chain is unchanged")]
+    Interrupted {
+        /// Domain name.
+        domain: String,
+    },
+    /// A frame that Xen reports populated could not be mapped.
+    #[error("domain {domain}: cannot map pfn {pfn:#x}: {reason}")]
+    Map {
+        /// Domain name.
+        domain: String,
+        /// The frame.
+        pfn: u64,
+        /// Errno text.
+        reason: String,
+    },
+    /// The chain was taken of another domain.
+    #[error("chain {chain} belongs to domain uuid {chain_uuid}, but domain {domain} has uuid {uuid}: use another --store, or start the chain again with --full")]
+    ForeignChain {
+        /// Chain name.
+        chain: String,
+        /// uuid recorded in the chain.
+        chain_uuid: String,
+        /// Domain name.
+        domain: String,
+        /// uuid of the domain now.
+        uuid: String,
+    },
+    /// Saving this run's dirty bits failed too: the next run must resync.
+    #[error("domain {domain}: {first}; also could not keep this run's dirty pages ({second}), so the next checkpoint will be a resync")]
+    Unrecoverable {
+        /// Domain name.
+        domain: String,
+        /// The original failure.
+        first: Box<CaptureError>,
+        /// Why the bits could not be kept.
+        second: String,
+    },
+}
+
+/// Take one checkpoint of `dom` into `chain`.
+pub fn checkpoint<D: Checkpointable + 'static>(
+    dom: &Arc<D>,
+    chain: &Chain,
+    opts: &CaptureOptions,
+) -> Result<CaptureReport, CaptureError> {
+    let started = Instant::now();
+    let info = dom.info()?;
+    let manifest = chain.manifest()?;
+    let plan = plan::plan(dom.as_ref(), chain, &info, &manifest, opts)?;
+    dom.prepare_capture()?;
+    let mut run = Run::new(dom.clone(), chain, info, plan, opts);
+    let result = run.execute(started);
+    let finished = dom.finish_capture();
+    match result {
+        Ok(report) => {
+            finished?;
+            Ok(report)
+        }
+        Err(e) => Err(run.keep_dirty_bits(e)),
+    }
+}
+
+/// State of one checkpoint run.
+struct Run<'c, D: Checkpointable + 'static> {
+    dom: Arc<D>,
+    chain: &'c Chain,
+    info: DomainInfo,
+    plan: Plan,
+    opts: &'c CaptureOptions,
+    /// Every dirty bit fetched (and so cleared in the hypervisor) by this run.
+    fetched: PfnBitmap,
+    rounds: Vec<RoundReport>,
+}
+
+impl<'c, D: Checkpointable + 'static> Run<'c, D> {
+    fn new(dom: Arc<D>, chain: &'c Chain, info: DomainInfo, plan: Plan, opts: &'c CaptureOptions) -> Self {
+        let fetched = PfnBitmap::repeat(false, info.pfn_count as usize);
+        Run { dom, chain, info, plan, opts, fetched, rounds: Vec::new() }
+    }
+
+    fn clean(&mut self, into: &mut PfnBitmap) -> Result<u64, CaptureError> {
+        let n = self.dom.logdirty_clean(into)?;
+        self.fetched |= &*into;
+        Ok(n)
+    }
+
+    fn execute(&mut self, started: Instant) -> Result<CaptureReport, CaptureError> {
+        let config = self.dom.config()?;
+        let n = self.info.pfn_count as usize;
+        let mut dirty = PfnBitmap::repeat(false, n);
+        // Arm tracking. For an incremental, the first fetch-and-clear is round 0's set.
+        self.dom.logdirty_enable()?;
+        self.clean(&mut dirty)?;
+        if let Plan::Incremental { pending: Some(bits), .. } = &self.plan {
+            dirty |= bits;
+        }
+        let baseline = self.plan.baseline(self.chain)?;
+        let writer = self.chain.begin_layer()?;
+        let index = LayerIndex::new(self.info.pfn_count);
+        let opts = self.opts;
+        std::thread::scope(|s| {
+            let (mut pipe, mut builder) =
+                Pipeline::start(s, writer, index, opts.frame_pages, opts.compress_level, opts.threads);
+            let held = self.precopy_and_pause(&mut pipe, &mut builder, &mut dirty, baseline.as_deref())?;
+            let (chunks, state, downtime, stop) = held;
+            for c in chunks {
+                pipe.send(c).map_err(|e| self.write_error(e))?;
+            }
+            let out = pipe.finish(builder).map_err(|e| self.write_error(e))?;
+            self.commit(out, state, config, downtime, stop, started)
+        })
+    }
+
+    /// Live rounds, then the paused final round. Returns the held final chunks, the state,
+    /// the measured downtime and why pre-copy stopped.
+    fn precopy_and_pause(
+        &mut self,
+        pipe: &mut Pipeline<'_>,
+        builder: &mut ChunkBuilder,
+        dirty: &mut PfnBitmap,
+        baseline: Option<&dyn Baseline>,
+    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, Duration, StopReason), CaptureError> {
+        let dom = self.dom.clone();
+        let mut figs = CopyFigures::default();
+        let mut progress = Progress::default();
+        let interrupted = || pause::interrupted();
+        let full_scan = self.plan.full_scan();
+        let mut stop = StopReason::NotLive;
+        let mut first = true;
+        if self.opts.live && self.opts.policy.max_rounds > 0 {
+            loop {
+                let t = Instant::now();
+                let before = figs.pages;
+                let rules = CopyRules { record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })), baseline };
+                let mut sink = |c: Chunk| pipe.send(c).map_err(|e| self.write_error_named(e));
+                if first && full_scan {
+                    copy_pfns(&*dom, 0..self.info.pfn_count, builder, rules, &mut figs, &mut sink, &interrupted)?;
+                } else {
+                    let set = dirty.iter_ones().map(|p| p as u64);
+                    copy_pfns(&*dom, set, builder, rules, &mut figs, &mut sink, &interrupted)?;
+                }
+                first = false;
+                progress.rounds += 1;
+                self.round_done(false, figs.pages - before, t);
+                let n = self.clean(dirty)?;
+                if let Decision::Stop(why) = self.opts.policy.decide(&mut progress, n, figs.rate()) {
+                    stop = why;
+                    break;
+                }
+            }
+        }
+        // The pause: from here to resume is the guest's downtime.
+        let guard = PauseGuard::pause(dom.clone())?;
+        let t = Instant::now();
+        let mut last = PfnBitmap::repeat(false, dirty.len());
+        self.clean(&mut last)?;
+        *dirty |= &last;
+        let mut held = Vec::new();
+        let mut hold = |c: Chunk| -> Result<(), CaptureError> {
+            held.push(c);
+            Ok(())
+        };
+        let rules = CopyRules { record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })), baseline };
+        let never = || false;
+        let mut pfigs = CopyFigures::default();
+        if first && full_scan {
+            copy_pfns(&*dom, 0..self.info.pfn_count, builder, rules, &mut pfigs, &mut hold, &never)?;
+        } else {
+            let set = dirty.iter_ones().map(|p| p as u64);
+            copy_pfns(&*dom, set, builder, rules, &mut pfigs, &mut hold, &never)?;
+        }
+        let state = dom.save_state()?;
+        let downtime = guard.resume()?;
+        self.round_done(true, pfigs.pages, t);
+        Ok((held, state, downtime, stop))
+    }
+
+    fn round_done(&mut self, paused: bool, pages: u64, t: Instant) {
+        let round = self.rounds.len() as u32;
+        self.rounds.push(RoundReport { round, paused, pages, ms: t.elapsed().as_secs_f64() * 1e3 });
+    }
+
+    fn write_error(&self, source: LayerWriteError) -> CaptureError {
+        CaptureError::Write { domain: self.info.identity.name.clone(), source }
+    }
+
+    fn write_error_named(&self, source: LayerWriteError) -> CaptureError {
+        self.write_error(source)
+    }
+
+    fn commit(
+        &mut self,
+        out: pipeline::WriterOut,
+        state: Vec<StateBlob>,
+        config: Vec<u8>,
+        downtime: Duration,
+        stop: StopReason,
+        started: Instant,
+    ) -> Result<CaptureReport, CaptureError> {
+        let counts = out.index.counts();
+        let precopy_ms = self.rounds.iter().filter(|r| !r.paused).map(|r| r.ms).sum::<f64>();
+        let stats = CaptureStats {
+            rounds: self.rounds.iter().filter(|r| !r.paused).count() as u32,
+            downtime_us: downtime.as_micros() as u64,
+            precopy_ms: precopy_ms as u64,
+            total_ms: started.elapsed().as_millis() as u64,
+            dirty_pages: counts.data + counts.zero + counts.evicted + counts.unpopulated,
+            sent_pages: self.rounds.iter().map(|r| r.pages).sum(),
+            data_pages: counts.data,
+            zero_pages: counts.zero,
+            unpopulated_pages: counts.unpopulated,
+            evicted: Default::default(),
+            notes: self.plan.notes(),
+        };
+        let meta = LayerMeta {
+            id: self.plan.next_id(),
+            parent: self.plan.parent(),
+            kind: self.plan.kind(),
+            domain: self.info.identity.clone(),
+            guest_type: self.info.guest_type,
+            pfn_count: self.info.pfn_count,
+            vcpus: self.info.vcpus,
+            created_unix_ms: unix_ms(),
+            frame_pages: self.opts.frame_pages,
+            compress_level: self.opts.compress_level,
+            stats,
+        };
+        let WriterFigures { raw_bytes, stored_bytes, .. } = out.figures;
+        let layer = self.chain.commit_layer(out.writer, &meta, &out.index, &state, &config)?;
+        // The layer covers every fetched bit now: the pending bits are consumed.
+        let _ = pending::clear(self.chain.dir());
+        self.chain.set_tracking(Some(TrackingState {
+            armed: true,
+            identity: self.info.identity.clone(),
+            since_layer: meta.id,
+        }))?;
+        Ok(CaptureReport {
+            layer,
+            resync_reason: self.plan.resync_reason(),
+            stop,
+            rounds: self.rounds.clone(),
+            downtime,
+            raw_bytes,
+            stored_bytes,
+        })
+    }
+
+    /// After a failure: keep every dirty bit this run fetched, so the next run stores them.
+    fn keep_dirty_bits(&self, e: CaptureError) -> CaptureError {
+        let mut bits = self.fetched.clone();
+        if let Plan::Incremental { pending: Some(p), .. } = &self.plan {
+            bits |= p;
+        }
+        if bits.not_any() {
+            return e;
+        }
+        match pending::save(self.chain.dir(), &bits) {
+            Ok(()) => e,
+            Err(io) => {
+                // Without the bits, an incremental would miss pages: make the next run resync.
+                let _ = self.chain.set_tracking(None);
+                CaptureError::Unrecoverable {
+                    domain: self.info.identity.name.clone(),
+                    first: Box::new(e),
+                    second: io.to_string(),
+                }
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

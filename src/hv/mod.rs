@@ -14,6 +14,7 @@
 
 pub mod pause;
 pub mod sim;
+pub mod suite;
 
 use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};

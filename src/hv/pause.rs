@@ -1,1 +1,213 @@
-//! The pause guard: a paused domain is always unpaused. INTERFACE STUB.
+//! The pause guard: a paused domain is always unpaused.
+//!
+//! [`PauseGuard::pause`] pauses a domain and registers it in a process-wide registry;
+//! [`PauseGuard::resume`] (or dropping the guard, also while a panic unwinds) unpauses it,
+//! retrying a failed unpause a few times. The measured downtime runs from the instant `pause`
+//! returned to the instant `unpause` returned.
+//!
+//! Signals. The first guard lazily starts a signal thread (signal-hook's iterator) for SIGINT
+//! and SIGTERM. What it does depends on the mode:
+//!
+//! * default: unpause every registered domain, then exit the process with `128 + signo` (130
+//!   for SIGINT, 143 for SIGTERM), whether or not anything was paused: the signal still ends
+//!   the process, with the code a shell shows for a signal death.
+//! * after [`install_handlers`] (the capture engine's opt-in): the first signal sets
+//!   [`interrupted`] and unpauses every registered domain, but does not exit, so a pre-copy
+//!   loop can notice the flag and abort cleanly; a second signal exits as above.
+//!
+//! The registry lock is held while a guard pauses and registers, while it unregisters and
+//! unpauses, and by the signal thread from draining the registry to exiting. So a domain is never
+//! paused without being registered, an unpause is never done twice, and no new pause starts
+//! once the handler has decided to exit. After the handler unpaused a guard's domain, that
+//! guard's `resume` returns an error saying so and its drop does nothing; once [`interrupted`]
+//! is set, new pauses are refused.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::{Domain, HvError};
+
+/// Attempts made to unpause before giving up.
+const UNPAUSE_ATTEMPTS: u32 = 4;
+
+struct Registry {
+    next_id: u64,
+    paused: Vec<(u64, Arc<dyn Domain>)>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    next_id: 0,
+    paused: Vec::new(),
+});
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static FLAG_MODE: AtomicBool = AtomicBool::new(false);
+static SIGNALS_SEEN: AtomicU32 = AtomicU32::new(0);
+static SIGNAL_THREAD: OnceLock<Result<(), String>> = OnceLock::new();
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether SIGINT or SIGTERM arrived since the signal thread started.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Opt into "flag, don't exit": from now on the first SIGINT/SIGTERM sets [`interrupted`] and
+/// unpauses every domain paused by a guard, and only a second one exits the process.
+pub fn install_handlers() -> Result<(), HvError> {
+    FLAG_MODE.store(true, Ordering::SeqCst);
+    ensure_signal_thread()
+}
+
+fn ensure_signal_thread() -> Result<(), HvError> {
+    let started = SIGNAL_THREAD.get_or_init(|| {
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("xckpt-signals".into())
+            .spawn(move || {
+                for signo in signals.forever() {
+                    on_signal(signo);
+                }
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    started.clone().map_err(|reason| {
+        HvError::Unavailable(format!(
+            "cannot install the SIGINT/SIGTERM handler that unpauses domains: {reason}"
+        ))
+    })
+}
+
+fn on_signal(signo: i32) {
+    let seen = SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut reg = registry();
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    for (_, dom) in reg.paused.drain(..) {
+        match unpause_with_retries(&*dom) {
+            Ok(()) => eprintln!("xckpt: signal {signo}: unpaused domain {}", dom.name()),
+            Err(e) => eprintln!(
+                "xckpt: signal {signo}: {e}; unpause it by hand (`xl unpause {}`)",
+                dom.name()
+            ),
+        }
+    }
+    if !FLAG_MODE.load(Ordering::SeqCst) || seen >= 2 {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // The registry lock is still held: no new pause can start before the process ends.
+        std::process::exit(128 + signo);
+    }
+    drop(reg);
+}
+
+fn unpause_with_retries(dom: &dyn Domain) -> Result<(), HvError> {
+    let mut attempt = 1;
+    loop {
+        match dom.unpause() {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= UNPAUSE_ATTEMPTS => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10 << attempt)),
+        }
+        attempt += 1;
+    }
+}
+
+/// A paused domain, unpaused by [`PauseGuard::resume`] or on drop.
+pub struct PauseGuard {
+    dom: Arc<dyn Domain>,
+    id: u64,
+    paused_at: Instant,
+    released: bool,
+}
+
+impl PauseGuard {
+    /// Pause `dom` and remember it so that it is unpaused whatever happens. Refused once
+    /// [`interrupted`] is set.
+    pub fn pause(dom: Arc<dyn Domain>) -> Result<PauseGuard, HvError> {
+        if let Err(e) = ensure_signal_thread() {
+            eprintln!("xckpt: warning: {e}");
+        }
+        let mut reg = registry();
+        if interrupted() {
+            return Err(HvError::op(
+                dom.name(),
+                "pause",
+                "interrupted by SIGINT/SIGTERM",
+            ));
+        }
+        dom.pause()?;
+        let paused_at = Instant::now();
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.paused.push((id, Arc::clone(&dom)));
+        Ok(PauseGuard {
+            dom,
+            id,
+            paused_at,
+            released: false,
+        })
+    }
+
+    /// When the pause took effect.
+    pub fn paused_at(&self) -> Instant {
+        self.paused_at
+    }
+
+    /// The paused domain.
+    pub fn domain(&self) -> &Arc<dyn Domain> {
+        &self.dom
+    }
+
+    /// Unpause and return the downtime: from the pause instant to the unpause's return.
+    pub fn resume(mut self) -> Result<Duration, HvError> {
+        self.released = true;
+        self.release()?;
+        Ok(self.paused_at.elapsed())
+    }
+
+    fn release(&self) -> Result<(), HvError> {
+        let mut reg = registry();
+        let Some(at) = reg.paused.iter().position(|(id, _)| *id == self.id) else {
+            return Err(HvError::op(
+                self.dom.name(),
+                "resume",
+                "interrupted: the signal handler already unpaused the domain",
+            ));
+        };
+        let (_, dom) = reg.paused.swap_remove(at);
+        unpause_with_retries(&*dom)
+    }
+}
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        match self.release() {
+            Ok(()) => {}
+            Err(HvError::Op { op: "resume", .. }) => {}
+            Err(e) => eprintln!(
+                "xckpt: domain {} may still be paused: {e}; unpause it with `xl unpause {}`",
+                self.dom.name(),
+                self.dom.name()
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for PauseGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PauseGuard")
+            .field("domain", &self.dom.name())
+            .field("paused_at", &self.paused_at)
+            .finish()
+    }
+}

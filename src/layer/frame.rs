@@ -1,15 +1,45 @@
-//! Page frames: a fixed number of pages compressed as one zstd frame. INTERFACE STUB.
+//! Page frames: a run of pages encoded together, as one zstd frame or stored raw.
+//!
+//! [`compress_frame`] runs on the capture's parallel compress workers, so it keeps no shared
+//! state: each thread has its own zstd contexts. [`decode_frame`] is the reader's inverse.
+
+use std::cell::RefCell;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::hv::PAGE_SIZE;
+
+/// The most pages one frame may hold (16 MiB decoded); bounds what a reader allocates.
+pub const MAX_FRAME_PAGES: u32 = 4096;
 
 /// How a frame's bytes are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     /// Pages stored as they are.
     Raw,
-    /// One zstd frame.
+    /// One zstd frame (with zstd's content checksum).
     Zstd,
 }
 
-/// A compressed frame of pages, ready for [`super::LayerWriter::push_frame`].
+impl Codec {
+    /// The on-disk code of the codec.
+    pub fn code(self) -> u32 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd => 1,
+        }
+    }
+    /// The codec of an on-disk code.
+    pub fn from_code(code: u32) -> Option<Codec> {
+        match code {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// An encoded frame of pages, ready for [`super::LayerWriter::push_frame`].
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// Number of pages in the frame.
@@ -20,11 +50,104 @@ pub struct Frame {
     pub data: Vec<u8>,
     /// crc32c of `data`.
     pub crc: u32,
+    /// xxh3-64 of each page's content, in frame order (`pages` entries).
+    pub digests: Vec<u64>,
 }
 
-/// Compress `pages` (a multiple of 4096 bytes) at `level` (0 = store raw). Falls back to raw
-/// when compression does not shrink the data.
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// The xxh3-64 digest of one page, as stored in a layer's DIGESTS section.
+pub fn page_digest(page: &[u8]) -> u64 {
+    xxh3_64(page)
+}
+
+/// Compress `pages` (a multiple of 4096 bytes, at most [`MAX_FRAME_PAGES`] pages) at `level`
+/// (0 = store raw). Falls back to raw when compression does not shrink the data.
 pub fn compress_frame(pages: &[u8], level: i32) -> Frame {
-    let _ = (pages, level);
-    todo!()
+    debug_assert_eq!(pages.len() % PAGE_SIZE, 0, "frame of partial pages");
+    let count = (pages.len() / PAGE_SIZE) as u32;
+    let digests = pages.chunks_exact(PAGE_SIZE).map(page_digest).collect();
+    let compressed = if level == 0 {
+        None
+    } else {
+        zstd_compress(pages, level)
+    };
+    let (codec, data) = match compressed {
+        Some(data) if data.len() < pages.len() => (Codec::Zstd, data),
+        _ => (Codec::Raw, pages.to_vec()),
+    };
+    let crc = crc32c::crc32c(&data);
+    Frame {
+        pages: count,
+        codec,
+        data,
+        crc,
+        digests,
+    }
+}
+
+/// zstd-compress with a per-thread context at `level`, content checksum on. None on error.
+fn zstd_compress(src: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            let mut c = zstd::bulk::Compressor::new(level).ok()?;
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .ok()?;
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut()?;
+        c.compress(src).ok()
+    })
+}
+
+/// Decode a frame's bytes into `out`, which is resized to exactly `pages * 4096` bytes.
+/// Errors are described in words; the caller adds the file and frame number.
+pub fn decode_frame(
+    codec: Codec,
+    data: &[u8],
+    pages: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    if pages == 0 || pages > MAX_FRAME_PAGES {
+        return Err(format!(
+            "frame of {pages} pages (1..={MAX_FRAME_PAGES} allowed)"
+        ));
+    }
+    let want = pages as usize * PAGE_SIZE;
+    match codec {
+        Codec::Raw => {
+            if data.len() != want {
+                return Err(format!(
+                    "raw frame of {} bytes, {want} expected",
+                    data.len()
+                ));
+            }
+            out.clear();
+            out.extend_from_slice(data);
+            Ok(())
+        }
+        Codec::Zstd => {
+            out.clear();
+            out.reserve_exact(want);
+            let got = DECOMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+                }
+                let d = slot.as_mut().ok_or("no zstd context")?;
+                d.decompress_to_buffer(data, out)
+                    .map_err(|e| format!("zstd: {e}"))
+            })?;
+            if got != want {
+                return Err(format!("frame decoded to {got} bytes, {want} expected"));
+            }
+            Ok(())
+        }
+    }
 }

@@ -1,10 +1,49 @@
 //! The layer file: one checkpoint's pages, page index and VM state.
 //!
-//! INTERFACE STUB (to be replaced by the real implementation; keep these public names).
+//! A layer is written front to back in one pass ([`LayerWriter`]) and read with random access
+//! ([`LayerReader`]). `docs/format.md` is the full specification; this is its summary.
+//! Little-endian everywhere; every byte of the file is under a crc32c.
+//!
+//! ```text
+//!  offset 0
+//!  +--------------------------------------------------------------+
+//!  | PREAMBLE (32 bytes)                                          |
+//!  |  0 magic "XCKPTLYR" | 8 version u32 = 1 | 12 flags u32 = 0    |
+//!  |  16 reserved [u8; 12] = 0 | 28 crc32c(bytes 0..28) u32        |
+//!  +--------------------------------------------------------------+
+//!  | FRAME 0 | FRAME 1 | ... | FRAME F-1                          |  page data, back to back;
+//!  |   zstd frame (content checksum on) or raw pages              |  crc32c of each in FRAMETAB
+//!  +--------------------------------------------------------------+
+//!  | META     serde_json {magic, version, ...LayerMeta}            |  sections, back to back,
+//!  | CONFIG   raw domain config blob                              |  in this order;
+//!  | STATE    per blob: kind u32, len u64, bytes                  |  crc32c of each in the
+//!  | INDEX    zstd(LayerIndex serialized, see index.rs)           |  section table
+//!  | FRAMETAB per frame: offset u64, len u32, pages u32,          |
+//!  |          codec u32 (0 raw, 1 zstd), crc32c u32   (24 bytes)  |
+//!  | DIGESTS  per slot: xxh3-64 of the page u64                   |
+//!  +--------------------------------------------------------------+
+//!  | SECTION TABLE: 6 x { kind u32, codec u32, offset u64,        |
+//!  |                      len u64, crc32c u32, reserved u32 = 0 } |  32 bytes each
+//!  +--------------------------------------------------------------+
+//!  | TRAILER (64 bytes, written last)                             |
+//!  |  0 magic "XCKPTEND" | 8 version u32 | 12 section count u32   |
+//!  |  16 table offset u64 | 24 table len u64 | 32 file len u64     |
+//!  |  40 frames len u64 | 48 frame count u64 | 56 crc32c(table)u32|
+//!  |  60 crc32c(trailer bytes 0..60) u32                          |
+//!  +--------------------------------------------------------------+
+//!  end of file = trailer end
+//! ```
+//!
+//! Frame `k` holds the slots following frame `k-1`'s (slots are numbered from 0 in push
+//! order). The index maps each covered pfn to data (a slot), zero, evicted or unpopulated; a
+//! pfn pushed several times during pre-copy points at its latest slot, and older copies are
+//! dead slots. A file without a valid trailer is a torn write and is refused.
 
+pub mod format;
 pub mod frame;
 pub mod index;
 pub mod reader;
+mod reader_frames;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -13,10 +52,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::hv::{DomainIdentity, GuestType};
 
-pub use frame::{compress_frame, Codec, Frame};
+pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
-pub use reader::{LayerReadError, LayerReader};
-pub use writer::{LayerWriteError, LayerWriter};
+pub use reader::{LayerFigures, LayerReadError, LayerReader};
+pub use writer::{sync_dir, LayerWriteError, LayerWriter, TEMP_PREFIX};
 
 /// Pages per zstd frame unless told otherwise (64 pages = 256 KiB).
 pub const DEFAULT_FRAME_PAGES: u32 = 64;

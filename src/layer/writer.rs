@@ -1,9 +1,26 @@
-//! Writing a layer file. INTERFACE STUB.
+//! Writing a layer file: frames as they come, then sections, table and trailer, then an
+//! atomic rename into place.
 
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::format::{
+    encode_state, preamble, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer, MAGIC,
+    PREAMBLE_LEN, SECTION_RAW, SECTION_ZSTD, VERSION,
+};
+use super::frame::MAX_FRAME_PAGES;
 use super::{Frame, LayerIndex, LayerMeta};
+use crate::failpoint::failpoint;
 use crate::hv::StateBlob;
+
+/// Prefix of temporary layer files; the store removes leftovers with this prefix.
+pub const TEMP_PREFIX: &str = ".tmp-layer-";
+/// zstd level of the INDEX section.
+const INDEX_LEVEL: i32 = 3;
+/// Write buffer size.
+const BUF_BYTES: usize = 8 << 20;
 
 /// Errors while writing a layer.
 #[derive(Debug, thiserror::Error)]
@@ -16,37 +33,302 @@ pub enum LayerWriteError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The destination name is taken; layers are never overwritten.
+    #[error("layer {path} already exists; refusing to overwrite it")]
+    Exists {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// A frame handed to the writer is malformed (a bug in the caller).
+    #[error("layer {path}: frame {frame} is malformed: {reason}")]
+    BadFrame {
+        /// The temp file.
+        path: PathBuf,
+        /// Frame number.
+        frame: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The header, index and frames disagree (a bug in the caller).
+    #[error("layer {path}: {reason}")]
+    Inconsistent {
+        /// The temp file.
+        path: PathBuf,
+        /// What disagrees.
+        reason: String,
+    },
 }
 
-/// A layer being written to a temporary file in its chain directory.
-pub struct LayerWriter {}
+/// A layer being written to a temporary file in its chain directory. Dropping it unfinished
+/// removes the temporary file.
+pub struct LayerWriter {
+    dir: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    pos: u64,
+    frames: Vec<FrameEntry>,
+    digests: Vec<u64>,
+}
 
 impl LayerWriter {
-    /// Start a layer in `dir` (a temp file, 0600, created exclusively).
+    /// Start a layer in `dir` (a temp file, 0600, created exclusively, never through a symlink).
     pub fn create(dir: &Path) -> Result<Self, LayerWriteError> {
-        let _ = dir;
-        todo!()
+        let (file, tmp) = create_temp(dir)?;
+        let mut w = LayerWriter {
+            dir: dir.to_path_buf(),
+            tmp,
+            out: Some(BufWriter::with_capacity(BUF_BYTES, file)),
+            pos: 0,
+            frames: Vec::new(),
+            digests: Vec::new(),
+        };
+        failpoint("layer.create");
+        w.write(&preamble())?;
+        Ok(w)
     }
+
+    /// The temporary file being written.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Append the next frame; returns the slot of its first page.
     pub fn push_frame(&mut self, frame: &Frame) -> Result<u64, LayerWriteError> {
-        let _ = frame;
-        todo!()
+        self.check_frame(frame)?;
+        failpoint("layer.frame");
+        let first_slot = self.digests.len() as u64;
+        let entry = FrameEntry {
+            offset: self.pos,
+            len: frame.data.len() as u32,
+            pages: frame.pages,
+            codec: frame.codec.code(),
+            crc: frame.crc,
+        };
+        self.write(&frame.data)?;
+        self.frames.push(entry);
+        self.digests.extend_from_slice(&frame.digests);
+        Ok(first_slot)
     }
+
+    fn check_frame(&self, frame: &Frame) -> Result<(), LayerWriteError> {
+        let reason = if frame.pages == 0 || frame.pages > MAX_FRAME_PAGES {
+            format!("{} pages (1..={MAX_FRAME_PAGES} allowed)", frame.pages)
+        } else if frame.digests.len() != frame.pages as usize {
+            format!("{} digests for {} pages", frame.digests.len(), frame.pages)
+        } else if u32::try_from(frame.data.len()).is_err() {
+            format!("{} encoded bytes", frame.data.len())
+        } else {
+            return Ok(());
+        };
+        Err(LayerWriteError::BadFrame {
+            path: self.tmp.clone(),
+            frame: self.frames.len() as u64,
+            reason,
+        })
+    }
+
     /// Bytes written so far.
     pub fn bytes(&self) -> u64 {
-        todo!()
+        self.pos
     }
+
+    /// Pages (slots) pushed so far.
+    pub fn slots(&self) -> u64 {
+        self.digests.len() as u64
+    }
+
     /// Write index, state, config, meta and trailer; fsync; rename to `dest`; fsync the
     /// directory. Returns the final file size.
     pub fn finish(
-        self,
+        mut self,
         meta: &LayerMeta,
         index: &LayerIndex,
         state: &[StateBlob],
         config: &[u8],
         dest: &Path,
     ) -> Result<u64, LayerWriteError> {
-        let _ = (meta, index, state, config, dest);
-        todo!()
+        self.check_consistent(meta, index)?;
+        if dest.symlink_metadata().is_ok() {
+            return Err(LayerWriteError::Exists {
+                path: dest.to_path_buf(),
+            });
+        }
+        failpoint("layer.sections.before");
+        let frames_len = self.pos - PREAMBLE_LEN;
+        let table = self.write_sections(meta, index, state, config)?;
+        failpoint("layer.sections.after");
+        let table_bytes: Vec<u8> = table.iter().flat_map(|e| e.encode()).collect();
+        let table_offset = self.pos;
+        self.write(&table_bytes)?;
+        let trailer = Trailer {
+            version: VERSION,
+            sections: table.len() as u32,
+            table_offset,
+            table_len: table_bytes.len() as u64,
+            file_len: self.pos + super::format::TRAILER_LEN,
+            frames_len,
+            frame_count: self.frames.len() as u64,
+            table_crc: crc32c::crc32c(&table_bytes),
+        };
+        failpoint("layer.trailer");
+        self.write(&trailer.encode())?;
+        self.sync_file()?;
+        failpoint("layer.rename.before");
+        // link + unlink rather than rename: linking fails if `dest` appeared meanwhile, so a
+        // layer is never replaced.
+        std::fs::hard_link(&self.tmp, dest).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => LayerWriteError::Exists {
+                path: dest.to_path_buf(),
+            },
+            _ => LayerWriteError::Io {
+                path: dest.to_path_buf(),
+                source,
+            },
+        })?;
+        std::fs::remove_file(&self.tmp).map_err(|e| self.io(e))?;
+        self.tmp = PathBuf::new();
+        sync_dir(&self.dir).map_err(|source| LayerWriteError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        failpoint("layer.rename.after");
+        Ok(trailer.file_len)
     }
+
+    fn check_consistent(
+        &self,
+        meta: &LayerMeta,
+        index: &LayerIndex,
+    ) -> Result<(), LayerWriteError> {
+        let slots = self.slots();
+        let reason = if index.pfn_count() != meta.pfn_count {
+            format!(
+                "index covers {} pfns, header says {}",
+                index.pfn_count(),
+                meta.pfn_count
+            )
+        } else if let Some((pfn, slot)) = index.data_slots().find(|&(_, s)| s >= slots) {
+            format!("pfn {pfn:#x} points at slot {slot:#x}, but only {slots} slots were written")
+        } else {
+            return Ok(());
+        };
+        Err(LayerWriteError::Inconsistent {
+            path: self.tmp.clone(),
+            reason,
+        })
+    }
+
+    fn write_sections(
+        &mut self,
+        meta: &LayerMeta,
+        index: &LayerIndex,
+        state: &[StateBlob],
+        config: &[u8],
+    ) -> Result<Vec<SectionEntry>, LayerWriteError> {
+        let doc = MetaDoc {
+            magic: String::from_utf8_lossy(&MAGIC).into_owned(),
+            version: VERSION,
+            meta: meta.clone(),
+        };
+        let meta_json = serde_json::to_vec_pretty(&doc).map_err(|e| self.io(e.into()))?;
+        let index_raw = index.to_bytes();
+        let index_z = zstd::bulk::compress(&index_raw, INDEX_LEVEL).map_err(|e| self.io(e))?;
+        let frametab: Vec<u8> = self.frames.iter().flat_map(|f| f.encode()).collect();
+        let digests: Vec<u8> = self.digests.iter().flat_map(|d| d.to_le_bytes()).collect();
+        let mut table = Vec::with_capacity(6);
+        table.push(self.write_section(SectionKind::Meta, SECTION_RAW, &meta_json)?);
+        table.push(self.write_section(SectionKind::Config, SECTION_RAW, config)?);
+        table.push(self.write_section(SectionKind::State, SECTION_RAW, &encode_state(state))?);
+        table.push(self.write_section(SectionKind::Index, SECTION_ZSTD, &index_z)?);
+        table.push(self.write_section(SectionKind::FrameTab, SECTION_RAW, &frametab)?);
+        table.push(self.write_section(SectionKind::Digests, SECTION_RAW, &digests)?);
+        Ok(table)
+    }
+
+    fn write_section(
+        &mut self,
+        kind: SectionKind,
+        codec: u32,
+        bytes: &[u8],
+    ) -> Result<SectionEntry, LayerWriteError> {
+        let entry = SectionEntry {
+            kind: kind as u32,
+            codec,
+            offset: self.pos,
+            len: bytes.len() as u64,
+            crc: crc32c::crc32c(bytes),
+        };
+        self.write(bytes)?;
+        Ok(entry)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), LayerWriteError> {
+        let out = self.out.as_mut().ok_or_else(|| LayerWriteError::Io {
+            path: self.tmp.clone(),
+            source: std::io::Error::other("writer already closed"),
+        })?;
+        out.write_all(bytes).map_err(|source| LayerWriteError::Io {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync_file(&mut self) -> Result<(), LayerWriteError> {
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| self.io(std::io::Error::other("writer closed")))?;
+        let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
+        file.sync_all().map_err(|e| self.io(e))
+    }
+
+    fn io(&self, source: std::io::Error) -> LayerWriteError {
+        LayerWriteError::Io {
+            path: self.tmp.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for LayerWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.out = None;
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Create a fresh temp file in `dir`: exclusive, 0600, not following symlinks.
+fn create_temp(dir: &Path) -> Result<(File, PathBuf), LayerWriteError> {
+    let mut last = None;
+    for _ in 0..16 {
+        let name = format!(
+            "{TEMP_PREFIX}{}-{:016x}.xcl",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        let path = dir.join(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((e, path)),
+            Err(source) => return Err(LayerWriteError::Io { path, source }),
+        }
+    }
+    let (source, path) =
+        last.unwrap_or_else(|| (std::io::Error::other("no name"), dir.to_path_buf()));
+    Err(LayerWriteError::Io { path, source })
+}
+
+/// fsync a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }

@@ -1,12 +1,43 @@
-//! The store: one chain directory per domain, holding layers and a manifest. INTERFACE STUB.
+//! The store: one chain directory per domain, holding layers and a manifest.
+//!
+//! ```text
+//! /var/lib/xckpt/                 0700, never a symlink
+//!   <domain name>/                0700, one chain per domain
+//!     manifest.json               0600, replaced atomically (temp, fsync, rename, dir fsync)
+//!     layer-000001.xcl            0600, a base layer
+//!     layer-000002.xcl            0600, an incremental on top of it
+//!     lock                        flock'ed by the process writing the chain
+//! ```
+//!
+//! The manifest is the truth: a layer file it does not list (a crash after the layer was
+//! renamed into place but before the manifest was replaced) is removed when the chain is
+//! opened, as are temporary files, unless another process holds the chain's lock.
 
+mod chain;
+mod lock;
+mod manifest;
+mod verify;
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::compose::ComposedImage;
-use crate::hv::{DomainIdentity, StateBlob};
-use crate::layer::{CaptureStats, LayerIndex, LayerKind, LayerMeta, LayerReader, LayerWriter};
+use crate::compose::ComposeError;
+use crate::hv::DomainIdentity;
+use crate::layer::{CaptureStats, LayerKind, LayerReadError, LayerWriteError};
+
+pub use chain::Chain;
+pub use lock::ChainLock;
+pub use verify::{ChainReport, ChainVerifyError, LayerReport};
+
+/// Where the store lives unless told otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/xckpt";
+/// The manifest format this version writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Longest chain (domain) name.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// Errors of store operations, naming the chain and file.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +50,92 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The store root or a chain directory is a symlink.
+    #[error("{path} is a symlink; refusing to use it (point --store at a real directory)")]
+    Symlink {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The store root or a chain directory is not a directory.
+    #[error("{path} is not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A domain name that cannot be a chain directory.
+    #[error("invalid domain name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The manifest cannot be parsed.
+    #[error("manifest {path} is damaged: {reason}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The manifest has a format this version does not read.
+    #[error("manifest {path} has format {found}; this xckpt reads format {MANIFEST_FORMAT}")]
+    ManifestFormat {
+        /// The manifest.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+    },
+    /// The chain has no such layer.
+    #[error("chain {chain} has no layer {id} (see `xckpt list {chain}`)")]
+    NoSuchLayer {
+        /// The chain.
+        chain: String,
+        /// The layer id asked for.
+        id: u64,
+    },
+    /// The chain has no layers yet.
+    #[error("chain {chain} has no layers yet: take a checkpoint first")]
+    EmptyChain {
+        /// The chain.
+        chain: String,
+    },
+    /// A new layer's id or parent does not fit the chain.
+    #[error("chain {chain}: cannot add layer {id}: {reason}")]
+    BadCommit {
+        /// The chain.
+        chain: String,
+        /// The new layer's id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Another process holds the chain's lock.
+    #[error("chain {chain} is locked by another xckpt process (waited {waited_ms} ms on {path})")]
+    Locked {
+        /// The chain.
+        chain: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// Writing a layer failed.
+    #[error(transparent)]
+    Write(#[from] LayerWriteError),
+    /// Reading a layer failed.
+    #[error(transparent)]
+    Read(#[from] LayerReadError),
+    /// Composing layers failed.
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+}
+
+pub(crate) fn io(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One layer as the manifest lists it.
@@ -64,67 +181,134 @@ pub struct Manifest {
     pub tracking: Option<TrackingState>,
 }
 
-/// The store root.
-pub struct Store {}
-
-impl Store {
-    /// Open (and create, 0700) the store at `root`. Refuses a symlink.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
-        let _ = root;
-        todo!()
+impl Manifest {
+    /// The record of layer `id`.
+    pub fn layer(&self, id: u64) -> Option<&LayerRecord> {
+        self.layers.iter().find(|r| r.id == id)
     }
-    /// The chain of domain `name` (validated: no path separators, no `..`).
-    pub fn chain(&self, name: &str) -> Result<Chain, StoreError> {
-        let _ = name;
-        todo!()
-    }
-    /// Names of all chains.
-    pub fn chains(&self) -> Result<Vec<String>, StoreError> {
-        todo!()
+    /// The newest layer.
+    pub fn last(&self) -> Option<&LayerRecord> {
+        self.layers.last()
     }
 }
 
-/// One domain's chain directory.
-pub struct Chain {}
+/// The file name of layer `id`.
+pub fn layer_file_name(id: u64) -> String {
+    format!("layer-{id:06}.xcl")
+}
 
-impl Chain {
-    /// The chain's name.
-    pub fn name(&self) -> &str {
-        todo!()
+/// Check a domain name for use as a chain directory: `[A-Za-z0-9_.-]`, 1 to 64 characters,
+/// no leading dot (which also excludes `.` and `..`).
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let bad = |reason| {
+        Err(StoreError::BadName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
     }
-    /// Read the manifest (an empty one if the chain is new).
-    pub fn manifest(&self) -> Result<Manifest, StoreError> {
-        todo!()
+    if name.len() > MAX_NAME_LEN {
+        return bad("longer than 64 characters");
     }
-    /// Start writing a new layer in this chain.
-    pub fn begin_layer(&self) -> Result<LayerWriter, StoreError> {
-        todo!()
+    if name.starts_with('.') {
+        return bad("starts with a dot");
     }
-    /// Finish `writer` as layer `meta.id` and add it to the manifest, atomically.
-    pub fn commit_layer(
-        &self,
-        writer: LayerWriter,
-        meta: &LayerMeta,
-        index: &LayerIndex,
-        state: &[StateBlob],
-        config: &[u8],
-    ) -> Result<LayerRecord, StoreError> {
-        let _ = (writer, meta, index, state, config);
-        todo!()
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return bad("only letters, digits, '_', '.' and '-' are allowed");
     }
-    /// Replace the tracking state in the manifest, atomically.
-    pub fn set_tracking(&self, tracking: Option<TrackingState>) -> Result<(), StoreError> {
-        let _ = tracking;
-        todo!()
+    Ok(())
+}
+
+/// Make sure `dir` is a real directory with mode 0700, creating it if needed. Returns a
+/// warning when its permissions had to be tightened.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<Option<String>, StoreError> {
+    match dir.symlink_metadata() {
+        Ok(md) if md.file_type().is_symlink() => Err(StoreError::Symlink {
+            path: dir.to_path_buf(),
+        }),
+        Ok(md) if !md.is_dir() => Err(StoreError::NotADirectory {
+            path: dir.to_path_buf(),
+        }),
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o7777;
+            if mode & 0o077 == 0 {
+                return Ok(None);
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io(dir, e))?;
+            Ok(Some(format!(
+                "{} had mode {mode:04o}; set it to 0700",
+                dir.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io(dir, e))?;
+            // `recursive` applies the umask; make sure of 0700 on the leaf.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io(dir, e))?;
+            Ok(None)
+        }
+        Err(e) => Err(io(dir, e)),
     }
-    /// Open layer `id`.
-    pub fn open_layer(&self, id: u64) -> Result<LayerReader, StoreError> {
-        let _ = id;
-        todo!()
+}
+
+/// The store root.
+pub struct Store {
+    root: PathBuf,
+    warnings: Vec<String>,
+}
+
+impl Store {
+    /// Open (and create, 0700) the store at `root`. Refuses a symlink; tightens looser
+    /// permissions to 0700 (see [`Store::warnings`]).
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let warnings = ensure_private_dir(root)?.into_iter().collect();
+        Ok(Store {
+            root: root.to_path_buf(),
+            warnings,
+        })
     }
-    /// Compose the image at layer `upto` (the newest if None).
-    pub fn compose(&self, upto: Option<u64>) -> Result<ComposedImage, StoreError> {
-        let _ = upto;
-        todo!()
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Things fixed while opening (loose permissions), for the user.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The chain of domain `name` (validated: see [`validate_name`]). The directory is created
+    /// when the first layer is written; leftovers of interrupted writes are removed.
+    pub fn chain(&self, name: &str) -> Result<Chain, StoreError> {
+        validate_name(name)?;
+        Chain::open(name, self.root.join(name))
+    }
+
+    /// Names of all chains.
+    pub fn chains(&self) -> Result<Vec<String>, StoreError> {
+        let rd = std::fs::read_dir(&self.root).map_err(|e| io(&self.root, e))?;
+        let mut names = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| io(&self.root, e))?;
+            let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if let (true, Some(name)) = (is_dir, ent.file_name().to_str()) {
+                if validate_name(name).is_ok() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 }

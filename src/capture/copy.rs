@@ -1,0 +1,117 @@
+//! Copying a set of guest frames into chunks: page types, batched mapping, per-frame errors.
+
+use std::time::{Duration, Instant};
+
+use super::pipeline::{Baseline, Chunk, ChunkBuilder};
+use super::CaptureError;
+use crate::hv::{GuestMemory, PageType, Pfn};
+use crate::layer::PageEntry;
+
+/// Frames mapped per hypervisor call.
+pub const MAP_BATCH: usize = 1024;
+
+/// Figures of a copy pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyFigures {
+    /// Pages read from the guest.
+    pub pages: u64,
+    /// Time spent typing, mapping and copying (waits on the pipeline excluded).
+    pub busy: Duration,
+}
+
+impl CopyFigures {
+    /// Measured pages per second of copying into RAM.
+    pub fn rate(&self) -> f64 {
+        let s = self.busy.as_secs_f64();
+        if s > 0.0 {
+            self.pages as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// How one pass treats what it finds.
+#[derive(Clone, Copy, Default)]
+pub struct CopyRules<'a> {
+    /// Record unpopulated pfns (not needed in a base layer's first round: uncovered means
+    /// unpopulated there).
+    pub record_unpopulated: bool,
+    /// Drop pages the chain already holds (resync).
+    pub baseline: Option<&'a dyn Baseline>,
+}
+
+/// Copy `pfns` (ascending) from `dom` into `builder`, handing full chunks to `sink`.
+pub fn copy_pfns<D: GuestMemory + ?Sized>(
+    dom: &D,
+    pfns: impl Iterator<Item = Pfn>,
+    builder: &mut ChunkBuilder,
+    rules: CopyRules<'_>,
+    figs: &mut CopyFigures,
+    sink: &mut dyn FnMut(Chunk) -> Result<(), CaptureError>,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), CaptureError> {
+    let mut batch: Vec<Pfn> = Vec::with_capacity(MAP_BATCH);
+    let mut types = vec![PageType::Normal; MAP_BATCH];
+    let mut pfns = pfns.peekable();
+    while pfns.peek().is_some() {
+        if stop() {
+            return Err(CaptureError::Interrupted { domain: dom.name() });
+        }
+        batch.clear();
+        batch.extend(pfns.by_ref().take(MAP_BATCH));
+        let t0 = Instant::now();
+        let types = &mut types[..batch.len()];
+        dom.page_types(&batch, types)?;
+        let mut full = Vec::new();
+        copy_batch(dom, &batch, types, builder, rules, &mut full)?;
+        figs.busy += t0.elapsed();
+        figs.pages += batch.len() as u64;
+        for c in full {
+            sink(c)?;
+        }
+    }
+    if let Some(c) = builder.flush() {
+        sink(c)?;
+    }
+    Ok(())
+}
+
+fn copy_batch<D: GuestMemory + ?Sized>(
+    dom: &D,
+    batch: &[Pfn],
+    types: &[PageType],
+    builder: &mut ChunkBuilder,
+    rules: CopyRules<'_>,
+    full: &mut Vec<Chunk>,
+) -> Result<(), CaptureError> {
+    let mut readable: Vec<Pfn> = Vec::with_capacity(batch.len());
+    for (&pfn, &ty) in batch.iter().zip(types) {
+        match ty {
+            PageType::Unpopulated | PageType::Broken => {
+                let same = rules.baseline.is_some_and(|b| b.same(pfn, None));
+                if rules.record_unpopulated && !same {
+                    builder.add_entry(pfn, PageEntry::Unpopulated);
+                }
+            }
+            PageType::Normal | PageType::Other(_) => readable.push(pfn),
+        }
+    }
+    if readable.is_empty() {
+        return Ok(());
+    }
+    let mapped = dom.map_batch(&readable)?;
+    for (i, &pfn) in readable.iter().enumerate() {
+        match mapped.page(i) {
+            Ok(page) => full.extend(builder.add_page(pfn, page, rules.baseline)),
+            Err(errno) => {
+                return Err(CaptureError::Map {
+                    domain: dom.name(),
+                    pfn,
+                    reason: std::io::Error::from_raw_os_error(errno).to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}

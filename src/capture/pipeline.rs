@@ -1,0 +1,276 @@
+//! The copy pipeline: mapper (the capture thread) -> compress workers -> layer writer.
+//!
+//! ```text
+//!  capture thread            compress workers (N)             writer thread
+//!  map batch, copy pages --> xxh3 digests + zstd frame --> reorder by seq, push frame,
+//!  into a chunk, zero-check   (bounded channel)              set index entries (last wins)
+//!        ^--------------- empty buffers come back through a pool ----------------'
+//! ```
+//!
+//! Chunks carry a sequence number; the writer applies them strictly in order, so a pfn sent in
+//! a later round always overrides its copy from an earlier round. Memory is bounded by the
+//! channel depths and the buffer pool.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
+
+use crate::hv::{Pfn, PAGE_SIZE};
+use crate::layer::{compress_frame, Frame, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
+
+/// Content the chain already holds, for resync layers: pages equal to it are not stored again.
+pub trait Baseline: Sync {
+    /// Whether the chain's copy of `pfn` equals `data` (`None`: the pfn is unpopulated now).
+    fn same(&self, pfn: Pfn, data: Option<&[u8]>) -> bool;
+}
+
+/// Pages copied from the guest, plus index entries for pages that carry no data.
+pub struct Chunk {
+    seq: u64,
+    pfns: Vec<Pfn>,
+    data: Vec<u8>,
+    entries: Vec<(Pfn, PageEntry)>,
+}
+
+/// A chunk after compression.
+struct Packed {
+    seq: u64,
+    pfns: Vec<Pfn>,
+    frame: Option<Frame>,
+    entries: Vec<(Pfn, PageEntry)>,
+}
+
+/// Builds chunks of `frame_pages` pages from copied guest pages.
+pub struct ChunkBuilder {
+    frame_pages: usize,
+    next_seq: u64,
+    cur: Chunk,
+    pool: Receiver<Vec<u8>>,
+    pool_tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl ChunkBuilder {
+    fn new(frame_pages: usize) -> Self {
+        let (pool_tx, pool) = mpsc::channel();
+        let mut b = ChunkBuilder {
+            frame_pages,
+            next_seq: 0,
+            cur: Chunk { seq: 0, pfns: Vec::new(), data: Vec::new(), entries: Vec::new() },
+            pool,
+            pool_tx,
+        };
+        b.cur = b.fresh();
+        b
+    }
+
+    fn fresh(&mut self) -> Chunk {
+        let mut data = self.pool.try_recv().unwrap_or_default();
+        data.resize(self.frame_pages * PAGE_SIZE, 0);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Chunk { seq, pfns: Vec::with_capacity(self.frame_pages), data, entries: Vec::new() }
+    }
+
+    /// Copy `page` as `pfn`'s content. Zero pages become entries, not data; pages equal to
+    /// `baseline` (resync) are dropped. Returns a chunk once one is full.
+    pub fn add_page(
+        &mut self,
+        pfn: Pfn,
+        page: crate::guestmem::GuestPage<'_>,
+        baseline: Option<&dyn Baseline>,
+    ) -> Option<Chunk> {
+        let at = self.cur.pfns.len() * PAGE_SIZE;
+        let dst = &mut self.cur.data[at..at + PAGE_SIZE];
+        page.copy_to(dst);
+        if baseline.is_some_and(|b| b.same(pfn, Some(dst))) {
+            return None;
+        }
+        if is_zero(dst) {
+            self.cur.entries.push((pfn, PageEntry::Zero));
+            return None;
+        }
+        self.cur.pfns.push(pfn);
+        if self.cur.pfns.len() == self.frame_pages {
+            let next = self.fresh();
+            return Some(std::mem::replace(&mut self.cur, next));
+        }
+        None
+    }
+
+    /// Record an entry without data (zero, unpopulated, evicted) for `pfn`.
+    pub fn add_entry(&mut self, pfn: Pfn, entry: PageEntry) {
+        self.cur.entries.push((pfn, entry));
+    }
+
+    /// The partial chunk, if it holds anything.
+    pub fn flush(&mut self) -> Option<Chunk> {
+        if self.cur.pfns.is_empty() && self.cur.entries.is_empty() {
+            return None;
+        }
+        let next = self.fresh();
+        Some(std::mem::replace(&mut self.cur, next))
+    }
+}
+
+/// Whether a copied page is all zeros (64-byte OR-reductions vectorise well).
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks_exact(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Figures of what the writer stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterFigures {
+    /// Frames written.
+    pub frames: u64,
+    /// Page copies written (re-sent pages included).
+    pub data_copies: u64,
+    /// Uncompressed bytes of those copies.
+    pub raw_bytes: u64,
+    /// Encoded bytes of the frames.
+    pub stored_bytes: u64,
+}
+
+/// What the writer thread hands back when the pipeline closes.
+pub struct WriterOut {
+    /// The layer being written (frames pushed, not finished).
+    pub writer: LayerWriter,
+    /// The page index, last entry per pfn.
+    pub index: LayerIndex,
+    /// Figures.
+    pub figures: WriterFigures,
+}
+
+/// A running pipeline inside a thread scope.
+pub struct Pipeline<'scope> {
+    tx: Option<SyncSender<Chunk>>,
+    workers: Vec<ScopedJoinHandle<'scope, ()>>,
+    writer: ScopedJoinHandle<'scope, Result<WriterOut, LayerWriteError>>,
+}
+
+impl<'scope> Pipeline<'scope> {
+    /// Start `threads` compress workers at zstd `level` and a writer over `writer`/`index`.
+    pub fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        writer: LayerWriter,
+        index: LayerIndex,
+        frame_pages: u32,
+        level: i32,
+        threads: usize,
+    ) -> (Self, ChunkBuilder) {
+        let threads = threads.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Chunk>(threads * 2);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let (ptx, prx) = mpsc::sync_channel::<Packed>(threads * 2);
+        let builder = ChunkBuilder::new(frame_pages as usize);
+        let mut workers = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let ptx = ptx.clone();
+            let pool = builder.pool_tx.clone();
+            workers.push(scope.spawn(move || compress_worker(&rx, &ptx, &pool, level)));
+        }
+        drop(ptx);
+        let writer = scope.spawn(move || write_in_order(prx, writer, index));
+        (Pipeline { tx: Some(tx), workers, writer }, builder)
+    }
+
+    /// Send a chunk to the workers (blocks when they are busy: back-pressure).
+    pub fn send(&mut self, chunk: Chunk) -> Result<(), LayerWriteError> {
+        let tx = self.tx.as_ref().expect("pipeline open");
+        tx.send(chunk).map_err(|_| writer_gone())
+    }
+
+    /// Close the pipeline (sending `builder`'s partial chunk) and wait for the writer's result.
+    pub fn finish(mut self, mut builder: ChunkBuilder) -> Result<WriterOut, LayerWriteError> {
+        if let Some(c) = builder.flush() {
+            self.send(c)?;
+        }
+        drop(self.tx.take());
+        for w in self.workers {
+            if w.join().is_err() {
+                return Err(writer_gone());
+            }
+        }
+        self.writer.join().map_err(|_| writer_gone())?
+    }
+}
+
+fn writer_gone() -> LayerWriteError {
+    LayerWriteError::Io {
+        path: "<pipeline>".into(),
+        source: std::io::Error::other("a pipeline thread stopped early"),
+    }
+}
+
+fn compress_worker(
+    rx: &std::sync::Mutex<Receiver<Chunk>>,
+    out: &SyncSender<Packed>,
+    pool: &mpsc::Sender<Vec<u8>>,
+    level: i32,
+) {
+    loop {
+        let chunk = {
+            let guard = match rx.lock() {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+            match guard.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            }
+        };
+        let n = chunk.pfns.len();
+        let frame = (n > 0).then(|| compress_frame(&chunk.data[..n * PAGE_SIZE], level));
+        let _ = pool.send(chunk.data);
+        let packed = Packed { seq: chunk.seq, pfns: chunk.pfns, frame, entries: chunk.entries };
+        if out.send(packed).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_in_order(
+    rx: Receiver<Packed>,
+    mut writer: LayerWriter,
+    mut index: LayerIndex,
+) -> Result<WriterOut, LayerWriteError> {
+    let mut pending: BTreeMap<u64, Packed> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut fig = WriterFigures::default();
+    for packed in rx {
+        pending.insert(packed.seq, packed);
+        while let Some(p) = pending.remove(&next) {
+            apply(&mut writer, &mut index, &mut fig, p)?;
+            next += 1;
+        }
+    }
+    // Every chunk was delivered in sequence; anything left means a worker died mid-way.
+    if !pending.is_empty() {
+        return Err(writer_gone());
+    }
+    Ok(WriterOut { writer, index, figures: fig })
+}
+
+fn apply(
+    writer: &mut LayerWriter,
+    index: &mut LayerIndex,
+    fig: &mut WriterFigures,
+    p: Packed,
+) -> Result<(), LayerWriteError> {
+    // Entries and data of one chunk never name the same pfn (a pfn is copied once per round,
+    // and a round's chunks are in order), so their relative order inside the chunk is free.
+    for (pfn, entry) in p.entries {
+        index.set(pfn, entry, None);
+    }
+    if let Some(frame) = p.frame {
+        let first = writer.push_frame(&frame)?;
+        fig.frames += 1;
+        fig.stored_bytes += frame.data.len() as u64;
+        fig.raw_bytes += (p.pfns.len() * PAGE_SIZE) as u64;
+        fig.data_copies += p.pfns.len() as u64;
+        for (i, pfn) in p.pfns.into_iter().enumerate() {
+            index.set(pfn, PageEntry::Data, Some(first + i as u64));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! `xckpt bench --sim`: capture throughput, layer sizes and downtime on a simulated domain, with
+//! every layer restored into a fresh sim and compared with the ground truth at its pause instant.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use xckpt::capture::{checkpoint, CaptureReport};
+use xckpt::hv::sim::{AccessPattern, ContentSpec, SimConfig, SimDomain, TruthMode, WorkloadSpec};
+use xckpt::hv::{GuestType, PAGE_SIZE};
+use xckpt::store::Store;
+
+use super::{limits, print_json, CaptureArgs};
+
+/// Workload of the simulated guest.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Workload {
+    /// Uniformly random pages.
+    Uniform,
+    /// 10% of the pages get 90% of the writes.
+    Hot,
+    /// A sequential sweep.
+    Sequential,
+}
+
+/// `xckpt bench --sim`
+#[derive(Debug, Args)]
+pub struct BenchCmd {
+    /// Use the simulated back-end (the only one the bench drives).
+    #[arg(long)]
+    sim: bool,
+    /// Guest memory, e.g. 1G or 512M.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    mem: u64,
+    /// Dirty rate of the workload per second, e.g. 100M.
+    #[arg(long, default_value = "100M", value_parser = parse_size)]
+    dirty_rate: u64,
+    /// Access pattern of the workload.
+    #[arg(long, value_enum, default_value_t = Workload::Uniform)]
+    workload: Workload,
+    /// Checkpoints to take (the first is the base).
+    #[arg(long, default_value_t = 5)]
+    checkpoints: u32,
+    /// Seconds between checkpoints.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Store directory (a fresh temporary one under /var/tmp by default).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+/// One layer's figures.
+#[derive(Debug, Serialize)]
+struct LayerFigures {
+    kind: String,
+    dirty_pages: u64,
+    stored_pages: u64,
+    sent_pages: u64,
+    layer_bytes: u64,
+    downtime_ms: f64,
+    rounds: usize,
+    capture_s: f64,
+    /// 1.1 x dirty_pages x 4096 x the base's compressed/raw ratio (incrementals only).
+    bound_bytes: Option<u64>,
+}
+
+/// The bench's result.
+#[derive(Debug, Serialize)]
+struct BenchResult {
+    mem_bytes: u64,
+    dirty_rate_bytes: u64,
+    workload: String,
+    threads: usize,
+    compress_level: i32,
+    full_capture_s: f64,
+    full_capture_gbps: f64,
+    limit_gbps: f64,
+    limits: limits::Limits,
+    capture_over_limit: f64,
+    base_compressed_over_raw: f64,
+    layers: Vec<LayerFigures>,
+    incrementals_within_bound: bool,
+    verified: bool,
+    verify_failures: Vec<String>,
+}
+
+/// Parse `1G`, `512M`, `64K` or a plain number of bytes (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512M or 1G"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("{s:?} is not a size like 512M or 1G"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+impl BenchCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        if !self.sim {
+            bail!("the bench drives the simulated back-end only: add --sim (real-Xen figures come from the test bed)");
+        }
+        let opts = self.capture.options();
+        let tmp;
+        let store_dir = match &self.store {
+            Some(p) => p.clone(),
+            None => {
+                tmp = tempfile::Builder::new().prefix("xckpt-bench-").tempdir_in("/var/tmp")?;
+                tmp.path().join("store")
+            }
+        };
+        let store = Store::open(&store_dir)?;
+        let chain = store.chain("bench")?;
+        let dom = Arc::new(SimDomain::new(self.sim_config())?);
+        let limits = limits::measure(&sample(&dom)?, opts.compress_level, opts.threads, &store_dir)
+            .with_context(|| format!("measuring limits in {}", store_dir.display()))?;
+        dom.start_workload()?;
+        let mut reports = Vec::new();
+        for i in 0..self.checkpoints {
+            if i > 0 {
+                std::thread::sleep(Duration::from_secs_f64(self.interval));
+            }
+            let t = Instant::now();
+            let r = checkpoint(&dom, &chain, &opts).with_context(|| format!("checkpoint {}", i + 1))?;
+            reports.push((r, t.elapsed()));
+        }
+        dom.stop_workload();
+        let failures = verify_layers(&dom, &store, &reports)?;
+        let result = self.result(&dom, limits, &reports, failures, &opts);
+        if self.json {
+            print_json(&result)?;
+        } else {
+            print_table(&result);
+        }
+        Ok(if result.verified { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    }
+
+    fn sim_config(&self) -> SimConfig {
+        let pages = (self.mem / PAGE_SIZE as u64).max(16);
+        let pattern = match self.workload {
+            Workload::Uniform => AccessPattern::Uniform,
+            Workload::Hot => AccessPattern::HotSet { hot_fraction: 0.1, hot_probability: 0.9 },
+            Workload::Sequential => AccessPattern::Sequential,
+        };
+        SimConfig {
+            name: "bench".into(),
+            pfn_count: pages,
+            populated: vec![0..pages],
+            vcpus: 2,
+            guest_type: GuestType::Pvh,
+            workload: WorkloadSpec { pattern, rate_mib_s: self.dirty_rate as f64 / (1 << 20) as f64 },
+            writers: 1,
+            content: ContentSpec::default(),
+            seed: 42,
+            auto_truth: Some(TruthMode::Digest),
+        }
+    }
+
+    fn result(
+        &self,
+        dom: &SimDomain,
+        limits: limits::Limits,
+        reports: &[(CaptureReport, Duration)],
+        failures: Vec<String>,
+        opts: &xckpt::capture::CaptureOptions,
+    ) -> BenchResult {
+        let mem_bytes = dom.sim_config().pfn_count * PAGE_SIZE as u64;
+        let (base, base_t) = &reports[0];
+        let full_capture_s = base_t.as_secs_f64();
+        let full_capture_gbps = mem_bytes as f64 / full_capture_s / 1e9;
+        let base_raw = (base.layer.stats.data_pages * PAGE_SIZE as u64).max(1);
+        let ratio = base.layer.bytes as f64 / base_raw as f64;
+        let layers: Vec<LayerFigures> = reports
+            .iter()
+            .enumerate()
+            .map(|(i, (r, t))| {
+                let s = &r.layer.stats;
+                LayerFigures {
+                    kind: format!("{:?}", r.layer.kind).to_lowercase(),
+                    dirty_pages: s.dirty_pages,
+                    stored_pages: s.data_pages,
+                    sent_pages: s.sent_pages,
+                    layer_bytes: r.layer.bytes,
+                    downtime_ms: r.downtime.as_secs_f64() * 1e3,
+                    rounds: r.rounds.len(),
+                    capture_s: t.as_secs_f64(),
+                    bound_bytes: (i > 0)
+                        .then(|| (1.1 * s.dirty_pages as f64 * PAGE_SIZE as f64 * ratio) as u64),
+                }
+            })
+            .collect();
+        let within = layers.iter().all(|l| l.bound_bytes.is_none_or(|b| l.layer_bytes <= b));
+        BenchResult {
+            mem_bytes,
+            dirty_rate_bytes: self.dirty_rate,
+            workload: format!("{:?}", self.workload).to_lowercase(),
+            threads: opts.threads,
+            compress_level: opts.compress_level,
+            full_capture_s,
+            full_capture_gbps,
+            limit_gbps: limits.limit_gbps,
+            capture_over_limit: full_capture_gbps / limits.limit_gbps,
+            limits,
+            base_compressed_over_raw: ratio,
+            layers,
+            incrementals_within_bound: within,
+            verified: failures.is_empty(),
+            verify_failures: failures,
+        }
+    }
+}
+
+/// Representative guest memory for the zstd measurement: the first 64 MiB of the sim.
+fn sample(dom: &SimDomain) -> anyhow::Result<Vec<u8>> {
+    let pages = dom.sim_config().pfn_count.min(16384);
+    let mut out = vec![0u8; pages as usize * PAGE_SIZE];
+    for (pfn, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        dom.read_page(pfn as u64, page)?;
+    }
+    Ok(out)
+}
+
+/// Restore every layer into a fresh sim and compare it with the truth at its pause instant.
+fn verify_layers(
+    dom: &SimDomain,
+    store: &Store,
+    reports: &[(CaptureReport, Duration)],
+) -> anyhow::Result<Vec<String>> {
+    let truths = dom.truths();
+    let chain = store.chain("bench")?;
+    let mut failures = Vec::new();
+    for (i, (r, _)) in reports.iter().enumerate() {
+        let Some(truth) = truths.get(i) else {
+            failures.push(format!("layer {}: no ground truth recorded", r.layer.id));
+            continue;
+        };
+        let image = chain.compose(Some(r.layer.id))?;
+        let restored = SimDomain::from_image(&image)?;
+        let bad = truth.differing(&restored.digests());
+        if !bad.is_empty() {
+            failures.push(format!("layer {}: {} pages differ (first pfn {:#x})", r.layer.id, bad.len(), bad[0]));
+        }
+    }
+    Ok(failures)
+}
+
+fn print_table(r: &BenchResult) {
+    println!(
+        "sim bench: {} MiB, {} workload at {} MiB/s, zstd {} x {} threads",
+        r.mem_bytes >> 20,
+        r.workload,
+        r.dirty_rate_bytes >> 20,
+        r.compress_level,
+        r.threads
+    );
+    let l = &r.limits;
+    println!(
+        "limits: memcpy {:.2} GB/s, zstd {:.2} GB/s (ratio {:.2}), write {:.2} GB/s -> {:.2} GB/s ({})",
+        l.memcpy_gbps, l.zstd_gbps, l.zstd_ratio, l.write_gbps, l.limit_gbps, l.bound_by
+    );
+    println!(
+        "full capture: {:.2} s, {:.2} GB/s = {:.2} of the limit",
+        r.full_capture_s, r.full_capture_gbps, r.capture_over_limit
+    );
+    println!("{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>6}", "KIND", "DIRTY", "STORED", "SENT", "BYTES", "BOUND", "DOWNTIME", "ROUNDS");
+    for x in &r.layers {
+        let bound = x.bound_bytes.map_or("-".into(), |b| b.to_string());
+        println!(
+            "{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>7.2}ms {:>6}",
+            x.kind, x.dirty_pages, x.stored_pages, x.sent_pages, x.layer_bytes, bound, x.downtime_ms, x.rounds
+        );
+    }
+    println!("incrementals within bound: {}; verified: {}", r.incrementals_within_bound, r.verified);
+    for f in &r.verify_failures {
+        println!("  {f}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("x").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Command-line verbs. Each verb lives in its own file; this one parses and dispatches.
+
+mod bench;
+mod limits;
+mod show;
+mod target;
+mod xenverbs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Live, incremental checkpoints of Xen guests, restored through stock libxl.
+#[derive(Debug, Parser)]
+#[command(name = "xckpt", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the chains live.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArg {
+    /// Store directory (one chain per domain; created 0700).
+    #[arg(long, env = "XCKPT_STORE", default_value = "/var/lib/xckpt")]
+    pub store: PathBuf,
+}
+
+/// Tunables of a capture.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Take a full base layer even if an incremental is possible.
+    #[arg(long)]
+    pub full: bool,
+    /// Pause for the whole capture (like `xl save -c`) instead of live pre-copy.
+    #[arg(long)]
+    pub no_live: bool,
+    /// Live pre-copy rounds at most.
+    #[arg(long, default_value_t = 8)]
+    pub max_rounds: u32,
+    /// Pause once the estimated downtime is at most this many milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub target_downtime_ms: u64,
+    /// zstd level (0 stores pages raw).
+    #[arg(long, default_value_t = 1)]
+    pub compress_level: i32,
+    /// Compress worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl CaptureArgs {
+    /// The library's options for these arguments.
+    pub fn options(&self) -> xckpt::capture::CaptureOptions {
+        let mut o = xckpt::capture::CaptureOptions {
+            full: self.full,
+            live: !self.no_live,
+            compress_level: self.compress_level,
+            ..Default::default()
+        };
+        o.policy.max_rounds = self.max_rounds;
+        o.policy.target_downtime = std::time::Duration::from_millis(self.target_downtime_ms);
+        if let Some(t) = self.threads {
+            o.threads = t.max(1);
+        }
+        o
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a live checkpoint of a domain (a base layer first, then incrementals).
+    Checkpoint(xenverbs::CheckpointCmd),
+    /// Restore a domain from a point of its chain through `xl restore`.
+    Restore(xenverbs::RestoreCmd),
+    /// Write a point of a chain as an `xl` save file.
+    Export(xenverbs::ExportCmd),
+    /// Import an `xl save` file as the base layer of a new chain.
+    Import(xenverbs::ImportCmd),
+    /// Turn log-dirty tracking of a domain off.
+    Untrack(xenverbs::UntrackCmd),
+    /// List chains, or the layers of one chain.
+    List(show::ListCmd),
+    /// Show one layer in detail.
+    Inspect(show::InspectCmd),
+    /// Check every checksum and link of a chain (or of one point).
+    Verify(show::VerifyCmd),
+    /// Measure capture throughput and layer sizes on a simulated domain.
+    Bench(bench::BenchCmd),
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Checkpoint(c) => c.run(),
+        Command::Restore(c) => c.run(),
+        Command::Export(c) => c.run(),
+        Command::Import(c) => c.run(),
+        Command::Untrack(c) => c.run(),
+        Command::List(c) => c.run(),
+        Command::Inspect(c) => c.run(),
+        Command::Verify(c) => c.run(),
+        Command::Bench(c) => c.run(),
+    }
+}
+
+/// Print `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Read verbs: `list`, `inspect`, `verify`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use xckpt::hv::PAGE_SIZE;
+use xckpt::store::{LayerRecord, Store};
+
+use super::target::Target;
+use super::{print_json, StoreArg};
+
+/// `xckpt list [DOM]`
+#[derive(Debug, Args)]
+pub struct ListCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// A chain to list the layers of (all chains if omitted).
+    domain: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One layer as `list` shows it.
+#[derive(Debug, Serialize)]
+struct LayerRow {
+    id: u64,
+    parent: Option<u64>,
+    kind: String,
+    created_unix_ms: u64,
+    bytes: u64,
+    dirty_pages: u64,
+    data_pages: u64,
+    zero_pages: u64,
+    unpopulated_pages: u64,
+    evicted_pages: u64,
+    downtime_ms: f64,
+    compression_ratio: f64,
+}
+
+impl From<&LayerRecord> for LayerRow {
+    fn from(r: &LayerRecord) -> Self {
+        let s = &r.stats;
+        let raw = s.data_pages * PAGE_SIZE as u64;
+        LayerRow {
+            id: r.id,
+            parent: r.parent,
+            kind: format!("{:?}", r.kind).to_lowercase(),
+            created_unix_ms: r.created_unix_ms,
+            bytes: r.bytes,
+            dirty_pages: s.dirty_pages,
+            data_pages: s.data_pages,
+            zero_pages: s.zero_pages,
+            unpopulated_pages: s.unpopulated_pages,
+            evicted_pages: s.evicted.values().sum(),
+            downtime_ms: s.downtime_us as f64 / 1e3,
+            compression_ratio: if r.bytes > 0 { raw as f64 / r.bytes as f64 } else { 0.0 },
+        }
+    }
+}
+
+/// One chain as `list` shows it.
+#[derive(Debug, Serialize)]
+struct ChainRow {
+    name: String,
+    layers: usize,
+    head: Option<u64>,
+    bytes: u64,
+    tracking: bool,
+}
+
+impl ListCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let store = Store::open(&self.store.store)?;
+        match &self.domain {
+            None => self.list_chains(&store),
+            Some(d) => self.list_layers(&store, d),
+        }
+    }
+
+    fn list_chains(&self, store: &Store) -> anyhow::Result<ExitCode> {
+        let mut rows = Vec::new();
+        for name in store.chains()? {
+            let m = store.chain(&name)?.manifest()?;
+            rows.push(ChainRow {
+                layers: m.layers.len(),
+                head: m.layers.last().map(|l| l.id),
+                bytes: m.layers.iter().map(|l| l.bytes).sum(),
+                tracking: m.tracking.as_ref().is_some_and(|t| t.armed),
+                name,
+            });
+        }
+        if self.json {
+            print_json(&serde_json::json!({ "chains": rows }))?;
+        } else {
+            println!("{:<24} {:>6} {:>6} {:>12} {:>8}", "CHAIN", "LAYERS", "HEAD", "BYTES", "TRACKING");
+            for r in rows {
+                let head = r.head.map_or("-".into(), |h| h.to_string());
+                println!("{:<24} {:>6} {:>6} {:>12} {:>8}", r.name, r.layers, head, r.bytes, r.tracking);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn list_layers(&self, store: &Store, name: &str) -> anyhow::Result<ExitCode> {
+        let m = store.chain(name)?.manifest()?;
+        let rows: Vec<LayerRow> = m.layers.iter().map(LayerRow::from).collect();
+        if self.json {
+            print_json(&serde_json::json!({ "chain": name, "layers": rows, "tracking": m.tracking }))?;
+        } else {
+            println!(
+                "{:>5} {:>6} {:<11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+                "LAYER", "PARENT", "KIND", "BYTES", "DIRTY", "DATA", "ZERO", "EVICTED", "DOWNTIME", "RATIO"
+            );
+            for r in rows {
+                println!(
+                    "{:>5} {:>6} {:<11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8.1}ms {:>6.2}",
+                    r.id,
+                    r.parent.map_or("-".into(), |p| p.to_string()),
+                    r.kind,
+                    r.bytes,
+                    r.dirty_pages,
+                    r.data_pages,
+                    r.zero_pages,
+                    r.evicted_pages,
+                    r.downtime_ms,
+                    r.compression_ratio
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `xckpt inspect DOM[@N]`
+#[derive(Debug, Args)]
+pub struct InspectCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Chain and layer (the newest if no @N).
+    target: Target,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl InspectCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let store = Store::open(&self.store.store)?;
+        let chain = store.chain(&self.target.name)?;
+        let m = chain.manifest()?;
+        let id = match self.target.layer {
+            Some(id) => id,
+            None => m.layers.last().map(|l| l.id).with_context(|| {
+                format!("chain {} has no layers: take one with `xckpt checkpoint {}`", self.target.name, self.target.name)
+            })?,
+        };
+        let layer = chain.open_layer(id)?;
+        let meta = layer.meta();
+        let counts = layer.index().counts();
+        let state: Vec<_> = layer.state().iter().map(|b| serde_json::json!({"kind": b.kind, "bytes": b.data.len()})).collect();
+        let v = serde_json::json!({
+            "chain": self.target.name,
+            "layer": meta,
+            "file_bytes": layer.file_bytes(),
+            "index": {"data": counts.data, "zero": counts.zero, "evicted": counts.evicted, "unpopulated": counts.unpopulated},
+            "state_blobs": state,
+            "config_bytes": layer.config().len(),
+        });
+        if self.json {
+            print_json(&v)?;
+        } else {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `xckpt verify DOM[@N]`
+#[derive(Debug, Args)]
+pub struct VerifyCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Chain, and the point to verify up to (all layers if no @N).
+    target: Target,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl VerifyCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let store = Store::open(&self.store.store)?;
+        let chain = store.chain(&self.target.name)?;
+        let report = chain.verify(self.target.layer)?;
+        if self.json {
+            print_json(&report)?;
+        } else {
+            println!("chain {}: {report}", self.target.name);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

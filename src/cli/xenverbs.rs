@@ -1,0 +1,257 @@
+//! Verbs on real Xen domains: `checkpoint`, `restore`, `export`, `import`, `untrack`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use xckpt::capture::{checkpoint, CaptureReport};
+use xckpt::hv::xen::XenDomain;
+use xckpt::hv::{pause, DirtyLog, Domain};
+use xckpt::store::{Chain, Store};
+use xckpt::stream::{write_save_file, StreamOptions};
+
+use super::target::Target;
+use super::{print_json, CaptureArgs, StoreArg};
+
+/// How long to wait for another writer of the same chain.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArg {
+    /// Seconds to wait for another checkpoint/merge/prune of the same chain to finish.
+    #[arg(long, default_value_t = 0)]
+    pub wait: u64,
+}
+
+/// `xckpt checkpoint DOM`
+#[derive(Debug, Args)]
+pub struct CheckpointCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Domain name, id or uuid.
+    domain: String,
+    #[command(flatten)]
+    capture: CaptureArgs,
+    #[command(flatten)]
+    wait: WaitArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CheckpointCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        pause::install_handlers()?;
+        let dom = Arc::new(XenDomain::open(&self.domain)?);
+        let name = dom.info()?.identity.name;
+        let store = Store::open(&self.store.store)?;
+        let chain = store.chain(&name)?;
+        let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
+        let report = checkpoint(&dom, &chain, &self.capture.options())
+            .with_context(|| format!("checkpoint of domain {name} into {}", self.store.store.display()))?;
+        if self.json {
+            print_json(&report)?;
+        } else {
+            print_summary(&name, &report);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One line per checkpoint, plus its notes.
+pub fn print_summary(name: &str, r: &CaptureReport) {
+    let s = &r.layer.stats;
+    println!(
+        "{name}: layer {} ({:?}) {} bytes; {} pages covered: {} data, {} zero, {} unpopulated, {} evicted; \
+         {} rounds ({:?}), downtime {:.2} ms",
+        r.layer.id,
+        r.layer.kind,
+        r.layer.bytes,
+        s.dirty_pages,
+        s.data_pages,
+        s.zero_pages,
+        s.unpopulated_pages,
+        s.evicted.values().sum::<u64>(),
+        r.rounds.len(),
+        r.stop,
+        r.downtime.as_secs_f64() * 1e3
+    );
+    for n in &s.notes {
+        println!("  note: {n}");
+    }
+}
+
+/// `xckpt restore DOM[@N]`
+#[derive(Debug, Args)]
+pub struct RestoreCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Chain and point (the newest layer if no @N).
+    target: Target,
+    /// Leave the restored domain paused.
+    #[arg(long)]
+    paused: bool,
+    /// Restore under another name (and a fresh uuid), e.g. next to the running original.
+    #[arg(long)]
+    name: Option<String>,
+    /// The `xl` command to run.
+    #[arg(long, env = "XCKPT_XL", default_value = "xl")]
+    xl: String,
+}
+
+fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(Chain, u64)> {
+    let store = Store::open(&store.store)?;
+    let chain = store.chain(&target.name)?;
+    let m = chain.manifest()?;
+    let id = match target.layer {
+        Some(id) if m.layers.iter().any(|l| l.id == id) => id,
+        Some(id) => bail!(
+            "chain {} has no layer {id} (layers: {}): see `xckpt list {}`",
+            target.name,
+            m.layers.iter().map(|l| l.id.to_string()).collect::<Vec<_>>().join(", "),
+            target.name
+        ),
+        None => m.layers.last().map(|l| l.id).with_context(|| {
+            format!("chain {} has no layers: take one with `xckpt checkpoint {}`", target.name, target.name)
+        })?,
+    };
+    // Every byte of every layer up to the point is checked before anything reaches Xen.
+    chain.verify(Some(id))?;
+    Ok((chain, id))
+}
+
+impl RestoreCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let (chain, id) = open_point(&self.store, &self.target)?;
+        let image = chain.compose(Some(id))?;
+        let opts = StreamOptions { rename: self.name.clone(), ..Default::default() };
+        let mut cmd = Command::new(&self.xl);
+        cmd.arg("restore");
+        if self.paused {
+            cmd.arg("-p");
+        }
+        cmd.arg("/dev/stdin").stdin(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {:?}: is this a Xen dom0 with xen-utils installed?", self.xl))?;
+        let mut stdin = child.stdin.take().context("xl restore has no stdin")?;
+        let written = write_save_file(&image, &opts, &mut stdin);
+        let flushed = stdin.flush();
+        drop(stdin);
+        let status = child.wait()?;
+        let stats = written.with_context(|| format!("streaming {}@{id} into xl restore", self.target.name))?;
+        flushed?;
+        if !status.success() {
+            bail!(
+                "xl restore of {}@{id} failed ({status}); see its messages above and /var/log/xen/",
+                self.target.name
+            );
+        }
+        let name = self.name.as_deref().unwrap_or(&self.target.name);
+        println!("restored {}@{id} as domain {name} ({} pages, {} bytes streamed)", self.target.name, stats.pages, stats.bytes);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `xckpt export DOM@N -o FILE`
+#[derive(Debug, Args)]
+pub struct ExportCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Chain and point (the newest layer if no @N).
+    target: Target,
+    /// The `xl` save file to write (mode 0600).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Rename the domain in the file (and give it a fresh uuid).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl ExportCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let (chain, id) = open_point(&self.store, &self.target)?;
+        let image = chain.compose(Some(id))?;
+        let opts = StreamOptions { rename: self.name.clone(), ..Default::default() };
+        let tmp = self.output.with_extension("partial");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let res = write_save_file(&image, &opts, &mut out).map_err(anyhow::Error::from).and_then(|s| {
+            let f = out.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            Ok(s)
+        });
+        let stats = match res {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.context(format!("writing {}", self.output.display())));
+            }
+        };
+        std::fs::rename(&tmp, &self.output)?;
+        println!("wrote {}@{id} to {} ({} bytes)", self.target.name, self.output.display(), stats.bytes);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `xckpt import FILE --name DOM`
+#[derive(Debug, Args)]
+pub struct ImportCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// An `xl save` file.
+    file: PathBuf,
+    /// The chain to create.
+    #[arg(long)]
+    name: String,
+    /// zstd level (0 stores pages raw).
+    #[arg(long, default_value_t = 1)]
+    compress_level: i32,
+}
+
+impl ImportCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let store = Store::open(&self.store.store)?;
+        let chain = store.chain(&self.name)?;
+        let _lock = chain.lock_exclusive(Duration::ZERO)?;
+        let rec = super::import::import_file(&self.file, &chain, self.compress_level)
+            .with_context(|| format!("importing {} into chain {}", self.file.display(), self.name))?;
+        println!("imported {} as {}@{} ({} bytes)", self.file.display(), self.name, rec.id, rec.bytes);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `xckpt untrack DOM`
+#[derive(Debug, Args)]
+pub struct UntrackCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Domain name, id or uuid.
+    domain: String,
+}
+
+impl UntrackCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let dom = XenDomain::open(&self.domain)?;
+        let name = dom.name();
+        dom.logdirty_disable()?;
+        let store = Store::open(&self.store.store)?;
+        let chain = store.chain(&name)?;
+        let _lock = chain.lock_exclusive(Duration::ZERO)?;
+        if let Some(mut t) = chain.manifest()?.tracking {
+            t.armed = false;
+            chain.set_tracking(Some(t))?;
+        }
+        println!("{name}: log-dirty tracking is off; the next checkpoint will be a resync");
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,70 @@
+//! Crash points for crash-safety tests.
+//!
+//! Every write point of the layer writer and the store calls [`failpoint`] with a name. When the
+//! environment variable `XCKPT_FAILPOINT` is `name` (first hit) or `name:N` (the N-th hit, 1-based),
+//! the process aborts on the spot, as `kill -9` would: no destructors, no flush, no cleanup. Tests
+//! run a child process with the variable set and then check that the chain is still readable.
+//!
+//! The variable is read once per process. When it is unset a failpoint costs one atomic load.
+//!
+//! Names in use:
+//!
+//! | name                      | where                                                   |
+//! |---------------------------|---------------------------------------------------------|
+//! | `layer.create`            | temp layer file created, preamble not yet written       |
+//! | `layer.frame`             | before each frame is written                            |
+//! | `layer.sections.before`   | all frames written, before the first section            |
+//! | `layer.sections.after`    | sections written, before the section table and trailer |
+//! | `layer.trailer`           | before the trailer is written                           |
+//! | `layer.rename.before`     | file complete and synced, before rename to its name     |
+//! | `layer.rename.after`      | renamed and directory synced, before the manifest      |
+//! | `manifest.temp`           | manifest temp file half written                         |
+//! | `manifest.rename.before`  | manifest temp file synced, before rename                |
+//! | `manifest.rename.after`   | manifest renamed, before the directory sync             |
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Environment variable naming the failpoint to trigger.
+pub const ENV: &str = "XCKPT_FAILPOINT";
+
+struct Armed {
+    name: String,
+    nth: u64,
+    hits: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED.get_or_init(parse_env).as_ref()
+}
+
+fn parse_env() -> Option<Armed> {
+    let value = std::env::var(ENV).ok()?;
+    let (name, nth) = match value.rsplit_once(':') {
+        Some((name, n)) => match n.parse::<u64>() {
+            Ok(n) if n >= 1 => (name.to_string(), n),
+            _ => (value.clone(), 1),
+        },
+        None => (value.clone(), 1),
+    };
+    Some(Armed {
+        name,
+        nth,
+        hits: AtomicU64::new(0),
+    })
+}
+
+/// Abort the process here if `XCKPT_FAILPOINT` selects `name` (and this is the selected hit).
+#[inline]
+pub fn failpoint(name: &str) {
+    let Some(armed) = armed() else { return };
+    if armed.name != name {
+        return;
+    }
+    let hit = armed.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    if hit == armed.nth {
+        eprintln!("xckpt: failpoint {name} (hit {hit}): aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,182 @@
+//! The hypervisor traits for [`SimDomain`].
+
+use std::sync::atomic::Ordering;
+
+use super::{lock, Inner, SimCpuState, SimDomain};
+use crate::guestmem::GuestPage;
+use crate::hv::{
+    state_kind, DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch,
+    PageType, Pfn, PfnBitmap, StateBlob,
+};
+
+impl Domain for SimDomain {
+    fn info(&self) -> Result<DomainInfo, HvError> {
+        let cfg = lock(&self.cfg);
+        Ok(DomainInfo {
+            identity: self.identity(),
+            guest_type: cfg.guest_type,
+            pfn_count: cfg.pfn_count,
+            vcpus: cfg.vcpus,
+            populated_pages: self.inner.populated.count(),
+            paused: *lock(&self.inner.pauses) > 0,
+        })
+    }
+
+    /// Returns once no write is in progress. The first (outermost) pause records a ground-truth
+    /// snapshot when auto-truth is on.
+    fn pause(&self) -> Result<(), HvError> {
+        let inner = &self.inner;
+        let mut count = lock(&inner.pauses);
+        inner.gate.hold();
+        *count += 1;
+        if *count == 1 {
+            if let Some(mode) = *lock(&inner.auto_truth) {
+                let n = lock(&inner.truths).len();
+                inner.record(format!("pause#{n}"), mode);
+            }
+        }
+        Ok(())
+    }
+
+    fn unpause(&self) -> Result<(), HvError> {
+        let mut count = lock(&self.inner.pauses);
+        if *count == 0 {
+            return Err(HvError::op(
+                self.name(),
+                "unpause",
+                "EINVAL: the domain is not paused",
+            ));
+        }
+        *count -= 1;
+        self.inner.gate.release();
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+}
+
+impl DirtyLog for SimDomain {
+    /// A no-op when already on (the bitmap is kept). Otherwise, like Xen, the writers are held
+    /// off while the mode switches and tracking starts from an empty bitmap.
+    fn logdirty_enable(&self) -> Result<(), HvError> {
+        let inner = &self.inner;
+        let _switch = lock(&inner.logdirty_switch);
+        if self.logdirty_on() {
+            return Ok(());
+        }
+        inner.gate.hold();
+        inner.dirty.clear_all();
+        inner.logdirty.store(true, Ordering::SeqCst);
+        inner.gate.release();
+        Ok(())
+    }
+
+    /// Turns tracking off and drops the bitmap. Off when already off is not an error.
+    fn logdirty_disable(&self) -> Result<(), HvError> {
+        let inner = &self.inner;
+        let _switch = lock(&inner.logdirty_switch);
+        inner.gate.hold();
+        inner.logdirty.store(false, Ordering::SeqCst);
+        inner.dirty.clear_all();
+        inner.gate.release();
+        Ok(())
+    }
+
+    fn logdirty_enabled(&self) -> Result<bool, HvError> {
+        Ok(self.logdirty_on())
+    }
+
+    /// Fails with `EINVAL` while log-dirty is off.
+    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        let _switch = lock(&self.inner.logdirty_switch);
+        if !self.logdirty_on() {
+            return Err(HvError::op(
+                self.name(),
+                "log-dirty CLEAN",
+                "EINVAL: log-dirty mode is off",
+            ));
+        }
+        Ok(self.inner.dirty.take_into(into))
+    }
+}
+
+/// A mapped batch of a [`SimDomain`]'s frames: views straight into its memory.
+pub struct SimBatch<'a> {
+    inner: &'a Inner,
+    frames: Vec<Result<Pfn, i32>>,
+}
+
+impl MappedBatch for SimBatch<'_> {
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn page(&self, i: usize) -> Result<GuestPage<'_>, i32> {
+        self.frames[i].map(|pfn| self.inner.mem.page(pfn))
+    }
+}
+
+impl GuestMemory for SimDomain {
+    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
+        if pfns.len() != out.len() {
+            return Err(HvError::op(
+                self.name(),
+                "page types",
+                "EINVAL: output length differs from input",
+            ));
+        }
+        let inner = &self.inner;
+        for (&pfn, t) in pfns.iter().zip(out.iter_mut()) {
+            if pfn >= inner.pfn_count {
+                return Err(HvError::op(
+                    self.name(),
+                    "page types",
+                    format!("EINVAL: pfn {pfn:#x} beyond pfn_count"),
+                ));
+            }
+            *t = if inner.populated.get(pfn) {
+                PageType::Normal
+            } else {
+                PageType::Unpopulated
+            };
+        }
+        Ok(())
+    }
+
+    /// Unpopulated pfns fail with `ENOENT`, pfns beyond `pfn_count` with `EINVAL`, per frame.
+    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        let inner = &*self.inner;
+        let frames = pfns
+            .iter()
+            .map(|&pfn| {
+                if pfn >= inner.pfn_count {
+                    Err(libc::EINVAL)
+                } else if inner.populated.get(pfn) {
+                    Ok(pfn)
+                } else {
+                    Err(libc::ENOENT)
+                }
+            })
+            .collect();
+        Ok(Box::new(SimBatch { inner, frames }))
+    }
+}
+
+impl MachineState for SimDomain {
+    /// One [`state_kind::SIM_CPU`] blob: [`SimCpuState`] as JSON.
+    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        let vcpus = lock(&self.cfg).vcpus;
+        let state = SimCpuState::capture(self.generation(), self.writer_progress(), vcpus);
+        Ok(vec![StateBlob {
+            kind: state_kind::SIM_CPU,
+            data: state.encode(),
+        }])
+    }
+
+    /// The [`super::SimConfig`] as JSON, with `populated` as it is now.
+    fn config(&self) -> Result<Vec<u8>, HvError> {
+        serde_json::to_vec(&self.sim_config()).map_err(|e| HvError::op(self.name(), "config", e))
+    }
+}

@@ -1,0 +1,173 @@
+//! Page data of an open layer: locating a slot's frame, decoding and checking frames, a small
+//! cache of decoded frames, and whole-file verification.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::frame::{decode_frame, page_digest};
+use super::reader::{read_at, LayerReadError};
+use super::{Codec, LayerReader};
+use crate::hv::PAGE_SIZE;
+
+/// Decoded frames kept per reader.
+const CACHE_FRAMES: usize = 8;
+
+/// Figures of a layer, for `inspect` and `verify`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerFigures {
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Number of frames.
+    pub frames: u64,
+    /// Encoded bytes of all frames.
+    pub frame_bytes: u64,
+    /// Pages stored in frames (live and dead).
+    pub slots: u64,
+    /// Slots the index points at.
+    pub live_slots: u64,
+    /// Slots no pfn points at any more (pages re-sent during pre-copy).
+    pub dead_slots: u64,
+    /// Frames stored raw.
+    pub raw_frames: u64,
+}
+
+impl LayerReader {
+    /// Number of frames.
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The slots held by frame `k`.
+    pub fn frame_slots(&self, k: usize) -> Range<u64> {
+        match (self.first_slot.get(k), self.first_slot.get(k + 1)) {
+            (Some(&a), Some(&b)) => a..b,
+            _ => 0..0,
+        }
+    }
+
+    /// Total pages stored in frames.
+    pub fn slot_count(&self) -> u64 {
+        self.first_slot.last().copied().unwrap_or(0)
+    }
+
+    /// The frame holding `slot`.
+    pub fn frame_of_slot(&self, slot: u64) -> Option<usize> {
+        if slot >= self.slot_count() {
+            return None;
+        }
+        Some(self.first_slot.partition_point(|&s| s <= slot) - 1)
+    }
+
+    /// Frame `k` decoded and checked (crc, zstd checksum, page digests), from the cache when
+    /// it is there.
+    pub fn frame(&self, k: usize) -> Result<Arc<Vec<u8>>, LayerReadError> {
+        if let Some(hit) = self.cache_get(k) {
+            return Ok(hit);
+        }
+        let pages = Arc::new(self.decode(k)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_FRAMES {
+            cache.pop();
+        }
+        cache.insert(0, (k, pages.clone()));
+        Ok(pages)
+    }
+
+    fn cache_get(&self, k: usize) -> Option<Arc<Vec<u8>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let at = cache.iter().position(|(f, _)| *f == k)?;
+        let hit = cache.remove(at);
+        let pages = hit.1.clone();
+        cache.insert(0, hit);
+        Some(pages)
+    }
+
+    /// Decode frame `k` without the cache (for one-pass readers), checking crc, zstd's
+    /// checksum and every page's digest.
+    pub fn decode(&self, k: usize) -> Result<Vec<u8>, LayerReadError> {
+        let f = self
+            .frames
+            .get(k)
+            .copied()
+            .ok_or_else(|| LayerReadError::FrameDecode {
+                path: self.path.clone(),
+                frame: k as u64,
+                reason: format!("no frame {k}; the layer has {}", self.frames.len()),
+            })?;
+        let bytes = read_at(&self.path, &self.file, f.offset, f.len as u64)?;
+        let found = crc32c::crc32c(&bytes);
+        if found != f.crc {
+            let (path, frame, expected) = (self.path.clone(), k as u64, f.crc);
+            return Err(LayerReadError::FrameChecksum {
+                path,
+                frame,
+                expected,
+                found,
+            });
+        }
+        let codec = Codec::from_code(f.codec).unwrap_or(Codec::Raw);
+        let mut out = Vec::new();
+        decode_frame(codec, &bytes, f.pages, &mut out).map_err(|reason| {
+            LayerReadError::FrameDecode {
+                path: self.path.clone(),
+                frame: k as u64,
+                reason,
+            }
+        })?;
+        let slots = self.frame_slots(k);
+        for (page, slot) in out.chunks_exact(PAGE_SIZE).zip(slots) {
+            let expected = self.digests.get(slot as usize).copied().unwrap_or(0);
+            let found = page_digest(page);
+            if found != expected {
+                return Err(LayerReadError::DigestMismatch {
+                    path: self.path.clone(),
+                    slot,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Copy the page in `slot` into `buf` (one page).
+    pub(super) fn read_slot(&self, slot: u64, buf: &mut [u8]) -> Result<(), LayerReadError> {
+        let k = self
+            .frame_of_slot(slot)
+            .ok_or_else(|| LayerReadError::BadIndex {
+                path: self.path.clone(),
+                reason: format!("slot {slot} beyond the frames"),
+            })?;
+        let frame = self.frame(k)?;
+        let at = (slot - self.first_slot[k]) as usize * PAGE_SIZE;
+        buf.copy_from_slice(&frame[at..at + PAGE_SIZE]);
+        Ok(())
+    }
+
+    /// Check every frame: checksum, decoding, and every page's digest.
+    pub fn verify(&self) -> Result<(), LayerReadError> {
+        for k in 0..self.frames.len() {
+            self.decode(k)?;
+        }
+        Ok(())
+    }
+
+    /// Figures of the file.
+    pub fn figures(&self) -> LayerFigures {
+        let slots = self.slot_count();
+        let live = self.index().counts().data;
+        LayerFigures {
+            file_bytes: self.file_len,
+            frames: self.frames.len() as u64,
+            frame_bytes: self.frames.iter().map(|f| f.len as u64).sum(),
+            slots,
+            live_slots: live,
+            dead_slots: slots.saturating_sub(live),
+            raw_frames: self
+                .frames
+                .iter()
+                .filter(|f| f.codec == Codec::Raw.code())
+                .count() as u64,
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One domain's chain directory: layers, manifest, lock.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::manifest::{self, MANIFEST_TEMP_PREFIX};
+use super::{ensure_private_dir, io, layer_file_name, lock, ChainLock, LayerRecord, Manifest};
+use super::{StoreError, TrackingState};
+use crate::compose::ComposedImage;
+use crate::hv::StateBlob;
+use crate::layer::{LayerIndex, LayerMeta, LayerReader, LayerWriter, TEMP_PREFIX};
+
+/// One domain's chain directory.
+pub struct Chain {
+    name: String,
+    dir: PathBuf,
+    removed: Vec<String>,
+}
+
+impl Chain {
+    /// Open the chain `name` at `dir` (the name is already validated). Removes leftovers of
+    /// interrupted writes unless another process holds the chain's lock.
+    pub(super) fn open(name: &str, dir: PathBuf) -> Result<Chain, StoreError> {
+        let mut chain = Chain {
+            name: name.to_string(),
+            dir,
+            removed: Vec::new(),
+        };
+        match chain.dir.symlink_metadata() {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(StoreError::Symlink { path: chain.dir })
+            }
+            Ok(md) if !md.is_dir() => return Err(StoreError::NotADirectory { path: chain.dir }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
+            Err(e) => return Err(io(&chain.dir, e)),
+        }
+        if let Some(_held) = lock::try_lock(&chain.dir)? {
+            chain.removed = chain.clean()?;
+        }
+        Ok(chain)
+    }
+
+    /// Remove temp files and layer files the manifest does not list. Returns their names.
+    fn clean(&self) -> Result<Vec<String>, StoreError> {
+        let listed: Vec<String> = self
+            .manifest()?
+            .layers
+            .into_iter()
+            .map(|r| r.file)
+            .collect();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let mut removed = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| io(&self.dir, e))?;
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let temp = name.starts_with(TEMP_PREFIX) || name.starts_with(MANIFEST_TEMP_PREFIX);
+            let stray_layer = is_layer_name(&name) && !listed.contains(&name);
+            if temp || stray_layer {
+                std::fs::remove_file(ent.path()).map_err(|e| io(&ent.path(), e))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The chain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The chain's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Files removed when the chain was opened (leftovers of interrupted writes).
+    pub fn removed_leftovers(&self) -> &[String] {
+        &self.removed
+    }
+
+    /// The path of a file of the chain.
+    pub fn layer_path(&self, record: &LayerRecord) -> PathBuf {
+        self.dir.join(&record.file)
+    }
+
+    /// Take the chain's exclusive lock (creating the chain directory), waiting up to `wait`.
+    /// Writers hold it from the start of a capture until the layer is committed.
+    pub fn lock_exclusive(&self, wait: Duration) -> Result<ChainLock, StoreError> {
+        ensure_private_dir(&self.dir)?;
+        lock::lock(&self.dir, &self.name, wait)
+    }
+
+    /// Read the manifest (an empty one if the chain is new).
+    pub fn manifest(&self) -> Result<Manifest, StoreError> {
+        manifest::read(&self.dir)
+    }
+
+    /// Start writing a new layer in this chain (creating the chain directory, 0700).
+    pub fn begin_layer(&self) -> Result<LayerWriter, StoreError> {
+        ensure_private_dir(&self.dir)?;
+        Ok(LayerWriter::create(&self.dir)?)
+    }
+
+    /// Finish `writer` as layer `meta.id` and add it to the manifest, atomically. The id must
+    /// be above every listed layer's, and the parent (if any) must be listed.
+    pub fn commit_layer(
+        &self,
+        writer: LayerWriter,
+        meta: &LayerMeta,
+        index: &LayerIndex,
+        state: &[StateBlob],
+        config: &[u8],
+    ) -> Result<LayerRecord, StoreError> {
+        let mut m = self.manifest()?;
+        self.check_commit(&m, meta)?;
+        let file = layer_file_name(meta.id);
+        let bytes = writer.finish(meta, index, state, config, &self.dir.join(&file))?;
+        let record = LayerRecord {
+            id: meta.id,
+            parent: meta.parent,
+            kind: meta.kind,
+            file,
+            created_unix_ms: meta.created_unix_ms,
+            bytes,
+            stats: meta.stats.clone(),
+        };
+        m.layers.push(record.clone());
+        m.domain = Some(meta.domain.clone());
+        manifest::write(&self.dir, &m)?;
+        Ok(record)
+    }
+
+    fn check_commit(&self, m: &Manifest, meta: &LayerMeta) -> Result<(), StoreError> {
+        let reason = match (m.last(), meta.parent) {
+            (Some(last), _) if meta.id <= last.id => format!("id must be above {}", last.id),
+            (_, Some(p)) if m.layer(p).is_none() => format!("parent {p} is not in the chain"),
+            _ => return Ok(()),
+        };
+        Err(StoreError::BadCommit {
+            chain: self.name.clone(),
+            id: meta.id,
+            reason,
+        })
+    }
+
+    /// Replace the tracking state in the manifest, atomically.
+    pub fn set_tracking(&self, tracking: Option<TrackingState>) -> Result<(), StoreError> {
+        ensure_private_dir(&self.dir)?;
+        let mut m = self.manifest()?;
+        m.tracking = tracking;
+        manifest::write(&self.dir, &m)
+    }
+
+    fn record(&self, m: &Manifest, id: u64) -> Result<LayerRecord, StoreError> {
+        m.layer(id).cloned().ok_or(StoreError::NoSuchLayer {
+            chain: self.name.clone(),
+            id,
+        })
+    }
+
+    /// Open layer `id`.
+    pub fn open_layer(&self, id: u64) -> Result<LayerReader, StoreError> {
+        let m = self.manifest()?;
+        let r = self.record(&m, id)?;
+        Ok(LayerReader::open(&self.layer_path(&r))?)
+    }
+
+    /// The id of layer `upto`, or of the newest layer if None.
+    pub(super) fn resolve_top(
+        &self,
+        m: &Manifest,
+        upto: Option<u64>,
+    ) -> Result<LayerRecord, StoreError> {
+        match upto {
+            Some(id) => self.record(m, id),
+            None => m.last().cloned().ok_or(StoreError::EmptyChain {
+                chain: self.name.clone(),
+            }),
+        }
+    }
+
+    /// Compose the image at layer `upto` (the newest if None).
+    pub fn compose(&self, upto: Option<u64>) -> Result<ComposedImage, StoreError> {
+        let m = self.manifest()?;
+        let top = self.resolve_top(&m, upto)?;
+        let image = ComposedImage::open(&self.layer_path(&top), |id| {
+            m.layer(id).map(|r| self.layer_path(r))
+        })?;
+        Ok(image)
+    }
+}
+
+/// `layer-<digits>.xcl`.
+fn is_layer_name(name: &str) -> bool {
+    name.strip_prefix("layer-")
+        .and_then(|r| r.strip_suffix(".xcl"))
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}

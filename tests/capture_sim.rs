@@ -1,0 +1,288 @@
+//! The capture engine on the simulated domain: every layer restores byte-equal to the memory at
+//! its pause instant, incrementals hold exactly what was dirtied, and no path leaves the domain
+//! paused or loses dirty bits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use xckpt::capture::{checkpoint, CaptureError, CaptureOptions};
+use xckpt::compose::{Image, PageState};
+use xckpt::guestmem::GuestPage;
+use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
+use xckpt::hv::{
+    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn, PfnBitmap,
+    StateBlob, PAGE_SIZE,
+};
+use xckpt::layer::{LayerKind, PageEntry};
+use xckpt::store::Store;
+
+fn sim(pages: u64, pattern: AccessPattern, rate_mib_s: f64) -> Arc<SimDomain> {
+    let mut cfg = SimConfig::small(pages);
+    cfg.workload = WorkloadSpec { pattern, rate_mib_s };
+    cfg.auto_truth = Some(TruthMode::Full);
+    Arc::new(SimDomain::new(cfg).unwrap())
+}
+
+fn opts(level: i32) -> CaptureOptions {
+    CaptureOptions { compress_level: level, threads: 2, frame_pages: 16, ..Default::default() }
+}
+
+/// Restore layer `id` into a fresh sim and compare it byte for byte with truth `t`.
+fn assert_restores(chain: &xckpt::store::Chain, dom: &SimDomain, id: u64, t: usize) {
+    let truth = &dom.truths()[t];
+    let image = chain.compose(Some(id)).unwrap();
+    let restored = SimDomain::from_image(&image).unwrap();
+    let bad = truth.differing(&restored.digests());
+    assert!(bad.is_empty(), "layer {id}: {} pages differ, first {:#x}", bad.len(), bad[0]);
+    let mem = truth.memory.as_ref().expect("full truth");
+    let mut buf = vec![0u8; PAGE_SIZE];
+    for pfn in 0..image.pfn_count() {
+        image.read_page(pfn, &mut buf).unwrap();
+        assert_eq!(&buf[..], &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE], "layer {id} pfn {pfn:#x}");
+    }
+}
+
+#[test]
+fn layers_restore_byte_equal_under_each_workload_with_and_without_compression() {
+    let patterns = [
+        AccessPattern::Uniform,
+        AccessPattern::HotSet { hot_fraction: 0.1, hot_probability: 0.9 },
+        AccessPattern::Sequential,
+    ];
+    for pattern in patterns {
+        for level in [0, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            let chain = store.chain("g").unwrap();
+            let dom = sim(4096, pattern, 40.0);
+            dom.start_workload().unwrap();
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(30));
+                let r = checkpoint(&dom, &chain, &opts(level)).unwrap();
+                assert!(!dom.info().unwrap().paused, "domain left paused");
+                ids.push(r.layer.id);
+            }
+            dom.stop_workload();
+            for (t, id) in ids.into_iter().enumerate() {
+                assert_restores(&chain, &dom, id, t);
+            }
+        }
+    }
+}
+
+#[test]
+fn incremental_holds_exactly_the_dirtied_pages_less_zero_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    let base = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(base.layer.kind, LayerKind::Base);
+    let data_pfns: Vec<Pfn> = (0..40).map(|i| i * 37 % 1500).collect();
+    let zero_pfns: Vec<Pfn> = vec![3, 1000, 1499, 1600];
+    let mut page = vec![0xabu8; PAGE_SIZE];
+    for &p in &data_pfns {
+        page[..8].copy_from_slice(&p.to_le_bytes());
+        dom.write_page(p, &page).unwrap();
+    }
+    for &p in &zero_pfns {
+        dom.write_page(p, &[0u8; PAGE_SIZE]).unwrap();
+    }
+    let inc = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(inc.layer.kind, LayerKind::Incremental);
+    let layer = chain.open_layer(inc.layer.id).unwrap();
+    for pfn in 0..2048u64 {
+        let want = if zero_pfns.contains(&pfn) {
+            Some(PageEntry::Zero)
+        } else if data_pfns.contains(&pfn) {
+            Some(PageEntry::Data)
+        } else {
+            None
+        };
+        assert_eq!(layer.entry(pfn), want, "pfn {pfn}");
+    }
+    assert_eq!(inc.layer.stats.data_pages, data_pfns.len() as u64);
+    assert_eq!(inc.layer.stats.zero_pages, zero_pfns.len() as u64);
+    assert_restores(&chain, &dom, inc.layer.id, 1);
+}
+
+#[test]
+fn composing_layer_n_of_ten_equals_truth_at_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(4096, AccessPattern::HotSet { hot_fraction: 0.2, hot_probability: 0.7 }, 30.0);
+    dom.start_workload().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(20));
+        ids.push(checkpoint(&dom, &chain, &opts(1)).unwrap().layer.id);
+    }
+    dom.stop_workload();
+    for (t, id) in ids.into_iter().enumerate() {
+        assert_restores(&chain, &dom, id, t);
+    }
+}
+
+#[test]
+fn ballooned_pages_become_unpopulated_in_the_next_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(1024, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    dom.balloon_out(100..164).unwrap();
+    let inc = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let image = chain.compose(Some(inc.layer.id)).unwrap();
+    assert!((100..164).all(|p| image.page_state(p) == PageState::Unpopulated));
+    assert_restores(&chain, &dom, inc.layer.id, 1);
+}
+
+/// A sim whose operations can be made to fail, to prove the engine's failure paths.
+struct Faulty {
+    sim: Arc<SimDomain>,
+    fail_state: AtomicBool,
+    fail_map_after_pause: AtomicBool,
+}
+
+impl Domain for Faulty {
+    fn info(&self) -> Result<DomainInfo, HvError> {
+        self.sim.info()
+    }
+    fn pause(&self) -> Result<(), HvError> {
+        self.sim.pause()
+    }
+    fn unpause(&self) -> Result<(), HvError> {
+        self.sim.unpause()
+    }
+    fn name(&self) -> String {
+        self.sim.name()
+    }
+}
+impl DirtyLog for Faulty {
+    fn logdirty_enable(&self) -> Result<(), HvError> {
+        self.sim.logdirty_enable()
+    }
+    fn logdirty_disable(&self) -> Result<(), HvError> {
+        self.sim.logdirty_disable()
+    }
+    fn logdirty_enabled(&self) -> Result<bool, HvError> {
+        self.sim.logdirty_enabled()
+    }
+    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        self.sim.logdirty_clean(into)
+    }
+}
+impl GuestMemory for Faulty {
+    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
+        self.sim.page_types(pfns, out)
+    }
+    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        if self.fail_map_after_pause.load(Ordering::SeqCst) && self.sim.info()?.paused {
+            return Err(HvError::op(self.name(), "map", "injected"));
+        }
+        self.sim.map_batch(pfns)
+    }
+}
+impl MachineState for Faulty {
+    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        if self.fail_state.load(Ordering::SeqCst) {
+            return Err(HvError::op(self.name(), "save state", "injected"));
+        }
+        self.sim.save_state()
+    }
+    fn config(&self) -> Result<Vec<u8>, HvError> {
+        self.sim.config()
+    }
+}
+
+#[allow(dead_code)]
+fn _page_is_used(_: GuestPage<'_>) {}
+
+#[test]
+fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = Arc::new(Faulty {
+        sim: sim(2048, AccessPattern::Uniform, 0.0),
+        fail_state: AtomicBool::new(false),
+        fail_map_after_pause: AtomicBool::new(false),
+    });
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let head = chain.manifest().unwrap().layers.len();
+
+    // Dirty some pages, then fail under pause in two ways.
+    let page = vec![0x5au8; PAGE_SIZE];
+    for p in [5u64, 700, 1200] {
+        dom.sim.write_page(p, &page).unwrap();
+    }
+    dom.fail_state.store(true, Ordering::SeqCst);
+    let e = checkpoint(&dom, &chain, &opts(1)).unwrap_err();
+    assert!(matches!(e, CaptureError::Hv(_)), "{e}");
+    assert!(!dom.info().unwrap().paused, "left paused after a state failure");
+    dom.fail_state.store(false, Ordering::SeqCst);
+
+    for p in [9u64, 701] {
+        dom.sim.write_page(p, &page).unwrap();
+    }
+    dom.fail_map_after_pause.store(true, Ordering::SeqCst);
+    assert!(checkpoint(&dom, &chain, &opts(1)).is_err());
+    assert!(!dom.info().unwrap().paused, "left paused after a map failure");
+    dom.fail_map_after_pause.store(false, Ordering::SeqCst);
+    assert_eq!(chain.manifest().unwrap().layers.len(), head, "a failed run must not add a layer");
+
+    // The next run stores every page dirtied since the last good layer.
+    let inc = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(inc.layer.kind, LayerKind::Incremental);
+    let layer = chain.open_layer(inc.layer.id).unwrap();
+    for p in [5u64, 700, 1200, 9, 701] {
+        assert_eq!(layer.entry(p), Some(PageEntry::Data), "pfn {p} lost");
+    }
+    let image = chain.compose(None).unwrap();
+    let mut buf = vec![0u8; PAGE_SIZE];
+    image.read_page(700, &mut buf).unwrap();
+    assert_eq!(buf, page);
+}
+
+#[test]
+fn lost_tracking_takes_a_resync_that_stores_only_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    dom.logdirty_disable().unwrap();
+    let page = vec![0x77u8; PAGE_SIZE];
+    for p in [1u64, 2, 3] {
+        dom.write_page(p, &page).unwrap();
+    }
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync);
+    assert!(r.resync_reason.unwrap().contains("log-dirty was turned off"));
+    assert_eq!(r.layer.stats.data_pages, 3, "a resync stores only pages that differ");
+    assert_restores(&chain, &dom, r.layer.id, 1);
+    // Tracking is armed again: the next layer is an incremental.
+    dom.write_page(4, &page).unwrap();
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Incremental);
+}
+
+#[test]
+fn non_live_capture_restores_byte_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 20.0);
+    dom.start_workload().unwrap();
+    let o = CaptureOptions { live: false, ..opts(1) };
+    let a = checkpoint(&dom, &chain, &o).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let b = checkpoint(&dom, &chain, &o).unwrap();
+    dom.stop_workload();
+    assert_eq!(b.rounds.len(), 1, "a non-live capture is one paused round");
+    assert_restores(&chain, &dom, a.layer.id, 0);
+    assert_restores(&chain, &dom, b.layer.id, 1);
+}
