@@ -297,3 +297,14 @@ fn empty_config_is_written_like_xl_save_without_config() {
         "no config, no emulator record: PVH"
     );
 }
+
+#[test]
+fn config_of_another_guest_type_is_rejected() {
+    let mut img = image(GuestType::Pvh, 64);
+    img.config = stream_common::config("hvm", "g");
+    let err = write_save_file(&img, &StreamOptions::default(), &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(&err, StreamWriteError::BadConfig(m) if m.contains("Hvm")),
+        "{err}"
+    );
+}

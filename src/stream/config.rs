@@ -54,12 +54,15 @@ fn has_nonzero_domid(text: &[u8]) -> bool {
 }
 
 fn rewrite(text: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamWriteError> {
-    let mut root: Value =
-        serde_json::from_slice(text).map_err(|e| StreamWriteError::BadConfig(e.to_string()))?;
+    let mut root: Value = serde_json::from_slice(text).map_err(|e| {
+        StreamWriteError::BadConfig(format!(
+            "it is not libxl JSON ({e}), so the domain cannot be renamed nor its domid cleared"
+        ))
+    })?;
     let c_info = root
         .get_mut("c_info")
         .and_then(Value::as_object_mut)
-        .ok_or_else(|| StreamWriteError::BadConfig("no \"c_info\" object".into()))?;
+        .ok_or_else(|| StreamWriteError::BadConfig("it has no \"c_info\" object".into()))?;
     if let Some(name) = &rw.rename {
         c_info.insert("name".into(), Value::String(name.clone()));
         c_info.insert("uuid".into(), Value::String(random_uuid()));

@@ -21,7 +21,7 @@ pub enum StreamWriteError {
         reason: String,
     },
     /// The domain config could not be rewritten.
-    #[error("the domain config is not valid libxl JSON ({0}); cannot rename the domain or clear its domid")]
+    #[error("the domain config does not fit: {0}")]
     BadConfig(String),
     /// Reading a page of the image failed.
     #[error("reading pfn {pfn:#x} of the image: {source}")]

@@ -13,7 +13,7 @@
 
 use std::io::{BufWriter, Write};
 
-use super::config::{prepare_config, ConfigRewrite};
+use super::config::{guest_type_of, prepare_config, ConfigRewrite};
 use super::error::StreamWriteError;
 use super::format::{
     libxl_rec, EMULATOR_QEMU_UPSTREAM, LIBXL_IDENT, LIBXL_VERSION, XL_BYTEORDER, XL_FLAG_JSON,
@@ -79,6 +79,11 @@ pub fn write_save_file(
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
     check_special_pages(image, &st)?;
+    if let Some(named) = guest_type_of(image.config()).filter(|&t| t != ty) {
+        return Err(StreamWriteError::BadConfig(format!(
+            "it describes a {named:?} guest but the image is of a {ty:?} guest"
+        )));
+    }
     let rewrite = ConfigRewrite {
         rename: opts.rename.clone(),
         preserve_domid: opts.preserve_domid,
