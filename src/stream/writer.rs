@@ -69,7 +69,8 @@ pub struct StreamStats {
 /// Write `image` as a Xen 4.17 `xl` save file that stock `xl restore` accepts.
 ///
 /// Pages are read in pfn order through [`Image::read_page`] and written as they are read, so
-/// `out` may be a pipe into `xl restore`; nothing but one batch of pfn numbers is buffered.
+/// `out` may be a pipe into `xl restore`; only one batch of pfn numbers, one page and a 1 MiB
+/// write buffer are held in memory.
 /// Fails before writing anything if the image lacks state that the restore needs.
 pub fn write_save_file(
     image: &dyn Image,
