@@ -308,3 +308,30 @@ fn config_of_another_guest_type_is_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn reserved_fields_are_written_as_zero() {
+    let mut img = image(GuestType::Pvh, 64);
+    for b in img.blobs.iter_mut() {
+        match b.kind {
+            state_kind::TSC_INFO => b.data[20..].fill(0xee),
+            state_kind::HVM_PARAMS => b.data[4..8].fill(0xee),
+            _ => {}
+        }
+    }
+    let (out, _) = write(&img, &StreamOptions::default());
+    let got = parse(&out);
+    let tsc = got
+        .blobs
+        .iter()
+        .find(|b| b.kind == state_kind::TSC_INFO)
+        .unwrap();
+    assert_eq!(tsc.data, stream_common::tsc());
+    let p = got
+        .blobs
+        .iter()
+        .find(|b| b.kind == state_kind::HVM_PARAMS)
+        .unwrap();
+    assert_eq!(&p.data[4..8], &[0; 4]);
+    assert_eq!(&p.data[8..], &img.blobs[1].data[8..]);
+}

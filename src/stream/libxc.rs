@@ -60,10 +60,18 @@ pub fn write_libxc_stream(
     }
     rec(w, libxc_rec::STATIC_DATA_END, &[], stats)?;
     write_pages(w, image, stats)?;
+    // Reserved fields are written as zero, whatever the blob holds (the spec: "set to zero
+    // on save"); libxc ignores them on restore.
     if let Some(t) = st.tsc {
-        rec(w, libxc_rec::X86_TSC_INFO, t, stats)?;
+        rec_parts(w, libxc_rec::X86_TSC_INFO, &[&t[..20], &[0; 4]], stats)?;
     }
-    rec(w, libxc_rec::HVM_PARAMS, st.params, stats)?;
+    let p = st.params;
+    rec_parts(
+        w,
+        libxc_rec::HVM_PARAMS,
+        &[&p[..4], &[0; 4], &p[8..]],
+        stats,
+    )?;
     rec(w, libxc_rec::HVM_CONTEXT, st.context, stats)?;
     rec(w, libxc_rec::END, &[], stats)
 }
@@ -75,8 +83,18 @@ fn rec(
     body: &[u8],
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
+    rec_parts(w, ty, &[body], stats)
+}
+
+/// One small record made of `parts`, counted.
+fn rec_parts(
+    w: &mut impl Write,
+    ty: u32,
+    parts: &[&[u8]],
+    stats: &mut StreamStats,
+) -> Result<(), StreamWriteError> {
     stats.records += 1;
-    write_record(w, ty, &[body])
+    write_record(w, ty, parts)
 }
 
 /// Stream every populated pfn, in ascending order, as PAGE_DATA records of at most

@@ -68,6 +68,16 @@ pub fn params(entries: &[(u64, u64)]) -> Vec<u8> {
     v
 }
 
+/// An X86_TSC_INFO body: mode 0, 2.4 GHz, nsec, incarnation 3, reserved zero.
+pub fn tsc() -> Vec<u8> {
+    let mut v = 0u32.to_le_bytes().to_vec();
+    v.extend_from_slice(&2_400_000u32.to_le_bytes());
+    v.extend_from_slice(&123_456_789_000u64.to_le_bytes());
+    v.extend_from_slice(&3u32.to_le_bytes());
+    v.extend_from_slice(&[0; 4]);
+    v
+}
+
 /// A full set of blobs; odd sizes exercise record padding.
 pub fn blobs(ty: GuestType) -> Vec<StateBlob> {
     let mut v = vec![
@@ -81,7 +91,7 @@ pub fn blobs(ty: GuestType) -> Vec<StateBlob> {
         },
         StateBlob {
             kind: state_kind::TSC_INFO,
-            data: bytes(2, 24),
+            data: tsc(),
         },
         StateBlob {
             kind: state_kind::CPUID_POLICY,
