@@ -235,6 +235,7 @@ fn parses_stock_like_stream() {
     let end = got.end.unwrap();
     assert_eq!(end.guest_type, GuestType::Hvm);
     assert_eq!(end.pfn_range, Some((0x10, 0x13)));
+    assert_eq!(end.pfn_count(), 0x14);
     assert_eq!((end.data_pages, end.nodata_pfns), (2, 2));
     assert!(end.config_is_json);
 }

@@ -78,3 +78,10 @@ pub struct ParsedHeader {
     /// Size of the file in bytes.
     pub bytes: u64,
 }
+
+impl ParsedHeader {
+    /// Size of the pfn space the file covers: highest pfn named + 1 (0 without pages).
+    pub fn pfn_count(&self) -> u64 {
+        self.pfn_range.map_or(0, |(_, hi)| hi + 1)
+    }
+}
