@@ -116,6 +116,9 @@ pub mod state_kind {
     pub const MSR_POLICY: u32 = 0x14;
     /// QEMU device state from QMP `xen-save-devices-state`.
     pub const QEMU_STATE: u32 = 0x20;
+    /// QEMU's xenstore keys as libxl saves them in EMULATOR_XENSTORE_DATA (the `physmap/...`
+    /// entries under the device-model path): packed NUL-terminated (key, value) pairs.
+    pub const QEMU_XENSTORE: u32 = 0x21;
 }
 
 /// An error from a hypervisor operation, naming the domain and the operation.

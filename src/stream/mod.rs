@@ -1,1 +1,28 @@
 //! Xen migration streams: the `xl` savefile header, the libxl stream and the libxc stream.
+//!
+//! [`write_save_file`] turns any [`crate::compose::Image`] of an HVM or PVH guest into a Xen 4.17
+//! save file that stock `xl restore` consumes (from a file or a pipe), and
+//! [`parse_save_file`] walks such a file (ours, or one written by `xl save`) and hands its
+//! config, pages and state to a [`StreamSink`]. The layout is documented in `docs/stream.md`.
+//!
+//! Files: [`format`] (constants), [`records`] (record framing), [`state`] (state blobs),
+//! [`config`] (the embedded libxl JSON), `writer` / `libxc` (writing), `input` / `parser` /
+//! `libxc_parse` (parsing), [`sink`] (what the parser delivers), [`error`].
+
+pub mod config;
+pub mod error;
+pub mod format;
+mod input;
+mod libxc;
+mod libxc_parse;
+mod parser;
+pub mod records;
+pub mod sink;
+pub mod state;
+mod writer;
+
+pub use error::{SinkError, StreamParseError, StreamWriteError};
+pub use libxc::{domain_header, image_header};
+pub use parser::{parse_save_file, MAX_OPTIONAL_DATA};
+pub use sink::{DomainHeader, ParsedHeader, StreamSink};
+pub use writer::{libxl_header, write_save_file, write_xl_header, StreamOptions, StreamStats};
