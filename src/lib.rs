@@ -20,6 +20,7 @@ pub mod compose;
 pub mod failpoint;
 pub mod guestmem;
 pub mod hv;
+pub mod import;
 pub mod layer;
 pub mod store;
 pub mod stream;

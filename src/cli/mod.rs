@@ -4,7 +4,7 @@ mod bench;
 mod limits;
 mod show;
 mod target;
-// mod xenverbs; (enabled when the Xen back-end and stream writer land)
+mod xenverbs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +70,16 @@ impl CaptureArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Take a live checkpoint of a domain (a base layer first, then incrementals).
+    Checkpoint(xenverbs::CheckpointCmd),
+    /// Restore a domain from a point of its chain through `xl restore`.
+    Restore(xenverbs::RestoreCmd),
+    /// Write a point of a chain as an `xl` save file.
+    Export(xenverbs::ExportCmd),
+    /// Import an `xl save` file as the base layer of a new chain.
+    Import(xenverbs::ImportCmd),
+    /// Turn log-dirty tracking of a domain off.
+    Untrack(xenverbs::UntrackCmd),
     /// List chains, or the layers of one chain.
     List(show::ListCmd),
     /// Show one layer in detail.
@@ -83,6 +93,11 @@ enum Command {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Checkpoint(c) => c.run(),
+        Command::Restore(c) => c.run(),
+        Command::Export(c) => c.run(),
+        Command::Import(c) => c.run(),
+        Command::Untrack(c) => c.run(),
         Command::List(c) => c.run(),
         Command::Inspect(c) => c.run(),
         Command::Verify(c) => c.run(),

@@ -223,7 +223,7 @@ impl ImportCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&self.name)?;
         let _lock = chain.lock_exclusive(Duration::ZERO)?;
-        let rec = super::import::import_file(&self.file, &chain, self.compress_level)
+        let rec = xckpt::import::import_file(&self.file, &chain, self.compress_level)
             .with_context(|| format!("importing {} into chain {}", self.file.display(), self.name))?;
         println!("imported {} as {}@{} ({} bytes)", self.file.display(), self.name, rec.id, rec.bytes);
         Ok(ExitCode::SUCCESS)
