@@ -58,21 +58,28 @@ fn round_trip_every_entry_kind() {
         let c = r.index().counts();
         assert_eq!((c.data, c.zero, c.evicted, c.unpopulated), (4, 1, 3, 1));
         let f = r.figures();
-        assert_eq!((f.frames, f.slots, f.live_slots, f.dead_slots), (4, 5, 4, 1));
+        assert_eq!(
+            (f.frames, f.slots, f.live_slots, f.dead_slots),
+            (4, 5, 4, 1)
+        );
         assert_eq!(f.file_bytes, std::fs::metadata(&path).unwrap().len());
         if level == 0 {
             assert_eq!(f.raw_frames, 4);
         }
         r.verify().unwrap();
-        assert!(matches!(r.read_page(0, &mut [0u8; 10]), Err(LayerReadError::BadBuffer { len: 10, .. })));
+        assert!(matches!(
+            r.read_page(0, &mut [0u8; 10]),
+            Err(LayerReadError::BadBuffer { len: 10, .. })
+        ));
     }
 }
 
 #[test]
 fn repushed_pfn_returns_latest_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let puts: Vec<(u64, Put)> =
-        (0..5).flat_map(|v| (0..40).map(move |pfn| (pfn, Put::Data(v * 10 + pfn % 3)))).collect();
+    let puts: Vec<(u64, Put)> = (0..5)
+        .flat_map(|v| (0..40).map(move |pfn| (pfn, Put::Data(v * 10 + pfn % 3))))
+        .collect();
     let path = write_layer(dir.path(), &meta(1, None, 64), &puts, 16, 3);
     let r = LayerReader::open(&path).unwrap();
     for pfn in 0..40 {
@@ -80,7 +87,12 @@ fn repushed_pfn_returns_latest_copy() {
     }
     assert_eq!(r.figures().dead_slots, 160);
     // A later non-data entry wins over earlier data, and data again over it.
-    let puts = [(3, Put::Data(1)), (3, Put::Other(PageEntry::Zero)), (4, Put::Other(PageEntry::Zero)), (4, Put::Data(7))];
+    let puts = [
+        (3, Put::Data(1)),
+        (3, Put::Other(PageEntry::Zero)),
+        (4, Put::Other(PageEntry::Zero)),
+        (4, Put::Data(7)),
+    ];
     let path = write_layer(dir.path(), &meta(2, None, 8), &puts, 4, 3);
     let r = LayerReader::open(&path).unwrap();
     assert_eq!(r.entry(3), Some(PageEntry::Zero));
@@ -95,7 +107,10 @@ fn file_is_private_and_temp_is_removed() {
     let path = small_layer(dir.path(), 3);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
     // An unfinished writer leaves nothing behind when dropped.
     let (writer, _) = fill_writer(dir.path(), 8, &[(0, Put::Data(1))], 4, 3);
@@ -105,7 +120,9 @@ fn file_is_private_and_temp_is_removed() {
     assert!(!tmp.exists());
     // An existing layer is never overwritten.
     let (writer, index) = fill_writer(dir.path(), 12, &[(0, Put::Data(1))], 4, 3);
-    let err = writer.finish(&meta(1, None, 12), &index, &[], &[], &path).unwrap_err();
+    let err = writer
+        .finish(&meta(1, None, 12), &index, &[], &[], &path)
+        .unwrap_err();
     assert!(matches!(err, LayerWriteError::Exists { .. }), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
@@ -116,10 +133,14 @@ fn writer_refuses_inconsistent_index() {
     let writer = LayerWriter::create(dir.path()).unwrap();
     let mut index = LayerIndex::new(8);
     index.set(1, PageEntry::Data, Some(0));
-    let err = writer.finish(&meta(1, None, 8), &index, &[], &[], &dir.path().join("x")).unwrap_err();
+    let err = writer
+        .finish(&meta(1, None, 8), &index, &[], &[], &dir.path().join("x"))
+        .unwrap_err();
     assert!(matches!(err, LayerWriteError::Inconsistent { .. }), "{err}");
     let (writer, index) = fill_writer(dir.path(), 8, &[(0, Put::Data(1))], 4, 3);
-    let err = writer.finish(&meta(1, None, 9), &index, &[], &[], &dir.path().join("x")).unwrap_err();
+    let err = writer
+        .finish(&meta(1, None, 9), &index, &[], &[], &dir.path().join("x"))
+        .unwrap_err();
     assert!(matches!(err, LayerWriteError::Inconsistent { .. }), "{err}");
 }
 
@@ -139,8 +160,12 @@ fn every_bit_flip_is_detected() {
             let mut bytes = good.clone();
             bytes[at] ^= 1 << bit;
             std::fs::write(&bad, &bytes).unwrap();
-            let err = check(&bad).expect_err(&format!("flip of bit {bit} at byte {at} not detected"));
-            assert!(err.to_string().contains("bad.xcl"), "error does not name the file: {err}");
+            let err =
+                check(&bad).expect_err(&format!("flip of bit {bit} at byte {at} not detected"));
+            assert!(
+                err.to_string().contains("bad.xcl"),
+                "error does not name the file: {err}"
+            );
         }
     }
 }
@@ -156,12 +181,19 @@ fn every_truncation_and_extension_is_detected() {
         let err = check(&bad).expect_err(&format!("truncation to {len} bytes not detected"));
         assert!(err.to_string().contains("cut.xcl"), "{err}");
         let expect_torn = len as u64 >= 96;
-        assert_eq!(matches!(err, LayerReadError::Torn { .. }), expect_torn, "len {len}: {err}");
+        assert_eq!(
+            matches!(err, LayerReadError::Torn { .. }),
+            expect_torn,
+            "len {len}: {err}"
+        );
     }
     let mut longer = good.clone();
     longer.extend_from_slice(&good[good.len() - TRAILER_LEN as usize..]);
     std::fs::write(&bad, &longer).unwrap();
-    assert!(matches!(check(&bad), Err(LayerReadError::SizeMismatch { .. })));
+    assert!(matches!(
+        check(&bad),
+        Err(LayerReadError::SizeMismatch { .. })
+    ));
 }
 
 /// Rewrite the file with `f` applied to its bytes and return the open error.
@@ -195,12 +227,18 @@ fn tampering_gives_exact_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = small_layer(dir.path(), 3);
     let e = tamper(&path, |b| b[0] = b'Y');
-    assert!(matches!(e, LayerReadError::BadMagic { found, .. } if &found == b"YCKPTLYR"), "{e}");
+    assert!(
+        matches!(e, LayerReadError::BadMagic { found, .. } if &found == b"YCKPTLYR"),
+        "{e}"
+    );
     let e = tamper(&path, |b| {
         b[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         reseal_preamble(b);
     });
-    assert!(matches!(e, LayerReadError::BadVersion { found, .. } if found == VERSION + 1), "{e}");
+    assert!(
+        matches!(e, LayerReadError::BadVersion { found, .. } if found == VERSION + 1),
+        "{e}"
+    );
     let e = tamper(&path, |b| b[12] = 1);
     assert!(matches!(e, LayerReadError::PreambleChecksum { .. }), "{e}");
     let e = tamper(&path, |b| {
@@ -231,7 +269,16 @@ fn tampering_gives_exact_errors() {
         let meta_at = 32 + u64_at(b, t + 40) as usize;
         b[meta_at] ^= 1;
     });
-    assert!(matches!(e, LayerReadError::SectionChecksum { section: "META", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LayerReadError::SectionChecksum {
+                section: "META",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // A bit of the first frame's data: open succeeds, verify and reads fail.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[40] ^= 1;
@@ -239,12 +286,22 @@ fn tampering_gives_exact_errors() {
     std::fs::write(&bad, &bytes).unwrap();
     let r = LayerReader::open(&bad).unwrap();
     let e = r.verify().unwrap_err();
-    assert!(matches!(e, LayerReadError::FrameChecksum { frame: 0, .. }), "{e}");
+    assert!(
+        matches!(e, LayerReadError::FrameChecksum { frame: 0, .. }),
+        "{e}"
+    );
     let e = r.read_page(0, &mut [0u8; PAGE_SIZE]).unwrap_err();
-    assert!(matches!(e, LayerReadError::FrameChecksum { frame: 0, .. }), "{e}");
+    assert!(
+        matches!(e, LayerReadError::FrameChecksum { frame: 0, .. }),
+        "{e}"
+    );
     let mut buf = [0u8; PAGE_SIZE];
     r.read_page(7, &mut buf).unwrap();
-    assert_eq!(buf.as_slice(), page(7, 1).as_slice(), "other frames still read");
+    assert_eq!(
+        buf.as_slice(),
+        page(7, 1).as_slice(),
+        "other frames still read"
+    );
 }
 
 #[test]
@@ -252,21 +309,34 @@ fn torn_writes_are_refused_with_torn() {
     let dir = tempfile::tempdir().unwrap();
     let (mut writer, _) = fill_writer(dir.path(), 8, &[(0, Put::Data(1)), (1, Put::Data(1))], 1, 3);
     let tmp = writer.temp_path().to_path_buf();
-    writer.push_frame(&xckpt::layer::compress_frame(&page(3, 3), 3)).unwrap();
+    writer
+        .push_frame(&xckpt::layer::compress_frame(&page(3, 3), 3))
+        .unwrap();
     // Simulate a kill: nothing flushed, nothing removed.
     std::mem::forget(writer);
     let e = check(&tmp).unwrap_err();
-    assert!(matches!(e, LayerReadError::TooSmall { .. } | LayerReadError::Torn { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LayerReadError::TooSmall { .. } | LayerReadError::Torn { .. }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn large_sparse_pfn_space() {
     let dir = tempfile::tempdir().unwrap();
     let pfn_count = 1 << 24;
-    let mut puts: Vec<(u64, Put)> = (0..300).map(|i| (i * 55_001 % pfn_count, Put::Data(i))).collect();
+    let mut puts: Vec<(u64, Put)> = (0..300)
+        .map(|i| (i * 55_001 % pfn_count, Put::Data(i)))
+        .collect();
     puts.push((pfn_count - 1, Put::Other(PageEntry::Zero)));
     let path = write_layer(dir.path(), &meta(1, None, pfn_count), &puts, 64, 3);
-    assert!(std::fs::metadata(&path).unwrap().len() < 2 << 20, "index of an empty space must be small");
+    assert!(
+        std::fs::metadata(&path).unwrap().len() < 2 << 20,
+        "index of an empty space must be small"
+    );
     let r = LayerReader::open(&path).unwrap();
     for &(pfn, put) in &puts {
         if let Put::Data(v) = put {
@@ -307,5 +377,8 @@ fn index_pack_and_unpack_agree() {
         assert_eq!(parsed.get(pfn), want, "pfn {pfn}");
     }
     assert_eq!(parsed.counts(), idx.counts());
-    assert!(LayerIndex::from_bytes(&bytes, 19_000).is_err(), "slots beyond the frames must be refused");
+    assert!(
+        LayerIndex::from_bytes(&bytes, 19_000).is_err(),
+        "slots beyond the frames must be refused"
+    );
 }

@@ -38,7 +38,11 @@ pub fn meta(id: u64, parent: Option<u64>, pfn_count: u64) -> LayerMeta {
     LayerMeta {
         id,
         parent,
-        kind: if parent.is_none() { LayerKind::Base } else { LayerKind::Incremental },
+        kind: if parent.is_none() {
+            LayerKind::Base
+        } else {
+            LayerKind::Incremental
+        },
         domain: identity(),
         guest_type: GuestType::Pvh,
         pfn_count,
@@ -46,7 +50,11 @@ pub fn meta(id: u64, parent: Option<u64>, pfn_count: u64) -> LayerMeta {
         created_unix_ms: 1_700_000_000_000 + id,
         frame_pages: 4,
         compress_level: 3,
-        stats: CaptureStats { rounds: 2, data_pages: 3, ..CaptureStats::default() },
+        stats: CaptureStats {
+            rounds: 2,
+            data_pages: 3,
+            ..CaptureStats::default()
+        },
     }
 }
 
@@ -70,7 +78,9 @@ pub fn write_layer(
 ) -> PathBuf {
     let (writer, index) = fill_writer(dir, meta.pfn_count, puts, frame_pages, level);
     let dest = dir.join(format!("layer-{:06}.xcl", meta.id));
-    writer.finish(meta, &index, &state(meta.id), &config(meta.id), &dest).unwrap();
+    writer
+        .finish(meta, &index, &state(meta.id), &config(meta.id), &dest)
+        .unwrap();
     dest
 }
 
@@ -82,21 +92,38 @@ pub fn fill_writer(
     frame_pages: usize,
     level: i32,
 ) -> (LayerWriter, LayerIndex) {
-    let mut writer = LayerWriter::create(dir).unwrap();
+    fill(
+        LayerWriter::create(dir).unwrap(),
+        pfn_count,
+        puts,
+        frame_pages,
+        level,
+    )
+}
+
+/// Push the frames of `puts` into `writer`; returns it and the index.
+pub fn fill(
+    mut writer: LayerWriter,
+    pfn_count: u64,
+    puts: &[(Pfn, Put)],
+    frame_pages: usize,
+    level: i32,
+) -> (LayerWriter, LayerIndex) {
     let mut index = LayerIndex::new(pfn_count);
     let mut pending: Vec<Pfn> = Vec::new();
     let mut buf = Vec::new();
-    let flush = |w: &mut LayerWriter, idx: &mut LayerIndex, pending: &mut Vec<Pfn>, buf: &mut Vec<u8>| {
-        if pending.is_empty() {
-            return;
-        }
-        let first = w.push_frame(&compress_frame(buf, level)).unwrap();
-        for (i, &pfn) in pending.iter().enumerate() {
-            idx.set(pfn, PageEntry::Data, Some(first + i as u64));
-        }
-        pending.clear();
-        buf.clear();
-    };
+    let flush =
+        |w: &mut LayerWriter, idx: &mut LayerIndex, pending: &mut Vec<Pfn>, buf: &mut Vec<u8>| {
+            if pending.is_empty() {
+                return;
+            }
+            let first = w.push_frame(&compress_frame(buf, level)).unwrap();
+            for (i, &pfn) in pending.iter().enumerate() {
+                idx.set(pfn, PageEntry::Data, Some(first + i as u64));
+            }
+            pending.clear();
+            buf.clear();
+        };
     for &(pfn, put) in puts {
         match put {
             Put::Data(v) => {
@@ -120,9 +147,18 @@ pub fn fill_writer(
 /// State blobs of layer `id`.
 pub fn state(id: u64) -> Vec<StateBlob> {
     vec![
-        StateBlob { kind: 1, data: format!("cpu state of layer {id}").into_bytes() },
-        StateBlob { kind: 0x20, data: vec![id as u8; 300] },
-        StateBlob { kind: 0x13, data: Vec::new() },
+        StateBlob {
+            kind: 1,
+            data: format!("cpu state of layer {id}").into_bytes(),
+        },
+        StateBlob {
+            kind: 0x20,
+            data: vec![id as u8; 300],
+        },
+        StateBlob {
+            kind: 0x13,
+            data: Vec::new(),
+        },
     ]
 }
 
