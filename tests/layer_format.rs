@@ -156,24 +156,22 @@ fn every_bit_flip_is_detected() {
     let good = std::fs::read(&path).unwrap();
     let bad = dir.path().join("bad.xcl");
     for at in 0..good.len() {
-        for bit in [at % 8] {
-            let mut bytes = good.clone();
-            bytes[at] ^= 1 << bit;
-            std::fs::write(&bad, &bytes).unwrap();
-            let err =
-                check(&bad).expect_err(&format!("flip of bit {bit} at byte {at} not detected"));
-            assert!(
-                err.to_string().contains("bad.xcl"),
-                "error does not name the file: {err}"
-            );
-        }
+        let bit = at % 8;
+        let mut bytes = good.clone();
+        bytes[at] ^= 1 << bit;
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = check(&bad).expect_err(&format!("flip of bit {bit} at byte {at} not detected"));
+        assert!(
+            err.to_string().contains("bad.xcl"),
+            "error does not name the file: {err}"
+        );
     }
 }
 
 #[test]
 fn every_truncation_and_extension_is_detected() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_layer(dir.path(), 0);
+    let path = small_layer(dir.path(), 3);
     let good = std::fs::read(&path).unwrap();
     let bad = dir.path().join("cut.xcl");
     for len in 0..good.len() {

@@ -235,14 +235,14 @@ impl LayerWriter {
         let index_z = zstd::bulk::compress(&index_raw, INDEX_LEVEL).map_err(|e| self.io(e))?;
         let frametab: Vec<u8> = self.frames.iter().flat_map(|f| f.encode()).collect();
         let digests: Vec<u8> = self.digests.iter().flat_map(|d| d.to_le_bytes()).collect();
-        let mut table = Vec::with_capacity(6);
-        table.push(self.write_section(SectionKind::Meta, SECTION_RAW, &meta_json)?);
-        table.push(self.write_section(SectionKind::Config, SECTION_RAW, config)?);
-        table.push(self.write_section(SectionKind::State, SECTION_RAW, &encode_state(state))?);
-        table.push(self.write_section(SectionKind::Index, SECTION_ZSTD, &index_z)?);
-        table.push(self.write_section(SectionKind::FrameTab, SECTION_RAW, &frametab)?);
-        table.push(self.write_section(SectionKind::Digests, SECTION_RAW, &digests)?);
-        Ok(table)
+        Ok(vec![
+            self.write_section(SectionKind::Meta, SECTION_RAW, &meta_json)?,
+            self.write_section(SectionKind::Config, SECTION_RAW, config)?,
+            self.write_section(SectionKind::State, SECTION_RAW, &encode_state(state))?,
+            self.write_section(SectionKind::Index, SECTION_ZSTD, &index_z)?,
+            self.write_section(SectionKind::FrameTab, SECTION_RAW, &frametab)?,
+            self.write_section(SectionKind::Digests, SECTION_RAW, &digests)?,
+        ])
     }
 
     fn write_section(
