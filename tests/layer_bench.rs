@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use xckpt::compose::{ComposedImage, Image};
 use xckpt::hv::PAGE_SIZE;
-use xckpt::layer::{compress_frame, LayerIndex, LayerReadError, LayerReader, LayerWriter, PageEntry};
+use xckpt::layer::{
+    compress_frame, LayerIndex, LayerReadError, LayerReader, LayerWriter, PageEntry,
+};
 
 fn mib_per_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
@@ -20,7 +22,11 @@ fn guest_page(pfn: u64, out: &mut [u8]) {
         rng.fill(out);
     } else {
         for (i, w) in out.chunks_exact_mut(8).enumerate() {
-            let v = if i % 4 == 0 { rng.u64(..1 << 12) } else { pfn * 4096 + i as u64 };
+            let v = if i % 4 == 0 {
+                rng.u64(..1 << 12)
+            } else {
+                pfn * 4096 + i as u64
+            };
             w.copy_from_slice(&v.to_le_bytes());
         }
     }
@@ -29,7 +35,10 @@ fn guest_page(pfn: u64, out: &mut [u8]) {
 #[test]
 #[ignore]
 fn bench_write_and_read() {
-    let mib: usize = std::env::var("XCKPT_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let mib: usize = std::env::var("XCKPT_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let pages = (mib << 20) / PAGE_SIZE;
     let dir = tempfile::tempdir().unwrap();
     let mut image = vec![0u8; pages * PAGE_SIZE];
@@ -37,10 +46,17 @@ fn bench_write_and_read() {
         guest_page(pfn as u64, p);
     }
     let t = Instant::now();
-    let frames: Vec<_> = image.chunks(64 * PAGE_SIZE).map(|c| compress_frame(c, 1)).collect();
+    let frames: Vec<_> = image
+        .chunks(64 * PAGE_SIZE)
+        .map(|c| compress_frame(c, 1))
+        .collect();
     let secs = t.elapsed().as_secs_f64();
     let enc: usize = frames.iter().map(|f| f.data.len()).sum();
-    println!("compress_frame level 1, one thread: {:.0} MiB/s, ratio {:.2}", mib_per_s(image.len(), secs), image.len() as f64 / enc as f64);
+    println!(
+        "compress_frame level 1, one thread: {:.0} MiB/s, ratio {:.2}",
+        mib_per_s(image.len(), secs),
+        image.len() as f64 / enc as f64
+    );
 
     let t = Instant::now();
     let mut w = LayerWriter::create(dir.path()).unwrap();
@@ -59,27 +75,40 @@ fn bench_write_and_read() {
     let dest = dir.path().join("bench.xcl");
     let bytes = w.finish(&meta, &index, &[], &[], &dest).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    println!("push_frame: {:.0} MiB/s of encoded frames; with finish+fsync {:.0} MiB/s ({bytes} bytes)",
-        mib_per_s(enc, push_secs), mib_per_s(enc, secs));
+    println!(
+        "push_frame: {:.0} MiB/s of encoded frames; with finish+fsync {:.0} MiB/s ({bytes} bytes)",
+        mib_per_s(enc, push_secs),
+        mib_per_s(enc, secs)
+    );
 
     let t = Instant::now();
     let r = LayerReader::open(&dest).unwrap();
     println!("open: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let t = Instant::now();
     r.verify().unwrap();
-    println!("verify: {:.0} MiB/s of pages", mib_per_s(image.len(), t.elapsed().as_secs_f64()));
+    println!(
+        "verify: {:.0} MiB/s of pages",
+        mib_per_s(image.len(), t.elapsed().as_secs_f64())
+    );
 
     let t = Instant::now();
     let mut buf = vec![0u8; PAGE_SIZE];
     for pfn in 0..pages as u64 {
         r.read_page(pfn, &mut buf).unwrap();
     }
-    println!("read_page in pfn order: {:.0} MiB/s", mib_per_s(image.len(), t.elapsed().as_secs_f64()));
+    println!(
+        "read_page in pfn order: {:.0} MiB/s",
+        mib_per_s(image.len(), t.elapsed().as_secs_f64())
+    );
     drop(r);
 
     let t = Instant::now();
     let img = ComposedImage::from_layers(vec![LayerReader::open(&dest).unwrap()]).unwrap();
-    println!("compose open ({} pfns): {:.1} ms", img.pfn_count(), t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "compose open ({} pfns): {:.1} ms",
+        img.pfn_count(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let t = Instant::now();
     let mut n = 0usize;
     img.for_each_page(|pfn, _, data| -> Result<(), LayerReadError> {
@@ -92,5 +121,8 @@ fn bench_write_and_read() {
     })
     .unwrap();
     assert_eq!(n, pages);
-    println!("for_each_page (with compare): {:.0} MiB/s", mib_per_s(image.len(), t.elapsed().as_secs_f64()));
+    println!(
+        "for_each_page (with compare): {:.0} MiB/s",
+        mib_per_s(image.len(), t.elapsed().as_secs_f64())
+    );
 }

@@ -329,3 +329,20 @@ fn crash_at_every_write_point_leaves_a_readable_chain() {
         );
     }
 }
+
+#[test]
+fn damaged_manifest_deletes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let chain = store.chain("g").unwrap();
+    commit(&chain, 1);
+    std::fs::write(chain.dir().join("manifest.json"), b"garbage").unwrap();
+    let chain = store.chain("g").unwrap();
+    assert!(chain.removed_leftovers().is_empty());
+    assert!(chain.dir().join("layer-000001.xcl").exists());
+    let err = chain.verify(None).unwrap_err();
+    assert!(
+        matches!(err, ChainVerifyError::Store(StoreError::Manifest { .. })),
+        "{err}"
+    );
+}

@@ -282,7 +282,7 @@ impl LayerReader {
     }
     /// What this layer says about `pfn` (None: not covered).
     pub fn entry(&self, pfn: Pfn) -> Option<PageEntry> {
-        self.index.get(pfn).map(|(e, _)| e)
+        self.index.entry(pfn)
     }
     /// VM state blobs.
     pub fn state(&self) -> &[StateBlob] {
