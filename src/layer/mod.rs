@@ -39,6 +39,7 @@
 //! pfn pushed several times during pre-copy points at its latest slot, and older copies are
 //! dead slots. A file without a valid trailer is a torn write and is refused.
 
+mod checks;
 pub mod format;
 pub mod frame;
 pub mod index;

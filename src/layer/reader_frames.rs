@@ -4,8 +4,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::checks::read_at;
 use super::frame::{decode_frame, page_digest};
-use super::reader::{read_at, LayerReadError};
+use super::reader::LayerReadError;
 use super::{Codec, LayerReader};
 use crate::hv::PAGE_SIZE;
 
