@@ -380,3 +380,24 @@ fn index_pack_and_unpack_agree() {
         "slots beyond the frames must be refused"
     );
 }
+
+#[test]
+fn readers_and_indexes_are_shareable() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<LayerReader>();
+    send_sync::<LayerIndex>();
+    send_sync::<xckpt::compose::ComposedImage>();
+    send::<LayerWriter>();
+}
+
+#[test]
+fn unknown_preamble_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = small_layer(dir.path(), 3);
+    let e = tamper(&path, |b| {
+        b[12] = 1;
+        reseal_preamble(b);
+    });
+    assert!(matches!(e, LayerReadError::BadLayout { .. }), "{e}");
+}

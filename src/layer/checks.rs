@@ -186,6 +186,12 @@ fn check_preamble(path: &Path, file: &File, trailer: &Trailer) -> Result<(), Lay
             found: computed,
         });
     }
+    if p[12..28].iter().any(|&b| b != 0) {
+        return Err(layout(
+            path,
+            "preamble has flags or reserved bytes set (unknown to version 1)",
+        ));
+    }
     Ok(())
 }
 
