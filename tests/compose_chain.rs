@@ -84,6 +84,7 @@ fn check_image(img: &ComposedImage, model: &HashMap<Pfn, Want>, top: u64) {
             Want::Data(id, v) => {
                 assert_eq!(got, PageState::Data(id as usize - 1), "pfn {pfn} at {top}");
                 assert_eq!(buf, page(pfn, v), "pfn {pfn} at {top}");
+                assert_eq!(img.page_digest(pfn), Some(xckpt::layer::page_digest(&buf)));
             }
             other => {
                 let state = match other {
@@ -93,6 +94,7 @@ fn check_image(img: &ComposedImage, model: &HashMap<Pfn, Want>, top: u64) {
                 };
                 assert_eq!(got, state, "pfn {pfn} at {top}");
                 assert!(buf.iter().all(|&b| b == 0), "pfn {pfn} at {top} not zeros");
+                assert_eq!(img.page_digest(pfn), None);
             }
         }
     }

@@ -145,6 +145,15 @@ impl LayerReader {
         Ok(())
     }
 
+    /// The recorded xxh3-64 digest of `pfn`'s page, without decoding (None unless the layer
+    /// stores data for `pfn`). Compare with [`super::page_digest`] of a live page.
+    pub fn page_digest(&self, pfn: crate::hv::Pfn) -> Option<u64> {
+        match self.index().get(pfn)? {
+            (super::PageEntry::Data, Some(slot)) => self.digests.get(slot as usize).copied(),
+            _ => None,
+        }
+    }
+
     /// Check every frame: checksum, decoding, and every page's digest.
     pub fn verify(&self) -> Result<(), LayerReadError> {
         for k in 0..self.frames.len() {
