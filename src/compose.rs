@@ -158,6 +158,12 @@ impl ComposedImage {
         }
     }
 
+    /// The recorded xxh3-64 digest of `pfn`'s page when it is stored data (see
+    /// [`crate::layer::page_digest`]); lets a resync compare pages without decoding frames.
+    pub fn page_digest(&self, pfn: Pfn) -> Option<u64> {
+        self.layers[self.owner(pfn)?].page_digest(pfn)
+    }
+
     /// Visit every pfn of the image exactly once, decoding each needed frame once: first every
     /// pfn that is not data (in pfn order, with `None`), then the data pages layer by layer in
     /// the order they are stored (with the page). Stops at the first error `f` returns.

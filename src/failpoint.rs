@@ -40,19 +40,23 @@ fn armed() -> Option<&'static Armed> {
 }
 
 fn parse_env() -> Option<Armed> {
-    let value = std::env::var(ENV).ok()?;
-    let (name, nth) = match value.rsplit_once(':') {
-        Some((name, n)) => match n.parse::<u64>() {
-            Ok(n) if n >= 1 => (name.to_string(), n),
-            _ => (value.clone(), 1),
-        },
-        None => (value.clone(), 1),
-    };
+    let (name, nth) = parse(&std::env::var(ENV).ok()?);
     Some(Armed {
         name,
         nth,
         hits: AtomicU64::new(0),
     })
+}
+
+/// `name` or `name:N` (N >= 1) into the name and the hit that triggers.
+fn parse(value: &str) -> (String, u64) {
+    match value.rsplit_once(':') {
+        Some((name, n)) => match n.parse::<u64>() {
+            Ok(n) if n >= 1 => (name.to_string(), n),
+            _ => (value.to_string(), 1),
+        },
+        None => (value.to_string(), 1),
+    }
 }
 
 /// Abort the process here if `XCKPT_FAILPOINT` selects `name` (and this is the selected hit).
@@ -66,5 +70,18 @@ pub fn failpoint(name: &str) {
     if hit == armed.nth {
         eprintln!("xckpt: failpoint {name} (hit {hit}): aborting");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn names_and_hit_numbers() {
+        assert_eq!(parse("layer.frame"), ("layer.frame".to_string(), 1));
+        assert_eq!(parse("layer.frame:3"), ("layer.frame".to_string(), 3));
+        assert_eq!(parse("layer.frame:0"), ("layer.frame:0".to_string(), 1));
+        assert_eq!(parse("a:b"), ("a:b".to_string(), 1));
     }
 }

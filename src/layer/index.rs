@@ -148,23 +148,31 @@ impl LayerIndex {
 
     /// What the layer says about `pfn` (None: not covered, inherit from the parent).
     pub fn get(&self, pfn: Pfn) -> Option<(PageEntry, Option<u64>)> {
-        if pfn >= self.pfn_count || !self.covered[pfn as usize] {
-            return None;
+        let entry = self.entry(pfn)?;
+        if entry != PageEntry::Data {
+            return Some((entry, None));
         }
-        let i = pfn as usize;
-        if self.data[i] {
-            let slot = self.slot_of(pfn);
-            return Some((PageEntry::Data, (slot != NO_SLOT).then_some(slot)));
-        }
-        let entry = if self.zero[i] {
-            PageEntry::Zero
+        let slot = self.slot_of(pfn);
+        Some((entry, (slot != NO_SLOT).then_some(slot)))
+    }
+
+    /// What the layer says about `pfn`, without looking up the slot of a data page.
+    pub fn entry(&self, pfn: Pfn) -> Option<PageEntry> {
+        let i = usize::try_from(pfn)
+            .ok()
+            .filter(|&i| i < self.covered.len())?;
+        if !self.covered[i] {
+            None
+        } else if self.data[i] {
+            Some(PageEntry::Data)
+        } else if self.zero[i] {
+            Some(PageEntry::Zero)
         } else if self.unpop[i] {
-            PageEntry::Unpopulated
+            Some(PageEntry::Unpopulated)
         } else {
             let p = (0..3).find(|&p| self.evict[p][i])?;
-            PageEntry::Evicted(POLICIES[p])
-        };
-        Some((entry, None))
+            Some(PageEntry::Evicted(POLICIES[p]))
+        }
     }
 
     fn slot_of(&self, pfn: Pfn) -> u64 {

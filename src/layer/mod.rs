@@ -38,7 +38,21 @@
 //! order). The index maps each covered pfn to data (a slot), zero, evicted or unpopulated; a
 //! pfn pushed several times during pre-copy points at its latest slot, and older copies are
 //! dead slots. A file without a valid trailer is a torn write and is refused.
+//!
+//! Writing a layer (what the capture does):
+//!
+//! ```text
+//! let lock = chain.lock_exclusive(wait)?;              // held for the whole capture
+//! let mut writer = chain.begin_layer()?;               // temp file in the chain dir
+//! let mut index = LayerIndex::new(pfn_count);
+//! // compress workers, in parallel:  frame = compress_frame(&pages, level)
+//! // one writer thread, in order:    first = writer.push_frame(&frame)?;
+//! //                                 index.set(pfn_i, PageEntry::Data, Some(first + i))
+//! // zero / evicted / unpopulated:   index.set(pfn, PageEntry::Zero, None) ...
+//! chain.commit_layer(writer, &meta, &index, &state, &config)?;   // finish + manifest
+//! ```
 
+mod checks;
 pub mod format;
 pub mod frame;
 pub mod index;

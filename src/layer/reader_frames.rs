@@ -4,8 +4,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::checks::read_at;
 use super::frame::{decode_frame, page_digest};
-use super::reader::{read_at, LayerReadError};
+use super::reader::LayerReadError;
 use super::{Codec, LayerReader};
 use crate::hv::PAGE_SIZE;
 
@@ -142,6 +143,15 @@ impl LayerReader {
         let at = (slot - self.first_slot[k]) as usize * PAGE_SIZE;
         buf.copy_from_slice(&frame[at..at + PAGE_SIZE]);
         Ok(())
+    }
+
+    /// The recorded xxh3-64 digest of `pfn`'s page, without decoding (None unless the layer
+    /// stores data for `pfn`). Compare with [`super::page_digest`] of a live page.
+    pub fn page_digest(&self, pfn: crate::hv::Pfn) -> Option<u64> {
+        match self.index().get(pfn)? {
+            (super::PageEntry::Data, Some(slot)) => self.digests.get(slot as usize).copied(),
+            _ => None,
+        }
     }
 
     /// Check every frame: checksum, decoding, and every page's digest.

@@ -11,9 +11,9 @@ use super::format::{
     PREAMBLE_LEN, SECTION_RAW, SECTION_ZSTD, VERSION,
 };
 use super::frame::MAX_FRAME_PAGES;
-use super::{Frame, LayerIndex, LayerMeta};
+use super::{Codec, Frame, LayerIndex, LayerMeta};
 use crate::failpoint::failpoint;
-use crate::hv::StateBlob;
+use crate::hv::{StateBlob, PAGE_SIZE};
 
 /// Prefix of temporary layer files; the store removes leftovers with this prefix.
 pub const TEMP_PREFIX: &str = ".tmp-layer-";
@@ -117,6 +117,13 @@ impl LayerWriter {
             format!("{} digests for {} pages", frame.digests.len(), frame.pages)
         } else if u32::try_from(frame.data.len()).is_err() {
             format!("{} encoded bytes", frame.data.len())
+        } else if frame.codec == Codec::Raw && frame.data.len() != frame.pages as usize * PAGE_SIZE
+        {
+            format!(
+                "raw frame of {} bytes for {} pages",
+                frame.data.len(),
+                frame.pages
+            )
         } else {
             return Ok(());
         };
@@ -174,18 +181,7 @@ impl LayerWriter {
         self.write(&trailer.encode())?;
         self.sync_file()?;
         failpoint("layer.rename.before");
-        // link + unlink rather than rename: linking fails if `dest` appeared meanwhile, so a
-        // layer is never replaced.
-        std::fs::hard_link(&self.tmp, dest).map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => LayerWriteError::Exists {
-                path: dest.to_path_buf(),
-            },
-            _ => LayerWriteError::Io {
-                path: dest.to_path_buf(),
-                source,
-            },
-        })?;
-        std::fs::remove_file(&self.tmp).map_err(|e| self.io(e))?;
+        publish(&self.tmp, dest)?;
         self.tmp = PathBuf::new();
         sync_dir(&self.dir).map_err(|source| LayerWriteError::Io {
             path: self.dir.clone(),
@@ -235,14 +231,14 @@ impl LayerWriter {
         let index_z = zstd::bulk::compress(&index_raw, INDEX_LEVEL).map_err(|e| self.io(e))?;
         let frametab: Vec<u8> = self.frames.iter().flat_map(|f| f.encode()).collect();
         let digests: Vec<u8> = self.digests.iter().flat_map(|d| d.to_le_bytes()).collect();
-        let mut table = Vec::with_capacity(6);
-        table.push(self.write_section(SectionKind::Meta, SECTION_RAW, &meta_json)?);
-        table.push(self.write_section(SectionKind::Config, SECTION_RAW, config)?);
-        table.push(self.write_section(SectionKind::State, SECTION_RAW, &encode_state(state))?);
-        table.push(self.write_section(SectionKind::Index, SECTION_ZSTD, &index_z)?);
-        table.push(self.write_section(SectionKind::FrameTab, SECTION_RAW, &frametab)?);
-        table.push(self.write_section(SectionKind::Digests, SECTION_RAW, &digests)?);
-        Ok(table)
+        Ok(vec![
+            self.write_section(SectionKind::Meta, SECTION_RAW, &meta_json)?,
+            self.write_section(SectionKind::Config, SECTION_RAW, config)?,
+            self.write_section(SectionKind::State, SECTION_RAW, &encode_state(state))?,
+            self.write_section(SectionKind::Index, SECTION_ZSTD, &index_z)?,
+            self.write_section(SectionKind::FrameTab, SECTION_RAW, &frametab)?,
+            self.write_section(SectionKind::Digests, SECTION_RAW, &digests)?,
+        ])
     }
 
     fn write_section(
@@ -331,4 +327,34 @@ fn create_temp(dir: &Path) -> Result<(File, PathBuf), LayerWriteError> {
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Give the finished temp file its name. Link + unlink rather than rename: linking fails if
+/// `dest` exists, so a layer is never replaced, even by a racing writer. On filesystems without
+/// hard links, fall back to a rename after checking that `dest` is free.
+fn publish(tmp: &Path, dest: &Path) -> Result<(), LayerWriteError> {
+    let exists = || LayerWriteError::Exists {
+        path: dest.to_path_buf(),
+    };
+    let dest_io = |source| LayerWriteError::Io {
+        path: dest.to_path_buf(),
+        source,
+    };
+    match std::fs::hard_link(tmp, dest) {
+        Ok(()) => std::fs::remove_file(tmp).map_err(|source| LayerWriteError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EPERM)
+                || e.kind() == std::io::ErrorKind::Unsupported =>
+        {
+            if dest.symlink_metadata().is_ok() {
+                return Err(exists());
+            }
+            std::fs::rename(tmp, dest).map_err(dest_io)
+        }
+        Err(e) => Err(dest_io(e)),
+    }
 }

@@ -42,13 +42,12 @@ impl Chain {
     }
 
     /// Remove temp files and layer files the manifest does not list. Returns their names.
+    /// Removes nothing when the manifest cannot be read (verify reports that).
     fn clean(&self) -> Result<Vec<String>, StoreError> {
-        let listed: Vec<String> = self
-            .manifest()?
-            .layers
-            .into_iter()
-            .map(|r| r.file)
-            .collect();
+        let Ok(manifest) = self.manifest() else {
+            return Ok(Vec::new());
+        };
+        let listed: Vec<String> = manifest.layers.into_iter().map(|r| r.file).collect();
         let rd = std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
         let mut removed = Vec::new();
         for ent in rd {
