@@ -65,7 +65,8 @@ impl LayerSink {
         let f = compress_frame(&self.frame, self.level);
         let first = self.writer.push_frame(&f)?;
         for (i, pfn) in self.frame_pfns.drain(..).enumerate() {
-            self.entries.push((pfn, PageEntry::Data, Some(first + i as u64)));
+            self.entries
+                .push((pfn, PageEntry::Data, Some(first + i as u64)));
         }
         self.frame.clear();
         Ok(())
@@ -81,7 +82,9 @@ impl StreamSink for LayerSink {
 
     fn page(&mut self, pfn: Pfn, ty: PageType, data: Option<&[u8]>) -> Result<(), SinkError> {
         match (ty, data) {
-            (_, Some(d)) if d.iter().all(|&b| b == 0) => self.entries.push((pfn, PageEntry::Zero, None)),
+            (_, Some(d)) if d.iter().all(|&b| b == 0) => {
+                self.entries.push((pfn, PageEntry::Zero, None))
+            }
             (_, Some(d)) => {
                 self.frame.extend_from_slice(d);
                 self.frame_pfns.push(pfn);
@@ -112,7 +115,10 @@ pub fn import_file(path: &Path, chain: &Chain, level: i32) -> Result<LayerRecord
     if !chain.manifest()?.layers.is_empty() {
         return Err(ImportError::ChainNotEmpty(chain.name().to_string()));
     }
-    let file = std::fs::File::open(path).map_err(|source| ImportError::Open { path: shown.clone(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| ImportError::Open {
+        path: shown.clone(),
+        source,
+    })?;
     let mut sink = LayerSink {
         writer: chain.begin_layer()?,
         level,
@@ -124,8 +130,10 @@ pub fn import_file(path: &Path, chain: &Chain, level: i32) -> Result<LayerRecord
         raw_bytes: 0,
     };
     let mut input = BufReader::with_capacity(1 << 20, file);
-    let header = parse_save_file(&mut input, &mut sink)
-        .map_err(|source| ImportError::Parse { path: shown.clone(), source })?;
+    let header = parse_save_file(&mut input, &mut sink).map_err(|source| ImportError::Parse {
+        path: shown.clone(),
+        source,
+    })?;
     sink.flush().map_err(StoreError::from)?;
     let pfn_count = header.pfn_count();
     if pfn_count == 0 {
@@ -143,7 +151,12 @@ pub fn import_file(path: &Path, chain: &Chain, level: i32) -> Result<LayerRecord
 fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &str) -> LayerMeta {
     let cfg: serde_json::Value =
         serde_json::from_slice(crate::stream::config::strip_nul(&sink.config)).unwrap_or_default();
-    let text = |ptr: &str| cfg.pointer(ptr).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let text = |ptr: &str| {
+        cfg.pointer(ptr)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     let counts = index.counts();
     LayerMeta {
         id: 1,
@@ -157,8 +170,14 @@ fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &s
         },
         guest_type: h.guest_type,
         pfn_count: h.pfn_count(),
-        vcpus: cfg.pointer("/b_info/max_vcpus").and_then(|v| v.as_u64()).unwrap_or(1) as u32,
-        created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        vcpus: cfg
+            .pointer("/b_info/max_vcpus")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1) as u32,
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
         frame_pages: DEFAULT_FRAME_PAGES,
         compress_level: sink.level,
         stats: CaptureStats {

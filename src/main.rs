@@ -12,7 +12,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: the context chain joined, outermost first.
-            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
             eprintln!("xckpt: {msg}");
             ExitCode::from(1)
         }

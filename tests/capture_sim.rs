@@ -11,21 +11,29 @@ use xckpt::compose::{Image, PageState};
 use xckpt::guestmem::GuestPage;
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{
-    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn, PfnBitmap,
-    StateBlob, PAGE_SIZE,
+    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
+    PfnBitmap, StateBlob, PAGE_SIZE,
 };
 use xckpt::layer::{LayerKind, PageEntry};
 use xckpt::store::Store;
 
 fn sim(pages: u64, pattern: AccessPattern, rate_mib_s: f64) -> Arc<SimDomain> {
     let mut cfg = SimConfig::small(pages);
-    cfg.workload = WorkloadSpec { pattern, rate_mib_s };
+    cfg.workload = WorkloadSpec {
+        pattern,
+        rate_mib_s,
+    };
     cfg.auto_truth = Some(TruthMode::Full);
     Arc::new(SimDomain::new(cfg).unwrap())
 }
 
 fn opts(level: i32) -> CaptureOptions {
-    CaptureOptions { compress_level: level, threads: 2, frame_pages: 16, ..Default::default() }
+    CaptureOptions {
+        compress_level: level,
+        threads: 2,
+        frame_pages: 16,
+        ..Default::default()
+    }
 }
 
 /// Restore layer `id` into a fresh sim and compare it byte for byte with truth `t`.
@@ -34,12 +42,21 @@ fn assert_restores(chain: &xckpt::store::Chain, dom: &SimDomain, id: u64, t: usi
     let image = chain.compose(Some(id)).unwrap();
     let restored = SimDomain::from_image(&image).unwrap();
     let bad = truth.differing(&restored.digests());
-    assert!(bad.is_empty(), "layer {id}: {} pages differ, first {:#x}", bad.len(), bad[0]);
+    assert!(
+        bad.is_empty(),
+        "layer {id}: {} pages differ, first {:#x}",
+        bad.len(),
+        bad[0]
+    );
     let mem = truth.memory.as_ref().expect("full truth");
     let mut buf = vec![0u8; PAGE_SIZE];
     for pfn in 0..image.pfn_count() {
         image.read_page(pfn, &mut buf).unwrap();
-        assert_eq!(&buf[..], &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE], "layer {id} pfn {pfn:#x}");
+        assert_eq!(
+            &buf[..],
+            &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE],
+            "layer {id} pfn {pfn:#x}"
+        );
     }
 }
 
@@ -47,7 +64,10 @@ fn assert_restores(chain: &xckpt::store::Chain, dom: &SimDomain, id: u64, t: usi
 fn layers_restore_byte_equal_under_each_workload_with_and_without_compression() {
     let patterns = [
         AccessPattern::Uniform,
-        AccessPattern::HotSet { hot_fraction: 0.1, hot_probability: 0.9 },
+        AccessPattern::HotSet {
+            hot_fraction: 0.1,
+            hot_probability: 0.9,
+        },
         AccessPattern::Sequential,
     ];
     for pattern in patterns {
@@ -113,7 +133,14 @@ fn composing_layer_n_of_ten_equals_truth_at_n() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     let chain = store.chain("g").unwrap();
-    let dom = sim(4096, AccessPattern::HotSet { hot_fraction: 0.2, hot_probability: 0.7 }, 30.0);
+    let dom = sim(
+        4096,
+        AccessPattern::HotSet {
+            hot_fraction: 0.2,
+            hot_probability: 0.7,
+        },
+        30.0,
+    );
     dom.start_workload().unwrap();
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -222,7 +249,10 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
     dom.fail_state.store(true, Ordering::SeqCst);
     let e = checkpoint(&dom, &chain, &opts(1)).unwrap_err();
     assert!(matches!(e, CaptureError::Hv(_)), "{e}");
-    assert!(!dom.info().unwrap().paused, "left paused after a state failure");
+    assert!(
+        !dom.info().unwrap().paused,
+        "left paused after a state failure"
+    );
     dom.fail_state.store(false, Ordering::SeqCst);
 
     for p in [9u64, 701] {
@@ -230,11 +260,21 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
     }
     dom.fail_map_after_pause.store(true, Ordering::SeqCst);
     // Non-live, so the dirty pages are mapped under pause.
-    let paused_capture = CaptureOptions { live: false, ..opts(1) };
+    let paused_capture = CaptureOptions {
+        live: false,
+        ..opts(1)
+    };
     assert!(checkpoint(&dom, &chain, &paused_capture).is_err());
-    assert!(!dom.info().unwrap().paused, "left paused after a map failure");
+    assert!(
+        !dom.info().unwrap().paused,
+        "left paused after a map failure"
+    );
     dom.fail_map_after_pause.store(false, Ordering::SeqCst);
-    assert_eq!(chain.manifest().unwrap().layers.len(), head, "a failed run must not add a layer");
+    assert_eq!(
+        chain.manifest().unwrap().layers.len(),
+        head,
+        "a failed run must not add a layer"
+    );
 
     // The next run stores every page dirtied since the last good layer.
     let inc = checkpoint(&dom, &chain, &opts(1)).unwrap();
@@ -263,8 +303,14 @@ fn lost_tracking_takes_a_resync_that_stores_only_what_differs() {
     }
     let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(r.layer.kind, LayerKind::Resync);
-    assert!(r.resync_reason.unwrap().contains("log-dirty was turned off"));
-    assert_eq!(r.layer.stats.data_pages, 3, "a resync stores only pages that differ");
+    assert!(r
+        .resync_reason
+        .unwrap()
+        .contains("log-dirty was turned off"));
+    assert_eq!(
+        r.layer.stats.data_pages, 3,
+        "a resync stores only pages that differ"
+    );
     assert_restores(&chain, &dom, r.layer.id, 1);
     // Tracking is armed again: the next layer is an incremental.
     dom.write_page(4, &page).unwrap();
@@ -279,7 +325,10 @@ fn non_live_capture_restores_byte_equal() {
     let chain = store.chain("g").unwrap();
     let dom = sim(2048, AccessPattern::Uniform, 20.0);
     dom.start_workload().unwrap();
-    let o = CaptureOptions { live: false, ..opts(1) };
+    let o = CaptureOptions {
+        live: false,
+        ..opts(1)
+    };
     let a = checkpoint(&dom, &chain, &o).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let b = checkpoint(&dom, &chain, &o).unwrap();

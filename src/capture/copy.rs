@@ -4,11 +4,44 @@ use std::time::{Duration, Instant};
 
 use super::pipeline::{Baseline, Chunk, ChunkBuilder};
 use super::CaptureError;
-use crate::hv::{GuestMemory, PageType, Pfn};
+use crate::hv::{DirtyLog, GuestMemory, PageType, Pfn, PfnBitmap};
 use crate::layer::PageEntry;
 
 /// Frames mapped per hypervisor call.
 pub const MAP_BATCH: usize = 1024;
+
+/// During a live round, the dirty log is fetched every this many batches; pages found dirty
+/// that the round has not reached yet are skipped, since the next round sends them anyway.
+pub const REFRESH_BATCHES: usize = 64;
+
+/// Pages a live round skips because they are dirty again: fetched (and so cleared) from the
+/// log mid-round, they must go into the next round's set.
+pub struct SkipSet {
+    /// Pages fetched mid-round.
+    pub bits: PfnBitmap,
+    scratch: PfnBitmap,
+}
+
+impl SkipSet {
+    /// An empty set over `pfn_count` pfns.
+    pub fn new(pfn_count: u64) -> Self {
+        let n = pfn_count as usize;
+        SkipSet {
+            bits: PfnBitmap::repeat(false, n),
+            scratch: PfnBitmap::repeat(false, n),
+        }
+    }
+
+    fn refresh<D: DirtyLog + ?Sized>(&mut self, dom: &D) -> Result<(), CaptureError> {
+        dom.logdirty_clean(&mut self.scratch)?;
+        self.bits |= &self.scratch;
+        Ok(())
+    }
+
+    fn has(&self, pfn: Pfn) -> bool {
+        self.bits.get(pfn as usize).is_some_and(|b| *b)
+    }
+}
 
 /// Figures of a copy pass.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,8 +74,11 @@ pub struct CopyRules<'a> {
     pub baseline: Option<&'a dyn Baseline>,
 }
 
-/// Copy `pfns` (ascending) from `dom` into `builder`, handing full chunks to `sink`.
-pub fn copy_pfns<D: GuestMemory + ?Sized>(
+/// Copy `pfns` (ascending) from `dom` into `builder`, handing full chunks to `sink`. With
+/// `skip` (live rounds), the dirty log is fetched now and then and pages dirty again are left
+/// to the next round.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
     dom: &D,
     pfns: impl Iterator<Item = Pfn>,
     builder: &mut ChunkBuilder,
@@ -50,16 +86,27 @@ pub fn copy_pfns<D: GuestMemory + ?Sized>(
     figs: &mut CopyFigures,
     sink: &mut dyn FnMut(Chunk) -> Result<(), CaptureError>,
     stop: &dyn Fn() -> bool,
+    mut skip: Option<&mut SkipSet>,
 ) -> Result<(), CaptureError> {
     let mut batch: Vec<Pfn> = Vec::with_capacity(MAP_BATCH);
     let mut types = vec![PageType::Normal; MAP_BATCH];
     let mut pfns = pfns.peekable();
+    let mut batches = 0usize;
     while pfns.peek().is_some() {
         if stop() {
             return Err(CaptureError::Interrupted { domain: dom.name() });
         }
+        batches += 1;
+        if let Some(s) = skip.as_deref_mut() {
+            if batches % REFRESH_BATCHES == 0 {
+                s.refresh(dom)?;
+            }
+        }
         batch.clear();
-        batch.extend(pfns.by_ref().take(MAP_BATCH));
+        match skip.as_deref() {
+            Some(s) => batch.extend(pfns.by_ref().take(MAP_BATCH).filter(|&p| !s.has(p))),
+            None => batch.extend(pfns.by_ref().take(MAP_BATCH)),
+        }
         let t0 = Instant::now();
         let types = &mut types[..batch.len()];
         dom.page_types(&batch, types)?;

@@ -28,7 +28,7 @@ use crate::hv::pause::{self, PauseGuard};
 use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
-use copy::{copy_pfns, CopyFigures, CopyRules};
+use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
 use pipeline::{Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 pub use plan::Plan;
 use policy::{Decision, PrecopyPolicy, Progress, StopReason};
@@ -57,7 +57,9 @@ impl Default for CaptureOptions {
             live: true,
             policy: PrecopyPolicy::default(),
             compress_level: 1,
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
         }
     }
@@ -113,7 +115,9 @@ pub enum CaptureError {
         source: LayerWriteError,
     },
     /// SIGINT/SIGTERM arrived.
-    #[error("domain {domain}: checkpoint interrupted; the domain is running and the chain is unchanged")]
+    #[error(
+        "domain {domain}: checkpoint interrupted; the domain is running and the chain is unchanged"
+    )]
     Interrupted {
         /// Domain name.
         domain: String,
@@ -184,13 +188,31 @@ struct Run<'c, D: Checkpointable + 'static> {
     opts: &'c CaptureOptions,
     /// Every dirty bit fetched (and so cleared in the hypervisor) by this run.
     fetched: PfnBitmap,
+    /// Bits fetched in the middle of a live round, owed to the next round.
+    skip: SkipSet,
     rounds: Vec<RoundReport>,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
-    fn new(dom: Arc<D>, chain: &'c Chain, info: DomainInfo, plan: Plan, opts: &'c CaptureOptions) -> Self {
+    fn new(
+        dom: Arc<D>,
+        chain: &'c Chain,
+        info: DomainInfo,
+        plan: Plan,
+        opts: &'c CaptureOptions,
+    ) -> Self {
         let fetched = PfnBitmap::repeat(false, info.pfn_count as usize);
-        Run { dom, chain, info, plan, opts, fetched, rounds: Vec::new() }
+        let skip = SkipSet::new(info.pfn_count);
+        Run {
+            dom,
+            chain,
+            info,
+            plan,
+            opts,
+            fetched,
+            skip,
+            rounds: Vec::new(),
+        }
     }
 
     fn clean(&mut self, into: &mut PfnBitmap) -> Result<u64, CaptureError> {
@@ -206,7 +228,11 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         // Arm tracking. For an incremental, the first fetch-and-clear is round 0's set.
         self.dom.logdirty_enable()?;
         self.clean(&mut dirty)?;
-        if let Plan::Incremental { pending: Some(bits), .. } = &self.plan {
+        if let Plan::Incremental {
+            pending: Some(bits),
+            ..
+        } = &self.plan
+        {
             dirty |= bits;
         }
         let baseline = self.plan.baseline(self.chain)?;
@@ -214,9 +240,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let index = LayerIndex::new(self.info.pfn_count);
         let opts = self.opts;
         std::thread::scope(|s| {
-            let (mut pipe, mut builder) =
-                Pipeline::start(s, writer, index, opts.frame_pages, opts.compress_level, opts.threads);
-            let held = self.precopy_and_pause(&mut pipe, &mut builder, &mut dirty, baseline.as_deref())?;
+            let (mut pipe, mut builder) = Pipeline::start(
+                s,
+                writer,
+                index,
+                opts.frame_pages,
+                opts.compress_level,
+                opts.threads,
+            );
+            let held =
+                self.precopy_and_pause(&mut pipe, &mut builder, &mut dirty, baseline.as_deref())?;
             let (chunks, state, downtime, stop) = held;
             for c in chunks {
                 pipe.send(c).map_err(|e| self.write_error(e))?;
@@ -246,24 +279,68 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             loop {
                 let t = Instant::now();
                 let before = figs.pages;
-                let rules = CopyRules { record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })), baseline };
-                let mut sink = |c: Chunk| pipe.send(c).map_err(|e| self.write_error_named(e));
-                if first && full_scan {
-                    copy_pfns(&*dom, 0..self.info.pfn_count, builder, rules, &mut figs, &mut sink, &interrupted)?;
+                let rules = CopyRules {
+                    record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
+                    baseline,
+                };
+                let name = self.info.identity.name.clone();
+                let mut sink = |c: Chunk| {
+                    pipe.send(c).map_err(|source| CaptureError::Write {
+                        domain: name.clone(),
+                        source,
+                    })
+                };
+                let skip = Some(&mut self.skip);
+                let copied = if first && full_scan {
+                    let all = 0..self.info.pfn_count;
+                    copy_pfns(
+                        &*dom,
+                        all,
+                        builder,
+                        rules,
+                        &mut figs,
+                        &mut sink,
+                        &interrupted,
+                        skip,
+                    )
                 } else {
                     let set = dirty.iter_ones().map(|p| p as u64);
-                    copy_pfns(&*dom, set, builder, rules, &mut figs, &mut sink, &interrupted)?;
-                }
+                    copy_pfns(
+                        &*dom,
+                        set,
+                        builder,
+                        rules,
+                        &mut figs,
+                        &mut sink,
+                        &interrupted,
+                        skip,
+                    )
+                };
+                // Bits fetched mid-round are owed to the next round, failure or not.
+                self.fetched |= &self.skip.bits;
+                copied?;
                 first = false;
                 progress.rounds += 1;
                 self.round_done(false, figs.pages - before, t);
-                let n = self.clean(dirty)?;
-                if let Decision::Stop(why) = self.opts.policy.decide(&mut progress, n, figs.rate()) {
+                self.clean(dirty)?;
+                *dirty |= &self.skip.bits;
+                self.skip.bits.fill(false);
+                let n = dirty.count_ones() as u64;
+                if let Decision::Stop(why) = self.opts.policy.decide(&mut progress, n, figs.rate())
+                {
                     stop = why;
                     break;
                 }
             }
         }
+        // Buffers for the paused copy are faulted in while the guest still runs; the margin
+        // covers what is dirtied between the last live fetch and the pause.
+        let expect = if first && full_scan {
+            self.info.pfn_count
+        } else {
+            dirty.count_ones() as u64
+        };
+        builder.reserve(expect + expect / 4 + 256);
         // The pause: from here to resume is the guest's downtime.
         let guard = PauseGuard::pause(dom.clone())?;
         let t = Instant::now();
@@ -275,14 +352,28 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             held.push(c);
             Ok(())
         };
-        let rules = CopyRules { record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })), baseline };
+        let rules = CopyRules {
+            record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
+            baseline,
+        };
         let never = || false;
         let mut pfigs = CopyFigures::default();
         if first && full_scan {
-            copy_pfns(&*dom, 0..self.info.pfn_count, builder, rules, &mut pfigs, &mut hold, &never)?;
+            copy_pfns(
+                &*dom,
+                0..self.info.pfn_count,
+                builder,
+                rules,
+                &mut pfigs,
+                &mut hold,
+                &never,
+                None,
+            )?;
         } else {
             let set = dirty.iter_ones().map(|p| p as u64);
-            copy_pfns(&*dom, set, builder, rules, &mut pfigs, &mut hold, &never)?;
+            copy_pfns(
+                &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
+            )?;
         }
         let state = dom.save_state()?;
         let downtime = guard.resume()?;
@@ -292,15 +383,19 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
 
     fn round_done(&mut self, paused: bool, pages: u64, t: Instant) {
         let round = self.rounds.len() as u32;
-        self.rounds.push(RoundReport { round, paused, pages, ms: t.elapsed().as_secs_f64() * 1e3 });
+        self.rounds.push(RoundReport {
+            round,
+            paused,
+            pages,
+            ms: t.elapsed().as_secs_f64() * 1e3,
+        });
     }
 
     fn write_error(&self, source: LayerWriteError) -> CaptureError {
-        CaptureError::Write { domain: self.info.identity.name.clone(), source }
-    }
-
-    fn write_error_named(&self, source: LayerWriteError) -> CaptureError {
-        self.write_error(source)
+        CaptureError::Write {
+            domain: self.info.identity.name.clone(),
+            source,
+        }
     }
 
     fn commit(
@@ -313,7 +408,12 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         started: Instant,
     ) -> Result<CaptureReport, CaptureError> {
         let counts = out.index.counts();
-        let precopy_ms = self.rounds.iter().filter(|r| !r.paused).map(|r| r.ms).sum::<f64>();
+        let precopy_ms = self
+            .rounds
+            .iter()
+            .filter(|r| !r.paused)
+            .map(|r| r.ms)
+            .sum::<f64>();
         let stats = CaptureStats {
             rounds: self.rounds.iter().filter(|r| !r.paused).count() as u32,
             downtime_us: downtime.as_micros() as u64,
@@ -340,8 +440,14 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             compress_level: self.opts.compress_level,
             stats,
         };
-        let WriterFigures { raw_bytes, stored_bytes, .. } = out.figures;
-        let layer = self.chain.commit_layer(out.writer, &meta, &out.index, &state, &config)?;
+        let WriterFigures {
+            raw_bytes,
+            stored_bytes,
+            ..
+        } = out.figures;
+        let layer = self
+            .chain
+            .commit_layer(out.writer, &meta, &out.index, &state, &config)?;
         // The layer covers every fetched bit now: the pending bits are consumed.
         let _ = pending::clear(self.chain.dir());
         self.chain.set_tracking(Some(TrackingState {
@@ -363,7 +469,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     /// After a failure: keep every dirty bit this run fetched, so the next run stores them.
     fn keep_dirty_bits(&self, e: CaptureError) -> CaptureError {
         let mut bits = self.fetched.clone();
-        if let Plan::Incremental { pending: Some(p), .. } = &self.plan {
+        if let Plan::Incremental {
+            pending: Some(p), ..
+        } = &self.plan
+        {
             bits |= p;
         }
         if bits.not_any() {
@@ -385,5 +494,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

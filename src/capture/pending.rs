@@ -82,8 +82,10 @@ fn parse(buf: &[u8], pfn_count: u64) -> Option<PfnBitmap> {
     if n != pfn_count || words.len() as u64 != n.div_ceil(64) * 8 {
         return None;
     }
-    let raw: Vec<u64> =
-        words.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect();
+    let raw: Vec<u64> = words
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+        .collect();
     let mut bits = PfnBitmap::from_vec(raw);
     bits.truncate(n as usize);
     Some(bits)

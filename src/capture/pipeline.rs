@@ -55,7 +55,12 @@ impl ChunkBuilder {
         let mut b = ChunkBuilder {
             frame_pages,
             next_seq: 0,
-            cur: Chunk { seq: 0, pfns: Vec::new(), data: Vec::new(), entries: Vec::new() },
+            cur: Chunk {
+                seq: 0,
+                pfns: Vec::new(),
+                data: Vec::new(),
+                entries: Vec::new(),
+            },
             pool,
             pool_tx,
         };
@@ -68,7 +73,12 @@ impl ChunkBuilder {
         data.resize(self.frame_pages * PAGE_SIZE, 0);
         let seq = self.next_seq;
         self.next_seq += 1;
-        Chunk { seq, pfns: Vec::with_capacity(self.frame_pages), data, entries: Vec::new() }
+        Chunk {
+            seq,
+            pfns: Vec::with_capacity(self.frame_pages),
+            data,
+            entries: Vec::new(),
+        }
     }
 
     /// Copy `page` as `pfn`'s content. Zero pages become entries, not data; pages equal to
@@ -97,6 +107,18 @@ impl ChunkBuilder {
         None
     }
 
+    /// Make sure buffers for about `pages` more pages exist and are faulted in, so that copying
+    /// them later (under pause) costs only the copy.
+    pub fn reserve(&mut self, pages: u64) {
+        let chunks = pages.div_ceil(self.frame_pages as u64);
+        let len = self.frame_pages * PAGE_SIZE;
+        for _ in 0..chunks {
+            let mut v = Vec::with_capacity(len);
+            v.resize(len, 0u8); // writes every page: faults it in now
+            let _ = self.pool_tx.send(v);
+        }
+    }
+
     /// Record an entry without data (zero, unpopulated, evicted) for `pfn`.
     pub fn add_entry(&mut self, pfn: Pfn, entry: PageEntry) {
         self.cur.entries.push((pfn, entry));
@@ -114,7 +136,8 @@ impl ChunkBuilder {
 
 /// Whether a copied page is all zeros (64-byte OR-reductions vectorise well).
 fn is_zero(b: &[u8]) -> bool {
-    b.chunks_exact(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+    b.chunks_exact(64)
+        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
 /// Figures of what the writer stored.
@@ -171,7 +194,14 @@ impl<'scope> Pipeline<'scope> {
         }
         drop(ptx);
         let writer = scope.spawn(move || write_in_order(prx, writer, index));
-        (Pipeline { tx: Some(tx), workers, writer }, builder)
+        (
+            Pipeline {
+                tx: Some(tx),
+                workers,
+                writer,
+            },
+            builder,
+        )
     }
 
     /// Send a chunk to the workers (blocks when they are busy: back-pressure).
@@ -222,7 +252,12 @@ fn compress_worker(
         let n = chunk.pfns.len();
         let frame = (n > 0).then(|| compress_frame(&chunk.data[..n * PAGE_SIZE], level));
         let _ = pool.send(chunk.data);
-        let packed = Packed { seq: chunk.seq, pfns: chunk.pfns, frame, entries: chunk.entries };
+        let packed = Packed {
+            seq: chunk.seq,
+            pfns: chunk.pfns,
+            frame,
+            entries: chunk.entries,
+        };
         if out.send(packed).is_err() {
             return;
         }
@@ -248,7 +283,11 @@ fn write_in_order(
     if !pending.is_empty() {
         return Err(writer_gone());
     }
-    Ok(WriterOut { writer, index, figures: fig })
+    Ok(WriterOut {
+        writer,
+        index,
+        figures: fig,
+    })
 }
 
 fn apply(

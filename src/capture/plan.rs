@@ -4,8 +4,8 @@ use super::pending::{self, Pending};
 use super::pipeline::Baseline;
 use super::{CaptureError, CaptureOptions};
 use crate::compose::{ComposedImage, Image, PageState};
-use crate::hv::{Checkpointable, DomainInfo, Pfn, PfnBitmap, PAGE_SIZE};
-use crate::layer::LayerKind;
+use crate::hv::{Checkpointable, DomainInfo, Pfn, PfnBitmap};
+use crate::layer::{page_digest, LayerKind};
 use crate::store::{Chain, Manifest};
 
 /// The layer a run takes.
@@ -73,8 +73,13 @@ impl Plan {
     pub fn notes(&self) -> Vec<String> {
         match self {
             Plan::Resync { reason, .. } => vec![format!("resync: {reason}")],
-            Plan::Incremental { pending: Some(p), .. } => {
-                vec![format!("{} dirty pages kept from a failed run were included", p.count_ones())]
+            Plan::Incremental {
+                pending: Some(p), ..
+            } => {
+                vec![format!(
+                    "{} dirty pages kept from a failed run were included",
+                    p.count_ones()
+                )]
             }
             _ => Vec::new(),
         }
@@ -110,7 +115,9 @@ pub fn plan<D: Checkpointable + ?Sized>(
             });
         }
     }
-    let Some(last) = last else { return Ok(Plan::Base { id }) };
+    let Some(last) = last else {
+        return Ok(Plan::Base { id });
+    };
     if opts.full {
         return Ok(Plan::Base { id });
     }
@@ -119,9 +126,21 @@ pub fn plan<D: Checkpointable + ?Sized>(
         return Ok(Plan::Resync { id, parent, reason });
     }
     Ok(match pending::load(chain.dir(), info.pfn_count) {
-        Pending::None => Plan::Incremental { id, parent, pending: None },
-        Pending::Bits(bits) => Plan::Incremental { id, parent, pending: Some(bits) },
-        Pending::Unusable(why) => Plan::Resync { id, parent, reason: why },
+        Pending::None => Plan::Incremental {
+            id,
+            parent,
+            pending: None,
+        },
+        Pending::Bits(bits) => Plan::Incremental {
+            id,
+            parent,
+            pending: Some(bits),
+        },
+        Pending::Unusable(why) => Plan::Resync {
+            id,
+            parent,
+            reason: why,
+        },
     })
 }
 
@@ -144,9 +163,14 @@ fn tracking_lost<D: Checkpointable + ?Sized>(
             t.since_layer, t.identity.domid, now.domid
         ))
     } else if t.since_layer != head {
-        Some(format!("tracking refers to layer {}, but the chain's head is layer {head}", t.since_layer))
+        Some(format!(
+            "tracking refers to layer {}, but the chain's head is layer {head}",
+            t.since_layer
+        ))
     } else if !dom.logdirty_enabled()? {
-        Some(format!("log-dirty was turned off since layer {head} (another tool, a migration or a save)"))
+        Some(format!(
+            "log-dirty was turned off since layer {head} (another tool, a migration or a save)"
+        ))
     } else {
         None
     })
@@ -164,10 +188,8 @@ impl Baseline for ChainBaseline {
             (PageState::Unpopulated, None) => true,
             (PageState::Unpopulated, Some(_)) | (_, None) => false,
             (PageState::Zero | PageState::Evicted(_), Some(d)) => d.iter().all(|&b| b == 0),
-            (PageState::Data(_), Some(d)) => {
-                let mut buf = vec![0u8; PAGE_SIZE];
-                self.0.read_page(pfn, &mut buf).is_ok() && buf == d
-            }
+            // The digest stored at capture decides without decoding the chain's frame.
+            (PageState::Data(_), Some(d)) => self.0.page_digest(pfn) == Some(page_digest(d)),
         }
     }
 }

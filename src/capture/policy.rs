@@ -76,7 +76,11 @@ impl PrecopyPolicy {
             }
         }
         progress.dirty_history.push(dirty);
-        let est = if copy_pages_per_s > 0.0 { dirty as f64 / copy_pages_per_s } else { f64::INFINITY };
+        let est = if copy_pages_per_s > 0.0 {
+            dirty as f64 / copy_pages_per_s
+        } else {
+            f64::INFINITY
+        };
         if dirty == 0 || est <= self.target_downtime.as_secs_f64() {
             Decision::Stop(StopReason::Converged)
         } else if progress.rounds >= self.max_rounds {
@@ -94,34 +98,55 @@ mod tests {
     use super::*;
 
     fn progress(rounds: u32) -> Progress {
-        Progress { rounds, ..Default::default() }
+        Progress {
+            rounds,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn converges_when_pause_estimate_is_small() {
         let p = PrecopyPolicy::default();
         // 1000 pages at 1M pages/s = 1 ms <= 50 ms.
-        assert_eq!(p.decide(&mut progress(1), 1000, 1e6), Decision::Stop(StopReason::Converged));
-        assert_eq!(p.decide(&mut progress(1), 0, 0.0), Decision::Stop(StopReason::Converged));
+        assert_eq!(
+            p.decide(&mut progress(1), 1000, 1e6),
+            Decision::Stop(StopReason::Converged)
+        );
+        assert_eq!(
+            p.decide(&mut progress(1), 0, 0.0),
+            Decision::Stop(StopReason::Converged)
+        );
     }
 
     #[test]
     fn continues_then_exhausts_rounds() {
-        let p = PrecopyPolicy { max_rounds: 3, ..Default::default() };
+        let p = PrecopyPolicy {
+            max_rounds: 3,
+            ..Default::default()
+        };
         let mut pr = progress(1);
         assert_eq!(p.decide(&mut pr, 1_000_000, 1e6), Decision::Continue);
         pr.rounds = 3;
-        assert_eq!(p.decide(&mut pr, 100_000, 1e6), Decision::Stop(StopReason::RoundsExhausted));
+        assert_eq!(
+            p.decide(&mut pr, 100_000, 1e6),
+            Decision::Stop(StopReason::RoundsExhausted)
+        );
     }
 
     #[test]
     fn stops_when_not_shrinking() {
-        let p = PrecopyPolicy { max_rounds: 100, ..Default::default() };
+        let p = PrecopyPolicy {
+            max_rounds: 100,
+            ..Default::default()
+        };
         let mut pr = progress(1);
         assert_eq!(p.decide(&mut pr, 500_000, 1e6), Decision::Continue);
         pr.rounds += 1;
         assert_eq!(p.decide(&mut pr, 490_000, 1e6), Decision::Continue);
         pr.rounds += 1;
-        assert_eq!(p.decide(&mut pr, 495_000, 1e6), Decision::Stop(StopReason::NotConverging));
+        assert_eq!(
+            p.decide(&mut pr, 495_000, 1e6),
+            Decision::Stop(StopReason::NotConverging)
+        );
     }
 }

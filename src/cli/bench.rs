@@ -112,7 +112,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (s, 1),
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512M or 1G"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M or 1G"))?;
     if !(n >= 0.0 && n.is_finite()) {
         return Err(format!("{s:?} is not a size like 512M or 1G"));
     }
@@ -129,15 +131,22 @@ impl BenchCmd {
         let store_dir = match &self.store {
             Some(p) => p.clone(),
             None => {
-                tmp = tempfile::Builder::new().prefix("xckpt-bench-").tempdir_in("/var/tmp")?;
+                tmp = tempfile::Builder::new()
+                    .prefix("xckpt-bench-")
+                    .tempdir_in("/var/tmp")?;
                 tmp.path().join("store")
             }
         };
         let store = Store::open(&store_dir)?;
         let chain = store.chain("bench")?;
         let dom = Arc::new(SimDomain::new(self.sim_config())?);
-        let limits = limits::measure(&sample(&dom)?, opts.compress_level, opts.threads, &store_dir)
-            .with_context(|| format!("measuring limits in {}", store_dir.display()))?;
+        let limits = limits::measure(
+            &sample(&dom)?,
+            opts.compress_level,
+            opts.threads,
+            &store_dir,
+        )
+        .with_context(|| format!("measuring limits in {}", store_dir.display()))?;
         dom.start_workload()?;
         let mut reports = Vec::new();
         for i in 0..self.checkpoints {
@@ -145,7 +154,8 @@ impl BenchCmd {
                 std::thread::sleep(Duration::from_secs_f64(self.interval));
             }
             let t = Instant::now();
-            let r = checkpoint(&dom, &chain, &opts).with_context(|| format!("checkpoint {}", i + 1))?;
+            let r =
+                checkpoint(&dom, &chain, &opts).with_context(|| format!("checkpoint {}", i + 1))?;
             reports.push((r, t.elapsed()));
         }
         dom.stop_workload();
@@ -156,14 +166,21 @@ impl BenchCmd {
         } else {
             print_table(&result);
         }
-        Ok(if result.verified { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        Ok(if result.verified {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        })
     }
 
     fn sim_config(&self) -> SimConfig {
         let pages = (self.mem / PAGE_SIZE as u64).max(16);
         let pattern = match self.workload {
             Workload::Uniform => AccessPattern::Uniform,
-            Workload::Hot => AccessPattern::HotSet { hot_fraction: 0.1, hot_probability: 0.9 },
+            Workload::Hot => AccessPattern::HotSet {
+                hot_fraction: 0.1,
+                hot_probability: 0.9,
+            },
             Workload::Sequential => AccessPattern::Sequential,
         };
         SimConfig {
@@ -172,7 +189,10 @@ impl BenchCmd {
             populated: vec![0..pages],
             vcpus: 2,
             guest_type: GuestType::Pvh,
-            workload: WorkloadSpec { pattern, rate_mib_s: self.dirty_rate as f64 / (1 << 20) as f64 },
+            workload: WorkloadSpec {
+                pattern,
+                rate_mib_s: self.dirty_rate as f64 / (1 << 20) as f64,
+            },
             writers: 1,
             content: ContentSpec::default(),
             seed: 42,
@@ -215,7 +235,9 @@ impl BenchCmd {
                 }
             })
             .collect();
-        let within = layers.iter().all(|l| l.bound_bytes.is_none_or(|b| l.layer_bytes <= b));
+        let within = layers
+            .iter()
+            .all(|l| l.bound_bytes.is_none_or(|b| l.layer_bytes <= b));
         BenchResult {
             mem_bytes,
             dirty_rate_bytes: self.dirty_rate,
@@ -264,7 +286,12 @@ fn verify_layers(
         let restored = SimDomain::from_image(&image)?;
         let bad = truth.differing(&restored.digests());
         if !bad.is_empty() {
-            failures.push(format!("layer {}: {} pages differ (first pfn {:#x})", r.layer.id, bad.len(), bad[0]));
+            failures.push(format!(
+                "layer {}: {} pages differ (first pfn {:#x})",
+                r.layer.id,
+                bad.len(),
+                bad[0]
+            ));
         }
     }
     Ok(failures)
@@ -288,15 +315,28 @@ fn print_table(r: &BenchResult) {
         "full capture: {:.2} s, {:.2} GB/s = {:.2} of the limit",
         r.full_capture_s, r.full_capture_gbps, r.capture_over_limit
     );
-    println!("{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>6}", "KIND", "DIRTY", "STORED", "SENT", "BYTES", "BOUND", "DOWNTIME", "ROUNDS");
+    println!(
+        "{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>6}",
+        "KIND", "DIRTY", "STORED", "SENT", "BYTES", "BOUND", "DOWNTIME", "ROUNDS"
+    );
     for x in &r.layers {
         let bound = x.bound_bytes.map_or("-".into(), |b| b.to_string());
         println!(
             "{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>7.2}ms {:>6}",
-            x.kind, x.dirty_pages, x.stored_pages, x.sent_pages, x.layer_bytes, bound, x.downtime_ms, x.rounds
+            x.kind,
+            x.dirty_pages,
+            x.stored_pages,
+            x.sent_pages,
+            x.layer_bytes,
+            bound,
+            x.downtime_ms,
+            x.rounds
         );
     }
-    println!("incrementals within bound: {}; verified: {}", r.incrementals_within_bound, r.verified);
+    println!(
+        "incrementals within bound: {}; verified: {}",
+        r.incrementals_within_bound, r.verified
+    );
     for f in &r.verify_failures {
         println!("  {f}");
     }

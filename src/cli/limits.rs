@@ -27,14 +27,30 @@ pub struct Limits {
 }
 
 /// Measure all three. `sample` is representative guest memory (whole pages).
-pub fn measure(sample: &[u8], level: i32, threads: usize, store_dir: &Path) -> std::io::Result<Limits> {
+pub fn measure(
+    sample: &[u8],
+    level: i32,
+    threads: usize,
+    store_dir: &Path,
+) -> std::io::Result<Limits> {
     let memcpy_gbps = memcpy_gbps();
     let (zstd_gbps, zstd_ratio) = zstd_gbps(sample, level, threads);
     let write_gbps = write_gbps(store_dir)?;
-    let (limit_gbps, bound_by) = [(memcpy_gbps, "memcpy"), (zstd_gbps, "zstd"), (write_gbps, "write")]
-        .into_iter()
-        .fold((f64::INFINITY, ""), |a, b| if b.0 < a.0 { b } else { a });
-    Ok(Limits { memcpy_gbps, zstd_gbps, write_gbps, zstd_ratio, limit_gbps, bound_by })
+    let (limit_gbps, bound_by) = [
+        (memcpy_gbps, "memcpy"),
+        (zstd_gbps, "zstd"),
+        (write_gbps, "write"),
+    ]
+    .into_iter()
+    .fold((f64::INFINITY, ""), |a, b| if b.0 < a.0 { b } else { a });
+    Ok(Limits {
+        memcpy_gbps,
+        zstd_gbps,
+        write_gbps,
+        zstd_ratio,
+        limit_gbps,
+        bound_by,
+    })
 }
 
 fn gbps(bytes: u64, d: Duration) -> f64 {
@@ -111,6 +127,9 @@ impl Drop for Scratch {
 
 fn tempfile_in(dir: &Path) -> std::io::Result<Scratch> {
     let p = dir.join(format!(".bench-write-{}", std::process::id()));
-    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)?;
     Ok(Scratch(f, p))
 }

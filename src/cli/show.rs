@@ -56,7 +56,11 @@ impl From<&LayerRecord> for LayerRow {
             unpopulated_pages: s.unpopulated_pages,
             evicted_pages: s.evicted.values().sum(),
             downtime_ms: s.downtime_us as f64 / 1e3,
-            compression_ratio: if r.bytes > 0 { raw as f64 / r.bytes as f64 } else { 0.0 },
+            compression_ratio: if r.bytes > 0 {
+                raw as f64 / r.bytes as f64
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -95,10 +99,16 @@ impl ListCmd {
         if self.json {
             print_json(&serde_json::json!({ "chains": rows }))?;
         } else {
-            println!("{:<24} {:>6} {:>6} {:>12} {:>8}", "CHAIN", "LAYERS", "HEAD", "BYTES", "TRACKING");
+            println!(
+                "{:<24} {:>6} {:>6} {:>12} {:>8}",
+                "CHAIN", "LAYERS", "HEAD", "BYTES", "TRACKING"
+            );
             for r in rows {
                 let head = r.head.map_or("-".into(), |h| h.to_string());
-                println!("{:<24} {:>6} {:>6} {:>12} {:>8}", r.name, r.layers, head, r.bytes, r.tracking);
+                println!(
+                    "{:<24} {:>6} {:>6} {:>12} {:>8}",
+                    r.name, r.layers, head, r.bytes, r.tracking
+                );
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -108,11 +118,22 @@ impl ListCmd {
         let m = store.chain(name)?.manifest()?;
         let rows: Vec<LayerRow> = m.layers.iter().map(LayerRow::from).collect();
         if self.json {
-            print_json(&serde_json::json!({ "chain": name, "layers": rows, "tracking": m.tracking }))?;
+            print_json(
+                &serde_json::json!({ "chain": name, "layers": rows, "tracking": m.tracking }),
+            )?;
         } else {
             println!(
                 "{:>5} {:>6} {:<11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
-                "LAYER", "PARENT", "KIND", "BYTES", "DIRTY", "DATA", "ZERO", "EVICTED", "DOWNTIME", "RATIO"
+                "LAYER",
+                "PARENT",
+                "KIND",
+                "BYTES",
+                "DIRTY",
+                "DATA",
+                "ZERO",
+                "EVICTED",
+                "DOWNTIME",
+                "RATIO"
             );
             for r in rows {
                 println!(
@@ -154,13 +175,20 @@ impl InspectCmd {
         let id = match self.target.layer {
             Some(id) => id,
             None => m.layers.last().map(|l| l.id).with_context(|| {
-                format!("chain {} has no layers: take one with `xckpt checkpoint {}`", self.target.name, self.target.name)
+                format!(
+                    "chain {} has no layers: take one with `xckpt checkpoint {}`",
+                    self.target.name, self.target.name
+                )
             })?,
         };
         let layer = chain.open_layer(id)?;
         let meta = layer.meta();
         let counts = layer.index().counts();
-        let state: Vec<_> = layer.state().iter().map(|b| serde_json::json!({"kind": b.kind, "bytes": b.data.len()})).collect();
+        let state: Vec<_> = layer
+            .state()
+            .iter()
+            .map(|b| serde_json::json!({"kind": b.kind, "bytes": b.data.len()}))
+            .collect();
         let v = serde_json::json!({
             "chain": self.target.name,
             "layer": meta,

@@ -24,9 +24,14 @@ impl FromStr for Target {
             None => (s, None),
         };
         if name.is_empty() {
-            return Err(format!("{s:?}: a domain name is needed, e.g. guest1 or guest1@3"));
+            return Err(format!(
+                "{s:?}: a domain name is needed, e.g. guest1 or guest1@3"
+            ));
         }
-        Ok(Target { name: name.to_string(), layer })
+        Ok(Target {
+            name: name.to_string(),
+            layer,
+        })
     }
 }
 
@@ -36,8 +41,20 @@ mod tests {
 
     #[test]
     fn parses_name_and_layer() {
-        assert_eq!("g".parse::<Target>().unwrap(), Target { name: "g".into(), layer: None });
-        assert_eq!("g@3".parse::<Target>().unwrap(), Target { name: "g".into(), layer: Some(3) });
+        assert_eq!(
+            "g".parse::<Target>().unwrap(),
+            Target {
+                name: "g".into(),
+                layer: None
+            }
+        );
+        assert_eq!(
+            "g@3".parse::<Target>().unwrap(),
+            Target {
+                name: "g".into(),
+                layer: Some(3)
+            }
+        );
         assert!("g@x".parse::<Target>().is_err());
         assert!("@3".parse::<Target>().is_err());
     }

@@ -49,8 +49,12 @@ impl CheckpointCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&name)?;
         let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
-        let report = checkpoint(&dom, &chain, &self.capture.options())
-            .with_context(|| format!("checkpoint of domain {name} into {}", self.store.store.display()))?;
+        let report = checkpoint(&dom, &chain, &self.capture.options()).with_context(|| {
+            format!(
+                "checkpoint of domain {name} into {}",
+                self.store.store.display()
+            )
+        })?;
         if self.json {
             print_json(&report)?;
         } else {
@@ -110,11 +114,18 @@ fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(Chain, u64)>
         Some(id) => bail!(
             "chain {} has no layer {id} (layers: {}): see `xckpt list {}`",
             target.name,
-            m.layers.iter().map(|l| l.id.to_string()).collect::<Vec<_>>().join(", "),
+            m.layers
+                .iter()
+                .map(|l| l.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             target.name
         ),
         None => m.layers.last().map(|l| l.id).with_context(|| {
-            format!("chain {} has no layers: take one with `xckpt checkpoint {}`", target.name, target.name)
+            format!(
+                "chain {} has no layers: take one with `xckpt checkpoint {}`",
+                target.name, target.name
+            )
         })?,
     };
     // Every byte of every layer up to the point is checked before anything reaches Xen.
@@ -126,22 +137,29 @@ impl RestoreCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let (chain, id) = open_point(&self.store, &self.target)?;
         let image = chain.compose(Some(id))?;
-        let opts = StreamOptions { rename: self.name.clone(), ..Default::default() };
+        let opts = StreamOptions {
+            rename: self.name.clone(),
+            ..Default::default()
+        };
         let mut cmd = Command::new(&self.xl);
         cmd.arg("restore");
         if self.paused {
             cmd.arg("-p");
         }
         cmd.arg("/dev/stdin").stdin(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot run {:?}: is this a Xen dom0 with xen-utils installed?", self.xl))?;
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "cannot run {:?}: is this a Xen dom0 with xen-utils installed?",
+                self.xl
+            )
+        })?;
         let mut stdin = child.stdin.take().context("xl restore has no stdin")?;
         let written = write_save_file(&image, &opts, &mut stdin);
         let flushed = stdin.flush();
         drop(stdin);
         let status = child.wait()?;
-        let stats = written.with_context(|| format!("streaming {}@{id} into xl restore", self.target.name))?;
+        let stats = written
+            .with_context(|| format!("streaming {}@{id} into xl restore", self.target.name))?;
         flushed?;
         if !status.success() {
             bail!(
@@ -150,7 +168,10 @@ impl RestoreCmd {
             );
         }
         let name = self.name.as_deref().unwrap_or(&self.target.name);
-        println!("restored {}@{id} as domain {name} ({} pages, {} bytes streamed)", self.target.name, stats.pages, stats.bytes);
+        println!(
+            "restored {}@{id} as domain {name} ({} pages, {} bytes streamed)",
+            self.target.name, stats.pages, stats.bytes
+        );
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -175,7 +196,10 @@ impl ExportCmd {
         use std::os::unix::fs::OpenOptionsExt;
         let (chain, id) = open_point(&self.store, &self.target)?;
         let image = chain.compose(Some(id))?;
-        let opts = StreamOptions { rename: self.name.clone(), ..Default::default() };
+        let opts = StreamOptions {
+            rename: self.name.clone(),
+            ..Default::default()
+        };
         let tmp = self.output.with_extension("partial");
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -185,11 +209,13 @@ impl ExportCmd {
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let res = write_save_file(&image, &opts, &mut out).map_err(anyhow::Error::from).and_then(|s| {
-            let f = out.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            Ok(s)
-        });
+        let res = write_save_file(&image, &opts, &mut out)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| {
+                let f = out.into_inner().map_err(|e| e.into_error())?;
+                f.sync_all()?;
+                Ok(s)
+            });
         let stats = match res {
             Ok(s) => s,
             Err(e) => {
@@ -198,7 +224,12 @@ impl ExportCmd {
             }
         };
         std::fs::rename(&tmp, &self.output)?;
-        println!("wrote {}@{id} to {} ({} bytes)", self.target.name, self.output.display(), stats.bytes);
+        println!(
+            "wrote {}@{id} to {} ({} bytes)",
+            self.target.name,
+            self.output.display(),
+            stats.bytes
+        );
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -224,8 +255,16 @@ impl ImportCmd {
         let chain = store.chain(&self.name)?;
         let _lock = chain.lock_exclusive(Duration::ZERO)?;
         let rec = xckpt::import::import_file(&self.file, &chain, self.compress_level)
-            .with_context(|| format!("importing {} into chain {}", self.file.display(), self.name))?;
-        println!("imported {} as {}@{} ({} bytes)", self.file.display(), self.name, rec.id, rec.bytes);
+            .with_context(|| {
+                format!("importing {} into chain {}", self.file.display(), self.name)
+            })?;
+        println!(
+            "imported {} as {}@{} ({} bytes)",
+            self.file.display(),
+            self.name,
+            rec.id,
+            rec.bytes
+        );
         Ok(ExitCode::SUCCESS)
     }
 }
