@@ -112,21 +112,15 @@ fn open_by_name_domid_and_uuid() {
     make(202, "db", "pvh", 1, &xs);
     make(203, "old", "pv", 1, &xs);
     for spec in ["web", "201", u.as_str(), &u.to_uppercase()] {
-        assert_eq!(
-            open(spec, &xs, XenEnv::default()).unwrap().domid(),
-            201,
-            "{spec}"
-        );
+        assert_eq!(open(spec, &xs, quiet_env()).unwrap().domid(), 201, "{spec}");
     }
-    assert_eq!(open("db", &xs, XenEnv::default()).unwrap().domid(), 202);
-    assert!(
-        matches!(open("nope", &xs, XenEnv::default()), Err(HvError::NoSuchDomain(s)) if s == "nope")
-    );
+    assert_eq!(open("db", &xs, quiet_env()).unwrap().domid(), 202);
+    assert!(matches!(open("nope", &xs, quiet_env()), Err(HvError::NoSuchDomain(s)) if s == "nope"));
     assert!(matches!(
-        open("209", &xs, XenEnv::default()),
+        open("209", &xs, quiet_env()),
         Err(HvError::NoSuchDomain(_))
     ));
-    let pv = open("old", &xs, XenEnv::default()).unwrap_err().to_string();
+    let pv = open("old", &xs, quiet_env()).unwrap_err().to_string();
     assert!(pv.contains("PV guest"), "{pv}");
 }
 
@@ -139,16 +133,16 @@ fn guest_type_without_libxl_type_node() {
     xs.rm("/libxl/206/type").unwrap();
     xs.set("/local/domain/0/device-model/205/state", "running");
     assert_eq!(
-        open("dm", &xs, XenEnv::default()).unwrap().guest_type(),
+        open("dm", &xs, quiet_env()).unwrap().guest_type(),
         GuestType::Hvm
     );
     assert_eq!(
-        open("nodm", &xs, XenEnv::default()).unwrap().guest_type(),
+        open("nodm", &xs, quiet_env()).unwrap().guest_type(),
         GuestType::Pvh
     );
     xs.set("/libxl/206/type", "hvm");
     assert_eq!(
-        open("nodm", &xs, XenEnv::default()).unwrap().guest_type(),
+        open("nodm", &xs, quiet_env()).unwrap().guest_type(),
         GuestType::Hvm
     );
 }
@@ -157,7 +151,7 @@ fn guest_type_without_libxl_type_node() {
 fn info_and_identity_across_recreation() {
     let xs = MapXs::default();
     let u = make(211, "app", "hvm", 1, &xs);
-    let d = open("app", &xs, XenEnv::default()).unwrap();
+    let d = open("app", &xs, quiet_env()).unwrap();
     let i = d.info().unwrap();
     assert_eq!(i.identity.name, "app");
     assert_eq!(i.identity.domid, 211);
@@ -187,7 +181,7 @@ fn info_and_identity_across_recreation() {
 fn logdirty_round_trip() {
     let xs = MapXs::default();
     make(221, "ld", "pvh", 1, &xs);
-    let d = open("221", &xs, XenEnv::default()).unwrap();
+    let d = open("221", &xs, quiet_env()).unwrap();
     assert!(!d.logdirty_enabled().unwrap());
     assert!(
         !fake::logdirty_on(221),
@@ -210,7 +204,7 @@ fn logdirty_round_trip() {
     assert!(off.contains("log-dirty mode is off"), "{off}");
     assert!(!fake::logdirty_on(221));
 
-    // Log-dirty left on by someone else: enable restarts it, as libxc does.
+    // Log-dirty left on by an earlier run: enable keeps it on, bits and all.
     let other = XenCtrl::open_fake();
     other
         .shadow_control(221, XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, 0)
@@ -234,7 +228,7 @@ fn logdirty_unsupported_is_its_own_error() {
         logdirty_errno: Some(libc::EOPNOTSUPP),
         ..Default::default()
     });
-    let d = open("nold", &xs, XenEnv::default()).unwrap();
+    let d = open("nold", &xs, quiet_env()).unwrap();
     assert!(
         matches!(d.logdirty_enable(), Err(HvError::LogDirtyUnsupported { domain, .. }) if domain == "nold")
     );
@@ -246,7 +240,7 @@ fn page_types_and_mapping() {
     make(241, "mem", "pvh", 1, &xs);
     let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 253) as u8).collect();
     fake::write_page(241, 7, &page);
-    let d = open("mem", &xs, XenEnv::default()).unwrap();
+    let d = open("mem", &xs, quiet_env()).unwrap();
     let pfns = [7u64, 10, 11, 12, 300];
     let mut types = [PageType::Normal; 5];
     d.page_types(&pfns, &mut types).unwrap();
@@ -315,7 +309,7 @@ fn expected_pvh_blobs(domid: u32) -> Vec<(u32, Vec<u8>)> {
 fn pvh_state_is_libxc_record_bodies() {
     let xs = MapXs::default();
     make(251, "st", "pvh", 1, &xs);
-    let d = open("st", &xs, XenEnv::default()).unwrap();
+    let d = open("st", &xs, quiet_env()).unwrap();
     d.prepare_capture().unwrap(); // no device model: nothing to do
     let got: Vec<(u32, Vec<u8>)> = d
         .save_state()
@@ -374,6 +368,7 @@ fn hvm_state_config_and_qemu() {
         xl_command: xl,
         qmp_dir: dir.path().into(),
         qemu_save_dir: dir.path().into(),
+        ..quiet_env()
     };
     let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
     let d = open("win", &xs, env).unwrap();
@@ -436,4 +431,14 @@ fn open_without_xen_is_one_clear_line() {
         msg.contains("not running in a Xen dom0") || msg.contains("xen-utils-4.17"),
         "{msg}"
     );
+}
+
+/// The default environment without the pause watchdog and the /proc scan (the test binary is
+/// not an xckpt binary).
+fn quiet_env() -> XenEnv {
+    XenEnv {
+        watchdog_exe: None,
+        proc_root: None,
+        ..XenEnv::default()
+    }
 }

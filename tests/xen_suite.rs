@@ -107,7 +107,11 @@ fn guest(domid: u32) -> Guest {
         XenCtrl::open_fake(),
         ForeignMemory::open_fake(),
         Box::new(xs),
-        XenEnv::default(),
+        XenEnv {
+            watchdog_exe: None,
+            proc_root: None,
+            ..XenEnv::default()
+        },
         &domid.to_string(),
     )
     .unwrap();

@@ -113,8 +113,9 @@ impl ChunkBuilder {
         let chunks = pages.div_ceil(self.frame_pages as u64);
         let len = self.frame_pages * PAGE_SIZE;
         for _ in 0..chunks {
-            let mut v = Vec::with_capacity(len);
-            v.resize(len, 0u8); // writes every page: faults it in now
+            // A non-zero fill writes every page, so the kernel faults them in now, not under
+            // pause (a zeroed allocation would only map the shared zero page).
+            let v = vec![0xa5u8; len];
             let _ = self.pool_tx.send(v);
         }
     }

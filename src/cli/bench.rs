@@ -186,7 +186,7 @@ impl BenchCmd {
         SimConfig {
             name: "bench".into(),
             pfn_count: pages,
-            populated: vec![0..pages],
+            populated: std::iter::once(0..pages).collect(),
             vcpus: 2,
             guest_type: GuestType::Pvh,
             workload: WorkloadSpec {
@@ -231,7 +231,7 @@ impl BenchCmd {
                     round_detail: r.rounds.clone(),
                     capture_s: t.as_secs_f64(),
                     bound_bytes: (i > 0)
-                        .then(|| (1.1 * s.dirty_pages as f64 * PAGE_SIZE as f64 * ratio) as u64),
+                        .then_some((1.1 * s.dirty_pages as f64 * PAGE_SIZE as f64 * ratio) as u64),
                 }
             })
             .collect();

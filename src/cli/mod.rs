@@ -88,6 +88,15 @@ enum Command {
     Verify(show::VerifyCmd),
     /// Measure capture throughput and layer sizes on a simulated domain.
     Bench(bench::BenchCmd),
+    /// Run the hypervisor conformance checks on a running domain (test bed).
+    #[command(hide = true)]
+    Selftest(xenverbs::SelftestCmd),
+    /// The pause watchdog (started by xckpt itself).
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog {
+        /// The domain to unpause if xckpt dies while it is paused.
+        domid: u32,
+    },
 }
 
 /// Run a parsed command line.
@@ -102,6 +111,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(c) => c.run(),
         Command::Verify(c) => c.run(),
         Command::Bench(c) => c.run(),
+        Command::Selftest(c) => c.run(),
+        Command::Watchdog { domid } => {
+            let unpause = || {
+                let xc = xen_sys::XenCtrl::open().map_err(|e| e.to_string())?;
+                xc.unpause(domid).map_err(|e| e.to_string())
+            };
+            let code = xckpt::hv::xen::watchdog::run(domid, std::io::stdin(), unpause);
+            Ok(ExitCode::from(code as u8))
+        }
     }
 }
 

@@ -21,6 +21,9 @@ pub struct ListCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// List the store's chains only, without asking Xen for running domains.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// One layer as `list` shows it.
@@ -65,10 +68,12 @@ impl From<&LayerRecord> for LayerRow {
     }
 }
 
-/// One chain as `list` shows it.
+/// One chain (and its running domain, if any) as `list` shows it.
 #[derive(Debug, Serialize)]
 struct ChainRow {
     name: String,
+    domid: Option<u32>,
+    guest_type: Option<xckpt::hv::GuestType>,
     layers: usize,
     head: Option<u64>,
     bytes: u64,
@@ -77,18 +82,42 @@ struct ChainRow {
 
 impl ListCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let store = Store::open(&self.store.store)?;
         match &self.domain {
-            None => self.list_chains(&store),
-            Some(d) => self.list_layers(&store, d),
+            None => self.list_chains(),
+            Some(d) => self.list_layers(&open_existing(&self.store)?, d),
         }
     }
 
-    fn list_chains(&self, store: &Store) -> anyhow::Result<ExitCode> {
+    /// Running domains (from Xen, unless --offline) joined with the store's chains.
+    fn list_chains(&self) -> anyhow::Result<ExitCode> {
+        let domains = if self.offline {
+            Vec::new()
+        } else {
+            xckpt::hv::xen::list_domains()?
+        };
+        let store = if self.store.store.exists() {
+            Some(Store::open(&self.store.store)?)
+        } else {
+            None
+        };
+        let chains = match &store {
+            Some(s) => s.chains()?,
+            None => Vec::new(),
+        };
+        let mut names = chains.clone();
+        names.extend(domains.iter().map(|d| d.identity.name.clone()));
+        names.sort();
+        names.dedup();
         let mut rows = Vec::new();
-        for name in store.chains()? {
-            let m = store.chain(&name)?.manifest()?;
+        for name in names {
+            let m = match &store {
+                Some(s) if chains.contains(&name) => s.chain(&name)?.manifest()?,
+                _ => Default::default(),
+            };
+            let dom = domains.iter().find(|d| d.identity.name == name);
             rows.push(ChainRow {
+                domid: dom.map(|d| d.identity.domid),
+                guest_type: dom.map(|d| d.guest_type),
                 layers: m.layers.len(),
                 head: m.layers.last().map(|l| l.id),
                 bytes: m.layers.iter().map(|l| l.bytes).sum(),
@@ -98,18 +127,23 @@ impl ListCmd {
         }
         if self.json {
             print_json(&serde_json::json!({ "chains": rows }))?;
-        } else {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let cols = ["NAME", "ID", "TYPE", "LAYERS", "HEAD", "BYTES", "TRACKING"];
+        println!(
+            "{:<24} {:>5} {:<5} {:>6} {:>6} {:>12} {:>8}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6]
+        );
+        for r in rows {
+            let head = r.head.map_or("-".into(), |h| h.to_string());
+            let id = r.domid.map_or("-".into(), |d| d.to_string());
+            let ty = r
+                .guest_type
+                .map_or("-".into(), |t| format!("{t:?}").to_lowercase());
             println!(
-                "{:<24} {:>6} {:>6} {:>12} {:>8}",
-                "CHAIN", "LAYERS", "HEAD", "BYTES", "TRACKING"
+                "{:<24} {:>5} {:<5} {:>6} {:>6} {:>12} {:>8}",
+                r.name, id, ty, r.layers, head, r.bytes, r.tracking
             );
-            for r in rows {
-                let head = r.head.map_or("-".into(), |h| h.to_string());
-                println!(
-                    "{:<24} {:>6} {:>6} {:>12} {:>8}",
-                    r.name, r.layers, head, r.bytes, r.tracking
-                );
-            }
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -169,7 +203,7 @@ pub struct InspectCmd {
 
 impl InspectCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let store = Store::open(&self.store.store)?;
+        let store = open_existing(&self.store)?;
         let chain = store.chain(&self.target.name)?;
         let m = chain.manifest()?;
         let id = match self.target.layer {
@@ -220,7 +254,7 @@ pub struct VerifyCmd {
 
 impl VerifyCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let store = Store::open(&self.store.store)?;
+        let store = open_existing(&self.store)?;
         let chain = store.chain(&self.target.name)?;
         let report = chain.verify(self.target.layer)?;
         let path: Vec<String> = report.path.iter().map(|id| id.to_string()).collect();
@@ -240,4 +274,15 @@ impl VerifyCmd {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Open the store for reading: a missing store is an error, not created.
+pub fn open_existing(store: &StoreArg) -> anyhow::Result<Store> {
+    if !store.store.exists() {
+        anyhow::bail!(
+            "no store at {}: take a checkpoint first, or point --store at the right directory",
+            store.store.display()
+        );
+    }
+    Ok(Store::open(&store.store)?)
 }

@@ -294,3 +294,26 @@ impl UntrackCmd {
         Ok(ExitCode::SUCCESS)
     }
 }
+
+/// `xckpt selftest DOM`: the hypervisor suite's observing checks on a running domain.
+#[derive(Debug, Args)]
+pub struct SelftestCmd {
+    /// Domain name, id or uuid.
+    domain: String,
+    /// Pre-copy rounds of the pre-copy check.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+impl SelftestCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        pause::install_handlers()?;
+        let dom = XenDomain::open(&self.domain)?;
+        let reports = xckpt::hv::suite::run_observe(&dom, self.rounds)
+            .map_err(|e| anyhow::anyhow!("domain {}: {e}", self.domain))?;
+        for r in reports {
+            println!("{r}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

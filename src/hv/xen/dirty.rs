@@ -2,8 +2,8 @@
 //!
 //! Xen has no "is log-dirty on?" query (libxc's save says as much): enabling fails with EINVAL
 //! when it is already on (`paging_log_dirty_enable` in xen/arch/x86/mm/paging.c). So:
-//! * [`DirtyLog::logdirty_enable`] is a no-op when this handle enabled it (keeping the bitmap);
-//!   otherwise on EINVAL it does what libxc does: OFF, then ENABLE again.
+//! * [`DirtyLog::logdirty_enable`] is a no-op when log-dirty is on already (EINVAL), keeping the
+//!   bitmap: a previous checkpoint left it on, and its bits are the next incremental.
 //! * [`DirtyLog::logdirty_enabled`] answers from this handle's own state when it enabled
 //!   tracking, and otherwise probes: ENABLE failing with EINVAL means on; ENABLE succeeding
 //!   means it was off, and it is turned off again at once.
@@ -44,11 +44,9 @@ impl DirtyLog for XenDomain {
         }
         let first = match self.shadow(XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY) {
             Ok(()) => Ok(()),
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EBUSY)) => {
-                // Already on (someone else's session): restart it, as libxc's save does.
-                self.shadow(XEN_DOMCTL_SHADOW_OP_OFF)
-                    .and_then(|()| self.shadow(XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY))
-            }
+            // Already on: left on by the previous checkpoint, whose dirty bits since then are
+            // exactly what this run needs. Restarting it (as libxc's save does) would lose them.
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EBUSY)) => Ok(()),
             Err(e) => Err(e),
         };
         match first {

@@ -14,10 +14,12 @@
 //!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`qmp`])
 //!   for HVM; the config is libxl's JSON as `xl list -l` prints it ([`xl`]).
 
+mod conflict;
 mod dirty;
 mod ident;
 pub mod qmp;
 mod state;
+pub mod watchdog;
 pub mod xl;
 
 use std::path::PathBuf;
@@ -39,6 +41,10 @@ pub struct XenEnv {
     /// Directory where QEMU writes its device state (`xckpt-qemu-save.<domid>`), readable by
     /// QEMU; libxl uses the same one for `qemu-save.<domid>`.
     pub qemu_save_dir: PathBuf,
+    /// The `xckpt` binary to run as the pause watchdog (None: no watchdog, for tests only).
+    pub watchdog_exe: Option<PathBuf>,
+    /// Where to look for a concurrent `xl save` / `xl migrate` (None: do not look).
+    pub proc_root: Option<PathBuf>,
 }
 
 impl Default for XenEnv {
@@ -47,6 +53,8 @@ impl Default for XenEnv {
             xl_command: PathBuf::from("xl"),
             qmp_dir: PathBuf::from("/var/run/xen"),
             qemu_save_dir: PathBuf::from("/var/lib/xen"),
+            watchdog_exe: std::env::current_exe().ok(),
+            proc_root: Some(PathBuf::from("/proc")),
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct XenDomain {
     logdirty_ours: AtomicBool,
     /// Whether QEMU's global dirty log was turned on by `prepare_capture`.
     qemu_dirty_on: AtomicBool,
+    /// The process that unpauses the domain if xckpt dies while it is paused.
+    watchdog: Mutex<Option<watchdog::Watchdog>>,
 }
 
 impl std::fmt::Debug for XenDomain {
@@ -88,6 +98,39 @@ pub(crate) fn op_err<'d>(
     op: &'static str,
 ) -> impl FnOnce(XenError) -> HvError + 'd {
     move |e| HvError::op(d.name(), op, e)
+}
+
+/// One running domain as `xckpt list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DomainSummary {
+    /// Who it is.
+    pub identity: DomainIdentity,
+    /// PV, PVH or HVM.
+    pub guest_type: GuestType,
+    /// Memory in pages.
+    pub tot_pages: u64,
+}
+
+/// Every domain but dom0 on this host.
+pub fn list_domains() -> Result<Vec<DomainSummary>, HvError> {
+    let xc = XenCtrl::open().map_err(|e| HvError::Unavailable(e.to_string()))?;
+    let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| {
+        HvError::Unavailable(format!(
+            "cannot connect to xenstore: {e}; is xenstored running?"
+        ))
+    })?;
+    let infos = xc
+        .all_domains()
+        .map_err(|e| HvError::op("*", "domain list", e))?;
+    Ok(infos
+        .iter()
+        .filter(|i| i.domain != 0)
+        .map(|i| DomainSummary {
+            identity: ident::identity(&xs, i),
+            guest_type: ident::guest_type(&xs, i),
+            tot_pages: i.tot_pages,
+        })
+        .collect())
 }
 
 impl XenDomain {
@@ -140,6 +183,7 @@ impl XenDomain {
             bitmap: Mutex::new(None),
             logdirty_ours: AtomicBool::new(false),
             qemu_dirty_on: AtomicBool::new(false),
+            watchdog: Mutex::new(None),
         })
     }
 
@@ -175,6 +219,36 @@ impl XenDomain {
         Ok(info)
     }
 
+    /// Start the pause watchdog if it is not running (before the first pause, outside it).
+    pub(crate) fn ensure_watchdog(&self) -> Result<(), HvError> {
+        let mut w = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        if let (None, Some(exe)) = (w.as_ref(), self.env.watchdog_exe.as_ref()) {
+            *w = Some(watchdog::Watchdog::spawn(exe, self.domid).map_err(|e| {
+                HvError::op(
+                    self.name(),
+                    "pause",
+                    format!("cannot start the pause watchdog {}: {e}", exe.display()),
+                )
+            })?);
+        }
+        Ok(())
+    }
+
+    /// Refuse while `xl save` / `xl migrate` works on this domain.
+    pub(crate) fn check_no_concurrent_save(&self) -> Result<(), HvError> {
+        let Some(root) = self.env.proc_root.as_ref() else {
+            return Ok(());
+        };
+        match conflict::busy_with(root, self.domid, &self.identity.name) {
+            None => Ok(()),
+            Some(who) => Err(HvError::op(
+                self.name(),
+                "checkpoint",
+                format!("the domain is being saved or migrated ({who}); try again when that has finished"),
+            )),
+        }
+    }
+
     /// Size of the pfn space now: maximum gpfn + 1.
     fn pfn_count(&self) -> Result<u64, HvError> {
         Ok(self
@@ -200,11 +274,40 @@ impl Domain for XenDomain {
     }
 
     fn pause(&self) -> Result<(), HvError> {
-        self.xc.pause(self.domid).map_err(op_err(self, "pause"))
+        self.check_no_concurrent_save()?;
+        self.ensure_watchdog()?;
+        let mut w = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = w.as_mut() {
+            w.pausing().map_err(|e| {
+                HvError::op(
+                    self.name(),
+                    "pause",
+                    format!("the pause watchdog is gone ({e}); not pausing"),
+                )
+            })?;
+        }
+        let paused = self.xc.pause(self.domid).map_err(op_err(self, "pause"));
+        if paused.is_err() {
+            if let Some(w) = w.as_mut() {
+                let _ = w.resumed();
+            }
+        }
+        paused
     }
 
     fn unpause(&self) -> Result<(), HvError> {
-        self.xc.unpause(self.domid).map_err(op_err(self, "unpause"))
+        self.xc
+            .unpause(self.domid)
+            .map_err(op_err(self, "unpause"))?;
+        if let Some(w) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            let _ = w.resumed();
+        }
+        Ok(())
     }
 
     fn name(&self) -> String {

@@ -137,6 +137,8 @@ impl XenDomain {
 
 impl MachineState for XenDomain {
     fn prepare_capture(&self) -> Result<(), HvError> {
+        self.check_no_concurrent_save()?;
+        self.ensure_watchdog()?;
         match self.guest_type {
             GuestType::Hvm => self.set_qemu_dirty_log(true),
             _ => Ok(()),
