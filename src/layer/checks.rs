@@ -146,7 +146,7 @@ fn check_trailer_bounds(path: &Path, t: &Trailer) -> Result<(), LayerReadError> 
     }
     if PREAMBLE_LEN
         .checked_add(t.frames_len)
-        .map_or(true, |end| end > t.table_offset)
+        .is_none_or(|end| end > t.table_offset)
     {
         return Err(layout(
             path,

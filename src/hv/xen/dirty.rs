@@ -107,7 +107,7 @@ impl DirtyLog for XenDomain {
             0
         };
         let mut slot = self.bitmap.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().map_or(true, |b| b.bits() != pfn_count) {
+        if slot.as_ref().is_none_or(|b| b.bits() != pfn_count) {
             *slot = None;
             *slot = Some(
                 self.xc
