@@ -28,10 +28,12 @@ diagnostics() {
   xl list 2>&1
   for g in $TB_GUESTS; do
     note "--- last console lines of $g"
-    tail -n 15 "$(clog "$g")" 2>/dev/null
+    tail -n 15 "$(clog "$g")" 2>/dev/null | tr -d "\r"
   done
   note "--- xl dmesg tail"
   xl dmesg 2>/dev/null | tail -n 15
+  note "--- dom0 dmesg tail"
+  dmesg | tail -n 15
 }
 
 # timed VAR cmd...: runs cmd (its output, minus progress meters, into the log), stores its
@@ -123,6 +125,8 @@ memory=$mem
 vcpus=1
 on_crash="preserve"
 CFG
+  # Keep guests off dom0's CPU (see GUEST_CPUS in docs/testbed.md).
+  [ -n "${GUEST_CPUS:-}" ] && echo "cpus=\"$GUEST_CPUS\"" >> "$TBW/$name.cfg"
   # Under QEMU TCG, PVH/HVM guests hang unless the TSC is not intercepted (REPORT pitfall 2).
   [ "$type" = pv ] || echo 'tsc_mode="native"' >> "$TBW/$name.cfg"
   [ "$type" = hvm ] && printf 'vga="none"\nnographic=1\nvnc=0\nsdl=0\nserial="pty"\n' >> "$TBW/$name.cfg"

@@ -4,8 +4,8 @@
 # Prints the Xen command line.
 xen_cmdline() {
   echo "console=com1 com1=115200,8n1 loglvl=$XEN_LOGLVL guest_loglvl=$XEN_LOGLVL" \
-       "console_timestamps=boot dom0_mem=$DOM0_MEM,max:$DOM0_MEM dom0_max_vcpus=$SMP" \
-       "bootscrub=0 $NOREBOOT $XEN_EXTRA"
+       "console_timestamps=boot dom0_mem=$DOM0_MEM,max:$DOM0_MEM dom0_max_vcpus=$DOM0_VCPUS" \
+       "dom0_vcpus_pin bootscrub=0 $NOREBOOT $XEN_EXTRA"
 }
 
 # The QEMU command for hypervisor image $1; extra QEMU options follow.
