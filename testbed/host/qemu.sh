@@ -31,7 +31,7 @@ boot_scenarios() {
   local t0 rc; t0=$(date +%s.%N)
   set +e
   # Each serial line gets the host wall-clock seconds since QEMU started: "[H   12.34] ...".
-  /usr/bin/time -v -o "$dir/qemu-time.txt" timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null 2>&1 |
+  /usr/bin/time -v -o "$dir/qemu-time.txt" timeout --foreground --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null 2>&1 |
     perl -MTime::HiRes=time -ne 'BEGIN{$|=1;$t0=time} s/\r/\n/g; for (split /\n/) { printf "[H%8.2f] %s\n", time-$t0, $_ }' |
     tee "$dir/serial.log" | if [ "${TB_QUIET:-1}" = 1 ]; then grep -aE '\] (PASS|FAIL|TB-)' --line-buffered; else cat; fi
   rc=${PIPESTATUS[0]}

@@ -38,18 +38,18 @@ xckpt_restore() {
   row xckpt "restore $1" "$RS_S" "-" "-" "bad=0 first gen=$GEN_AFTER"
 }
 
+# The table, each line prefixed "TB-TABLE" so the host shows it while the run goes on.
 print_table() {
-  note "demo: xckpt beside the xl baseline (PVH guest, ${DOMU_MEM} MiB, workload ${WL_MIB} MiB at ${WL_RATE} pages/s)"
-  printf '  %-6s %-24s %9s %12s %12s  %s\n' method step seconds guest_gap_ms bytes check > /dev/console
-  sed 's/^/  /' "$ROWS" > /dev/console
-  cat "$ROWS"
+  echo "TB-TABLE demo: xckpt beside the xl baseline (PVH guest, ${DOMU_MEM} MiB," \
+       "workload ${WL_MIB} MiB at ${WL_RATE} pages/s)"
+  printf 'TB-TABLE %-6s %-24s %9s %12s %12s  %s\n' method step seconds guest_gap_ms bytes check
+  sed 's/^/TB-TABLE /' "$ROWS"
 }
 
 XCKPT=ok
 if ! xckpt_checkpoint 0; then
   XCKPT="xckpt Xen steps not available yet: $OUT_LAST"
-  note "$XCKPT"
-  echo "  $XCKPT" > /dev/console
+  echo "TB-TABLE $XCKPT"
   print_table
   [ "${DEMO_REQUIRE_XCKPT:-0}" = 1 ] && fail "$XCKPT"
   pass "xckpt=unavailable $(xl_baseline_figures)"

@@ -24,7 +24,11 @@ impl Rng {
 /// The buffer, the generation each page was last written at, and the counters.
 struct Workload {
     cfg: Config,
+    /// One page more than needed, so the pages can start on a 4 KiB boundary: then every
+    /// workload page is exactly one guest frame and can be found whole in a save image.
     buf: Vec<u64>,
+    /// Index of the first word of page 0 in `buf` (4 KiB aligned).
+    base: usize,
     gens: Vec<u64>,
     generation: u64,
     bad: u64,
@@ -37,9 +41,13 @@ struct Workload {
 impl Workload {
     fn new(cfg: Config) -> Workload {
         let pages = cfg.mib * 256;
+        let buf = vec![0u64; (pages + 1) * WORDS];
+        let misalign = (buf.as_ptr() as usize) % page::PAGE_BYTES;
+        let base = if misalign == 0 { 0 } else { (page::PAGE_BYTES - misalign) / 8 };
         let mut w = Workload {
             cfg,
-            buf: vec![0u64; pages * WORDS],
+            buf,
+            base,
             gens: vec![1; pages],
             generation: 1,
             bad: 0,
@@ -58,14 +66,20 @@ impl Workload {
         self.gens.len()
     }
 
+    fn page(&self, p: usize) -> &[u64] {
+        let at = self.base + p * WORDS;
+        &self.buf[at..at + WORDS]
+    }
+
     fn page_mut(&mut self, p: usize) -> &mut [u64] {
-        &mut self.buf[p * WORDS..(p + 1) * WORDS]
+        let at = self.base + p * WORDS;
+        &mut self.buf[at..at + WORDS]
     }
 
     /// Verifies page `p`; a bad page is reported once, counted, then rewritten.
     fn check(&mut self, p: usize) {
         let expected = self.gens[p];
-        if let Err(fault) = page::verify(&self.buf[p * WORDS..(p + 1) * WORDS], p as u64, expected) {
+        if let Err(fault) = page::verify(self.page(p), p as u64, expected) {
             self.bad += 1;
             report_bad(p, expected, fault);
             let generation = self.generation;
