@@ -11,7 +11,8 @@ build_workload() {
   log "building the guest workload (static)"
   (cd "$TB/workload" && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build -q --release --locked --target x86_64-unknown-linux-gnu --target-dir "$WL_TARGET")
-  file "$WORKLOAD_BIN" | grep -q 'static' || die "$WORKLOAD_BIN is not statically linked"
+  ldd "$WORKLOAD_BIN" 2>&1 | grep -qE 'statically linked|not a dynamic' ||
+    die "$WORKLOAD_BIN is not statically linked"
 }
 
 # The release xckpt binary from the repository root (XCKPT_BUILD=0 uses $XCKPT_BIN as is).

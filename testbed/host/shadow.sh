@@ -20,7 +20,7 @@ build_shadow_xen() {
   local v got=
   for v in $(apt-cache "${o[@]}" showsrc xen | sed -n 's/^Version: //p' | sort -rV -u); do
     rm -rf "$src"/xen-4* "$src"/xen_*
-    if (cd "$src" && apt-get "${o[@]}" source --download-only -q "xen=$v"); then got=$v; break; fi
+    if (cd "$src" && apt-get "${o[@]}" -o APT::Sandbox::User=root source --download-only -q "xen=$v"); then got=$v; break; fi
   done
   [ -n "$got" ] || die "could not download Debian's xen source package"
   log "building the shadow-paging hypervisor from xen $got"

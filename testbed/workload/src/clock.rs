@@ -8,7 +8,10 @@
 
 /// Milliseconds on `clock` as a float.
 fn read_ms(clock: libc::clockid_t) -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec and `clock` is a clock id the kernel knows.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime({clock}) failed");

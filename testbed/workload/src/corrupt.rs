@@ -28,7 +28,11 @@ pub fn find_pages(bytes: &[u8]) -> Vec<Found> {
         }
         if bytes[i..].starts_with(&magic) {
             if let Some((index, generation)) = page::is_workload_page(&bytes[i..]) {
-                found.push(Found { offset: i as u64, index, generation });
+                found.push(Found {
+                    offset: i as u64,
+                    index,
+                    generation,
+                });
                 i += PAGE_BYTES;
                 continue;
             }
@@ -49,7 +53,14 @@ pub fn scan(path: &str) -> std::io::Result<Vec<Found>> {
     // SAFETY: a fresh read-only private mapping of `len` bytes of an open file; the result is
     // checked for MAP_FAILED before use.
     let ptr = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
     };
     if ptr == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
@@ -68,7 +79,11 @@ pub fn scan_cmd(path: &str) -> i32 {
     match scan(path) {
         Ok(found) => {
             let distinct: std::collections::BTreeSet<u64> = found.iter().map(|f| f.index).collect();
-            println!("SCAN file={path} pages={} distinct={}", found.len(), distinct.len());
+            println!(
+                "SCAN file={path} pages={} distinct={}",
+                found.len(),
+                distinct.len()
+            );
             0
         }
         Err(e) => {
@@ -136,7 +151,10 @@ mod tests {
         let damaged = 37 + 2 * (PAGE_BYTES + 5) + 999;
         image[damaged] ^= 1;
         let found = find_pages(&image);
-        let got: Vec<(u64, u64, u64)> = found.iter().map(|f| (f.offset, f.index, f.generation)).collect();
+        let got: Vec<(u64, u64, u64)> = found
+            .iter()
+            .map(|f| (f.offset, f.index, f.generation))
+            .collect();
         assert_eq!(got, vec![(37, 3, 1), (37 + PAGE_BYTES as u64 + 5, 9, 4)]);
     }
 }

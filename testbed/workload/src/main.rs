@@ -29,7 +29,12 @@ fn usage() -> i32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let code = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] | ["run"] => run::run(config::Config::from_env()),
         ["scan", file] => corrupt::scan_cmd(file),
         ["corrupt", file] => corrupt::corrupt_cmd(file, 0),

@@ -21,7 +21,8 @@ const STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Seed of a page body: a mix of its index and generation.
 fn seed(index: u64, generation: u64) -> u64 {
-    let mut x = index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ generation.wrapping_mul(0x1656_67B1_9E37_79F9);
+    let mut x =
+        index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ generation.wrapping_mul(0x1656_67B1_9E37_79F9);
     x ^= x >> 29;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^ (x >> 32)
@@ -30,7 +31,8 @@ fn seed(index: u64, generation: u64) -> u64 {
 /// Checksum step over one body word (position-dependent so swapped words are caught).
 #[inline(always)]
 fn fold(sum: u64, word: u64, i: usize) -> u64 {
-    sum.wrapping_add(word.wrapping_mul((2 * i as u64) | 1)).rotate_left(1)
+    sum.wrapping_add(word.wrapping_mul((2 * i as u64) | 1))
+        .rotate_left(1)
 }
 
 /// Writes page `index` at `generation` into `page`.
@@ -101,7 +103,9 @@ pub fn is_workload_page(bytes: &[u8]) -> Option<(u64, u64)> {
         .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
         .collect();
     let (index, generation) = (words[1], words[2]);
-    verify(&words, index, generation).ok().map(|()| (index, generation))
+    verify(&words, index, generation)
+        .ok()
+        .map(|()| (index, generation))
 }
 
 #[cfg(test)]
@@ -118,7 +122,10 @@ mod tests {
             let mut bad = page.clone();
             let (w, b) = (byte / 8, byte % 8);
             bad[w] ^= 1u64 << (8 * b);
-            assert!(verify(&bad, 7, 3).is_err(), "flip at byte {byte} not caught");
+            assert!(
+                verify(&bad, 7, 3).is_err(),
+                "flip at byte {byte} not caught"
+            );
         }
     }
 

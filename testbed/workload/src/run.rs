@@ -43,7 +43,11 @@ impl Workload {
         let pages = cfg.mib * 256;
         let buf = vec![0u64; (pages + 1) * WORDS];
         let misalign = (buf.as_ptr() as usize) % page::PAGE_BYTES;
-        let base = if misalign == 0 { 0 } else { (page::PAGE_BYTES - misalign) / 8 };
+        let base = if misalign == 0 {
+            0
+        } else {
+            (page::PAGE_BYTES - misalign) / 8
+        };
         let mut w = Workload {
             cfg,
             buf,
@@ -199,7 +203,10 @@ pub fn run(cfg: Config) -> ! {
         win_m = win_m.max(gap_m);
         max_b = max_b.max(gap_b);
         if gap_b > cfg.gap_report_ms {
-            println!("GAP ms={gap_b:.1} mono_ms={gap_m:.1} tick={tick} gen={}", w.generation);
+            println!(
+                "GAP ms={gap_b:.1} mono_ms={gap_m:.1} tick={tick} gen={}",
+                w.generation
+            );
         }
         let n = writes.take(cfg.rate, gap_m);
         w.rewrite(n);
@@ -216,7 +223,11 @@ pub fn run(cfg: Config) -> ! {
             );
             let _ = out.flush();
             (win_b, win_m) = (0.0, 0.0);
-            next_tick = if now_b - next_tick > cfg.tick_ms { now_b + cfg.tick_ms } else { next_tick + cfg.tick_ms };
+            next_tick = if now_b - next_tick > cfg.tick_ms {
+                now_b + cfg.tick_ms
+            } else {
+                next_tick + cfg.tick_ms
+            };
         }
         sleep_ms(cfg.sleep_ms);
     }
