@@ -1,4 +1,6 @@
 # about: live xl migrate to localhost (pv guest; uses log-dirty, needs the shadow variant for pv)
+[ "$TB_VARIANT" = shadow ] ||
+  fail "needs the shadow variant (Debian's Xen has no PV log-dirty): testbed/run test -v shadow xl-migrate-pv"
 start_guest pv migpv "$DOMU_MEM" || fail "guest migpv did not start"
 wait_ticks migpv 3 60 || fail "workload in migpv stopped ticking"
 printf '#!/bin/sh\nshift\nexec "$@"\n' > "$TBW/fakessh" && chmod +x "$TBW/fakessh"
