@@ -1,0 +1,117 @@
+# Builds what goes into QEMU: the static guest workload, the release xckpt, the domU
+# initramfs and the dom0 initramfs. The dom0 image is two concatenated cpio archives (the
+# kernel accepts that): a large "base" (busybox, Xen tools, device model, guest kernel) and a
+# small per-run part (test bed scripts, scenarios, settings).
+
+WL_TARGET=$WORK/workload-target
+WORKLOAD_BIN=$WL_TARGET/x86_64-unknown-linux-gnu/release/workload
+
+# The guest workload, statically linked against glibc.
+build_workload() {
+  log "building the guest workload (static)"
+  (cd "$TB/workload" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build -q --release --locked --target x86_64-unknown-linux-gnu --target-dir "$WL_TARGET")
+  ldd "$WORKLOAD_BIN" 2>&1 | grep -qE 'statically linked|not a dynamic' ||
+    die "$WORKLOAD_BIN is not statically linked"
+}
+
+# The release xckpt binary from the repository root (XCKPT_BUILD=0 uses $XCKPT_BIN as is).
+build_xckpt() {
+  if [ "${XCKPT_BUILD:-1}" = 1 ]; then
+    log "cargo build --release (xckpt)"
+    (cd "$ROOT" && cargo build -q --release --bin xckpt)
+  fi
+  [ -x "$XCKPT_BIN" ] || die "no xckpt binary at $XCKPT_BIN"
+}
+
+# Copies the shared libraries of ELF files $2.. into root $1 (ldd; dlopen()ed ones are extra).
+copy_libs() {
+  local root=$1 l; shift
+  { ldd "$@" 2>/dev/null || true; } | awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u |
+    while read -r l; do
+      mkdir -p "$root$(dirname "$l")"
+      cp -L "$l" "$root$l"
+    done
+}
+
+# Packs directory $1 into the gzipped newc cpio $2.
+pack() {
+  (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1) > "$2.tmp"
+  mv "$2.tmp" "$2"
+}
+
+build_domu() {
+  local d=$WORK/domu
+  rm -rf "$d" && mkdir -p "$d"/{bin,dev,proc,sys,tmp}
+  cp "$STAGE/bin/busybox" "$WORKLOAD_BIN" "$d/bin/"
+  ln -s busybox "$d/bin/sh"
+  install -m 755 "$TB/domu/init" "$d/init"
+  mknod -m 600 "$d/dev/console" c 5 1
+  pack "$d" "$WORK/domu.cpio.gz"
+}
+
+build_dom0_base() {
+  local d=$WORK/dom0-base x=/usr/lib/xen-$XENV
+  rm -rf "$d" && mkdir -p "$d"/{bin,sbin,dev,proc,sys,tmp,etc,guest,usr/lib,usr/local/bin,lib64}
+  cp "$STAGE/bin/busybox" "$d/bin/"
+  mknod -m 600 "$d/dev/console" c 5 1
+  mkdir -p "$d/lib/modules/$KVER"
+  cp -r "$STAGE/lib/modules/$KVER/kernel/drivers/xen" "$d/lib/modules/$KVER/"
+  cp -a "$STAGE$x" "$d/usr/lib/"
+  rm -rf "$d$x/lib/python" "$d$x/boot/xen-shim"
+  cp -a "$STAGE/etc/xen" "$d/etc/"
+  cp "$XCKPT_BIN" "$WORKLOAD_BIN" "$d/usr/local/bin/"
+  copy_libs "$d" $(find "$d$x/bin" -type f) "$d/usr/local/bin/xckpt"
+  # xckpt dlopen()s these at run time; xl links them too, but make sure.
+  local l
+  mkdir -p "$d/usr/lib/x86_64-linux-gnu"
+  for l in libxenctrl.so.$XENV libxenforeignmemory.so.1 libxencall.so.1 libxengnttab.so.1 \
+           libxenevtchn.so.1 libxenstore.so.4 libxentoollog.so.1 libxendevicemodel.so.1; do
+    [ -e "/usr/lib/x86_64-linux-gnu/$l" ] && cp -L "/usr/lib/x86_64-linux-gnu/$l" "$d/usr/lib/x86_64-linux-gnu/"
+  done
+  # glibc dlopen()s libgcc_s for pthread_cancel; xl aborts without it and ldd does not show it.
+  mkdir -p "$d/lib/x86_64-linux-gnu"
+  cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+  # HVM guests: the qemu-xen device model, SeaBIOS and the option ROMs for direct kernel boot.
+  mkdir -p "$d/usr/libexec" "$d/usr/share/qemu" "$d/usr/share/seabios"
+  cp /usr/libexec/xen-qemu-system-i386 "$d/usr/libexec/"
+  copy_libs "$d" "$d/usr/libexec/xen-qemu-system-i386"
+  cp /usr/share/seabios/bios-256k.bin "$d/usr/share/seabios/"
+  cp /usr/share/qemu/{linuxboot_dma.bin,linuxboot.bin,kvmvapic.bin} "$d/usr/share/qemu/"
+  cp -r /usr/share/qemu/keymaps "$d/usr/share/qemu/"
+  cp "$STAGE/boot/vmlinuz-$KVER" "$d/guest/vmlinuz"
+  cp "$WORK/domu.cpio.gz" "$d/guest/"
+  pack "$d" "$WORK/dom0-base.cpio.gz"
+}
+
+# Per-run part: scripts, scenarios and settings. $1 = mode (run | shell), $2.. = scenarios.
+build_dom0_run() {
+  local mode=$1; shift
+  local d=$WORK/dom0-run
+  rm -rf "$d" && mkdir -p "$d/testbed" "$d/etc"
+  install -m 755 "$TB/dom0/init" "$d/init"
+  cp "$TB"/dom0/*.sh "$d/testbed/"
+  cp -r "$TB/scenarios" "$d/testbed/"
+  {
+    echo "TB_MODE=$mode"
+    echo "TB_SCENARIOS=\"$*\""
+    local k
+    for k in RETRIES SCENARIO_TIMEOUT DOMU_MEM WL_MIB WL_RATE WL_PATTERN XENSTORED \
+             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS; do
+      echo "$k=\"${!k}\""
+    done
+  } > "$d/etc/testbed.env"
+  pack "$d" "$WORK/dom0-run.cpio.gz"
+  cat "$WORK/dom0-base.cpio.gz" "$WORK/dom0-run.cpio.gz" > "$WORK/dom0.cpio.gz"
+}
+
+# Builds everything except the per-run part.
+build_images() {
+  [ "$KVER" = auto ] && KVER=$(resolve_kver)
+  mkdir -p "$WORK"
+  build_workload
+  build_xckpt
+  build_domu
+  build_dom0_base
+  log "images: $(cd "$WORK" && du -h domu.cpio.gz dom0-base.cpio.gz | awk '{print $2"="$1}' | tr '\n' ' ')"
+}

@@ -1,0 +1,52 @@
+//! Self-verifying guest workload for the xckpt test bed.
+//!
+//! `workload [run]` fills `WL_MIB` MiB with pages derived from (page index, generation) plus a
+//! per-page checksum, rewrites `WL_RATE` pages/s (`WL_PATTERN` uniform | hot | sequential),
+//! verifies the whole buffer every `WL_SWEEP_S` seconds, and prints once per `WL_TICK_MS`:
+//!
+//! ```text
+//! TICK n gen=G bad=B sweeps=S gap_ms=X mgap_ms=Y maxgap_ms=Z used_kib=U
+//! ```
+//!
+//! `gap_ms` is the longest gap between loop iterations since the previous tick on
+//! `CLOCK_BOOTTIME` (counts pauses and save/restore suspends); `mgap_ms` the same on
+//! `CLOCK_MONOTONIC` (does not count a save/restore suspend). `bad` counts corrupted pages
+//! seen since start; each is also printed as a `BAD` line.
+//!
+//! `workload scan FILE` counts workload pages in a save image; `workload corrupt FILE [NTH]`
+//! flips one byte of one of them (the test bed's corrupted-restore self-test).
+
+mod clock;
+mod config;
+mod corrupt;
+mod page;
+mod run;
+
+fn usage() -> i32 {
+    eprintln!("usage: workload [run] | scan FILE | corrupt FILE [NTH] | meminfo");
+    2
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] | ["run"] => run::run(config::Config::from_env()),
+        ["scan", file] => corrupt::scan_cmd(file),
+        ["corrupt", file] => corrupt::corrupt_cmd(file, 0),
+        ["corrupt", file, nth] => match nth.parse() {
+            Ok(n) => corrupt::corrupt_cmd(file, n),
+            Err(_) => usage(),
+        },
+        ["meminfo"] => {
+            println!("MEMINFO used_kib={}", run::used_kib());
+            0
+        }
+        _ => usage(),
+    };
+    std::process::exit(code);
+}
