@@ -21,6 +21,7 @@
 //! | `manifest.temp`           | manifest temp file half written                         |
 //! | `manifest.rename.before`  | manifest temp file synced, before rename                |
 //! | `manifest.rename.after`   | manifest renamed, before the directory sync             |
+//! | `capture.paused`          | a capture just paused the domain (the watchdog must act)  |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

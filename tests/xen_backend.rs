@@ -438,6 +438,7 @@ fn open_without_xen_is_one_clear_line() {
 fn quiet_env() -> XenEnv {
     XenEnv {
         watchdog_exe: None,
+        suspend: false,
         proc_root: None,
         ..XenEnv::default()
     }

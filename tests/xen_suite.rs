@@ -109,6 +109,7 @@ fn guest(domid: u32) -> Guest {
         Box::new(xs),
         XenEnv {
             watchdog_exe: None,
+            suspend: false,
             proc_root: None,
             ..XenEnv::default()
         },

@@ -343,6 +343,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         builder.reserve(expect + expect / 4 + 256);
         // The pause: from here to resume is the guest's downtime.
         let guard = PauseGuard::pause(dom.clone())?;
+        crate::failpoint::failpoint("capture.paused");
         let t = Instant::now();
         let mut last = PfnBitmap::repeat(false, dirty.len());
         self.clean(&mut last)?;

@@ -113,11 +113,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(c) => c.run(),
         Command::Selftest(c) => c.run(),
         Command::Watchdog { domid } => {
-            let unpause = || {
-                let xc = xen_sys::XenCtrl::open().map_err(|e| e.to_string())?;
-                xc.unpause(domid).map_err(|e| e.to_string())
-            };
-            let code = xckpt::hv::xen::watchdog::run(domid, std::io::stdin(), unpause);
+            let undo = |how| xckpt::hv::xen::watchdog::undo_stop(domid, how);
+            let code = xckpt::hv::xen::watchdog::run(domid, std::io::stdin(), undo);
             Ok(ExitCode::from(code as u8))
         }
     }

@@ -146,7 +146,8 @@ impl RestoreCmd {
         if self.paused {
             cmd.arg("-p");
         }
-        cmd.arg("/dev/stdin").stdin(Stdio::piped());
+        // /proc/self/fd/0 rather than /dev/stdin: minimal dom0s have no /dev/stdin link.
+        cmd.arg("/proc/self/fd/0").stdin(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| {
             format!(
                 "cannot run {:?}: is this a Xen dom0 with xen-utils installed?",

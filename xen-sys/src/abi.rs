@@ -92,6 +92,8 @@ pub const XEN_DOMINF_HVM_GUEST: u32 = 1 << 1;
 pub const XEN_DOMINF_SHUTDOWN: u32 = 1 << 2;
 /// Paused by control software.
 pub const XEN_DOMINF_PAUSED: u32 = 1 << 3;
+/// Shutdown code of a domain that suspended itself (`SHUTDOWN_suspend`).
+pub const SHUTDOWN_SUSPEND: u32 = 2;
 /// Blocked pending an event.
 pub const XEN_DOMINF_BLOCKED: u32 = 1 << 4;
 /// Running.

@@ -42,6 +42,10 @@ pub struct XenApi {
         unsafe extern "C" fn(xch: *mut XcInterface, domid: u32, gpfns: *mut XenPfn) -> c_int,
     pub xc_domain_pause: unsafe extern "C" fn(xch: *mut XcInterface, domid: u32) -> c_int,
     pub xc_domain_unpause: unsafe extern "C" fn(xch: *mut XcInterface, domid: u32) -> c_int,
+    /// From libxenguest: resume a domain suspended by `SHUTDOWN_suspend`; `fast` tells the
+    /// guest its suspend was cancelled (it resumes in place, as after `xl save -c`).
+    pub xc_domain_resume:
+        unsafe extern "C" fn(xch: *mut XcInterface, domid: u32, fast: c_int) -> c_int,
     pub xc_shadow_control: unsafe extern "C" fn(
         xch: *mut XcInterface,
         domid: u32,
@@ -213,6 +217,7 @@ fn load() -> Result<Loaded, XenError> {
             xc_domain_maximum_gpfn: c!("xc_domain_maximum_gpfn"),
             xc_domain_pause: c!("xc_domain_pause"),
             xc_domain_unpause: c!("xc_domain_unpause"),
+            xc_domain_resume: g!("xc_domain_resume"),
             xc_shadow_control: c!("xc_shadow_control"),
             xc_logdirty_control: c!("xc_logdirty_control"),
             xc__hypercall_buffer_alloc_pages: c!("xc__hypercall_buffer_alloc_pages"),

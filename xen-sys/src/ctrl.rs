@@ -169,6 +169,14 @@ impl XenCtrl {
         Self::check(rc, "xc_domain_unpause").map(drop)
     }
 
+    /// Resume `domid` after a `SHUTDOWN_suspend`, telling the guest its suspend was cancelled
+    /// (`xc_domain_resume(…, fast = 1)`, as `xl save -c` does).
+    pub fn resume_cancelled(&self, domid: u32) -> Result<(), XenError> {
+        // SAFETY: plain call on an open handle.
+        let rc = unsafe { (self.api().xc_domain_resume)(self.xch(), domid, 1) };
+        Self::check(rc, "xc_domain_resume").map(drop)
+    }
+
     /// `xc_shadow_control(domid, op, NULL, mode)`, e.g. OFF or ENABLE_LOGDIRTY.
     pub fn shadow_control(&self, domid: u32, op: u32, mode: u32) -> Result<(), XenError> {
         // SAFETY: `mb` may be NULL (only used by the allocation ops).

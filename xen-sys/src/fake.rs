@@ -40,6 +40,8 @@ struct FakeDomain {
     broken: BTreeSet<u64>,
     mem: BTreeMap<u64, Vec<u8>>,
     pause_count: u32,
+    /// Set while the guest is shut down with this code (2 = suspend).
+    shutdown_code: Option<u32>,
     logdirty: bool,
     dirty: Vec<u64>,
 }
@@ -57,11 +59,26 @@ pub fn add_domain(spec: FakeDomainSpec) {
         broken: spec.broken.iter().copied().collect(),
         mem: BTreeMap::new(),
         pause_count: 0,
+        shutdown_code: None,
         logdirty: false,
         dirty: vec![0; spec.pfn_count.div_ceil(64) as usize],
         spec,
     };
     domains().insert(d.spec.domid, d);
+}
+
+/// Make a fake domain act as if its guest suspended itself (`SHUTDOWN_suspend`).
+pub fn guest_suspended(domid: u32) {
+    if let Some(d) = domains().get_mut(&domid) {
+        d.shutdown_code = Some(crate::abi::SHUTDOWN_SUSPEND);
+    }
+}
+
+/// Whether a fake domain is shut down for suspend now.
+pub fn is_suspended(domid: u32) -> bool {
+    domains()
+        .get(&domid)
+        .is_some_and(|d| d.shutdown_code == Some(crate::abi::SHUTDOWN_SUSPEND))
 }
 
 /// Destroy a fake domain.
@@ -190,6 +207,9 @@ fn info_of(d: &FakeDomain) -> XcDomainInfo {
     } else {
         XEN_DOMINF_RUNNING
     };
+    if let Some(code) = d.shutdown_code {
+        flags |= XEN_DOMINF_SHUTDOWN | (code << XEN_DOMINF_SHUTDOWNSHIFT);
+    }
     let populated = d.spec.pfn_count - d.unpopulated.len() as u64;
     XcDomainInfo {
         domain: d.spec.domid as u16,
@@ -237,6 +257,13 @@ unsafe extern "C" fn pause(_: *mut XcInterface, domid: u32) -> c_int {
 unsafe extern "C" fn unpause(_: *mut XcInterface, domid: u32) -> c_int {
     rc(with_dom(domid, |d| {
         d.pause_count = d.pause_count.checked_sub(1).ok_or(libc::EINVAL)?;
+        Ok(0)
+    }))
+}
+
+unsafe extern "C" fn resume(_: *mut XcInterface, domid: u32, _fast: c_int) -> c_int {
+    rc(with_dom(domid, |d| {
+        d.shutdown_code = None;
         Ok(0)
     }))
 }
@@ -547,6 +574,7 @@ pub static FAKE_API: XenApi = XenApi {
     xc_domain_maximum_gpfn: max_gpfn,
     xc_domain_pause: pause,
     xc_domain_unpause: unpause,
+    xc_domain_resume: resume,
     xc_shadow_control: shadow_control,
     xc_logdirty_control: logdirty_control,
     xc__hypercall_buffer_alloc_pages: hbuf_alloc,

@@ -29,6 +29,7 @@ SIG(xc_domain_getinfolist, int (*)(xc_interface *, uint32_t, unsigned int, xc_do
 SIG(xc_domain_maximum_gpfn, int (*)(xc_interface *, uint32_t, xen_pfn_t *));
 SIG(xc_domain_pause, int (*)(xc_interface *, uint32_t));
 SIG(xc_domain_unpause, int (*)(xc_interface *, uint32_t));
+SIG(xc_domain_resume, int (*)(xc_interface *, uint32_t, int));
 SIG(xc_shadow_control, int (*)(xc_interface *, uint32_t, unsigned int, unsigned int *, unsigned int));
 SIG(xc_logdirty_control, long long (*)(xc_interface *, uint32_t, unsigned int, xc_hypercall_buffer_t *,
                                        unsigned long, unsigned int, xc_shadow_op_stats_t *));

@@ -100,7 +100,8 @@ impl DirtyLog for XenDomain {
         }
         let pfn_count = self.pfn_count()?;
         // The final round runs paused: ask Xen to include pages it maps writably itself.
-        let paused = self.xc_info()?.flags & XEN_DOMINF_PAUSED != 0;
+        let paused =
+            self.xc_info()?.flags & XEN_DOMINF_PAUSED != 0 || self.suspended.load(Ordering::SeqCst);
         let mode = if paused {
             XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL
         } else {

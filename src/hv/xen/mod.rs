@@ -19,6 +19,7 @@ mod dirty;
 mod ident;
 pub mod qmp;
 mod state;
+pub mod suspend;
 pub mod watchdog;
 pub mod xl;
 
@@ -45,6 +46,9 @@ pub struct XenEnv {
     pub watchdog_exe: Option<PathBuf>,
     /// Where to look for a concurrent `xl save` / `xl migrate` (None: do not look).
     pub proc_root: Option<PathBuf>,
+    /// Stop the guest by a cooperative suspend, as `xl save -c` does (needed for an image that
+    /// restores into a new domain); false pauses its vCPUs only.
+    pub suspend: bool,
 }
 
 impl Default for XenEnv {
@@ -55,6 +59,7 @@ impl Default for XenEnv {
             qemu_save_dir: PathBuf::from("/var/lib/xen"),
             watchdog_exe: std::env::current_exe().ok(),
             proc_root: Some(PathBuf::from("/proc")),
+            suspend: true,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct XenDomain {
     qemu_dirty_on: AtomicBool,
     /// The process that unpauses the domain if xckpt dies while it is paused.
     watchdog: Mutex<Option<watchdog::Watchdog>>,
+    /// Whether this handle suspended the guest (and has not resumed it yet).
+    suspended: AtomicBool,
 }
 
 impl std::fmt::Debug for XenDomain {
@@ -184,6 +191,7 @@ impl XenDomain {
             logdirty_ours: AtomicBool::new(false),
             qemu_dirty_on: AtomicBool::new(false),
             watchdog: Mutex::new(None),
+            suspended: AtomicBool::new(false),
         })
     }
 
@@ -273,12 +281,19 @@ impl Domain for XenDomain {
         })
     }
 
+    /// Stops the guest at a consistent instant: a cooperative suspend (see `suspend.rs`), or
+    /// a vCPU pause with `XenEnv::suspend` off. The watchdog is told first.
     fn pause(&self) -> Result<(), HvError> {
         self.check_no_concurrent_save()?;
         self.ensure_watchdog()?;
+        let how = if self.env.suspend {
+            watchdog::SUSPENDING
+        } else {
+            watchdog::PAUSING
+        };
         let mut w = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(w) = w.as_mut() {
-            w.pausing().map_err(|e| {
+            w.announce(how).map_err(|e| {
                 HvError::op(
                     self.name(),
                     "pause",
@@ -286,26 +301,34 @@ impl Domain for XenDomain {
                 )
             })?;
         }
-        let paused = self.xc.pause(self.domid).map_err(op_err(self, "pause"));
-        if paused.is_err() {
+        let stopped = if self.env.suspend {
+            self.suspend_guest()
+        } else {
+            self.xc.pause(self.domid).map_err(op_err(self, "pause"))
+        };
+        if stopped.is_err() {
             if let Some(w) = w.as_mut() {
-                let _ = w.resumed();
+                let _ = w.announce(watchdog::RESUMED);
             }
         }
-        paused
+        stopped
     }
 
     fn unpause(&self) -> Result<(), HvError> {
-        self.xc
-            .unpause(self.domid)
-            .map_err(op_err(self, "unpause"))?;
+        if self.suspended.load(std::sync::atomic::Ordering::SeqCst) {
+            self.resume_guest()?;
+        } else {
+            self.xc
+                .unpause(self.domid)
+                .map_err(op_err(self, "unpause"))?;
+        }
         if let Some(w) = self
             .watchdog
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            let _ = w.resumed();
+            let _ = w.announce(watchdog::RESUMED);
         }
         Ok(())
     }

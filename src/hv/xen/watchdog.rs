@@ -3,18 +3,24 @@
 //! Before its first pause, a capture starts a small watchdog process (the same `xckpt` binary,
 //! hidden verb `__watchdog DOMID`) in its own process group, so a Ctrl-C aimed at xckpt does
 //! not reach it. The two share a pipe: xckpt writes `P` just before it pauses the domain and
-//! `U` just after it unpaused it. The watchdog reads until end of file, which comes when
-//! xckpt exits for whatever reason. If the last byte it saw was `P`, xckpt died with the
-//! domain paused, and the watchdog unpauses it.
+//! `U` just after it unpaused it (`S` instead of `P` when it suspends the guest). The watchdog
+//! reads until end of file, which comes when xckpt exits for whatever reason. If the last byte
+//! it saw was `P` or `S`, xckpt died with the domain stopped, and the watchdog undoes that.
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-/// Sent before pausing.
-const PAUSING: u8 = b'P';
-/// Sent after unpausing.
-const RESUMED: u8 = b'U';
+/// Sent before pausing the vCPUs.
+pub const PAUSING: u8 = b'P';
+/// Sent before asking the guest to suspend.
+pub const SUSPENDING: u8 = b'S';
+/// Sent after the domain runs again.
+pub const RESUMED: u8 = b'U';
+
+fn is_state(b: u8) -> bool {
+    matches!(b, PAUSING | SUSPENDING | RESUMED)
+}
 
 /// The xckpt side of the watchdog.
 pub struct Watchdog {
@@ -43,17 +49,9 @@ impl Watchdog {
         })
     }
 
-    /// Tell the watchdog a pause is about to happen. An error means it is gone: do not pause.
-    pub fn pausing(&mut self) -> std::io::Result<()> {
-        self.send(PAUSING)
-    }
-
-    /// Tell the watchdog the domain runs again.
-    pub fn resumed(&mut self) -> std::io::Result<()> {
-        self.send(RESUMED)
-    }
-
-    fn send(&mut self, b: u8) -> std::io::Result<()> {
+    /// Tell the watchdog the domain's state ([`PAUSING`], [`SUSPENDING`] or [`RESUMED`]).
+    /// An error before stopping the domain means the watchdog is gone: do not stop it.
+    pub fn announce(&mut self, b: u8) -> std::io::Result<()> {
         let pipe = self
             .pipe
             .as_mut()
@@ -71,9 +69,10 @@ impl Drop for Watchdog {
     }
 }
 
-/// The watchdog process: read the pipe until xckpt exits, then unpause if needed. `unpause`
-/// is called at most once. Returns the process exit code.
-pub fn run(domid: u32, mut input: impl Read, unpause: impl FnOnce() -> Result<(), String>) -> i32 {
+/// The watchdog process: read the pipe until xckpt exits; if xckpt died with the domain
+/// stopped, call `undo` once with how it was stopped ([`PAUSING`] or [`SUSPENDING`]). Returns
+/// the process exit code.
+pub fn run(domid: u32, mut input: impl Read, undo: impl FnOnce(u8) -> Result<(), String>) -> i32 {
     // SIGINT/SIGTERM meant for xckpt must not end the watchdog before xckpt is gone.
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default());
     let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, Default::default());
@@ -83,11 +82,7 @@ pub fn run(domid: u32, mut input: impl Read, unpause: impl FnOnce() -> Result<()
         match input.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if let Some(&b) = buf[..n]
-                    .iter()
-                    .rev()
-                    .find(|&&b| b == PAUSING || b == RESUMED)
-                {
+                if let Some(&b) = buf[..n].iter().rev().find(|&&b| is_state(b)) {
                     last = b;
                 }
             }
@@ -95,10 +90,10 @@ pub fn run(domid: u32, mut input: impl Read, unpause: impl FnOnce() -> Result<()
             Err(_) => break,
         }
     }
-    if last != PAUSING {
+    if last == RESUMED {
         return 0;
     }
-    match unpause() {
+    match undo(last) {
         Ok(()) => {
             eprintln!("xckpt watchdog: xckpt died while domain {domid} was paused; unpaused it");
             0
@@ -143,4 +138,29 @@ mod tests {
         assert_eq!(calls, 1);
         assert_eq!(run(7, &b"P"[..], || Err("nope".into())), 1);
     }
+}
+
+/// Undo a stop of `domid` left behind by a dead xckpt: unpause after [`PAUSING`]; after
+/// [`SUSPENDING`], wait for the guest to finish suspending and resume it in place (or withdraw
+/// the suspend request if it never suspends).
+pub fn undo_stop(domid: u32, how: u8) -> Result<(), String> {
+    use xenstore_rs::Xs;
+    let xc = xen_sys::XenCtrl::open().map_err(|e| e.to_string())?;
+    if how == PAUSING {
+        return xc.unpause(domid).map_err(|e| e.to_string());
+    }
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < super::suspend::SUSPEND_TIMEOUT {
+        let info = xc
+            .domain_info(domid)
+            .map_err(|e| e.to_string())?
+            .ok_or("the domain is gone")?;
+        if super::suspend::is_suspended(&info) {
+            return xc.resume_cancelled(domid).map_err(|e| e.to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| e.to_string())?;
+    xs.write(&format!("/local/domain/{domid}/control/shutdown"), "")
+        .map_err(|e| e.to_string())
 }

@@ -1,0 +1,25 @@
+# about: an exported layer restores with plain xl restore (bad=0); an xl save file imported and restored with xckpt (bad=0)
+. /testbed/xckpt.sh
+G=xex
+rm -rf "$STORE"
+start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
+wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
+ck "$G"; sleep 2; ck "$G"
+timed EXPORT_S xckpt export --store "$STORE" "$G@2" -o "$TBW/x.save" || fail "xckpt export failed"
+EXPORT_BYTES=$(file_bytes "$TBW/x.save")
+destroy_guest "$G"
+m=$(mark "$G")
+timed XLR_S xl restore "$TBW/x.save" || fail "xl restore of the exported file failed"
+rm -f "$TBW/x.save"
+wait_ticks "$G" 3 90 "$m" || fail "workload not running after xl restore of the export"
+check_bad "$G" "$m" || fail "bad pages after xl restore of the export"
+# Import: xl save the running guest, import it, restore it with xckpt.
+timed SAVE_S xl save "$G" "$TBW/y.save" || fail "xl save failed"
+timed IMPORT_S xckpt import --store "$STORE" "$TBW/y.save" --name imported || fail "xckpt import failed"
+rm -f "$TBW/y.save"
+m=$(mark "$G")
+out RS_S xckpt restore --store "$STORE" --name "$G" imported || fail "xckpt restore of the import failed: $OUT_LAST"
+wait_ticks "$G" 3 90 "$m" || fail "workload not running after restoring the import"
+check_bad "$G" "$m" || fail "bad pages after restoring the import"
+destroy_guest "$G"
+pass "export_s=$EXPORT_S export_bytes=$EXPORT_BYTES xl_restore_s=$XLR_S import_s=$IMPORT_S import_restore_s=$RS_S bad=0"
