@@ -337,3 +337,23 @@ fn non_live_capture_restores_byte_equal() {
     assert_restores(&chain, &dom, a.layer.id, 0);
     assert_restores(&chain, &dom, b.layer.id, 1);
 }
+
+#[test]
+fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let page = vec![0x3cu8; PAGE_SIZE];
+    for p in 0..1500u64 {
+        dom.write_page(p, &page).unwrap();
+    }
+    // Someone else fetches and clears the log: log-dirty stays on, the bits are gone.
+    let mut stolen = PfnBitmap::new();
+    dom.logdirty_clean(&mut stolen).unwrap();
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
+    assert!(r.resync_reason.unwrap().contains("spot check"));
+    assert_restores(&chain, &dom, r.layer.id, 1);
+}

@@ -20,6 +20,7 @@ pub mod pending;
 pub mod pipeline;
 pub mod plan;
 pub mod policy;
+pub mod spot;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -225,14 +226,25 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
-        // Arm tracking. For an incremental, the first fetch-and-clear is round 0's set.
+        // Arm tracking. For an incremental, the first fetch-and-clear is round 0's set; the
+        // spot-check sample is read just before it.
         self.dom.logdirty_enable()?;
+        let sample = match &self.plan {
+            Plan::Incremental { parent, .. } => spot::differing(&*self.dom, self.chain, *parent)?,
+            _ => Vec::new(),
+        };
         self.clean(&mut dirty)?;
-        if let Plan::Incremental {
-            pending: Some(bits),
-            ..
-        } = &self.plan
-        {
+        let lost = spot::unexplained(&sample, &dirty);
+        if let (false, Plan::Incremental { id, parent, .. }) = (lost.is_empty(), &self.plan) {
+            let reason = format!(
+                "spot check: {} sampled pages differ from layer {parent} but were not reported \
+                 dirty (first pfn {:#x}); the dirty log lost writes",
+                lost.len(),
+                lost[0]
+            );
+            self.plan = Plan::Resync { id: *id, parent: *parent, reason };
+        }
+        if let Plan::Incremental { pending: Some(bits), .. } = &self.plan {
             dirty |= bits;
         }
         let baseline = self.plan.baseline(self.chain)?;
