@@ -6,7 +6,7 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:/usr/lib/xen-4.17/bin
 TBW=/tmp/tb/work                  # scratch for configs and save images (tmpfs)
 mkdir -p "$TBW"
 TB_GUESTS=""                      # guests this scenario started (for diagnostics)
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-240}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-480}   # HVM boots took 60-220 s on a busy 2-core host
 
 now() { cut -d' ' -f1 /proc/uptime; }
 # Seconds since uptime $1, two decimals.
