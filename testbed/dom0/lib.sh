@@ -6,7 +6,7 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:/usr/lib/xen-4.17/bin
 TBW=/tmp/tb/work                  # scratch for configs and save images (tmpfs)
 mkdir -p "$TBW"
 TB_GUESTS=""                      # guests this scenario started (for diagnostics)
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-240}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-480}   # HVM boots took 60-220 s on a busy 2-core host
 
 now() { cut -d' ' -f1 /proc/uptime; }
 # Seconds since uptime $1, two decimals.
@@ -100,14 +100,24 @@ wait_ticks() {
   local name=$1 count=$2 limit=${3:-60} m=${4:-} t0
   [ -n "$m" ] || m=$(mark "$1")
   t0=$(now)
+  local i=0
   while [ "$(ticks "$name" "$m" | wc -l)" -lt "$count" ]; do
     if awk -v a="$t0" -v b="$(now)" -v l="$limit" 'BEGIN{exit !(b-a > l)}'; then
       note "wait_ticks $name: no $count TICK lines within ${limit}s"
       return 1
     fi
+    i=$((i + 1))
+    # Every ~5 s: give up at once if the guest crashed (its init died, or the kernel paniced).
+    if [ $((i % 10)) = 0 ] && guest_crashed "$name"; then
+      note "wait_ticks $name: the guest crashed (xl list state $(guest_state "$name"))"
+      return 1
+    fi
     sleep 0.5
   done
 }
+# State flags of NAME in `xl list` (e.g. "r-----", "---sc-").
+guest_state() { xl list "$1" 2>/dev/null | awk 'NR == 2 {print $5}'; }
+guest_crashed() { guest_state "$1" | grep -q 'c'; }
 wait_tick() { wait_ticks "$1" 1 "${2:-60}"; }
 
 # ---- guests ----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ for name in "$@"; do
   line=$(run_once "$name" 1)
   attempt=1
   while [ "${line#FAIL }" != "$line" ] && [ "$attempt" -le "${RETRIES:-1}" ]; do
-    first=$(echo "$line" | sed "s/^FAIL $name //; s/\"/'/g")
+    first=$(echo "$line" | sed "s/^FAIL $name //; s/ wall_s=[0-9.]*$//; s/\"/'/g")
     echo "TB-SCENARIO retry $name after: $first" > /dev/console
     destroy_all > /dev/null 2>&1
     rm -rf /tmp/tb/work

@@ -32,7 +32,8 @@ NOREBOOT=${NOREBOOT:-}           # "noreboot": keep Xen up after a dom0 crash (d
 
 # dom0 runner knobs (copied into the dom0 image)
 RETRIES=${RETRIES:-1}            # automatic re-runs of a failed scenario (reported as retried=N)
-SCENARIO_TIMEOUT=${SCENARIO_TIMEOUT:-600}
+SCENARIO_TIMEOUT=${SCENARIO_TIMEOUT:-900}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-480}  # guest create -> first TICK (HVM took 60-220 s on a busy host)
 DOMU_MEM=${DOMU_MEM:-256}        # MiB per test guest
 WL_MIB=${WL_MIB:-64}             # workload buffer per guest
 WL_RATE=${WL_RATE:-2048}         # pages/s the workload rewrites

@@ -96,7 +96,7 @@ build_dom0_run() {
     echo "TB_MODE=$mode"
     echo "TB_SCENARIOS=\"$*\""
     local k
-    for k in RETRIES SCENARIO_TIMEOUT DOMU_MEM WL_MIB WL_RATE WL_PATTERN XENSTORED \
+    for k in RETRIES SCENARIO_TIMEOUT BOOT_TIMEOUT DOMU_MEM WL_MIB WL_RATE WL_PATTERN XENSTORED \
              DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS; do
       echo "$k=\"${!k}\""
     done

@@ -1,4 +1,4 @@
-# about: live xl migrate to localhost (pvh guest; uses log-dirty, needs the shadow variant for pv)
+# about: live xl migrate to localhost (pvh guest; uses log-dirty through HAP)
 start_guest pvh migpvh "$DOMU_MEM" || fail "guest migpvh did not start"
 wait_ticks migpvh 3 60 || fail "workload in migpvh stopped ticking"
 printf '#!/bin/sh\nshift\nexec "$@"\n' > "$TBW/fakessh" && chmod +x "$TBW/fakessh"
