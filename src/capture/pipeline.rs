@@ -168,7 +168,7 @@ pub struct WriterOut {
 pub struct Pipeline<'scope> {
     tx: Option<SyncSender<Chunk>>,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
-    writer: ScopedJoinHandle<'scope, Result<WriterOut, LayerWriteError>>,
+    writer: Option<ScopedJoinHandle<'scope, Result<WriterOut, LayerWriteError>>>,
 }
 
 impl<'scope> Pipeline<'scope> {
@@ -199,7 +199,7 @@ impl<'scope> Pipeline<'scope> {
             Pipeline {
                 tx: Some(tx),
                 workers,
-                writer,
+                writer: Some(writer),
             },
             builder,
         )
@@ -208,7 +208,19 @@ impl<'scope> Pipeline<'scope> {
     /// Send a chunk to the workers (blocks when they are busy: back-pressure).
     pub fn send(&mut self, chunk: Chunk) -> Result<(), LayerWriteError> {
         let tx = self.tx.as_ref().expect("pipeline open");
-        tx.send(chunk).map_err(|_| writer_gone())
+        match tx.send(chunk) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.cause()),
+        }
+    }
+
+    /// Why the pipeline stopped: the writer's own error (a full disk, say), if it had one.
+    fn cause(&mut self) -> LayerWriteError {
+        drop(self.tx.take());
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => writer_gone(),
+        }
     }
 
     /// Close the pipeline (sending `builder`'s partial chunk) and wait for the writer's result.
@@ -217,12 +229,15 @@ impl<'scope> Pipeline<'scope> {
             self.send(c)?;
         }
         drop(self.tx.take());
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             if w.join().is_err() {
                 return Err(writer_gone());
             }
         }
-        self.writer.join().map_err(|_| writer_gone())?
+        match self.writer.take() {
+            Some(w) => w.join().map_err(|_| writer_gone())?,
+            None => Err(writer_gone()),
+        }
     }
 }
 

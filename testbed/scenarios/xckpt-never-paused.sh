@@ -3,7 +3,7 @@
 G=xnp
 # A small store of its own, so filling it is cheap.
 STORE=$TBW/np-store
-mkdir -p "$STORE" && mount -t tmpfs -o size=200m,mode=0700 tmpfs "$STORE" || fail "cannot mount a tmpfs store"
+mkdir -p "$STORE" && mount -t tmpfs -o size=400m,mode=0700 tmpfs "$STORE" || fail "cannot mount a tmpfs store"
 start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
 wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
 ck "$G"
