@@ -1,5 +1,9 @@
 # Helpers for xckpt scenarios (sourced after lib.sh). Each xckpt call is its own process.
 STORE=${STORE:-/var/lib/xckpt}
+# On any exit (fail included), run $CLEANUP and destroy this scenario's guests, so a retry
+# starts clean.
+CLEANUP=""
+trap 'eval "$CLEANUP"; for g in $TB_GUESTS; do xl destroy "$g" >/dev/null 2>&1; done' EXIT
 
 # ck NAME [ARGS...]: one `xckpt checkpoint` of NAME as its own process. Sets CK_S (wall time),
 # CK_GAP_MS (longest guest-observed pause around it), CK_GEN (workload gen just before),

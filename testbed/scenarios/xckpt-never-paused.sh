@@ -3,7 +3,8 @@
 G=xnp
 # A small store of its own, so filling it is cheap.
 STORE=$TBW/np-store
-mkdir -p "$STORE" && mount -t tmpfs -o size=400m,mode=0700 tmpfs "$STORE" || fail "cannot mount a tmpfs store"
+umount "$STORE" 2>/dev/null; mkdir -p "$STORE" && mount -t tmpfs -o size=400m,mode=0700 tmpfs "$STORE" || fail "cannot mount a tmpfs store"
+CLEANUP='umount "$STORE" 2>/dev/null' 
 start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
 wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
 ck "$G"
