@@ -125,12 +125,14 @@ wait_tick() { wait_ticks "$1" 1 "${2:-60}"; }
 # guest kernel command line and so into the workload's environment.
 write_cfg() {
   local type=$1 name=$2 mem=$3; shift 3
+  # noxsave: under nested TCG the guest's AVX state is sometimes lost and glibc's AVX memcpy
+  # in /init dies of SIGILL ("guest did not start"); without XSAVE glibc picks SSE2.
   cat > "$TBW/$name.cfg" <<CFG
 name="$name"
 type="$type"
 kernel="/guest/vmlinuz"
 ramdisk="/guest/domu.cpio.gz"
-extra="console=hvc0 loglevel=4 WL_MIB=$WL_MIB WL_RATE=$WL_RATE WL_PATTERN=$WL_PATTERN $*"
+extra="console=hvc0 loglevel=4 noxsave WL_MIB=$WL_MIB WL_RATE=$WL_RATE WL_PATTERN=$WL_PATTERN $*"
 memory=$mem
 vcpus=1
 on_crash="preserve"
