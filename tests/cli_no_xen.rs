@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn xckpt(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xckpt")).args(args).output().expect("run xckpt");
+    let out = Command::new(env!("CARGO_BIN_EXE_xckpt"))
+        .args(args)
+        .output()
+        .expect("run xckpt");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -24,13 +27,21 @@ fn xen_verbs_fail_with_one_clear_line() {
     }
     let store = tempfile::tempdir().unwrap();
     let s = store.path().to_str().unwrap();
-    for args in [vec!["list", "--store", s], vec!["checkpoint", "--store", s, "x"]] {
+    for args in [
+        vec!["list", "--store", s],
+        vec!["checkpoint", "--store", s, "x"],
+    ] {
         let (code, _, err) = xckpt(&args);
         assert_ne!(code, 0, "{args:?} succeeded");
         assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
         assert!(err.starts_with("xckpt: "), "{err}");
-        let clear = ["Xen", "dom0", "xen-utils", "libxen"].iter().any(|w| err.contains(w));
-        assert!(clear, "{args:?}: the line does not say Xen is missing: {err}");
+        let clear = ["Xen", "dom0", "xen-utils", "libxen"]
+            .iter()
+            .any(|w| err.contains(w));
+        assert!(
+            clear,
+            "{args:?}: the line does not say Xen is missing: {err}"
+        );
     }
 }
 

@@ -242,9 +242,17 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 lost.len(),
                 lost[0]
             );
-            self.plan = Plan::Resync { id: *id, parent: *parent, reason };
+            self.plan = Plan::Resync {
+                id: *id,
+                parent: *parent,
+                reason,
+            };
         }
-        if let Plan::Incremental { pending: Some(bits), .. } = &self.plan {
+        if let Plan::Incremental {
+            pending: Some(bits),
+            ..
+        } = &self.plan
+        {
             dirty |= bits;
         }
         let baseline = self.plan.baseline(self.chain)?;

@@ -54,5 +54,9 @@ pub fn differing<D: Checkpointable + ?Sized>(
 
 /// The sampled pages that differ but were not reported dirty: evidence of lost tracking.
 pub fn unexplained(differing: &[Pfn], dirty: &PfnBitmap) -> Vec<Pfn> {
-    differing.iter().copied().filter(|&p| !dirty.get(p as usize).is_some_and(|b| *b)).collect()
+    differing
+        .iter()
+        .copied()
+        .filter(|&p| !dirty.get(p as usize).is_some_and(|b| *b))
+        .collect()
 }

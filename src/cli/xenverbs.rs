@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use xckpt::capture::{checkpoint, CaptureReport};
+use xckpt::compose::ComposedImage;
 use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{pause, DirtyLog, Domain};
-use xckpt::store::{Chain, Store};
+use xckpt::store::Store;
 use xckpt::stream::{write_save_file, StreamOptions};
 
 use super::target::Target;
@@ -105,7 +106,8 @@ pub struct RestoreCmd {
     xl: String,
 }
 
-fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(Chain, u64)> {
+/// The verified, composed image at `target` (the chain's newest layer without `@N`).
+fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImage, u64)> {
     let store = Store::open(&store.store)?;
     let chain = store.chain(&target.name)?;
     let m = chain.manifest()?;
@@ -130,13 +132,12 @@ fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(Chain, u64)>
     };
     // Every byte of every layer up to the point is checked before anything reaches Xen.
     chain.verify(Some(id))?;
-    Ok((chain, id))
+    Ok((chain.compose(Some(id))?, id))
 }
 
 impl RestoreCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let (chain, id) = open_point(&self.store, &self.target)?;
-        let image = chain.compose(Some(id))?;
+        let (image, id) = open_point(&self.store, &self.target)?;
         let opts = StreamOptions {
             rename: self.name.clone(),
             ..Default::default()
@@ -195,8 +196,7 @@ pub struct ExportCmd {
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
-        let (chain, id) = open_point(&self.store, &self.target)?;
-        let image = chain.compose(Some(id))?;
+        let (image, id) = open_point(&self.store, &self.target)?;
         let opts = StreamOptions {
             rename: self.name.clone(),
             ..Default::default()

@@ -28,6 +28,19 @@ pub const PAGE_SIZE: usize = 4096;
 /// A guest frame number (pfn for PV, gfn for PVH/HVM).
 pub type Pfn = u64;
 
+/// The canonical lower-case text form of a 16-byte uuid (domain handle).
+pub fn uuid_text(h: &[u8; 16]) -> String {
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// One bit per pfn, bit `i` of word `i / 64` is pfn `i`: Xen's log-dirty bitmap layout.
 pub type PfnBitmap = BitVec<u64, Lsb0>;
 

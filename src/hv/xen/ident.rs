@@ -6,18 +6,7 @@ use xenstore_rs::Xs;
 
 use crate::hv::{DomainIdentity, GuestType, HvError};
 
-/// The canonical text form of a domain handle.
-pub(crate) fn uuid_text(h: &[u8; 16]) -> String {
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
+pub(crate) use crate::hv::uuid_text;
 
 /// Whether `s` is a uuid in canonical text form.
 fn is_uuid(s: &str) -> bool {
