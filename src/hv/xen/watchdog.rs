@@ -110,33 +110,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unpauses_only_after_an_unmatched_pause() {
-        let mut calls = 0;
-        assert_eq!(
-            run(7, &b"PUPU"[..], || {
-                calls += 1;
-                Ok(())
-            }),
-            0
-        );
-        assert_eq!(calls, 0);
-        assert_eq!(
-            run(7, &b"PUP"[..], || {
-                calls += 1;
-                Ok(())
-            }),
-            0
-        );
-        assert_eq!(calls, 1);
-        assert_eq!(
-            run(7, &b""[..], || {
-                calls += 1;
-                Ok(())
-            }),
-            0
-        );
-        assert_eq!(calls, 1);
-        assert_eq!(run(7, &b"P"[..], || Err("nope".into())), 1);
+    fn undoes_only_an_unmatched_stop_and_says_how() {
+        let mut seen = Vec::new();
+        let mut undo = |b| {
+            seen.push(b);
+            Ok(())
+        };
+        assert_eq!(run(7, &b"PUSU"[..], &mut undo), 0);
+        assert_eq!(run(7, &b"PUP"[..], &mut undo), 0);
+        assert_eq!(run(7, &b"SUS"[..], &mut undo), 0);
+        assert_eq!(run(7, &b""[..], &mut undo), 0);
+        assert_eq!(seen, vec![PAUSING, SUSPENDING]);
+        assert_eq!(run(7, &b"P"[..], |_| Err("nope".into())), 1);
     }
 }
 
