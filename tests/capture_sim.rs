@@ -357,3 +357,24 @@ fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
     assert!(r.resync_reason.unwrap().contains("spot check"));
     assert_restores(&chain, &dom, r.layer.id, 1);
 }
+
+#[test]
+fn a_run_killed_after_fetching_dirty_bits_makes_the_next_run_a_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(1024, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    // What a run killed with SIGKILL after its first fetch-and-clear leaves behind.
+    let mut t = chain.manifest().unwrap().tracking.unwrap();
+    assert!(!t.in_flight, "a finished run clears in_flight");
+    t.in_flight = true;
+    chain.set_tracking(Some(t)).unwrap();
+    dom.write_page(7, &[9u8; PAGE_SIZE]).unwrap();
+    let mut gone = PfnBitmap::new();
+    dom.logdirty_clean(&mut gone).unwrap(); // the killed run's fetch
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
+    assert_restores(&chain, &dom, r.layer.id, 1);
+    assert!(!chain.manifest().unwrap().tracking.unwrap().in_flight);
+}

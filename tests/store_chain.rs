@@ -149,6 +149,7 @@ fn manifest_records_layers_and_tracking() {
         armed: true,
         identity: layer_util::identity(),
         since_layer: 2,
+        in_flight: false,
     };
     chain.set_tracking(Some(tracking.clone())).unwrap();
     let m = chain.manifest().unwrap();

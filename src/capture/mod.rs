@@ -226,6 +226,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
+        // From the first fetch-and-clear until the bits are stored (or kept as pending), a kill
+        // would lose them: say so in the manifest, so the next run resyncs.
+        self.mark_in_flight(true)?;
         // Arm tracking. For an incremental, the first fetch-and-clear is round 0's set; the
         // spot-check sample is read just before it.
         self.dom.logdirty_enable()?;
@@ -475,6 +478,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             armed: true,
             identity: self.info.identity.clone(),
             since_layer: meta.id,
+            in_flight: false,
         }))?;
         Ok(CaptureReport {
             layer,
@@ -487,6 +491,17 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         })
     }
 
+    /// Set or clear `in_flight` on the chain's tracking state (if tracking is armed).
+    fn mark_in_flight(&self, on: bool) -> Result<(), CaptureError> {
+        if let Some(mut t) = self.chain.manifest()?.tracking {
+            if t.armed && t.in_flight != on {
+                t.in_flight = on;
+                self.chain.set_tracking(Some(t))?;
+            }
+        }
+        Ok(())
+    }
+
     /// After a failure: keep every dirty bit this run fetched, so the next run stores them.
     fn keep_dirty_bits(&self, e: CaptureError) -> CaptureError {
         let mut bits = self.fetched.clone();
@@ -497,10 +512,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             bits |= p;
         }
         if bits.not_any() {
+            let _ = self.mark_in_flight(false);
             return e;
         }
         match pending::save(self.chain.dir(), &bits) {
-            Ok(()) => e,
+            Ok(()) => match self.mark_in_flight(false) {
+                Ok(()) => e,
+                Err(second) => CaptureError::Unrecoverable {
+                    domain: self.info.identity.name.clone(),
+                    first: Box::new(e),
+                    second: second.to_string(),
+                },
+            },
             Err(io) => {
                 // Without the bits, an incremental would miss pages: make the next run resync.
                 let _ = self.chain.set_tracking(None);

@@ -157,6 +157,8 @@ fn tracking_lost<D: Checkpointable + ?Sized>(
     let now = &info.identity;
     Ok(if !t.armed {
         Some("tracking was turned off (xckpt untrack)".into())
+    } else if t.in_flight {
+        Some("a previous checkpoint was killed after fetching dirty pages it did not keep".into())
     } else if t.identity.domid != now.domid || t.identity.instance != now.instance {
         Some(format!(
             "the domain was re-created or migrated since layer {} (domid {} -> {})",

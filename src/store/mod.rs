@@ -166,6 +166,11 @@ pub struct TrackingState {
     pub identity: DomainIdentity,
     /// The layer the dirty bits are relative to.
     pub since_layer: u64,
+    /// A run fetched (and so cleared) dirty bits and has not yet stored them or kept them in
+    /// `pending-dirty.bits`. Still set when the next run starts, it means that run was killed:
+    /// the bits are lost and the next layer must be a resync.
+    #[serde(default)]
+    pub in_flight: bool,
 }
 
 /// The chain's manifest (`manifest.json`).
