@@ -105,26 +105,6 @@ pub fn run(domid: u32, mut input: impl Read, undo: impl FnOnce(u8) -> Result<(),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn undoes_only_an_unmatched_stop_and_says_how() {
-        let mut seen = Vec::new();
-        let mut undo = |b| {
-            seen.push(b);
-            Ok(())
-        };
-        assert_eq!(run(7, &b"PUSU"[..], &mut undo), 0);
-        assert_eq!(run(7, &b"PUP"[..], &mut undo), 0);
-        assert_eq!(run(7, &b"SUS"[..], &mut undo), 0);
-        assert_eq!(run(7, &b""[..], &mut undo), 0);
-        assert_eq!(seen, vec![PAUSING, SUSPENDING]);
-        assert_eq!(run(7, &b"P"[..], |_| Err("nope".into())), 1);
-    }
-}
-
 /// Undo a stop of `domid` left behind by a dead xckpt: unpause after [`PAUSING`]; after
 /// [`SUSPENDING`], wait for the guest to finish suspending and resume it in place (or withdraw
 /// the suspend request if it never suspends).
@@ -148,4 +128,24 @@ pub fn undo_stop(domid: u32, how: u8) -> Result<(), String> {
     let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| e.to_string())?;
     xs.write(&format!("/local/domain/{domid}/control/shutdown"), "")
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undoes_only_an_unmatched_stop_and_says_how() {
+        let mut seen = Vec::new();
+        let mut undo = |b| {
+            seen.push(b);
+            Ok(())
+        };
+        assert_eq!(run(7, &b"PUSU"[..], &mut undo), 0);
+        assert_eq!(run(7, &b"PUP"[..], &mut undo), 0);
+        assert_eq!(run(7, &b"SUS"[..], &mut undo), 0);
+        assert_eq!(run(7, &b""[..], &mut undo), 0);
+        assert_eq!(seen, vec![PAUSING, SUSPENDING]);
+        assert_eq!(run(7, &b"P"[..], |_| Err("nope".into())), 1);
+    }
 }
