@@ -191,6 +191,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     fetched: PfnBitmap,
     /// Bits fetched in the middle of a live round, owed to the next round.
     skip: SkipSet,
+    /// A killed run's `in_flight` marker was found: leave it for a committed layer to clear.
+    inherited_in_flight: bool,
     rounds: Vec<RoundReport>,
 }
 
@@ -212,6 +214,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             opts,
             fetched,
             skip,
+            inherited_in_flight: false,
             rounds: Vec::new(),
         }
     }
@@ -302,10 +305,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             loop {
                 let t = Instant::now();
                 let before = figs.pages;
-                let rules = CopyRules {
-                    record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
-                    baseline,
-                };
+                let rules = self.rules(first, baseline);
                 let name = self.info.identity.name.clone();
                 let mut sink = |c: Chunk| {
                     pipe.send(c).map_err(|source| CaptureError::Write {
@@ -376,10 +376,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             held.push(c);
             Ok(())
         };
-        let rules = CopyRules {
-            record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
-            baseline,
-        };
+        let rules = self.rules(first, baseline);
         let never = || false;
         let mut pfigs = CopyFigures::default();
         if first && full_scan {
@@ -403,6 +400,17 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let downtime = guard.resume()?;
         self.round_done(true, pfigs.pages, t);
         Ok((held, state, downtime, stop))
+    }
+
+    /// How a round treats what it copies. Only the first round of a base skips recording
+    /// unpopulated pfns (uncovered means unpopulated there). Only the first, full round of a
+    /// resync drops pages equal to the chain: a later round re-sends pages this layer may
+    /// already hold an older copy of, so each must be stored even if it equals the chain.
+    fn rules<'b>(&self, first: bool, baseline: Option<&'b dyn Baseline>) -> CopyRules<'b> {
+        CopyRules {
+            record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
+            baseline: if first { baseline } else { None },
+        }
     }
 
     fn round_done(&mut self, paused: bool, pages: u64, t: Instant) {
@@ -491,10 +499,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         })
     }
 
-    /// Set or clear `in_flight` on the chain's tracking state (if tracking is armed).
-    fn mark_in_flight(&self, on: bool) -> Result<(), CaptureError> {
+    /// Set or clear `in_flight` on the chain's tracking state (if tracking is armed). A
+    /// marker left by a killed run is never cleared by a later failed run: only a committed
+    /// layer (which re-arms tracking) clears it.
+    fn mark_in_flight(&mut self, on: bool) -> Result<(), CaptureError> {
         if let Some(mut t) = self.chain.manifest()?.tracking {
-            if t.armed && t.in_flight != on {
+            if on && t.in_flight {
+                self.inherited_in_flight = true;
+            }
+            if on && self.inherited_in_flight {
+                return Ok(());
+            }
+            if t.armed && t.in_flight != on && !self.inherited_in_flight {
                 t.in_flight = on;
                 self.chain.set_tracking(Some(t))?;
             }
@@ -503,7 +519,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     }
 
     /// After a failure: keep every dirty bit this run fetched, so the next run stores them.
-    fn keep_dirty_bits(&self, e: CaptureError) -> CaptureError {
+    fn keep_dirty_bits(&mut self, e: CaptureError) -> CaptureError {
         let mut bits = self.fetched.clone();
         if let Plan::Incremental {
             pending: Some(p), ..
