@@ -314,31 +314,17 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                     })
                 };
                 let skip = Some(&mut self.skip);
-                let copied = if first && full_scan {
-                    let all = 0..self.info.pfn_count;
-                    copy_pfns(
-                        &*dom,
-                        all,
-                        builder,
-                        rules,
-                        &mut figs,
-                        &mut sink,
-                        &interrupted,
-                        skip,
-                    )
-                } else {
-                    let set = dirty.iter_ones().map(|p| p as u64);
-                    copy_pfns(
-                        &*dom,
-                        set,
-                        builder,
-                        rules,
-                        &mut figs,
-                        &mut sink,
-                        &interrupted,
-                        skip,
-                    )
-                };
+                let set = round_set(first && full_scan, self.info.pfn_count, dirty);
+                let copied = copy_pfns(
+                    &*dom,
+                    set,
+                    builder,
+                    rules,
+                    &mut figs,
+                    &mut sink,
+                    &interrupted,
+                    skip,
+                );
                 // Bits fetched mid-round are owed to the next round, failure or not.
                 self.fetched |= &self.skip.bits;
                 copied?;
@@ -379,23 +365,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let rules = self.rules(first, baseline);
         let never = || false;
         let mut pfigs = CopyFigures::default();
-        if first && full_scan {
-            copy_pfns(
-                &*dom,
-                0..self.info.pfn_count,
-                builder,
-                rules,
-                &mut pfigs,
-                &mut hold,
-                &never,
-                None,
-            )?;
-        } else {
-            let set = dirty.iter_ones().map(|p| p as u64);
-            copy_pfns(
-                &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
-            )?;
-        }
+        let set = round_set(first && full_scan, self.info.pfn_count, dirty);
+        copy_pfns(
+            &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
+        )?;
         let state = dom.save_state()?;
         let downtime = guard.resume()?;
         self.round_done(true, pfigs.pages, t);
@@ -550,6 +523,15 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 }
             }
         }
+    }
+}
+
+/// The pfns a round copies: all of them (the first round of a base or resync), or the dirty set.
+fn round_set(all: bool, pfn_count: u64, dirty: &PfnBitmap) -> Box<dyn Iterator<Item = u64> + '_> {
+    if all {
+        Box::new(0..pfn_count)
+    } else {
+        Box::new(dirty.iter_ones().map(|p| p as u64))
     }
 }
 
