@@ -34,10 +34,9 @@ impl<'a> GuestPage<'a> {
     /// for that frame. The view borrows the mapping, so it cannot outlive the unmap.
     pub fn from_foreign(mapping: &'a xen_sys::ForeignMapping<'_>, i: usize) -> Result<Self, i32> {
         let ptr = mapping.page_ptr(i)?;
-        // SAFETY: `ForeignMapping::page_ptr` guarantees an `Ok` pointer is page-aligned with
-        // PAGE_SIZE readable bytes mapped until the mapping drops, and the returned view borrows
-        // the mapping for 'a. The guest may write the page concurrently; GuestPage only reads
-        // it volatilely.
+        // SAFETY: an `Ok` pointer from `page_ptr` is page-aligned, with PAGE_SIZE readable bytes
+        // mapped until the mapping drops; the view borrows the mapping for 'a, and GuestPage
+        // only reads volatilely, so concurrent guest writes are fine.
         Ok(unsafe { GuestPage::new(ptr.as_ptr()) })
     }
 

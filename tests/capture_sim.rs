@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use xckpt::capture::{checkpoint, CaptureError, CaptureOptions};
 use xckpt::compose::{Image, PageState};
-use xckpt::guestmem::GuestPage;
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{
     DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
@@ -224,9 +223,6 @@ impl MachineState for Faulty {
         self.sim.config()
     }
 }
-
-#[allow(dead_code)]
-fn _page_is_used(_: GuestPage<'_>) {}
 
 #[test]
 fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {

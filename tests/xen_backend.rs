@@ -60,18 +60,7 @@ fn uuid(domid: u32, gen: u8) -> ([u8; 16], String) {
     let mut h = [0u8; 16];
     h[0] = domid as u8;
     h[15] = gen;
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    (
-        h,
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        ),
-    )
+    (h, xckpt::hv::uuid_text(&h))
 }
 
 /// Create fake domain `domid` named `name` of type `ty` with xenstore entries; returns the

@@ -5,6 +5,13 @@ STORE=${STORE:-/var/lib/xckpt}
 CLEANUP=""
 trap 'eval "$CLEANUP"; for g in $TB_GUESTS; do xl destroy "$g" >/dev/null 2>&1; done' EXIT
 
+# fresh_guest TYPE NAME: an empty store and a new guest whose workload is ticking.
+fresh_guest() {
+  rm -rf "$STORE"
+  start_guest "$1" "$2" "$DOMU_MEM" || fail "guest $2 did not start"
+  wait_ticks "$2" 3 60 || fail "workload of $2 not ticking"
+}
+
 # ck NAME [ARGS...]: one `xckpt checkpoint` of NAME as its own process. Sets CK_S (wall time),
 # CK_GAP_MS (longest guest-observed pause around it), CK_GEN (workload gen just before),
 # CK_LINE (xckpt's summary line). Fails the scenario if the workload breaks.
@@ -18,7 +25,7 @@ ck() {
   CK_GAP_MS=$(guest_gap "$name" "$m")
 }
 
-# layer_field KEY: a figure from the last checkpoint's JSON-free summary, e.g. bytes.
+# ck_bytes: the layer size from the last checkpoint's summary line.
 ck_bytes() { echo "$CK_LINE" | sed -n 's/.*) \([0-9]*\) bytes.*/\1/p'; }
 
 # rs NAME SPEC [ARGS...]: destroy NAME, `xckpt restore SPEC`, wait for the workload. Sets RS_S
@@ -35,10 +42,8 @@ rs() {
 
 # chain_scenario TYPE NAME: base + 3 incrementals seconds apart, restore latest and @1.
 chain_scenario() {
-  local type=$1 g=$2 n gens=""
-  rm -rf "$STORE"
-  start_guest "$type" "$g" "$DOMU_MEM" || fail "guest $g did not start"
-  wait_ticks "$g" 3 60 || fail "workload of $g not ticking"
+  local type=$1 g=$2 n
+  fresh_guest "$type" "$g"
   ck "$g"; note "$CK_LINE"; local base_s=$CK_S base_bytes; base_bytes=$(ck_bytes)
   local gen1; gen1=$(last_gen "$g")
   local gaps="$CK_GAP_MS"

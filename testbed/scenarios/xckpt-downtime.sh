@@ -1,9 +1,7 @@
 # about: guest-observed gap during xckpt checkpoint vs during xl save -c on the same guest (goal <= 0.2x)
 . /testbed/xckpt.sh
 G=xdt
-rm -rf "$STORE"
-start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
-wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
+fresh_guest pvh "$G"
 m=$(mark "$G")
 timed SAVEC_S xl save -c "$G" "$TBW/dt.save" || fail "xl save -c failed"
 rm -f "$TBW/dt.save"

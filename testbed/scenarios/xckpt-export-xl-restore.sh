@@ -1,9 +1,7 @@
 # about: an exported layer restores with plain xl restore (bad=0); an xl save file imported and restored with xckpt (bad=0)
 . /testbed/xckpt.sh
 G=xex
-rm -rf "$STORE"
-start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
-wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
+fresh_guest pvh "$G"
 ck "$G"; sleep 2; ck "$G"
 timed EXPORT_S xckpt export --store "$STORE" "$G@2" -o "$TBW/x.save" || fail "xckpt export failed"
 EXPORT_BYTES=$(file_bytes "$TBW/x.save")

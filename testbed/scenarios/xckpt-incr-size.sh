@@ -2,9 +2,7 @@
 . /testbed/xckpt.sh
 G=xis
 WL_RATE=${XIS_RATE:-128}
-rm -rf "$STORE"
-start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
-wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
+fresh_guest pvh "$G"
 ck "$G"
 sleep 10
 ck "$G"; INC=$(ck_bytes)

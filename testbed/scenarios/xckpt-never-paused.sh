@@ -1,9 +1,7 @@
 # about: SIGKILL during the pause, a full store during the write, SIGTERM during pre-copy: the domain runs within 1 s, the chain verifies, the next incremental restores bad=0
 . /testbed/xckpt.sh
 G=xnp
-rm -rf "$STORE"
-start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
-wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
+fresh_guest pvh "$G"
 ck "$G"
 
 # running_within NAME SECONDS: succeeds once NAME is not paused; sets RUN_MS (time it took).

@@ -1,9 +1,7 @@
 # about: log-dirty turned off between runs (xckpt untrack): the next run is a resync that stores only what differs, and restores bad=0
 . /testbed/xckpt.sh
 G=xtl
-rm -rf "$STORE"
-start_guest pvh "$G" "$DOMU_MEM" || fail "guest $G did not start"
-wait_ticks "$G" 3 60 || fail "workload of $G not ticking"
+fresh_guest pvh "$G"
 ck "$G"
 BASE=$(ck_bytes)
 xckpt untrack --store "$STORE" "$G" || fail "xckpt untrack failed"
