@@ -2,7 +2,7 @@
 //! its pause instant, incrementals hold exactly what was dirtied, and no path leaves the domain
 //! paused or loses dirty bits.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,6 +171,21 @@ struct Faulty {
     sim: Arc<SimDomain>,
     fail_state: AtomicBool,
     fail_map_after_pause: AtomicBool,
+    /// Turn log-dirty off just before the N-th CLEAN (as the end of an `xl save` does).
+    disable_before_clean: AtomicU64,
+    cleans: AtomicU64,
+}
+
+impl Faulty {
+    fn new(sim: Arc<SimDomain>) -> Self {
+        Faulty {
+            sim,
+            fail_state: AtomicBool::new(false),
+            fail_map_after_pause: AtomicBool::new(false),
+            disable_before_clean: AtomicU64::new(0),
+            cleans: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Domain for Faulty {
@@ -198,6 +213,10 @@ impl DirtyLog for Faulty {
         self.sim.logdirty_enabled()
     }
     fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        let n = self.cleans.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.disable_before_clean.load(Ordering::SeqCst) {
+            self.sim.logdirty_disable()?;
+        }
         self.sim.logdirty_clean(into)
     }
 }
@@ -229,11 +248,7 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     let chain = store.chain("g").unwrap();
-    let dom = Arc::new(Faulty {
-        sim: sim(2048, AccessPattern::Uniform, 0.0),
-        fail_state: AtomicBool::new(false),
-        fail_map_after_pause: AtomicBool::new(false),
-    });
+    let dom = Arc::new(Faulty::new(sim(2048, AccessPattern::Uniform, 0.0)));
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     let head = chain.manifest().unwrap().layers.len();
 
@@ -312,6 +327,31 @@ fn lost_tracking_takes_a_resync_that_stores_only_what_differs() {
     dom.write_page(4, &page).unwrap();
     let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(r.layer.kind, LayerKind::Incremental);
+}
+
+#[test]
+fn log_dirty_turned_off_during_a_capture_fails_it_and_the_next_run_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = Arc::new(Faulty::new(sim(2048, AccessPattern::Uniform, 50.0)));
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let head = chain.manifest().unwrap().layers.len();
+    // Another tool ends its save between this run's first and second CLEAN.
+    let first = dom.cleans.load(Ordering::SeqCst) + 1;
+    dom.disable_before_clean.store(first + 1, Ordering::SeqCst);
+    let e = checkpoint(&dom, &chain, &opts(1)).unwrap_err();
+    assert!(
+        matches!(e, CaptureError::Hv(HvError::TrackingLost { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("next checkpoint will be a resync"), "{e}");
+    assert!(!dom.info().unwrap().paused, "left paused");
+    assert_eq!(chain.manifest().unwrap().layers.len(), head);
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync);
+    let last = dom.sim.truths().len() - 1;
+    assert_restores(&chain, &dom.sim, r.layer.id, last);
 }
 
 #[test]

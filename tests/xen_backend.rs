@@ -428,6 +428,7 @@ fn quiet_env() -> XenEnv {
     XenEnv {
         watchdog_exe: None,
         suspend: false,
+        xenstored_resume: false,
         proc_root: None,
         ..XenEnv::default()
     }

@@ -110,6 +110,7 @@ fn guest(domid: u32) -> Guest {
         XenEnv {
             watchdog_exe: None,
             suspend: false,
+            xenstored_resume: false,
             proc_root: None,
             ..XenEnv::default()
         },

@@ -493,6 +493,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
 
     /// After a failure: keep every dirty bit this run fetched, so the next run stores them.
     fn keep_dirty_bits(&mut self, e: CaptureError) -> CaptureError {
+        if matches!(e, CaptureError::Hv(HvError::TrackingLost { .. })) {
+            // The bits are incomplete: keeping them would not help. Disarm, so the next run
+            // resyncs.
+            return match self.chain.set_tracking(None) {
+                Ok(()) => e,
+                Err(second) => CaptureError::Unrecoverable {
+                    domain: self.info.identity.name.clone(),
+                    first: Box::new(e),
+                    second: second.to_string(),
+                },
+            };
+        }
         let mut bits = self.fetched.clone();
         if let Plan::Incremental {
             pending: Some(p), ..

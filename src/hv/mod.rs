@@ -153,6 +153,15 @@ pub enum HvError {
         /// Errno text or back-end message.
         reason: String,
     },
+    /// Log-dirty was turned off while this run relied on it (another tool such as `xl save`
+    /// or `xl migrate` restarted or disabled it), so this run's dirty set is incomplete.
+    #[error("domain {domain}: log-dirty was turned off during the checkpoint ({reason}); the chain is unchanged and the next checkpoint will be a resync")]
+    TrackingLost {
+        /// Domain name.
+        domain: String,
+        /// What was seen.
+        reason: String,
+    },
     /// Log-dirty is not supported for this domain (PV guest on a hypervisor without shadow paging).
     #[error("domain {domain}: log-dirty is not supported by this hypervisor ({reason}); use --no-live for a paused checkpoint")]
     LogDirtyUnsupported {
@@ -195,7 +204,9 @@ pub trait DirtyLog: Domain {
     /// Whether log-dirty mode is on now.
     fn logdirty_enabled(&self) -> Result<bool, HvError>;
     /// Fetch the dirty bitmap and clear it, atomically (Xen's CLEAN). `into` is resized to
-    /// `pfn_count` bits and overwritten. Returns the number of dirty pages.
+    /// `pfn_count` bits and overwritten. Returns the number of dirty pages. Fails with
+    /// [`HvError::TrackingLost`] when log-dirty is off, or was turned off by someone else since
+    /// this handle enabled it: the bitmap would then silently miss writes.
     fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError>;
 }
 

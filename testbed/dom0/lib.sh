@@ -165,3 +165,24 @@ destroy_all() {
   local d
   for d in $(xl list 2>/dev/null | awk 'NR>1 && $2 != 0 {print $1}'); do xl destroy "$d"; done
 }
+
+# xl_migrate_local NAME: live `xl migrate` of NAME to this host (ssh replaced by a pipe). Sets
+# MIGRATE_S and MIGRATE_GAP_MS; fails the scenario unless the workload keeps running with bad=0.
+xl_migrate_local() {
+  local name=$1 m
+  printf '#!/bin/sh\nshift\nexec "$@"\n' > "$TBW/fakessh" && chmod +x "$TBW/fakessh"
+  m=$(mark "$name")
+  timed MIGRATE_S xl migrate -s "$TBW/fakessh" "$name" localhost ||
+    fail "xl migrate of $name failed (variant $TB_VARIANT)"
+  wait_ticks "$name" 3 60 "$m" || fail "workload of $name not running after migrate"
+  check_bad "$name" "$m" || fail "workload of $name saw corrupted pages after migrate"
+  MIGRATE_GAP_MS=$(guest_gap "$name" "$m")
+}
+
+# migrate_scenario TYPE NAME: start a TYPE guest and migrate it live to localhost.
+migrate_scenario() {
+  start_guest "$1" "$2" "$DOMU_MEM" || fail "guest $2 did not start"
+  wait_ticks "$2" 3 60 || fail "workload in $2 stopped ticking"
+  xl_migrate_local "$2"
+  pass "migrate_s=$MIGRATE_S guest_gap_ms=$MIGRATE_GAP_MS variant=$TB_VARIANT"
+}

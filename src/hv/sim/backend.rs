@@ -88,15 +88,14 @@ impl DirtyLog for SimDomain {
         Ok(self.logdirty_on())
     }
 
-    /// Fails with `EINVAL` while log-dirty is off.
+    /// Fails with [`HvError::TrackingLost`] while log-dirty is off.
     fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
         let _switch = lock(&self.inner.logdirty_switch);
         if !self.logdirty_on() {
-            return Err(HvError::op(
-                self.name(),
-                "log-dirty CLEAN",
-                "EINVAL: log-dirty mode is off",
-            ));
+            return Err(HvError::TrackingLost {
+                domain: self.name(),
+                reason: "log-dirty mode is off".into(),
+            });
         }
         Ok(self.inner.dirty.take_into(into))
     }

@@ -7,8 +7,9 @@
 //! * [`DirtyLog::logdirty_enabled`] answers from this handle's own state when it enabled
 //!   tracking, and otherwise probes: ENABLE failing with EINVAL means on; ENABLE succeeding
 //!   means it was off, and it is turned off again at once.
-//! * [`DirtyLog::logdirty_clean`] fails while log-dirty is off (Xen itself would return an
-//!   empty bitmap), and asks for `XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL` when the domain is paused
+//! * [`DirtyLog::logdirty_clean`] fails with [`HvError::TrackingLost`] while log-dirty is off
+//!   (Xen itself would return an empty bitmap) or when it was turned off since this handle's
+//!   previous CLEAN (another tool's save ended), and asks for `XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL` when the domain is paused
 //!   (the final round), so pages Xen itself maps writably are reported too.
 
 use std::sync::atomic::Ordering;
@@ -27,6 +28,24 @@ use crate::hv::{DirtyLog, Domain, GuestMemory, HvError, MappedBatch, PageType, P
 impl XenDomain {
     fn shadow(&self, op: u32) -> Result<(), XenError> {
         self.xc.shadow_control(self.domid, op, 0)
+    }
+
+    /// Between two CLEANs of one run, another tool may have turned log-dirty off (libxc's save
+    /// does so when it ends, `xl migrate` restarts it when it begins): the bits in between
+    /// are gone. Probe with ENABLE: EINVAL means still on; success means it was off (and is on
+    /// again now, for the next run), so this run's dirty set cannot be trusted.
+    fn check_still_tracking(&self) -> Result<(), HvError> {
+        if !self.logdirty_ours.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.shadow(XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY) {
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EBUSY)) => Ok(()),
+            Ok(()) => Err(HvError::TrackingLost {
+                domain: self.name(),
+                reason: "another tool turned it off (xl save or xl migrate?)".into(),
+            }),
+            Err(e) => Err(op_err(self, "log-dirty probe")(e)),
+        }
     }
 
     fn unsupported(&self, e: &XenError) -> Option<HvError> {
@@ -92,12 +111,12 @@ impl DirtyLog for XenDomain {
         // Xen answers a CLEAN with an empty bitmap when log-dirty is off; fail loudly instead,
         // as the sim does, so a capture that forgot to enable tracking cannot lose writes.
         if !self.logdirty_ours.load(Ordering::SeqCst) && !self.logdirty_enabled()? {
-            return Err(HvError::op(
-                self.name(),
-                "log-dirty CLEAN",
-                "log-dirty mode is off",
-            ));
+            return Err(HvError::TrackingLost {
+                domain: self.name(),
+                reason: "log-dirty mode is off".into(),
+            });
         }
+        self.check_still_tracking()?;
         let pfn_count = self.pfn_count()?;
         // The final round runs paused: ask Xen to include pages it maps writably itself.
         let paused =

@@ -49,6 +49,9 @@ pub struct XenEnv {
     /// Stop the guest by a cooperative suspend, as `xl save -c` does (needed for an image that
     /// restores into a new domain); false pauses its vCPUs only.
     pub suspend: bool,
+    /// Tell xenstored with `XS_RESUME` after resuming a suspended guest (off in tests, which
+    /// have no xenstored).
+    pub xenstored_resume: bool,
 }
 
 impl Default for XenEnv {
@@ -60,6 +63,7 @@ impl Default for XenEnv {
             watchdog_exe: std::env::current_exe().ok(),
             proc_root: Some(PathBuf::from("/proc")),
             suspend: true,
+            xenstored_resume: true,
         }
     }
 }

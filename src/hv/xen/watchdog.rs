@@ -121,7 +121,9 @@ pub fn undo_stop(domid: u32, how: u8) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .ok_or("the domain is gone")?;
         if super::suspend::is_suspended(&info) {
-            return xc.resume_cancelled(domid).map_err(|e| e.to_string());
+            xc.resume_cancelled(domid).map_err(|e| e.to_string())?;
+            return super::suspend::tell_xenstored_resumed(domid)
+                .map_err(|e| format!("resumed, but xenstored was not told: {e}"));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
