@@ -360,6 +360,10 @@ fn hvm_state_config_and_qemu() {
         ..quiet_env()
     };
     let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
+    let physmap = "/local/domain/0/device-model/261/physmap/f0000000";
+    for (k, v) in [("start_addr", "c0000"), ("size", "800000"), ("name", "vga.vram")] {
+        xs.write(&format!("{physmap}/{k}"), v).unwrap();
+    }
     let d = open("win", &xs, env).unwrap();
 
     d.prepare_capture().unwrap();
@@ -384,12 +388,20 @@ fn hvm_state_config_and_qemu() {
     assert_eq!(seen[1]["arguments"]["enable"], true);
     assert_eq!(seen[3]["arguments"]["live"], false);
     assert_eq!(seen[5]["arguments"]["enable"], false);
-    let (last, first) = blobs.split_last().unwrap();
-    let got: Vec<(u32, Vec<u8>)> = first.iter().map(|b| (b.kind, b.data.clone())).collect();
+    let (cpu, emulator) = blobs.split_at(blobs.len() - 2);
+    let got: Vec<(u32, Vec<u8>)> = cpu.iter().map(|b| (b.kind, b.data.clone())).collect();
     assert_eq!(got, expected_pvh_blobs(261));
     assert_eq!(
-        (last.kind, last.data.as_slice()),
+        (emulator[0].kind, emulator[0].data.as_slice()),
         (state_kind::QEMU_STATE, &b"QEVM device state"[..])
+    );
+    assert_eq!(
+        (emulator[1].kind, emulator[1].data.as_slice()),
+        (
+            state_kind::QEMU_XENSTORE,
+            &b"physmap/f0000000/start_addr\0c0000\0physmap/f0000000/size\0800000\0\
+               physmap/f0000000/name\0vga.vram\0"[..]
+        )
     );
     assert!(
         !dir.path().join("xckpt-qemu-save.261").exists(),

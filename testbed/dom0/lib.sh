@@ -167,16 +167,26 @@ destroy_all() {
 }
 
 # xl_migrate_local NAME: live `xl migrate` of NAME to this host (ssh replaced by a pipe). Sets
-# MIGRATE_S and MIGRATE_GAP_MS; fails the scenario unless the workload keeps running with bad=0.
+# MIGRATE_S and MIGRATE_GAP_MS; fails the scenario unless the migrated workload runs with bad=0.
 xl_migrate_local() {
-  local name=$1 m
   printf '#!/bin/sh\nshift\nexec "$@"\n' > "$TBW/fakessh" && chmod +x "$TBW/fakessh"
-  m=$(mark "$name")
-  timed MIGRATE_S xl migrate -s "$TBW/fakessh" "$name" localhost ||
-    fail "xl migrate of $name failed (variant $TB_VARIANT)"
-  wait_ticks "$name" 3 60 "$m" || fail "workload of $name not running after migrate"
-  check_bad "$name" "$m" || fail "workload of $name saw corrupted pages after migrate"
-  MIGRATE_GAP_MS=$(guest_gap "$name" "$m")
+  rm -f "$(clog "$1--incoming")"
+  timed MIGRATE_S xl migrate -s "$TBW/fakessh" "$1" localhost ||
+    fail "xl migrate of $1 failed (variant $TB_VARIANT)"
+  follow_migrated "$1"
+}
+
+# follow_migrated NAME: after an `xl migrate` of NAME to this host, check the new domain's
+# workload (bad=0; sets MIGRATE_GAP_MS) and bring its console log back under NAME. xenconsoled
+# names a log when it first sees a domain, and the incoming one is called NAME--incoming then;
+# SIGHUP makes it reopen every log under the domain's current name.
+follow_migrated() {
+  local inc="$1--incoming"
+  wait_ticks "$inc" 2 60 0 || fail "workload of $1 not running after migrate"
+  check_bad "$inc" 0 || fail "workload of $1 saw corrupted pages after migrate"
+  MIGRATE_GAP_MS=$(guest_gap "$inc" 0)
+  kill -HUP "$(cat /var/run/xenconsoled.pid)"
+  wait_ticks "$1" 2 60 || fail "console of $1 not back under its name after migrate"
 }
 
 # migrate_scenario TYPE NAME: start a TYPE guest and migrate it live to localhost.
@@ -185,4 +195,14 @@ migrate_scenario() {
   wait_ticks "$2" 3 60 || fail "workload in $2 stopped ticking"
   xl_migrate_local "$2"
   pass "migrate_s=$MIGRATE_S guest_gap_ms=$MIGRATE_GAP_MS variant=$TB_VARIANT"
+}
+
+# running_cmd WORD...: succeeds if a process's command line contains all the words in order
+# (busybox here has no pgrep).
+running_cmd() {
+  local f
+  for f in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' < "$f" 2>/dev/null | grep -q -- "$*" && return 0
+  done
+  return 1
 }

@@ -36,6 +36,22 @@ pub(crate) fn hvm_params_record(params: &[(u32, u64)]) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// NUL-terminated (key, value) strings back to back; None for no pairs (libxl then writes no
+/// EMULATOR_XENSTORE_DATA record either).
+pub(crate) fn pack_xenstore_pairs(pairs: &[(String, String)]) -> Option<Vec<u8>> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        for s in [k, v] {
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        }
+    }
+    Some(out)
+}
+
 impl XenDomain {
     fn qmp(
         &self,
@@ -85,6 +101,29 @@ impl XenDomain {
         let data = saved.and_then(|_| std::fs::read(&path).map_err(fail));
         let _ = std::fs::remove_file(&path);
         data
+    }
+
+    /// QEMU's `physmap/<id>/{start_addr,size,name}` keys under its device-model path, packed as
+    /// libxl's EMULATOR_XENSTORE_DATA body (None when QEMU registered no physmap entry). A
+    /// restored QEMU finds its relocated VRAM through them.
+    fn qemu_xenstore(&self) -> Result<Option<Vec<u8>>, HvError> {
+        let root = format!("/local/domain/0/device-model/{}", self.domid);
+        let entries = match self.with_xs(|xs| xs.directory(&format!("{root}/physmap"))) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(HvError::op(self.name(), "QEMU xenstore data", e)),
+        };
+        let mut pairs = Vec::with_capacity(entries.len() * 3);
+        for entry in &entries {
+            for sub in ["start_addr", "size", "name"] {
+                let key = format!("physmap/{entry}/{sub}");
+                let val = self
+                    .with_xs(|xs| xs.read(&format!("{root}/{key}")))
+                    .map_err(|e| HvError::op(self.name(), "QEMU xenstore data", format!("{key}: {e}")))?;
+                pairs.push((key, val.to_string()));
+            }
+        }
+        Ok(pack_xenstore_pairs(&pairs))
     }
 
     fn hvm_blobs(&self) -> Result<Vec<StateBlob>, HvError> {
@@ -159,6 +198,12 @@ impl MachineState for XenDomain {
                 kind: state_kind::QEMU_STATE,
                 data: self.qemu_state()?,
             });
+            if let Some(data) = self.qemu_xenstore()? {
+                blobs.push(StateBlob {
+                    kind: state_kind::QEMU_XENSTORE,
+                    data,
+                });
+            }
         }
         Ok(blobs)
     }
@@ -172,6 +217,20 @@ impl MachineState for XenDomain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xenstore_pairs_are_nul_terminated_strings() {
+        assert_eq!(pack_xenstore_pairs(&[]), None);
+        let b = pack_xenstore_pairs(&[
+            ("physmap/f0000000/size".into(), "800000".into()),
+            ("physmap/f0000000/name".into(), "vga.vram".into()),
+        ])
+        .unwrap();
+        assert_eq!(
+            b,
+            b"physmap/f0000000/size\0800000\0physmap/f0000000/name\0vga.vram\0"
+        );
+    }
 
     #[test]
     fn hvm_params_body() {
