@@ -2,9 +2,10 @@
 //! server and a stand-in `xl`. Each test uses its own domids (the fake registry is global).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -310,8 +311,9 @@ fn pvh_state_is_libxc_record_bodies() {
     d.finish_capture().unwrap();
 }
 
-/// A QMP server answering `commands` connections; `xen-save-devices-state` writes `state` to
-/// the file it is given. Returns the commands seen.
+/// A QMP server for `connections` connections that answers every command with success. It
+/// keeps the file descriptors passed with `add-fd` and writes `state` into the last one when
+/// asked for `xen-save-devices-state` into `/dev/fdset/N`.
 fn qmp_server(
     path: &Path,
     connections: usize,
@@ -320,24 +322,59 @@ fn qmp_server(
     let l = UnixListener::bind(path).unwrap();
     std::thread::spawn(move || {
         let mut seen = Vec::new();
+        let mut fds: Vec<OwnedFd> = Vec::new();
         for _ in 0..connections {
-            let (s, _) = l.accept().unwrap();
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            w.write_all(b"{\"QMP\": {}}\n").unwrap();
-            for _ in 0..2 {
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let v: Value = serde_json::from_str(&line).unwrap();
-                if v["execute"] == "xen-save-devices-state" {
-                    std::fs::write(v["arguments"]["filename"].as_str().unwrap(), state).unwrap();
-                }
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"{\"QMP\": {}}\n").unwrap();
+            let mut pending = Vec::new();
+            while let Some(v) = read_message(&s, &mut pending, &mut fds) {
+                let reply = match v["execute"].as_str().unwrap() {
+                    "add-fd" => "{\"return\": {\"fdset-id\": 1, \"fd\": 9}}\n",
+                    "xen-save-devices-state" => {
+                        assert_eq!(v["arguments"]["filename"], "/dev/fdset/1");
+                        let fd = fds.last().expect("an fd was added").try_clone().unwrap();
+                        std::fs::File::from(fd).write_all(state).unwrap();
+                        "{\"return\": {}}\n"
+                    }
+                    _ => "{\"return\": {}}\n",
+                };
                 seen.push(v);
-                w.write_all(b"{\"return\": {}}\n").unwrap();
+                s.write_all(reply.as_bytes()).unwrap();
             }
         }
         seen
     })
+}
+
+/// The next JSON line from `s` (None at EOF), keeping any SCM_RIGHTS descriptors in `fds`.
+fn read_message(s: &UnixStream, pending: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> Option<Value> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    loop {
+        if let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            return Some(serde_json::from_slice(&line).unwrap());
+        }
+        let mut buf = [0u8; 4096];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let n = recvmsg(
+            s,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::empty(),
+        )
+        .unwrap()
+        .bytes;
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(got) = msg {
+                fds.extend(got);
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[test]
@@ -356,7 +393,6 @@ fn hvm_state_config_and_qemu() {
     let env = XenEnv {
         xl_command: xl,
         qmp_dir: dir.path().into(),
-        qemu_save_dir: dir.path().into(),
         ..quiet_env()
     };
     let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
@@ -380,14 +416,16 @@ fn hvm_state_config_and_qemu() {
             "qmp_capabilities",
             "xen-set-global-dirty-log",
             "qmp_capabilities",
+            "add-fd",
             "xen-save-devices-state",
+            "remove-fd",
             "qmp_capabilities",
             "xen-set-global-dirty-log"
         ]
     );
     assert_eq!(seen[1]["arguments"]["enable"], true);
-    assert_eq!(seen[3]["arguments"]["live"], false);
-    assert_eq!(seen[5]["arguments"]["enable"], false);
+    assert_eq!(seen[4]["arguments"]["live"], false);
+    assert_eq!(seen[7]["arguments"]["enable"], false);
     let (cpu, emulator) = blobs.split_at(blobs.len() - 2);
     let got: Vec<(u32, Vec<u8>)> = cpu.iter().map(|b| (b.kind, b.data.clone())).collect();
     assert_eq!(got, expected_pvh_blobs(261));
@@ -402,10 +440,6 @@ fn hvm_state_config_and_qemu() {
             &b"physmap/f0000000/start_addr\0c0000\0physmap/f0000000/size\0800000\0\
                physmap/f0000000/name\0vga.vram\0"[..]
         )
-    );
-    assert!(
-        !dir.path().join("xckpt-qemu-save.261").exists(),
-        "temporary state file removed"
     );
 
     let cfg = d.config().unwrap();

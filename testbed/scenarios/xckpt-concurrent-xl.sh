@@ -34,7 +34,7 @@ xckpt verify --store "$STORE" "$G" || fail "chain does not verify after the over
 
 # Whatever each tool made of it, the next checkpoint restores bad=0.
 sleep 2
-ck "$G"; NEXT=$(echo "$CK_LINE" | sed -n 's/.*(\([A-Za-z]*\)).*/\1/p')
+ck "$G"; NEXT=$(echo "$CK_LINE" | sed -n "s/.*layer [0-9]* (\([A-Za-z]*\)).*/\1/p")
 rs "$G" "$G"
 destroy_guest "$G"
 pass "refused=1 refuse_s=$REFUSE_S savec_rc=$SAVEC_RC xckpt_rc=$CK_RC next_layer=$NEXT bad=0"

@@ -42,7 +42,7 @@ impl XenDomain {
             Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EBUSY)) => Ok(()),
             Ok(()) => Err(HvError::TrackingLost {
                 domain: self.name(),
-                reason: "another tool turned it off (xl save or xl migrate?)".into(),
+                reason: "another tool, such as xl save or xl migrate, turned it off".into(),
             }),
             Err(e) => Err(op_err(self, "log-dirty probe")(e)),
         }

@@ -39,9 +39,6 @@ pub struct XenEnv {
     pub xl_command: PathBuf,
     /// Directory of libxl's QMP sockets `qmp-libxl-<domid>`.
     pub qmp_dir: PathBuf,
-    /// Directory where QEMU writes its device state (`xckpt-qemu-save.<domid>`), readable by
-    /// QEMU; libxl uses the same one for `qemu-save.<domid>`.
-    pub qemu_save_dir: PathBuf,
     /// The `xckpt` binary to run as the pause watchdog (None: no watchdog, for tests only).
     pub watchdog_exe: Option<PathBuf>,
     /// Where to look for a concurrent `xl save` / `xl migrate` (None: do not look).
@@ -59,7 +56,6 @@ impl Default for XenEnv {
         XenEnv {
             xl_command: PathBuf::from("xl"),
             qmp_dir: PathBuf::from("/var/run/xen"),
-            qemu_save_dir: PathBuf::from("/var/lib/xen"),
             watchdog_exe: std::env::current_exe().ok(),
             proc_root: Some(PathBuf::from("/proc")),
             suspend: true,

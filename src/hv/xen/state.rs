@@ -7,9 +7,6 @@
 //! too: HVM_PARAMS with no non-zero param, and empty CPUID / MSR policies. For HVM guests QEMU's
 //! device state follows as a [`state_kind::QEMU_STATE`] blob.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
@@ -73,34 +70,11 @@ impl XenDomain {
         Ok(())
     }
 
-    /// QEMU's device state, saved to a 0600 file QEMU overwrites, read back and removed.
+    /// QEMU's device state, passed back through a file descriptor (see [`qmp`]).
     fn qemu_state(&self) -> Result<Vec<u8>, HvError> {
-        let path: PathBuf = self
-            .env
-            .qemu_save_dir
-            .join(format!("xckpt-qemu-save.{}", self.domid));
-        let fail = |e: std::io::Error| {
-            HvError::op(
-                self.name(),
-                "QEMU device state",
-                format!("{}: {e}", path.display()),
-            )
-        };
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(fail)?;
-        let saved = self.qmp(
-            "xen-save-devices-state",
-            json!({ "filename": path.to_string_lossy(), "live": false }),
-            "QEMU device state",
-        );
-        let data = saved.and_then(|_| std::fs::read(&path).map_err(fail));
-        let _ = std::fs::remove_file(&path);
-        data
+        let path = qmp::socket_path(&self.env.qmp_dir, self.domid);
+        qmp::save_devices_state(&path)
+            .map_err(|e| HvError::op(self.name(), "QEMU device state", e))
     }
 
     /// QEMU's `physmap/<id>/{start_addr,size,name}` keys under its device-model path, packed as
