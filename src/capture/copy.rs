@@ -10,9 +10,11 @@ use crate::layer::PageEntry;
 /// Frames mapped per hypervisor call.
 pub const MAP_BATCH: usize = 1024;
 
-/// During a live round, the dirty log is fetched every this many batches; pages found dirty
-/// that the round has not reached yet are skipped, since the next round sends them anyway.
-pub const REFRESH_BATCHES: usize = 64;
+/// During a live round, the dirty log is fetched at most this often (and at most once per
+/// batch); pages found dirty that the round has not reached yet are skipped, since the next
+/// round sends them anyway. Time-based, so a slow copy (a busy host, a guest under TCG) skips
+/// as much as a fast one: every page copied and then re-sent is a dead copy in the layer.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Pages a live round skips because they are dirty again: fetched (and so cleared) from the
 /// log mid-round, they must go into the next round's set.
@@ -91,15 +93,15 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
     let mut batch: Vec<Pfn> = Vec::with_capacity(MAP_BATCH);
     let mut types = vec![PageType::Normal; MAP_BATCH];
     let mut pfns = pfns.peekable();
-    let mut batches = 0usize;
+    let mut refreshed = Instant::now();
     while pfns.peek().is_some() {
         if stop() {
             return Err(CaptureError::Interrupted { domain: dom.name() });
         }
-        batches += 1;
         if let Some(s) = skip.as_deref_mut() {
-            if batches % REFRESH_BATCHES == 0 {
+            if refreshed.elapsed() >= REFRESH_INTERVAL {
                 s.refresh(dom)?;
+                refreshed = Instant::now();
             }
         }
         batch.clear();
