@@ -69,14 +69,12 @@ pub fn writable_disks(config: &[u8], domid: u32) -> Result<Vec<DiskSpec>, DiskCo
         .collect())
 }
 
-/// `config` (JSON text, optional trailing NUL) with `disks[].pdev_path` replaced per vdev.
-/// Returns JSON text with a trailing NUL. Every vdev of `paths` must be in the config.
+/// Point `disks[].pdev_path` of a parsed libxl config at `paths` (vdev -> path). Every vdev
+/// of `paths` must be in the config.
 pub fn point_disks_at(
-    config: &[u8],
+    root: &mut Value,
     paths: &BTreeMap<String, String>,
-) -> Result<Vec<u8>, DiskConfigError> {
-    let mut root: Value = serde_json::from_slice(strip_nul(config))
-        .map_err(|e| DiskConfigError::NotJson(e.to_string()))?;
+) -> Result<(), DiskConfigError> {
     let disks = root.get_mut("disks").and_then(Value::as_array_mut);
     let mut seen = Vec::new();
     for d in disks.into_iter().flatten() {
@@ -86,13 +84,10 @@ pub fn point_disks_at(
             seen.extend(vdev);
         }
     }
-    if let Some(missing) = paths.keys().find(|v| !seen.contains(v)) {
-        return Err(DiskConfigError::NoSuchDisk(missing.clone()));
+    match paths.keys().find(|v| !seen.contains(v)) {
+        Some(missing) => Err(DiskConfigError::NoSuchDisk(missing.clone())),
+        None => Ok(()),
     }
-    let mut out =
-        serde_json::to_vec_pretty(&root).map_err(|e| DiskConfigError::NotJson(e.to_string()))?;
-    out.push(0);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -122,14 +117,14 @@ mod tests {
     #[test]
     fn points_disks_at_clones_and_refuses_unknown_vdevs() {
         let paths = BTreeMap::from([("xvdb".to_string(), "/data/clone.qcow2".to_string())]);
-        let out = point_disks_at(CONFIG, &paths).unwrap();
-        assert_eq!(out.last(), Some(&0));
-        let d = writable_disks(&out, 0).unwrap();
+        let mut v: Value = serde_json::from_slice(CONFIG).unwrap();
+        point_disks_at(&mut v, &paths).unwrap();
+        let d = writable_disks(&serde_json::to_vec(&v).unwrap(), 0).unwrap();
         assert_eq!(d[0].pdev_path, "/data/a.img");
         assert_eq!(d[1].pdev_path, "/data/clone.qcow2");
         let bad = BTreeMap::from([("xvdz".to_string(), "/x".to_string())]);
         assert!(matches!(
-            point_disks_at(CONFIG, &bad),
+            point_disks_at(&mut v, &bad),
             Err(DiskConfigError::NoSuchDisk(v)) if v == "xvdz"
         ));
     }

@@ -14,6 +14,8 @@ pub struct ConfigRewrite {
     /// Keep `c_info.domid` (like `xl save -D`); otherwise it is set to 0 so the restored
     /// domain gets a fresh domid.
     pub preserve_domid: bool,
+    /// New `disks[].pdev_path` per vdev (a restore from disk snapshots).
+    pub disk_paths: std::collections::BTreeMap<String, String>,
 }
 
 /// The config bytes to embed: the JSON text (rewritten if needed) followed by one NUL, as
@@ -24,7 +26,7 @@ pub fn prepare_config(raw: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamW
         return Ok(Vec::new()); // No config: `xl restore` then needs one on its command line.
     }
     let needs_domid_clear = !rw.preserve_domid && has_nonzero_domid(text);
-    let mut out = if rw.rename.is_none() && !needs_domid_clear {
+    let mut out = if rw.rename.is_none() && !needs_domid_clear && rw.disk_paths.is_empty() {
         text.to_vec()
     } else {
         rewrite(text, rw)?
@@ -70,6 +72,8 @@ fn rewrite(text: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamWriteError>
     if !rw.preserve_domid && c_info.contains_key("domid") {
         c_info.insert("domid".into(), Value::from(0u32));
     }
+    crate::disk::config::point_disks_at(&mut root, &rw.disk_paths)
+        .map_err(|e| StreamWriteError::BadConfig(e.to_string()))?;
     serde_json::to_vec_pretty(&root).map_err(|e| StreamWriteError::BadConfig(e.to_string()))
 }
 
