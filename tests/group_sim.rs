@@ -329,3 +329,33 @@ fn disks_are_snapshotted_while_every_member_is_stopped_and_recorded_in_the_layer
         .unwrap()
         .contains(&"snap:xckpt-b-000002-xvda".to_string()));
 }
+
+#[test]
+fn a_single_checkpoint_snapshots_disks_under_its_pause_and_a_failed_one_resumes() {
+    use xckpt::capture::{checkpoint_with, SoloStop};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = member("a", 1);
+    let chain = store.chain("a").unwrap();
+    let w = WitnessDisk {
+        doms: vec![a.clone()],
+        seen_paused: Arc::new(Mutex::new(Vec::new())),
+        fail: false,
+        discarded: Arc::new(Mutex::new(Vec::new())),
+    };
+    let mut stop = SoloStop::new(a.clone(), disk_plan("a", &["xvda"], &w));
+    let r = checkpoint_with(&a, &chain, &opts(), &mut stop).unwrap();
+    assert_eq!(*w.seen_paused.lock().unwrap(), [true]);
+    assert_eq!(r.disks.len(), 1);
+    assert!(r.layer.group.is_none());
+
+    let failing = WitnessDisk { fail: true, ..w };
+    let mut stop = SoloStop::new(a.clone(), disk_plan("a", &["xvda", "xvdb"], &failing));
+    let e = checkpoint_with(&a, &chain, &opts(), &mut stop).unwrap_err();
+    assert!(e.to_string().contains("disk xvdb") && e.to_string().contains("resumed"), "{e}");
+    assert_all_running_and_unchanged(&store, &[a], 1);
+    assert_eq!(
+        *failing.discarded.lock().unwrap(),
+        ["snap:xckpt-a-000002-xvda".to_string()]
+    );
+}

@@ -1,7 +1,7 @@
 //! Verbs on real Xen domains: `checkpoint`, `restore`, `export`, `import`, `untrack`.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -379,3 +379,136 @@ pub fn clone_for_restore(
     }
     Ok(paths)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A back-end that accepts the disks whose path starts with its prefix.
+    struct Fake(BackendKind, &'static str);
+
+    impl Backend for Fake {
+        fn kind(&self) -> BackendKind {
+            self.0
+        }
+        fn check(&self, disk: &DiskSpec) -> Result<(), String> {
+            if disk.pdev_path.starts_with(self.1) {
+                Ok(())
+            } else {
+                Err(format!("not under {}", self.1))
+            }
+        }
+        fn snapshot(&self, _disk: &DiskSpec, name: &str) -> Result<String, String> {
+            Ok(name.to_string())
+        }
+        fn clone_writable(&self, _s: &DiskSnapshot, name: &str) -> Result<String, String> {
+            Ok(name.to_string())
+        }
+        fn discard(&self, _s: &DiskSnapshot) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn available(hook: bool) -> impl Fn(BackendKind) -> Option<Box<dyn Backend>> {
+        move |k| {
+            let prefix = match k {
+                BackendKind::Qcow2 => "/qcow/",
+                BackendKind::Lvm => "/dev/vg/",
+                BackendKind::Reflink => "/xfs/",
+                BackendKind::Hook if hook => "/",
+                BackendKind::Hook => return None,
+            };
+            Some(Box::new(Fake(k, prefix)) as Box<dyn Backend>)
+        }
+    }
+
+    fn disk(vdev: &str, path: &str) -> DiskSpec {
+        DiskSpec {
+            vdev: vdev.into(),
+            pdev_path: path.into(),
+            backend: "phy".into(),
+            format: "raw".into(),
+            domid: 1,
+        }
+    }
+
+    fn chosen(plan: &DiskPlan) -> Vec<(String, BackendKind)> {
+        plan.disks().map(|(d, k)| (d.vdev.clone(), k)).collect()
+    }
+
+    #[test]
+    fn picks_the_first_back_end_that_can_snapshot_each_disk() {
+        let disks = vec![
+            disk("xvda", "/xfs/a.img"),
+            disk("xvdb", "/dev/vg/b"),
+            disk("xvdc", "/qcow/c.qcow2"),
+        ];
+        let plan = DiskPlan::choose("d", disks, &BTreeMap::new(), available(false)).unwrap();
+        assert_eq!(
+            chosen(&plan),
+            [
+                ("xvda".into(), BackendKind::Reflink),
+                ("xvdb".into(), BackendKind::Lvm),
+                ("xvdc".into(), BackendKind::Qcow2)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_override_forces_the_back_end_per_disk_or_for_all() {
+        let disks = || vec![disk("xvda", "/xfs/a.img"), disk("xvdb", "/xfs/b.img")];
+        let one = BTreeMap::from([("xvdb".to_string(), BackendKind::Hook)]);
+        let plan = DiskPlan::choose("d", disks(), &one, available(true)).unwrap();
+        assert_eq!(
+            chosen(&plan),
+            [
+                ("xvda".into(), BackendKind::Reflink),
+                ("xvdb".into(), BackendKind::Hook)
+            ]
+        );
+        // A forced back-end that cannot do it is an error, even if another could.
+        let all = BTreeMap::from([("*".to_string(), BackendKind::Lvm)]);
+        let e = DiskPlan::choose("d", disks(), &all, available(true)).unwrap_err();
+        assert!(e.to_string().contains("lvm: not under /dev/vg/"), "{e}");
+        // The hook is only a candidate with a script.
+        let e = DiskPlan::choose("d", disks(), &one, available(false)).unwrap_err();
+        assert!(e.to_string().contains("hook: no --disk-hook given"), "{e}");
+    }
+
+    #[test]
+    fn an_unsnapshottable_disk_is_refused_with_every_reason_and_what_to_do() {
+        let disks = vec![disk("xvda", "/xfs/a.img"), disk("xvdb", "/tmp/b.img")];
+        let e = DiskPlan::choose("dom1", disks, &BTreeMap::new(), available(false)).unwrap_err();
+        let text = e.to_string();
+        for part in [
+            "domain dom1",
+            "disk xvdb (/tmp/b.img)",
+            "qcow2: not under",
+            "lvm: not under",
+            "reflink: not under",
+            "no --disk-hook",
+            "nothing was paused",
+            "--no-disk",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn snapshots_are_named_after_chain_layer_and_vdev_and_parse_back() {
+        let plan = DiskPlan::choose(
+            "d",
+            vec![disk("xvda", "/xfs/a.img")],
+            &BTreeMap::new(),
+            available(false),
+        )
+        .unwrap();
+        let snaps = plan.snapshot_all("d", "web1", 7).unwrap();
+        assert_eq!(snaps[0].snapshot, "xckpt-web1-000007-xvda");
+        assert_eq!(snaps[0].backend, BackendKind::Reflink);
+        let json = serde_json::to_string(&snaps[0]).unwrap();
+        assert!(json.contains("\"backend\":\"reflink\"") && !json.contains("hook"), "{json}");
+        assert_eq!("qcow2".parse::<BackendKind>(), Ok(BackendKind::Qcow2));
+        assert!("zfs".parse::<BackendKind>().is_err());
+    }
+}

@@ -148,6 +148,26 @@ mod tests {
     }
 
     #[test]
+    fn disks_are_pointed_at_their_clones() {
+        let raw = br#"{"c_info": {"name": "a"}, "disks": [{"vdev": "xvda", "pdev_path": "/d/a.img"}]}"#;
+        let rw = ConfigRewrite {
+            disk_paths: [("xvda".to_string(), "/d/a.img.clone".to_string())].into(),
+            ..Default::default()
+        };
+        let out = prepare_config(raw, &rw).unwrap();
+        let v: Value = serde_json::from_slice(strip_nul(&out)).unwrap();
+        assert_eq!(v["disks"][0]["pdev_path"], "/d/a.img.clone");
+        let missing = ConfigRewrite {
+            disk_paths: [("xvdz".to_string(), "/x".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            prepare_config(raw, &missing),
+            Err(StreamWriteError::BadConfig(m)) if m.contains("xvdz")
+        ));
+    }
+
+    #[test]
     fn uuid_is_v4() {
         let u = random_uuid();
         assert_eq!(u.len(), 36);

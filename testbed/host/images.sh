@@ -77,6 +77,7 @@ build_dom0_base() {
   cp -r "$STAGE/lib/modules/$KVER/kernel/drivers/xen" "$d/lib/modules/$KVER/"
   copy_mods "$d" $DOM0_MODS
   mkdir -p "$d/usr/sbin" && cp $DOM0_TOOLS "$d/usr/sbin/" && copy_libs "$d" $DOM0_TOOLS
+  [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$d/etc/"
   cp -a "$STAGE$x" "$d/usr/lib/"
   rm -rf "$d$x/lib/python" "$d$x/boot/xen-shim"
   cp -a "$STAGE/etc/xen" "$d/etc/"
