@@ -32,7 +32,7 @@ vifs_on_bridge() { ls /sys/class/net/xenbr0/brif 2>/dev/null | grep -c '^vif'; }
 # setup_xfs: format dom0's QEMU disk (/dev/vda) with XFS (reflink on) and mount it on /mnt/xfs.
 setup_xfs() {
   load_mods virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
-    libcrc32c crc32c_generic xfs
+    crc32c_generic libcrc32c xfs
   local i=0
   while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do sleep 0.5; i=$((i + 1)); done
   [ -b /dev/vda ] || fail "dom0 has no /dev/vda (the test bed's QEMU scratch disk)"

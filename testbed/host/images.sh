@@ -46,9 +46,9 @@ copy_mods() {
 }
 # Group and disk scenarios: block and network front-ends and ext4 in the guest; the virtio
 # disk, XFS, the bridge, netback and e2fsprogs/xfsprogs in dom0.
-DOMU_MODS="xen-blkfront xen-netfront crc16 mbcache jbd2 crc32c_generic ext4"
+DOMU_MODS="xen-blkfront xen-netfront crc32c_generic crc16 mbcache jbd2 ext4"
 DOM0_MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-  libcrc32c crc32c_generic xfs llc stp bridge xen-netback"
+  crc32c_generic libcrc32c xfs llc stp bridge xen-netback"
 DOM0_TOOLS="/usr/sbin/mkfs.xfs /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/debugfs"
 
 # Packs directory $1 into the gzipped newc cpio $2.
