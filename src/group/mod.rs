@@ -321,29 +321,18 @@ fn pass(coord: &mut dyn Coordinator, phase: Phase, ok: bool) -> Result<(), Strin
     }
 }
 
-/// Pause every member at once (one thread each, so the skew is one pause long, not the sum).
-/// If any pause fails, the others are resumed (their guards drop).
+/// Pause every member at once ([`PauseGuard::pause_all`]). If any pause fails, the others
+/// are resumed (their guards drop).
 fn pause_all<D: Checkpointable + 'static>(
     members: &[Member<D>],
 ) -> Result<Vec<PauseGuard>, String> {
-    let results: Vec<Result<PauseGuard, HvError>> = std::thread::scope(|s| {
-        let hs: Vec<_> = members
-            .iter()
-            .map(|m| {
-                let dom: Arc<dyn Domain> = m.dom.clone();
-                s.spawn(move || PauseGuard::pause(dom))
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(HvError::Unavailable("pause thread panicked".into())))
-            })
-            .collect()
-    });
+    let doms: Vec<Arc<dyn Domain>> = members
+        .iter()
+        .map(|m| m.dom.clone() as Arc<dyn Domain>)
+        .collect();
     let mut guards = Vec::new();
     let mut first_err = None;
-    for r in results {
+    for r in PauseGuard::pause_all(doms) {
         match r {
             Ok(g) => guards.push(g),
             Err(e) => {
@@ -400,16 +389,5 @@ fn snapshot_all<D: Checkpointable + 'static>(
 
 /// Resume every member at once; each member's downtime (pause to its resume).
 fn resume_all(guards: Vec<PauseGuard>) -> Vec<Result<Duration, HvError>> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = guards
-            .into_iter()
-            .map(|g| s.spawn(move || g.resume()))
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(HvError::Unavailable("resume thread panicked".into())))
-            })
-            .collect()
-    })
+    PauseGuard::resume_all(guards)
 }
