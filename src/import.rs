@@ -189,5 +189,7 @@ fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &s
             notes: vec![format!("imported from {shown}")],
             ..Default::default()
         },
+        group: None,
+        disks: Vec::new(),
     }
 }

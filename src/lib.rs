@@ -17,7 +17,9 @@
 
 pub mod capture;
 pub mod compose;
+pub mod disk;
 pub mod failpoint;
+pub mod group;
 pub mod guestmem;
 pub mod hv;
 pub mod import;

@@ -21,11 +21,12 @@ pub mod pipeline;
 pub mod plan;
 pub mod policy;
 pub mod spot;
+pub mod stop;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::hv::pause::{self, PauseGuard};
+use crate::hv::pause;
 use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
@@ -33,6 +34,7 @@ use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
 use pipeline::{Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 pub use plan::Plan;
 use policy::{Decision, PrecopyPolicy, Progress, StopReason};
+pub use stop::{SoloStop, StopControl, StopFigures};
 
 /// Options of one checkpoint.
 #[derive(Debug, Clone)]
@@ -96,6 +98,8 @@ pub struct CaptureReport {
     pub raw_bytes: u64,
     /// Encoded bytes of the frames written.
     pub stored_bytes: u64,
+    /// Disk snapshots recorded in the layer.
+    pub disks: Vec<crate::disk::DiskSnapshot>,
 }
 
 /// Errors of a checkpoint. Each names the domain; none leaves the domain paused.
@@ -145,6 +149,17 @@ pub enum CaptureError {
         /// uuid of the domain now.
         uuid: String,
     },
+    /// Taking a disk snapshot failed (the domain was resumed).
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    /// Another member of the group failed, so this member's checkpoint was abandoned.
+    #[error("domain {domain}: group checkpoint abandoned: {reason}; the domain is running and its chain is unchanged")]
+    GroupAborted {
+        /// Domain name.
+        domain: String,
+        /// What happened elsewhere in the group.
+        reason: String,
+    },
     /// Saving this run's dirty bits failed too: the next run must resync.
     #[error("domain {domain}: {first}; also could not keep this run's dirty pages ({second}), so the next checkpoint will be a resync")]
     Unrecoverable {
@@ -157,11 +172,23 @@ pub enum CaptureError {
     },
 }
 
-/// Take one checkpoint of `dom` into `chain`.
+/// Take one checkpoint of `dom` into `chain` (memory only: no disk snapshots).
 pub fn checkpoint<D: Checkpointable + 'static>(
     dom: &Arc<D>,
     chain: &Chain,
     opts: &CaptureOptions,
+) -> Result<CaptureReport, CaptureError> {
+    let mut stop = SoloStop::new(dom.clone(), crate::disk::DiskPlan::default());
+    checkpoint_with(dom, chain, opts, &mut stop)
+}
+
+/// Take one checkpoint of `dom` into `chain`, stopping it through `stop` (a [`SoloStop`] for
+/// one domain, a group member's control for a group).
+pub fn checkpoint_with<D: Checkpointable + 'static>(
+    dom: &Arc<D>,
+    chain: &Chain,
+    opts: &CaptureOptions,
+    stop: &mut dyn StopControl,
 ) -> Result<CaptureReport, CaptureError> {
     let started = Instant::now();
     let info = dom.info()?;
@@ -169,7 +196,7 @@ pub fn checkpoint<D: Checkpointable + 'static>(
     let plan = plan::plan(dom.as_ref(), chain, &info, &manifest, opts)?;
     dom.prepare_capture()?;
     let mut run = Run::new(dom.clone(), chain, info, plan, opts);
-    let result = run.execute(started);
+    let result = run.execute(started, stop);
     let finished = dom.finish_capture();
     match result {
         Ok(report) => {
@@ -225,7 +252,11 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         Ok(n)
     }
 
-    fn execute(&mut self, started: Instant) -> Result<CaptureReport, CaptureError> {
+    fn execute(
+        &mut self,
+        started: Instant,
+        stop: &mut dyn StopControl,
+    ) -> Result<CaptureReport, CaptureError> {
         let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
@@ -274,30 +305,110 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 opts.compress_level,
                 opts.threads,
             );
-            let held =
-                self.precopy_and_pause(&mut pipe, &mut builder, &mut dirty, baseline.as_deref())?;
-            let (chunks, state, downtime, stop) = held;
-            for c in chunks {
-                pipe.send(c).map_err(|e| self.write_error(e))?;
+            let held = self.precopy_and_stop(
+                &mut pipe,
+                &mut builder,
+                &mut dirty,
+                baseline.as_deref(),
+                stop,
+            )?;
+            let (chunks, state, figures, why) = held;
+            let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
+                self.commit(out, state, config, figures, why, started)
+            });
+            if written.is_err() {
+                stop.abandon();
             }
-            let out = pipe.finish(builder).map_err(|e| self.write_error(e))?;
-            self.commit(out, state, config, downtime, stop, started)
+            written
         })
     }
 
-    /// Live rounds, then the paused final round. Returns the held final chunks, the state,
-    /// the measured downtime and why pre-copy stopped.
-    fn precopy_and_pause(
+    /// Send the chunks held in RAM during the stop, and finish the layer's frames.
+    fn write_behind(
+        &self,
+        mut pipe: Pipeline<'_>,
+        builder: ChunkBuilder,
+        held: Vec<Chunk>,
+    ) -> Result<pipeline::WriterOut, CaptureError> {
+        for c in held {
+            pipe.send(c).map_err(|e| self.write_error(e))?;
+        }
+        pipe.finish(builder).map_err(|e| self.write_error(e))
+    }
+
+    /// Live rounds, then the final round under stop. Returns the held final chunks, the
+    /// state, the stop's figures and why pre-copy stopped.
+    fn precopy_and_stop(
         &mut self,
         pipe: &mut Pipeline<'_>,
         builder: &mut ChunkBuilder,
         dirty: &mut PfnBitmap,
         baseline: Option<&dyn Baseline>,
-    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, Duration, StopReason), CaptureError> {
+        control: &mut dyn StopControl,
+    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, StopFigures, StopReason), CaptureError> {
+        let (first, stop) = self.precopy(pipe, builder, dirty, baseline, &*control)?;
+        // Buffers for the paused copy are faulted in while the guest still runs; the margin
+        // covers what is dirtied between the last live fetch and the pause.
+        let expect = if first && self.plan.full_scan() {
+            self.info.pfn_count
+        } else {
+            dirty.count_ones() as u64
+        };
+        builder.reserve(expect + expect / 4 + 256);
+        // The stop: from here to resume is the guest's downtime.
+        control.stop(self.chain.name(), self.plan.next_id())?;
+        crate::failpoint::failpoint("capture.paused");
+        let t = Instant::now();
+        let last = self.final_round(builder, dirty, baseline, first);
+        let figures = control.resume(last.is_ok());
+        let (held, state, pages) = last?;
+        let figures = figures?;
+        self.round_done(true, pages, t);
+        Ok((held, state, figures, stop))
+    }
+
+    /// Under stop: fetch-and-clear, copy the last dirty pages into RAM, save the state.
+    fn final_round(
+        &mut self,
+        builder: &mut ChunkBuilder,
+        dirty: &mut PfnBitmap,
+        baseline: Option<&dyn Baseline>,
+        first: bool,
+    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64), CaptureError> {
+        let dom = self.dom.clone();
+        let mut last = PfnBitmap::repeat(false, dirty.len());
+        self.clean(&mut last)?;
+        *dirty |= &last;
+        let mut held = Vec::new();
+        let mut hold = |c: Chunk| -> Result<(), CaptureError> {
+            held.push(c);
+            Ok(())
+        };
+        let rules = self.rules(first, baseline);
+        let never = || false;
+        let mut pfigs = CopyFigures::default();
+        let set = round_set(first && self.plan.full_scan(), self.info.pfn_count, dirty);
+        copy_pfns(
+            &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
+        )?;
+        let state = dom.save_state()?;
+        Ok((held, state, pfigs.pages))
+    }
+
+    /// Live rounds until the policy says stop. Returns whether no round ran (the final round
+    /// is then the first) and why pre-copy stopped.
+    fn precopy(
+        &mut self,
+        pipe: &mut Pipeline<'_>,
+        builder: &mut ChunkBuilder,
+        dirty: &mut PfnBitmap,
+        baseline: Option<&dyn Baseline>,
+        control: &dyn StopControl,
+    ) -> Result<(bool, StopReason), CaptureError> {
         let dom = self.dom.clone();
         let mut figs = CopyFigures::default();
         let mut progress = Progress::default();
-        let interrupted = || pause::interrupted();
+        let interrupted = || pause::interrupted() || control.aborted();
         let full_scan = self.plan.full_scan();
         let mut stop = StopReason::NotLive;
         let mut first = true;
@@ -342,37 +453,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 }
             }
         }
-        // Buffers for the paused copy are faulted in while the guest still runs; the margin
-        // covers what is dirtied between the last live fetch and the pause.
-        let expect = if first && full_scan {
-            self.info.pfn_count
-        } else {
-            dirty.count_ones() as u64
-        };
-        builder.reserve(expect + expect / 4 + 256);
-        // The pause: from here to resume is the guest's downtime.
-        let guard = PauseGuard::pause(dom.clone())?;
-        crate::failpoint::failpoint("capture.paused");
-        let t = Instant::now();
-        let mut last = PfnBitmap::repeat(false, dirty.len());
-        self.clean(&mut last)?;
-        *dirty |= &last;
-        let mut held = Vec::new();
-        let mut hold = |c: Chunk| -> Result<(), CaptureError> {
-            held.push(c);
-            Ok(())
-        };
-        let rules = self.rules(first, baseline);
-        let never = || false;
-        let mut pfigs = CopyFigures::default();
-        let set = round_set(first && full_scan, self.info.pfn_count, dirty);
-        copy_pfns(
-            &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
-        )?;
-        let state = dom.save_state()?;
-        let downtime = guard.resume()?;
-        self.round_done(true, pfigs.pages, t);
-        Ok((held, state, downtime, stop))
+        Ok((first, stop))
     }
 
     /// How a round treats what it copies. Only the first round of a base skips recording
@@ -408,10 +489,11 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         out: pipeline::WriterOut,
         state: Vec<StateBlob>,
         config: Vec<u8>,
-        downtime: Duration,
+        figures: StopFigures,
         stop: StopReason,
         started: Instant,
     ) -> Result<CaptureReport, CaptureError> {
+        let downtime = figures.downtime;
         let counts = out.index.counts();
         let precopy_ms = self
             .rounds
@@ -444,6 +526,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             frame_pages: self.opts.frame_pages,
             compress_level: self.opts.compress_level,
             stats,
+            group: figures.group,
+            disks: figures.disks.clone(),
         };
         let WriterFigures {
             raw_bytes,
@@ -469,6 +553,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             downtime,
             raw_bytes,
             stored_bytes,
+            disks: figures.disks,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Command-line verbs. Each verb lives in its own file; this one parses and dispatches.
 
 mod bench;
+mod group;
 mod limits;
 mod show;
 mod target;

@@ -1,14 +1,13 @@
 //! Verbs on real Xen domains: `checkpoint`, `restore`, `export`, `import`, `untrack`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use xckpt::capture::{checkpoint, CaptureReport};
+use xckpt::capture::{checkpoint_with, CaptureReport, SoloStop};
 use xckpt::compose::ComposedImage;
 use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{pause, DirtyLog, Domain};
@@ -26,15 +25,24 @@ pub struct WaitArg {
     pub wait: u64,
 }
 
-/// `xckpt checkpoint DOM`
+/// `xckpt checkpoint DOM`, `xckpt checkpoint --group NAME DOM...`
 #[derive(Debug, Args)]
 pub struct CheckpointCmd {
     #[command(flatten)]
     store: StoreArg,
-    /// Domain name, id or uuid.
-    domain: String,
+    /// Domain name, id or uuid (with --group: the members).
+    #[arg(required_unless_present = "group_file")]
+    domains: Vec<String>,
+    /// Checkpoint the domains as one group, at one instant.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Members of the group, one domain per line (with --group).
+    #[arg(long, requires = "group")]
+    group_file: Option<PathBuf>,
     #[command(flatten)]
     capture: CaptureArgs,
+    #[command(flatten)]
+    disks: super::group::DiskArgs,
     #[command(flatten)]
     wait: WaitArg,
     /// Print the result as JSON.
@@ -45,12 +53,30 @@ pub struct CheckpointCmd {
 impl CheckpointCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         pause::install_handlers()?;
-        let dom = Arc::new(XenDomain::open(&self.domain)?);
+        let wait = Duration::from_secs(self.wait.wait);
+        if let Some(group) = &self.group {
+            let members = super::group::group_members(&self.domains, self.group_file.as_ref())?;
+            return super::group::checkpoint(
+                &self.store.store,
+                group,
+                &members,
+                &self.capture.options(),
+                &self.disks,
+                wait,
+                self.json,
+            );
+        }
+        let [domain] = &self.domains[..] else {
+            bail!("one domain per checkpoint; for several at one instant, use --group NAME");
+        };
+        let dom = Arc::new(XenDomain::open(domain)?);
         let name = dom.info()?.identity.name;
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&name)?;
-        let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
-        let report = checkpoint(&dom, &chain, &self.capture.options()).with_context(|| {
+        let _lock = chain.lock_exclusive(wait)?;
+        // Disks are checked before anything else happens: a refusal leaves the domain untouched.
+        let mut stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
+        let report = checkpoint_with(&dom, &chain, &self.capture.options(), &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
@@ -60,6 +86,9 @@ impl CheckpointCmd {
             print_json(&report)?;
         } else {
             print_summary(&name, &report);
+            for d in &report.disks {
+                println!("  disk {}: {} snapshot {}", d.vdev, d.backend, d.snapshot);
+            }
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -88,13 +117,18 @@ pub fn print_summary(name: &str, r: &CaptureReport) {
     }
 }
 
-/// `xckpt restore DOM[@N]`
+/// `xckpt restore DOM[@N]`, `xckpt restore --group NAME[@N]`
 #[derive(Debug, Args)]
 pub struct RestoreCmd {
     #[command(flatten)]
     store: StoreArg,
     /// Chain and point (the newest layer if no @N).
-    target: Target,
+    #[arg(required_unless_present = "group")]
+    target: Option<Target>,
+    /// Restore every member of a group checkpoint (the newest if no @N): all are created
+    /// paused, then unpaused together.
+    #[arg(long, value_name = "NAME[@N]", conflicts_with_all = ["target", "name", "paused"])]
+    group: Option<Target>,
     /// Leave the restored domain paused.
     #[arg(long)]
     paused: bool,
@@ -107,7 +141,7 @@ pub struct RestoreCmd {
 }
 
 /// The verified, composed image at `target` (the chain's newest layer without `@N`).
-fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImage, u64)> {
+pub fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImage, u64)> {
     let store = Store::open(&store.store)?;
     let chain = store.chain(&target.name)?;
     let m = chain.manifest()?;
@@ -137,42 +171,23 @@ fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImag
 
 impl RestoreCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let (image, id) = open_point(&self.store, &self.target)?;
+        if let Some(group) = &self.group {
+            return super::group::restore(&self.store.store, group, &self.xl);
+        }
+        let target = self.target.as_ref().context("a chain to restore is needed")?;
+        let (image, id) = open_point(&self.store, target)?;
+        let disks = image.top().meta().disks.clone();
         let opts = StreamOptions {
             rename: self.name.clone(),
+            disk_paths: super::group::disk_clones(&disks, &target.name)?,
             ..Default::default()
         };
-        let mut cmd = Command::new(&self.xl);
-        cmd.arg("restore");
-        if self.paused {
-            cmd.arg("-p");
-        }
-        // /proc/self/fd/0 rather than /dev/stdin: minimal dom0s have no /dev/stdin link.
-        cmd.arg("/proc/self/fd/0").stdin(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| {
-            format!(
-                "cannot run {:?}: is this a Xen dom0 with xen-utils installed?",
-                self.xl
-            )
-        })?;
-        let mut stdin = child.stdin.take().context("xl restore has no stdin")?;
-        let written = write_save_file(&image, &opts, &mut stdin);
-        let flushed = stdin.flush();
-        drop(stdin);
-        let status = child.wait()?;
-        let stats = written
-            .with_context(|| format!("streaming {}@{id} into xl restore", self.target.name))?;
-        flushed?;
-        if !status.success() {
-            bail!(
-                "xl restore of {}@{id} failed ({status}); see its messages above and /var/log/xen/",
-                self.target.name
-            );
-        }
-        let name = self.name.as_deref().unwrap_or(&self.target.name);
+        let what = format!("{}@{id}", target.name);
+        let stats = super::group::xl_restore(&self.xl, &image, &opts, self.paused, &what)?;
+        let name = self.name.as_deref().unwrap_or(&target.name);
         println!(
             "restored {}@{id} as domain {name} ({} pages, {} bytes streamed)",
-            self.target.name, stats.pages, stats.bytes
+            target.name, stats.pages, stats.bytes
         );
         Ok(ExitCode::SUCCESS)
     }

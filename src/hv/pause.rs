@@ -155,6 +155,90 @@ impl PauseGuard {
         })
     }
 
+    /// Pause every domain of `doms` at once, one thread each, so the pauses overlap (a group
+    /// checkpoint: the skew between the first and the last is one pause, not their sum). The
+    /// registry lock is held across all of them, as [`PauseGuard::pause`] holds it across one.
+    /// Returns one result per domain, in order; the guards of the ones that paused unpause
+    /// them when dropped.
+    pub fn pause_all(doms: Vec<Arc<dyn Domain>>) -> Vec<Result<PauseGuard, HvError>> {
+        if let Err(e) = ensure_signal_thread() {
+            eprintln!("xckpt: warning: {e}");
+        }
+        let mut reg = registry();
+        if interrupted() {
+            return doms
+                .iter()
+                .map(|d| Err(HvError::op(d.name(), "pause", "interrupted by SIGINT/SIGTERM")))
+                .collect();
+        }
+        let paused: Vec<Result<Instant, HvError>> = std::thread::scope(|s| {
+            let threads: Vec<_> = doms
+                .iter()
+                .map(|d| s.spawn(move || d.pause().map(|()| Instant::now())))
+                .collect();
+            threads
+                .into_iter()
+                .zip(&doms)
+                .map(|(t, d)| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(HvError::op(d.name(), "pause", "the pausing thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        doms.into_iter()
+            .zip(paused)
+            .map(|(dom, at)| {
+                let paused_at = at?;
+                let id = reg.next_id;
+                reg.next_id += 1;
+                reg.paused.push((id, Arc::clone(&dom)));
+                Ok(PauseGuard {
+                    dom,
+                    id,
+                    paused_at,
+                    released: false,
+                })
+            })
+            .collect()
+    }
+
+    /// Unpause every guard's domain at once, one thread each; each one's downtime (from its
+    /// pause to its own unpause), in order.
+    pub fn resume_all(guards: Vec<PauseGuard>) -> Vec<Result<Duration, HvError>> {
+        let mut reg = registry();
+        let mut owned = Vec::new();
+        for mut g in guards {
+            g.released = true;
+            let at = reg.paused.iter().position(|(id, _)| *id == g.id);
+            owned.push((at.map(|i| reg.paused.swap_remove(i).1), g));
+        }
+        std::thread::scope(|s| {
+            let threads: Vec<_> = owned
+                .iter()
+                .map(|(dom, g)| {
+                    s.spawn(move || match dom {
+                        Some(d) => unpause_with_retries(&**d).map(|()| g.paused_at.elapsed()),
+                        None => Err(HvError::op(
+                            g.dom.name(),
+                            "resume",
+                            "interrupted: the signal handler already unpaused the domain",
+                        )),
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .zip(&owned)
+                .map(|(t, (_, g))| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(HvError::op(g.dom.name(), "resume", "the resuming thread panicked"))
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// When the pause took effect.
     pub fn paused_at(&self) -> Instant {
         self.paused_at

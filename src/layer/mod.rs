@@ -164,4 +164,21 @@ pub struct LayerMeta {
     pub compress_level: i32,
     /// Capture figures.
     pub stats: CaptureStats,
+    /// The group checkpoint this layer is part of (absent for a single-domain checkpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupTag>,
+    /// Crash-consistent snapshots of the domain's disks, taken while it was stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::disk::DiskSnapshot>,
+}
+
+/// Marks the layers of one group checkpoint: every member's layer carries the same tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTag {
+    /// The group's name.
+    pub name: String,
+    /// The group checkpoint's id, increasing in the group (`restore --group NAME@ID`).
+    pub id: u64,
+    /// The instant every member was stopped, ms since the Unix epoch.
+    pub instant_unix_ms: u64,
 }

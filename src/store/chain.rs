@@ -125,6 +125,7 @@ impl Chain {
             created_unix_ms: meta.created_unix_ms,
             bytes,
             stats: meta.stats.clone(),
+            group: meta.group.clone(),
         };
         m.layers.push(record.clone());
         m.domain = Some(meta.domain.clone());

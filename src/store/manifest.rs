@@ -43,8 +43,17 @@ pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
 /// Replace `dir`'s manifest: write a temp file (0600, exclusive), fsync, rename over
 /// `manifest.json`, fsync the directory.
 pub fn write(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
-    let json = serde_json::to_vec_pretty(m).map_err(|e| StoreError::Manifest {
-        path: dir.join(MANIFEST),
+    write_json(dir, MANIFEST, m)
+}
+
+/// Replace `dir/name` with `value` as JSON, atomically, as [`write`] does for the manifest.
+pub(crate) fn write_json(
+    dir: &Path,
+    name: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Manifest {
+        path: dir.join(name),
         reason: e.to_string(),
     })?;
     let tmp: PathBuf = dir.join(format!(
@@ -54,7 +63,7 @@ pub fn write(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
     ));
     let result = write_temp(&tmp, &json).and_then(|()| {
         failpoint("manifest.rename.before");
-        let path = dir.join(MANIFEST);
+        let path = dir.join(name);
         std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
     });
     if result.is_err() {

@@ -14,8 +14,8 @@
 //! opened, as are temporary files, unless another process holds the chain's lock.
 
 mod chain;
-mod lock;
-mod manifest;
+pub(crate) mod lock;
+pub(crate) mod manifest;
 mod verify;
 
 use std::fs::DirBuilder;
@@ -155,6 +155,9 @@ pub struct LayerRecord {
     pub bytes: u64,
     /// Capture figures.
     pub stats: CaptureStats,
+    /// The group checkpoint this layer is part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::layer::GroupTag>,
 }
 
 /// Log-dirty tracking state kept between runs.

@@ -14,6 +14,8 @@ pub struct ConfigRewrite {
     /// Keep `c_info.domid` (like `xl save -D`); otherwise it is set to 0 so the restored
     /// domain gets a fresh domid.
     pub preserve_domid: bool,
+    /// New `disks[].pdev_path` per vdev (a restore from disk snapshots).
+    pub disk_paths: std::collections::BTreeMap<String, String>,
 }
 
 /// The config bytes to embed: the JSON text (rewritten if needed) followed by one NUL, as
@@ -24,7 +26,7 @@ pub fn prepare_config(raw: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamW
         return Ok(Vec::new()); // No config: `xl restore` then needs one on its command line.
     }
     let needs_domid_clear = !rw.preserve_domid && has_nonzero_domid(text);
-    let mut out = if rw.rename.is_none() && !needs_domid_clear {
+    let mut out = if rw.rename.is_none() && !needs_domid_clear && rw.disk_paths.is_empty() {
         text.to_vec()
     } else {
         rewrite(text, rw)?
@@ -70,6 +72,8 @@ fn rewrite(text: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, StreamWriteError>
     if !rw.preserve_domid && c_info.contains_key("domid") {
         c_info.insert("domid".into(), Value::from(0u32));
     }
+    crate::disk::config::point_disks_at(&mut root, &rw.disk_paths)
+        .map_err(|e| StreamWriteError::BadConfig(e.to_string()))?;
     serde_json::to_vec_pretty(&root).map_err(|e| StreamWriteError::BadConfig(e.to_string()))
 }
 
@@ -141,6 +145,26 @@ mod tests {
         };
         let out = prepare_config(raw, &keep).unwrap();
         assert_eq!(strip_nul(&out), raw);
+    }
+
+    #[test]
+    fn disks_are_pointed_at_their_clones() {
+        let raw = br#"{"c_info": {"name": "a"}, "disks": [{"vdev": "xvda", "pdev_path": "/d/a.img"}]}"#;
+        let rw = ConfigRewrite {
+            disk_paths: [("xvda".to_string(), "/d/a.img.clone".to_string())].into(),
+            ..Default::default()
+        };
+        let out = prepare_config(raw, &rw).unwrap();
+        let v: Value = serde_json::from_slice(strip_nul(&out)).unwrap();
+        assert_eq!(v["disks"][0]["pdev_path"], "/d/a.img.clone");
+        let missing = ConfigRewrite {
+            disk_paths: [("xvdz".to_string(), "/x".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            prepare_config(raw, &missing),
+            Err(StreamWriteError::BadConfig(m)) if m.contains("xvdz")
+        ));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct StreamOptions {
     pub preserve_domid: bool,
     /// Xen (major, minor) written in the libxc domain header; informational only.
     pub xen_version: (u32, u32),
+    /// Point these disks (vdev -> path) elsewhere in the embedded config.
+    pub disk_paths: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for StreamOptions {
@@ -43,6 +45,7 @@ impl Default for StreamOptions {
             rename: None,
             preserve_domid: false,
             xen_version: (4, 17),
+            disk_paths: Default::default(),
         }
     }
 }
@@ -87,6 +90,7 @@ pub fn write_save_file(
     }
     let rewrite = ConfigRewrite {
         rename: opts.rename.clone(),
+        disk_paths: opts.disk_paths.clone(),
         preserve_domid: opts.preserve_domid,
     };
     let config = prepare_config(image.config(), &rewrite)?;

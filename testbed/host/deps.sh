@@ -5,7 +5,7 @@
 # Packages installed on the host. qemu-system-xen only supplies the HVM device model that is
 # copied into dom0; libxen-dev supplies the libxen* libraries xl and xckpt need.
 HOST_PKGS="qemu-system-x86 qemu-system-xen libxen-dev cpio gzip perl time curl
-  ca-certificates gcc libc6-dev xz-utils"
+  ca-certificates gcc libc6-dev xz-utils xfsprogs e2fsprogs"
 # Extra host packages for the shadow-paging hypervisor rebuild.
 SHADOW_PKGS="make flex bison python3 gcc dpkg-dev"
 

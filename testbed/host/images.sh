@@ -34,6 +34,23 @@ copy_libs() {
     done
 }
 
+# Copies kernel modules "$2.." (names without .ko) flat into root $1 under /lib/mods.
+copy_mods() {
+  local root=$1 m f; shift
+  mkdir -p "$root/lib/mods"
+  for m in "$@"; do
+    f=$(find "$STAGE/lib/modules/$KVER/kernel" -name "$m.ko" | head -1)
+    [ -n "$f" ] || die "module $m not found in $STAGE/lib/modules/$KVER"
+    cp "$f" "$root/lib/mods/"
+  done
+}
+# Group and disk scenarios: block and network front-ends and ext4 in the guest; the virtio
+# disk, XFS, the bridge, netback and e2fsprogs/xfsprogs in dom0.
+DOMU_MODS="xen-blkfront xen-netfront crc32c_generic crc16 mbcache jbd2 ext4"
+DOM0_MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
+  crc32c_generic libcrc32c xfs llc stp bridge xen-netback"
+DOM0_TOOLS="/usr/sbin/mkfs.xfs /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/debugfs"
+
 # Packs directory $1 into the gzipped newc cpio $2.
 pack() {
   (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1) > "$2.tmp"
@@ -47,6 +64,7 @@ build_domu() {
   ln -s busybox "$d/bin/sh"
   install -m 755 "$TB/domu/init" "$d/init"
   mknod -m 600 "$d/dev/console" c 5 1
+  copy_mods "$d" $DOMU_MODS
   pack "$d" "$WORK/domu.cpio.gz"
 }
 
@@ -57,6 +75,9 @@ build_dom0_base() {
   mknod -m 600 "$d/dev/console" c 5 1
   mkdir -p "$d/lib/modules/$KVER"
   cp -r "$STAGE/lib/modules/$KVER/kernel/drivers/xen" "$d/lib/modules/$KVER/"
+  copy_mods "$d" $DOM0_MODS
+  mkdir -p "$d/usr/sbin" && cp $DOM0_TOOLS "$d/usr/sbin/" && copy_libs "$d" $DOM0_TOOLS
+  [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$d/etc/"
   cp -a "$STAGE$x" "$d/usr/lib/"
   rm -rf "$d$x/lib/python" "$d$x/boot/xen-shim"
   cp -a "$STAGE/etc/xen" "$d/etc/"

@@ -24,7 +24,10 @@ boot_scenarios() {
   mkdir -p "$dir"
   TB_VARIANT=$variant build_dom0_run run "$@"
   local xen; xen=$(xen_image "$variant")
-  qemu_cmd "$xen" -monitor none -serial stdio
+  # A scratch disk for dom0 (the disk scenarios format it), new and sparse on every boot.
+  rm -f "$WORK/dom0-disk.img" && truncate -s 2G "$WORK/dom0-disk.img"
+  qemu_cmd "$xen" -monitor none -serial stdio \
+    -drive "file=$WORK/dom0-disk.img,if=virtio,format=raw,cache=unsafe"
   log "boot $variant: ${#@} scenario(s): $*  (log: $dir/serial.log, timeout ${TIMEOUT}s)"
   printf '%s\n' "${QEMU[@]}" > "$dir/qemu-cmd.txt"
   record_versions > "$dir/versions.txt"

@@ -55,6 +55,8 @@ pub fn meta(id: u64, parent: Option<u64>, pfn_count: u64) -> LayerMeta {
             data_pages: 3,
             ..CaptureStats::default()
         },
+        group: None,
+        disks: Vec::new(),
     }
 }
 

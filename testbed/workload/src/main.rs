@@ -13,17 +13,22 @@
 //! `CLOCK_MONOTONIC` (does not count a save/restore suspend). `bad` counts corrupted pages
 //! seen since start; each is also printed as a `BAD` line.
 //!
+//! With `WL_PP_ROLE` it also plays ping-pong with a peer guest ([`pingpong`]); with `WL_DLOG`
+//! it appends checksummed records to a file on a disk ([`dlog`]).
+//!
 //! `workload scan FILE` counts workload pages in a save image; `workload corrupt FILE [NTH]`
 //! flips one byte of one of them (the test bed's corrupted-restore self-test).
 
 mod clock;
 mod config;
 mod corrupt;
+mod dlog;
 mod page;
+mod pingpong;
 mod run;
 
 fn usage() -> i32 {
-    eprintln!("usage: workload [run] | scan FILE | corrupt FILE [NTH] | meminfo");
+    eprintln!("usage: workload [run] | scan FILE | corrupt FILE [NTH] | dlog-check FILE | meminfo");
     2
 }
 
@@ -35,7 +40,12 @@ fn main() {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        [] | ["run"] => run::run(config::Config::from_env()),
+        [] | ["run"] => {
+            pingpong::spawn_from_env();
+            dlog::spawn_from_env();
+            run::run(config::Config::from_env())
+        }
+        ["dlog-check", file] => dlog::check_cmd(file),
         ["scan", file] => corrupt::scan_cmd(file),
         ["corrupt", file] => corrupt::corrupt_cmd(file, 0),
         ["corrupt", file, nth] => match nth.parse() {

@@ -1,0 +1,57 @@
+//! The coordinator of a group checkpoint: the barriers between the group's phases.
+//!
+//! ```text
+//! prepare   every member pre-copies until converged  -> barrier(Converged)
+//! pause     every member is stopped, disks snapshot  -> barrier(Stopped)   <- the instant
+//! copy      final pages into RAM, state saved        -> barrier(Copied)
+//! resume    every member runs again; write-behind    -> barrier(Committed)
+//! ```
+//!
+//! On one host the barriers are in-process ([`LocalCoordinator`]). Across hosts each host's
+//! xckpt calls the same barriers, and a multi-host coordinator (one xckpt per node started by
+//! a Slurm job step, meeting through `srun`/PMI or a TCP rendezvous) returns only when every
+//! host arrived; see docs/design-group.md. No member may resume before every member of every
+//! host is stopped (barrier `Stopped`), or a message sent after the instant by a resumed
+//! member could reach a member not yet stopped.
+
+/// A phase boundary of the group protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Every member's pre-copy converged: stop them.
+    Converged,
+    /// Every member is stopped and its disks are snapshotted: the group instant.
+    Stopped,
+    /// Every member's final pages and state are in RAM: resume them.
+    Copied,
+    /// Every member's layer is committed: record the group checkpoint.
+    Committed,
+}
+
+/// Why a barrier failed.
+#[derive(Debug, thiserror::Error)]
+#[error("group barrier {phase:?}: {reason}")]
+pub struct BarrierError {
+    /// The barrier.
+    pub phase: Phase,
+    /// What went wrong (a peer failed, a timeout, the rendezvous broke).
+    pub reason: String,
+}
+
+/// Carries the barriers of a group checkpoint.
+pub trait Coordinator: Send {
+    /// This host's members reached `phase` (`ok`: all of them succeeded). Returns once every
+    /// participant arrived: `Ok(true)` if all of them succeeded and the group goes on,
+    /// `Ok(false)` if one failed (abort). Called with the local members stopped at
+    /// [`Phase::Stopped`], so it must not wait long.
+    fn barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError>;
+}
+
+/// One host: every member is in this process, so each barrier is passed when it is called.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalCoordinator;
+
+impl Coordinator for LocalCoordinator {
+    fn barrier(&mut self, _phase: Phase, ok: bool) -> Result<bool, BarrierError> {
+        Ok(ok)
+    }
+}

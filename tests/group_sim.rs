@@ -1,0 +1,361 @@
+//! Group checkpoints on the simulated back-end: every member is captured at one instant (the
+//! instant every member is stopped), a failure of one member resumes all of them and commits
+//! nothing, and disks are snapshotted under the group stop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use xckpt::capture::CaptureOptions;
+use xckpt::disk::{Backend, BackendKind, DiskPlan, DiskSnapshot, DiskSpec};
+use xckpt::group::{
+    checkpoint_group, BarrierError, Coordinator, GroupError, LocalCoordinator, Member, Phase,
+};
+use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
+use xckpt::hv::{
+    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
+    PfnBitmap, StateBlob,
+};
+use xckpt::store::Store;
+
+/// A sim member whose pause or state save can be made to fail.
+struct Member2 {
+    sim: SimDomain,
+    fail_pause: AtomicBool,
+    fail_state: AtomicBool,
+}
+
+impl Domain for Member2 {
+    fn info(&self) -> Result<DomainInfo, HvError> {
+        self.sim.info()
+    }
+    fn pause(&self) -> Result<(), HvError> {
+        if self.fail_pause.load(Ordering::SeqCst) {
+            return Err(HvError::op(self.name(), "pause", "injected"));
+        }
+        self.sim.pause()
+    }
+    fn unpause(&self) -> Result<(), HvError> {
+        self.sim.unpause()
+    }
+    fn name(&self) -> String {
+        self.sim.name()
+    }
+}
+impl DirtyLog for Member2 {
+    fn logdirty_enable(&self) -> Result<(), HvError> {
+        self.sim.logdirty_enable()
+    }
+    fn logdirty_disable(&self) -> Result<(), HvError> {
+        self.sim.logdirty_disable()
+    }
+    fn logdirty_enabled(&self) -> Result<bool, HvError> {
+        self.sim.logdirty_enabled()
+    }
+    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        self.sim.logdirty_clean(into)
+    }
+}
+impl GuestMemory for Member2 {
+    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
+        self.sim.page_types(pfns, out)
+    }
+    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        self.sim.map_batch(pfns)
+    }
+}
+impl MachineState for Member2 {
+    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        if self.fail_state.load(Ordering::SeqCst) {
+            return Err(HvError::op(self.name(), "save state", "injected"));
+        }
+        self.sim.save_state()
+    }
+    fn config(&self) -> Result<Vec<u8>, HvError> {
+        self.sim.config()
+    }
+}
+
+fn member(name: &str, seed: u64) -> Arc<Member2> {
+    let mut cfg = SimConfig::small(2048);
+    cfg.name = name.into();
+    cfg.seed = seed;
+    cfg.workload = WorkloadSpec {
+        pattern: AccessPattern::Uniform,
+        rate_mib_s: 30.0,
+    };
+    let sim = SimDomain::new(cfg).unwrap();
+    sim.start_workload().unwrap();
+    Arc::new(Member2 {
+        sim,
+        fail_pause: AtomicBool::new(false),
+        fail_state: AtomicBool::new(false),
+    })
+}
+
+fn opts() -> CaptureOptions {
+    CaptureOptions {
+        threads: 2,
+        frame_pages: 16,
+        ..Default::default()
+    }
+}
+
+/// At the `Stopped` barrier: checks every member is paused, and records each one's memory.
+struct Recorder {
+    doms: Vec<Arc<Member2>>,
+    all_paused_at_stop: bool,
+    phases: Vec<Phase>,
+}
+
+impl Coordinator for Recorder {
+    fn barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
+        self.phases.push(phase);
+        if phase == Phase::Stopped {
+            self.all_paused_at_stop = self.doms.iter().all(|d| d.info().unwrap().paused);
+            for d in &self.doms {
+                d.sim.record_truth("group-instant", TruthMode::Digest);
+            }
+        }
+        Ok(ok)
+    }
+}
+
+fn members(store: &Store, doms: &[Arc<Member2>]) -> Vec<Member<Member2>> {
+    doms.iter()
+        .map(|d| Member {
+            dom: d.clone(),
+            chain: store.chain(&d.name()).unwrap(),
+            disks: DiskPlan::default(),
+        })
+        .collect()
+}
+
+#[test]
+fn every_member_is_captured_at_the_one_group_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doms = vec![member("a", 1), member("b", 2)];
+    let ms = members(&store, &doms);
+    for id in 1..=2 {
+        let mut rec = Recorder {
+            doms: doms.clone(),
+            all_paused_at_stop: false,
+            phases: Vec::new(),
+        };
+        let report = checkpoint_group("job", id, &ms, &opts(), &mut rec).unwrap();
+        assert!(rec.all_paused_at_stop, "a member ran at the group instant");
+        assert_eq!(
+            rec.phases,
+            [Phase::Converged, Phase::Stopped, Phase::Copied, Phase::Committed]
+        );
+        assert_eq!(report.tag.id, id);
+        for (m, d) in report.members.iter().zip(&doms) {
+            // Each member's layer is its memory at the instant the group was stopped.
+            let truth = d.sim.truths().last().unwrap().clone();
+            let image = ms[0].chain.compose(None).ok();
+            drop(image);
+            let chain = store.chain(&m.domain).unwrap();
+            let restored = SimDomain::from_image(&chain.compose(Some(m.capture.layer.id)).unwrap())
+                .unwrap();
+            let bad = truth.differing(&restored.digests());
+            assert!(bad.is_empty(), "{}: {} pages differ", m.domain, bad.len());
+            // Both layers carry the same group tag, in the header and the manifest.
+            let header = chain.open_layer(m.capture.layer.id).unwrap().meta().clone();
+            assert_eq!(header.group.as_ref(), Some(&report.tag));
+            assert_eq!(m.capture.layer.group.as_ref(), Some(&report.tag));
+            assert!(!d.info().unwrap().paused, "{} left paused", m.domain);
+        }
+        let point = report.point();
+        assert_eq!(point.members.len(), 2);
+        assert_eq!(point.skew_us, report.skew.as_micros() as u64);
+    }
+}
+
+fn assert_all_running_and_unchanged(store: &Store, doms: &[Arc<Member2>], layers: usize) {
+    for d in doms {
+        assert!(!d.info().unwrap().paused, "{} left paused", d.name());
+        let m = store.chain(&d.name()).unwrap().manifest().unwrap();
+        assert_eq!(m.layers.len(), layers, "{} committed a layer", d.name());
+    }
+}
+
+#[test]
+fn a_failure_of_one_member_resumes_all_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doms = vec![member("a", 1), member("b", 2)];
+    let ms = members(&store, &doms);
+    checkpoint_group("job", 1, &ms, &opts(), &mut LocalCoordinator).unwrap();
+
+    // b's state cannot be saved under the stop: a was stopped too, and both resume.
+    doms[1].fail_state.store(true, Ordering::SeqCst);
+    let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("domain b") && text.contains("save state"), "{text}");
+    assert!(matches!(e, GroupError::Failed { ref committed, .. } if committed.is_empty()));
+    assert_all_running_and_unchanged(&store, &doms, 1);
+
+    // b cannot be paused: a, already paused, is resumed.
+    doms[1].fail_state.store(false, Ordering::SeqCst);
+    doms[1].fail_pause.store(true, Ordering::SeqCst);
+    let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
+    assert!(e.to_string().contains("pause"), "{e}");
+    assert_all_running_and_unchanged(&store, &doms, 1);
+
+    // Another host's member failing at the stop barrier resumes this host's members.
+    doms[1].fail_pause.store(false, Ordering::SeqCst);
+    struct RemoteFails;
+    impl Coordinator for RemoteFails {
+        fn barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
+            Ok(ok && phase != Phase::Stopped)
+        }
+    }
+    let e = checkpoint_group("job", 2, &ms, &opts(), &mut RemoteFails).unwrap_err();
+    assert!(e.to_string().contains("another host"), "{e}");
+    assert_all_running_and_unchanged(&store, &doms, 1);
+
+    // The next group checkpoint works, and stores what the failed ones fetched.
+    let r = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap();
+    assert_all_running_and_unchanged(&store, &doms, 2);
+    assert_eq!(r.members.len(), 2);
+}
+
+#[test]
+fn a_member_listed_twice_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = member("a", 1);
+    let ms = members(&store, &[a.clone(), a.clone()]);
+    let e = checkpoint_group("job", 1, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
+    assert!(e.to_string().contains("listed twice"), "{e}");
+    assert_all_running_and_unchanged(&store, &[a], 0);
+}
+
+/// A disk back-end that records whether every member was paused when it snapshotted.
+struct WitnessDisk {
+    doms: Vec<Arc<Member2>>,
+    seen_paused: Arc<Mutex<Vec<bool>>>,
+    fail: bool,
+    discarded: Arc<Mutex<Vec<String>>>,
+}
+
+impl Backend for WitnessDisk {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Hook
+    }
+    fn check(&self, _disk: &DiskSpec) -> Result<(), String> {
+        Ok(())
+    }
+    fn snapshot(&self, disk: &DiskSpec, name: &str) -> Result<String, String> {
+        let all = self.doms.iter().all(|d| d.info().unwrap().paused);
+        self.seen_paused.lock().unwrap().push(all);
+        if self.fail && disk.vdev == "xvdb" {
+            return Err("injected".into());
+        }
+        Ok(format!("snap:{name}"))
+    }
+    fn clone_writable(&self, _s: &DiskSnapshot, name: &str) -> Result<String, String> {
+        Ok(name.into())
+    }
+    fn discard(&self, s: &DiskSnapshot) -> Result<(), String> {
+        self.discarded.lock().unwrap().push(s.snapshot.clone());
+        Ok(())
+    }
+}
+
+fn disk_plan(name: &str, vdevs: &[&str], w: &WitnessDisk) -> DiskPlan {
+    let specs = vdevs
+        .iter()
+        .map(|v| DiskSpec {
+            vdev: v.to_string(),
+            pdev_path: format!("/d/{name}-{v}.img"),
+            backend: "phy".into(),
+            format: "raw".into(),
+            domid: 1,
+        })
+        .collect();
+    let make = |_| {
+        Some(Box::new(WitnessDisk {
+            doms: w.doms.clone(),
+            seen_paused: w.seen_paused.clone(),
+            fail: w.fail,
+            discarded: w.discarded.clone(),
+        }) as Box<dyn Backend>)
+    };
+    DiskPlan::choose(name, specs, &BTreeMap::new(), make).unwrap()
+}
+
+#[test]
+fn disks_are_snapshotted_while_every_member_is_stopped_and_recorded_in_the_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doms = vec![member("a", 1), member("b", 2)];
+    let w = WitnessDisk {
+        doms: doms.clone(),
+        seen_paused: Arc::new(Mutex::new(Vec::new())),
+        fail: false,
+        discarded: Arc::new(Mutex::new(Vec::new())),
+    };
+    let mut ms = members(&store, &doms);
+    ms[0].disks = disk_plan("a", &["xvda"], &w);
+    ms[1].disks = disk_plan("b", &["xvda", "xvdb"], &w);
+    let r = checkpoint_group("job", 1, &ms, &opts(), &mut LocalCoordinator).unwrap();
+    assert_eq!(*w.seen_paused.lock().unwrap(), vec![true; 3]);
+    let b = &r.members[1];
+    let header = store
+        .chain("b")
+        .unwrap()
+        .open_layer(b.capture.layer.id)
+        .unwrap()
+        .meta()
+        .clone();
+    let names: Vec<_> = header.disks.iter().map(|d| d.snapshot.as_str()).collect();
+    assert_eq!(
+        names,
+        ["snap:xckpt-b-000001-xvda", "snap:xckpt-b-000001-xvdb"]
+    );
+    assert_eq!(header.disks[1].source, "/d/b-xvdb.img");
+
+    // A disk that fails under the stop: every member resumes, the snapshots taken are removed.
+    let failing = WitnessDisk { fail: true, ..w };
+    ms[1].disks = disk_plan("b", &["xvda", "xvdb"], &failing);
+    let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
+    assert!(e.to_string().contains("xvdb") && e.to_string().contains("injected"), "{e}");
+    assert_all_running_and_unchanged(&store, &doms, 1);
+    assert!(failing
+        .discarded
+        .lock()
+        .unwrap()
+        .contains(&"snap:xckpt-b-000002-xvda".to_string()));
+}
+
+#[test]
+fn a_single_checkpoint_snapshots_disks_under_its_pause_and_a_failed_one_resumes() {
+    use xckpt::capture::{checkpoint_with, SoloStop};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = member("a", 1);
+    let chain = store.chain("a").unwrap();
+    let w = WitnessDisk {
+        doms: vec![a.clone()],
+        seen_paused: Arc::new(Mutex::new(Vec::new())),
+        fail: false,
+        discarded: Arc::new(Mutex::new(Vec::new())),
+    };
+    let mut stop = SoloStop::new(a.clone(), disk_plan("a", &["xvda"], &w));
+    let r = checkpoint_with(&a, &chain, &opts(), &mut stop).unwrap();
+    assert_eq!(*w.seen_paused.lock().unwrap(), [true]);
+    assert_eq!(r.disks.len(), 1);
+    assert!(r.layer.group.is_none());
+
+    let failing = WitnessDisk { fail: true, ..w };
+    let mut stop = SoloStop::new(a.clone(), disk_plan("a", &["xvda", "xvdb"], &failing));
+    let e = checkpoint_with(&a, &chain, &opts(), &mut stop).unwrap_err();
+    assert!(e.to_string().contains("disk xvdb") && e.to_string().contains("resumed"), "{e}");
+    assert_all_running_and_unchanged(&store, &[a], 1);
+    assert_eq!(
+        *failing.discarded.lock().unwrap(),
+        ["snap:xckpt-a-000002-xvda".to_string()]
+    );
+}
