@@ -49,6 +49,8 @@ pub struct CaptureOptions {
     pub threads: usize,
     /// Pages per frame.
     pub frame_pages: u32,
+    /// Which pages need not be stored ([`crate::evict`]).
+    pub evict: crate::evict::EvictOptions,
 }
 
 impl Default for CaptureOptions {
@@ -62,6 +64,7 @@ impl Default for CaptureOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
+            evict: Default::default(),
         }
     }
 }
@@ -194,6 +197,10 @@ struct Run<'c, D: Checkpointable + 'static> {
     /// A killed run's `in_flight` marker was found: leave it for a committed layer to clear.
     inherited_in_flight: bool,
     rounds: Vec<RoundReport>,
+    /// The agent's free pages, less those dirtied since arming (`free`, `cache`).
+    free: Option<crate::evict::FreeFilter>,
+    /// Remarks of the eviction policies for the summary.
+    evict_notes: Vec<String>,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -216,13 +223,23 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             skip,
             inherited_in_flight: false,
             rounds: Vec::new(),
+            free: None,
+            evict_notes: Vec::new(),
         }
     }
 
     fn clean(&mut self, into: &mut PfnBitmap) -> Result<u64, CaptureError> {
         let n = self.dom.logdirty_clean(into)?;
         self.fetched |= &*into;
+        self.note_dirtied(into);
         Ok(n)
+    }
+
+    /// Bits fetched after arming: pages the agent's report no longer covers.
+    fn note_dirtied(&mut self, bits: &PfnBitmap) {
+        if let Some(f) = &mut self.free {
+            f.note_dirty(bits);
+        }
     }
 
     fn execute(&mut self, started: Instant) -> Result<CaptureReport, CaptureError> {
@@ -240,6 +257,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             _ => Vec::new(),
         };
         self.clean(&mut dirty)?;
+        // Tracking is armed: only now may the guest agent be asked (crate::evict).
+        let (free, note) = crate::evict::ask_agent(&self.opts.evict, self.info.pfn_count);
+        self.free = free;
+        self.evict_notes.extend((!note.is_empty()).then_some(note));
         let lost = spot::unexplained(&sample, &dirty);
         if let (false, Plan::Incremental { id, parent, .. }) = (lost.is_empty(), &self.plan) {
             let reason = format!(
@@ -274,6 +295,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 opts.compress_level,
                 opts.threads,
             );
+            builder.keep_zero_pages(!opts.evict.set.zero);
             let held =
                 self.precopy_and_pause(&mut pipe, &mut builder, &mut dirty, baseline.as_deref())?;
             let (chunks, state, downtime, stop) = held;
@@ -305,7 +327,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             loop {
                 let t = Instant::now();
                 let before = figs.pages;
-                let rules = self.rules(first, baseline);
+                let rules = CopyRules {
+                    evict: self.free.as_ref(),
+                    ..self.rules(first, baseline)
+                };
                 let name = self.info.identity.name.clone();
                 let mut sink = |c: Chunk| {
                     pipe.send(c).map_err(|source| CaptureError::Write {
@@ -327,6 +352,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 );
                 // Bits fetched mid-round are owed to the next round, failure or not.
                 self.fetched |= &self.skip.bits;
+                if let Some(f) = &mut self.free {
+                    f.note_dirty(&self.skip.bits);
+                }
                 copied?;
                 first = false;
                 progress.rounds += 1;
@@ -362,7 +390,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             held.push(c);
             Ok(())
         };
-        let rules = self.rules(first, baseline);
+        let rules = CopyRules {
+            evict: self.free.as_ref(),
+            ..self.rules(first, baseline)
+        };
         let never = || false;
         let mut pfigs = CopyFigures::default();
         let set = round_set(first && full_scan, self.info.pfn_count, dirty);
@@ -383,6 +414,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         CopyRules {
             record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
             baseline: if first { baseline } else { None },
+            evict: None,
         }
     }
 
@@ -429,8 +461,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             data_pages: counts.data,
             zero_pages: counts.zero,
             unpopulated_pages: counts.unpopulated,
-            evicted: Default::default(),
-            notes: self.plan.notes(),
+            evicted: out.index.evicted_by(),
+            notes: self.plan.notes().into_iter().chain(self.evict_notes.clone()).collect(),
         };
         let meta = LayerMeta {
             id: self.plan.next_id(),
