@@ -37,9 +37,42 @@ pub struct CheckpointCmd {
     capture: CaptureArgs,
     #[command(flatten)]
     wait: WaitArg,
+    #[command(flatten)]
+    evict: EvictArgs,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Which pages a checkpoint need not store (docs/eviction.md).
+#[derive(Debug, Args)]
+pub struct EvictArgs {
+    /// Eviction policies: zero, unpopulated, free, cache (comma-separated). `free` and `cache`
+    /// need xckpt-agent in the guest; without an answer they are skipped and the summary says why.
+    #[arg(long, default_value = "zero,unpopulated,free")]
+    evict: xckpt::evict::EvictSet,
+    /// Milliseconds to wait for the guest agent's report.
+    #[arg(long, default_value_t = 3000)]
+    agent_timeout_ms: u64,
+}
+
+impl EvictArgs {
+    /// The library's options for domain `domid`.
+    fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
+        let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> =
+            if self.evict.free || self.evict.cache {
+                let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
+                    .context("connecting to xenstored to reach the guest agent")?;
+                Some(Arc::new(a))
+            } else {
+                None
+            };
+        Ok(xckpt::evict::EvictOptions {
+            set: self.evict,
+            agent,
+            agent_timeout: Duration::from_millis(self.agent_timeout_ms),
+        })
+    }
 }
 
 impl CheckpointCmd {
@@ -50,7 +83,9 @@ impl CheckpointCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&name)?;
         let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
-        let report = checkpoint(&dom, &chain, &self.capture.options()).with_context(|| {
+        let mut opts = self.capture.options();
+        opts.evict = self.evict.options(dom.domid())?;
+        let report = checkpoint(&dom, &chain, &opts).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
@@ -69,7 +104,7 @@ impl CheckpointCmd {
 pub fn print_summary(name: &str, r: &CaptureReport) {
     let s = &r.layer.stats;
     println!(
-        "{name}: layer {} ({:?}) {} bytes; {} pages covered: {} data, {} zero, {} unpopulated, {} evicted; \
+        "{name}: layer {} ({:?}) {} bytes; {} pages covered: {} data, {} zero, {} unpopulated, {} evicted{}; \
          {} rounds ({:?}), downtime {:.2} ms",
         r.layer.id,
         r.layer.kind,
@@ -79,6 +114,7 @@ pub fn print_summary(name: &str, r: &CaptureReport) {
         s.zero_pages,
         s.unpopulated_pages,
         s.evicted.values().sum::<u64>(),
+        evicted_by_policy(&s.evicted),
         r.rounds.len(),
         r.stop,
         r.downtime.as_secs_f64() * 1e3
@@ -86,6 +122,18 @@ pub fn print_summary(name: &str, r: &CaptureReport) {
     for n in &s.notes {
         println!("  note: {n}");
     }
+}
+
+/// ` (free N, cache M)` for the summary line, or nothing.
+fn evicted_by_policy(by: &std::collections::BTreeMap<xckpt::layer::EvictPolicy, u64>) -> String {
+    if by.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(p, n)| format!("{} {n}", format!("{p:?}").to_lowercase()))
+        .collect();
+    format!(" ({})", parts.join(", "))
 }
 
 /// `xckpt restore DOM[@N]`

@@ -142,6 +142,8 @@ CFG
   # Under QEMU TCG, PVH/HVM guests hang unless the TSC is not intercepted (REPORT pitfall 2).
   [ "$type" = pv ] || echo 'tsc_mode="native"' >> "$TBW/$name.cfg"
   [ "$type" = hvm ] && printf 'vga="none"\nnographic=1\nvnc=0\nsdl=0\nserial="pty"\n' >> "$TBW/$name.cfg"
+  # Extra config lines a scenario asks for (e.g. a disk).
+  [ -n "${CFG_EXTRA:-}" ] && echo "$CFG_EXTRA" >> "$TBW/$name.cfg"
   echo "$TBW/$name.cfg"
 }
 
