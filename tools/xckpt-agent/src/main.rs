@@ -71,6 +71,10 @@ fn serve(notify: Option<&str>) -> Result<(), String> {
     let mut last = String::new();
     loop {
         std::thread::sleep(POLL);
+        // After a restore or migration the domain's xenstore area is new: register again.
+        if xs.read("data/xckpt/agent").is_err() {
+            let _ = xs.write("data/xckpt/agent", HELLO);
+        }
         let Ok(req) = xs.read("data/xckpt/request") else {
             continue;
         };
