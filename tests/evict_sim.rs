@@ -36,7 +36,12 @@ fn page(fill: u8) -> Vec<u8> {
 }
 
 /// Every pfn of `layer` reads as the truth at its pause, except evicted ones, which read zero.
-fn assert_restores_except_evicted(chain: &xckpt::store::Chain, dom: &SimDomain, layer: u64, t: usize) {
+fn assert_restores_except_evicted(
+    chain: &xckpt::store::Chain,
+    dom: &SimDomain,
+    layer: u64,
+    t: usize,
+) {
     let truth = &dom.truths()[t];
     let mem = truth.memory.as_ref().unwrap();
     let image = chain.compose(Some(layer)).unwrap();
@@ -46,7 +51,11 @@ fn assert_restores_except_evicted(chain: &xckpt::store::Chain, dom: &SimDomain, 
         if let PageState::Evicted(_) = image.page_state(pfn) {
             assert!(buf.iter().all(|&b| b == 0), "evicted pfn {pfn:#x} not zero");
         } else {
-            assert_eq!(&buf[..], &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE], "pfn {pfn:#x}");
+            assert_eq!(
+                &buf[..],
+                &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE],
+                "pfn {pfn:#x}"
+            );
         }
     }
 }
@@ -95,7 +104,11 @@ fn a_page_reported_free_but_written_after_arming_is_never_evicted() {
             let evicted = r.layer.stats.evicted.get(&EvictPolicy::Free).copied();
             assert_eq!(evicted, Some(150 - 4 - 10 - 2), "{:?}", r.layer.stats);
             assert!(
-                r.layer.stats.notes.iter().any(|n| n.contains("150 free pages")),
+                r.layer
+                    .stats
+                    .notes
+                    .iter()
+                    .any(|n| n.contains("150 free pages")),
                 "{:?}",
                 r.layer.stats.notes
             );
@@ -120,11 +133,22 @@ fn pages_written_while_the_guest_runs_are_saved_and_cache_counts_apart() {
         cache: vec![(2048, 2048)],
         ..Default::default()
     };
-    let r = checkpoint(&dom, &chain, &opts(Some(Arc::new(agent)), "zero,unpopulated,free,cache")).unwrap();
+    let r = checkpoint(
+        &dom,
+        &chain,
+        &opts(Some(Arc::new(agent)), "zero,unpopulated,free,cache"),
+    )
+    .unwrap();
     dom.stop_workload();
     let s = &r.layer.stats;
-    assert!(s.evicted.get(&EvictPolicy::Free).is_some_and(|&n| n > 0), "{s:?}");
-    assert!(s.evicted.get(&EvictPolicy::Cache).is_some_and(|&n| n > 0), "{s:?}");
+    assert!(
+        s.evicted.get(&EvictPolicy::Free).is_some_and(|&n| n > 0),
+        "{s:?}"
+    );
+    assert!(
+        s.evicted.get(&EvictPolicy::Cache).is_some_and(|&n| n > 0),
+        "{s:?}"
+    );
     assert_restores_except_evicted(&chain, &dom, r.layer.id, dom.truths().len() - 1);
 }
 
@@ -138,15 +162,29 @@ fn without_an_agent_answer_the_capture_goes_on_and_says_why() {
         silent: true,
         ..Default::default()
     };
-    let r = checkpoint(&dom, &chain, &opts(Some(Arc::new(silent)), "zero,unpopulated,free")).unwrap();
+    let r = checkpoint(
+        &dom,
+        &chain,
+        &opts(Some(Arc::new(silent)), "zero,unpopulated,free"),
+    )
+    .unwrap();
     assert!(r.layer.stats.evicted.is_empty());
     assert!(
-        r.layer.stats.notes.iter().any(|n| n.starts_with("free: skipped, the xckpt-agent did not answer")),
+        r.layer
+            .stats
+            .notes
+            .iter()
+            .any(|n| n.starts_with("free: skipped, the xckpt-agent did not answer")),
         "{:?}",
         r.layer.stats.notes
     );
     let r = checkpoint(&dom, &chain, &opts(None, "zero,unpopulated,free")).unwrap();
-    assert!(r.layer.stats.notes.iter().any(|n| n.contains("no guest agent")));
+    assert!(r
+        .layer
+        .stats
+        .notes
+        .iter()
+        .any(|n| n.contains("no guest agent")));
     assert_restores_except_evicted(&chain, &dom, r.layer.id, dom.truths().len() - 1);
 }
 
@@ -158,7 +196,12 @@ fn without_zero_zero_pages_are_stored_as_data() {
     let dom = idle_sim(256);
     let r = checkpoint(&dom, &chain, &opts(None, "unpopulated")).unwrap();
     assert_eq!(r.layer.stats.zero_pages, 0);
-    let r2 = checkpoint(&dom, &store.chain("h").unwrap(), &opts(None, "zero,unpopulated")).unwrap();
+    let r2 = checkpoint(
+        &dom,
+        &store.chain("h").unwrap(),
+        &opts(None, "zero,unpopulated"),
+    )
+    .unwrap();
     assert!(r2.layer.stats.zero_pages > 0);
     assert!(r.layer.bytes > r2.layer.bytes);
 }

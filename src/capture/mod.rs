@@ -462,7 +462,12 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             zero_pages: counts.zero,
             unpopulated_pages: counts.unpopulated,
             evicted: out.index.evicted_by(),
-            notes: self.plan.notes().into_iter().chain(self.evict_notes.clone()).collect(),
+            notes: self
+                .plan
+                .notes()
+                .into_iter()
+                .chain(self.evict_notes.clone())
+                .collect(),
         };
         let meta = LayerMeta {
             id: self.plan.next_id(),

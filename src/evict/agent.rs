@@ -83,7 +83,9 @@ pub fn parse_reply_line(line: &str, nonce: &str) -> Option<Result<ReplyFields, A
             return Some(Err(AgentError::Failed(v.replace('_', " "))));
         }
         let Ok(n) = v.parse::<u64>() else {
-            return Some(Err(AgentError::Protocol(format!("{k}={v} is not a number"))));
+            return Some(Err(AgentError::Protocol(format!(
+                "{k}={v} is not a number"
+            ))));
         };
         match k {
             "free_chunks" => f.free_chunks = n,

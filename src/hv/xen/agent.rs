@@ -38,7 +38,10 @@ impl XenAgent {
 
     /// The agent of domain `domid`, through a new connection to xenstored.
     pub fn connect(domid: u32) -> std::io::Result<Self> {
-        Ok(Self::new(Box::new(xenstore_rs::unix::XsUnix::new()?), domid))
+        Ok(Self::new(
+            Box::new(xenstore_rs::unix::XsUnix::new()?),
+            domid,
+        ))
     }
 
     fn chunks(&self, xs: &XenStore, kind: &str, n: u64) -> Result<Vec<(u64, u64)>, AgentError> {
@@ -63,7 +66,10 @@ impl GuestAgent for XenAgent {
             .unwrap_or(0)
             .to_string();
         let what = if req.drop_cache { "cache" } else { "free" };
-        xs.write(&format!("{}/request", self.base), &format!("{nonce} {what}"))?;
+        xs.write(
+            &format!("{}/request", self.base),
+            &format!("{nonce} {what}"),
+        )?;
         let reply = format!("{}/reply", self.base);
         let deadline = Instant::now() + timeout;
         let fields = loop {
@@ -151,7 +157,12 @@ mod tests {
             .unwrap();
         assert_eq!(r.free, vec![(0xa, 3), (0xf, 1)]);
         assert_eq!(r.mem.used_kib(), 500);
-        assert!(!xs.nodes.lock().unwrap().keys().any(|k| k.contains("/report/")));
+        assert!(!xs
+            .nodes
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("/report/")));
     }
 
     #[test]

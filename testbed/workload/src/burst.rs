@@ -8,7 +8,9 @@ use std::time::Duration;
 
 fn hash(buf: &[u64]) -> u64 {
     // FNV-1a over words: enough to tell any changed page.
-    buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w).wrapping_mul(0x1000_0000_01b3))
+    buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| {
+        (h ^ w).wrapping_mul(0x1000_0000_01b3)
+    })
 }
 
 fn fill(buf: &mut [u64], seed: u64) {
@@ -38,7 +40,10 @@ pub fn burst(file: &str, mib: usize) -> i32 {
             drop(std::mem::take(&mut region));
             let mut fresh = Vec::with_capacity(words);
             fresh.resize(words, 0);
-            let seed = seen.trim().bytes().fold(n, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+            let seed = seen
+                .trim()
+                .bytes()
+                .fold(n, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
             fill(&mut fresh, seed);
             region = fresh;
             println!("BURST n={n} hash={:016x} mib={mib}", hash(&region));

@@ -35,7 +35,10 @@ fn kpageflags() -> Result<Vec<u64>, String> {
 pub fn scan() -> Result<Scan, String> {
     let flags = kpageflags()?;
     let kcore = Kcore::open().ok();
-    Ok(free_runs(&flags, |pfn| kcore.as_ref().and_then(|k| k.order(pfn))).with_orders(kcore.is_some()))
+    Ok(
+        free_runs(&flags, |pfn| kcore.as_ref().and_then(|k| k.order(pfn)))
+            .with_orders(kcore.is_some()),
+    )
 }
 
 impl Scan {
@@ -58,7 +61,10 @@ pub fn free_runs(flags: &[u64], order: impl Fn(u64) -> Option<u32>) -> Scan {
             continue;
         }
         let mut len = 1usize << order(pfn as u64).unwrap_or(0);
-        if pfn % len != 0 || pfn + len > flags.len() || flags[pfn + 1..pfn + len].iter().any(|&t| t != 0) {
+        if !pfn.is_multiple_of(len)
+            || pfn + len > flags.len()
+            || flags[pfn + 1..pfn + len].iter().any(|&t| t != 0)
+        {
             len = 1;
         }
         match runs.last_mut() {
@@ -67,7 +73,10 @@ pub fn free_runs(flags: &[u64], order: impl Fn(u64) -> Option<u32>) -> Scan {
         }
         pfn += len;
     }
-    Scan { runs, orders: "heads" }
+    Scan {
+        runs,
+        orders: "heads",
+    }
 }
 
 #[cfg(test)]
@@ -77,8 +86,8 @@ mod tests {
     #[test]
     fn blocks_extend_by_their_order_unless_a_tail_looks_used() {
         let mut flags = vec![1u64 << 5; 32]; // LRU pages
-        // An order-2 block at 4, an order-1 block at 8 (adjacent run), an order-3 block at 16
-        // whose tail 20 has flags (changed since): only its head counts.
+                                             // An order-2 block at 4, an order-1 block at 8 (adjacent run), an order-3 block at 16
+                                             // whose tail 20 has flags (changed since): only its head counts.
         flags[4] = KPF_BUDDY;
         flags[5..8].fill(0);
         flags[8] = KPF_BUDDY;
@@ -95,6 +104,9 @@ mod tests {
         let s = free_runs(&flags, order);
         assert_eq!(s.runs, vec![(4, 6), (16, 1)]);
         // Without orders, heads only.
-        assert_eq!(free_runs(&flags, |_| None).runs, vec![(4, 1), (8, 1), (16, 1)]);
+        assert_eq!(
+            free_runs(&flags, |_| None).runs,
+            vec![(4, 1), (8, 1), (16, 1)]
+        );
     }
 }

@@ -32,7 +32,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl Kcore {
     /// Open /proc/kcore and find the struct page array.
     pub fn open() -> Result<Kcore, String> {
-        let file = File::open("/proc/kcore").map_err(|e| format!("cannot open /proc/kcore: {e}"))?;
+        let file =
+            File::open("/proc/kcore").map_err(|e| format!("cannot open /proc/kcore: {e}"))?;
         let mut eh = [0u8; 64];
         file.read_exact_at(&mut eh, 0)
             .map_err(|e| format!("cannot read /proc/kcore: {e}"))?;

@@ -32,7 +32,9 @@ fn parse(text: &str) -> MemInfo {
 mod tests {
     #[test]
     fn parses_the_fields_it_needs() {
-        let m = super::parse("MemTotal:  500 kB\nMemFree: 100 kB\nBuffers: 5 kB\nCached: 20 kB\nSwapCached: 9 kB\n");
+        let m = super::parse(
+            "MemTotal:  500 kB\nMemFree: 100 kB\nBuffers: 5 kB\nCached: 20 kB\nSwapCached: 9 kB\n",
+        );
         assert_eq!((m.total_kib, m.free_kib, m.cache_kib), (500, 100, 25));
     }
 }

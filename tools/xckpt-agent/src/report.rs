@@ -4,6 +4,9 @@ use xenstore_rs::Xs;
 
 use crate::{free, meminfo};
 
+/// A run of frames: (first pfn, count).
+type Run = (u64, u64);
+
 /// Bytes of run text per xenstore node (oxenstored's default value quota is 2048).
 const CHUNK_BYTES: usize = 1900;
 /// Nodes per list at most (the guest's default quota is 1000 nodes).
@@ -31,14 +34,22 @@ pub fn answer(xs: &impl Xs, drop_cache: bool) -> Result<String, String> {
         before.total_kib, before.free_kib, before.cache_kib, first.orders
     );
     if let Some(a) = after {
-        line += &format!(" after_free_kib={} after_cache_kib={}", a.free_kib, a.cache_kib);
+        line += &format!(
+            " after_free_kib={} after_cache_kib={}",
+            a.free_kib, a.cache_kib
+        );
     }
     Ok(line)
 }
 
 /// Frames free in both scans, and frames free only after the drop (freed from the cache).
-fn split(before: &[(u64, u64)], after: &[(u64, u64)]) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
-    let end = after.iter().chain(before).map(|r| r.0 + r.1).max().unwrap_or(0) as usize;
+fn split(before: &[Run], after: &[Run]) -> (Vec<Run>, Vec<Run>) {
+    let end = after
+        .iter()
+        .chain(before)
+        .map(|r| r.0 + r.1)
+        .max()
+        .unwrap_or(0) as usize;
     let bits = |runs: &[(u64, u64)]| {
         let mut b = vec![false; end];
         for &(s, l) in runs {
@@ -97,7 +108,8 @@ fn publish(xs: &impl Xs, kind: &str, runs: &[(u64, u64)]) -> Result<usize, Strin
     let chunks = encode(runs, MAX_CHUNKS);
     for (i, c) in chunks.iter().enumerate() {
         let path = format!("data/xckpt/report/{kind}/{i}");
-        xs.write(&path, c).map_err(|e| format!("cannot write {path}: {e}"))?;
+        xs.write(&path, c)
+            .map_err(|e| format!("cannot write {path}: {e}"))?;
     }
     Ok(chunks.len())
 }
@@ -109,7 +121,9 @@ mod tests {
     #[test]
     fn encodes_gaps_in_hex_chunks_and_drops_short_runs_past_the_cap() {
         assert_eq!(encode(&[(10, 3), (15, 1)], 10), vec!["a:3,2:1"]);
-        let many: Vec<(u64, u64)> = (0..2000).map(|i| (i * 4, if i % 2 == 0 { 1 } else { 2 })).collect();
+        let many: Vec<(u64, u64)> = (0..2000)
+            .map(|i| (i * 4, if i % 2 == 0 { 1 } else { 2 }))
+            .collect();
         let all = encode(&many, 1000);
         assert!(all.len() > 1 && all.iter().all(|c| c.len() <= CHUNK_BYTES));
         let capped = encode(&many, 3);
