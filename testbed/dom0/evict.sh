@@ -13,7 +13,7 @@ cache_disk() {
   EV_LOOP=$(losetup -f) && losetup "$EV_LOOP" "$f" || fail "losetup $f failed"
   chmod +x /testbed/blk-loop.sh
   CFG_EXTRA="disk=['vdev=xvda,access=r,backendtype=phy,script=/testbed/blk-loop.sh,target=$EV_LOOP']"
-  CLEANUP="$CLEANUP; for g in \$TB_GUESTS; do xl destroy \$g >/dev/null 2>&1; done; losetup -d $EV_LOOP; rm -f $f"
+  CLEANUP="${CLEANUP:+$CLEANUP; }for g in \$TB_GUESTS; do xl destroy \$g >/dev/null 2>&1; done; losetup -d $EV_LOOP; rm -f $f"
 }
 
 # evict_guest NAME MEM [KEY=VAL...]: a fresh store and a guest with the agent and a filled page
