@@ -1,1 +1,0 @@
-/work/wt-evict/tools/xckpt-agent/target/release/xckpt-agent: /work/wt-evict/tools/xckpt-agent/src/free.rs /work/wt-evict/tools/xckpt-agent/src/kcore.rs /work/wt-evict/tools/xckpt-agent/src/main.rs /work/wt-evict/tools/xckpt-agent/src/meminfo.rs /work/wt-evict/tools/xckpt-agent/src/report.rs
