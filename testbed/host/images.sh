@@ -87,6 +87,10 @@ build_dom0_base() {
   # glibc dlopen()s libgcc_s for pthread_cancel; xl aborts without it and ldd does not show it.
   mkdir -p "$d/lib/x86_64-linux-gnu"
   cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+  # xenstore-read/-write for testbed/dom0/blk-loop.sh (the disk hotplug script).
+  mkdir -p "$d/usr/bin"
+  cp -L /usr/bin/xenstore-read /usr/bin/xenstore-write "$d/usr/bin/"
+  copy_libs "$d" "$d/usr/bin/xenstore-read"
   # HVM guests: the qemu-xen device model, SeaBIOS and the option ROMs for direct kernel boot.
   mkdir -p "$d/usr/libexec" "$d/usr/share/qemu" "$d/usr/share/seabios"
   cp /usr/libexec/xen-qemu-system-i386 "$d/usr/libexec/"
