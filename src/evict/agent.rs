@@ -82,21 +82,23 @@ pub fn parse_reply_line(line: &str, nonce: &str) -> Option<Result<ReplyFields, A
         if k == "error" {
             return Some(Err(AgentError::Failed(v.replace('_', " "))));
         }
+        let slot = match k {
+            "free_chunks" => &mut f.free_chunks,
+            "cache_chunks" => &mut f.cache_chunks,
+            "total_kib" => &mut f.mem.total_kib,
+            "free_kib" => &mut f.mem.free_kib,
+            "cache_kib" => &mut f.mem.cache_kib,
+            "after_free_kib" => f.after_free_kib.insert(0),
+            "after_cache_kib" => f.after_cache_kib.insert(0),
+            // Keys of later agents, and text ones (orders=kcore): not needed here.
+            _ => continue,
+        };
         let Ok(n) = v.parse::<u64>() else {
             return Some(Err(AgentError::Protocol(format!(
                 "{k}={v} is not a number"
             ))));
         };
-        match k {
-            "free_chunks" => f.free_chunks = n,
-            "cache_chunks" => f.cache_chunks = n,
-            "total_kib" => f.mem.total_kib = n,
-            "free_kib" => f.mem.free_kib = n,
-            "cache_kib" => f.mem.cache_kib = n,
-            "after_free_kib" => f.after_free_kib = Some(n),
-            "after_cache_kib" => f.after_cache_kib = Some(n),
-            _ => {}
-        }
+        *slot = n;
     }
     Some(Ok(f))
 }
@@ -135,7 +137,7 @@ mod tests {
     fn reply_lines_for_other_requests_are_ignored_and_errors_surface() {
         assert!(parse_reply_line("41 free_chunks=1", "42").is_none());
         let f = parse_reply_line(
-            "42 free_chunks=3 cache_chunks=0 total_kib=100 free_kib=40 cache_kib=10",
+            "42 free_chunks=3 cache_chunks=0 total_kib=100 free_kib=40 cache_kib=10 orders=kcore",
             "42",
         )
         .unwrap()
