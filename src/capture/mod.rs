@@ -246,6 +246,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
+        // `balloon`: the guest gives memory back before the copy, and gets it back once the
+        // layer is written (the guard lives to the end of this function).
+        let dom = self.dom.clone();
+        let populated = move || {
+            dom.info()
+                .map(|i| i.populated_pages * 4)
+                .map_err(|e| e.to_string())
+        };
+        let (_balloon, note) = crate::evict::balloon_for_capture(&self.opts.evict, &populated);
+        self.evict_notes.extend((!note.is_empty()).then_some(note));
         // From the first fetch-and-clear until the bits are stored (or kept as pending), a kill
         // would lose them: say so in the manifest, so the next run resyncs.
         self.mark_in_flight(true)?;

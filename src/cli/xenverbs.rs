@@ -47,13 +47,16 @@ pub struct CheckpointCmd {
 /// Which pages a checkpoint need not store (docs/eviction.md).
 #[derive(Debug, Args)]
 pub struct EvictArgs {
-    /// Eviction policies: zero, unpopulated, free, cache (comma-separated). `free` and `cache`
+    /// Eviction policies: zero, unpopulated, free, cache, balloon (comma-separated). `free` and `cache`
     /// need xckpt-agent in the guest; without an answer they are skipped and the summary says why.
     #[arg(long, default_value = "zero,unpopulated,free")]
     evict: xckpt::evict::EvictSet,
     /// Milliseconds to wait for the guest agent's report.
     #[arg(long, default_value_t = 3000)]
     agent_timeout_ms: u64,
+    /// Seconds the guest may take to balloon down (`balloon`) before the old target is put back.
+    #[arg(long, default_value_t = 20)]
+    balloon_timeout_s: u64,
 }
 
 impl EvictArgs {
@@ -67,10 +70,19 @@ impl EvictArgs {
             } else {
                 None
             };
+        let balloon: Option<Arc<dyn xckpt::evict::BalloonTarget>> = if self.evict.balloon {
+            let b = xckpt::hv::xen::agent::XenBalloon::connect(domid)
+                .context("connecting to xenstored to reach the guest's balloon target")?;
+            Some(Arc::new(b))
+        } else {
+            None
+        };
         Ok(xckpt::evict::EvictOptions {
             set: self.evict,
             agent,
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
+            balloon,
+            balloon_timeout: Duration::from_secs(self.balloon_timeout_s),
         })
     }
 }

@@ -6,7 +6,7 @@
 //!   unpopulated  frames Xen reports unpopulated are skipped by page type (always on)
 //!   free         the guest agent reports the pages free in its allocator   -> Evicted(Free)
 //!   cache        the agent drops clean page cache first; pages freed by it -> Evicted(Cache)
-//!   balloon      (not built yet: refused with a clear error)
+//!   balloon      the guest balloons down to used + margin for the capture  -> unpopulated
 //! ```
 //!
 //! The rule that keeps `free`/`cache` correct: log-dirty is armed (the run's first
@@ -19,11 +19,13 @@
 //! in the layer's notes.
 
 pub mod agent;
+pub mod balloon;
 pub mod filter;
 pub mod policy;
 pub mod runs;
 
 pub use agent::{AgentError, AgentReply, AgentRequest, GuestAgent, GuestMemInfo};
+pub use balloon::{BalloonError, BalloonGuard, BalloonTarget};
 pub use filter::FreeFilter;
 pub use policy::{EvictSet, ParseEvictError};
 
@@ -39,6 +41,10 @@ pub struct EvictOptions {
     pub agent: Option<Arc<dyn GuestAgent>>,
     /// How long to wait for the agent's answer.
     pub agent_timeout: Duration,
+    /// The guest's balloon target (for `balloon`), if the back-end has one.
+    pub balloon: Option<Arc<dyn BalloonTarget>>,
+    /// How long the guest may take to come down to the balloon target.
+    pub balloon_timeout: Duration,
 }
 
 impl Default for EvictOptions {
@@ -47,6 +53,8 @@ impl Default for EvictOptions {
             set: EvictSet::default(),
             agent: None,
             agent_timeout: Duration::from_secs(3),
+            balloon: None,
+            balloon_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -57,6 +65,7 @@ impl std::fmt::Debug for EvictOptions {
             .field("set", &self.set)
             .field("agent", &self.agent.is_some())
             .field("agent_timeout", &self.agent_timeout)
+            .field("balloon", &self.balloon.is_some())
             .finish()
     }
 }
@@ -103,5 +112,50 @@ pub fn ask_agent(opts: &EvictOptions, pfn_count: u64) -> (Option<FreeFilter>, St
             (Some(filter), note)
         }
         Err(e) => (None, format!("{what}: skipped, {e}")),
+    }
+}
+
+/// Balloon the guest down for the capture (`balloon`): the guest's own used figure comes from
+/// the agent. Returns the guard that gives the memory back, and a note. Never fails the
+/// capture: without the agent, a target, or in time, the capture goes on without it.
+pub fn balloon_for_capture<'a>(
+    opts: &'a EvictOptions,
+    populated_kib: &dyn Fn() -> Result<u64, String>,
+) -> (Option<BalloonGuard<'a>>, String) {
+    if !opts.set.balloon {
+        return (None, String::new());
+    }
+    let Some(target) = opts.balloon.as_deref() else {
+        return (
+            None,
+            "balloon: skipped, this back-end has no balloon".into(),
+        );
+    };
+    let Some(agent) = &opts.agent else {
+        return (
+            None,
+            "balloon: skipped, the guest's own memory figures need xckpt-agent".into(),
+        );
+    };
+    let used = match agent.report(AgentRequest { drop_cache: false }, opts.agent_timeout) {
+        Ok(r) => r.mem.used_kib(),
+        Err(e) => return (None, format!("balloon: skipped, {e}")),
+    };
+    let t0 = std::time::Instant::now();
+    match balloon::balloon_down(target, used, populated_kib, opts.balloon_timeout) {
+        Ok(Some(g)) => {
+            let note = format!(
+                "balloon: guest used {used} KiB; target {} KiB reached ({} KiB populated) in {:.1} s, given back after the capture",
+                g.new_kib,
+                g.reached_kib,
+                t0.elapsed().as_secs_f64()
+            );
+            (Some(g), note)
+        }
+        Ok(None) => (
+            None,
+            format!("balloon: skipped, the guest is already within used ({used} KiB) plus margin"),
+        ),
+        Err(e) => (None, format!("balloon: aborted, {e}")),
     }
 }

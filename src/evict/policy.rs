@@ -11,6 +11,8 @@ pub struct EvictSet {
     pub free: bool,
     /// The agent drops clean page cache first (implies asking the agent).
     pub cache: bool,
+    /// Balloon the guest down to its used memory plus a margin for the capture.
+    pub balloon: bool,
 }
 
 impl Default for EvictSet {
@@ -20,6 +22,7 @@ impl Default for EvictSet {
             zero: true,
             free: true,
             cache: false,
+            balloon: false,
         }
     }
 }
@@ -33,9 +36,6 @@ pub enum ParseEvictError {
     /// `unpopulated` left out.
     #[error("--evict must include unpopulated: Xen has no frame behind an unpopulated pfn, so there is nothing to store")]
     NoUnpopulated,
-    /// `balloon` asked for.
-    #[error("--evict balloon is not available in this version: use zero,unpopulated,free[,cache]")]
-    Balloon,
 }
 
 impl FromStr for EvictSet {
@@ -46,6 +46,7 @@ impl FromStr for EvictSet {
             zero: false,
             free: false,
             cache: false,
+            balloon: false,
         };
         let mut unpopulated = false;
         for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -54,7 +55,7 @@ impl FromStr for EvictSet {
                 "unpopulated" => unpopulated = true,
                 "free" => set.free = true,
                 "cache" => set.cache = true,
-                "balloon" => return Err(ParseEvictError::Balloon),
+                "balloon" => set.balloon = true,
                 other => return Err(ParseEvictError::Unknown(other.to_string())),
             }
         }
@@ -72,7 +73,11 @@ impl std::fmt::Display for EvictSet {
             words.push("zero");
         }
         words.push("unpopulated");
-        for (on, w) in [(self.free, "free"), (self.cache, "cache")] {
+        for (on, w) in [
+            (self.free, "free"),
+            (self.cache, "cache"),
+            (self.balloon, "balloon"),
+        ] {
             if on {
                 words.push(w);
             }
@@ -88,7 +93,7 @@ mod tests {
     #[test]
     fn parses_lists_and_refuses_bad_words() {
         let s: EvictSet = "zero,unpopulated,free,cache".parse().unwrap();
-        assert!(s.zero && s.free && s.cache);
+        assert!(s.zero && s.free && s.cache && !s.balloon);
         assert_eq!(s.to_string(), "zero,unpopulated,free,cache");
         let s: EvictSet = "unpopulated".parse().unwrap();
         assert!(!s.zero && !s.free);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::XenStore;
 use crate::evict::agent::parse_reply_line;
-use crate::evict::{runs, AgentError, AgentReply, AgentRequest, GuestAgent};
+use crate::evict::{runs, AgentError, AgentReply, AgentRequest, BalloonTarget, GuestAgent};
 
 /// How often the reply node is polled.
 const POLL: Duration = Duration::from_millis(20);
@@ -93,6 +93,41 @@ impl GuestAgent for XenAgent {
             mem: fields.mem,
             mem_after_drop: fields.mem_after_drop(),
         })
+    }
+}
+
+/// The balloon target of one domain: xenstore `memory/target` (KiB), which the guest's
+/// balloon driver follows.
+pub struct XenBalloon {
+    xs: Mutex<XenStore>,
+    path: String,
+}
+
+impl XenBalloon {
+    /// The balloon target of domain `domid`, through a new connection to xenstored.
+    pub fn connect(domid: u32) -> std::io::Result<Self> {
+        Ok(XenBalloon {
+            xs: Mutex::new(Box::new(xenstore_rs::unix::XsUnix::new()?)),
+            path: format!("/local/domain/{domid}/memory/target"),
+        })
+    }
+}
+
+impl BalloonTarget for XenBalloon {
+    fn target_kib(&self) -> std::io::Result<u64> {
+        let xs = self.xs.lock().unwrap_or_else(|p| p.into_inner());
+        let v = xs.read(&self.path)?;
+        v.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is {v:?}, not a number", self.path),
+            )
+        })
+    }
+
+    fn set_target_kib(&self, kib: u64) -> std::io::Result<()> {
+        let xs = self.xs.lock().unwrap_or_else(|p| p.into_inner());
+        xs.write(&self.path, &kib.to_string())
     }
 }
 
