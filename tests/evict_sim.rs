@@ -8,7 +8,7 @@ use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{Image, PageState};
 use xckpt::evict::{EvictOptions, GuestAgent};
 use xckpt::hv::sim::{SimAgent, SimConfig, SimDomain, TruthMode};
-use xckpt::hv::PAGE_SIZE;
+use xckpt::hv::{Domain, PAGE_SIZE};
 use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;
 
@@ -204,4 +204,70 @@ fn without_zero_zero_pages_are_stored_as_data() {
     .unwrap();
     assert!(r2.layer.stats.zero_pages > 0);
     assert!(r.layer.bytes > r2.layer.bytes);
+}
+
+/// A guest balloon driver on the sim: follows the target by ballooning out the top pages, or
+/// ignores it (`stuck`).
+struct SimBalloon {
+    dom: Arc<SimDomain>,
+    target: std::sync::Mutex<u64>,
+    stuck: bool,
+    history: std::sync::Mutex<Vec<u64>>,
+}
+
+impl xckpt::evict::BalloonTarget for SimBalloon {
+    fn target_kib(&self) -> std::io::Result<u64> {
+        Ok(*self.target.lock().unwrap())
+    }
+    fn set_target_kib(&self, kib: u64) -> std::io::Result<()> {
+        *self.target.lock().unwrap() = kib;
+        self.history.lock().unwrap().push(kib);
+        let pages = kib / 4;
+        let n = self.dom.info().unwrap().pfn_count;
+        if !self.stuck && pages < n {
+            self.dom.balloon_out(pages..n).unwrap();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn balloon_unpopulates_for_the_capture_and_gives_the_target_back_or_aborts_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    // A 1 GiB guest (the fake agent's MemTotal) using 4 MiB: the target is 4 + 64 MiB margin.
+    let pages = 262144;
+    let dom = idle_sim(pages);
+    let total_kib = pages * 4;
+    for stuck in [false, true] {
+        dom.populate(0..pages).unwrap();
+        let balloon = Arc::new(SimBalloon {
+            dom: dom.clone(),
+            target: std::sync::Mutex::new(total_kib),
+            stuck,
+            history: Default::default(),
+        });
+        let agent = SimAgent {
+            free: vec![(1024, pages - 1024)],
+            ..Default::default()
+        };
+        let mut o = opts(Some(Arc::new(agent)), "zero,unpopulated,balloon");
+        o.evict.balloon = Some(balloon.clone());
+        o.evict.balloon_timeout = std::time::Duration::from_millis(300);
+        let chain = store.chain(if stuck { "stuck" } else { "ok" }).unwrap();
+        let r = checkpoint(&dom, &chain, &o).unwrap();
+        let h = balloon.history.lock().unwrap().clone();
+        // Down to used + margin, then back to the old target, whatever happened.
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h[0] < total_kib && h[1] == total_kib, "{h:?}");
+        let notes = &r.layer.stats.notes;
+        if stuck {
+            assert!(notes.iter().any(|n| n.starts_with("balloon: aborted")), "{notes:?}");
+        } else {
+            assert!(notes.iter().any(|n| n.contains("reached")), "{notes:?}");
+            let image = chain.compose(Some(r.layer.id)).unwrap();
+            assert_eq!(image.page_state(pages - 1), PageState::Unpopulated);
+            assert!(dom.info().unwrap().populated_pages < pages);
+        }
+    }
 }
