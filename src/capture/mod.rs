@@ -271,6 +271,14 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let (free, note) = crate::evict::ask_agent(&self.opts.evict, self.info.pfn_count);
         self.free = free;
         self.evict_notes.extend((!note.is_empty()).then_some(note));
+        // Pages a failed run kept are round 0 too: they explain a sampled difference.
+        if let Plan::Incremental {
+            pending: Some(bits),
+            ..
+        } = &self.plan
+        {
+            dirty |= bits;
+        }
         let lost = spot::unexplained(&sample, &dirty);
         if let (false, Plan::Incremental { id, parent, .. }) = (lost.is_empty(), &self.plan) {
             let reason = format!(
@@ -284,13 +292,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 parent: *parent,
                 reason,
             };
-        }
-        if let Plan::Incremental {
-            pending: Some(bits),
-            ..
-        } = &self.plan
-        {
-            dirty |= bits;
         }
         let baseline = self.plan.baseline(self.chain)?;
         let writer = self.chain.begin_layer()?;
