@@ -9,7 +9,7 @@ figs=""
 for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; do
   rm -rf "$STORE"
   m=$(mark "$G")
-  ck "$G" --full --evict "$list"; note "$CK_LINE"
+  ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
   sleep 1
   burst=$(after "$G" "$m" | grep -a '^BURST n=' | tail -n 1 | sed -n 's/.*hash=\([0-9a-f]*\).*/\1/p')
   case $list in *free*)

@@ -8,7 +8,7 @@ evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=150
 sizes=""
 for list in unpopulated zero,unpopulated zero,unpopulated,free; do
   rm -rf "$STORE"
-  ck "$G" --full --evict "$list"; note "$CK_LINE"
+  ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
   sizes="$sizes $list=$(ck_bytes)"
 done
 FREE_BYTES=$(ck_bytes)
@@ -18,7 +18,7 @@ USED_KIB=$(ck_used_kib)
 timed SAVE_S xl save -c "$G" "$TBW/eur.save" || fail "xl save -c failed"
 XL=$(file_bytes "$TBW/eur.save"); rm -f "$TBW/eur.save"
 rm -rf "$STORE"
-ck "$G" --full --evict zero,unpopulated,free,cache; note "$CK_LINE"
+ck "$G" --full --evict zero,unpopulated,free,cache --agent-timeout-ms 20000; note "$CK_LINE"
 CACHE_BYTES=$(ck_bytes)
 sizes="$sizes zero,unpopulated,free,cache=$CACHE_BYTES xl_save=$XL"
 USED_BEFORE=$(ck_used_kib) USED_AFTER=$(ck_used_after_kib)
