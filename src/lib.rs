@@ -10,6 +10,7 @@
 //! * [`hv`] is the hypervisor trait ladder and its back-ends, with the pause guard.
 //! * [`guestmem`] is the one small module that reads guest memory changing under us.
 //! * [`capture`] runs live pre-copy on log-dirty, pauses briefly, and writes a layer after resume.
+//! * [`evict`] decides which pages need not be stored (zero, free in the guest, dropped cache).
 //! * [`layer`] is the on-disk layer format (see `docs/format.md`).
 //! * [`store`] holds chains of layers per domain, with atomic updates and a manifest.
 //! * [`compose`] reads any point of a chain as one memory image.
@@ -18,6 +19,7 @@
 pub mod capture;
 pub mod compose;
 pub mod disk;
+pub mod evict;
 pub mod failpoint;
 pub mod group;
 pub mod guestmem;

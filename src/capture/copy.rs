@@ -74,6 +74,8 @@ pub struct CopyRules<'a> {
     pub record_unpopulated: bool,
     /// Drop pages the chain already holds (resync).
     pub baseline: Option<&'a dyn Baseline>,
+    /// Pages free in the guest and not dirtied since arming: recorded as evicted, not read.
+    pub evict: Option<&'a crate::evict::FreeFilter>,
 }
 
 /// Copy `pfns` (ascending) from `dom` into `builder`, handing full chunks to `sink`. With
@@ -143,7 +145,11 @@ fn copy_batch<D: GuestMemory + ?Sized>(
                     builder.add_entry(pfn, PageEntry::Unpopulated);
                 }
             }
-            PageType::Normal | PageType::Other(_) => readable.push(pfn),
+            PageType::Normal => match rules.evict.and_then(|f| f.evicts(pfn)) {
+                Some(policy) => builder.add_entry(pfn, PageEntry::Evicted(policy)),
+                None => readable.push(pfn),
+            },
+            PageType::Other(_) => readable.push(pfn),
         }
     }
     if readable.is_empty() {

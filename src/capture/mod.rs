@@ -51,6 +51,8 @@ pub struct CaptureOptions {
     pub threads: usize,
     /// Pages per frame.
     pub frame_pages: u32,
+    /// Which pages need not be stored ([`crate::evict`]).
+    pub evict: crate::evict::EvictOptions,
 }
 
 impl Default for CaptureOptions {
@@ -64,6 +66,7 @@ impl Default for CaptureOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
+            evict: Default::default(),
         }
     }
 }
@@ -221,6 +224,10 @@ struct Run<'c, D: Checkpointable + 'static> {
     /// A killed run's `in_flight` marker was found: leave it for a committed layer to clear.
     inherited_in_flight: bool,
     rounds: Vec<RoundReport>,
+    /// The agent's free pages, less those dirtied since arming (`free`, `cache`).
+    free: Option<crate::evict::FreeFilter>,
+    /// Remarks of the eviction policies for the summary.
+    evict_notes: Vec<String>,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -243,13 +250,23 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             skip,
             inherited_in_flight: false,
             rounds: Vec::new(),
+            free: None,
+            evict_notes: Vec::new(),
         }
     }
 
     fn clean(&mut self, into: &mut PfnBitmap) -> Result<u64, CaptureError> {
         let n = self.dom.logdirty_clean(into)?;
         self.fetched |= &*into;
+        self.note_dirtied(into);
         Ok(n)
+    }
+
+    /// Bits fetched after arming: pages the agent's report no longer covers.
+    fn note_dirtied(&mut self, bits: &PfnBitmap) {
+        if let Some(f) = &mut self.free {
+            f.note_dirty(bits);
+        }
     }
 
     fn execute(
@@ -260,6 +277,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
+        // `balloon`: the guest gives memory back before the copy, and gets it back once the
+        // layer is written (the guard lives to the end of this function).
+        let dom = self.dom.clone();
+        let populated = move || {
+            dom.info()
+                .map(|i| i.populated_pages * 4)
+                .map_err(|e| e.to_string())
+        };
+        let (_balloon, note) = crate::evict::balloon_for_capture(&self.opts.evict, &populated);
+        self.evict_notes.extend((!note.is_empty()).then_some(note));
         // From the first fetch-and-clear until the bits are stored (or kept as pending), a kill
         // would lose them: say so in the manifest, so the next run resyncs.
         self.mark_in_flight(true)?;
@@ -271,6 +298,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             _ => Vec::new(),
         };
         self.clean(&mut dirty)?;
+        // Tracking is armed: only now may the guest agent be asked (crate::evict).
+        let (free, note) = crate::evict::ask_agent(&self.opts.evict, self.info.pfn_count);
+        self.free = free;
+        self.evict_notes.extend((!note.is_empty()).then_some(note));
+        // Pages a failed run kept are round 0 too: they explain a sampled difference.
+        if let Plan::Incremental {
+            pending: Some(bits),
+            ..
+        } = &self.plan
+        {
+            dirty |= bits;
+        }
         let lost = spot::unexplained(&sample, &dirty);
         if let (false, Plan::Incremental { id, parent, .. }) = (lost.is_empty(), &self.plan) {
             let reason = format!(
@@ -285,13 +324,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 reason,
             };
         }
-        if let Plan::Incremental {
-            pending: Some(bits),
-            ..
-        } = &self.plan
-        {
-            dirty |= bits;
-        }
         let baseline = self.plan.baseline(self.chain)?;
         let writer = self.chain.begin_layer()?;
         let index = LayerIndex::new(self.info.pfn_count);
@@ -305,6 +337,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 opts.compress_level,
                 opts.threads,
             );
+            builder.keep_zero_pages(!opts.evict.set.zero);
             let held = self.precopy_and_stop(
                 &mut pipe,
                 &mut builder,
@@ -384,7 +417,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             held.push(c);
             Ok(())
         };
-        let rules = self.rules(first, baseline);
+        let rules = CopyRules {
+            evict: self.free.as_ref(),
+            ..self.rules(first, baseline)
+        };
         let never = || false;
         let mut pfigs = CopyFigures::default();
         let set = round_set(first && self.plan.full_scan(), self.info.pfn_count, dirty);
@@ -416,7 +452,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             loop {
                 let t = Instant::now();
                 let before = figs.pages;
-                let rules = self.rules(first, baseline);
+                let rules = CopyRules {
+                    evict: self.free.as_ref(),
+                    ..self.rules(first, baseline)
+                };
                 let name = self.info.identity.name.clone();
                 let mut sink = |c: Chunk| {
                     pipe.send(c).map_err(|source| CaptureError::Write {
@@ -438,6 +477,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 );
                 // Bits fetched mid-round are owed to the next round, failure or not.
                 self.fetched |= &self.skip.bits;
+                if let Some(f) = &mut self.free {
+                    f.note_dirty(&self.skip.bits);
+                }
                 copied?;
                 first = false;
                 progress.rounds += 1;
@@ -464,6 +506,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         CopyRules {
             record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
             baseline: if first { baseline } else { None },
+            evict: None,
         }
     }
 
@@ -511,8 +554,13 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             data_pages: counts.data,
             zero_pages: counts.zero,
             unpopulated_pages: counts.unpopulated,
-            evicted: Default::default(),
-            notes: self.plan.notes(),
+            evicted: out.index.evicted_by(),
+            notes: self
+                .plan
+                .notes()
+                .into_iter()
+                .chain(self.evict_notes.clone())
+                .collect(),
         };
         let meta = LayerMeta {
             id: self.plan.next_id(),

@@ -47,6 +47,8 @@ pub struct ChunkBuilder {
     cur: Chunk,
     pool: Receiver<Vec<u8>>,
     pool_tx: mpsc::Sender<Vec<u8>>,
+    /// Store all-zero pages as data (`--evict` without `zero`).
+    keep_zero: bool,
 }
 
 impl ChunkBuilder {
@@ -63,6 +65,7 @@ impl ChunkBuilder {
             },
             pool,
             pool_tx,
+            keep_zero: false,
         };
         b.cur = b.fresh();
         b
@@ -95,7 +98,7 @@ impl ChunkBuilder {
         if baseline.is_some_and(|b| b.same(pfn, Some(dst))) {
             return None;
         }
-        if is_zero(dst) {
+        if !self.keep_zero && is_zero(dst) {
             self.cur.entries.push((pfn, PageEntry::Zero));
             return None;
         }
@@ -118,6 +121,11 @@ impl ChunkBuilder {
             let v = vec![0xa5u8; len];
             let _ = self.pool_tx.send(v);
         }
+    }
+
+    /// Store all-zero pages as data too (off by default: they become index entries).
+    pub fn keep_zero_pages(&mut self, keep: bool) {
+        self.keep_zero = keep;
     }
 
     /// Record an entry without data (zero, unpopulated, evicted) for `pfn`.

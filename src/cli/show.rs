@@ -227,7 +227,8 @@ impl InspectCmd {
             "chain": self.target.name,
             "layer": meta,
             "file_bytes": layer.file_bytes(),
-            "index": {"data": counts.data, "zero": counts.zero, "evicted": counts.evicted, "unpopulated": counts.unpopulated},
+            "index": {"data": counts.data, "zero": counts.zero, "evicted": counts.evicted, "unpopulated": counts.unpopulated,
+                      "evicted_by_policy": layer.index().evicted_by()},
             "state_blobs": state,
             "config_bytes": layer.config().len(),
         });

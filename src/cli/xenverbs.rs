@@ -45,9 +45,54 @@ pub struct CheckpointCmd {
     disks: super::group::DiskArgs,
     #[command(flatten)]
     wait: WaitArg,
+    #[command(flatten)]
+    evict: EvictArgs,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Which pages a checkpoint need not store (docs/eviction.md).
+#[derive(Debug, Args)]
+pub struct EvictArgs {
+    /// Eviction policies: zero, unpopulated, free, cache, balloon (comma-separated). `free` and `cache`
+    /// need xckpt-agent in the guest; without an answer they are skipped and the summary says why.
+    #[arg(long, default_value = "zero,unpopulated,free")]
+    evict: xckpt::evict::EvictSet,
+    /// Milliseconds to wait for the guest agent's report.
+    #[arg(long, default_value_t = 3000)]
+    agent_timeout_ms: u64,
+    /// Seconds the guest may take to balloon down (`balloon`) before the old target is put back.
+    #[arg(long, default_value_t = 20)]
+    balloon_timeout_s: u64,
+}
+
+impl EvictArgs {
+    /// The library's options for domain `domid`.
+    fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
+        let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> =
+            if self.evict.free || self.evict.cache {
+                let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
+                    .context("connecting to xenstored to reach the guest agent")?;
+                Some(Arc::new(a))
+            } else {
+                None
+            };
+        let balloon: Option<Arc<dyn xckpt::evict::BalloonTarget>> = if self.evict.balloon {
+            let b = xckpt::hv::xen::agent::XenBalloon::connect(domid)
+                .context("connecting to xenstored to reach the guest's balloon target")?;
+            Some(Arc::new(b))
+        } else {
+            None
+        };
+        Ok(xckpt::evict::EvictOptions {
+            set: self.evict,
+            agent,
+            agent_timeout: Duration::from_millis(self.agent_timeout_ms),
+            balloon,
+            balloon_timeout: Duration::from_secs(self.balloon_timeout_s),
+        })
+    }
 }
 
 impl CheckpointCmd {
@@ -76,7 +121,9 @@ impl CheckpointCmd {
         let _lock = chain.lock_exclusive(wait)?;
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
         let mut stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
-        let report = checkpoint_with(&dom, &chain, &self.capture.options(), &mut stop).with_context(|| {
+        let mut opts = self.capture.options();
+        opts.evict = self.evict.options(dom.domid())?;
+        let report = checkpoint_with(&dom, &chain, &opts, &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
@@ -98,7 +145,7 @@ impl CheckpointCmd {
 pub fn print_summary(name: &str, r: &CaptureReport) {
     let s = &r.layer.stats;
     println!(
-        "{name}: layer {} ({:?}) {} bytes; {} pages covered: {} data, {} zero, {} unpopulated, {} evicted; \
+        "{name}: layer {} ({:?}) {} bytes; {} pages covered: {} data, {} zero, {} unpopulated, {} evicted{}; \
          {} rounds ({:?}), downtime {:.2} ms",
         r.layer.id,
         r.layer.kind,
@@ -108,6 +155,7 @@ pub fn print_summary(name: &str, r: &CaptureReport) {
         s.zero_pages,
         s.unpopulated_pages,
         s.evicted.values().sum::<u64>(),
+        evicted_by_policy(&s.evicted),
         r.rounds.len(),
         r.stop,
         r.downtime.as_secs_f64() * 1e3
@@ -115,6 +163,18 @@ pub fn print_summary(name: &str, r: &CaptureReport) {
     for n in &s.notes {
         println!("  note: {n}");
     }
+}
+
+/// ` (free N, cache M)` for the summary line, or nothing.
+fn evicted_by_policy(by: &std::collections::BTreeMap<xckpt::layer::EvictPolicy, u64>) -> String {
+    if by.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(p, n)| format!("{} {n}", format!("{p:?}").to_lowercase()))
+        .collect();
+    format!(" ({})", parts.join(", "))
 }
 
 /// `xckpt restore DOM[@N]`, `xckpt restore --group NAME[@N]`

@@ -189,6 +189,16 @@ impl LayerIndex {
         }
     }
 
+    /// Evicted pages per policy (policies with none left out).
+    pub fn evicted_by(&self) -> std::collections::BTreeMap<EvictPolicy, u64> {
+        POLICIES
+            .iter()
+            .zip(&self.evict)
+            .map(|(&p, b)| (p, b.count_ones() as u64))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// Counts per kind.
     pub fn counts(&self) -> IndexCounts {
         IndexCounts {

@@ -3,9 +3,11 @@
 # boot setup is never touched).
 
 # Packages installed on the host. qemu-system-xen only supplies the HVM device model that is
-# copied into dom0; libxen-dev supplies the libxen* libraries xl and xckpt need.
+# copied into dom0; libxen-dev supplies the libxen* libraries xl and xckpt need;
+# xenstore-utils the xenstore-read/-write the test bed's disk hotplug script uses in dom0.
 HOST_PKGS="qemu-system-x86 qemu-system-xen libxen-dev cpio gzip perl time curl
-  ca-certificates gcc libc6-dev xz-utils xfsprogs e2fsprogs"
+  ca-certificates gcc libc6-dev xz-utils xfsprogs e2fsprogs
+  xenstore-utils"
 # Extra host packages for the shadow-paging hypervisor rebuild.
 SHADOW_PKGS="make flex bison python3 gcc dpkg-dev"
 

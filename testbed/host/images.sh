@@ -15,6 +15,16 @@ build_workload() {
     die "$WORKLOAD_BIN is not statically linked"
 }
 
+# The guest agent (tools/xckpt-agent), statically linked like the workload.
+AGENT_BIN=$WL_TARGET/x86_64-unknown-linux-gnu/release/xckpt-agent
+build_agent() {
+  log "building xckpt-agent (static)"
+  (cd "$ROOT/tools/xckpt-agent" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build -q --release --locked --target x86_64-unknown-linux-gnu --target-dir "$WL_TARGET")
+  ldd "$AGENT_BIN" 2>&1 | grep -qE 'statically linked|not a dynamic' ||
+    die "$AGENT_BIN is not statically linked"
+}
+
 # The release xckpt binary from the repository root (XCKPT_BUILD=0 uses $XCKPT_BIN as is).
 build_xckpt() {
   if [ "${XCKPT_BUILD:-1}" = 1 ]; then
@@ -62,6 +72,8 @@ build_domu() {
   rm -rf "$d" && mkdir -p "$d"/{bin,dev,proc,sys,tmp}
   cp "$STAGE/bin/busybox" "$WORKLOAD_BIN" "$d/bin/"
   ln -s busybox "$d/bin/sh"
+  cp "$AGENT_BIN" "$d/bin/"
+  mkdir -p "$d/lib" && cp "$STAGE/lib/modules/$KVER/kernel/drivers/block/xen-blkfront.ko" "$d/lib/"
   install -m 755 "$TB/domu/init" "$d/init"
   mknod -m 600 "$d/dev/console" c 5 1
   copy_mods "$d" $DOMU_MODS
@@ -78,6 +90,9 @@ build_dom0_base() {
   copy_mods "$d" $DOM0_MODS
   mkdir -p "$d/usr/sbin" && cp $DOM0_TOOLS "$d/usr/sbin/" && copy_libs "$d" $DOM0_TOOLS
   [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$d/etc/"
+  # A disk for guests (eviction scenarios: droppable page cache): loop + blkback.
+  cp -r "$STAGE/lib/modules/$KVER/kernel/drivers/block/loop.ko" \
+        "$STAGE/lib/modules/$KVER/kernel/drivers/block/xen-blkback" "$d/lib/modules/$KVER/"
   cp -a "$STAGE$x" "$d/usr/lib/"
   rm -rf "$d$x/lib/python" "$d$x/boot/xen-shim"
   cp -a "$STAGE/etc/xen" "$d/etc/"
@@ -93,6 +108,10 @@ build_dom0_base() {
   # glibc dlopen()s libgcc_s for pthread_cancel; xl aborts without it and ldd does not show it.
   mkdir -p "$d/lib/x86_64-linux-gnu"
   cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+  # xenstore-read/-write for testbed/dom0/blk-loop.sh (the disk hotplug script).
+  mkdir -p "$d/usr/bin"
+  cp -L /usr/bin/xenstore-read /usr/bin/xenstore-write "$d/usr/bin/"
+  copy_libs "$d" "$d/usr/bin/xenstore-read"
   # HVM guests: the qemu-xen device model, SeaBIOS and the option ROMs for direct kernel boot.
   mkdir -p "$d/usr/libexec" "$d/usr/share/qemu" "$d/usr/share/seabios"
   cp /usr/libexec/xen-qemu-system-i386 "$d/usr/libexec/"
@@ -131,6 +150,7 @@ build_images() {
   [ "$KVER" = auto ] && KVER=$(resolve_kver)
   mkdir -p "$WORK"
   build_workload
+  build_agent
   build_xckpt
   build_domu
   build_dom0_base

@@ -20,6 +20,7 @@
 //!   with `EINVAL`. [`crate::hv::Domain::pause`] returns only once no write is in progress.
 //! * Ground truth ([`Truth`]) is recorded on demand or automatically at each outermost pause.
 
+mod agent;
 mod backend;
 mod bitmap;
 mod config;
@@ -33,6 +34,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use agent::{Hook, SimAgent};
 pub use backend::SimBatch;
 pub use config::{AccessPattern, ContentSpec, SimConfig, TruthMode, WorkloadSpec};
 pub use image::SimCpuState;

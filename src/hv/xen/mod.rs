@@ -14,6 +14,7 @@
 //!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`qmp`])
 //!   for HVM; the config is libxl's JSON as `xl list -l` prints it ([`xl`]).
 
+pub mod agent;
 mod conflict;
 mod dirty;
 mod ident;

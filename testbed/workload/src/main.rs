@@ -17,8 +17,10 @@
 //! it appends checksummed records to a file on a disk ([`dlog`]).
 //!
 //! `workload scan FILE` counts workload pages in a save image; `workload corrupt FILE [NTH]`
-//! flips one byte of one of them (the test bed's corrupted-restore self-test).
+//! flips one byte of one of them (the test bed's corrupted-restore self-test). `workload burst`
+//! allocates memory right after each xckpt-agent report (see burst.rs).
 
+mod burst;
 mod clock;
 mod config;
 mod corrupt;
@@ -28,7 +30,9 @@ mod pingpong;
 mod run;
 
 fn usage() -> i32 {
-    eprintln!("usage: workload [run] | scan FILE | corrupt FILE [NTH] | dlog-check FILE | meminfo");
+    eprintln!(
+        "usage: workload [run] | scan FILE | corrupt FILE [NTH] | dlog-check FILE | meminfo | burst FILE MIB"
+    );
     2
 }
 
@@ -50,6 +54,10 @@ fn main() {
         ["corrupt", file] => corrupt::corrupt_cmd(file, 0),
         ["corrupt", file, nth] => match nth.parse() {
             Ok(n) => corrupt::corrupt_cmd(file, n),
+            Err(_) => usage(),
+        },
+        ["burst", file, mib] => match mib.parse() {
+            Ok(m) => burst::burst(file, m),
             Err(_) => usage(),
         },
         ["meminfo"] => {

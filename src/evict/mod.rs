@@ -1,0 +1,161 @@
+//! Page eviction: pages a checkpoint need not store, and by which policy.
+//!
+//! ```text
+//! --evict zero,unpopulated,free,cache,balloon
+//!   zero         all-zero pages become index bits, never data (capture/copy)
+//!   unpopulated  frames Xen reports unpopulated are skipped by page type (always on)
+//!   free         the guest agent reports the pages free in its allocator   -> Evicted(Free)
+//!   cache        the agent drops clean page cache first; pages freed by it -> Evicted(Cache)
+//!   balloon      the guest balloons down to used + margin for the capture  -> unpopulated
+//! ```
+//!
+//! The rule that keeps `free`/`cache` correct: log-dirty is armed (the run's first
+//! fetch-and-clear) *before* the agent is asked, and a page is evicted only if the report says
+//! it is free **and** no fetch-and-clear since arming reported it dirty ([`FreeFilter`]). A page
+//! the guest allocates and writes after the report is dirty, so a later round (at the latest
+//! the paused one) stores its data over the eviction. Free pages restore as zeros.
+//!
+//! No agent, or no answer in time: the capture goes on with the other policies and says why
+//! in the layer's notes.
+
+pub mod agent;
+pub mod balloon;
+pub mod filter;
+pub mod policy;
+pub mod runs;
+
+pub use agent::{AgentError, AgentReply, AgentRequest, GuestAgent, GuestMemInfo};
+pub use balloon::{BalloonError, BalloonGuard, BalloonTarget};
+pub use filter::FreeFilter;
+pub use policy::{EvictSet, ParseEvictError};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a checkpoint evicts pages.
+#[derive(Clone)]
+pub struct EvictOptions {
+    /// The policies asked for.
+    pub set: EvictSet,
+    /// The guest agent (for `free` and `cache`), if the back-end has a way to reach one.
+    pub agent: Option<Arc<dyn GuestAgent>>,
+    /// How long to wait for the agent's answer.
+    pub agent_timeout: Duration,
+    /// The guest's balloon target (for `balloon`), if the back-end has one.
+    pub balloon: Option<Arc<dyn BalloonTarget>>,
+    /// How long the guest may take to come down to the balloon target.
+    pub balloon_timeout: Duration,
+}
+
+impl Default for EvictOptions {
+    fn default() -> Self {
+        EvictOptions {
+            set: EvictSet::default(),
+            agent: None,
+            agent_timeout: Duration::from_secs(3),
+            balloon: None,
+            balloon_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl std::fmt::Debug for EvictOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvictOptions")
+            .field("set", &self.set)
+            .field("agent", &self.agent.is_some())
+            .field("agent_timeout", &self.agent_timeout)
+            .field("balloon", &self.balloon.is_some())
+            .finish()
+    }
+}
+
+/// Ask the guest agent for its free pages, right after log-dirty was armed. Returns the filter
+/// the copy path consults (None: nothing to evict this way) and a note for the summary. Never
+/// fails the capture: without an answer, the other policies still apply.
+pub fn ask_agent(opts: &EvictOptions, pfn_count: u64) -> (Option<FreeFilter>, String) {
+    let set = &opts.set;
+    if !set.free && !set.cache {
+        return (None, String::new());
+    }
+    let what = if set.cache { "free,cache" } else { "free" };
+    let Some(agent) = &opts.agent else {
+        return (
+            None,
+            format!("{what}: skipped, this back-end has no guest agent"),
+        );
+    };
+    let req = AgentRequest {
+        drop_cache: set.cache,
+    };
+    match agent.report(req, opts.agent_timeout) {
+        Ok(reply) => {
+            let filter = FreeFilter::new(pfn_count, &reply);
+            let note = format!(
+                "{what}: the guest agent reported {} free pages{} (guest used {} KiB of {} KiB{})",
+                filter.count(crate::layer::EvictPolicy::Free),
+                if set.cache {
+                    format!(
+                        " and {} freed by dropping clean page cache",
+                        filter.count(crate::layer::EvictPolicy::Cache)
+                    )
+                } else {
+                    String::new()
+                },
+                reply.mem.used_kib(),
+                reply.mem.total_kib,
+                match reply.mem_after_drop {
+                    Some(m) => format!(", {} KiB after dropping cache", m.used_kib()),
+                    None => String::new(),
+                }
+            );
+            (Some(filter), note)
+        }
+        Err(e) => (None, format!("{what}: skipped, {e}")),
+    }
+}
+
+/// Balloon the guest down for the capture (`balloon`): the guest's own used figure comes from
+/// the agent. Returns the guard that gives the memory back, and a note. Never fails the
+/// capture: without the agent, a target, or in time, the capture goes on without it.
+pub fn balloon_for_capture<'a>(
+    opts: &'a EvictOptions,
+    populated_kib: &dyn Fn() -> Result<u64, String>,
+) -> (Option<BalloonGuard<'a>>, String) {
+    if !opts.set.balloon {
+        return (None, String::new());
+    }
+    let Some(target) = opts.balloon.as_deref() else {
+        return (
+            None,
+            "balloon: skipped, this back-end has no balloon".into(),
+        );
+    };
+    let Some(agent) = &opts.agent else {
+        return (
+            None,
+            "balloon: skipped, the guest's own memory figures need xckpt-agent".into(),
+        );
+    };
+    let used = match agent.report(AgentRequest { drop_cache: false }, opts.agent_timeout) {
+        Ok(r) => r.mem.used_kib(),
+        Err(e) => return (None, format!("balloon: skipped, {e}")),
+    };
+    let t0 = std::time::Instant::now();
+    match balloon::balloon_down(target, used, populated_kib, opts.balloon_timeout) {
+        Ok(Some(g)) => {
+            let note = format!(
+                "balloon: guest used {used} KiB; target {} KiB reached ({} KiB populated) in {:.1} s, given back after the capture",
+                g.new_kib,
+                g.reached_kib,
+                t0.elapsed().as_secs_f64()
+            );
+            (Some(g), note)
+        }
+        Ok(None) => (
+            None,
+            format!("balloon: skipped, the guest is already within used ({used} KiB) plus margin"),
+        ),
+        Err(e) => (None, format!("balloon: aborted, {e}")),
+    }
+}

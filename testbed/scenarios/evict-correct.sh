@@ -1,0 +1,31 @@
+# about: restores of bases taken under each --evict policy give bad=0; memory the guest allocates right after the agent's report hashes the same after restore
+. /testbed/xckpt.sh
+. /testbed/evict.sh
+G=ecr
+WL_MIB=${ECR_WL_MIB:-100}
+cache_disk 150
+evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=150 BURST_MIB=32
+figs=""
+for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; do
+  rm -rf "$STORE"
+  m=$(mark "$G")
+  ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
+  sleep 1
+  burst=$(after "$G" "$m" | grep -a '^BURST n=' | tail -n 1 | sed -n 's/.*hash=\([0-9a-f]*\).*/\1/p')
+  case $list in *free*)
+    [ -n "$burst" ] || fail "$list: the guest printed no BURST line after the agent's report"
+    [ "$(ck_evicted free)" -gt 0 ] || fail "$list: nothing evicted as free: $CK_LINE" ;;
+  esac
+  rs "$G" "$G"
+  r=$(mark "$G")
+  if [ -n "$burst" ]; then
+    i=0
+    while ! after "$G" "$r" | grep -aq '^BURST-CHECK' && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+    after "$G" "$r" | grep -aq '^BURST n=' && fail "$list: the burst ran again after restore (it came after the pause)"
+    check=$(after "$G" "$r" | grep -a '^BURST-CHECK' | head -n 1 | sed -n 's/.*hash=\([0-9a-f]*\).*/\1/p')
+    [ "$check" = "$burst" ] || fail "$list: burst pages hash $check after restore, $burst before the pause"
+  fi
+  figs="$figs ${list##*,}:evicted_free=$(ck_evicted free),evicted_cache=$(ck_evicted cache),burst=${burst:-none}"
+done
+destroy_guest "$G"
+pass "bad=0 burst_mib=32$figs"
