@@ -13,7 +13,7 @@ load_mods() {
 # (Debian's vif-bridge needs bash; this one is busybox sh). Sets VIF_SCRIPT.
 setup_bridge() {
   load_mods llc stp bridge xen-netback
-  brctl show 2>/dev/null | grep -q '^xenbr0' || brctl addbr xenbr0 || fail "brctl addbr xenbr0 failed"
+  [ -d /sys/class/net/xenbr0 ] || brctl addbr xenbr0 || fail "brctl addbr xenbr0 failed"
   ip link set xenbr0 up
   VIF_SCRIPT=$TBW/vif-tb
   cat > "$VIF_SCRIPT" <<'SCRIPT'
