@@ -13,7 +13,7 @@ load_mods() {
 # (Debian's vif-bridge needs bash; this one is busybox sh). Sets VIF_SCRIPT.
 setup_bridge() {
   load_mods llc stp bridge xen-netback
-  brctl show 2>/dev/null | grep -q '^xenbr0' || brctl addbr xenbr0 || fail "brctl addbr xenbr0 failed"
+  [ -d /sys/class/net/xenbr0 ] || brctl addbr xenbr0 || fail "brctl addbr xenbr0 failed"
   ip link set xenbr0 up
   VIF_SCRIPT=$TBW/vif-tb
   cat > "$VIF_SCRIPT" <<'SCRIPT'
@@ -40,7 +40,7 @@ setup_xfs() {
   grep -q ' /mnt/xfs ' /proc/mounts && umount /mnt/xfs
   mkfs.xfs -q -f -m reflink=1 /dev/vda || fail "mkfs.xfs /dev/vda failed"
   mount -t xfs /dev/vda /mnt/xfs || fail "mount /dev/vda failed"
-  CLEANUP="$CLEANUP; umount /mnt/xfs 2>/dev/null"
+  CLEANUP="${CLEANUP:+$CLEANUP; }umount /mnt/xfs 2>/dev/null"
 }
 
 # pp_lines NAME MARK: the n values of NAME's PP lines after MARK.
@@ -63,11 +63,11 @@ dlog_last() { after "$1" "$2" | sed -n 's/^DLOG wrote=//p' | tail -n 1; }
 check_ext4_log() {
   local copy=/mnt/xfs/check.img rc
   cp "$1" "$copy" || fail "cannot copy $1"
-  e2fsck -fy "$copy" > "$TBW/fsck1.txt" 2>&1; rc=$?
+  /usr/sbin/e2fsck -fy "$copy" > "$TBW/fsck1.txt" 2>&1; rc=$?
   [ "$rc" -le 1 ] || { cat "$TBW/fsck1.txt"; fail "e2fsck -fy of $1 found errors (rc=$rc)"; }
-  e2fsck -fn "$copy" > "$TBW/fsck2.txt" 2>&1 || { cat "$TBW/fsck2.txt"; fail "e2fsck -fn of $1 not clean after journal replay"; }
+  /usr/sbin/e2fsck -fn "$copy" > "$TBW/fsck2.txt" 2>&1 || { cat "$TBW/fsck2.txt"; fail "e2fsck -fn of $1 not clean after journal replay"; }
   rm -f /mnt/xfs/log.out
-  debugfs -R "dump /log /mnt/xfs/log.out" "$copy" > /dev/null 2>&1
+  /usr/sbin/debugfs -R "dump /log /mnt/xfs/log.out" "$copy" > /dev/null 2>&1
   [ -f /mnt/xfs/log.out ] || fail "no /log in the file system of $1"
   local line; line=$(workload dlog-check /mnt/xfs/log.out)
   note "$1: $line"

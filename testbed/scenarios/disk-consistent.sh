@@ -4,7 +4,7 @@
 rm -rf "$STORE"
 setup_xfs
 IMG=/mnt/xfs/gdisk.img
-truncate -s 64M "$IMG" && mke2fs -q -t ext4 -F "$IMG" || fail "mke2fs $IMG failed"
+truncate -s 64M "$IMG" && /usr/sbin/mke2fs -q -t ext4 -F "$IMG" || fail "mke2fs $IMG failed"
 CFG_EXTRA="disk=['format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=$IMG']"
 start_guest pvh gdisk "$DOMU_MEM" WL_MODS=xen-blkfront,crc32c_generic,crc16,mbcache,jbd2,ext4 \
   WL_MOUNT=/dev/xvda WL_DLOG=/mnt/log WL_DLOG_MS=50 || fail "guest gdisk did not start"
