@@ -445,6 +445,72 @@ unsafe extern "C" fn vcpu_ctx(
     }))
 }
 
+unsafe extern "C" fn vcpu_info(
+    _: *mut XcInterface,
+    domid: u32,
+    vcpu: u32,
+    out: *mut XcVcpuInfo,
+) -> c_int {
+    rc(with_dom(domid, |d| {
+        if vcpu >= d.spec.vcpus {
+            return Err(libc::ESRCH);
+        }
+        // SAFETY: valid out-pointer from the caller.
+        unsafe {
+            *out = XcVcpuInfo {
+                vcpu,
+                online: 1,
+                ..Default::default()
+            }
+        };
+        Ok(0)
+    }))
+}
+
+/// Size of the xsave area every fake vCPU reports.
+pub const FAKE_XSAVE_SIZE: u64 = 576;
+
+/// The domctls of the PV save: extended context (16 bytes: vcpu, size, then a marker), xsave
+/// state (mask 3, [`FAKE_XSAVE_SIZE`] bytes of `vcpu + 1`), one MSR (0xc0000103 = vcpu).
+unsafe extern "C" fn domctl(_: *mut XcInterface, dc: *mut XenDomctl) -> c_int {
+    // SAFETY: the caller passes a valid domctl.
+    let d = unsafe { &mut *dc };
+    rc(with_dom(u32::from(d.domain), |dom| {
+        let vcpu = (d.u[0] & 0xffff_ffff) as u32;
+        if vcpu >= dom.spec.vcpus {
+            return Err(libc::ESRCH);
+        }
+        match d.cmd {
+            XEN_DOMCTL_GET_EXT_VCPUCONTEXT => {
+                d.u[0] = u64::from(vcpu) | (16 << 32);
+                d.u[1] = 0x5845_5443_5456_4350;
+            }
+            XEN_DOMCTL_GETVCPUEXTSTATE => {
+                d.u[1] = 3;
+                let buf = d.u[VCPUEXTSTATE_BUFFER / 8] as *mut u8;
+                if !buf.is_null() {
+                    // SAFETY: the caller's hypercall buffer holds `size` bytes.
+                    unsafe { std::ptr::write_bytes(buf, vcpu as u8 + 1, FAKE_XSAVE_SIZE as usize) };
+                }
+                d.u[2] = FAKE_XSAVE_SIZE;
+            }
+            XEN_DOMCTL_GET_VCPU_MSRS => {
+                d.u[0] = u64::from(vcpu) | (1 << 32);
+                let buf = d.u[VCPU_MSRS_MSRS / 8] as *mut u64;
+                if !buf.is_null() {
+                    // SAFETY: the caller's hypercall buffer holds one 16-byte entry.
+                    unsafe {
+                        buf.write(0xc000_0103);
+                        buf.add(1).write(u64::from(vcpu));
+                    }
+                }
+            }
+            _ => return Err(libc::ENOSYS),
+        }
+        Ok(0)
+    }))
+}
+
 unsafe extern "C" fn policy_init() -> *mut XcCpuPolicy {
     Box::into_raw(Box::new(u32::MAX)).cast()
 }
@@ -584,6 +650,8 @@ pub static FAKE_API: XenApi = XenApi {
     xc_hvm_param_get: hvm_param,
     xc_domain_get_tsc_info: tsc_info,
     xc_vcpu_getcontext: vcpu_ctx,
+    xc_vcpu_getinfo: vcpu_info,
+    xc_domctl: domctl,
     xc_cpu_policy_init: policy_init,
     xc_cpu_policy_destroy: policy_destroy,
     xc_cpu_policy_get_domain: policy_get_domain,
