@@ -11,8 +11,8 @@ use crate::abi::{
     XEN_DOMCTL_GETVCPUEXTSTATE, XEN_DOMCTL_GET_EXT_VCPUCONTEXT, XEN_DOMCTL_GET_VCPU_MSRS,
     XEN_DOMCTL_PFINFO_LTAB_MASK,
 };
-use crate::bitmap::HypercallPages;
 use crate::api::{self, XenApi};
+use crate::bitmap::HypercallPages;
 use crate::{HypercallBitmap, XenError};
 
 /// Frames per `xc_get_pfn_type_batch` call (libxc's save uses 1024 too).

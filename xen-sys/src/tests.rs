@@ -229,7 +229,10 @@ fn pv_vcpu_state_domctls() {
     });
     let xc = XenCtrl::open_fake();
     assert!(xc.vcpu_online(191, 1).unwrap());
-    assert_eq!(xc.vcpu_online(191, 2).unwrap_err().errno(), Some(libc::ESRCH));
+    assert_eq!(
+        xc.vcpu_online(191, 2).unwrap_err().errno(),
+        Some(libc::ESRCH)
+    );
     let ext = xc.vcpu_extended(191, 1).unwrap();
     assert_eq!(ext.len(), 16);
     assert_eq!(&ext[..8], &[1, 0, 0, 0, 16, 0, 0, 0]);

@@ -249,20 +249,32 @@ fn rust_values() -> BTreeMap<String, u64> {
     s("off ctx64.gdt_ents", VCPU_CTX_X64_GDT_ENTS);
     s("off ctx64.ctrlreg", VCPU_CTX_X64_CTRLREG);
     s("off shinfo64.arch.max_pfn", SHINFO_X64_MAX_PFN);
-    s("off shinfo64.arch.pfn_to_mfn_frame_list_list", SHINFO_X64_FLL);
-    m.insert("val HYPERVISOR_VIRT_START".into(), HYPERVISOR_VIRT_START_X86_64);
+    s(
+        "off shinfo64.arch.pfn_to_mfn_frame_list_list",
+        SHINFO_X64_FLL,
+    );
+    m.insert(
+        "val HYPERVISOR_VIRT_START".into(),
+        HYPERVISOR_VIRT_START_X86_64,
+    );
     m.insert("val HYPERVISOR_VIRT_END".into(), HYPERVISOR_VIRT_END_X86_64);
     let mut v = |k: &str, x: u32| m.insert(format!("val {k}"), u64::from(x));
     v("FIRST_RESERVED_GDT_ENTRY", FIRST_RESERVED_GDT_ENTRY);
     v("XEN_DOMCTL_INTERFACE_VERSION", XEN_DOMCTL_INTERFACE_VERSION);
-    v("XEN_DOMCTL_get_ext_vcpucontext", XEN_DOMCTL_GET_EXT_VCPUCONTEXT);
+    v(
+        "XEN_DOMCTL_get_ext_vcpucontext",
+        XEN_DOMCTL_GET_EXT_VCPUCONTEXT,
+    );
     v("XEN_DOMCTL_getvcpuextstate", XEN_DOMCTL_GETVCPUEXTSTATE);
     v("XEN_DOMCTL_get_vcpu_msrs", XEN_DOMCTL_GET_VCPU_MSRS);
     v("XEN_DOMCTL_PFINFO_L1TAB", XEN_DOMCTL_PFINFO_L1TAB);
     v("XEN_DOMCTL_PFINFO_L2TAB", XEN_DOMCTL_PFINFO_L2TAB);
     v("XEN_DOMCTL_PFINFO_L3TAB", XEN_DOMCTL_PFINFO_L3TAB);
     v("XEN_DOMCTL_PFINFO_L4TAB", XEN_DOMCTL_PFINFO_L4TAB);
-    v("XEN_DOMCTL_PFINFO_LTABTYPE_MASK", XEN_DOMCTL_PFINFO_LTABTYPE_MASK);
+    v(
+        "XEN_DOMCTL_PFINFO_LTABTYPE_MASK",
+        XEN_DOMCTL_PFINFO_LTABTYPE_MASK,
+    );
     v("XEN_DOMCTL_PFINFO_LPINTAB", XEN_DOMCTL_PFINFO_LPINTAB);
     v("XEN_DOMINF_dying", XEN_DOMINF_DYING);
     v("XEN_DOMINF_hvm_guest", XEN_DOMINF_HVM_GUEST);
