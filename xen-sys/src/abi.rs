@@ -280,6 +280,8 @@ pub const HVM_PARAM_MCA_CAP: u32 = 38;
 
 /// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17; `xc_domctl` fills it in itself.
 pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
+/// `XEN_DOMCTL_get_address_size`: `u.address_size.size` (u32) is the guest's width in bits.
+pub const XEN_DOMCTL_GET_ADDRESS_SIZE: u32 = 36;
 /// `XEN_DOMCTL_get_ext_vcpucontext`.
 pub const XEN_DOMCTL_GET_EXT_VCPUCONTEXT: u32 = 43;
 /// `XEN_DOMCTL_getvcpuextstate`.

@@ -8,8 +8,8 @@ use crate::abi::{
     ShadowOpStats, VcpuGuestContextAny, XcDomainInfo, XcInterface, XcVcpuInfo, XenCpuidLeaf,
     XenDomctl, XenMsrEntry, EXT_VCPUCONTEXT_SIZE, VCPUEXTSTATE_BUFFER, VCPUEXTSTATE_SIZE,
     VCPUEXTSTATE_XFEATURE_MASK, VCPU_MSRS_COUNT, VCPU_MSRS_MSRS, VCPU_MSR_SIZE,
-    XEN_DOMCTL_GETVCPUEXTSTATE, XEN_DOMCTL_GET_EXT_VCPUCONTEXT, XEN_DOMCTL_GET_VCPU_MSRS,
-    XEN_DOMCTL_PFINFO_LTAB_MASK,
+    XEN_DOMCTL_GETVCPUEXTSTATE, XEN_DOMCTL_GET_ADDRESS_SIZE, XEN_DOMCTL_GET_EXT_VCPUCONTEXT,
+    XEN_DOMCTL_GET_VCPU_MSRS, XEN_DOMCTL_PFINFO_LTAB_MASK,
 };
 use crate::api::{self, XenApi};
 use crate::bitmap::HypercallPages;
@@ -384,6 +384,13 @@ impl XenCtrl {
         // into a live HypercallPages buffer of the caller.
         let rc = unsafe { (self.api().xc_domctl)(self.xch(), d) };
         Self::check(rc, call).map(drop)
+    }
+
+    /// The guest's address width in bits (64, or 32 for a compat PV guest).
+    pub fn address_size(&self, domid: u32) -> Result<u32, XenError> {
+        let mut d = XenDomctl::new(XEN_DOMCTL_GET_ADDRESS_SIZE, domid);
+        self.domctl(&mut d, "xc_domctl(get_address_size)")?;
+        Ok(u_u32(&d, 0))
     }
 
     /// The extended context of a PV vCPU (`XEN_DOMCTL_get_ext_vcpucontext`): the first `size`

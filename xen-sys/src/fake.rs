@@ -470,12 +470,16 @@ unsafe extern "C" fn vcpu_info(
 /// Size of the xsave area every fake vCPU reports.
 pub const FAKE_XSAVE_SIZE: u64 = 576;
 
-/// The domctls of the PV save: extended context (16 bytes: vcpu, size, then a marker), xsave
+/// The domctls of the PV save: address size (64), extended context (16 bytes: vcpu, size, then a marker), xsave
 /// state (mask 3, [`FAKE_XSAVE_SIZE`] bytes of `vcpu + 1`), one MSR (0xc0000103 = vcpu).
 unsafe extern "C" fn domctl(_: *mut XcInterface, dc: *mut XenDomctl) -> c_int {
     // SAFETY: the caller passes a valid domctl.
     let d = unsafe { &mut *dc };
     rc(with_dom(u32::from(d.domain), |dom| {
+        if d.cmd == XEN_DOMCTL_GET_ADDRESS_SIZE {
+            d.u[0] = 64;
+            return Ok(0);
+        }
         let vcpu = (d.u[0] & 0xffff_ffff) as u32;
         if vcpu >= dom.spec.vcpus {
             return Err(libc::ESRCH);

@@ -228,6 +228,7 @@ fn pv_vcpu_state_domctls() {
         ..dom(191, 64)
     });
     let xc = XenCtrl::open_fake();
+    assert_eq!(xc.address_size(191).unwrap(), 64);
     assert!(xc.vcpu_online(191, 1).unwrap());
     assert_eq!(
         xc.vcpu_online(191, 2).unwrap_err().errno(),

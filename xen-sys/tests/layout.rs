@@ -132,7 +132,7 @@ int main(void)
     O("shinfo64", shared_info_x86_64_t, arch.max_pfn);
     O("shinfo64", shared_info_x86_64_t, arch.pfn_to_mfn_frame_list_list);
     V(HYPERVISOR_VIRT_START); V(HYPERVISOR_VIRT_END); V(FIRST_RESERVED_GDT_ENTRY);
-    V(XEN_DOMCTL_INTERFACE_VERSION); V(XEN_DOMCTL_get_ext_vcpucontext);
+    V(XEN_DOMCTL_INTERFACE_VERSION); V(XEN_DOMCTL_get_ext_vcpucontext); V(XEN_DOMCTL_get_address_size);
     V(XEN_DOMCTL_getvcpuextstate); V(XEN_DOMCTL_get_vcpu_msrs);
     V(XEN_DOMCTL_PFINFO_L1TAB); V(XEN_DOMCTL_PFINFO_L2TAB); V(XEN_DOMCTL_PFINFO_L3TAB);
     V(XEN_DOMCTL_PFINFO_L4TAB); V(XEN_DOMCTL_PFINFO_LTABTYPE_MASK); V(XEN_DOMCTL_PFINFO_LPINTAB);
@@ -265,6 +265,7 @@ fn rust_values() -> BTreeMap<String, u64> {
         "XEN_DOMCTL_get_ext_vcpucontext",
         XEN_DOMCTL_GET_EXT_VCPUCONTEXT,
     );
+    v("XEN_DOMCTL_get_address_size", XEN_DOMCTL_GET_ADDRESS_SIZE);
     v("XEN_DOMCTL_getvcpuextstate", XEN_DOMCTL_GETVCPUEXTSTATE);
     v("XEN_DOMCTL_get_vcpu_msrs", XEN_DOMCTL_GET_VCPU_MSRS);
     v("XEN_DOMCTL_PFINFO_L1TAB", XEN_DOMCTL_PFINFO_L1TAB);
