@@ -32,7 +32,18 @@ pub struct FakeDomainSpec {
     pub broken: Vec<u64>,
     /// If set, enabling log-dirty fails with this errno (e.g. EOPNOTSUPP).
     pub logdirty_errno: Option<i32>,
+    /// PV: the frame of the shared info page (`xc_domaininfo_t.shared_info_frame`). The fake
+    /// has no separate machine frames: a PV guest's p2m written into its pages should map
+    /// each pfn to itself.
+    pub shared_info_frame: u64,
+    /// PV: frames `xc_get_pfn_type_batch` reports with these raw types (page tables).
+    pub page_tables: Vec<(u64, u32)>,
 }
+
+/// PV fake vCPUs: the start-info frame in vCPU 0's rdx (the suspend record).
+pub const FAKE_PV_START_INFO: u64 = 1;
+/// PV fake vCPUs: the frame in CR3.
+pub const FAKE_PV_CR3: u64 = 2;
 
 struct FakeDomain {
     spec: FakeDomainSpec,
@@ -219,6 +230,7 @@ fn info_of(d: &FakeDomain) -> XcDomainInfo {
         nr_online_vcpus: d.spec.vcpus,
         max_vcpu_id: d.spec.vcpus.saturating_sub(1),
         handle: d.spec.uuid,
+        shared_info_frame: d.spec.shared_info_frame,
         ..Default::default()
     }
 }
@@ -377,6 +389,8 @@ unsafe extern "C" fn pfn_types(
                 XEN_DOMCTL_PFINFO_XTAB
             } else if d.broken.contains(p) {
                 XEN_DOMCTL_PFINFO_BROKEN
+            } else if let Some(&(_, t)) = d.spec.page_tables.iter().find(|(f, _)| f == p) {
+                t
             } else {
                 XEN_DOMCTL_PFINFO_NOTAB
             };
@@ -440,7 +454,16 @@ unsafe extern "C" fn vcpu_ctx(
             return Err(libc::ESRCH);
         }
         // SAFETY: valid, aligned out-pointer.
-        unsafe { (*c).bytes.fill(vcpu as u8 + 1) };
+        let bytes = unsafe { &mut (*c).bytes };
+        if d.spec.hvm {
+            bytes.fill(vcpu as u8 + 1);
+        } else {
+            bytes.fill(0);
+            let mut set =
+                |off: usize, v: u64| bytes[off..off + 8].copy_from_slice(&v.to_le_bytes());
+            set(VCPU_CTX_X64_RDX, FAKE_PV_START_INFO);
+            set(VCPU_CTX_X64_CTRLREG + 24, FAKE_PV_CR3 << 12);
+        }
         Ok(0)
     }))
 }

@@ -15,6 +15,7 @@ fn dom(domid: u32, pfn_count: u64) -> FakeDomainSpec {
         unpopulated: vec![3],
         broken: vec![4],
         logdirty_errno: None,
+        ..Default::default()
     }
 }
 
