@@ -79,7 +79,7 @@ fn logdirty_every_write_in_exactly_the_next_clean() {
     let mut bits = PfnBitmap::new();
     assert!(matches!(
         d.logdirty_clean(&mut bits),
-        Err(xckpt::hv::HvError::Op { .. })
+        Err(xckpt::hv::HvError::TrackingLost { .. })
     ));
     d.logdirty_enable().unwrap();
     assert_eq!(d.logdirty_clean(&mut bits).unwrap(), 0);

@@ -39,17 +39,16 @@ pub fn normalise_pagetable(
 ) -> Result<(), PvError> {
     assert!(src.len() == PAGE_SIZE && dst.len() == PAGE_SIZE, "one page");
     let level = table_level(ty).expect("normalise_pagetable needs a page-table type");
-    let xen = if level == 4 {
+    let xen = (level == 4).then(|| {
         ((HYPERVISOR_VIRT_START_X86_64 >> L4_SHIFT) & 511) as usize
             ..=((HYPERVISOR_VIRT_END_X86_64 >> L4_SHIFT) & 511) as usize
-    } else {
-        #[allow(clippy::reversed_empty_ranges)]
-        {
-            1..=0
-        }
-    };
+    });
     for i in 0..PAGE_SIZE / WORD {
-        let mut pte = if xen.contains(&i) { 0 } else { le64(src, i) };
+        let mut pte = if xen.as_ref().is_some_and(|r| r.contains(&i)) {
+            0
+        } else {
+            le64(src, i)
+        };
         if pte & PAGE_PRESENT != 0 {
             let what = || format!("L{level} table pfn {pfn:#x} entry {i}");
             if level > 1 && pte & PAGE_PSE != 0 {
