@@ -26,5 +26,6 @@ pub mod guestmem;
 pub mod hv;
 pub mod import;
 pub mod layer;
+pub mod pv;
 pub mod store;
 pub mod stream;

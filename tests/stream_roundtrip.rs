@@ -99,12 +99,12 @@ fn exactly_one_full_batch() {
 }
 
 #[test]
-fn pv_is_unsupported() {
+fn pv_without_its_records_is_refused() {
     let mut img = image(GuestType::Hvm, 64);
     img.ty = GuestType::Pv;
     let err = write_save_file(&img, &StreamOptions::default(), &mut Vec::new()).unwrap_err();
     assert!(
-        matches!(err, StreamWriteError::Unsupported(GuestType::Pv)),
+        matches!(err, StreamWriteError::MissingState("X86_PV_INFO")),
         "{err}"
     );
 }

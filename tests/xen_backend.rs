@@ -77,6 +77,7 @@ fn make(domid: u32, name: &str, ty: &str, gen: u8, xs: &MapXs) -> String {
         unpopulated: vec![10],
         broken: vec![11],
         logdirty_errno: None,
+        ..Default::default()
     });
     xs.set(&format!("/local/domain/{domid}/name"), name);
     xs.set(&format!("/local/domain/{domid}/vm"), &format!("/vm/{u}"));
@@ -110,8 +111,10 @@ fn open_by_name_domid_and_uuid() {
         open("209", &xs, quiet_env()),
         Err(HvError::NoSuchDomain(_))
     ));
-    let pv = open("old", &xs, quiet_env()).unwrap_err().to_string();
-    assert!(pv.contains("PV guest"), "{pv}");
+    assert_eq!(
+        open("old", &xs, quiet_env()).unwrap().guest_type(),
+        GuestType::Pv
+    );
 }
 
 #[test]
@@ -478,4 +481,175 @@ fn quiet_env() -> XenEnv {
         proc_root: None,
         ..XenEnv::default()
     }
+}
+
+/// A PV fake guest of 300 pfns whose p2m maps every pfn to itself (pfn 10 to none), reached
+/// through shared info (frame 290) -> frame list list (291) -> frame list (292) -> leaf (293).
+/// Frame 5 is a pinned L4 table whose entry 0 points at frame 6 (an L1), and whose entry 256
+/// (a Xen slot) holds junk.
+fn pv_guest(
+    domid: u32,
+    name: &str,
+    xs: &MapXs,
+    logdirty_errno: Option<i32>,
+    env: XenEnv,
+) -> XenDomain {
+    make(domid, name, "pv", 1, xs);
+    let (h, _) = uuid(domid, 1);
+    fake::add_domain(FakeDomainSpec {
+        domid,
+        uuid: h,
+        hvm: false,
+        pfn_count: 300,
+        vcpus: 2,
+        unpopulated: vec![10],
+        logdirty_errno,
+        shared_info_frame: 290,
+        page_tables: vec![
+            (5, XEN_DOMCTL_PFINFO_L4TAB | XEN_DOMCTL_PFINFO_LPINTAB),
+            (6, XEN_DOMCTL_PFINFO_L1TAB),
+        ],
+        ..Default::default()
+    });
+    let page = |words: &[(usize, u64)]| {
+        let mut p = vec![0u8; PAGE_SIZE];
+        for &(i, v) in words {
+            p[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        p
+    };
+    fake::write_page(
+        domid,
+        290,
+        &page(&[(SHINFO_X64_MAX_PFN / 8, 300), (SHINFO_X64_FLL / 8, 291)]),
+    );
+    fake::write_page(domid, 291, &page(&[(0, 292)]));
+    fake::write_page(domid, 292, &page(&[(0, 293)]));
+    let leaf: Vec<(usize, u64)> = (0..300usize)
+        .map(|p| (p, if p == 10 { u64::MAX } else { p as u64 }))
+        .collect();
+    fake::write_page(domid, 293, &page(&leaf));
+    fake::write_page(
+        domid,
+        5,
+        &page(&[(0, (6 << 12) | 0x67), (256, 0xdead_0000_1003)]),
+    );
+    fake::write_page(domid, 6, &page(&[(3, (7 << 12) | 0x63)]));
+    open(name, xs, env).unwrap()
+}
+
+#[test]
+fn pv_guest_through_its_p2m() {
+    let xs = MapXs::default();
+    let d = pv_guest(263, "pvg", &xs, None, quiet_env());
+    assert_eq!(d.guest_type(), GuestType::Pv);
+    let pfns = [5u64, 6, 7, 10];
+    let mut types = [PageType::Normal; 4];
+    d.page_types(&pfns, &mut types).unwrap();
+    assert_eq!(
+        types,
+        [
+            PageType::Other(XEN_DOMCTL_PFINFO_L4TAB | XEN_DOMCTL_PFINFO_LPINTAB),
+            PageType::Other(XEN_DOMCTL_PFINFO_L1TAB),
+            PageType::Normal,
+            PageType::Unpopulated
+        ]
+    );
+    d.pause().unwrap();
+    let blobs = d.save_state().unwrap();
+    d.unpause().unwrap();
+    let get = |k: u32| -> Vec<&Vec<u8>> {
+        blobs
+            .iter()
+            .filter(|b| b.kind == k)
+            .map(|b| &b.data)
+            .collect()
+    };
+    assert_eq!(
+        get(state_kind::X86_PV_INFO),
+        [&vec![8, 4, 0, 0, 0, 0, 0, 0]]
+    );
+    let mut frames = 0u32.to_le_bytes().to_vec();
+    frames.extend_from_slice(&299u32.to_le_bytes());
+    frames.extend_from_slice(&293u64.to_le_bytes());
+    assert_eq!(get(state_kind::X86_PV_P2M_FRAMES), [&frames]);
+    assert_eq!(get(state_kind::SHARED_INFO)[0].len(), PAGE_SIZE);
+    let types = xckpt::pv::PageTypes::from_blob(get(state_kind::PV_PAGE_TYPES)[0]).unwrap();
+    assert_eq!(types.tables.keys().copied().collect::<Vec<_>>(), vec![5, 6]);
+    let m2p = xckpt::pv::M2p::from_blob(get(state_kind::PV_P2M)[0]).unwrap();
+    assert_eq!(m2p.pfn(7, String::new).unwrap(), 7);
+    assert!(m2p.pfn(10, String::new).is_err());
+    // Two online vCPUs, each with basic, extended, xsave and MSR records, in libxc's order.
+    let vk: Vec<(u32, u32)> = blobs
+        .iter()
+        .filter(|b| {
+            (state_kind::X86_PV_VCPU_BASIC..=state_kind::X86_PV_VCPU_MSRS).contains(&b.kind)
+        })
+        .map(|b| (b.kind, u32::from_le_bytes(b.data[..4].try_into().unwrap())))
+        .collect();
+    assert_eq!(
+        vk,
+        [0, 1]
+            .iter()
+            .flat_map(
+                |&v| (state_kind::X86_PV_VCPU_BASIC..=state_kind::X86_PV_VCPU_MSRS)
+                    .map(move |k| (k, v))
+            )
+            .collect::<Vec<_>>()
+    );
+    let basic0 = get(state_kind::X86_PV_VCPU_BASIC)[0];
+    let at = |off: usize| u64::from_le_bytes(basic0[8 + off..16 + off].try_into().unwrap());
+    assert_eq!(at(VCPU_CTX_X64_RDX), fake::FAKE_PV_START_INFO);
+    assert_eq!(at(VCPU_CTX_X64_CTRLREG + 24), fake::FAKE_PV_CR3 << 12);
+    assert_eq!(fake::pause_count(263), 0);
+}
+
+#[test]
+fn pv_live_checkpoint_without_logdirty_says_so_and_no_live_works() {
+    let xs = MapXs::default();
+    let dir = tempfile::tempdir().unwrap();
+    let xl = dir.path().join("xl");
+    std::fs::write(
+        &xl,
+        "#!/bin/sh\necho '[{\"domid\": 273, \"config\": {\"c_info\": {\"type\": \"pv\", \"name\": \"pvnold\"}}}]'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&xl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = XenEnv {
+        xl_command: xl,
+        ..quiet_env()
+    };
+    let d = Arc::new(pv_guest(273, "pvnold", &xs, Some(libc::EOPNOTSUPP), env));
+    let store = xckpt::store::Store::open(dir.path()).unwrap();
+    let chain = store.chain("pvnold").unwrap();
+    let live = xckpt::capture::checkpoint(&d, &chain, &Default::default()).unwrap_err();
+    let msg = live.to_string();
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(
+        msg.contains("log-dirty is not supported")
+            && msg.contains("--no-live")
+            && msg.contains("CONFIG_SHADOW_PAGING"),
+        "{msg}"
+    );
+    assert_eq!(fake::pause_count(273), 0);
+    let opts = xckpt::capture::CaptureOptions {
+        live: false,
+        ..Default::default()
+    };
+    let base = xckpt::capture::checkpoint(&d, &chain, &opts).unwrap();
+    assert_eq!(base.layer.kind, xckpt::layer::LayerKind::Base);
+    fake::write_page(273, 7, &vec![9u8; PAGE_SIZE]);
+    let second = xckpt::capture::checkpoint(&d, &chain, &opts).unwrap();
+    assert_eq!(second.layer.kind, xckpt::layer::LayerKind::Resync);
+    assert!(second.resync_reason.unwrap().contains("without log-dirty"));
+    assert_eq!(fake::pause_count(273), 0);
+    // The point composes into a PV stream: domain type 1, the L4 normalised.
+    let img = chain.compose(None).unwrap();
+    let mut out = Vec::new();
+    xckpt::stream::write_save_file(&img, &Default::default(), &mut out).unwrap();
+    let libxc = out
+        .windows(8)
+        .position(|w| w == b"\xff\xff\xff\xff\xff\xff\xff\xff")
+        .unwrap();
+    assert_eq!(&out[libxc + 24..libxc + 28], &1u32.to_le_bytes());
 }

@@ -97,6 +97,7 @@ fn guest(domid: u32) -> Guest {
         unpopulated: (1000..1100).collect(),
         broken: vec![],
         logdirty_errno: None,
+        ..Default::default()
     });
     for pfn in (0..2500).step_by(7).filter(|p| !(1000..1100).contains(p)) {
         fake::write_page(domid, pfn, &vec![(pfn % 251) as u8; 4096]);

@@ -228,6 +228,9 @@ struct Run<'c, D: Checkpointable + 'static> {
     free: Option<crate::evict::FreeFilter>,
     /// Remarks of the eviction policies for the summary.
     evict_notes: Vec<String>,
+    /// A `--no-live` run on a hypervisor without log-dirty for this guest: no dirty log at
+    /// all; the paused round reads every pfn and the chain stays untracked.
+    untracked: bool,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -252,10 +255,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             rounds: Vec::new(),
             free: None,
             evict_notes: Vec::new(),
+            untracked: false,
         }
     }
 
     fn clean(&mut self, into: &mut PfnBitmap) -> Result<u64, CaptureError> {
+        if self.untracked {
+            into.clear();
+            into.resize(self.info.pfn_count as usize, false);
+            return Ok(0);
+        }
         let n = self.dom.logdirty_clean(into)?;
         self.fetched |= &*into;
         self.note_dirtied(into);
@@ -292,7 +301,14 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         self.mark_in_flight(true)?;
         // Arm tracking. For an incremental, the first fetch-and-clear is round 0's set; the
         // spot-check sample is read just before it.
-        self.dom.logdirty_enable()?;
+        if let Err(e) = self.dom.logdirty_enable() {
+            match e {
+                HvError::LogDirtyUnsupported { reason, .. } if !self.opts.live => {
+                    self.go_untracked(reason)
+                }
+                e => return Err(e.into()),
+            }
+        }
         let sample = match &self.plan {
             Plan::Incremental { parent, .. } => spot::differing(&*self.dom, self.chain, *parent)?,
             _ => Vec::new(),
@@ -354,6 +370,22 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             }
             written
         })
+    }
+
+    /// No log-dirty for this guest (`--no-live` only: a live run fails instead). Never
+    /// silently: the layer becomes a resync (every page read under the pause, those equal to
+    /// the chain dropped) and its notes say why.
+    fn go_untracked(&mut self, reason: String) {
+        self.untracked = true;
+        if let Plan::Incremental { id, parent, .. } | Plan::Resync { id, parent, .. } = self.plan {
+            self.plan = Plan::Resync {
+                id,
+                parent,
+                reason: format!(
+                    "paused checkpoint without log-dirty ({reason}): every page compared with the chain"
+                ),
+            };
+        }
     }
 
     /// Send the chunks held in RAM during the stop, and finish the layer's frames.
@@ -587,12 +619,13 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             .commit_layer(out.writer, &meta, &out.index, &state, &config)?;
         // The layer covers every fetched bit now: the pending bits are consumed.
         let _ = pending::clear(self.chain.dir());
-        self.chain.set_tracking(Some(TrackingState {
+        let tracking = (!self.untracked).then(|| TrackingState {
             armed: true,
             identity: self.info.identity.clone(),
             since_layer: meta.id,
             in_flight: false,
-        }))?;
+        });
+        self.chain.set_tracking(tracking)?;
         Ok(CaptureReport {
             layer,
             resync_reason: self.plan.resync_reason(),

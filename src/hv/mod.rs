@@ -132,6 +132,28 @@ pub mod state_kind {
     /// QEMU's xenstore keys as libxl saves them in EMULATOR_XENSTORE_DATA (the `physmap/...`
     /// entries under the device-model path): packed NUL-terminated (key, value) pairs.
     pub const QEMU_XENSTORE: u32 = 0x21;
+    /// libxc X86_PV_INFO record body (guest width 8, 4 page-table levels, 6 reserved bytes).
+    pub const X86_PV_INFO: u32 = 0x30;
+    /// libxc X86_PV_P2M_FRAMES record body: start pfn u32, end pfn u32, then the pfns (u64)
+    /// of the frames holding the guest's p2m, normalised at capture.
+    pub const X86_PV_P2M_FRAMES: u32 = 0x31;
+    /// libxc SHARED_INFO record body: the guest's shared info page (4096 bytes), raw.
+    pub const SHARED_INFO: u32 = 0x32;
+    /// libxc X86_PV_VCPU_BASIC record body, one blob per online vCPU: vcpu id u32, reserved
+    /// u32, then its `vcpu_guest_context_x86_64_t` with frames normalised to pfns at capture.
+    pub const X86_PV_VCPU_BASIC: u32 = 0x33;
+    /// libxc X86_PV_VCPU_EXTENDED record body (vCPU header + `xen_domctl_ext_vcpucontext`).
+    pub const X86_PV_VCPU_EXTENDED: u32 = 0x34;
+    /// libxc X86_PV_VCPU_XSAVE record body (vCPU header + `getvcpuextstate` output).
+    pub const X86_PV_VCPU_XSAVE: u32 = 0x35;
+    /// libxc X86_PV_VCPU_MSRS record body (vCPU header + `xen_domctl_vcpu_msr_t` entries).
+    pub const X86_PV_VCPU_MSRS: u32 = 0x36;
+    /// xckpt's own (no libxc record): the PV guest's p2m at the pause, one little-endian u64
+    /// mfn per pfn (`u64::MAX`: none). The stream normalises page tables with it.
+    pub const PV_P2M: u32 = 0x38;
+    /// xckpt's own (no libxc record): the PV guest's page-table pages at the pause, as
+    /// (pfn u64, `XEN_DOMCTL_PFINFO_*` type u32) little-endian pairs in pfn order.
+    pub const PV_PAGE_TYPES: u32 = 0x39;
 }
 
 /// An error from a hypervisor operation, naming the domain and the operation.

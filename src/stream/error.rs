@@ -6,9 +6,12 @@ use crate::layer::LayerReadError;
 /// Why a save stream could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamWriteError {
-    /// The guest type cannot be expressed as a stream yet.
-    #[error("cannot write a Xen save stream for a {0:?} guest: PV guests are not supported yet; restore it with the simulator or wait for PV support")]
+    /// The guest type cannot be expressed as a stream.
+    #[error("cannot write a Xen save stream for a {0:?} guest")]
     Unsupported(GuestType),
+    /// A PV guest's frames could not be normalised (mfn -> pfn) for the stream.
+    #[error("the PV guest's state cannot be written as a stream: {0}; the checkpoint is inconsistent (take a new one)")]
+    Pv(crate::pv::PvError),
     /// A state blob the restore needs is absent from the image.
     #[error("the image has no {0} state blob, so `xl restore` could not rebuild the domain: was the checkpoint taken with the Xen back-end?")]
     MissingState(&'static str),

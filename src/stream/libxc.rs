@@ -1,4 +1,4 @@
-//! Writing the libxc part of the stream for an x86 HVM / PVH guest:
+//! Writing the libxc part of the stream for an x86 HVM / PVH guest (PV: see `pv.rs`):
 //!
 //! ```text
 //! image header, domain header (x86 HVM, page shift 12, Xen major.minor)
@@ -11,9 +11,10 @@ use std::io::Write;
 
 use super::error::StreamWriteError;
 use super::format::{
-    libxc_rec, DHDR_TYPE_X86_HVM, IHDR_ID, IHDR_MARKER, IHDR_VERSION, MAX_BATCH,
+    libxc_rec, DHDR_TYPE_X86_HVM, DHDR_TYPE_X86_PV, IHDR_ID, IHDR_MARKER, IHDR_VERSION, MAX_BATCH,
     PAGE_DATA_PFN_MASK, PAGE_SHIFT,
 };
+use super::pv::PvStreamState;
 use super::records::{write_record, write_record_header};
 use super::state::StreamState;
 use super::StreamStats;
@@ -34,8 +35,13 @@ pub fn image_header() -> [u8; 24] {
 
 /// The 16-byte domain header of an x86 HVM (or PVH) domain.
 pub fn domain_header(xen_major: u32, xen_minor: u32) -> [u8; 16] {
+    typed_domain_header(DHDR_TYPE_X86_HVM, xen_major, xen_minor)
+}
+
+/// The 16-byte domain header of domain type `ty` (`DHDR_TYPE_X86_*`).
+fn typed_domain_header(ty: u32, xen_major: u32, xen_minor: u32) -> [u8; 16] {
     let mut h = [0u8; 16];
-    h[..4].copy_from_slice(&DHDR_TYPE_X86_HVM.to_le_bytes());
+    h[..4].copy_from_slice(&ty.to_le_bytes());
     h[4..6].copy_from_slice(&PAGE_SHIFT.to_le_bytes());
     h[8..12].copy_from_slice(&xen_major.to_le_bytes());
     h[12..16].copy_from_slice(&xen_minor.to_le_bytes());
@@ -51,7 +57,15 @@ pub fn write_libxc_stream(
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
     w.write_all(&image_header())?;
-    w.write_all(&domain_header(xen_version.0, xen_version.1))?;
+    let dtype = if st.pv.is_some() {
+        DHDR_TYPE_X86_PV
+    } else {
+        DHDR_TYPE_X86_HVM
+    };
+    w.write_all(&typed_domain_header(dtype, xen_version.0, xen_version.1))?;
+    if let Some(pv) = &st.pv {
+        rec(w, libxc_rec::X86_PV_INFO, pv.info, stats)?;
+    }
     if let Some(c) = st.cpuid {
         rec(w, libxc_rec::X86_CPUID_POLICY, c, stats)?;
     }
@@ -59,11 +73,21 @@ pub fn write_libxc_stream(
         rec(w, libxc_rec::X86_MSR_POLICY, m, stats)?;
     }
     rec(w, libxc_rec::STATIC_DATA_END, &[], stats)?;
-    write_pages(w, image, stats)?;
+    if let Some(pv) = &st.pv {
+        rec(w, libxc_rec::X86_PV_P2M_FRAMES, pv.p2m_frames, stats)?;
+    }
+    write_pages(w, image, st.pv.as_ref(), stats)?;
     // Reserved fields are written as zero, whatever the blob holds (the spec: "set to zero
     // on save"); libxc ignores them on restore.
     if let Some(t) = st.tsc {
         rec_parts(w, libxc_rec::X86_TSC_INFO, &[&t[..20], &[0; 4]], stats)?;
+    }
+    if let Some(pv) = &st.pv {
+        rec(w, libxc_rec::SHARED_INFO, pv.shared_info, stats)?;
+        for (ty, body) in &pv.vcpus {
+            rec(w, *ty, body, stats)?;
+        }
+        return rec(w, libxc_rec::END, &[], stats);
     }
     let p = st.params;
     rec_parts(
@@ -102,6 +126,7 @@ fn rec_parts(
 fn write_pages(
     w: &mut impl Write,
     image: &dyn Image,
+    pv: Option<&PvStreamState<'_>>,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
     let count = image.pfn_count();
@@ -120,21 +145,23 @@ fn write_pages(
         }
         batch.push((pfn, state));
         if batch.len() == MAX_BATCH {
-            write_batch(w, image, &batch, &mut buf, stats)?;
+            write_batch(w, image, &batch, pv, &mut buf, stats)?;
             batch.clear();
         }
     }
     if !batch.is_empty() {
-        write_batch(w, image, &batch, &mut buf, stats)?;
+        write_batch(w, image, &batch, pv, &mut buf, stats)?;
     }
     Ok(())
 }
 
-/// One PAGE_DATA record: count, reserved, pfn words (type NOTAB = 0), then the pages.
+/// One PAGE_DATA record: count, reserved, pfn words (pfn | type << 32; NOTAB = 0 but for a PV
+/// guest's page tables), then the pages (PV page tables normalised).
 fn write_batch(
     w: &mut impl Write,
     image: &dyn Image,
     batch: &[(Pfn, PageState)],
+    pv: Option<&PvStreamState<'_>>,
     buf: &mut [u8],
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
@@ -144,14 +171,19 @@ fn write_batch(
     w.write_all(&[0; 4])?;
     let mut words = Vec::with_capacity(n * 8);
     for (pfn, _) in batch {
-        words.extend_from_slice(&pfn.to_le_bytes());
+        let ty = pv.map_or(0, |p| p.page_type(*pfn));
+        words.extend_from_slice(&(pfn | (u64::from(ty) << 32)).to_le_bytes());
     }
     w.write_all(&words)?;
+    let mut scratch = pv.map(|_| vec![0u8; PAGE_SIZE]);
     for &(pfn, state) in batch {
         if let PageState::Data(_) = state {
             image
                 .read_page(pfn, buf)
                 .map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
+            if let (Some(p), Some(s)) = (pv, scratch.as_mut()) {
+                p.normalise(pfn, buf, s)?;
+            }
             w.write_all(buf)?;
             stats.data_pages += 1;
         } else {

@@ -1,6 +1,6 @@
 //! Xen migration streams: the `xl` savefile header, the libxl stream and the libxc stream.
 //!
-//! [`write_save_file`] turns any [`crate::compose::Image`] of an HVM or PVH guest into a Xen 4.17
+//! [`write_save_file`] turns any [`crate::compose::Image`] of a PV, PVH or HVM guest into a Xen 4.17
 //! save file that stock `xl restore` consumes (from a file or a pipe), and
 //! [`parse_save_file`] walks such a file (ours, or one written by `xl save`) and hands its
 //! config, pages and state to a [`StreamSink`]. The layout is documented in `docs/stream.md`.
@@ -16,6 +16,7 @@ mod input;
 mod libxc;
 mod libxc_parse;
 mod parser;
+pub mod pv;
 pub mod records;
 pub mod sink;
 pub mod state;

@@ -4,6 +4,7 @@
 
 use super::error::StreamWriteError;
 use super::format::{CPUID_LEAF_LEN, HVM_PARAM_STORE_PFN, MSR_ENTRY_LEN, TSC_INFO_LEN};
+use super::pv::{collect_pv, PvStreamState};
 use crate::hv::{state_kind, GuestType, StateBlob};
 
 /// The blobs of one image that go into a stream, validated.
@@ -23,8 +24,10 @@ pub struct StreamState<'a> {
     pub qemu: Option<&'a [u8]>,
     /// QEMU xenstore keys (HVM only; omitted when absent or empty).
     pub qemu_xenstore: Option<&'a [u8]>,
-    /// The xenstore ring pfn named in the params.
+    /// The xenstore ring pfn named in the params (HVM / PVH).
     pub store_pfn: u64,
+    /// PV guests: their records, p2m and page types (`params` and `context` are then empty).
+    pub pv: Option<PvStreamState<'a>>,
 }
 
 /// The last blob of `kind` (later blobs supersede earlier ones).
@@ -49,14 +52,16 @@ fn non_empty(b: Option<&[u8]>) -> Option<&[u8]> {
 
 /// Pick and check the blobs for a `ty` guest.
 pub fn collect(blobs: &[StateBlob], ty: GuestType) -> Result<StreamState<'_>, StreamWriteError> {
+    let mut st = StreamState::default();
     if ty == GuestType::Pv {
-        return Err(StreamWriteError::Unsupported(ty));
+        st.pv = Some(collect_pv(blobs)?);
+    } else {
+        st.context = non_empty(find(blobs, state_kind::HVM_CONTEXT))
+            .ok_or(StreamWriteError::MissingState("HVM_CONTEXT"))?;
+        st.params = find(blobs, state_kind::HVM_PARAMS)
+            .ok_or(StreamWriteError::MissingState("HVM_PARAMS"))?;
+        st.store_pfn = check_params(st.params)?;
     }
-    let context = non_empty(find(blobs, state_kind::HVM_CONTEXT))
-        .ok_or(StreamWriteError::MissingState("HVM_CONTEXT"))?;
-    let params =
-        find(blobs, state_kind::HVM_PARAMS).ok_or(StreamWriteError::MissingState("HVM_PARAMS"))?;
-    let store_pfn = check_params(params)?;
     let cpuid = non_empty(find(blobs, state_kind::CPUID_POLICY));
     if let Some(c) = cpuid {
         if c.len() % CPUID_LEAF_LEN != 0 {
@@ -96,11 +101,9 @@ pub fn collect(blobs: &[StateBlob], ty: GuestType) -> Result<StreamState<'_>, St
         cpuid,
         msr,
         tsc,
-        params,
-        context,
         qemu,
         qemu_xenstore,
-        store_pfn,
+        ..st
     })
 }
 
@@ -187,10 +190,10 @@ mod tests {
     }
 
     #[test]
-    fn pv_is_unsupported() {
+    fn pv_needs_its_records() {
         assert!(matches!(
             collect(&[], GuestType::Pv),
-            Err(StreamWriteError::Unsupported(GuestType::Pv))
+            Err(StreamWriteError::MissingState("X86_PV_INFO"))
         ));
     }
 }

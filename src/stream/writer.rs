@@ -82,7 +82,9 @@ pub fn write_save_file(
 ) -> Result<StreamStats, StreamWriteError> {
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
-    check_special_pages(image, &st)?;
+    if st.pv.is_none() {
+        check_special_pages(image, &st)?;
+    }
     if let Some(named) = guest_type_of(image.config()).filter(|&t| t != ty) {
         return Err(StreamWriteError::BadConfig(format!(
             "it describes a {named:?} guest but the image is of a {ty:?} guest"

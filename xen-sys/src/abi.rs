@@ -277,3 +277,122 @@ pub const HVM_PARAM_VM86_TSS_SIZED: u32 = 37;
 pub const HVM_PARAM_X87_FIP_WIDTH: u32 = 36;
 /// MCA capabilities.
 pub const HVM_PARAM_MCA_CAP: u32 = 38;
+
+/// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17; `xc_domctl` fills it in itself.
+pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
+/// `XEN_DOMCTL_get_address_size`: `u.address_size.size` (u32) is the guest's width in bits.
+pub const XEN_DOMCTL_GET_ADDRESS_SIZE: u32 = 36;
+/// `XEN_DOMCTL_get_ext_vcpucontext`.
+pub const XEN_DOMCTL_GET_EXT_VCPUCONTEXT: u32 = 43;
+/// `XEN_DOMCTL_getvcpuextstate`.
+pub const XEN_DOMCTL_GETVCPUEXTSTATE: u32 = 63;
+/// `XEN_DOMCTL_get_vcpu_msrs`.
+pub const XEN_DOMCTL_GET_VCPU_MSRS: u32 = 72;
+
+/// `struct xen_domctl`: the command header and a 128-byte union, kept as words (the PV save
+/// only uses the small `ext_vcpucontext`, `vcpuextstate` and `vcpu_msrs` members; their
+/// offsets are the `DOMCTL_*` constants below, checked by `tests/layout.rs`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XenDomctl {
+    /// `XEN_DOMCTL_*` command.
+    pub cmd: u32,
+    /// Interface version (set by `xc_domctl`).
+    pub interface_version: u32,
+    /// Target domain.
+    pub domain: u16,
+    /// Padding.
+    pub pad: [u16; 3],
+    /// The command's union member.
+    pub u: [u64; 16],
+}
+
+impl XenDomctl {
+    /// A domctl `cmd` for `domid`.
+    pub fn new(cmd: u32, domid: u32) -> Self {
+        XenDomctl {
+            cmd,
+            interface_version: XEN_DOMCTL_INTERFACE_VERSION,
+            domain: domid as u16,
+            ..Default::default()
+        }
+    }
+
+    /// The union as bytes.
+    pub fn u_bytes(&self) -> [u8; 128] {
+        let mut b = [0u8; 128];
+        for (d, w) in b.chunks_exact_mut(8).zip(self.u) {
+            d.copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+}
+
+/// Size of `struct xen_domctl_ext_vcpucontext`.
+pub const EXT_VCPUCONTEXT_SIZE: usize = 64;
+/// Offset of `xen_domctl_vcpuextstate.xfeature_mask` (u64 word 1 of the union).
+pub const VCPUEXTSTATE_XFEATURE_MASK: usize = 8;
+/// Offset of `xen_domctl_vcpuextstate.size`.
+pub const VCPUEXTSTATE_SIZE: usize = 16;
+/// Offset of `xen_domctl_vcpuextstate.buffer` (a 64-bit guest handle).
+pub const VCPUEXTSTATE_BUFFER: usize = 24;
+/// Offset of `xen_domctl_vcpu_msrs.msr_count` (u32).
+pub const VCPU_MSRS_COUNT: usize = 4;
+/// Offset of `xen_domctl_vcpu_msrs.msrs` (a 64-bit guest handle).
+pub const VCPU_MSRS_MSRS: usize = 8;
+/// Size of `xen_domctl_vcpu_msr_t`.
+pub const VCPU_MSR_SIZE: usize = 16;
+
+/// `xc_vcpuinfo_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XcVcpuInfo {
+    /// vCPU id.
+    pub vcpu: u32,
+    /// Online (not down).
+    pub online: u8,
+    /// Blocked waiting for an event.
+    pub blocked: u8,
+    /// Currently scheduled.
+    pub running: u8,
+    /// CPU time used, ns.
+    pub cpu_time: u64,
+    /// Physical CPU it runs on.
+    pub cpu: u32,
+}
+
+/// `sizeof(vcpu_guest_context_x86_64_t)`: the body of an X86_PV_VCPU_BASIC record of a
+/// 64-bit guest after its 8-byte header.
+pub const VCPU_CTX_X64_SIZE: usize = 5168;
+/// Offset of `user_regs.rdx` in `vcpu_guest_context_x86_64_t`.
+pub const VCPU_CTX_X64_RDX: usize = 616;
+/// Offset of `gdt_frames[16]`.
+pub const VCPU_CTX_X64_GDT_FRAMES: usize = 4832;
+/// Offset of `gdt_ents`.
+pub const VCPU_CTX_X64_GDT_ENTS: usize = 4960;
+/// Offset of `ctrlreg[8]`.
+pub const VCPU_CTX_X64_CTRLREG: usize = 4984;
+/// `FIRST_RESERVED_GDT_ENTRY`: the most GDT entries a PV guest may own.
+pub const FIRST_RESERVED_GDT_ENTRY: u32 = 7168;
+
+/// Offset of `arch.max_pfn` in a 64-bit guest's `shared_info`.
+pub const SHINFO_X64_MAX_PFN: usize = 3088;
+/// Offset of `arch.pfn_to_mfn_frame_list_list`.
+pub const SHINFO_X64_FLL: usize = 3096;
+/// `HYPERVISOR_VIRT_START` of x86_64 PV guests.
+pub const HYPERVISOR_VIRT_START_X86_64: u64 = 0xffff_8000_0000_0000;
+/// `HYPERVISOR_VIRT_END` of x86_64 PV guests.
+pub const HYPERVISOR_VIRT_END_X86_64: u64 = 0xffff_8800_0000_0000;
+
+/// PV page-table types of `xc_get_pfn_type_batch` (bits 28..30), and the pinned flag (bit 31).
+pub const XEN_DOMCTL_PFINFO_L1TAB: u32 = 0x1 << 28;
+/// L2 page table.
+pub const XEN_DOMCTL_PFINFO_L2TAB: u32 = 0x2 << 28;
+/// L3 page table.
+pub const XEN_DOMCTL_PFINFO_L3TAB: u32 = 0x3 << 28;
+/// L4 page table.
+pub const XEN_DOMCTL_PFINFO_L4TAB: u32 = 0x4 << 28;
+/// Mask of the table level.
+pub const XEN_DOMCTL_PFINFO_LTABTYPE_MASK: u32 = 0x7 << 28;
+/// The table is pinned.
+pub const XEN_DOMCTL_PFINFO_LPINTAB: u32 = 0x1 << 31;

@@ -11,7 +11,8 @@ use libloading::Library;
 
 use crate::abi::{
     ShadowOpStats, VcpuGuestContextAny, XcCpuPolicy, XcDomainInfo, XcHypercallBuffer, XcInterface,
-    XenCpuidLeaf, XenForeignMemoryHandle, XenMsrEntry, XenPfn, XenToolLogger,
+    XcVcpuInfo, XenCpuidLeaf, XenDomctl, XenForeignMemoryHandle, XenMsrEntry, XenPfn,
+    XenToolLogger,
 };
 use crate::XenError;
 
@@ -101,6 +102,15 @@ pub struct XenApi {
         vcpu: u32,
         ctxt: *mut VcpuGuestContextAny,
     ) -> c_int,
+    pub xc_vcpu_getinfo: unsafe extern "C" fn(
+        xch: *mut XcInterface,
+        domid: u32,
+        vcpu: u32,
+        info: *mut XcVcpuInfo,
+    ) -> c_int,
+    /// A raw domctl (the PV save's extended vCPU, xsave and MSR state); libxc bounces the
+    /// struct itself, buffers it points to must be hypercall memory.
+    pub xc_domctl: unsafe extern "C" fn(xch: *mut XcInterface, domctl: *mut XenDomctl) -> c_int,
     pub xc_cpu_policy_init: unsafe extern "C" fn() -> *mut XcCpuPolicy,
     pub xc_cpu_policy_destroy: unsafe extern "C" fn(policy: *mut XcCpuPolicy),
     pub xc_cpu_policy_get_domain:
@@ -227,6 +237,8 @@ fn load() -> Result<Loaded, XenError> {
             xc_hvm_param_get: c!("xc_hvm_param_get"),
             xc_domain_get_tsc_info: c!("xc_domain_get_tsc_info"),
             xc_vcpu_getcontext: c!("xc_vcpu_getcontext"),
+            xc_vcpu_getinfo: c!("xc_vcpu_getinfo"),
+            xc_domctl: c!("xc_domctl"),
             xc_cpu_policy_init: g!("xc_cpu_policy_init"),
             xc_cpu_policy_destroy: g!("xc_cpu_policy_destroy"),
             xc_cpu_policy_get_domain: g!("xc_cpu_policy_get_domain"),

@@ -5,10 +5,14 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::abi::{
-    ShadowOpStats, VcpuGuestContextAny, XcDomainInfo, XcInterface, XenCpuidLeaf, XenMsrEntry,
-    XEN_DOMCTL_PFINFO_LTAB_MASK,
+    ShadowOpStats, VcpuGuestContextAny, XcDomainInfo, XcInterface, XcVcpuInfo, XenCpuidLeaf,
+    XenDomctl, XenMsrEntry, EXT_VCPUCONTEXT_SIZE, VCPUEXTSTATE_BUFFER, VCPUEXTSTATE_SIZE,
+    VCPUEXTSTATE_XFEATURE_MASK, VCPU_MSRS_COUNT, VCPU_MSRS_MSRS, VCPU_MSR_SIZE,
+    XEN_DOMCTL_GETVCPUEXTSTATE, XEN_DOMCTL_GET_ADDRESS_SIZE, XEN_DOMCTL_GET_EXT_VCPUCONTEXT,
+    XEN_DOMCTL_GET_VCPU_MSRS, XEN_DOMCTL_PFINFO_LTAB_MASK,
 };
 use crate::api::{self, XenApi};
+use crate::bitmap::HypercallPages;
 use crate::{HypercallBitmap, XenError};
 
 /// Frames per `xc_get_pfn_type_batch` call (libxc's save uses 1024 too).
@@ -201,7 +205,7 @@ impl XenCtrl {
         mode: u32,
     ) -> Result<(u64, ShadowOpStats), XenError> {
         assert!(
-            Arc::ptr_eq(&self.h, &bitmap.ctrl.h),
+            Arc::ptr_eq(&self.h, &bitmap.mem.ctrl.h),
             "bitmap belongs to another handle"
         );
         bitmap.zero();
@@ -345,6 +349,98 @@ impl XenCtrl {
         let rc = unsafe { (self.api().xc_vcpu_getcontext)(self.xch(), domid, vcpu, &mut *ctx) };
         Self::check(rc, "xc_vcpu_getcontext")?;
         Ok(ctx)
+    }
+}
+
+/// Read a little-endian u32 / u64 at byte `off` of a domctl union.
+fn u_u32(d: &XenDomctl, off: usize) -> u32 {
+    let b = d.u_bytes();
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn u_u64(d: &XenDomctl, off: usize) -> u64 {
+    d.u[off / 8]
+}
+
+/// Set the u32 at byte `off` (4-aligned) of a domctl union.
+fn set_u32(d: &mut XenDomctl, off: usize, v: u32) {
+    let w = &mut d.u[off / 8];
+    let shift = (off % 8) * 8;
+    *w = (*w & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift);
+}
+
+impl XenCtrl {
+    /// Whether vCPU `vcpu` of `domid` is online (`xc_vcpu_getinfo`).
+    pub fn vcpu_online(&self, domid: u32, vcpu: u32) -> Result<bool, XenError> {
+        let mut info = XcVcpuInfo::default();
+        // SAFETY: `info` is a valid xc_vcpuinfo_t out-pointer (layout checked).
+        let rc = unsafe { (self.api().xc_vcpu_getinfo)(self.xch(), domid, vcpu, &mut info) };
+        Self::check(rc, "xc_vcpu_getinfo")?;
+        Ok(info.online != 0)
+    }
+
+    fn domctl(&self, d: &mut XenDomctl, call: &'static str) -> Result<(), XenError> {
+        // SAFETY: `d` is a complete xen_domctl (layout checked); any guest handle in it points
+        // into a live HypercallPages buffer of the caller.
+        let rc = unsafe { (self.api().xc_domctl)(self.xch(), d) };
+        Self::check(rc, call).map(drop)
+    }
+
+    /// The guest's address width in bits (64, or 32 for a compat PV guest).
+    pub fn address_size(&self, domid: u32) -> Result<u32, XenError> {
+        let mut d = XenDomctl::new(XEN_DOMCTL_GET_ADDRESS_SIZE, domid);
+        self.domctl(&mut d, "xc_domctl(get_address_size)")?;
+        Ok(u_u32(&d, 0))
+    }
+
+    /// The extended context of a PV vCPU (`XEN_DOMCTL_get_ext_vcpucontext`): the first `size`
+    /// bytes of `xen_domctl_ext_vcpucontext`, as libxc's X86_PV_VCPU_EXTENDED record holds
+    /// them; empty when Xen reports none.
+    pub fn vcpu_extended(&self, domid: u32, vcpu: u32) -> Result<Vec<u8>, XenError> {
+        let mut d = XenDomctl::new(XEN_DOMCTL_GET_EXT_VCPUCONTEXT, domid);
+        set_u32(&mut d, 0, vcpu);
+        self.domctl(&mut d, "xc_domctl(get_ext_vcpucontext)")?;
+        let size = (u_u32(&d, 4) as usize).min(EXT_VCPUCONTEXT_SIZE);
+        Ok(d.u_bytes()[..size].to_vec())
+    }
+
+    /// The xsave state of a vCPU (`XEN_DOMCTL_getvcpuextstate`): the X86_PV_VCPU_XSAVE blob
+    /// (xfeature mask, size, then the xsave area, as Xen writes it), or empty without xsave.
+    pub fn vcpu_xsave(&self, domid: u32, vcpu: u32) -> Result<Vec<u8>, XenError> {
+        let call = "xc_domctl(getvcpuextstate)";
+        let mut d = XenDomctl::new(XEN_DOMCTL_GETVCPUEXTSTATE, domid);
+        set_u32(&mut d, 0, vcpu);
+        self.domctl(&mut d, call)?;
+        if u_u64(&d, VCPUEXTSTATE_XFEATURE_MASK) == 0 {
+            return Ok(Vec::new());
+        }
+        let size = u_u64(&d, VCPUEXTSTATE_SIZE) as usize;
+        let mut mem = HypercallPages::alloc(self.clone(), size.div_ceil(crate::PAGE_SIZE) as u64)?;
+        mem.zero();
+        d.u[VCPUEXTSTATE_BUFFER / 8] = mem.ptr() as u64;
+        self.domctl(&mut d, call)?;
+        let got = (u_u64(&d, VCPUEXTSTATE_SIZE) as usize).min(mem.len());
+        Ok(mem.bytes(got).to_vec())
+    }
+
+    /// The MSRs of a vCPU (`XEN_DOMCTL_get_vcpu_msrs`): `xen_domctl_vcpu_msr_t` entries as
+    /// the X86_PV_VCPU_MSRS blob holds them, or empty.
+    pub fn vcpu_msrs(&self, domid: u32, vcpu: u32) -> Result<Vec<u8>, XenError> {
+        let call = "xc_domctl(get_vcpu_msrs)";
+        let mut d = XenDomctl::new(XEN_DOMCTL_GET_VCPU_MSRS, domid);
+        set_u32(&mut d, 0, vcpu);
+        self.domctl(&mut d, call)?;
+        let count = u_u32(&d, VCPU_MSRS_COUNT) as usize;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = count * VCPU_MSR_SIZE;
+        let mut mem = HypercallPages::alloc(self.clone(), bytes.div_ceil(crate::PAGE_SIZE) as u64)?;
+        mem.zero();
+        d.u[VCPU_MSRS_MSRS / 8] = mem.ptr() as u64;
+        self.domctl(&mut d, call)?;
+        let got = (u_u32(&d, VCPU_MSRS_COUNT) as usize * VCPU_MSR_SIZE).min(bytes);
+        Ok(mem.bytes(got).to_vec())
     }
 }
 

@@ -32,7 +32,18 @@ pub struct FakeDomainSpec {
     pub broken: Vec<u64>,
     /// If set, enabling log-dirty fails with this errno (e.g. EOPNOTSUPP).
     pub logdirty_errno: Option<i32>,
+    /// PV: the frame of the shared info page (`xc_domaininfo_t.shared_info_frame`). The fake
+    /// has no separate machine frames: a PV guest's p2m written into its pages should map
+    /// each pfn to itself.
+    pub shared_info_frame: u64,
+    /// PV: frames `xc_get_pfn_type_batch` reports with these raw types (page tables).
+    pub page_tables: Vec<(u64, u32)>,
 }
+
+/// PV fake vCPUs: the start-info frame in vCPU 0's rdx (the suspend record).
+pub const FAKE_PV_START_INFO: u64 = 1;
+/// PV fake vCPUs: the frame in CR3.
+pub const FAKE_PV_CR3: u64 = 2;
 
 struct FakeDomain {
     spec: FakeDomainSpec,
@@ -219,6 +230,7 @@ fn info_of(d: &FakeDomain) -> XcDomainInfo {
         nr_online_vcpus: d.spec.vcpus,
         max_vcpu_id: d.spec.vcpus.saturating_sub(1),
         handle: d.spec.uuid,
+        shared_info_frame: d.spec.shared_info_frame,
         ..Default::default()
     }
 }
@@ -377,6 +389,8 @@ unsafe extern "C" fn pfn_types(
                 XEN_DOMCTL_PFINFO_XTAB
             } else if d.broken.contains(p) {
                 XEN_DOMCTL_PFINFO_BROKEN
+            } else if let Some(&(_, t)) = d.spec.page_tables.iter().find(|(f, _)| f == p) {
+                t
             } else {
                 XEN_DOMCTL_PFINFO_NOTAB
             };
@@ -440,7 +454,86 @@ unsafe extern "C" fn vcpu_ctx(
             return Err(libc::ESRCH);
         }
         // SAFETY: valid, aligned out-pointer.
-        unsafe { (*c).bytes.fill(vcpu as u8 + 1) };
+        let bytes = unsafe { &mut (*c).bytes };
+        if d.spec.hvm {
+            bytes.fill(vcpu as u8 + 1);
+        } else {
+            bytes.fill(0);
+            let mut set =
+                |off: usize, v: u64| bytes[off..off + 8].copy_from_slice(&v.to_le_bytes());
+            set(VCPU_CTX_X64_RDX, FAKE_PV_START_INFO);
+            set(VCPU_CTX_X64_CTRLREG + 24, FAKE_PV_CR3 << 12);
+        }
+        Ok(0)
+    }))
+}
+
+unsafe extern "C" fn vcpu_info(
+    _: *mut XcInterface,
+    domid: u32,
+    vcpu: u32,
+    out: *mut XcVcpuInfo,
+) -> c_int {
+    rc(with_dom(domid, |d| {
+        if vcpu >= d.spec.vcpus {
+            return Err(libc::ESRCH);
+        }
+        // SAFETY: valid out-pointer from the caller.
+        unsafe {
+            *out = XcVcpuInfo {
+                vcpu,
+                online: 1,
+                ..Default::default()
+            }
+        };
+        Ok(0)
+    }))
+}
+
+/// Size of the xsave area every fake vCPU reports.
+pub const FAKE_XSAVE_SIZE: u64 = 576;
+
+/// The domctls of the PV save: address size (64), extended context (16 bytes: vcpu, size, then a marker), xsave
+/// state (mask 3, [`FAKE_XSAVE_SIZE`] bytes of `vcpu + 1`), one MSR (0xc0000103 = vcpu).
+unsafe extern "C" fn domctl(_: *mut XcInterface, dc: *mut XenDomctl) -> c_int {
+    // SAFETY: the caller passes a valid domctl.
+    let d = unsafe { &mut *dc };
+    rc(with_dom(u32::from(d.domain), |dom| {
+        if d.cmd == XEN_DOMCTL_GET_ADDRESS_SIZE {
+            d.u[0] = 64;
+            return Ok(0);
+        }
+        let vcpu = (d.u[0] & 0xffff_ffff) as u32;
+        if vcpu >= dom.spec.vcpus {
+            return Err(libc::ESRCH);
+        }
+        match d.cmd {
+            XEN_DOMCTL_GET_EXT_VCPUCONTEXT => {
+                d.u[0] = u64::from(vcpu) | (16 << 32);
+                d.u[1] = 0x5845_5443_5456_4350;
+            }
+            XEN_DOMCTL_GETVCPUEXTSTATE => {
+                d.u[1] = 3;
+                let buf = d.u[VCPUEXTSTATE_BUFFER / 8] as *mut u8;
+                if !buf.is_null() {
+                    // SAFETY: the caller's hypercall buffer holds `size` bytes.
+                    unsafe { std::ptr::write_bytes(buf, vcpu as u8 + 1, FAKE_XSAVE_SIZE as usize) };
+                }
+                d.u[2] = FAKE_XSAVE_SIZE;
+            }
+            XEN_DOMCTL_GET_VCPU_MSRS => {
+                d.u[0] = u64::from(vcpu) | (1 << 32);
+                let buf = d.u[VCPU_MSRS_MSRS / 8] as *mut u64;
+                if !buf.is_null() {
+                    // SAFETY: the caller's hypercall buffer holds one 16-byte entry.
+                    unsafe {
+                        buf.write(0xc000_0103);
+                        buf.add(1).write(u64::from(vcpu));
+                    }
+                }
+            }
+            _ => return Err(libc::ENOSYS),
+        }
         Ok(0)
     }))
 }
@@ -584,6 +677,8 @@ pub static FAKE_API: XenApi = XenApi {
     xc_hvm_param_get: hvm_param,
     xc_domain_get_tsc_info: tsc_info,
     xc_vcpu_getcontext: vcpu_ctx,
+    xc_vcpu_getinfo: vcpu_info,
+    xc_domctl: domctl,
     xc_cpu_policy_init: policy_init,
     xc_cpu_policy_destroy: policy_destroy,
     xc_cpu_policy_get_domain: policy_get_domain,

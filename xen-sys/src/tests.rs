@@ -15,6 +15,7 @@ fn dom(domid: u32, pfn_count: u64) -> FakeDomainSpec {
         unpopulated: vec![3],
         broken: vec![4],
         logdirty_errno: None,
+        ..Default::default()
     }
 }
 
@@ -219,4 +220,30 @@ fn real_table_resolves_every_symbol() {
         Err(XenError::Load { lib, reason }) => eprintln!("SKIPPED: {lib} not installed ({reason})"),
         Err(e) => panic!("{e}"),
     }
+}
+
+#[test]
+fn pv_vcpu_state_domctls() {
+    fake::add_domain(FakeDomainSpec {
+        hvm: false,
+        ..dom(191, 64)
+    });
+    let xc = XenCtrl::open_fake();
+    assert_eq!(xc.address_size(191).unwrap(), 64);
+    assert!(xc.vcpu_online(191, 1).unwrap());
+    assert_eq!(
+        xc.vcpu_online(191, 2).unwrap_err().errno(),
+        Some(libc::ESRCH)
+    );
+    let ext = xc.vcpu_extended(191, 1).unwrap();
+    assert_eq!(ext.len(), 16);
+    assert_eq!(&ext[..8], &[1, 0, 0, 0, 16, 0, 0, 0]);
+    let xs = xc.vcpu_xsave(191, 1).unwrap();
+    assert_eq!(xs.len(), fake::FAKE_XSAVE_SIZE as usize);
+    assert!(xs.iter().all(|&b| b == 2));
+    let msrs = xc.vcpu_msrs(191, 0).unwrap();
+    let mut want = 0xc000_0103u64.to_le_bytes().to_vec();
+    want.extend_from_slice(&0u64.to_le_bytes());
+    assert_eq!(msrs, want);
+    assert_eq!(xc.vcpu_msrs(192, 0).unwrap_err().errno(), Some(libc::ESRCH));
 }

@@ -39,6 +39,8 @@ SIG(xc_domain_hvm_getcontext, int (*)(xc_interface *, uint32_t, uint8_t *, uint3
 SIG(xc_hvm_param_get, int (*)(xc_interface *, uint32_t, uint32_t, uint64_t *));
 SIG(xc_domain_get_tsc_info, int (*)(xc_interface *, uint32_t, uint32_t *, uint64_t *, uint32_t *, uint32_t *));
 SIG(xc_vcpu_getcontext, int (*)(xc_interface *, uint32_t, uint32_t, vcpu_guest_context_any_t *));
+SIG(xc_vcpu_getinfo, int (*)(xc_interface *, uint32_t, uint32_t, xc_vcpuinfo_t *));
+SIG(xc_domctl, int (*)(xc_interface *, struct xen_domctl *));
 SIG(xc_cpu_policy_init, xc_cpu_policy_t *(*)(void));
 SIG(xc_cpu_policy_destroy, void (*)(xc_cpu_policy_t *));
 SIG(xc_cpu_policy_get_domain, int (*)(xc_interface *, uint32_t, xc_cpu_policy_t *));
@@ -104,6 +106,36 @@ int main(void)
     V(HVM_PARAM_VIRIDIAN); V(HVM_PARAM_IDENT_PT); V(HVM_PARAM_VM_GENERATION_ID_ADDR);
     V(HVM_PARAM_IOREQ_SERVER_PFN); V(HVM_PARAM_NR_IOREQ_SERVER_PAGES);
     V(HVM_PARAM_X87_FIP_WIDTH); V(HVM_PARAM_MCA_CAP);
+    S("domctl", struct xen_domctl);
+    O("domctl", struct xen_domctl, interface_version);
+    O("domctl", struct xen_domctl, domain);
+    O("domctl", struct xen_domctl, u);
+    printf("align domctl %zu\n", _Alignof(struct xen_domctl));
+    S("extvcpu", struct xen_domctl_ext_vcpucontext);
+    O("extstate", struct xen_domctl_vcpuextstate, xfeature_mask);
+    O("extstate", struct xen_domctl_vcpuextstate, size);
+    O("extstate", struct xen_domctl_vcpuextstate, buffer);
+    O("msrs", struct xen_domctl_vcpu_msrs, msr_count);
+    O("msrs", struct xen_domctl_vcpu_msrs, msrs);
+    S("vcpumsr", xen_domctl_vcpu_msr_t);
+    S("vcpuinfo", xc_vcpuinfo_t);
+    O("vcpuinfo", xc_vcpuinfo_t, online);
+    O("vcpuinfo", xc_vcpuinfo_t, blocked);
+    O("vcpuinfo", xc_vcpuinfo_t, running);
+    O("vcpuinfo", xc_vcpuinfo_t, cpu_time);
+    O("vcpuinfo", xc_vcpuinfo_t, cpu);
+    S("ctx64", vcpu_guest_context_x86_64_t);
+    O("ctx64", vcpu_guest_context_x86_64_t, user_regs.rdx);
+    O("ctx64", vcpu_guest_context_x86_64_t, gdt_frames);
+    O("ctx64", vcpu_guest_context_x86_64_t, gdt_ents);
+    O("ctx64", vcpu_guest_context_x86_64_t, ctrlreg);
+    O("shinfo64", shared_info_x86_64_t, arch.max_pfn);
+    O("shinfo64", shared_info_x86_64_t, arch.pfn_to_mfn_frame_list_list);
+    V(HYPERVISOR_VIRT_START); V(HYPERVISOR_VIRT_END); V(FIRST_RESERVED_GDT_ENTRY);
+    V(XEN_DOMCTL_INTERFACE_VERSION); V(XEN_DOMCTL_get_ext_vcpucontext); V(XEN_DOMCTL_get_address_size);
+    V(XEN_DOMCTL_getvcpuextstate); V(XEN_DOMCTL_get_vcpu_msrs);
+    V(XEN_DOMCTL_PFINFO_L1TAB); V(XEN_DOMCTL_PFINFO_L2TAB); V(XEN_DOMCTL_PFINFO_L3TAB);
+    V(XEN_DOMCTL_PFINFO_L4TAB); V(XEN_DOMCTL_PFINFO_LTABTYPE_MASK); V(XEN_DOMCTL_PFINFO_LPINTAB);
     return 0;
 }
 "#;
@@ -190,7 +222,61 @@ fn rust_values() -> BTreeMap<String, u64> {
     s("off msr.flags", offset_of!(XenMsrEntry, flags));
     s("off msr.val", offset_of!(XenMsrEntry, val));
     s("size pfn", size_of::<XenPfn>());
+    s("size domctl", size_of::<XenDomctl>());
+    s(
+        "off domctl.interface_version",
+        offset_of!(XenDomctl, interface_version),
+    );
+    s("off domctl.domain", offset_of!(XenDomctl, domain));
+    s("off domctl.u", offset_of!(XenDomctl, u));
+    s("align domctl", std::mem::align_of::<XenDomctl>());
+    s("size extvcpu", EXT_VCPUCONTEXT_SIZE);
+    s("off extstate.xfeature_mask", VCPUEXTSTATE_XFEATURE_MASK);
+    s("off extstate.size", VCPUEXTSTATE_SIZE);
+    s("off extstate.buffer", VCPUEXTSTATE_BUFFER);
+    s("off msrs.msr_count", VCPU_MSRS_COUNT);
+    s("off msrs.msrs", VCPU_MSRS_MSRS);
+    s("size vcpumsr", VCPU_MSR_SIZE);
+    s("size vcpuinfo", size_of::<XcVcpuInfo>());
+    s("off vcpuinfo.online", offset_of!(XcVcpuInfo, online));
+    s("off vcpuinfo.blocked", offset_of!(XcVcpuInfo, blocked));
+    s("off vcpuinfo.running", offset_of!(XcVcpuInfo, running));
+    s("off vcpuinfo.cpu_time", offset_of!(XcVcpuInfo, cpu_time));
+    s("off vcpuinfo.cpu", offset_of!(XcVcpuInfo, cpu));
+    s("size ctx64", VCPU_CTX_X64_SIZE);
+    s("off ctx64.user_regs.rdx", VCPU_CTX_X64_RDX);
+    s("off ctx64.gdt_frames", VCPU_CTX_X64_GDT_FRAMES);
+    s("off ctx64.gdt_ents", VCPU_CTX_X64_GDT_ENTS);
+    s("off ctx64.ctrlreg", VCPU_CTX_X64_CTRLREG);
+    s("off shinfo64.arch.max_pfn", SHINFO_X64_MAX_PFN);
+    s(
+        "off shinfo64.arch.pfn_to_mfn_frame_list_list",
+        SHINFO_X64_FLL,
+    );
+    m.insert(
+        "val HYPERVISOR_VIRT_START".into(),
+        HYPERVISOR_VIRT_START_X86_64,
+    );
+    m.insert("val HYPERVISOR_VIRT_END".into(), HYPERVISOR_VIRT_END_X86_64);
     let mut v = |k: &str, x: u32| m.insert(format!("val {k}"), u64::from(x));
+    v("FIRST_RESERVED_GDT_ENTRY", FIRST_RESERVED_GDT_ENTRY);
+    v("XEN_DOMCTL_INTERFACE_VERSION", XEN_DOMCTL_INTERFACE_VERSION);
+    v(
+        "XEN_DOMCTL_get_ext_vcpucontext",
+        XEN_DOMCTL_GET_EXT_VCPUCONTEXT,
+    );
+    v("XEN_DOMCTL_get_address_size", XEN_DOMCTL_GET_ADDRESS_SIZE);
+    v("XEN_DOMCTL_getvcpuextstate", XEN_DOMCTL_GETVCPUEXTSTATE);
+    v("XEN_DOMCTL_get_vcpu_msrs", XEN_DOMCTL_GET_VCPU_MSRS);
+    v("XEN_DOMCTL_PFINFO_L1TAB", XEN_DOMCTL_PFINFO_L1TAB);
+    v("XEN_DOMCTL_PFINFO_L2TAB", XEN_DOMCTL_PFINFO_L2TAB);
+    v("XEN_DOMCTL_PFINFO_L3TAB", XEN_DOMCTL_PFINFO_L3TAB);
+    v("XEN_DOMCTL_PFINFO_L4TAB", XEN_DOMCTL_PFINFO_L4TAB);
+    v(
+        "XEN_DOMCTL_PFINFO_LTABTYPE_MASK",
+        XEN_DOMCTL_PFINFO_LTABTYPE_MASK,
+    );
+    v("XEN_DOMCTL_PFINFO_LPINTAB", XEN_DOMCTL_PFINFO_LPINTAB);
     v("XEN_DOMINF_dying", XEN_DOMINF_DYING);
     v("XEN_DOMINF_hvm_guest", XEN_DOMINF_HVM_GUEST);
     v("XEN_DOMINF_shutdown", XEN_DOMINF_SHUTDOWN);

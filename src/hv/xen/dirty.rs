@@ -51,7 +51,11 @@ impl XenDomain {
     fn unsupported(&self, e: &XenError) -> Option<HvError> {
         (e.errno() == Some(libc::EOPNOTSUPP)).then(|| HvError::LogDirtyUnsupported {
             domain: self.name(),
-            reason: e.to_string(),
+            reason: if self.guest_type == crate::hv::GuestType::Pv {
+                format!("{e}; PV guests need a Xen built with CONFIG_SHADOW_PAGING")
+            } else {
+                e.to_string()
+            },
         })
     }
 }
@@ -140,6 +144,10 @@ impl DirtyLog for XenDomain {
             .logdirty_control(self.domid, XEN_DOMCTL_SHADOW_OP_CLEAN, bm, mode)
             .map_err(op_err(self, "log-dirty CLEAN"))?;
         copy_bitmap(bm.words(), pfn_count, into);
+        drop(slot);
+        if self.guest_type == crate::hv::GuestType::Pv {
+            self.refresh_p2m(into)?;
+        }
         Ok(into.count_ones() as u64)
     }
 }
@@ -189,19 +197,25 @@ impl GuestMemory for XenDomain {
     fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
         assert_eq!(pfns.len(), out.len(), "page_types: output length");
         let mut raw = vec![0u32; pfns.len()];
+        let frames = self.frames(pfns)?;
         self.xc
-            .pfn_types(self.domid, pfns, &mut raw)
+            .pfn_types(self.domid, &frames, &mut raw)
             .map_err(op_err(self, "page types"))?;
-        for (o, r) in out.iter_mut().zip(raw) {
-            *o = page_type(r);
+        for ((o, r), f) in out.iter_mut().zip(raw).zip(frames) {
+            *o = if f == crate::pv::INVALID_MFN {
+                PageType::Unpopulated
+            } else {
+                page_type(r)
+            };
         }
         Ok(())
     }
 
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        let frames = self.frames(pfns)?;
         let m = self
             .fm
-            .map_read(self.domid, pfns)
+            .map_read(self.domid, &frames)
             .map_err(op_err(self, "map guest frames"))?;
         Ok(Box::new(XenBatch { m }))
     }

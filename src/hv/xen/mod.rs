@@ -1,4 +1,4 @@
-//! The Xen back-end: PVH and HVM (HAP) guests through libxenctrl (`xen-sys`), xenstore, QMP
+//! The Xen back-end: PV, PVH and HVM guests through libxenctrl (`xen-sys`), xenstore, QMP
 //! and `xl`.
 //!
 //! * [`XenDomain::open`] resolves a name, domid or uuid (xenstore `/local/domain/<id>/name`,
@@ -8,7 +8,8 @@
 //!   xenstore `vm` path and `/vm/<uuid>/start_time`, so it changes when the domain is re-created.
 //! * Guest type: PV without `XEN_DOMINF_hvm_guest`; otherwise libxl's `/libxl/<domid>/type`
 //!   (`pvh` or `hvm`; if absent, HVM when a device model is registered in xenstore). PV guests
-//!   are refused: this back-end supports PVH and HVM.
+//!   (64-bit only) go through their p2m ([`pv`]); their log-dirty needs a Xen built with shadow
+//!   paging, without it [`crate::hv::HvError::LogDirtyUnsupported`] says so.
 //! * Log-dirty (`dirty.rs`): `xc_shadow_control` / `xc_logdirty_control` with a hypercall bitmap.
 //! * State (`state.rs`): the exact bodies of libxc's X86_TSC_INFO, HVM_CONTEXT, HVM_PARAMS,
 //!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`qmp`])
@@ -18,6 +19,7 @@ pub mod agent;
 mod conflict;
 mod dirty;
 mod ident;
+mod pv;
 pub mod qmp;
 mod state;
 pub mod suspend;
@@ -68,7 +70,7 @@ impl Default for XenEnv {
 /// A xenstore connection the back-end can share between threads.
 pub type XenStore = Box<dyn Xs + Send>;
 
-/// A running PVH or HVM domain on this Xen host.
+/// A running PV, PVH or HVM domain on this Xen host.
 pub struct XenDomain {
     xc: XenCtrl,
     fm: ForeignMemory,
@@ -88,6 +90,8 @@ pub struct XenDomain {
     watchdog: Mutex<Option<watchdog::Watchdog>>,
     /// Whether this handle suspended the guest (and has not resumed it yet).
     suspended: AtomicBool,
+    /// PV guests: the p2m as last read (refreshed at each log-dirty CLEAN).
+    p2m: Mutex<Option<std::sync::Arc<crate::pv::P2m>>>,
 }
 
 impl std::fmt::Debug for XenDomain {
@@ -174,13 +178,7 @@ impl XenDomain {
             .ok_or_else(|| HvError::NoSuchDomain(spec.to_string()))?;
         let identity = ident::identity(&*xs, &info);
         let guest_type = ident::guest_type(&*xs, &info);
-        if guest_type == GuestType::Pv {
-            return Err(HvError::Unavailable(format!(
-                "domain {} is a PV guest: the Xen back-end supports PVH and HVM guests",
-                identity.name
-            )));
-        }
-        Ok(XenDomain {
+        let dom = XenDomain {
             xc,
             fm,
             xs: Mutex::new(xs),
@@ -193,7 +191,12 @@ impl XenDomain {
             qemu_dirty_on: AtomicBool::new(false),
             watchdog: Mutex::new(None),
             suspended: AtomicBool::new(false),
-        })
+            p2m: Mutex::new(None),
+        };
+        if guest_type == GuestType::Pv {
+            dom.check_pv_width()?;
+        }
+        Ok(dom)
     }
 
     /// The domain id.

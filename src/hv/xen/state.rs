@@ -1,4 +1,5 @@
-//! CPU and platform state of a PVH / HVM domain, as the bodies of libxc's migration records.
+//! CPU and platform state of a PVH / HVM domain, as the bodies of libxc's migration records
+//! (PV guests: `pv.rs`).
 //!
 //! libxc's HVM save writes, at the end of each checkpoint, X86_TSC_INFO, HVM_CONTEXT and
 //! HVM_PARAMS, and once up front X86_CPUID_POLICY and X86_MSR_POLICY (xg_sr_save_x86_hvm.c,
@@ -131,7 +132,17 @@ impl XenDomain {
                 data: body,
             });
         }
-        let (leaves, msrs) = self.xc.cpu_policy(d).map_err(op_err(self, "CPU policy"))?;
+        out.extend(self.cpu_policy_blobs()?);
+        Ok(out)
+    }
+
+    /// The X86_CPUID_POLICY and X86_MSR_POLICY bodies, each only when non-empty.
+    pub(crate) fn cpu_policy_blobs(&self) -> Result<Vec<StateBlob>, HvError> {
+        let mut out = Vec::with_capacity(2);
+        let (leaves, msrs) = self
+            .xc
+            .cpu_policy(self.domid)
+            .map_err(op_err(self, "CPU policy"))?;
         if !leaves.is_empty() {
             out.push(StateBlob {
                 kind: state_kind::CPUID_POLICY,
@@ -166,6 +177,9 @@ impl MachineState for XenDomain {
     }
 
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        if self.guest_type == GuestType::Pv {
+            return self.pv_blobs();
+        }
         let mut blobs = self.hvm_blobs()?;
         if self.guest_type == GuestType::Hvm {
             blobs.push(StateBlob {
