@@ -153,7 +153,7 @@ impl Chain {
         manifest::write(&self.dir, &m)
     }
 
-    fn record(&self, m: &Manifest, id: u64) -> Result<LayerRecord, StoreError> {
+    pub(super) fn record(&self, m: &Manifest, id: u64) -> Result<LayerRecord, StoreError> {
         m.layer(id).cloned().ok_or(StoreError::NoSuchLayer {
             chain: self.name.clone(),
             id,
@@ -192,9 +192,14 @@ impl Chain {
     }
 }
 
-/// `layer-<digits>.xcl`.
+/// `layer-<digits>.xcl`, or `layer-<digits>.r<digits>.xcl` (a layer rewritten by merge/prune).
 fn is_layer_name(name: &str) -> bool {
-    name.strip_prefix("layer-")
-        .and_then(|r| r.strip_suffix(".xcl"))
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix("layer-").and_then(|r| r.strip_suffix(".xcl")) else {
+        return false;
+    };
+    match rest.split_once(".r") {
+        Some((id, rev)) => digits(id) && digits(rev),
+        None => digits(rest),
+    }
 }
