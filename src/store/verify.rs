@@ -134,8 +134,23 @@ impl Chain {
     /// frames and digests check, its header matches the manifest, and the parent links from
     /// `upto` lead back to a base.
     pub fn verify(&self, upto: Option<u64>) -> Result<ChainReport, ChainVerifyError> {
-        let m = self.manifest()?;
-        let top = self.resolve_top(&m, upto)?;
+        let mut tries = 0;
+        loop {
+            let m = self.manifest()?;
+            match self.verify_listed(&m, upto) {
+                Err(ChainVerifyError::Layer { source, .. })
+                    if self.lost_race(&source, &m, &mut tries) => {}
+                r => return r,
+            }
+        }
+    }
+
+    fn verify_listed(
+        &self,
+        m: &super::Manifest,
+        upto: Option<u64>,
+    ) -> Result<ChainReport, ChainVerifyError> {
+        let top = self.resolve_top(m, upto)?;
         let mut layers = Vec::new();
         for r in m.layers.iter().filter(|r| r.id <= top.id) {
             layers.push(self.verify_layer(r)?);
