@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 
 use super::fold::{fold, run_of, Folded};
 use super::{io, manifest, ChainLock, StoreError};
-use super::{Chain, LayerRecord};
+use super::{Chain, Manifest};
 use crate::failpoint::failpoint;
 use crate::layer::sync_dir;
 
@@ -131,7 +131,9 @@ impl Chain {
     }
 
     /// Keep exactly the layers `keep` (which must include the newest) and drop the others,
-    /// folding dropped layers into their kept descendants.
+    /// folding dropped layers into their kept descendants; also rewrite layer `compact` (if
+    /// given) even when its parent is kept, which drops its dead page copies. Every kept point
+    /// composes to the same image before and after.
     pub fn retain(
         &self,
         _lock: &ChainLock,
@@ -154,7 +156,7 @@ impl Chain {
         }
         // Step 1: write every rewritten layer aside.
         let mut written: Vec<Folded> = Vec::new();
-        let result = self.write_aside(&m.layers, keep, compact, &mut written);
+        let result = self.write_aside(&m, keep, compact, &mut written);
         if let Err(e) = result {
             for f in &written {
                 let _ = std::fs::remove_file(self.dir().join(&f.record.file));
@@ -220,22 +222,21 @@ impl Chain {
     /// `compact`) into a new file. Files written so far are pushed to `written`.
     fn write_aside(
         &self,
-        layers: &[LayerRecord],
+        m: &Manifest,
         keep: &BTreeSet<u64>,
         compact: Option<u64>,
         written: &mut Vec<Folded>,
     ) -> Result<(), StoreError> {
-        let m = self.manifest()?;
-        for r in layers.iter().filter(|r| keep.contains(&r.id)) {
+        for r in m.layers.iter().filter(|r| keep.contains(&r.id)) {
             // The nearest kept ancestor.
             let mut new_parent = r.parent;
             while let Some(p) = new_parent.filter(|p| !keep.contains(p)) {
-                new_parent = self.record(&m, p)?.parent;
+                new_parent = self.record(m, p)?.parent;
             }
             if new_parent == r.parent && compact != Some(r.id) {
                 continue;
             }
-            let run = run_of(self, &m, r.id, new_parent)?;
+            let run = run_of(self, m, r.id, new_parent)?;
             written.push(fold(self, &run)?);
         }
         Ok(())
