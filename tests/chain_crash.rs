@@ -415,7 +415,7 @@ fn merge_and_prune_killed_at_every_write_point() {
         Op::Merge(3),
         Op::Merge(1),
         Op::PruneKeepLast(2),
-        Op::Retain(&[2, 4]),
+        Op::Retain(&[2, 4, 5]),
     ] {
         total += walk(&t, op, 3 + total as u64);
         t.guest_writes(7 + total as u64, 5);
