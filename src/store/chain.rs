@@ -182,6 +182,7 @@ impl Chain {
     }
 
     /// Compose the image at layer `upto` (the newest if None).
+    ///
     /// A reader that lost a race with `merge`/`prune` (a file removed between reading the
     /// manifest and opening it) reads the new manifest and tries again.
     pub fn compose(&self, upto: Option<u64>) -> Result<ComposedImage, StoreError> {
