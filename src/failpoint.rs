@@ -5,7 +5,12 @@
 //! the process aborts on the spot, as `kill -9` would: no destructors, no flush, no cleanup. Tests
 //! run a child process with the variable set and then check that the chain is still readable.
 //!
-//! The variable is read once per process. When it is unset a failpoint costs one atomic load.
+//! The variables are read once per process. When both are unset a failpoint costs two atomic
+//! loads.
+//!
+//! With `XCKPT_FAILPOINT_LOG=FILE`, every failpoint reached appends its name as a line to FILE.
+//! A test runs an operation once with it to learn the sequence of points, then kills a child at
+//! each `name:N` of that sequence in turn, so that no point is left out.
 //!
 //! Names in use:
 //!
@@ -22,12 +27,30 @@
 //! | `manifest.rename.before`  | manifest temp file synced, before rename                |
 //! | `manifest.rename.after`   | manifest renamed, before the directory sync             |
 //! | `capture.paused`          | a capture just paused the domain (the watchdog must act)  |
+//! | `fold.written`            | merge/prune: a rewritten layer is in place, not yet listed |
+//! | `rewrite.remove`          | merge/prune: manifest swapped, before removing each old file |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Environment variable naming the failpoint to trigger.
 pub const ENV: &str = "XCKPT_FAILPOINT";
+/// Environment variable naming a file to append the name of every failpoint reached to.
+pub const LOG_ENV: &str = "XCKPT_FAILPOINT_LOG";
+
+fn log() -> Option<&'static std::sync::Mutex<std::fs::File>> {
+    static LOG: OnceLock<Option<std::sync::Mutex<std::fs::File>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let path = std::env::var_os(LOG_ENV)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(std::sync::Mutex::new(file))
+    })
+    .as_ref()
+}
 
 struct Armed {
     name: String,
@@ -63,6 +86,11 @@ fn parse(value: &str) -> (String, u64) {
 /// Abort the process here if `XCKPT_FAILPOINT` selects `name` (and this is the selected hit).
 #[inline]
 pub fn failpoint(name: &str) {
+    if let Some(file) = log() {
+        use std::io::Write;
+        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(f, "{name}");
+    }
     let Some(armed) = armed() else { return };
     if armed.name != name {
         return;

@@ -1,6 +1,7 @@
 //! Command-line verbs. Each verb lives in its own file; this one parses and dispatches.
 
 mod bench;
+mod chainverbs;
 mod group;
 mod limits;
 mod show;
@@ -85,8 +86,12 @@ enum Command {
     List(show::ListCmd),
     /// Show one layer in detail.
     Inspect(show::InspectCmd),
-    /// Check every checksum and link of a chain (or of one point).
+    /// Check every checksum and link of a chain (or of one point); --deep composes every point.
     Verify(show::VerifyCmd),
+    /// Squash layers 1..N of a chain into one base layer (crash-safe).
+    Merge(chainverbs::MergeCmd),
+    /// Drop points of a chain by a retention policy, folding their pages into kept layers.
+    Prune(chainverbs::PruneCmd),
     /// Measure capture throughput and layer sizes on a simulated domain.
     Bench(bench::BenchCmd),
     /// Run the hypervisor conformance checks on a running domain (test bed).
@@ -111,6 +116,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(c) => c.run(),
         Command::Inspect(c) => c.run(),
         Command::Verify(c) => c.run(),
+        Command::Merge(c) => c.run(),
+        Command::Prune(c) => c.run(),
         Command::Bench(c) => c.run(),
         Command::Selftest(c) => c.run(),
         Command::Watchdog { domid } => {

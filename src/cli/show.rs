@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use xckpt::hv::PAGE_SIZE;
-use xckpt::store::{LayerRecord, Store};
+use xckpt::store::{ChainVerifyError, LayerRecord, Store};
 
 use super::target::Target;
 use super::{print_json, StoreArg};
@@ -32,6 +32,7 @@ struct LayerRow {
     id: u64,
     parent: Option<u64>,
     kind: String,
+    file: String,
     created_unix_ms: u64,
     bytes: u64,
     dirty_pages: u64,
@@ -39,8 +40,11 @@ struct LayerRow {
     zero_pages: u64,
     unpopulated_pages: u64,
     evicted_pages: u64,
+    evicted: std::collections::BTreeMap<xckpt::layer::EvictPolicy, u64>,
+    rounds: u32,
     downtime_ms: f64,
     compression_ratio: f64,
+    notes: Vec<String>,
 }
 
 impl From<&LayerRecord> for LayerRow {
@@ -51,6 +55,7 @@ impl From<&LayerRecord> for LayerRow {
             id: r.id,
             parent: r.parent,
             kind: format!("{:?}", r.kind).to_lowercase(),
+            file: r.file.clone(),
             created_unix_ms: r.created_unix_ms,
             bytes: r.bytes,
             dirty_pages: s.dirty_pages,
@@ -58,6 +63,9 @@ impl From<&LayerRecord> for LayerRow {
             zero_pages: s.zero_pages,
             unpopulated_pages: s.unpopulated_pages,
             evicted_pages: s.evicted.values().sum(),
+            evicted: s.evicted.clone(),
+            rounds: s.rounds,
+            notes: s.notes.clone(),
             downtime_ms: s.downtime_us as f64 / 1e3,
             compression_ratio: if r.bytes > 0 {
                 raw as f64 / r.bytes as f64
@@ -223,12 +231,23 @@ impl InspectCmd {
             .iter()
             .map(|b| serde_json::json!({"kind": b.kind, "bytes": b.data.len()}))
             .collect();
+        let f = layer.figures();
+        let mut evicted = std::collections::BTreeMap::new();
+        for (_, e, _) in layer.index().iter() {
+            if let xckpt::layer::PageEntry::Evicted(p) = e {
+                *evicted.entry(p).or_insert(0u64) += 1;
+            }
+        }
+        let raw = f.live_slots * PAGE_SIZE as u64;
         let v = serde_json::json!({
             "chain": self.target.name,
             "layer": meta,
+            "file": layer.path(),
             "file_bytes": layer.file_bytes(),
-            "index": {"data": counts.data, "zero": counts.zero, "evicted": counts.evicted, "unpopulated": counts.unpopulated,
-                      "evicted_by_policy": layer.index().evicted_by()},
+            "index": {"data": counts.data, "zero": counts.zero, "evicted": counts.evicted, "unpopulated": counts.unpopulated, "evicted_by_policy": evicted},
+            "frames": {"count": f.frames, "raw": f.raw_frames, "bytes": f.frame_bytes, "slots": f.slots, "live_slots": f.live_slots, "dead_slots": f.dead_slots},
+            "compression_ratio": if f.frame_bytes > 0 { raw as f64 / f.frame_bytes as f64 } else { 0.0 },
+            "downtime_ms": meta.stats.downtime_us as f64 / 1e3,
             "state_blobs": state,
             "config_bytes": layer.config().len(),
         });
@@ -241,39 +260,85 @@ impl InspectCmd {
     }
 }
 
-/// `xckpt verify DOM[@N]`
+/// `xckpt verify DOM[@N] [--deep]`
+///
+/// Exit status: 0 the chain verifies; 2 a layer or the chain's links are damaged (the message
+/// names the layer and what to do); 1 the store or manifest cannot be read.
 #[derive(Debug, Args)]
 pub struct VerifyCmd {
     #[command(flatten)]
     store: StoreArg,
     /// Chain, and the point to verify up to (all layers if no @N).
     target: Target,
+    /// Also compose every point and check each page against the digest stored at capture.
+    #[arg(long)]
+    deep: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// Exit status of `verify` for a damaged chain.
+pub const EXIT_DAMAGED: u8 = 2;
+
 impl VerifyCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
         let chain = store.chain(&self.target.name)?;
-        let report = chain.verify(self.target.layer)?;
+        let result = if self.deep {
+            chain.verify_deep(self.target.layer)
+        } else {
+            chain.verify(self.target.layer)
+        };
+        let report = match result {
+            Ok(r) => r,
+            Err(ChainVerifyError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                if self.json {
+                    print_json(&serde_json::json!({
+                        "chain": self.target.name, "ok": false, "error": e.to_string(),
+                        "bad_layer": bad_layer(&e),
+                    }))?;
+                }
+                eprintln!("xckpt: {e}");
+                return Ok(ExitCode::from(EXIT_DAMAGED));
+            }
+        };
         let path: Vec<String> = report.path.iter().map(|id| id.to_string()).collect();
         if self.json {
             print_json(&serde_json::json!({
                 "chain": report.chain, "top": report.top, "path": report.path,
-                "layers_checked": report.layers.len(), "ok": true,
+                "layers_checked": report.layers.len(), "deep": self.deep,
+                "points": report.points, "ok": true,
             }))?;
         } else {
             println!(
-                "chain {}: OK up to layer {} ({} layers checked; restore path {})",
+                "chain {}: OK up to layer {} ({} layers checked{}; restore path {})",
                 report.chain,
                 report.top,
                 report.layers.len(),
+                if self.deep {
+                    format!(", {} points composed and digest-checked", report.points.len())
+                } else {
+                    String::new()
+                },
                 path.join(" -> ")
             );
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The layer a verify failure names.
+fn bad_layer(e: &ChainVerifyError) -> Option<u64> {
+    match e {
+        ChainVerifyError::Store(_) => None,
+        ChainVerifyError::Layer { id, .. }
+        | ChainVerifyError::Mismatch { id, .. }
+        | ChainVerifyError::BrokenLink { id, .. }
+        | ChainVerifyError::NoBase { id, .. }
+        | ChainVerifyError::Compose { id, .. } => Some(*id),
+        ChainVerifyError::PageDigest { layer, .. } => Some(*layer),
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use super::manifest::{self, MANIFEST_TEMP_PREFIX};
 use super::{ensure_private_dir, io, layer_file_name, lock, ChainLock, LayerRecord, Manifest};
 use super::{StoreError, TrackingState};
-use crate::compose::ComposedImage;
+use crate::compose::{ComposeError, ComposedImage};
 use crate::hv::StateBlob;
-use crate::layer::{LayerIndex, LayerMeta, LayerReader, LayerWriter, TEMP_PREFIX};
+use crate::layer::{LayerIndex, LayerMeta, LayerReadError, LayerReader, LayerWriter, TEMP_PREFIX};
 
 /// One domain's chain directory.
 pub struct Chain {
@@ -154,7 +154,7 @@ impl Chain {
         manifest::write(&self.dir, &m)
     }
 
-    fn record(&self, m: &Manifest, id: u64) -> Result<LayerRecord, StoreError> {
+    pub(super) fn record(&self, m: &Manifest, id: u64) -> Result<LayerRecord, StoreError> {
         m.layer(id).cloned().ok_or(StoreError::NoSuchLayer {
             chain: self.name.clone(),
             id,
@@ -183,19 +183,45 @@ impl Chain {
     }
 
     /// Compose the image at layer `upto` (the newest if None).
+    ///
+    /// A reader that lost a race with `merge`/`prune` (a file removed between reading the
+    /// manifest and opening it) reads the new manifest and tries again.
     pub fn compose(&self, upto: Option<u64>) -> Result<ComposedImage, StoreError> {
-        let m = self.manifest()?;
-        let top = self.resolve_top(&m, upto)?;
-        let image = ComposedImage::open(&self.layer_path(&top), |id| {
-            m.layer(id).map(|r| self.layer_path(r))
-        })?;
-        Ok(image)
+        let mut tries = 0;
+        loop {
+            let m = self.manifest()?;
+            let top = self.resolve_top(&m, upto)?;
+            let result = ComposedImage::open(&self.layer_path(&top), |id| {
+                m.layer(id).map(|r| self.layer_path(r))
+            });
+            match result {
+                Err(ComposeError::Read(e)) if self.lost_race(&e, &m, &mut tries) => continue,
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// Whether reading failed because a file listed by `m` was removed by a writer that has
+    /// replaced the manifest since (so the read is worth retrying), counting `tries`.
+    pub(super) fn lost_race(&self, e: &LayerReadError, m: &Manifest, tries: &mut u32) -> bool {
+        let vanished = matches!(e, LayerReadError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound);
+        *tries += 1;
+        vanished && *tries <= READ_TRIES && self.manifest().is_ok_and(|now| now != *m)
     }
 }
 
-/// `layer-<digits>.xcl`.
+/// How often a reader retries after losing a race with `merge`/`prune`.
+const READ_TRIES: u32 = 3;
+
+/// `layer-<digits>.xcl`, or `layer-<digits>.r<digits>.xcl` (a layer rewritten by merge/prune).
 fn is_layer_name(name: &str) -> bool {
-    name.strip_prefix("layer-")
-        .and_then(|r| r.strip_suffix(".xcl"))
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix("layer-").and_then(|r| r.strip_suffix(".xcl")) else {
+        return false;
+    };
+    match rest.split_once(".r") {
+        Some((id, rev)) => digits(id) && digits(rev),
+        None => digits(rest),
+    }
 }

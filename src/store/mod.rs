@@ -14,8 +14,11 @@
 //! opened, as are temporary files, unless another process holds the chain's lock.
 
 mod chain;
+mod fold;
 pub(crate) mod lock;
 pub(crate) mod manifest;
+mod retention;
+mod rewrite;
 mod verify;
 
 use std::fs::DirBuilder;
@@ -29,8 +32,11 @@ use crate::hv::DomainIdentity;
 use crate::layer::{CaptureStats, LayerKind, LayerReadError, LayerWriteError};
 
 pub use chain::Chain;
+pub use fold::Folded;
 pub use lock::ChainLock;
-pub use verify::{ChainReport, ChainVerifyError, LayerReport};
+pub use retention::RetentionPolicy;
+pub use rewrite::{RewriteError, RewriteReport, RewrittenLayer};
+pub use verify::{ChainReport, ChainVerifyError, LayerReport, PointReport};
 
 /// Where the store lives unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/var/lib/xckpt";

@@ -1,10 +1,12 @@
 //! Verifying a chain: every listed layer opens and verifies, parent links lead back to a
-//! base, and the manifest agrees with the layer headers.
+//! base, and the manifest agrees with the layer headers. The deep check also composes every
+//! point and checks each of its data pages against the digest stored at capture.
 
 use std::path::PathBuf;
 
 use super::{Chain, LayerRecord, StoreError};
-use crate::layer::{LayerFigures, LayerKind, LayerReadError};
+use crate::compose::{ComposeError, ComposedImage, PageState};
+use crate::layer::{page_digest, LayerFigures, LayerKind, LayerReadError};
 
 /// Result of verifying one layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +32,25 @@ pub struct ChainReport {
     pub path: Vec<u64>,
     /// Every listed layer up to `top` that was checked, oldest first.
     pub layers: Vec<LayerReport>,
+    /// With the deep check: every point up to `top` composed and checked, oldest first.
+    pub points: Vec<PointReport>,
+}
+
+/// One point composed and checked by the deep verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PointReport {
+    /// The point (its top layer).
+    pub id: u64,
+    /// Layers composed, base first.
+    pub path: Vec<u64>,
+    /// Data pages read and checked against their stored digest.
+    pub data: u64,
+    /// Zero pages.
+    pub zero: u64,
+    /// Evicted pages (restored as zeros).
+    pub evicted: u64,
+    /// Unpopulated pfns.
+    pub unpopulated: u64,
 }
 
 /// Why a chain does not verify. Each names the chain and the bad layer and says what to do.
@@ -40,7 +61,7 @@ pub enum ChainVerifyError {
     Store(#[from] StoreError),
     /// A layer file is missing or damaged.
     #[error(
-        "chain {chain}: layer {id} is damaged: {source}; re-take a full checkpoint with --full"
+        "chain {chain}: layer {id} is damaged: {source}; points that build on layer {id} cannot be restored: re-take a full checkpoint with `xckpt checkpoint --full`"
     )]
     Layer {
         /// The chain.
@@ -72,6 +93,32 @@ pub enum ChainVerifyError {
         /// The missing parent.
         parent: u64,
     },
+    /// A point does not compose.
+    #[error("chain {chain}: point {id} does not compose: {source}; re-take a full checkpoint with --full")]
+    Compose {
+        /// The chain.
+        chain: String,
+        /// The point.
+        id: u64,
+        /// Why.
+        source: ComposeError,
+    },
+    /// A page of a composed point does not match the digest stored at capture.
+    #[error("chain {chain}: point {id}: pfn {pfn:#x} from layer {layer} has digest {found:#018x}, {expected:#018x} was stored at capture; layer {layer} is damaged: re-take a full checkpoint with --full")]
+    PageDigest {
+        /// The chain.
+        chain: String,
+        /// The point.
+        id: u64,
+        /// The page.
+        pfn: u64,
+        /// The layer the page was read from.
+        layer: u64,
+        /// Stored digest.
+        expected: u64,
+        /// Digest of the data read.
+        found: u64,
+    },
     /// The bottom of the chain is not a base layer.
     #[error("chain {chain}: layer {id} has no parent but is not a base layer; re-take a full checkpoint with --full")]
     NoBase {
@@ -87,8 +134,23 @@ impl Chain {
     /// frames and digests check, its header matches the manifest, and the parent links from
     /// `upto` lead back to a base.
     pub fn verify(&self, upto: Option<u64>) -> Result<ChainReport, ChainVerifyError> {
-        let m = self.manifest()?;
-        let top = self.resolve_top(&m, upto)?;
+        let mut tries = 0;
+        loop {
+            let m = self.manifest()?;
+            match self.verify_listed(&m, upto) {
+                Err(ChainVerifyError::Layer { source, .. })
+                    if self.lost_race(&source, &m, &mut tries) => {}
+                r => return r,
+            }
+        }
+    }
+
+    fn verify_listed(
+        &self,
+        m: &super::Manifest,
+        upto: Option<u64>,
+    ) -> Result<ChainReport, ChainVerifyError> {
+        let top = self.resolve_top(m, upto)?;
         let mut layers = Vec::new();
         for r in m.layers.iter().filter(|r| r.id <= top.id) {
             layers.push(self.verify_layer(r)?);
@@ -127,7 +189,71 @@ impl Chain {
             top: *path.last().unwrap_or(&0),
             path,
             layers,
+            points: Vec::new(),
         })
+    }
+
+    /// [`Chain::verify`], then compose every point up to `upto` and check every data page of
+    /// each against the digest stored at capture.
+    pub fn verify_deep(&self, upto: Option<u64>) -> Result<ChainReport, ChainVerifyError> {
+        let mut report = self.verify(upto)?;
+        let ids: Vec<u64> = report.layers.iter().map(|l| l.id).collect();
+        for id in ids {
+            report.points.push(self.verify_point(id)?);
+        }
+        Ok(report)
+    }
+
+    fn verify_point(&self, id: u64) -> Result<PointReport, ChainVerifyError> {
+        let chain = self.name().to_string();
+        let image = self.compose(Some(id)).map_err(|e| match e {
+            StoreError::Compose(source) => ChainVerifyError::Compose {
+                chain: chain.clone(),
+                id,
+                source,
+            },
+            other => ChainVerifyError::Store(other),
+        })?;
+        let mut p = PointReport {
+            id,
+            path: image.layers().iter().map(|l| l.meta().id).collect(),
+            ..PointReport::default()
+        };
+        let layer_id = |image: &ComposedImage, i: usize| image.layers()[i].meta().id;
+        let result = image.for_each_page(|pfn, state, data| {
+            match (state, data) {
+                (PageState::Data(i), Some(page)) => {
+                    let expected = image.page_digest(pfn).unwrap_or(0);
+                    let found = page_digest(page);
+                    if found != expected {
+                        return Err(PointError::Digest(pfn, layer_id(&image, i), expected, found));
+                    }
+                    p.data += 1;
+                }
+                (PageState::Zero, _) => p.zero += 1,
+                (PageState::Evicted(_), _) => p.evicted += 1,
+                _ => p.unpopulated += 1,
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(p),
+            Err(PointError::Digest(pfn, layer, expected, found)) => {
+                Err(ChainVerifyError::PageDigest {
+                    chain,
+                    id,
+                    pfn,
+                    layer,
+                    expected,
+                    found,
+                })
+            }
+            Err(PointError::Read(source)) => Err(ChainVerifyError::Compose {
+                chain,
+                id,
+                source: ComposeError::Read(source),
+            }),
+        }
     }
 
     fn verify_layer(&self, r: &LayerRecord) -> Result<LayerReport, ChainVerifyError> {
@@ -162,5 +288,18 @@ impl Chain {
             path,
             reason,
         })
+    }
+}
+
+/// Why a page of a composed point failed the deep check.
+enum PointError {
+    Read(LayerReadError),
+    /// pfn, layer, expected, found.
+    Digest(u64, u64, u64, u64),
+}
+
+impl From<LayerReadError> for PointError {
+    fn from(e: LayerReadError) -> Self {
+        PointError::Read(e)
     }
 }

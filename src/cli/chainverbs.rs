@@ -1,0 +1,163 @@
+//! Verbs that rewrite a chain: `merge` and `prune`. Both work on the store only (no Xen), take
+//! the chain's writer lock (waiting up to `--wait`), and swap the result in atomically.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use xckpt::store::{Chain, RetentionPolicy, RewriteReport, Store};
+
+use super::show::open_existing;
+use super::xenverbs::WaitArg;
+use super::{print_json, StoreArg};
+
+/// `xckpt merge DOM --upto N`
+#[derive(Debug, Args)]
+pub struct MergeCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The chain (domain name).
+    domain: String,
+    /// Squash layers up to and including this one into one base layer with its id (a base
+    /// layer alone is compacted: one copy of each page).
+    #[arg(long)]
+    upto: u64,
+    #[command(flatten)]
+    wait: WaitArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl MergeCmd {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let store = open_existing(&self.store)?;
+        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait)?;
+        let report = chain
+            .merge(&lock, self.upto)
+            .with_context(|| format!("merging {}@{}", self.domain, self.upto))?;
+        print_report(&self.domain, &report, self.json)
+    }
+}
+
+/// `xckpt prune DOM --keep-last N [--keep-hourly H] [--keep-daily D]`
+#[derive(Debug, Args)]
+pub struct PruneCmd {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The chain (domain name).
+    domain: String,
+    /// Keep the N newest layers.
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Keep the newest layer of each of the H newest hours (UTC) that have one.
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    /// Keep the newest layer of each of the D newest days (UTC) that have one.
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    /// Show what would be kept and dropped, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    wait: WaitArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl PruneCmd {
+    /// The policy given on the command line (fields not given are None, for a config file to
+    /// fill with [`RetentionPolicy::or`]).
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+        }
+    }
+
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let policy = self.policy();
+        if policy.is_empty() {
+            bail!(
+                "prune {}: give at least one of --keep-last, --keep-hourly, --keep-daily",
+                self.domain
+            );
+        }
+        let store = open_existing(&self.store)?;
+        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait)?;
+        let m = chain.manifest()?;
+        let keep = policy.select(&m.layers);
+        if self.dry_run {
+            let dropped: Vec<u64> = m
+                .layers
+                .iter()
+                .map(|r| r.id)
+                .filter(|id| !keep.contains(id))
+                .collect();
+            let report = RewriteReport {
+                kept: keep.into_iter().collect(),
+                dropped,
+                ..Default::default()
+            };
+            return print_report(&self.domain, &report, self.json);
+        }
+        let report = chain
+            .retain(&lock, &keep, None)
+            .with_context(|| format!("pruning {}", self.domain))?;
+        print_report(&self.domain, &report, self.json)
+    }
+}
+
+/// Open chain `name` (it must have layers) and take its writer lock, waiting `wait_s` seconds.
+fn lock_chain(
+    store: &Store,
+    name: &str,
+    wait_s: u64,
+) -> anyhow::Result<(Chain, xckpt::store::ChainLock)> {
+    let chain = store.chain(name)?;
+    if chain.manifest()?.layers.is_empty() {
+        bail!("chain {name} has no layers in {}", store.root().display());
+    }
+    let lock = chain.lock_exclusive(Duration::from_secs(wait_s))?;
+    Ok((chain, lock))
+}
+
+fn print_report(name: &str, r: &RewriteReport, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(&serde_json::json!({
+            "chain": name, "kept": r.kept, "dropped": r.dropped, "rewritten": r.rewritten,
+            "bytes_before": r.bytes_before, "bytes_after": r.bytes_after,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ids = |v: &[u64]| {
+        let s: Vec<String> = v.iter().map(u64::to_string).collect();
+        if s.is_empty() {
+            "none".to_string()
+        } else {
+            s.join(",")
+        }
+    };
+    println!(
+        "{name}: kept layers {}; dropped {}; {} -> {} bytes",
+        ids(&r.kept),
+        ids(&r.dropped),
+        r.bytes_before,
+        r.bytes_after
+    );
+    for w in &r.rewritten {
+        println!(
+            "  layer {} rewritten as {} (parent {}): folded {}; {} -> {} page slots",
+            w.id,
+            w.file,
+            w.parent.map_or("none (base)".into(), |p| p.to_string()),
+            ids(&w.folded),
+            w.slots_before,
+            w.slots_after
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,210 @@
+//! Folding a run of layers into one new layer file: the layer-rewrite primitive of `merge` and
+//! `prune`.
+//!
+//! The run is a layer (`top`) and its ancestors down to, but not including, `new_parent` (all
+//! of them down to the base when `new_parent` is None, which makes the result a base). For each
+//! pfn the newest layer of the run that covers it decides, as in a composition. Exactly one copy
+//! of each data page is written: the dead slots of pages re-sent during pre-copy are dropped,
+//! so folding a single layer compacts it. Each page is decoded and checked against the digest
+//! stored at capture before it is re-encoded; the new DIGESTS carry the same values. Header,
+//! vCPU/platform state and domain config come from `top`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{layer_file_name, Chain, LayerRecord, Manifest, StoreError};
+use crate::failpoint::failpoint;
+use crate::hv::PAGE_SIZE;
+use crate::layer::{
+    compress_frame, EvictPolicy, LayerIndex, LayerKind, LayerMeta, LayerReader, PageEntry,
+};
+
+/// A folded layer written aside (linked under its final name, not yet in the manifest).
+#[derive(Debug, Clone)]
+pub struct Folded {
+    /// The record to list in the manifest in place of `top`'s.
+    pub record: LayerRecord,
+    /// The layers folded into it, oldest first (`top` last).
+    pub folded: Vec<u64>,
+    /// Page slots in the source files (dead copies included).
+    pub slots_before: u64,
+    /// Page slots in the new file (one per data page).
+    pub slots_after: u64,
+}
+
+/// The layers from `top` down to (not including) `new_parent`, oldest first.
+pub(super) fn run_of(
+    chain: &Chain,
+    m: &Manifest,
+    top: u64,
+    new_parent: Option<u64>,
+) -> Result<Vec<LayerRecord>, StoreError> {
+    let mut run = Vec::new();
+    let mut cur = Some(top);
+    while cur != new_parent {
+        let Some(id) = cur else {
+            return Err(StoreError::BadCommit {
+                chain: chain.name().to_string(),
+                id: top,
+                reason: format!("layer {new_parent:?} is not an ancestor"),
+            });
+        };
+        let r = chain.record(m, id)?;
+        cur = r.parent;
+        run.push(r);
+    }
+    run.reverse();
+    Ok(run)
+}
+
+/// A file name for a rewrite of `record` that is free: `layer-NNNNNN.rK.xcl`.
+fn rewrite_name(chain: &Chain, record: &LayerRecord) -> String {
+    let stem = layer_file_name(record.id);
+    let stem = stem.trim_end_matches(".xcl");
+    let current = record
+        .file
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix(".r"))
+        .and_then(|r| r.strip_suffix(".xcl"))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0);
+    (current + 1..)
+        .map(|k| format!("{stem}.r{k}.xcl"))
+        .find(|name| chain.dir().join(name).symlink_metadata().is_err())
+        .unwrap_or_default()
+}
+
+/// Fold `run` (oldest first, as [`run_of`] returns it) into one new layer file of `chain`.
+pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreError> {
+    let readers = run
+        .iter()
+        .map(|r| LayerReader::open(&chain.layer_path(r)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let top = readers.last().ok_or(StoreError::EmptyChain {
+        chain: chain.name().to_string(),
+    })?;
+    let pfn_count = top.meta().pfn_count;
+    // The newest layer of the run that covers each pfn.
+    let mut owner = vec![u16::MAX; pfn_count as usize];
+    for (i, layer) in readers.iter().enumerate() {
+        for pfn in layer.index().covered().filter(|&p| p < pfn_count) {
+            owner[pfn as usize] = i as u16;
+        }
+    }
+    let mut index = LayerIndex::new(pfn_count);
+    for (pfn, &o) in owner.iter().enumerate() {
+        if let Some(layer) = readers.get(o as usize) {
+            match layer.entry(pfn as u64) {
+                Some(PageEntry::Data) | None => {}
+                Some(e) => index.set(pfn as u64, e, None),
+            }
+        }
+    }
+    let mut writer = chain.begin_layer()?;
+    let meta = top.meta();
+    let frame_pages = meta.frame_pages.clamp(1, crate::layer::MAX_FRAME_PAGES) as usize;
+    let mut pending: Vec<u64> = Vec::with_capacity(frame_pages);
+    let mut buf: Vec<u8> = Vec::with_capacity(frame_pages * PAGE_SIZE);
+    let mut flush = |pending: &mut Vec<u64>,
+                     buf: &mut Vec<u8>,
+                     index: &mut LayerIndex|
+     -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let first = writer.push_frame(&compress_frame(buf, meta.compress_level.max(0)))?;
+        for (i, &pfn) in pending.iter().enumerate() {
+            index.set(pfn, PageEntry::Data, Some(first + i as u64));
+        }
+        pending.clear();
+        buf.clear();
+        Ok(())
+    };
+    for (i, layer) in readers.iter().enumerate() {
+        // Live pages of this layer in slot order, so each frame is decoded once.
+        let mut live: Vec<(u64, u64)> = layer
+            .index()
+            .data_slots()
+            .filter(|&(pfn, _)| owner.get(pfn as usize) == Some(&(i as u16)))
+            .map(|(pfn, slot)| (slot, pfn))
+            .collect();
+        live.sort_unstable();
+        let mut at = 0;
+        while at < live.len() {
+            let k = layer.frame_of_slot(live[at].0).unwrap_or(usize::MAX);
+            let pages = layer.decode(k)?;
+            let slots = layer.frame_slots(k);
+            while at < live.len() && live[at].0 < slots.end {
+                let (slot, pfn) = live[at];
+                let off = (slot - slots.start) as usize * PAGE_SIZE;
+                buf.extend_from_slice(&pages[off..off + PAGE_SIZE]);
+                pending.push(pfn);
+                if pending.len() == frame_pages {
+                    flush(&mut pending, &mut buf, &mut index)?;
+                }
+                at += 1;
+            }
+        }
+    }
+    flush(&mut pending, &mut buf, &mut index)?;
+    let slots_after = writer.slots();
+    let new_meta = folded_meta(meta, &run[0], run, &index);
+    let file = rewrite_name(chain, run.last().unwrap_or(&run[0]));
+    let dest: PathBuf = chain.dir().join(&file);
+    let bytes = writer.finish(&new_meta, &index, top.state(), top.config(), &dest)?;
+    failpoint("fold.written");
+    Ok(Folded {
+        record: LayerRecord {
+            id: new_meta.id,
+            parent: new_meta.parent,
+            kind: new_meta.kind,
+            file,
+            created_unix_ms: new_meta.created_unix_ms,
+            bytes,
+            stats: new_meta.stats.clone(),
+        },
+        folded: run.iter().map(|r| r.id).collect(),
+        slots_before: readers.iter().map(|r| r.slot_count()).sum(),
+        slots_after,
+    })
+}
+
+/// The header of the folded layer: `top`'s, with the parent of the run's bottom layer, the
+/// kind that follows from it, and page counts of the new index.
+fn folded_meta(
+    top: &LayerMeta,
+    bottom: &LayerRecord,
+    run: &[LayerRecord],
+    index: &LayerIndex,
+) -> LayerMeta {
+    let kind = match bottom.parent {
+        None => LayerKind::Base,
+        Some(_) if run.iter().any(|r| r.kind == LayerKind::Resync) => LayerKind::Resync,
+        Some(_) => LayerKind::Incremental,
+    };
+    let counts = index.counts();
+    let mut evicted: BTreeMap<EvictPolicy, u64> = BTreeMap::new();
+    for (_, e, _) in index.iter() {
+        if let PageEntry::Evicted(p) = e {
+            *evicted.entry(p).or_default() += 1;
+        }
+    }
+    let mut stats = top.stats.clone();
+    stats.dirty_pages = counts.data + counts.zero + counts.evicted + counts.unpopulated;
+    stats.data_pages = counts.data;
+    stats.zero_pages = counts.zero;
+    stats.unpopulated_pages = counts.unpopulated;
+    stats.evicted = evicted;
+    let ids: Vec<String> = run.iter().map(|r| r.id.to_string()).collect();
+    if run.len() > 1 {
+        stats.notes.push(format!("folded layers {}", ids.join(",")));
+    } else {
+        stats.notes.push("compacted (dead slots dropped)".into());
+    }
+    LayerMeta {
+        parent: bottom.parent,
+        kind,
+        stats,
+        ..top.clone()
+    }
+}

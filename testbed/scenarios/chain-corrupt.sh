@@ -1,0 +1,39 @@
+# about: flip one byte in a middle xckpt layer: verify exits 2 naming it, restore of a later point refuses and creates no domain, an earlier point still restores bad=0
+. /testbed/xckpt.sh
+G=xcor
+S="--store $STORE"
+fresh_guest pvh "$G"
+for n in 1 2 3 4; do ck "$G"; note "$CK_LINE"; sleep 2; done
+xckpt verify $S "$G" || fail "the chain does not verify before the damage"
+
+# Flip one byte of layer 2's page data (frames start at byte 32).
+F="$STORE/$G/layer-000002.xcl"
+[ -f "$F" ] || fail "no $F"
+OFF=4200
+v=$(dd if="$F" bs=1 skip=$OFF count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+nv=$(( v ^ 1 ))
+printf "\\$(printf %o "$nv")" | dd of="$F" bs=1 seek=$OFF count=1 conv=notrunc 2>/dev/null
+w=$(dd if="$F" bs=1 skip=$OFF count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+[ "$w" = "$nv" ] || fail "could not flip byte $OFF of $F ($v -> $w)"
+
+xckpt verify $S "$G" > "$TBW/verify.out" 2>&1; VRC=$?
+cat "$TBW/verify.out"
+[ "$VRC" = 2 ] || fail "xckpt verify exited $VRC on a damaged chain (expected 2)"
+grep -q "layer 2 is damaged" "$TBW/verify.out" && grep -q "layer-000002.xcl" "$TBW/verify.out" ||
+  fail "xckpt verify did not name layer 2: $(cat "$TBW/verify.out")"
+grep -q -- "--full" "$TBW/verify.out" || fail "xckpt verify did not say what to do"
+xckpt verify $S "$G" --deep > /dev/null 2>&1; DRC=$?
+[ "$DRC" = 2 ] || fail "xckpt verify --deep exited $DRC on a damaged chain"
+
+destroy_guest "$G"
+xckpt restore $S "$G@4" > "$TBW/restore.out" 2>&1 && fail "restore of $G@4 over a damaged layer succeeded"
+cat "$TBW/restore.out"
+grep -q "layer 2" "$TBW/restore.out" || fail "restore refused without naming layer 2: $(cat "$TBW/restore.out")"
+xl domid "$G" > /dev/null 2>&1 && fail "restore of $G@4 created a domain"
+xl list | grep -q "^$G " && fail "restore of $G@4 left a domain"
+
+# A point that does not build on layer 2 still restores.
+xckpt verify $S "$G@1" || fail "verify of $G@1 (below the damage) failed"
+rs "$G" "$G@1"
+destroy_guest "$G"
+pass "verify_rc=$VRC verify_deep_rc=$DRC named=layer-000002.xcl restore_at4=refused domain_created=0 restore_at1_gen=$RS_GEN bad=0"

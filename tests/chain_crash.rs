@@ -1,0 +1,424 @@
+//! Crash safety of `checkpoint`, `merge` and `prune`: a child process is killed at every
+//! failpoint it reaches (learned from a traced run, `XCKPT_FAILPOINT_LOG`), and after each kill
+//! the chain still verifies (deep), every point kept before restores byte-equal, and the next
+//! checkpoint holds every page dirtied since the last good layer.
+//!
+//! The hypervisor must outlive the killed process, as Xen does: the guest's memory and its
+//! log-dirty bitmap live in files of the test directory. The child builds a sim from them, and
+//! its CLEAN clears the bitmap file before returning the bits, so bits fetched by a run that is
+//! then killed are gone, as on Xen.
+
+mod chain_util;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chain_util::{assert_no_leftovers, point, Point};
+use xckpt::capture::{checkpoint, CaptureOptions};
+use xckpt::hv::sim::{SimConfig, SimDomain};
+use xckpt::hv::{
+    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
+    PfnBitmap, StateBlob, PAGE_SIZE,
+};
+use xckpt::store::{Chain, RetentionPolicy, Store};
+
+const PAGES: u64 = 2048;
+
+fn opts() -> CaptureOptions {
+    CaptureOptions {
+        compress_level: 1,
+        threads: 2,
+        frame_pages: 64,
+        ..Default::default()
+    }
+}
+
+fn populated() -> Vec<Pfn> {
+    SimConfig::small(PAGES)
+        .populated
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The "hypervisor": guest memory and log-dirty bitmap in files of `dir`.
+struct Hv {
+    dir: PathBuf,
+}
+
+impl Hv {
+    fn mem_path(&self) -> PathBuf {
+        self.dir.join("guest.mem")
+    }
+    fn bits_path(&self) -> PathBuf {
+        self.dir.join("hv-dirty.bits")
+    }
+    fn store(&self) -> Store {
+        Store::open(&self.dir.join("store")).unwrap()
+    }
+    fn chain(&self) -> Chain {
+        self.store().chain("g").unwrap()
+    }
+    /// A fresh hypervisor with the sim's initial memory and no dirty bits.
+    fn create(dir: &Path) -> Hv {
+        let hv = Hv {
+            dir: dir.to_path_buf(),
+        };
+        let sim = SimDomain::new(SimConfig::small(PAGES)).unwrap();
+        let mut mem = vec![0u8; PAGES as usize * PAGE_SIZE];
+        for pfn in populated() {
+            sim.read_page(pfn, &mut mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE])
+                .unwrap();
+        }
+        std::fs::write(hv.mem_path(), mem).unwrap();
+        hv.set_bits(&vec![0u8; PAGES as usize]);
+        hv
+    }
+    fn memory(&self) -> Vec<u8> {
+        std::fs::read(self.mem_path()).unwrap()
+    }
+    fn bits(&self) -> Vec<u8> {
+        std::fs::read(self.bits_path()).unwrap()
+    }
+    fn set_bits(&self, bits: &[u8]) {
+        let tmp = self.dir.join("hv-dirty.bits.tmp");
+        std::fs::write(&tmp, bits).unwrap();
+        std::fs::rename(tmp, self.bits_path()).unwrap();
+    }
+    /// The guest writes `count` pages (new content, tagged with `tag`); marks them dirty.
+    fn guest_writes(&self, tag: u64, count: usize) {
+        let mut mem = self.memory();
+        let mut bits = self.bits();
+        let pop = populated();
+        let mut rng = fastrand::Rng::with_seed(tag);
+        for _ in 0..count {
+            let pfn = pop[rng.usize(..pop.len())] as usize;
+            let page = &mut mem[pfn * PAGE_SIZE..][..PAGE_SIZE];
+            rng.fill(&mut page[..64]);
+            page[64..72].copy_from_slice(&tag.to_le_bytes());
+            bits[pfn] = 1;
+        }
+        std::fs::write(self.mem_path(), mem).unwrap();
+        self.set_bits(&bits);
+    }
+    /// A sim (the first of this process, so its identity is the same in every child) holding
+    /// the memory, with log-dirty on and exactly the dirty bits of the files.
+    fn domain(&self) -> Arc<Persisted> {
+        let sim = SimDomain::new(SimConfig::small(PAGES)).unwrap();
+        let mem = self.memory();
+        let write = |pfn: Pfn| {
+            sim.write_page(pfn, &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE])
+                .unwrap()
+        };
+        populated().into_iter().for_each(write);
+        sim.logdirty_enable().unwrap();
+        let bits = self.bits();
+        let mut clean = PfnBitmap::new();
+        sim.logdirty_clean(&mut clean).unwrap();
+        (0..PAGES).filter(|&p| bits[p as usize] == 1).for_each(write);
+        Arc::new(Persisted {
+            sim,
+            bits: self.bits_path(),
+            dir: self.dir.clone(),
+        })
+    }
+    /// Copy of the whole state (store included) into `to`.
+    fn copy_to(&self, to: &Path) -> Hv {
+        let st = Command::new("cp")
+            .args(["-a", "--"])
+            .arg(format!("{}/.", self.dir.display()))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Hv {
+            dir: to.to_path_buf(),
+        }
+    }
+}
+
+/// The sim, with CLEAN clearing the persisted bitmap as Xen clears its own.
+struct Persisted {
+    sim: SimDomain,
+    bits: PathBuf,
+    dir: PathBuf,
+}
+
+impl Domain for Persisted {
+    fn info(&self) -> Result<DomainInfo, HvError> {
+        self.sim.info()
+    }
+    fn pause(&self) -> Result<(), HvError> {
+        self.sim.pause()
+    }
+    fn unpause(&self) -> Result<(), HvError> {
+        self.sim.unpause()
+    }
+    fn name(&self) -> String {
+        self.sim.name()
+    }
+}
+impl DirtyLog for Persisted {
+    fn logdirty_enable(&self) -> Result<(), HvError> {
+        self.sim.logdirty_enable()
+    }
+    fn logdirty_disable(&self) -> Result<(), HvError> {
+        self.sim.logdirty_disable()
+    }
+    fn logdirty_enabled(&self) -> Result<bool, HvError> {
+        self.sim.logdirty_enabled()
+    }
+    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        let n = self.sim.logdirty_clean(into)?;
+        let hv = Hv {
+            dir: self.dir.clone(),
+        };
+        debug_assert_eq!(hv.bits_path(), self.bits);
+        hv.set_bits(&vec![0u8; PAGES as usize]);
+        Ok(n)
+    }
+}
+impl GuestMemory for Persisted {
+    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
+        self.sim.page_types(pfns, out)
+    }
+    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        self.sim.map_batch(pfns)
+    }
+}
+impl MachineState for Persisted {
+    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        self.sim.save_state()
+    }
+    fn config(&self) -> Result<Vec<u8>, HvError> {
+        self.sim.config()
+    }
+}
+
+/// One operation run in a child process.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Checkpoint,
+    Merge(u64),
+    PruneKeepLast(u32),
+    Retain(&'static [u64]),
+}
+
+impl Op {
+    fn arg(self) -> String {
+        match self {
+            Op::Checkpoint => "checkpoint".into(),
+            Op::Merge(n) => format!("merge:{n}"),
+            Op::PruneKeepLast(n) => format!("prune:{n}"),
+            Op::Retain(ids) => format!(
+                "retain:{}",
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
+}
+
+/// Helper run in a child process: the operation `XCKPT_CRASH_OP` on the state in
+/// `XCKPT_CRASH_DIR`. Does nothing when run normally.
+#[test]
+fn crash_child() {
+    let (Ok(dir), Ok(op)) = (
+        std::env::var("XCKPT_CRASH_DIR"),
+        std::env::var("XCKPT_CRASH_OP"),
+    ) else {
+        return;
+    };
+    let hv = Hv {
+        dir: PathBuf::from(dir),
+    };
+    let chain = hv.chain();
+    let lock = chain.lock_exclusive(Duration::from_secs(10)).unwrap();
+    let (verb, arg) = op.split_once(':').unwrap_or((&op, ""));
+    match verb {
+        "checkpoint" => {
+            checkpoint(&hv.domain(), &chain, &opts()).unwrap();
+        }
+        "merge" => {
+            chain.merge(&lock, arg.parse().unwrap()).unwrap();
+        }
+        "prune" => {
+            let policy = RetentionPolicy {
+                keep_last: Some(arg.parse().unwrap()),
+                ..Default::default()
+            };
+            let keep = policy.select(&chain.manifest().unwrap().layers);
+            chain.retain(&lock, &keep, None).unwrap();
+        }
+        "retain" => {
+            let keep = arg.split(',').map(|s| s.parse().unwrap()).collect();
+            chain.retain(&lock, &keep, None).unwrap();
+        }
+        _ => panic!("unknown op {op}"),
+    }
+    std::process::exit(0);
+}
+
+/// Run `op` in a child on `hv`, killed at `failpoint` if given, tracing to `log` if given.
+fn run_child(hv: &Hv, op: Op, failpoint: Option<&str>, log: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("XCKPT_CRASH_DIR", &hv.dir)
+        .env("XCKPT_CRASH_OP", op.arg())
+        .env_remove("XCKPT_FAILPOINT")
+        .env_remove("XCKPT_FAILPOINT_LOG");
+    if let Some(f) = failpoint {
+        cmd.env("XCKPT_FAILPOINT", f);
+    }
+    if let Some(l) = log {
+        cmd.env("XCKPT_FAILPOINT_LOG", l);
+    }
+    cmd.output().unwrap()
+}
+
+fn good(hv: &Hv, op: Op) {
+    let out = run_child(hv, op, None, None);
+    assert!(
+        out.status.success(),
+        "{op:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The failpoints `op` reaches on (a copy of) `hv`, as `name:N` in the order reached.
+fn trace(hv: &Hv, op: Op) -> Vec<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = hv.copy_to(tmp.path());
+    let log = tmp.path().join("failpoints.log");
+    let out = run_child(&copy, op, None, Some(&log));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|name| {
+            let n = seen.entry(name.to_string()).or_default();
+            *n += 1;
+            format!("{name}:{n}")
+        })
+        .collect()
+}
+
+fn points(chain: &Chain) -> BTreeMap<u64, Point> {
+    chain_util::points(chain)
+}
+
+/// After a crash: the chain verifies (deep), each point listed before and still listed
+/// restores byte-equal, no leftovers; returns the listed ids.
+fn check_after_crash(hv: &Hv, before: &BTreeMap<u64, Point>, what: &str) -> Vec<u64> {
+    let chain = hv.chain(); // opening removes the leftovers of the killed writer
+    assert_no_leftovers(&chain, what);
+    let ids: Vec<u64> = chain.manifest().unwrap().layers.iter().map(|r| r.id).collect();
+    if ids.is_empty() {
+        assert!(before.is_empty(), "{what}: the chain lost its layers");
+        return ids;
+    }
+    chain
+        .verify_deep(None)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    for id in &ids {
+        if let Some(want) = before.get(id) {
+            assert!(point(&chain, *id) == *want, "{what}: point {id} changed");
+        }
+    }
+    ids
+}
+
+/// The newest point restores exactly the guest's memory now.
+fn assert_newest_is_guest_memory(hv: &Hv, what: &str) {
+    let chain = hv.chain();
+    let id = chain.manifest().unwrap().last().unwrap().id;
+    let got = point(&chain, id);
+    let mem = hv.memory();
+    if let Some(pfn) = got
+        .memory
+        .chunks(PAGE_SIZE)
+        .zip(mem.chunks(PAGE_SIZE))
+        .position(|(a, b)| a != b)
+    {
+        panic!("{what}: point {id} misses the write to pfn {pfn:#x}");
+    }
+}
+
+/// Kill `op` at every point it reaches, starting each time from a copy of `template`.
+/// Returns the number of points walked.
+fn walk(template: &Hv, op: Op, tag: u64) -> usize {
+    // Few pages, so that the spot check (64 sampled pages) rarely sees them: the run's own
+    // bookkeeping must keep them.
+    template.guest_writes(tag, 3);
+    let points_walked = trace(template, op);
+    assert!(!points_walked.is_empty(), "{op:?} reached no failpoint");
+    for (k, fp) in points_walked.iter().enumerate() {
+        let what = format!("{op:?} killed at {fp}");
+        let tmp = tempfile::tempdir().unwrap();
+        let hv = template.copy_to(tmp.path());
+        let before = if hv.chain().manifest().unwrap().layers.is_empty() {
+            BTreeMap::new()
+        } else {
+            points(&hv.chain())
+        };
+        let out = run_child(&hv, op, Some(fp), None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = fp.split(':').next().unwrap();
+        assert!(
+            !out.status.success() && stderr.contains(&format!("failpoint {name}")),
+            "{what}: the child was not killed there: {stderr}"
+        );
+        check_after_crash(&hv, &before, &what);
+        // The next checkpoint holds every page dirtied since the last good layer.
+        hv.guest_writes(tag * 1000 + k as u64, 10);
+        good(&hv, Op::Checkpoint);
+        assert_newest_is_guest_memory(&hv, &what);
+        hv.chain().verify_deep(None).unwrap();
+    }
+    println!("{op:?}: walked {} failpoints", points_walked.len());
+    points_walked.len()
+}
+
+/// A state with a base and `incrementals` incrementals, each after some guest writes.
+fn template(dir: &Path, incrementals: u64) -> Hv {
+    let hv = Hv::create(dir);
+    good(&hv, Op::Checkpoint);
+    for i in 0..incrementals {
+        hv.guest_writes(100 + i, 15);
+        good(&hv, Op::Checkpoint);
+    }
+    hv
+}
+
+#[test]
+fn checkpoint_killed_at_every_write_point() {
+    let dir = tempfile::tempdir().unwrap();
+    // A base (from nothing), then an incremental.
+    let fresh = Hv::create(dir.path());
+    let base_points = walk(&fresh, Op::Checkpoint, 1);
+    let dir2 = tempfile::tempdir().unwrap();
+    let with_base = template(dir2.path(), 1);
+    let inc_points = walk(&with_base, Op::Checkpoint, 2);
+    println!("checkpoint: walked {base_points} base + {inc_points} incremental failpoints");
+    assert!(base_points > 10 && inc_points > 10);
+}
+
+#[test]
+fn merge_and_prune_killed_at_every_write_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), 4);
+    let mut total = 0;
+    for op in [
+        Op::Merge(3),
+        Op::Merge(1),
+        Op::PruneKeepLast(2),
+        Op::Retain(&[2, 4, 5]),
+    ] {
+        total += walk(&t, op, 3 + total as u64);
+        t.guest_writes(7 + total as u64, 5);
+    }
+    println!("merge/prune: walked {total} failpoints");
+}
