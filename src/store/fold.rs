@@ -162,6 +162,7 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
             created_unix_ms: new_meta.created_unix_ms,
             bytes,
             stats: new_meta.stats.clone(),
+            group: new_meta.group.clone(),
         },
         folded: run.iter().map(|r| r.id).collect(),
         slots_before: readers.iter().map(|r| r.slot_count()).sum(),
