@@ -8,13 +8,14 @@ use super::{ensure_private_dir, io, layer_file_name, lock, ChainLock, LayerRecor
 use super::{StoreError, TrackingState};
 use crate::compose::ComposedImage;
 use crate::hv::StateBlob;
-use crate::layer::{LayerIndex, LayerMeta, LayerReader, LayerWriter, TEMP_PREFIX};
+use crate::layer::{LayerIndex, LayerKey, LayerMeta, LayerReader, LayerWriter, TEMP_PREFIX};
 
 /// One domain's chain directory.
 pub struct Chain {
     name: String,
     dir: PathBuf,
     removed: Vec<String>,
+    key: Option<LayerKey>,
 }
 
 impl Chain {
@@ -25,6 +26,7 @@ impl Chain {
             name: name.to_string(),
             dir,
             removed: Vec::new(),
+            key: None,
         };
         match chain.dir.symlink_metadata() {
             Ok(md) if md.file_type().is_symlink() => {
@@ -65,6 +67,23 @@ impl Chain {
         Ok(removed)
     }
 
+    /// Use `key` for this chain: new layers are encrypted with it, and encrypted layers are
+    /// read with it (plain layers are read either way).
+    pub fn with_key(mut self, key: Option<LayerKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The key layers are read and written with, if any.
+    pub fn key(&self) -> Option<&LayerKey> {
+        self.key.as_ref()
+    }
+
+    /// Open the layer file at `path` with the chain's key.
+    pub fn read_layer_file(&self, path: &Path) -> Result<LayerReader, StoreError> {
+        Ok(LayerReader::open_with_key(path, self.key.as_ref())?)
+    }
+
     /// The chain's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -97,10 +116,26 @@ impl Chain {
         manifest::read(&self.dir)
     }
 
-    /// Start writing a new layer in this chain (creating the chain directory, 0700).
+    /// Start writing a new layer in this chain (creating the chain directory, 0700). With a
+    /// key ([`Chain::with_key`]) the layer is encrypted and must be committed as the next id
+    /// (the newest listed id + 1). Without one, a chain whose newest layer is encrypted is
+    /// refused: a plain layer on top would store its pages in the clear.
     pub fn begin_layer(&self) -> Result<LayerWriter, StoreError> {
         ensure_private_dir(&self.dir)?;
-        Ok(LayerWriter::create(&self.dir)?)
+        let m = self.manifest()?;
+        let Some(key) = &self.key else {
+            if let Some(last) = m.last() {
+                let path = self.layer_path(last);
+                if crate::layer::is_sealed_file(&path).map_err(|e| io(&path, e))? {
+                    return Err(StoreError::NeedKey {
+                        chain: self.name.clone(),
+                    });
+                }
+            }
+            return Ok(LayerWriter::create(&self.dir)?);
+        };
+        let next = m.last().map_or(1, |l| l.id + 1);
+        Ok(LayerWriter::create_with_key(&self.dir, Some((key, next)))?)
     }
 
     /// Finish `writer` as layer `meta.id` and add it to the manifest, atomically. The id must
@@ -164,7 +199,7 @@ impl Chain {
     pub fn open_layer(&self, id: u64) -> Result<LayerReader, StoreError> {
         let m = self.manifest()?;
         let r = self.record(&m, id)?;
-        Ok(LayerReader::open(&self.layer_path(&r))?)
+        self.read_layer_file(&self.layer_path(&r))
     }
 
     /// The id of layer `upto`, or of the newest layer if None.
@@ -185,7 +220,7 @@ impl Chain {
     pub fn compose(&self, upto: Option<u64>) -> Result<ComposedImage, StoreError> {
         let m = self.manifest()?;
         let top = self.resolve_top(&m, upto)?;
-        let image = ComposedImage::open(&self.layer_path(&top), |id| {
+        let image = ComposedImage::open_with_key(&self.layer_path(&top), self.key(), |id| {
             m.layer(id).map(|r| self.layer_path(r))
         })?;
         Ok(image)

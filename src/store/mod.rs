@@ -120,6 +120,12 @@ pub enum StoreError {
         /// How long we waited.
         waited_ms: u64,
     },
+    /// The chain's newest layer is encrypted and no key was given for a new layer.
+    #[error("chain {chain} is encrypted: give its key with --encrypt KEYFILE (a plain layer would store pages in the clear)")]
+    NeedKey {
+        /// The chain.
+        chain: String,
+    },
     /// Writing a layer failed.
     #[error(transparent)]
     Write(#[from] LayerWriteError),
