@@ -7,8 +7,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = <cli::Cli as clap::Parser>::parse();
-    match cli::run(args) {
+    match cli::parse().and_then(cli::run) {
         Ok(code) => code,
         Err(e) => {
             // One line: the context chain joined, outermost first.

@@ -9,7 +9,7 @@ use xckpt::hv::PAGE_SIZE;
 use xckpt::store::{LayerRecord, Store};
 
 use super::target::Target;
-use super::{print_json, StoreArg};
+use super::{print_json, KeyArg, StoreArg};
 
 /// `xckpt list [DOM]`
 #[derive(Debug, Args)]
@@ -199,12 +199,16 @@ pub struct InspectCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl InspectCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
-        let chain = store.chain(&self.target.name)?;
+        let chain = store
+            .chain(&self.target.name)?
+            .with_key(self.key.key(&self.target.name)?);
         let m = chain.manifest()?;
         let id = match self.target.layer {
             Some(id) => id,
@@ -250,12 +254,16 @@ pub struct VerifyCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl VerifyCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
-        let chain = store.chain(&self.target.name)?;
+        let chain = store
+            .chain(&self.target.name)?
+            .with_key(self.key.key(&self.target.name)?);
         let report = chain.verify(self.target.layer)?;
         let path: Vec<String> = report.path.iter().map(|id| id.to_string()).collect();
         if self.json {

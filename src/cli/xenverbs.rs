@@ -16,7 +16,7 @@ use xckpt::store::Store;
 use xckpt::stream::{write_save_file, StreamOptions};
 
 use super::target::Target;
-use super::{print_json, CaptureArgs, StoreArg};
+use super::{print_json, CaptureArgs, KeyArg, StoreArg};
 
 /// How long to wait for another writer of the same chain.
 #[derive(Debug, Clone, Args)]
@@ -37,6 +37,8 @@ pub struct CheckpointCmd {
     capture: CaptureArgs,
     #[command(flatten)]
     wait: WaitArg,
+    #[command(flatten)]
+    key: KeyArg,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -48,7 +50,7 @@ impl CheckpointCmd {
         let dom = Arc::new(XenDomain::open(&self.domain)?);
         let name = dom.info()?.identity.name;
         let store = Store::open(&self.store.store)?;
-        let chain = store.chain(&name)?;
+        let chain = store.chain(&name)?.with_key(self.key.key(&name)?);
         let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
         let report = checkpoint(&dom, &chain, &self.capture.options()).with_context(|| {
             format!(
@@ -104,12 +106,18 @@ pub struct RestoreCmd {
     /// The `xl` command to run.
     #[arg(long, env = "XCKPT_XL", default_value = "xl")]
     xl: String,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 /// The verified, composed image at `target` (the chain's newest layer without `@N`).
-fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImage, u64)> {
+fn open_point(
+    store: &StoreArg,
+    target: &Target,
+    key: &KeyArg,
+) -> anyhow::Result<(ComposedImage, u64)> {
     let store = Store::open(&store.store)?;
-    let chain = store.chain(&target.name)?;
+    let chain = store.chain(&target.name)?.with_key(key.key(&target.name)?);
     let m = chain.manifest()?;
     let id = match target.layer {
         Some(id) if m.layers.iter().any(|l| l.id == id) => id,
@@ -137,7 +145,7 @@ fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImag
 
 impl RestoreCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let (image, id) = open_point(&self.store, &self.target)?;
+        let (image, id) = open_point(&self.store, &self.target, &self.key)?;
         let opts = StreamOptions {
             rename: self.name.clone(),
             ..Default::default()
@@ -191,12 +199,14 @@ pub struct ExportCmd {
     /// Rename the domain in the file (and give it a fresh uuid).
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
-        let (image, id) = open_point(&self.store, &self.target)?;
+        let (image, id) = open_point(&self.store, &self.target, &self.key)?;
         let opts = StreamOptions {
             rename: self.name.clone(),
             ..Default::default()
@@ -248,12 +258,14 @@ pub struct ImportCmd {
     /// zstd level (0 stores pages raw).
     #[arg(long, default_value_t = 1)]
     compress_level: i32,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl ImportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = Store::open(&self.store.store)?;
-        let chain = store.chain(&self.name)?;
+        let chain = store.chain(&self.name)?.with_key(self.key.key(&self.name)?);
         let _lock = chain.lock_exclusive(Duration::ZERO)?;
         let rec = xckpt::import::import_file(&self.file, &chain, self.compress_level)
             .with_context(|| {
