@@ -82,6 +82,13 @@ pub fn open_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Read a whole file without following a symlink in its last component.
+pub fn read_nofollow(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_nofollow(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// Whether the layer file at `path` is encrypted (format version 2), from its first 12 bytes.
 pub fn is_sealed_file(path: &std::path::Path) -> std::io::Result<bool> {
     use std::io::Read;

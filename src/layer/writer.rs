@@ -394,7 +394,11 @@ fn create_temp(dir: &Path) -> Result<(File, PathBuf), LayerWriteError> {
 
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?
+        .sync_all()
 }
 
 /// Give the finished temp file its name. Link + unlink rather than rename: linking fails if

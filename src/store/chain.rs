@@ -29,11 +29,7 @@ impl Chain {
             key: None,
         };
         match chain.dir.symlink_metadata() {
-            Ok(md) if md.file_type().is_symlink() => {
-                return Err(StoreError::Symlink { path: chain.dir })
-            }
-            Ok(md) if !md.is_dir() => return Err(StoreError::NotADirectory { path: chain.dir }),
-            Ok(_) => {}
+            Ok(_) => drop(super::open_dir_nofollow(&chain.dir)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
             Err(e) => return Err(io(&chain.dir, e)),
         }
@@ -228,7 +224,7 @@ impl Chain {
 }
 
 /// `layer-<digits>.xcl`.
-fn is_layer_name(name: &str) -> bool {
+pub(crate) fn is_layer_name(name: &str) -> bool {
     name.strip_prefix("layer-")
         .and_then(|r| r.strip_suffix(".xcl"))
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
