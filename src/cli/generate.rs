@@ -46,7 +46,7 @@ impl GenerateCmd {
         let mut cmd = Cli::command();
         cmd.build();
         write(&man.join("xckpt.1"), &man_page(cmd.clone())?)?;
-        for name in visible_verbs(&cmd) {
+        for name in visible_verbs(&cmd).into_iter().filter(|n| n != "help") {
             if let Some(sub) = cmd.find_subcommand(&name) {
                 let page = sub.clone().name(format!("xckpt-{name}"));
                 write(&man.join(format!("xckpt-{name}.1")), &man_page(page)?)?;
