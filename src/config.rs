@@ -222,9 +222,12 @@ keep_daily = 30
 
     #[test]
     fn errors_are_one_line_with_the_line_number() {
-        let e = Config::parse(Path::new("/etc/x.toml"), "store = 1\n[default]\nkeep_lst = 3\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            Path::new("/etc/x.toml"),
+            "store = 1\n[default]\nkeep_lst = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("config /etc/x.toml line 1:"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
         let e = Config::parse(Path::new("x"), "[default.retention]\nkeep_lst = 3\n")
@@ -237,6 +240,8 @@ keep_daily = 30
             .to_string();
         assert!(e.contains("[domain.../etc]") && e.contains("dot"), "{e}");
         let e = Config::load(Path::new("/nonexistent/xckpt.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("config /nonexistent/xckpt.toml: "));
+        assert!(e
+            .to_string()
+            .starts_with("config /nonexistent/xckpt.toml: "));
     }
 }

@@ -85,8 +85,14 @@ fn refused(bed: &Bed, args: &[&str], needle: &str) {
     let (code, _, err) = bed.run(args);
     assert_ne!(code, 0, "{args:?} succeeded");
     assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-    assert!(err.starts_with("xckpt: ") && err.contains(needle), "{args:?}: {err}");
-    assert!(!bed.path("xl.ran").exists(), "{args:?}: xl restore was started");
+    assert!(
+        err.starts_with("xckpt: ") && err.contains(needle),
+        "{args:?}: {err}"
+    );
+    assert!(
+        !bed.path("xl.ran").exists(),
+        "{args:?}: xl restore was started"
+    );
 }
 
 #[test]
@@ -142,7 +148,11 @@ fn encrypted_chain_round_trip_and_refusals() {
         &["restore", "g", "--encrypt", &key],
         "fails authentication",
     );
-    refused(&bed, &["export", "g", "-o", &exported, "--encrypt", &key], "layer 1");
+    refused(
+        &bed,
+        &["export", "g", "-o", &exported, "--encrypt", &key],
+        "layer 1",
+    );
     refused(&bed, &["verify", "g", "--encrypt", &key], "layer 1");
 }
 

@@ -64,8 +64,11 @@ fn modes_do_not_depend_on_the_umask() {
     pending::save(chain.dir(), &bits).unwrap();
     // A lock file someone made world-readable is tightened.
     drop(chain.lock_exclusive(std::time::Duration::ZERO).unwrap());
-    std::fs::set_permissions(chain.dir().join("lock"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        chain.dir().join("lock"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     drop(chain.lock_exclusive(std::time::Duration::ZERO).unwrap());
     let files = assert_private(&root);
     drop(writer);
@@ -90,9 +93,15 @@ fn nothing_is_reached_through_a_symlink() {
     let saved = tmp.path().join("saved.xcl");
     std::fs::rename(&layer, &saved).unwrap();
     std::os::unix::fs::symlink(&saved, &layer).unwrap();
-    let e = chain.open_layer(1).err().expect("followed a symlinked layer");
+    let e = chain
+        .open_layer(1)
+        .err()
+        .expect("followed a symlinked layer");
     let msg = e.to_string();
-    assert!(msg.contains("symbolic link") || msg.contains("symlink"), "{msg}");
+    assert!(
+        msg.contains("symbolic link") || msg.contains("symlink"),
+        "{msg}"
+    );
     assert!(chain.verify(None).is_err());
     std::fs::remove_file(&layer).unwrap();
     std::fs::rename(&saved, &layer).unwrap();
@@ -118,10 +127,16 @@ fn nothing_is_reached_through_a_symlink() {
     let real = tmp.path().join("real-g");
     std::fs::rename(chain.dir(), &real).unwrap();
     std::os::unix::fs::symlink(&real, root.join("g")).unwrap();
-    let e = chain.begin_layer().err().expect("wrote through a symlinked chain dir");
+    let e = chain
+        .begin_layer()
+        .err()
+        .expect("wrote through a symlinked chain dir");
     assert!(matches!(e, StoreError::Symlink { .. }), "{e}");
     assert!(matches!(store.chain("g"), Err(StoreError::Symlink { .. })));
-    assert!(store.chains().unwrap().is_empty(), "a symlink listed as a chain");
+    assert!(
+        store.chains().unwrap().is_empty(),
+        "a symlink listed as a chain"
+    );
 }
 
 #[test]
@@ -163,12 +178,30 @@ fn names_cannot_traverse() {
     std::fs::write(&save, b"").unwrap();
     let save = save.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["verify", "--store", s, "../etc"], "invalid domain name"),
-        (vec!["inspect", "--store", s, "a/b@1"], "invalid domain name"),
-        (vec!["list", "--store", s, "--offline", ".."], "invalid domain name"),
-        (vec!["restore", "--store", s, "/etc/passwd@1"], "invalid domain name"),
-        (vec!["export", "--store", s, "..@1", "-o", "/tmp/x"], "invalid domain name"),
-        (vec!["import", "--store", s, save, "--name", "../../x"], "invalid domain name"),
+        (
+            vec!["verify", "--store", s, "../etc"],
+            "invalid domain name",
+        ),
+        (
+            vec!["inspect", "--store", s, "a/b@1"],
+            "invalid domain name",
+        ),
+        (
+            vec!["list", "--store", s, "--offline", ".."],
+            "invalid domain name",
+        ),
+        (
+            vec!["restore", "--store", s, "/etc/passwd@1"],
+            "invalid domain name",
+        ),
+        (
+            vec!["export", "--store", s, "..@1", "-o", "/tmp/x"],
+            "invalid domain name",
+        ),
+        (
+            vec!["import", "--store", s, save, "--name", "../../x"],
+            "invalid domain name",
+        ),
         (vec!["verify", "--store", s, "g@../1"], "layer number"),
     ];
     for (args, needle) in cases {

@@ -56,7 +56,11 @@ impl GenerateCmd {
             clap_complete::generate_to(shell, &mut Cli::command(), "xckpt", &comp)
                 .with_context(|| format!("cannot write {shell} completions"))?;
         }
-        println!("wrote man pages to {} and completions to {}", man.display(), comp.display());
+        println!(
+            "wrote man pages to {} and completions to {}",
+            man.display(),
+            comp.display()
+        );
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -142,7 +142,10 @@ mod tests {
         let a = os(&["xckpt", "list", "--config=/y.toml"]);
         assert_eq!(config_arg(&a), Some(PathBuf::from("/y.toml")));
         let a = os(&["xckpt", "list", "--", "--config=/y.toml"]);
-        assert_eq!(config_arg(&a), std::env::var_os("XCKPT_CONFIG").map(PathBuf::from));
+        assert_eq!(
+            config_arg(&a),
+            std::env::var_os("XCKPT_CONFIG").map(PathBuf::from)
+        );
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::format::{
-    preamble_len, u32_at, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer,
-    FRAME_ENTRY_LEN, MAGIC, PREAMBLE_LEN, SECTION_ENTRY_LEN, SECTION_KINDS, SECTION_RAW,
-    SECTION_ZSTD, TRAILER_LEN, TRAILER_MAGIC, VERSION, VERSION_SEALED,
+    preamble_len, u32_at, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer, FRAME_ENTRY_LEN,
+    MAGIC, PREAMBLE_LEN, SECTION_ENTRY_LEN, SECTION_KINDS, SECTION_RAW, SECTION_ZSTD, TRAILER_LEN,
+    TRAILER_MAGIC, VERSION, VERSION_SEALED,
 };
 use super::frame::MAX_FRAME_PAGES;
 use super::index::MAX_PFN_COUNT;

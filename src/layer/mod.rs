@@ -39,6 +39,10 @@
 //! pfn pushed several times during pre-copy points at its latest slot, and older copies are
 //! dead slots. A file without a valid trailer is a torn write and is refused.
 //!
+//! With a key ([`LayerWriter::create_with_key`]) a layer is written as format version 2: an
+//! 80-byte preamble carrying the layer id, a random file nonce and a key check, and every frame
+//! and section sealed with XChaCha20-Poly1305 ([`seal`]). Readers take both versions.
+//!
 //! Writing a layer (what the capture does):
 //!
 //! ```text

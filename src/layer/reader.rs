@@ -205,7 +205,9 @@ pub enum LayerReadError {
         path: PathBuf,
     },
     /// A sealed piece fails authentication: the file was altered.
-    #[error("layer {path}: {what} fails authentication: the encrypted file was altered or damaged")]
+    #[error(
+        "layer {path}: {what} fails authentication: the encrypted file was altered or damaged"
+    )]
     Tampered {
         /// The file.
         path: PathBuf,

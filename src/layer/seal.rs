@@ -324,12 +324,18 @@ mod tests {
                 assert!(seen.insert(s.nonce(k)), "frame {k} nonce reused");
             }
             for kind in 1..=6 {
-                assert!(seen.insert(s.nonce(SECTION_COUNTER | kind)), "section nonce");
+                assert!(
+                    seen.insert(s.nonce(SECTION_COUNTER | kind)),
+                    "section nonce"
+                );
             }
             assert_eq!(s.nonce(u64::MAX)[16..], KEY_CHECK_NONCE[16..]);
         }
         // Same plaintext, same place, same key: different ciphertext in another file.
-        assert_ne!(a.seal_frame(0, 1, 0, &[7; 64]), b.seal_frame(0, 1, 0, &[7; 64]));
+        assert_ne!(
+            a.seal_frame(0, 1, 0, &[7; 64]),
+            b.seal_frame(0, 1, 0, &[7; 64])
+        );
     }
 
     #[test]
@@ -385,9 +391,7 @@ mod tests {
         ));
         let e = LayerKey::load(&dir.path().join("missing")).unwrap_err();
         assert!(e.to_string().starts_with("key file "), "{e}");
-        for e in [e.to_string()] {
-            assert_eq!(e.lines().count(), 1);
-        }
+        assert_eq!(e.to_string().lines().count(), 1);
         assert_eq!(format!("{a:?}"), "LayerKey(..)");
     }
 }

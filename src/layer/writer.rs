@@ -249,7 +249,12 @@ impl LayerWriter {
                 index.pfn_count(),
                 meta.pfn_count
             )
-        } else if let Some(id) = self.seal.as_ref().map(FileSeal::layer_id).filter(|&i| i != meta.id) {
+        } else if let Some(id) = self
+            .seal
+            .as_ref()
+            .map(FileSeal::layer_id)
+            .filter(|&i| i != meta.id)
+        {
             format!("encrypted as layer {id}, finished as layer {}", meta.id)
         } else if let Some((pfn, slot)) = index.data_slots().find(|&(_, s)| s >= slots) {
             format!("pfn {pfn:#x} points at slot {slot:#x}, but only {slots} slots were written")
