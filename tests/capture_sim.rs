@@ -345,10 +345,7 @@ fn log_dirty_turned_off_during_a_capture_fails_it_and_the_next_run_resyncs() {
         matches!(e, CaptureError::Hv(HvError::TrackingLost { .. })),
         "{e}"
     );
-    assert!(
-        e.to_string().contains("next checkpoint will be a resync"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("next checkpoint will be a resync"), "{e}");
     assert!(!dom.info().unwrap().paused, "left paused");
     assert_eq!(chain.manifest().unwrap().layers.len(), head);
     let r = checkpoint(&dom, &chain, &opts(1)).unwrap();

@@ -97,7 +97,8 @@ const XS_ERROR: u32 = 16;
 /// and fails with "guest did not suspend". xenstore-rs does not expose this message, so it is
 /// sent here over a connection of its own.
 pub fn tell_xenstored_resumed(domid: u32) -> io::Result<()> {
-    let socket = std::env::var("XENSTORED_PATH").unwrap_or_else(|_| "/run/xenstored/socket".into());
+    let socket =
+        std::env::var("XENSTORED_PATH").unwrap_or_else(|_| "/run/xenstored/socket".into());
     match UnixStream::connect(&socket) {
         Ok(mut s) => send_resume(&mut s, domid),
         Err(_) => send_resume(
@@ -141,10 +142,7 @@ mod tests {
     use super::*;
 
     /// A one-message xenstored on the other end of a socket pair.
-    fn answer(
-        reply_type: u32,
-        reply: &'static [u8],
-    ) -> (UnixStream, std::thread::JoinHandle<Vec<u8>>) {
+    fn answer(reply_type: u32, reply: &'static [u8]) -> (UnixStream, std::thread::JoinHandle<Vec<u8>>) {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let peer = std::thread::spawn(move || {
             let mut header = [0u8; 16];
@@ -168,10 +166,7 @@ mod tests {
         let (mut conn, peer) = answer(XS_RESUME, b"OK\0");
         send_resume(&mut conn, 7).unwrap();
         let seen = peer.join().unwrap();
-        assert_eq!(
-            u32::from_ne_bytes(seen[0..4].try_into().unwrap()),
-            XS_RESUME
-        );
+        assert_eq!(u32::from_ne_bytes(seen[0..4].try_into().unwrap()), XS_RESUME);
         assert_eq!(&seen[16..], b"7\0");
     }
 
