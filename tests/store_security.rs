@@ -157,6 +157,24 @@ fn a_manifest_cannot_point_outside_the_chain() {
     chain.manifest().unwrap();
 }
 
+/// Once a chain's newest layer is encrypted, a layer without the key is refused (it would
+/// hold pages in the clear); with the key the chain goes on, and reads need the key.
+#[test]
+fn an_encrypted_chain_takes_no_plain_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let key = xckpt::layer::LayerKey::from_bytes([9; 32]);
+    let sealed = store.chain("g").unwrap().with_key(Some(key.clone()));
+    commit(&sealed, 1);
+    let plain = store.chain("g").unwrap();
+    let e = plain.begin_layer().err().expect("a plain layer on an encrypted chain");
+    assert!(matches!(e, StoreError::NeedKey { .. }), "{e}");
+    assert!(plain.verify(None).is_err());
+    commit(&sealed, 2);
+    assert_eq!(sealed.verify(None).unwrap().path, vec![1, 2]);
+    assert!(sealed.open_layer(2).unwrap().is_sealed());
+}
+
 fn xckpt(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xckpt"))
         .args(args)
