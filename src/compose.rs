@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::hv::{GuestType, Pfn, StateBlob, PAGE_SIZE};
-use crate::layer::{EvictPolicy, LayerKind, LayerReadError, LayerReader, PageEntry};
+use crate::layer::{EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageEntry};
 
 /// The resolved state of one pfn in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +100,18 @@ impl ComposedImage {
     /// the chain does not have it).
     pub fn open(
         top: &Path,
+        layer_path: impl FnMut(u64) -> Option<PathBuf>,
+    ) -> Result<Self, ComposeError> {
+        Self::open_with_key(top, None, layer_path)
+    }
+
+    /// [`ComposedImage::open`] with the key of encrypted layers.
+    pub fn open_with_key(
+        top: &Path,
+        key: Option<&LayerKey>,
         mut layer_path: impl FnMut(u64) -> Option<PathBuf>,
     ) -> Result<Self, ComposeError> {
-        let mut layers = vec![LayerReader::open(top)?];
+        let mut layers = vec![LayerReader::open_with_key(top, key)?];
         while let Some(parent) = layers.last().and_then(|l| l.meta().parent) {
             if layers.len() > MAX_LAYERS {
                 return Err(ComposeError::TooMany {
@@ -117,7 +126,7 @@ impl ComposedImage {
                 path: child,
                 parent,
             })?;
-            layers.push(LayerReader::open(&path)?);
+            layers.push(LayerReader::open_with_key(&path, key)?);
         }
         layers.reverse();
         ComposedImage::from_layers(layers)

@@ -14,10 +14,12 @@
 //! * [`layer`] is the on-disk layer format (see `docs/format.md`).
 //! * [`store`] holds chains of layers per domain, with atomic updates and a manifest.
 //! * [`compose`] reads any point of a chain as one memory image.
+//! * [`config`] is the operator's `/etc/xckpt.toml` (store, retention, policies per domain).
 //! * [`stream`] turns an image into a Xen migration stream for `xl restore`, and parses one back.
 
 pub mod capture;
 pub mod compose;
+pub mod config;
 pub mod disk;
 pub mod evict;
 pub mod failpoint;

@@ -7,16 +7,20 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = <cli::Cli as clap::Parser>::parse();
-    match cli::run(args) {
+    match cli::parse().and_then(cli::run) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the context chain joined, outermost first.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // One line: the context chain joined, outermost first; a cause that its
+            // wrapper already quotes at its end is not repeated.
+            let mut msg = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !msg.ends_with(&cause) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&cause);
+                }
+            }
             eprintln!("xckpt: {msg}");
             ExitCode::from(1)
         }

@@ -44,23 +44,28 @@ pub fn save(chain_dir: &Path, bits: &PfnBitmap) -> std::io::Result<()> {
     let tmp = chain_dir.join(format!(".{FILE}.tmp"));
     {
         use std::os::unix::fs::OpenOptionsExt;
+        // A fresh file, so its mode is 0600 whatever a leftover had.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path(chain_dir))?;
-    std::fs::File::open(chain_dir)?.sync_all()
+    crate::layer::sync_dir(chain_dir)
 }
 
 /// Read the pending bits for a domain of `pfn_count` pfns.
 pub fn load(chain_dir: &Path, pfn_count: u64) -> Pending {
-    let buf = match std::fs::read(path(chain_dir)) {
+    let read = crate::layer::read_nofollow(&path(chain_dir));
+    let buf = match read {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Pending::None,
         Err(e) => return Pending::Unusable(format!("{}: {e}", path(chain_dir).display())),

@@ -193,7 +193,12 @@ pub fn xl_restore(
 }
 
 /// `xckpt restore --group NAME[@N]`: every member created paused, then all unpaused.
-pub fn restore(store_root: &std::path::Path, target: &Target, xl: &str) -> anyhow::Result<ExitCode> {
+pub fn restore(
+    store_root: &std::path::Path,
+    target: &Target,
+    xl: &str,
+    key: &super::settings::KeyArg,
+) -> anyhow::Result<ExitCode> {
     let gdir = GroupDir::open(store_root, &target.name)?;
     let m = gdir.manifest()?;
     let point = m.point(target.layer).cloned().with_context(|| match target.layer {
@@ -218,7 +223,7 @@ pub fn restore(store_root: &std::path::Path, target: &Target, xl: &str) -> anyho
             name: member.chain.clone(),
             layer: Some(member.layer),
         };
-        let step = super::xenverbs::open_point(&store_arg, &t).and_then(|(image, id)| {
+        let step = super::xenverbs::open_point(&store_arg, &t, key).and_then(|(image, id)| {
             let disks = image.top().meta().disks.clone();
             let opts = StreamOptions {
                 disk_paths: disk_clones(&disks, &member.chain)?,

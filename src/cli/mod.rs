@@ -3,10 +3,14 @@
 mod bench;
 mod chainverbs;
 mod group;
+mod generate;
 mod limits;
+mod settings;
 mod show;
 mod target;
 mod xenverbs;
+
+pub use settings::{parse, KeyArg};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +23,10 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Configuration file: default store, and per domain retention, policies and key file
+    /// [default: /etc/xckpt.toml if it exists].
+    #[arg(long, global = true, env = "XCKPT_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
 }
 
 /// Where the chains live.
@@ -97,6 +105,9 @@ enum Command {
     /// Run the hypervisor conformance checks on a running domain (test bed).
     #[command(hide = true)]
     Selftest(xenverbs::SelftestCmd),
+    /// Write man pages and shell completions into a directory (for packaging).
+    #[command(name = "__generate", hide = true)]
+    Generate(generate::GenerateCmd),
     /// The pause watchdog (started by xckpt itself).
     #[command(name = "__watchdog", hide = true)]
     Watchdog {
@@ -120,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(c) => c.run(),
         Command::Bench(c) => c.run(),
         Command::Selftest(c) => c.run(),
+        Command::Generate(c) => c.run(),
         Command::Watchdog { domid } => {
             let undo = |how| xckpt::hv::xen::watchdog::undo_stop(domid, how);
             let code = xckpt::hv::xen::watchdog::run(domid, std::io::stdin(), undo);

@@ -9,7 +9,7 @@ use xckpt::hv::PAGE_SIZE;
 use xckpt::store::{ChainVerifyError, LayerRecord, Store};
 
 use super::target::Target;
-use super::{print_json, StoreArg};
+use super::{print_json, KeyArg, StoreArg};
 
 /// `xckpt list [DOM]`
 #[derive(Debug, Args)]
@@ -207,12 +207,16 @@ pub struct InspectCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl InspectCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
-        let chain = store.chain(&self.target.name)?;
+        let chain = store
+            .chain(&self.target.name)?
+            .with_key(self.key.key(&self.target.name)?);
         let m = chain.manifest()?;
         let id = match self.target.layer {
             Some(id) => id,
@@ -276,6 +280,8 @@ pub struct VerifyCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 /// Exit status of `verify` for a damaged chain.
@@ -284,7 +290,9 @@ pub const EXIT_DAMAGED: u8 = 2;
 impl VerifyCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
-        let chain = store.chain(&self.target.name)?;
+        let chain = store
+            .chain(&self.target.name)?
+            .with_key(self.key.key(&self.target.name)?);
         let result = if self.deep {
             chain.verify_deep(self.target.layer)
         } else {

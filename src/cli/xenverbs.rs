@@ -15,7 +15,7 @@ use xckpt::store::Store;
 use xckpt::stream::{write_save_file, StreamOptions};
 
 use super::target::Target;
-use super::{print_json, CaptureArgs, StoreArg};
+use super::{print_json, CaptureArgs, KeyArg, StoreArg};
 
 /// How long to wait for another writer of the same chain.
 #[derive(Debug, Clone, Args)]
@@ -47,6 +47,8 @@ pub struct CheckpointCmd {
     wait: WaitArg,
     #[command(flatten)]
     evict: EvictArgs,
+    #[command(flatten)]
+    key: KeyArg,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -117,7 +119,7 @@ impl CheckpointCmd {
         let dom = Arc::new(XenDomain::open(domain)?);
         let name = dom.info()?.identity.name;
         let store = Store::open(&self.store.store)?;
-        let chain = store.chain(&name)?;
+        let chain = store.chain(&name)?.with_key(self.key.key(&name)?);
         let _lock = chain.lock_exclusive(wait)?;
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
         let mut stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
@@ -198,12 +200,18 @@ pub struct RestoreCmd {
     /// The `xl` command to run.
     #[arg(long, env = "XCKPT_XL", default_value = "xl")]
     xl: String,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 /// The verified, composed image at `target` (the chain's newest layer without `@N`).
-pub fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(ComposedImage, u64)> {
+pub fn open_point(
+    store: &StoreArg,
+    target: &Target,
+    key: &KeyArg,
+) -> anyhow::Result<(ComposedImage, u64)> {
     let store = Store::open(&store.store)?;
-    let chain = store.chain(&target.name)?;
+    let chain = store.chain(&target.name)?.with_key(key.key(&target.name)?);
     let m = chain.manifest()?;
     let id = match target.layer {
         Some(id) if m.layers.iter().any(|l| l.id == id) => id,
@@ -232,10 +240,10 @@ pub fn open_point(store: &StoreArg, target: &Target) -> anyhow::Result<(Composed
 impl RestoreCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         if let Some(group) = &self.group {
-            return super::group::restore(&self.store.store, group, &self.xl);
+            return super::group::restore(&self.store.store, group, &self.xl, &self.key);
         }
         let target = self.target.as_ref().context("a chain to restore is needed")?;
-        let (image, id) = open_point(&self.store, target)?;
+        let (image, id) = open_point(&self.store, target, &self.key)?;
         let disks = image.top().meta().disks.clone();
         let opts = StreamOptions {
             rename: self.name.clone(),
@@ -266,12 +274,14 @@ pub struct ExportCmd {
     /// Rename the domain in the file (and give it a fresh uuid).
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
-        let (image, id) = open_point(&self.store, &self.target)?;
+        let (image, id) = open_point(&self.store, &self.target, &self.key)?;
         let opts = StreamOptions {
             rename: self.name.clone(),
             ..Default::default()
@@ -323,12 +333,14 @@ pub struct ImportCmd {
     /// zstd level (0 stores pages raw).
     #[arg(long, default_value_t = 1)]
     compress_level: i32,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 impl ImportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = Store::open(&self.store.store)?;
-        let chain = store.chain(&self.name)?;
+        let chain = store.chain(&self.name)?.with_key(self.key.key(&self.name)?);
         let _lock = chain.lock_exclusive(Duration::ZERO)?;
         let rec = xckpt::import::import_file(&self.file, &chain, self.compress_level)
             .with_context(|| {

@@ -6,20 +6,39 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::format::{
-    u32_at, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer, FRAME_ENTRY_LEN, MAGIC,
-    PREAMBLE_LEN, SECTION_ENTRY_LEN, SECTION_KINDS, SECTION_RAW, SECTION_ZSTD, TRAILER_LEN,
-    TRAILER_MAGIC, VERSION,
+    preamble_len, u32_at, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer, FRAME_ENTRY_LEN,
+    MAGIC, PREAMBLE_LEN, SECTION_ENTRY_LEN, SECTION_KINDS, SECTION_RAW, SECTION_ZSTD, TRAILER_LEN,
+    TRAILER_MAGIC, VERSION, VERSION_SEALED,
 };
 use super::frame::MAX_FRAME_PAGES;
 use super::index::MAX_PFN_COUNT;
 use super::reader::LayerReadError;
+use super::seal::{preamble_cipher_ok, FileSeal, LayerKey, OpenError, TAG_LEN};
 use super::{Codec, LayerIndex, LayerMeta};
 use crate::hv::PAGE_SIZE;
 
 /// The raw pieces found by [`open_sections`].
 pub(super) struct Sections {
     pub(super) trailer: Trailer,
+    /// Section bodies, decrypted when the layer is sealed.
     pub(super) bodies: Vec<(SectionEntry, Vec<u8>)>,
+    /// Where frames start (the preamble's length).
+    pub(super) data_start: u64,
+    /// The cipher of a sealed (version 2) layer.
+    pub(super) seal: Option<FileSeal>,
+}
+
+/// The error for a sealed piece that does not open.
+pub(super) fn sealed_err(path: &Path, what: String, e: OpenError) -> LayerReadError {
+    match e {
+        OpenError::WrongKey => LayerReadError::WrongKey {
+            path: path.to_path_buf(),
+        },
+        OpenError::Tampered => LayerReadError::Tampered {
+            path: path.to_path_buf(),
+            what,
+        },
+    }
 }
 
 pub(super) fn io(path: &Path, source: std::io::Error) -> LayerReadError {
@@ -58,11 +77,13 @@ pub(super) fn read_at(
     Ok(buf)
 }
 
-/// Steps up to and including the section checksums.
+/// Steps up to and including the section checksums (and, for a sealed layer, the key check
+/// and the sections' authentication).
 pub(super) fn open_sections(
     path: &Path,
     file: &File,
     size: u64,
+    key: Option<&LayerKey>,
 ) -> Result<Sections, LayerReadError> {
     if size < PREAMBLE_LEN + TRAILER_LEN {
         return Err(LayerReadError::TooSmall {
@@ -94,7 +115,11 @@ pub(super) fn open_sections(
             actual: size,
         });
     }
-    check_trailer_bounds(path, &trailer)?;
+    let data_start = preamble_len(trailer.version).ok_or(LayerReadError::BadVersion {
+        path: path.to_path_buf(),
+        found: trailer.version,
+    })?;
+    check_trailer_bounds(path, &trailer, data_start)?;
     let table = read_at(path, file, trailer.table_offset, trailer.table_len)?;
     let computed = crc32c::crc32c(&table);
     if computed != trailer.table_crc {
@@ -104,8 +129,8 @@ pub(super) fn open_sections(
             found: computed,
         });
     }
-    check_preamble(path, file, &trailer)?;
-    let entries = parse_table(path, &table, &trailer)?;
+    let seal = check_preamble(path, file, &trailer, data_start, key)?;
+    let entries = parse_table(path, &table, &trailer, data_start)?;
     let mut bodies = Vec::with_capacity(entries.len());
     for (entry, kind) in entries {
         let body = read_at(path, file, entry.offset, entry.len)?;
@@ -119,12 +144,23 @@ pub(super) fn open_sections(
                 found,
             });
         }
+        let body = match &seal {
+            Some(s) => s
+                .open_section(entry.kind, entry.codec, &body)
+                .map_err(|e| sealed_err(path, format!("{} section", kind.name()), e))?,
+            None => body,
+        };
         bodies.push((entry, body));
     }
-    Ok(Sections { trailer, bodies })
+    Ok(Sections {
+        trailer,
+        bodies,
+        data_start,
+        seal,
+    })
 }
 
-fn check_trailer_bounds(path: &Path, t: &Trailer) -> Result<(), LayerReadError> {
+fn check_trailer_bounds(path: &Path, t: &Trailer, data_start: u64) -> Result<(), LayerReadError> {
     let table_end = t
         .table_offset
         .checked_add(t.table_len)
@@ -144,7 +180,7 @@ fn check_trailer_bounds(path: &Path, t: &Trailer) -> Result<(), LayerReadError> 
             format!("table of {} bytes for {} sections", t.table_len, t.sections),
         ));
     }
-    if PREAMBLE_LEN
+    if data_start
         .checked_add(t.frames_len)
         .is_none_or(|end| end > t.table_offset)
     {
@@ -156,8 +192,16 @@ fn check_trailer_bounds(path: &Path, t: &Trailer) -> Result<(), LayerReadError> 
     Ok(())
 }
 
-fn check_preamble(path: &Path, file: &File, trailer: &Trailer) -> Result<(), LayerReadError> {
-    let p = read_at(path, file, 0, PREAMBLE_LEN)?;
+/// Magic, version (equal to the trailer's), checksum and flags of the preamble. A sealed
+/// (version 2) layer needs `key`, and the key must pass the preamble's key check.
+fn check_preamble(
+    path: &Path,
+    file: &File,
+    trailer: &Trailer,
+    len: u64,
+    key: Option<&LayerKey>,
+) -> Result<Option<FileSeal>, LayerReadError> {
+    let p = read_at(path, file, 0, len)?;
     let found: [u8; 8] = p[0..8].try_into().unwrap_or_default();
     if found != MAGIC {
         return Err(LayerReadError::BadMagic {
@@ -166,19 +210,14 @@ fn check_preamble(path: &Path, file: &File, trailer: &Trailer) -> Result<(), Lay
         });
     }
     let version = u32_at(&p, 8);
-    if version != VERSION {
+    if version != trailer.version {
         return Err(LayerReadError::BadVersion {
             path: path.to_path_buf(),
             found: version,
         });
     }
-    if trailer.version != VERSION {
-        return Err(LayerReadError::BadVersion {
-            path: path.to_path_buf(),
-            found: trailer.version,
-        });
-    }
-    let (expected, computed) = (u32_at(&p, 28), crc32c::crc32c(&p[..28]));
+    let crc_at = p.len() - 4;
+    let (expected, computed) = (u32_at(&p, crc_at), crc32c::crc32c(&p[..crc_at]));
     if expected != computed {
         return Err(LayerReadError::PreambleChecksum {
             path: path.to_path_buf(),
@@ -186,13 +225,28 @@ fn check_preamble(path: &Path, file: &File, trailer: &Trailer) -> Result<(), Lay
             found: computed,
         });
     }
-    if p[12..28].iter().any(|&b| b != 0) {
+    if version == VERSION {
+        if p[12..28].iter().any(|&b| b != 0) {
+            return Err(layout(
+                path,
+                "preamble has flags or reserved bytes set (unknown to version 1)",
+            ));
+        }
+        return Ok(None);
+    }
+    debug_assert_eq!(version, VERSION_SEALED);
+    if !preamble_cipher_ok(&p) {
         return Err(layout(
             path,
-            "preamble has flags or reserved bytes set (unknown to version 1)",
+            "preamble names a cipher or flags this xckpt does not know",
         ));
     }
-    Ok(())
+    let key = key.ok_or_else(|| LayerReadError::NeedKey {
+        path: path.to_path_buf(),
+    })?;
+    FileSeal::from_preamble(key, &p)
+        .map(Some)
+        .map_err(|e| sealed_err(path, "preamble".into(), e))
 }
 
 /// Sections must be the six known kinds in file order, tiling the bytes between the frames
@@ -201,6 +255,7 @@ fn parse_table(
     path: &Path,
     table: &[u8],
     t: &Trailer,
+    data_start: u64,
 ) -> Result<Vec<(SectionEntry, SectionKind)>, LayerReadError> {
     if t.sections as usize != SECTION_KINDS.len() {
         return Err(layout(
@@ -208,7 +263,7 @@ fn parse_table(
             format!("{} sections, {} expected", t.sections, SECTION_KINDS.len()),
         ));
     }
-    let mut at = PREAMBLE_LEN + t.frames_len;
+    let mut at = data_start + t.frames_len;
     let mut out = Vec::with_capacity(SECTION_KINDS.len());
     for (raw, kind) in table.chunks_exact(SECTION_ENTRY_LEN).zip(SECTION_KINDS) {
         let e = SectionEntry::decode(raw)
@@ -260,6 +315,7 @@ pub(super) fn parse_meta(path: &Path, json: &[u8]) -> Result<LayerMeta, LayerRea
     };
     let doc: MetaDoc = serde_json::from_slice(json).map_err(|e| meta_err(e.to_string()))?;
     if doc.magic.as_bytes() != MAGIC || doc.version != VERSION {
+        // META always says version 1: it describes the content, not the file's sealing.
         return Err(meta_err(format!(
             "magic {:?} version {}",
             doc.magic, doc.version
@@ -274,12 +330,16 @@ pub(super) fn parse_meta(path: &Path, json: &[u8]) -> Result<LayerMeta, LayerRea
     Ok(doc.meta)
 }
 
-/// Frames must tile the bytes after the preamble in order, with sane sizes and codecs.
+/// Frames must tile the bytes after the preamble in order, with sane sizes and codecs. A sealed
+/// frame carries a [`TAG_LEN`]-byte tag on top of its encoded bytes.
 pub(super) fn parse_frametab(
     path: &Path,
     tab: &[u8],
     t: &Trailer,
+    data_start: u64,
+    sealed: bool,
 ) -> Result<Vec<FrameEntry>, LayerReadError> {
+    let tag = if sealed { TAG_LEN } else { 0 };
     if tab.len() % FRAME_ENTRY_LEN != 0 || (tab.len() / FRAME_ENTRY_LEN) as u64 != t.frame_count {
         return Err(bad(
             path,
@@ -287,7 +347,7 @@ pub(super) fn parse_frametab(
             format!("{} bytes for {} frames", tab.len(), t.frame_count),
         ));
     }
-    let mut at = PREAMBLE_LEN;
+    let mut at = data_start;
     let mut frames = Vec::with_capacity(tab.len() / FRAME_ENTRY_LEN);
     for (k, raw) in tab.chunks_exact(FRAME_ENTRY_LEN).enumerate() {
         let f = FrameEntry::decode(raw);
@@ -298,9 +358,10 @@ pub(super) fn parse_frametab(
         } else {
             match Codec::from_code(f.codec) {
                 None => format!("frame {k} has codec {}", f.codec),
-                Some(Codec::Raw) if f.len as usize != f.pages as usize * PAGE_SIZE => {
+                Some(Codec::Raw) if f.len as usize != f.pages as usize * PAGE_SIZE + tag => {
                     format!("raw frame {k} of {} bytes holds {} pages", f.len, f.pages)
                 }
+                Some(_) if (f.len as usize) < tag => format!("sealed frame {k} of {} bytes", f.len),
                 Some(_) => String::new(),
             }
         };
@@ -310,13 +371,13 @@ pub(super) fn parse_frametab(
         at += f.len as u64;
         frames.push(f);
     }
-    if at != PREAMBLE_LEN + t.frames_len {
+    if at != data_start + t.frames_len {
         return Err(bad(
             path,
             "FRAMETAB",
             format!(
                 "frames end at {at}, sections start at {}",
-                PREAMBLE_LEN + t.frames_len
+                data_start + t.frames_len
             ),
         ));
     }

@@ -9,10 +9,14 @@ use super::LayerMeta;
 pub const MAGIC: [u8; 8] = *b"XCKPTLYR";
 /// Magic of the trailer (the last 64 bytes).
 pub const TRAILER_MAGIC: [u8; 8] = *b"XCKPTEND";
-/// Format version written and read.
+/// Format version of plain layers (written without a key, and read).
 pub const VERSION: u32 = 1;
-/// Size of the preamble.
+/// Format version of encrypted layers (written with a key, and read).
+pub const VERSION_SEALED: u32 = 2;
+/// Size of the version 1 preamble.
 pub const PREAMBLE_LEN: u64 = 32;
+/// Size of the version 2 preamble (see [`super::seal`]).
+pub const PREAMBLE_V2_LEN: usize = 80;
 /// Size of the trailer.
 pub const TRAILER_LEN: u64 = 64;
 /// Size of one section table entry.
@@ -62,6 +66,15 @@ impl SectionKind {
             SectionKind::FrameTab => "FRAMETAB",
             SectionKind::Digests => "DIGESTS",
         }
+    }
+}
+
+/// The preamble length of format `version`, where frames start; None for unknown versions.
+pub fn preamble_len(version: u32) -> Option<u64> {
+    match version {
+        VERSION => Some(PREAMBLE_LEN),
+        VERSION_SEALED => Some(PREAMBLE_V2_LEN as u64),
+        _ => None,
     }
 }
 

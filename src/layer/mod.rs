@@ -39,6 +39,10 @@
 //! pfn pushed several times during pre-copy points at its latest slot, and older copies are
 //! dead slots. A file without a valid trailer is a torn write and is refused.
 //!
+//! With a key ([`LayerWriter::create_with_key`]) a layer is written as format version 2: an
+//! 80-byte preamble carrying the layer id, a random file nonce and a key check, and every frame
+//! and section sealed with XChaCha20-Poly1305 ([`seal`]). Readers take both versions.
+//!
 //! Writing a layer (what the capture does):
 //!
 //! ```text
@@ -58,6 +62,7 @@ pub mod frame;
 pub mod index;
 pub mod reader;
 mod reader_frames;
+pub mod seal;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -69,7 +74,32 @@ use crate::hv::{DomainIdentity, GuestType};
 pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};
+pub use seal::{KeyError, LayerKey};
 pub use writer::{sync_dir, LayerWriteError, LayerWriter, TEMP_PREFIX};
+
+/// Open a file for reading without following a symlink in its last component.
+pub fn open_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Read a whole file without following a symlink in its last component.
+pub fn read_nofollow(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_nofollow(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Whether the layer file at `path` is encrypted (format version 2), from its first 12 bytes.
+pub fn is_sealed_file(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 12];
+    open_nofollow(path)?.read_exact(&mut head)?;
+    Ok(format::u32_at(&head, 8) == format::VERSION_SEALED)
+}
 
 /// Pages per zstd frame unless told otherwise (64 pages = 256 KiB).
 pub const DEFAULT_FRAME_PAGES: u32 = 64;

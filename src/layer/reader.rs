@@ -15,6 +15,7 @@ use super::checks::{
     bad, io, open_sections, parse_digests, parse_frametab, parse_index, parse_meta, prefix_slots,
 };
 use super::format::{decode_state, FrameEntry, SectionKind, VERSION};
+use super::seal::{FileSeal, LayerKey};
 use super::{LayerIndex, LayerMeta, PageEntry};
 use crate::hv::{Pfn, StateBlob, PAGE_SIZE};
 
@@ -191,6 +192,28 @@ pub enum LayerReadError {
         /// Computed.
         found: u64,
     },
+    /// The layer is encrypted and no key was given.
+    #[error("layer {path} is encrypted: give its key with --encrypt KEYFILE")]
+    NeedKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The layer was encrypted with another key.
+    #[error("layer {path} was encrypted with another key: give the key it was written with (--encrypt KEYFILE)")]
+    WrongKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A sealed piece fails authentication: the file was altered.
+    #[error(
+        "layer {path}: {what} fails authentication: the encrypted file was altered or damaged"
+    )]
+    Tampered {
+        /// The file.
+        path: PathBuf,
+        /// The piece (preamble, a section, frame N).
+        what: String,
+    },
     /// The caller's buffer is not one page.
     #[error("layer {path}: page buffer of {len} bytes, {PAGE_SIZE} needed")]
     BadBuffer {
@@ -214,15 +237,24 @@ pub struct LayerReader {
     /// first_slot[k] = slot of frame k's first page; one extra entry = slot count.
     pub(super) first_slot: Vec<u64>,
     pub(super) digests: Vec<u64>,
+    pub(super) seal: Option<FileSeal>,
     pub(super) cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
 }
 
 impl LayerReader {
-    /// Open and validate trailer, table, preamble, section checksums, header and index.
+    /// Open and validate trailer, table, preamble, section checksums, header and index. An
+    /// encrypted layer fails with [`LayerReadError::NeedKey`]; see [`LayerReader::open_with_key`].
     pub fn open(path: &Path) -> Result<Self, LayerReadError> {
-        let file = File::open(path).map_err(|source| io(path, source))?;
+        Self::open_with_key(path, None)
+    }
+
+    /// [`LayerReader::open`] with the key of encrypted layers (plain layers open with or
+    /// without one). Every section of an encrypted layer is authenticated here; each frame
+    /// when it is decoded.
+    pub fn open_with_key(path: &Path, key: Option<&LayerKey>) -> Result<Self, LayerReadError> {
+        let file = super::open_nofollow(path).map_err(|source| io(path, source))?;
         let file_len = file.metadata().map_err(|source| io(path, source))?.len();
-        let raw = open_sections(path, &file, file_len)?;
+        let raw = open_sections(path, &file, file_len, key)?;
         let section = |k: SectionKind| {
             raw.bodies
                 .iter()
@@ -238,7 +270,13 @@ impl LayerReader {
         let state = decode_state(get(SectionKind::State)?)
             .ok_or_else(|| bad(path, "STATE", "blob runs past the end"))?;
         let config = get(SectionKind::Config)?.to_vec();
-        let frames = parse_frametab(path, get(SectionKind::FrameTab)?, &raw.trailer)?;
+        let frames = parse_frametab(
+            path,
+            get(SectionKind::FrameTab)?,
+            &raw.trailer,
+            raw.data_start,
+            raw.seal.is_some(),
+        )?;
         let first_slot = prefix_slots(&frames);
         let slots = first_slot.last().copied().unwrap_or(0);
         let digests = parse_digests(path, get(SectionKind::Digests)?, slots)?;
@@ -254,6 +292,7 @@ impl LayerReader {
             frames,
             first_slot,
             digests,
+            seal: raw.seal,
             cache: Mutex::new(Vec::new()),
         })
     }
@@ -281,6 +320,10 @@ impl LayerReader {
     /// The domain config blob.
     pub fn config(&self) -> &[u8] {
         &self.config
+    }
+    /// Whether the layer is encrypted (format version 2).
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
     }
     /// Size of the file in bytes.
     pub fn file_bytes(&self) -> u64 {

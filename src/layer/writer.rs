@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use super::format::{
     encode_state, preamble, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer, MAGIC,
-    PREAMBLE_LEN, SECTION_RAW, SECTION_ZSTD, VERSION,
+    SECTION_RAW, SECTION_ZSTD, VERSION, VERSION_SEALED,
 };
 use super::frame::MAX_FRAME_PAGES;
+use super::seal::{FileSeal, LayerKey, MAX_SEALED_FRAMES};
 use super::{Codec, Frame, LayerIndex, LayerMeta};
 use crate::failpoint::failpoint;
 use crate::hv::{StateBlob, PAGE_SIZE};
@@ -70,11 +71,24 @@ pub struct LayerWriter {
     pos: u64,
     frames: Vec<FrameEntry>,
     digests: Vec<u64>,
+    /// Where frames start (the preamble's length).
+    data_start: u64,
+    seal: Option<FileSeal>,
 }
 
 impl LayerWriter {
-    /// Start a layer in `dir` (a temp file, 0600, created exclusively, never through a symlink).
+    /// Start a plain (version 1) layer in `dir` (a temp file, 0600, created exclusively, never
+    /// through a symlink).
     pub fn create(dir: &Path) -> Result<Self, LayerWriteError> {
+        Self::create_with_key(dir, None)
+    }
+
+    /// Start a layer in `dir`; with a key, an encrypted (version 2) layer that must be
+    /// finished as layer `layer_id` (the id is bound into every frame and section).
+    pub fn create_with_key(
+        dir: &Path,
+        key: Option<(&LayerKey, u64)>,
+    ) -> Result<Self, LayerWriteError> {
         let (file, tmp) = create_temp(dir)?;
         let mut w = LayerWriter {
             dir: dir.to_path_buf(),
@@ -83,10 +97,24 @@ impl LayerWriter {
             pos: 0,
             frames: Vec::new(),
             digests: Vec::new(),
+            data_start: 0,
+            seal: None,
         };
+        if let Some((key, id)) = key {
+            w.seal = Some(FileSeal::new(key, id).map_err(|e| w.io(e))?);
+        }
         failpoint("layer.create");
-        w.write(&preamble())?;
+        match w.seal.as_ref().map(|s| *s.preamble()) {
+            Some(p) => w.write(&p)?,
+            None => w.write(&preamble())?,
+        }
+        w.data_start = w.pos;
         Ok(w)
+    }
+
+    /// Whether the layer is being encrypted.
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
     }
 
     /// The temporary file being written.
@@ -99,14 +127,23 @@ impl LayerWriter {
         self.check_frame(frame)?;
         failpoint("layer.frame");
         let first_slot = self.digests.len() as u64;
+        let k = self.frames.len() as u64;
+        let sealed = self
+            .seal
+            .as_ref()
+            .map(|s| s.seal_frame(k, frame.pages, frame.codec.code(), &frame.data));
+        let (data, crc) = match &sealed {
+            Some(d) => (d.as_slice(), crc32c::crc32c(d)),
+            None => (frame.data.as_slice(), frame.crc),
+        };
         let entry = FrameEntry {
             offset: self.pos,
-            len: frame.data.len() as u32,
+            len: data.len() as u32,
             pages: frame.pages,
             codec: frame.codec.code(),
-            crc: frame.crc,
+            crc,
         };
-        self.write(&frame.data)?;
+        self.write(data)?;
         self.frames.push(entry);
         self.digests.extend_from_slice(&frame.digests);
         Ok(first_slot)
@@ -117,7 +154,9 @@ impl LayerWriter {
             format!("{} pages (1..={MAX_FRAME_PAGES} allowed)", frame.pages)
         } else if frame.digests.len() != frame.pages as usize {
             format!("{} digests for {} pages", frame.digests.len(), frame.pages)
-        } else if u32::try_from(frame.data.len()).is_err() {
+        } else if self.seal.is_some() && self.frames.len() as u64 >= MAX_SEALED_FRAMES {
+            "too many frames for one encrypted layer".to_string()
+        } else if u32::try_from(frame.data.len() + 16).is_err() {
             format!("{} encoded bytes", frame.data.len())
         } else if frame.codec == Codec::Raw && frame.data.len() != frame.pages as usize * PAGE_SIZE
         {
@@ -163,14 +202,19 @@ impl LayerWriter {
             });
         }
         failpoint("layer.sections.before");
-        let frames_len = self.pos - PREAMBLE_LEN;
+        let frames_len = self.pos - self.data_start;
         let table = self.write_sections(meta, index, state, config)?;
         failpoint("layer.sections.after");
         let table_bytes: Vec<u8> = table.iter().flat_map(|e| e.encode()).collect();
         let table_offset = self.pos;
         self.write(&table_bytes)?;
+        let version = if self.seal.is_some() {
+            VERSION_SEALED
+        } else {
+            VERSION
+        };
         let trailer = Trailer {
-            version: VERSION,
+            version,
             sections: table.len() as u32,
             table_offset,
             table_len: table_bytes.len() as u64,
@@ -205,6 +249,13 @@ impl LayerWriter {
                 index.pfn_count(),
                 meta.pfn_count
             )
+        } else if let Some(id) = self
+            .seal
+            .as_ref()
+            .map(FileSeal::layer_id)
+            .filter(|&i| i != meta.id)
+        {
+            format!("encrypted as layer {id}, finished as layer {}", meta.id)
         } else if let Some((pfn, slot)) = index.data_slots().find(|&(_, s)| s >= slots) {
             format!("pfn {pfn:#x} points at slot {slot:#x}, but only {slots} slots were written")
         } else {
@@ -249,6 +300,11 @@ impl LayerWriter {
         codec: u32,
         bytes: &[u8],
     ) -> Result<SectionEntry, LayerWriteError> {
+        let sealed = self
+            .seal
+            .as_ref()
+            .map(|s| s.seal_section(kind as u32, codec, bytes));
+        let bytes = sealed.as_deref().unwrap_or(bytes);
         let entry = SectionEntry {
             kind: kind as u32,
             codec,
@@ -343,7 +399,11 @@ fn create_temp(dir: &Path) -> Result<(File, PathBuf), LayerWriteError> {
 
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?
+        .sync_all()
 }
 
 /// Give the finished temp file its name. Link + unlink rather than rename: linking fails if

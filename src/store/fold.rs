@@ -78,7 +78,7 @@ fn rewrite_name(chain: &Chain, record: &LayerRecord) -> String {
 pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreError> {
     let readers = run
         .iter()
-        .map(|r| LayerReader::open(&chain.layer_path(r)))
+        .map(|r| LayerReader::open_with_key(&chain.layer_path(r), chain.key()))
         .collect::<Result<Vec<_>, _>>()?;
     let top = readers.last().ok_or(StoreError::EmptyChain {
         chain: chain.name().to_string(),

@@ -28,7 +28,7 @@ impl ChainLock {
 }
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -36,7 +36,15 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| io(path, e))
+        .map_err(|e| io(path, e))?;
+    // A lock file made by something else with looser bits is tightened (it holds nothing,
+    // but every file of a chain is 0600).
+    let st = rustix::fs::fstat(&file).map_err(|e| io(path, e.into()))?;
+    if st.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o600))
+            .map_err(|e| io(path, e.into()))?;
+    }
+    Ok(file)
 }
 
 /// Try to take the lock in `dir` without waiting. None if another process holds it.

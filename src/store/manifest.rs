@@ -17,7 +17,7 @@ pub const MANIFEST_TEMP_PREFIX: &str = ".tmp-manifest-";
 /// Read `dir`'s manifest; an empty one if there is none yet.
 pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
     let path = dir.join(MANIFEST);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::layer::read_nofollow(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Manifest {
@@ -35,6 +35,21 @@ pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
         return Err(StoreError::ManifestFormat {
             path,
             found: m.format,
+        });
+    }
+    // Layer files are named by id inside the chain directory: a name that could point
+    // elsewhere (`../`, `/`) is refused.
+    if let Some(r) = m
+        .layers
+        .iter()
+        .find(|r| !super::chain::is_layer_name(&r.file))
+    {
+        return Err(StoreError::Manifest {
+            path,
+            reason: format!(
+                "layer {} has file name {:?}, not layer-NNNNNN.xcl",
+                r.id, r.file
+            ),
         });
     }
     Ok(m)

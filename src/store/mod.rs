@@ -22,7 +22,7 @@ mod rewrite;
 mod verify;
 
 use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,12 @@ pub enum StoreError {
         /// How long we waited.
         waited_ms: u64,
     },
+    /// The chain's newest layer is encrypted and no key was given for a new layer.
+    #[error("chain {chain} is encrypted: give its key with --encrypt KEYFILE (a plain layer would store pages in the clear)")]
+    NeedKey {
+        /// The chain.
+        chain: String,
+    },
     /// Writing a layer failed.
     #[error(transparent)]
     Write(#[from] LayerWriteError),
@@ -138,10 +144,33 @@ pub enum StoreError {
 }
 
 pub(crate) fn io(path: &Path, source: std::io::Error) -> StoreError {
+    if source.raw_os_error() == Some(libc::ELOOP) {
+        return StoreError::Symlink {
+            path: path.to_path_buf(),
+        };
+    }
     StoreError::Io {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Open the directory `dir` itself, refusing a symlink (`O_DIRECTORY | O_NOFOLLOW`).
+pub(crate) fn open_dir_nofollow(dir: &Path) -> Result<std::os::fd::OwnedFd, StoreError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => StoreError::Symlink {
+            path: dir.to_path_buf(),
+        },
+        rustix::io::Errno::NOTDIR if dir.is_symlink() => StoreError::Symlink {
+            path: dir.to_path_buf(),
+        },
+        rustix::io::Errno::NOTDIR => StoreError::NotADirectory {
+            path: dir.to_path_buf(),
+        },
+        e => io(dir, e.into()),
+    })
 }
 
 /// One layer as the manifest lists it.
@@ -241,38 +270,30 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 /// Make sure `dir` is a real directory with mode 0700, creating it if needed. Returns a
 /// warning when its permissions had to be tightened.
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<Option<String>, StoreError> {
-    match dir.symlink_metadata() {
-        Ok(md) if md.file_type().is_symlink() => Err(StoreError::Symlink {
-            path: dir.to_path_buf(),
-        }),
-        Ok(md) if !md.is_dir() => Err(StoreError::NotADirectory {
-            path: dir.to_path_buf(),
-        }),
-        Ok(md) => {
-            let mode = md.permissions().mode() & 0o7777;
-            if mode & 0o077 == 0 {
-                return Ok(None);
-            }
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io(dir, e))?;
-            Ok(Some(format!(
-                "{} had mode {mode:04o}; set it to 0700",
-                dir.display()
-            )))
-        }
+    let created = match dir.symlink_metadata() {
+        Ok(_) => false,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| io(dir, e))?;
-            // `recursive` applies the umask; make sure of 0700 on the leaf.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io(dir, e))?;
-            Ok(None)
+            true
         }
-        Err(e) => Err(io(dir, e)),
+        Err(e) => return Err(io(dir, e)),
+    };
+    // Check and fix the mode through a descriptor of the directory itself, so a symlink
+    // swapped in after the check cannot redirect the chmod.
+    let fd = open_dir_nofollow(dir)?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io(dir, e.into()))?;
+    let mode = st.st_mode & 0o7777;
+    if mode == 0o700 || (!created && mode & 0o077 == 0) {
+        return Ok(None);
     }
+    let private = rustix::fs::Mode::from_raw_mode(0o700);
+    rustix::fs::fchmod(&fd, private).map_err(|e| io(dir, e.into()))?;
+    // `recursive` applied the umask to a new directory: no warning for that.
+    Ok((!created).then(|| format!("{} had mode {mode:04o}; set it to 0700", dir.display())))
 }
 
 /// The store root.

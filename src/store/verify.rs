@@ -263,7 +263,8 @@ impl Chain {
             id: r.id,
             source,
         };
-        let reader = crate::layer::LayerReader::open(&path).map_err(layer_err)?;
+        let reader =
+            crate::layer::LayerReader::open_with_key(&path, self.key()).map_err(layer_err)?;
         reader.verify().map_err(layer_err)?;
         let meta = reader.meta();
         let reason = if meta.id != r.id {

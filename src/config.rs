@@ -1,0 +1,247 @@
+//! The operator's configuration file (`/etc/xckpt.toml`): the store, and per domain the
+//! retention, the eviction policies and the key file, with a `[default]` section that every
+//! domain inherits field by field.
+//!
+//! ```toml
+//! store = "/var/lib/xckpt"
+//!
+//! [default]
+//! evict = ["free"]
+//! [default.retention]
+//! keep_last = 24
+//! keep_daily = 7
+//!
+//! [domain.web1]
+//! encrypt = "/etc/xckpt/web1.key"
+//! [domain.web1.retention]
+//! keep_hourly = 48
+//! ```
+//!
+//! Command-line options win over the environment, which wins over this file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is read from unless told otherwise (when the file exists).
+pub const DEFAULT_PATH: &str = "/etc/xckpt.toml";
+
+/// Why the configuration cannot be used. One line each, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path} line {line}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `[domain.NAME]` section names something that cannot be a chain.
+    #[error("config {path}: section [domain.{name}]: {reason}")]
+    BadDomain {
+        /// The file.
+        path: PathBuf,
+        /// The section's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How many layers `prune` keeps, restic/borg style. `None` leaves a rule out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the newest N layers.
+    pub keep_last: Option<u32>,
+    /// Keep the newest layer of each of the last N hours.
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest layer of each of the last N days.
+    pub keep_daily: Option<u32>,
+}
+
+impl Retention {
+    /// Each rule of `self`, or of `fallback` where `self` leaves it out.
+    pub fn or(self, fallback: Retention) -> Retention {
+        Retention {
+            keep_last: self.keep_last.or(fallback.keep_last),
+            keep_hourly: self.keep_hourly.or(fallback.keep_hourly),
+            keep_daily: self.keep_daily.or(fallback.keep_daily),
+        }
+    }
+
+    /// Whether no rule is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+/// Settings of one domain (or of `[default]`). Unset fields fall back to `[default]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSettings {
+    /// Retention rules for `prune`.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Eviction policies for `checkpoint` (names such as `free`, `cache`, `balloon`).
+    pub evict: Option<Vec<String>>,
+    /// Key file for `--encrypt`.
+    pub encrypt: Option<PathBuf>,
+}
+
+impl DomainSettings {
+    /// Each field of `self`, or of `fallback` where `self` leaves it unset.
+    pub fn or(&self, fallback: &DomainSettings) -> DomainSettings {
+        DomainSettings {
+            retention: self.retention.or(fallback.retention),
+            evict: self.evict.clone().or_else(|| fallback.evict.clone()),
+            encrypt: self.encrypt.clone().or_else(|| fallback.encrypt.clone()),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The store directory.
+    pub store: Option<PathBuf>,
+    /// Settings every domain inherits.
+    #[serde(default)]
+    pub default: DomainSettings,
+    /// Settings per domain name.
+    #[serde(default)]
+    pub domain: BTreeMap<String, DomainSettings>,
+}
+
+impl Config {
+    /// Read and check the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse `text` (read from `path`, named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start).min(text.len());
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: text[..at].matches('\n').count() + 1,
+                reason: e.message().replace('\n', " ").trim().to_string(),
+            }
+        })?;
+        for name in config.domain.keys() {
+            crate::store::validate_name(name).map_err(|e| ConfigError::BadDomain {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// The file to read: `explicit` if given (it must exist), else [`DEFAULT_PATH`] if it
+    /// exists, else none.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
+        }
+    }
+
+    /// The settings of domain `name`: its section over `[default]`.
+    pub fn for_domain(&self, name: &str) -> DomainSettings {
+        match self.domain.get(name) {
+            Some(d) => d.or(&self.default),
+            None => self.default.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../tools/xckpt.toml");
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::parse(Path::new("xckpt.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.store.as_deref(), Some(Path::new("/var/lib/xckpt")));
+        assert!(!c.default.retention.is_empty());
+    }
+
+    #[test]
+    fn domains_inherit_the_default_field_by_field() {
+        let text = r#"
+store = "/srv/ckpt"
+[default]
+evict = ["free"]
+encrypt = "/etc/xckpt/key"
+[default.retention]
+keep_last = 24
+keep_daily = 7
+[domain.web1]
+evict = []
+[domain.web1.retention]
+keep_hourly = 48
+keep_daily = 30
+"#;
+        let c = Config::parse(Path::new("t.toml"), text).unwrap();
+        let web = c.for_domain("web1");
+        assert_eq!(
+            web.retention,
+            Retention {
+                keep_last: Some(24),
+                keep_hourly: Some(48),
+                keep_daily: Some(30)
+            }
+        );
+        assert_eq!(web.evict, Some(vec![]));
+        assert_eq!(web.encrypt.as_deref(), Some(Path::new("/etc/xckpt/key")));
+        let other = c.for_domain("db");
+        assert_eq!(other, c.default);
+        assert_eq!(other.evict, Some(vec!["free".to_string()]));
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_line_number() {
+        let e = Config::parse(
+            Path::new("/etc/x.toml"),
+            "store = 1\n[default]\nkeep_lst = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("config /etc/x.toml line 1:"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let e = Config::parse(Path::new("x"), "[default.retention]\nkeep_lst = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("keep_lst"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let e = Config::parse(Path::new("x"), "[domain.\"../etc\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[domain.../etc]") && e.contains("dot"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/xckpt.toml")).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("config /nonexistent/xckpt.toml: "));
+    }
+}
