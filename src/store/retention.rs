@@ -95,6 +95,7 @@ mod tests {
             created_unix_ms: ms,
             bytes: 0,
             stats: CaptureStats::default(),
+            group: None,
         }
     }
 
