@@ -60,33 +60,9 @@ pub enum ConfigError {
     },
 }
 
-/// How many layers `prune` keeps, restic/borg style. `None` leaves a rule out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    /// Keep the newest N layers.
-    pub keep_last: Option<u32>,
-    /// Keep the newest layer of each of the last N hours.
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest layer of each of the last N days.
-    pub keep_daily: Option<u32>,
-}
-
-impl Retention {
-    /// Each rule of `self`, or of `fallback` where `self` leaves it out.
-    pub fn or(self, fallback: Retention) -> Retention {
-        Retention {
-            keep_last: self.keep_last.or(fallback.keep_last),
-            keep_hourly: self.keep_hourly.or(fallback.keep_hourly),
-            keep_daily: self.keep_daily.or(fallback.keep_daily),
-        }
-    }
-
-    /// Whether no rule is set.
-    pub fn is_empty(&self) -> bool {
-        *self == Retention::default()
-    }
-}
+/// How many layers `prune` keeps, restic/borg style (the store's policy; `None` leaves a rule
+/// out).
+pub use crate::store::RetentionPolicy as Retention;
 
 /// Settings of one domain (or of `[default]`). Unset fields fall back to `[default]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,8 @@ pub struct MergeCmd {
     upto: u64,
     #[command(flatten)]
     wait: WaitArg,
+    #[command(flatten)]
+    key: super::settings::KeyArg,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -33,7 +35,7 @@ pub struct MergeCmd {
 impl MergeCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
-        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait)?;
+        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait, &self.key)?;
         let report = chain
             .merge(&lock, self.upto)
             .with_context(|| format!("merging {}@{}", self.domain, self.upto))?;
@@ -62,6 +64,8 @@ pub struct PruneCmd {
     dry_run: bool,
     #[command(flatten)]
     wait: WaitArg,
+    #[command(flatten)]
+    key: super::settings::KeyArg,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -79,15 +83,16 @@ impl PruneCmd {
     }
 
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let policy = self.policy();
+        let policy = super::settings::retention(&self.domain, self.policy());
         if policy.is_empty() {
             bail!(
-                "prune {}: give at least one of --keep-last, --keep-hourly, --keep-daily",
+                "prune {}: give at least one of --keep-last, --keep-hourly, --keep-daily \
+                 (or `retention` for it in the config file)",
                 self.domain
             );
         }
         let store = open_existing(&self.store)?;
-        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait)?;
+        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait, &self.key)?;
         let m = chain.manifest()?;
         let keep = policy.select(&m.layers);
         if self.dry_run {
@@ -116,8 +121,9 @@ fn lock_chain(
     store: &Store,
     name: &str,
     wait_s: u64,
+    key: &super::settings::KeyArg,
 ) -> anyhow::Result<(Chain, xckpt::store::ChainLock)> {
-    let chain = store.chain(name)?;
+    let chain = store.chain(name)?.with_key(key.key(name)?);
     if chain.manifest()?.layers.is_empty() {
         bail!("chain {name} has no layers in {}", store.root().display());
     }
