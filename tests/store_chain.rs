@@ -208,7 +208,7 @@ fn verify_names_the_bad_layer() {
             &err,
             ChainVerifyError::Layer {
                 id: 2,
-                source: LayerReadError::FrameChecksum { .. },
+                error: LayerReadError::FrameChecksum { .. },
                 ..
             }
         ),

@@ -61,15 +61,15 @@ pub enum ChainVerifyError {
     Store(#[from] StoreError),
     /// A layer file is missing or damaged.
     #[error(
-        "chain {chain}: layer {id} is damaged: {source}; points that build on layer {id} cannot be restored: re-take a full checkpoint with `xckpt checkpoint --full`"
+        "chain {chain}: layer {id} is damaged: {error}; points that build on layer {id} cannot be restored: re-take a full checkpoint with `xckpt checkpoint --full`"
     )]
     Layer {
         /// The chain.
         chain: String,
         /// The layer.
         id: u64,
-        /// What the reader found.
-        source: LayerReadError,
+        /// What the reader found (in the message, not a `source`, so it is printed once).
+        error: LayerReadError,
     },
     /// The manifest and a layer's header disagree.
     #[error("chain {chain}: layer {id} ({path}) disagrees with the manifest: {reason}; re-take a full checkpoint with --full")]
@@ -94,14 +94,14 @@ pub enum ChainVerifyError {
         parent: u64,
     },
     /// A point does not compose.
-    #[error("chain {chain}: point {id} does not compose: {source}; re-take a full checkpoint with --full")]
+    #[error("chain {chain}: point {id} does not compose: {error}; re-take a full checkpoint with --full")]
     Compose {
         /// The chain.
         chain: String,
         /// The point.
         id: u64,
-        /// Why.
-        source: ComposeError,
+        /// Why (in the message, not a `source`, so it is printed once).
+        error: ComposeError,
     },
     /// A page of a composed point does not match the digest stored at capture.
     #[error("chain {chain}: point {id}: pfn {pfn:#x} from layer {layer} has digest {found:#018x}, {expected:#018x} was stored at capture; layer {layer} is damaged: re-take a full checkpoint with --full")]
@@ -138,8 +138,8 @@ impl Chain {
         loop {
             let m = self.manifest()?;
             match self.verify_listed(&m, upto) {
-                Err(ChainVerifyError::Layer { source, .. })
-                    if self.lost_race(&source, &m, &mut tries) => {}
+                Err(ChainVerifyError::Layer { error, .. })
+                    if self.lost_race(&error, &m, &mut tries) => {}
                 r => return r,
             }
         }
@@ -207,10 +207,10 @@ impl Chain {
     fn verify_point(&self, id: u64) -> Result<PointReport, ChainVerifyError> {
         let chain = self.name().to_string();
         let image = self.compose(Some(id)).map_err(|e| match e {
-            StoreError::Compose(source) => ChainVerifyError::Compose {
+            StoreError::Compose(error) => ChainVerifyError::Compose {
                 chain: chain.clone(),
                 id,
-                source,
+                error,
             },
             other => ChainVerifyError::Store(other),
         })?;
@@ -251,17 +251,17 @@ impl Chain {
             Err(PointError::Read(source)) => Err(ChainVerifyError::Compose {
                 chain,
                 id,
-                source: ComposeError::Read(source),
+                error: ComposeError::Read(source),
             }),
         }
     }
 
     fn verify_layer(&self, r: &LayerRecord) -> Result<LayerReport, ChainVerifyError> {
         let path = self.layer_path(r);
-        let layer_err = |source| ChainVerifyError::Layer {
+        let layer_err = |error| ChainVerifyError::Layer {
             chain: self.name().to_string(),
             id: r.id,
-            source,
+            error,
         };
         let reader =
             crate::layer::LayerReader::open_with_key(&path, self.key()).map_err(layer_err)?;
