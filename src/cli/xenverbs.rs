@@ -52,6 +52,11 @@ pub struct CheckpointCmd {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep the layer as written, dead page copies included (by default a layer whose page
+    /// copies are more than 5% dead, from pages re-sent by later pre-copy rounds, is rewritten
+    /// compactly after the domain has resumed).
+    #[arg(long)]
+    no_compact: bool,
 }
 
 /// Which pages a checkpoint need not store (docs/eviction.md).
@@ -120,17 +125,21 @@ impl CheckpointCmd {
         let name = dom.info()?.identity.name;
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&name)?.with_key(self.key.key(&name)?);
-        let _lock = chain.lock_exclusive(wait)?;
+        let lock = chain.lock_exclusive(wait)?;
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
         let mut stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
         let mut opts = self.capture.options();
         opts.evict = self.evict.options(dom.domid())?;
-        let report = checkpoint_with(&dom, &chain, &opts, &mut stop).with_context(|| {
+        let mut report = checkpoint_with(&dom, &chain, &opts, &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
             )
         })?;
+        // The domain runs again; drop the layer's dead page copies if there are many.
+        if !self.no_compact {
+            compact_new_layer(&chain, &lock, &mut report);
+        }
         if self.json {
             print_json(&report)?;
         } else {
@@ -140,6 +149,35 @@ impl CheckpointCmd {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Share of dead page copies in a new layer above which the checkpoint compacts it.
+const COMPACT_DEAD: f64 = 0.05;
+
+/// Rewrite the just-committed layer without its dead copies (see `Chain::compact_dead`). The
+/// layer is already committed, so a failure here is a warning, not a failed checkpoint.
+fn compact_new_layer(chain: &xckpt::store::Chain, lock: &xckpt::store::ChainLock, r: &mut CaptureReport) {
+    let id = r.layer.id;
+    match chain.compact_dead(lock, id, COMPACT_DEAD) {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            if let Ok(m) = chain.manifest() {
+                if let Some(rec) = m.layer(id) {
+                    let note = format!(
+                        "compacted: {} -> {} bytes (page copies re-sent during pre-copy dropped)",
+                        r.layer.bytes, rec.bytes
+                    );
+                    r.layer = rec.clone();
+                    r.layer.stats.notes.push(note);
+                }
+            }
+        }
+        Err(e) => eprintln!(
+            "xckpt: warning: layer {id} of {} is committed but could not be compacted: {e}; \
+             `xckpt merge` can do it later",
+            chain.name()
+        ),
     }
 }
 

@@ -242,6 +242,24 @@ impl Chain {
         Ok(())
     }
 
+    /// Rewrite layer `id` alone (its parent kept) when at least `min_dead` of its page slots
+    /// are dead copies (pages re-sent by a later pre-copy round of the same capture). Returns
+    /// None when the layer is compact enough. Every point composes as before.
+    pub fn compact_dead(
+        &self,
+        lock: &ChainLock,
+        id: u64,
+        min_dead: f64,
+    ) -> Result<Option<RewriteReport>, RewriteError> {
+        let f = self.open_layer(id).map_err(|e| self.rw_err(e))?.figures();
+        if f.slots == 0 || (f.dead_slots as f64) < min_dead * f.slots as f64 {
+            return Ok(None);
+        }
+        let m = self.manifest().map_err(|e| self.rw_err(e))?;
+        let keep: BTreeSet<u64> = m.layers.iter().map(|r| r.id).collect();
+        self.retain(lock, &keep, Some(id)).map(Some)
+    }
+
     fn rw_err(&self, source: StoreError) -> RewriteError {
         RewriteError::Store {
             chain: self.name().to_string(),
