@@ -39,10 +39,10 @@ pub fn normalise_pagetable(
 ) -> Result<(), PvError> {
     assert!(src.len() == PAGE_SIZE && dst.len() == PAGE_SIZE, "one page");
     let level = table_level(ty).expect("normalise_pagetable needs a page-table type");
-    let xen = (level == 4).then(|| {
+    let xen = (level == 4).then_some(
         ((HYPERVISOR_VIRT_START_X86_64 >> L4_SHIFT) & 511) as usize
-            ..=((HYPERVISOR_VIRT_END_X86_64 >> L4_SHIFT) & 511) as usize
-    });
+            ..=((HYPERVISOR_VIRT_END_X86_64 >> L4_SHIFT) & 511) as usize,
+    );
     for i in 0..PAGE_SIZE / WORD {
         let mut pte = if xen.as_ref().is_some_and(|r| r.contains(&i)) {
             0
