@@ -164,10 +164,8 @@ fn compact_new_layer(chain: &xckpt::store::Chain, lock: &xckpt::store::ChainLock
         Ok(Some(_)) => {
             if let Ok(m) = chain.manifest() {
                 if let Some(rec) = m.layer(id) {
-                    let note = format!(
-                        "compacted: {} -> {} bytes (page copies re-sent during pre-copy dropped)",
-                        r.layer.bytes, rec.bytes
-                    );
+                    // The rewritten layer's notes say it was compacted; add the sizes.
+                    let note = format!("compacted from {} bytes", r.layer.bytes);
                     r.layer = rec.clone();
                     r.layer.stats.notes.push(note);
                 }
