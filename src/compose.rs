@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::hv::{GuestType, Pfn, StateBlob, PAGE_SIZE};
+use crate::hv::{GuestType, Pfn, StateBlob};
 use crate::layer::{EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageEntry};
 
 /// The resolved state of one pfn in an image.
@@ -187,25 +187,10 @@ impl ComposedImage {
             }
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut live: Vec<(u64, Pfn)> = layer
-                .index()
-                .data_slots()
-                .filter(|&(pfn, _)| self.owner(pfn) == Some(i))
-                .map(|(pfn, slot)| (slot, pfn))
-                .collect();
-            live.sort_unstable();
-            let mut at = 0;
-            while at < live.len() {
-                let k = layer.frame_of_slot(live[at].0).unwrap_or(usize::MAX);
-                let pages = layer.decode(k)?;
-                let slots = layer.frame_slots(k);
-                while at < live.len() && live[at].0 < slots.end {
-                    let (slot, pfn) = live[at];
-                    let off = (slot - slots.start) as usize * PAGE_SIZE;
-                    f(pfn, PageState::Data(i), Some(&pages[off..off + PAGE_SIZE]))?;
-                    at += 1;
-                }
-            }
+            layer.for_each_stored_page(
+                |pfn| self.owner(pfn) == Some(i),
+                |pfn, page| f(pfn, PageState::Data(i), Some(page)),
+            )?;
         }
         Ok(())
     }

@@ -40,6 +40,21 @@ struct Registry {
     paused: Vec<(u64, Arc<dyn Domain>)>,
 }
 
+impl Registry {
+    /// Record `dom`, paused at `paused_at`, and return the guard that unpauses it.
+    fn guard(&mut self, dom: Arc<dyn Domain>, paused_at: Instant) -> PauseGuard {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.paused.push((id, Arc::clone(&dom)));
+        PauseGuard {
+            dom,
+            id,
+            paused_at,
+            released: false,
+        }
+    }
+}
+
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     next_id: 0,
     paused: Vec::new(),
@@ -143,16 +158,7 @@ impl PauseGuard {
             ));
         }
         dom.pause()?;
-        let paused_at = Instant::now();
-        let id = reg.next_id;
-        reg.next_id += 1;
-        reg.paused.push((id, Arc::clone(&dom)));
-        Ok(PauseGuard {
-            dom,
-            id,
-            paused_at,
-            released: false,
-        })
+        Ok(reg.guard(dom, Instant::now()))
     }
 
     /// Pause every domain of `doms` at once, one thread each, so the pauses overlap (a group
@@ -188,18 +194,7 @@ impl PauseGuard {
         });
         doms.into_iter()
             .zip(paused)
-            .map(|(dom, at)| {
-                let paused_at = at?;
-                let id = reg.next_id;
-                reg.next_id += 1;
-                reg.paused.push((id, Arc::clone(&dom)));
-                Ok(PauseGuard {
-                    dom,
-                    id,
-                    paused_at,
-                    released: false,
-                })
-            })
+            .map(|(dom, at)| Ok(reg.guard(dom, at?)))
             .collect()
     }
 

@@ -83,6 +83,35 @@ impl LayerReader {
         Some(pages)
     }
 
+    /// Visit the stored pages of the pfns `keep` accepts, in the order they are stored, so that
+    /// each frame is decoded once (without the cache). Stops at the first error `f` returns.
+    pub fn for_each_stored_page<E: From<LayerReadError>>(
+        &self,
+        keep: impl Fn(crate::hv::Pfn) -> bool,
+        mut f: impl FnMut(crate::hv::Pfn, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut live: Vec<(u64, crate::hv::Pfn)> = self
+            .index()
+            .data_slots()
+            .filter(|&(pfn, _)| keep(pfn))
+            .map(|(pfn, slot)| (slot, pfn))
+            .collect();
+        live.sort_unstable();
+        let mut at = 0;
+        while at < live.len() {
+            let k = self.frame_of_slot(live[at].0).unwrap_or(usize::MAX);
+            let pages = self.decode(k)?;
+            let slots = self.frame_slots(k);
+            while at < live.len() && live[at].0 < slots.end {
+                let (slot, pfn) = live[at];
+                let off = (slot - slots.start) as usize * PAGE_SIZE;
+                f(pfn, &pages[off..off + PAGE_SIZE])?;
+                at += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Decode frame `k` without the cache (for one-pass readers), checking crc, zstd's
     /// checksum and every page's digest.
     pub fn decode(&self, k: usize) -> Result<Vec<u8>, LayerReadError> {

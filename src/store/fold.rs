@@ -121,30 +121,17 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
         Ok(())
     };
     for (i, layer) in readers.iter().enumerate() {
-        // Live pages of this layer in slot order, so each frame is decoded once.
-        let mut live: Vec<(u64, u64)> = layer
-            .index()
-            .data_slots()
-            .filter(|&(pfn, _)| owner.get(pfn as usize) == Some(&(i as u16)))
-            .map(|(pfn, slot)| (slot, pfn))
-            .collect();
-        live.sort_unstable();
-        let mut at = 0;
-        while at < live.len() {
-            let k = layer.frame_of_slot(live[at].0).unwrap_or(usize::MAX);
-            let pages = layer.decode(k)?;
-            let slots = layer.frame_slots(k);
-            while at < live.len() && live[at].0 < slots.end {
-                let (slot, pfn) = live[at];
-                let off = (slot - slots.start) as usize * PAGE_SIZE;
-                buf.extend_from_slice(&pages[off..off + PAGE_SIZE]);
+        layer.for_each_stored_page(
+            |pfn| owner.get(pfn as usize) == Some(&(i as u16)),
+            |pfn, page| {
+                buf.extend_from_slice(page);
                 pending.push(pfn);
                 if pending.len() == frame_pages {
                     flush(&mut pending, &mut buf, &mut index)?;
                 }
-                at += 1;
-            }
-        }
+                Ok::<(), StoreError>(())
+            },
+        )?;
     }
     flush(&mut pending, &mut buf, &mut index)?;
     let slots_after = writer.slots();
