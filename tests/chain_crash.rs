@@ -118,7 +118,9 @@ impl Hv {
         let bits = self.bits();
         let mut clean = PfnBitmap::new();
         sim.logdirty_clean(&mut clean).unwrap();
-        (0..PAGES).filter(|&p| bits[p as usize] == 1).for_each(write);
+        (0..PAGES)
+            .filter(|&p| bits[p as usize] == 1)
+            .for_each(write);
         Arc::new(Persisted {
             sim,
             bits: self.bits_path(),
@@ -293,7 +295,11 @@ fn trace(hv: &Hv, op: Op) -> Vec<String> {
     let copy = hv.copy_to(tmp.path());
     let log = tmp.path().join("failpoints.log");
     let out = run_child(&copy, op, None, Some(&log));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
     std::fs::read_to_string(&log)
         .unwrap()
@@ -315,7 +321,13 @@ fn points(chain: &Chain) -> BTreeMap<u64, Point> {
 fn check_after_crash(hv: &Hv, before: &BTreeMap<u64, Point>, what: &str) -> Vec<u64> {
     let chain = hv.chain(); // opening removes the leftovers of the killed writer
     assert_no_leftovers(&chain, what);
-    let ids: Vec<u64> = chain.manifest().unwrap().layers.iter().map(|r| r.id).collect();
+    let ids: Vec<u64> = chain
+        .manifest()
+        .unwrap()
+        .layers
+        .iter()
+        .map(|r| r.id)
+        .collect();
     if ids.is_empty() {
         assert!(before.is_empty(), "{what}: the chain lost its layers");
         return ids;

@@ -30,7 +30,13 @@ impl SmallFs {
         }
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "xckpt-enospc"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "xckpt-enospc",
+            ])
             .arg(dir.path())
             .status()
             .unwrap();
@@ -94,7 +100,9 @@ fn dirty_some(dom: &SimDomain, tag: u64) {
 fn check_intact(store: &Store, before: &BTreeMap<u64, Point>, what: &str) {
     let chain = store.chain("g").unwrap();
     assert_no_leftovers(&chain, what);
-    chain.verify_deep(None).unwrap_or_else(|e| panic!("{what}: {e}"));
+    chain
+        .verify_deep(None)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_kept_points_equal(&chain, before, what);
 }
 
@@ -115,7 +123,17 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
     let chain = store.chain("g").unwrap();
     let dom = Arc::new(SimDomain::new(SimConfig::small(1024)).unwrap());
     checkpoint(&dom, &chain, &opts()).unwrap();
-    let frees: [u64; 9] = [0, 4 << 10, 16 << 10, 64 << 10, 160 << 10, 512 << 10, 1 << 20, 2 << 20, 3 << 20];
+    let frees: [u64; 9] = [
+        0,
+        4 << 10,
+        16 << 10,
+        64 << 10,
+        160 << 10,
+        512 << 10,
+        1 << 20,
+        2 << 20,
+        3 << 20,
+    ];
     let mut failed = BTreeMap::<&str, usize>::new();
     for (i, &free) in frees.iter().enumerate() {
         for op in ["checkpoint", "merge", "prune"] {
@@ -125,10 +143,15 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
             let newest = chain.manifest().unwrap().last().unwrap().id;
             fs.leave_free(free);
             let result: Result<(), String> = match op {
-                "checkpoint" => checkpoint(&dom, &chain, &opts()).map(drop).map_err(|e| e.to_string()),
+                "checkpoint" => checkpoint(&dom, &chain, &opts())
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
                 "merge" => {
                     let lock = chain.lock_exclusive(std::time::Duration::ZERO).unwrap();
-                    chain.merge(&lock, newest).map(drop).map_err(|e| e.to_string())
+                    chain
+                        .merge(&lock, newest)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 }
                 _ => {
                     let lock = chain.lock_exclusive(std::time::Duration::ZERO).unwrap();
@@ -137,7 +160,10 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
                         ..Default::default()
                     }
                     .select(&chain.manifest().unwrap().layers);
-                    chain.retain(&lock, &keep, None).map(drop).map_err(|e| e.to_string())
+                    chain
+                        .retain(&lock, &keep, None)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 }
             };
             if let Err(msg) = result {
@@ -152,6 +178,9 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
     }
     println!("ENOSPC failures per operation: {failed:?}");
     for op in ["checkpoint", "merge", "prune"] {
-        assert!(failed.get(op).copied().unwrap_or(0) >= 2, "{op} never hit the full disk: {failed:?}");
+        assert!(
+            failed.get(op).copied().unwrap_or(0) >= 2,
+            "{op} never hit the full disk: {failed:?}"
+        );
     }
 }

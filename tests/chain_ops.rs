@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chain_util::{assert_kept_points_equal, assert_no_leftovers, points};
-use layer_util::{fill, meta, state, config, Put};
+use layer_util::{config, fill, meta, state, Put};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
 use xckpt::layer::LayerKind;
@@ -53,7 +53,13 @@ fn captured_chain(store: &Store, incrementals: usize) -> (Chain, Arc<SimDomain>)
 }
 
 fn ids(chain: &Chain) -> Vec<u64> {
-    chain.manifest().unwrap().layers.iter().map(|r| r.id).collect()
+    chain
+        .manifest()
+        .unwrap()
+        .layers
+        .iter()
+        .map(|r| r.id)
+        .collect()
 }
 
 #[test]
@@ -68,7 +74,10 @@ fn merge_squashes_into_one_compact_base_and_every_remaining_point_is_byte_identi
     let dead_before: u64 = (1..=7)
         .map(|id| chain.open_layer(id).unwrap().figures().dead_slots)
         .sum();
-    assert!(dead_before > 0, "the workload re-sent no page: no dead slots to drop");
+    assert!(
+        dead_before > 0,
+        "the workload re-sent no page: no dead slots to drop"
+    );
     let old4 = chain.manifest().unwrap().layers[3].clone();
     let lock = chain.lock_exclusive(Duration::ZERO).unwrap();
     let report = chain.merge(&lock, 4).unwrap();
@@ -76,12 +85,18 @@ fn merge_squashes_into_one_compact_base_and_every_remaining_point_is_byte_identi
     assert_eq!(report.dropped, [1, 2, 3]);
     assert_eq!(report.rewritten.len(), 1);
     assert_eq!(ids(&chain), [4, 5, 6, 7]);
-    assert_eq!(assert_kept_points_equal(&chain, &before, "merge --upto 4"), 4);
+    assert_eq!(
+        assert_kept_points_equal(&chain, &before, "merge --upto 4"),
+        4
+    );
     let base = chain.open_layer(4).unwrap();
     let f = base.figures();
     assert_eq!(base.meta().kind, LayerKind::Base);
     assert_eq!(base.meta().parent, None);
-    assert_eq!(f.dead_slots, 0, "the merged base holds one copy of each page");
+    assert_eq!(
+        f.dead_slots, 0,
+        "the merged base holds one copy of each page"
+    );
     assert!(f.slots < slots_before, "{} !< {slots_before}", f.slots);
     // Header, vCPU state and config of layer 4 carried over.
     let m = chain.manifest().unwrap();
@@ -125,12 +140,18 @@ fn merge_of_a_single_layer_compacts_it() {
         .compact_dead(&lock, 1, 0.1)
         .unwrap()
         .expect("4 of 24 slots dead is over 10%");
-    assert_eq!((r.rewritten[0].slots_before, r.rewritten[0].slots_after), (24, 20));
+    assert_eq!(
+        (r.rewritten[0].slots_before, r.rewritten[0].slots_after),
+        (24, 20)
+    );
     assert_eq!(chain.open_layer(1).unwrap().figures().dead_slots, 0);
     assert_kept_points_equal(&chain, &before, "compact");
     // Again, through merge: a second rewrite gets the next revision name.
     chain.merge(&lock, 1).unwrap();
-    assert_eq!(chain.manifest().unwrap().layers[0].file, "layer-000001.r2.xcl");
+    assert_eq!(
+        chain.manifest().unwrap().layers[0].file,
+        "layer-000001.r2.xcl"
+    );
     drop(lock);
     assert_no_leftovers(&store.chain("g").unwrap(), "compact twice");
     chain.verify_deep(None).unwrap();
@@ -147,7 +168,10 @@ fn prune_folds_dropped_inner_layers_into_their_children() {
     let keep: BTreeSet<u64> = [2, 5, 7].into();
     let r = chain.retain(&lock, &keep, None).unwrap();
     assert_eq!(r.dropped, [1, 3, 4, 6]);
-    assert_eq!(r.rewritten.iter().map(|w| w.id).collect::<Vec<_>>(), [2, 5, 7]);
+    assert_eq!(
+        r.rewritten.iter().map(|w| w.id).collect::<Vec<_>>(),
+        [2, 5, 7]
+    );
     let m = chain.manifest().unwrap();
     let links: Vec<(u64, Option<u64>, LayerKind)> =
         m.layers.iter().map(|r| (r.id, r.parent, r.kind)).collect();
@@ -172,7 +196,11 @@ fn prune_folds_dropped_inner_layers_into_their_children() {
     assert_eq!((next.layer.id, next.layer.parent), (8, Some(7)));
     assert_eq!(next.layer.kind, LayerKind::Incremental);
     let restored = SimDomain::from_image(&chain.compose(Some(8)).unwrap()).unwrap();
-    assert_eq!(restored.digests(), dom.digests(), "point 8 restores the domain's memory");
+    assert_eq!(
+        restored.digests(),
+        dom.digests(),
+        "point 8 restores the domain's memory"
+    );
 }
 
 #[test]
@@ -182,9 +210,15 @@ fn the_newest_layer_is_always_kept_and_unknown_layers_are_refused() {
     let (chain, _dom) = captured_chain(&store, 2);
     let lock = chain.lock_exclusive(Duration::ZERO).unwrap();
     let err = chain.retain(&lock, &[1, 2].into(), None).unwrap_err();
-    assert!(matches!(err, RewriteError::NewestDropped { id: 3, .. }), "{err}");
+    assert!(
+        matches!(err, RewriteError::NewestDropped { id: 3, .. }),
+        "{err}"
+    );
     let err = chain.merge(&lock, 9).unwrap_err();
-    assert!(matches!(err, RewriteError::NoSuchLayer { id: 9, .. }), "{err}");
+    assert!(
+        matches!(err, RewriteError::NoSuchLayer { id: 9, .. }),
+        "{err}"
+    );
     assert_eq!(ids(&chain), [1, 2, 3]);
 }
 
@@ -231,7 +265,11 @@ fn a_second_writer_waits_for_the_lock_or_fails_clearly_two_processes() {
     assert_eq!(ids(&chain), [1, 2, 3, 4], "pruned while the lock was held");
     drop(held);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(ids(&chain), [3, 4]);
     // Readers (list, verify) do not need the lock.
@@ -240,7 +278,9 @@ fn a_second_writer_waits_for_the_lock_or_fails_clearly_two_processes() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["layers"].as_array().unwrap().len(), 2);
-    assert!(xckpt(root.path(), &["verify", "g", "--deep"]).status.success());
+    assert!(xckpt(root.path(), &["verify", "g", "--deep"])
+        .status
+        .success());
 }
 
 #[test]
@@ -253,8 +293,19 @@ fn list_inspect_and_verify_json() {
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
     for key in [
-        "id", "parent", "kind", "file", "created_unix_ms", "bytes", "data_pages", "zero_pages",
-        "unpopulated_pages", "evicted_pages", "evicted", "downtime_ms", "compression_ratio",
+        "id",
+        "parent",
+        "kind",
+        "file",
+        "created_unix_ms",
+        "bytes",
+        "data_pages",
+        "zero_pages",
+        "unpopulated_pages",
+        "evicted_pages",
+        "evicted",
+        "downtime_ms",
+        "compression_ratio",
     ] {
         assert!(layers[0].get(key).is_some(), "list --json lacks {key}");
     }

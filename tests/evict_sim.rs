@@ -262,7 +262,10 @@ fn balloon_unpopulates_for_the_capture_and_gives_the_target_back_or_aborts_in_ti
         assert!(h[0] < total_kib && h[1] == total_kib, "{h:?}");
         let notes = &r.layer.stats.notes;
         if stuck {
-            assert!(notes.iter().any(|n| n.starts_with("balloon: aborted")), "{notes:?}");
+            assert!(
+                notes.iter().any(|n| n.starts_with("balloon: aborted")),
+                "{notes:?}"
+            );
         } else {
             assert!(notes.iter().any(|n| n.contains("reached")), "{notes:?}");
             let image = chain.compose(Some(r.layer.id)).unwrap();

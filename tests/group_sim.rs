@@ -147,7 +147,12 @@ fn every_member_is_captured_at_the_one_group_instant() {
         assert!(rec.all_paused_at_stop, "a member ran at the group instant");
         assert_eq!(
             rec.phases,
-            [Phase::Converged, Phase::Stopped, Phase::Copied, Phase::Committed]
+            [
+                Phase::Converged,
+                Phase::Stopped,
+                Phase::Copied,
+                Phase::Committed
+            ]
         );
         assert_eq!(report.tag.id, id);
         for (m, d) in report.members.iter().zip(&doms) {
@@ -156,8 +161,8 @@ fn every_member_is_captured_at_the_one_group_instant() {
             let image = ms[0].chain.compose(None).ok();
             drop(image);
             let chain = store.chain(&m.domain).unwrap();
-            let restored = SimDomain::from_image(&chain.compose(Some(m.capture.layer.id)).unwrap())
-                .unwrap();
+            let restored =
+                SimDomain::from_image(&chain.compose(Some(m.capture.layer.id)).unwrap()).unwrap();
             let bad = truth.differing(&restored.digests());
             assert!(bad.is_empty(), "{}: {} pages differ", m.domain, bad.len());
             // Both layers carry the same group tag, in the header and the manifest.
@@ -192,7 +197,10 @@ fn a_failure_of_one_member_resumes_all_and_commits_nothing() {
     doms[1].fail_state.store(true, Ordering::SeqCst);
     let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("domain b") && text.contains("save state"), "{text}");
+    assert!(
+        text.contains("domain b") && text.contains("save state"),
+        "{text}"
+    );
     assert!(matches!(e, GroupError::Failed { ref committed, .. } if committed.is_empty()));
     assert_all_running_and_unchanged(&store, &doms, 1);
 
@@ -321,7 +329,10 @@ fn disks_are_snapshotted_while_every_member_is_stopped_and_recorded_in_the_layer
     let failing = WitnessDisk { fail: true, ..w };
     ms[1].disks = disk_plan("b", &["xvda", "xvdb"], &failing);
     let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
-    assert!(e.to_string().contains("xvdb") && e.to_string().contains("injected"), "{e}");
+    assert!(
+        e.to_string().contains("xvdb") && e.to_string().contains("injected"),
+        "{e}"
+    );
     assert_all_running_and_unchanged(&store, &doms, 1);
     assert!(failing
         .discarded
@@ -352,7 +363,10 @@ fn a_single_checkpoint_snapshots_disks_under_its_pause_and_a_failed_one_resumes(
     let failing = WitnessDisk { fail: true, ..w };
     let mut stop = SoloStop::new(a.clone(), disk_plan("a", &["xvda", "xvdb"], &failing));
     let e = checkpoint_with(&a, &chain, &opts(), &mut stop).unwrap_err();
-    assert!(e.to_string().contains("disk xvdb") && e.to_string().contains("resumed"), "{e}");
+    assert!(
+        e.to_string().contains("disk xvdb") && e.to_string().contains("resumed"),
+        "{e}"
+    );
     assert_all_running_and_unchanged(&store, &[a], 1);
     assert_eq!(
         *failing.discarded.lock().unwrap(),

@@ -167,7 +167,10 @@ fn an_encrypted_chain_takes_no_plain_layer() {
     let sealed = store.chain("g").unwrap().with_key(Some(key.clone()));
     commit(&sealed, 1);
     let plain = store.chain("g").unwrap();
-    let e = plain.begin_layer().err().expect("a plain layer on an encrypted chain");
+    let e = plain
+        .begin_layer()
+        .err()
+        .expect("a plain layer on an encrypted chain");
     assert!(matches!(e, StoreError::NeedKey { .. }), "{e}");
     assert!(plain.verify(None).is_err());
     commit(&sealed, 2);

@@ -400,7 +400,11 @@ fn hvm_state_config_and_qemu() {
     };
     let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
     let physmap = "/local/domain/0/device-model/261/physmap/f0000000";
-    for (k, v) in [("start_addr", "c0000"), ("size", "800000"), ("name", "vga.vram")] {
+    for (k, v) in [
+        ("start_addr", "c0000"),
+        ("size", "800000"),
+        ("name", "vga.vram"),
+    ] {
         xs.write(&format!("{physmap}/{k}"), v).unwrap();
     }
     let d = open("win", &xs, env).unwrap();

@@ -362,9 +362,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 stop,
             )?;
             let (chunks, state, figures, why) = held;
-            let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
-                self.commit(out, state, config, figures, why, started)
-            });
+            let written = self
+                .write_behind(pipe, builder, chunks)
+                .and_then(|out| self.commit(out, state, config, figures, why, started));
             if written.is_err() {
                 stop.abandon();
             }

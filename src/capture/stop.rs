@@ -72,9 +72,7 @@ impl StopControl for SoloStop {
     fn stop(&mut self, chain: &str, layer_id: u64) -> Result<(), CaptureError> {
         let guard = PauseGuard::pause(self.dom.clone())?;
         // On error the guard drops here and the domain runs again.
-        self.taken = self
-            .disks
-            .snapshot_all(&self.dom.name(), chain, layer_id)?;
+        self.taken = self.disks.snapshot_all(&self.dom.name(), chain, layer_id)?;
         self.guard = Some(guard);
         Ok(())
     }

@@ -62,7 +62,12 @@ impl DiskArgs {
             return Ok(DiskPlan::default());
         }
         let config = dom.config()?;
-        Ok(DiskPlan::new(&dom.name(), &config, dom.domid(), &self.options()?)?)
+        Ok(DiskPlan::new(
+            &dom.name(),
+            &config,
+            dom.domid(),
+            &self.options()?,
+        )?)
     }
 }
 
@@ -145,7 +150,10 @@ fn print_group(r: &GroupReport) {
 }
 
 /// Writable clones of a layer's disk snapshots, for its restore (vdev -> path), printed.
-pub fn disk_clones(disks: &[DiskSnapshot], chain: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn disk_clones(
+    disks: &[DiskSnapshot],
+    chain: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let tag = format!(
         "restore-{}",
         std::time::SystemTime::now()
@@ -201,14 +209,21 @@ pub fn restore(
 ) -> anyhow::Result<ExitCode> {
     let gdir = GroupDir::open(store_root, &target.name)?;
     let m = gdir.manifest()?;
-    let point = m.point(target.layer).cloned().with_context(|| match target.layer {
-        Some(id) => format!(
-            "group {} has no checkpoint {id} (it has {})",
-            target.name,
-            m.points.iter().map(|p| p.id.to_string()).collect::<Vec<_>>().join(", ")
-        ),
-        None => format!("group {} has no checkpoints yet", target.name),
-    })?;
+    let point = m
+        .point(target.layer)
+        .cloned()
+        .with_context(|| match target.layer {
+            Some(id) => format!(
+                "group {} has no checkpoint {id} (it has {})",
+                target.name,
+                m.points
+                    .iter()
+                    .map(|p| p.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!("group {} has no checkpoints yet", target.name),
+        })?;
     let store_arg = super::StoreArg {
         store: store_root.to_path_buf(),
     };
@@ -246,9 +261,16 @@ pub fn restore(
         .map(|n| Command::new(xl).args(["unpause", n]).spawn())
         .collect();
     for (n, c) in created.iter().zip(unpaused) {
-        let ok = c.and_then(|mut c| c.wait()).map(|s| s.success()).unwrap_or(false);
+        let ok = c
+            .and_then(|mut c| c.wait())
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
-            bail!("group {}@{}: `xl unpause {n}` failed; run it by hand", target.name, point.id);
+            bail!(
+                "group {}@{}: `xl unpause {n}` failed; run it by hand",
+                target.name,
+                point.id
+            );
         }
     }
     println!(

@@ -2,8 +2,8 @@
 
 mod bench;
 mod chainverbs;
-mod group;
 mod generate;
+mod group;
 mod limits;
 mod settings;
 mod show;

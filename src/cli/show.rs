@@ -326,7 +326,10 @@ impl VerifyCmd {
                 report.top,
                 report.layers.len(),
                 if self.deep {
-                    format!(", {} points composed and digest-checked", report.points.len())
+                    format!(
+                        ", {} points composed and digest-checked",
+                        report.points.len()
+                    )
                 } else {
                     String::new()
                 },

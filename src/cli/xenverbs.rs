@@ -157,7 +157,11 @@ const COMPACT_DEAD: f64 = 0.05;
 
 /// Rewrite the just-committed layer without its dead copies (see `Chain::compact_dead`). The
 /// layer is already committed, so a failure here is a warning, not a failed checkpoint.
-fn compact_new_layer(chain: &xckpt::store::Chain, lock: &xckpt::store::ChainLock, r: &mut CaptureReport) {
+fn compact_new_layer(
+    chain: &xckpt::store::Chain,
+    lock: &xckpt::store::ChainLock,
+    r: &mut CaptureReport,
+) {
     let id = r.layer.id;
     match chain.compact_dead(lock, id, COMPACT_DEAD) {
         Ok(None) => {}
@@ -278,7 +282,10 @@ impl RestoreCmd {
         if let Some(group) = &self.group {
             return super::group::restore(&self.store.store, group, &self.xl, &self.key);
         }
-        let target = self.target.as_ref().context("a chain to restore is needed")?;
+        let target = self
+            .target
+            .as_ref()
+            .context("a chain to restore is needed")?;
         let (image, id) = open_point(&self.store, target, &self.key)?;
         let disks = image.top().meta().disks.clone();
         let opts = StreamOptions {

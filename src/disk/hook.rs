@@ -50,9 +50,8 @@ impl Backend for Hook {
 
     fn clone_writable(&self, snap: &DiskSnapshot, name: &str) -> Result<String, String> {
         let out = self.call(&["clone", &snap.snapshot, name])?;
-        last_line(&out).ok_or_else(|| {
-            format!("hook {} clone printed no path", self.script.display())
-        })
+        last_line(&out)
+            .ok_or_else(|| format!("hook {} clone printed no path", self.script.display()))
     }
 
     fn discard(&self, snap: &DiskSnapshot) -> Result<(), String> {
@@ -127,6 +126,9 @@ mod tests {
             domid: 3,
         };
         let e = hook.snapshot(&disk, "s").unwrap_err();
-        assert!(e.contains("hook.sh snapshot") && e.contains("killed"), "{e}");
+        assert!(
+            e.contains("hook.sh snapshot") && e.contains("killed"),
+            "{e}"
+        );
     }
 }

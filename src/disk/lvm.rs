@@ -81,7 +81,8 @@ impl Backend for Lvm {
 
     fn check(&self, disk: &DiskSpec) -> Result<(), String> {
         use std::os::unix::fs::FileTypeExt;
-        let md = std::fs::metadata(&disk.pdev_path).map_err(|e| format!("{}: {e}", disk.pdev_path))?;
+        let md =
+            std::fs::metadata(&disk.pdev_path).map_err(|e| format!("{}: {e}", disk.pdev_path))?;
         if !md.file_type().is_block_device() {
             return Err(format!("{} is not a block device", disk.pdev_path));
         }
@@ -131,7 +132,10 @@ mod tests {
     #[test]
     fn reads_lvs_and_builds_lvcreate_arguments() {
         let thick = parse_lvs("  vg0 data -wi-ao---- 10737418240\n").unwrap();
-        assert_eq!((thick.vg.as_str(), thick.lv.as_str(), thick.thin), ("vg0", "data", false));
+        assert_eq!(
+            (thick.vg.as_str(), thick.lv.as_str(), thick.thin),
+            ("vg0", "data", false)
+        );
         assert_eq!(thick.bytes, 10 << 30);
         let thin = parse_lvs("vg0 tdisk Vwi-a-tz-- 4194304").unwrap();
         assert!(thin.thin);

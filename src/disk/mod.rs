@@ -507,7 +507,10 @@ mod tests {
         assert_eq!(snaps[0].snapshot, "xckpt-web1-000007-xvda");
         assert_eq!(snaps[0].backend, BackendKind::Reflink);
         let json = serde_json::to_string(&snaps[0]).unwrap();
-        assert!(json.contains("\"backend\":\"reflink\"") && !json.contains("hook"), "{json}");
+        assert!(
+            json.contains("\"backend\":\"reflink\"") && !json.contains("hook"),
+            "{json}"
+        );
         assert_eq!("qcow2".parse::<BackendKind>(), Ok(BackendKind::Qcow2));
         assert!("zfs".parse::<BackendKind>().is_err());
     }

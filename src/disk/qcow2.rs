@@ -53,7 +53,11 @@ impl Qcow2 {
         let sock = self.socket(disk);
         let blocks = qmp::execute(&sock, "query-block", json!({})).map_err(|e| e.to_string())?;
         find_device(&blocks, &disk.pdev_path).ok_or_else(|| {
-            format!("the device model ({}) serves no image {}", sock.display(), disk.pdev_path)
+            format!(
+                "the device model ({}) serves no image {}",
+                sock.display(),
+                disk.pdev_path
+            )
         })
     }
 }
@@ -86,7 +90,17 @@ impl Backend for Qcow2 {
     fn clone_writable(&self, snap: &DiskSnapshot, name: &str) -> Result<String, String> {
         let clone = format!("{}.{name}", snap.snapshot);
         let mut c = Command::new("qemu-img");
-        c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &snap.snapshot, &clone]);
+        c.args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &snap.snapshot,
+            &clone,
+        ]);
         run(c, self.limit)?;
         Ok(clone)
     }

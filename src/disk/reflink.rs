@@ -49,7 +49,10 @@ impl Backend for Reflink {
             return Err(format!("{} is not a regular file", disk.pdev_path));
         }
         // Prove it on the real file system: clone the disk into a probe file and remove it.
-        let probe = sibling(&disk.pdev_path, &format!("xckpt-probe-{}", std::process::id()));
+        let probe = sibling(
+            &disk.pdev_path,
+            &format!("xckpt-probe-{}", std::process::id()),
+        );
         let r = clone_file(src, Path::new(&probe));
         let _ = std::fs::remove_file(&probe);
         r
@@ -110,6 +113,9 @@ mod tests {
             pdev_path: dir.path().display().to_string(),
             ..spec
         };
-        assert!(Reflink.check(&dir_spec).unwrap_err().contains("not a regular file"));
+        assert!(Reflink
+            .check(&dir_spec)
+            .unwrap_err()
+            .contains("not a regular file"));
     }
 }

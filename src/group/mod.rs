@@ -173,7 +173,11 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
     let failed = |reason: String| GroupError::Failed {
         group: group.to_string(),
         reason,
-        committed: if all_ok { Vec::new() } else { committed.clone() },
+        committed: if all_ok {
+            Vec::new()
+        } else {
+            committed.clone()
+        },
     };
     let (tag, skew) = match outcome {
         Ok(t) => t,
@@ -199,15 +203,16 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
             capture: r.expect("all members committed"),
         })
         .collect();
-    Ok(GroupReport {
-        tag,
-        skew,
-        members,
-    })
+    Ok(GroupReport { tag, skew, members })
 }
 
 fn first_failure(shared: &Shared, fallback: String) -> String {
-    shared.lock().failure.clone().filter(|f| !f.is_empty()).unwrap_or(fallback)
+    shared
+        .lock()
+        .failure
+        .clone()
+        .filter(|f| !f.is_empty())
+        .unwrap_or(fallback)
 }
 
 fn check_members(group: &str, names: &[String]) -> Result<(), GroupError> {
@@ -381,7 +386,12 @@ fn snapshot_all<D: Checkpointable + 'static>(
             .collect()
     });
     if let Some(e) = results.iter().find_map(|r| r.as_ref().err()).cloned() {
-        crate::disk::discard_all(results.into_iter().flat_map(Result::unwrap_or_default).collect());
+        crate::disk::discard_all(
+            results
+                .into_iter()
+                .flat_map(Result::unwrap_or_default)
+                .collect(),
+        );
         return Err(e);
     }
     Ok(results.into_iter().map(Result::unwrap_or_default).collect())

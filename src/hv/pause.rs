@@ -174,7 +174,13 @@ impl PauseGuard {
         if interrupted() {
             return doms
                 .iter()
-                .map(|d| Err(HvError::op(d.name(), "pause", "interrupted by SIGINT/SIGTERM")))
+                .map(|d| {
+                    Err(HvError::op(
+                        d.name(),
+                        "pause",
+                        "interrupted by SIGINT/SIGTERM",
+                    ))
+                })
                 .collect();
         }
         let paused: Vec<Result<Instant, HvError>> = std::thread::scope(|s| {
@@ -187,7 +193,11 @@ impl PauseGuard {
                 .zip(&doms)
                 .map(|(t, d)| {
                     t.join().unwrap_or_else(|_| {
-                        Err(HvError::op(d.name(), "pause", "the pausing thread panicked"))
+                        Err(HvError::op(
+                            d.name(),
+                            "pause",
+                            "the pausing thread panicked",
+                        ))
                     })
                 })
                 .collect()
@@ -227,7 +237,11 @@ impl PauseGuard {
                 .zip(&owned)
                 .map(|(t, (_, g))| {
                     t.join().unwrap_or_else(|_| {
-                        Err(HvError::op(g.dom.name(), "resume", "the resuming thread panicked"))
+                        Err(HvError::op(
+                            g.dom.name(),
+                            "resume",
+                            "the resuming thread panicked",
+                        ))
                     })
                 })
                 .collect()

@@ -250,7 +250,10 @@ const READ_TRIES: u32 = 3;
 /// `layer-<digits>.xcl`, or `layer-<digits>.r<digits>.xcl` (a layer rewritten by merge/prune).
 pub(crate) fn is_layer_name(name: &str) -> bool {
     let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-    let Some(rest) = name.strip_prefix("layer-").and_then(|r| r.strip_suffix(".xcl")) else {
+    let Some(rest) = name
+        .strip_prefix("layer-")
+        .and_then(|r| r.strip_suffix(".xcl"))
+    else {
         return false;
     };
     match rest.split_once(".r") {

@@ -60,7 +60,9 @@ pub enum RewriteError {
         chain: String,
     },
     /// The new manifest is in place but an old file could not be removed.
-    #[error("chain {chain}: done, but {source}; the file is removed the next time the chain is opened")]
+    #[error(
+        "chain {chain}: done, but {source}; the file is removed the next time the chain is opened"
+    )]
     Cleanup {
         /// The chain.
         chain: String,
@@ -126,7 +128,12 @@ impl Chain {
                 id: upto,
             });
         }
-        let keep: BTreeSet<u64> = m.layers.iter().map(|r| r.id).filter(|&id| id >= upto).collect();
+        let keep: BTreeSet<u64> = m
+            .layers
+            .iter()
+            .map(|r| r.id)
+            .filter(|&id| id >= upto)
+            .collect();
         self.retain(lock, &keep, Some(upto))
     }
 
@@ -180,7 +187,10 @@ impl Chain {
             // The rename may have happened (a failed directory sync): remove only files the
             // manifest on disk does not list.
             let on_disk = self.manifest().unwrap_or(new.clone());
-            for f in written.iter().filter(|f| !on_disk.layers.contains(&f.record)) {
+            for f in written
+                .iter()
+                .filter(|f| !on_disk.layers.contains(&f.record))
+            {
                 let _ = std::fs::remove_file(self.dir().join(&f.record.file));
             }
             return Err(self.rw_err(e));
@@ -188,7 +198,11 @@ impl Chain {
         // Step 3: remove what the manifest no longer lists.
         let listed: BTreeSet<&str> = new.layers.iter().map(|r| r.file.as_str()).collect();
         let mut cleanup = Ok(());
-        for r in m.layers.iter().filter(|r| !listed.contains(r.file.as_str())) {
+        for r in m
+            .layers
+            .iter()
+            .filter(|r| !listed.contains(r.file.as_str()))
+        {
             failpoint("rewrite.remove");
             let path = self.layer_path(r);
             if let Err(e) = std::fs::remove_file(&path) {

@@ -226,7 +226,12 @@ impl Chain {
                     let expected = image.page_digest(pfn).unwrap_or(0);
                     let found = page_digest(page);
                     if found != expected {
-                        return Err(PointError::Digest(pfn, layer_id(&image, i), expected, found));
+                        return Err(PointError::Digest(
+                            pfn,
+                            layer_id(&image, i),
+                            expected,
+                            found,
+                        ));
                     }
                     p.data += 1;
                 }

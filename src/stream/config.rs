@@ -149,7 +149,8 @@ mod tests {
 
     #[test]
     fn disks_are_pointed_at_their_clones() {
-        let raw = br#"{"c_info": {"name": "a"}, "disks": [{"vdev": "xvda", "pdev_path": "/d/a.img"}]}"#;
+        let raw =
+            br#"{"c_info": {"name": "a"}, "disks": [{"vdev": "xvda", "pdev_path": "/d/a.img"}]}"#;
         let rw = ConfigRewrite {
             disk_paths: [("xvda".to_string(), "/d/a.img.clone".to_string())].into(),
             ..Default::default()

@@ -53,13 +53,22 @@ pub fn points(chain: &Chain) -> BTreeMap<u64, Point> {
 
 /// Every point the chain still lists restores exactly as in `before`; returns how many.
 pub fn assert_kept_points_equal(chain: &Chain, before: &BTreeMap<u64, Point>, what: &str) -> usize {
-    let ids: Vec<u64> = chain.manifest().unwrap().layers.iter().map(|r| r.id).collect();
+    let ids: Vec<u64> = chain
+        .manifest()
+        .unwrap()
+        .layers
+        .iter()
+        .map(|r| r.id)
+        .collect();
     for id in &ids {
         let want = before
             .get(id)
             .unwrap_or_else(|| panic!("{what}: layer {id} is new"));
         let got = point(chain, *id);
-        assert_eq!(got.states, want.states, "{what}: point {id}: page states differ");
+        assert_eq!(
+            got.states, want.states,
+            "{what}: point {id}: page states differ"
+        );
         if got.memory != want.memory {
             let pfn = got
                 .memory
@@ -69,8 +78,14 @@ pub fn assert_kept_points_equal(chain: &Chain, before: &BTreeMap<u64, Point>, wh
                 .unwrap();
             panic!("{what}: point {id}: pfn {pfn:#x} differs");
         }
-        assert_eq!(got.blobs, want.blobs, "{what}: point {id}: vCPU state differs");
-        assert_eq!(got.config, want.config, "{what}: point {id}: config differs");
+        assert_eq!(
+            got.blobs, want.blobs,
+            "{what}: point {id}: vCPU state differs"
+        );
+        assert_eq!(
+            got.config, want.config,
+            "{what}: point {id}: config differs"
+        );
     }
     ids.len()
 }

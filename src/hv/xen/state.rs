@@ -74,8 +74,7 @@ impl XenDomain {
     /// QEMU's device state, passed back through a file descriptor (see [`qmp`]).
     fn qemu_state(&self) -> Result<Vec<u8>, HvError> {
         let path = qmp::socket_path(&self.env.qmp_dir, self.domid);
-        qmp::save_devices_state(&path)
-            .map_err(|e| HvError::op(self.name(), "QEMU device state", e))
+        qmp::save_devices_state(&path).map_err(|e| HvError::op(self.name(), "QEMU device state", e))
     }
 
     /// QEMU's `physmap/<id>/{start_addr,size,name}` keys under its device-model path, packed as
@@ -94,7 +93,9 @@ impl XenDomain {
                 let key = format!("physmap/{entry}/{sub}");
                 let val = self
                     .with_xs(|xs| xs.read(&format!("{root}/{key}")))
-                    .map_err(|e| HvError::op(self.name(), "QEMU xenstore data", format!("{key}: {e}")))?;
+                    .map_err(|e| {
+                        HvError::op(self.name(), "QEMU xenstore data", format!("{key}: {e}"))
+                    })?;
                 pairs.push((key, val.to_string()));
             }
         }
