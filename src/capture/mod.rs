@@ -15,6 +15,7 @@
 //! one happens under pause, so the layer holds every page as it was at the pause instant.
 //! Dirty bits fetched by a run that then fails are saved ([`pending`]) and OR-ed into the next.
 
+mod commit;
 pub mod copy;
 pub mod pending;
 pub mod pipeline;
@@ -24,7 +25,7 @@ pub mod spot;
 pub mod stop;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::hv::pause;
 use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
@@ -558,150 +559,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             source,
         }
     }
-
-    fn commit(
-        &mut self,
-        out: pipeline::WriterOut,
-        state: Vec<StateBlob>,
-        config: Vec<u8>,
-        figures: StopFigures,
-        stop: StopReason,
-        started: Instant,
-    ) -> Result<CaptureReport, CaptureError> {
-        let downtime = figures.downtime;
-        let counts = out.index.counts();
-        let precopy_ms = self
-            .rounds
-            .iter()
-            .filter(|r| !r.paused)
-            .map(|r| r.ms)
-            .sum::<f64>();
-        let stats = CaptureStats {
-            rounds: self.rounds.iter().filter(|r| !r.paused).count() as u32,
-            downtime_us: downtime.as_micros() as u64,
-            precopy_ms: precopy_ms as u64,
-            total_ms: started.elapsed().as_millis() as u64,
-            dirty_pages: counts.data + counts.zero + counts.evicted + counts.unpopulated,
-            sent_pages: self.rounds.iter().map(|r| r.pages).sum(),
-            data_pages: counts.data,
-            zero_pages: counts.zero,
-            unpopulated_pages: counts.unpopulated,
-            evicted: out.index.evicted_by(),
-            notes: self
-                .plan
-                .notes()
-                .into_iter()
-                .chain(self.evict_notes.clone())
-                .collect(),
-        };
-        let meta = LayerMeta {
-            id: self.plan.next_id(),
-            parent: self.plan.parent(),
-            kind: self.plan.kind(),
-            domain: self.info.identity.clone(),
-            guest_type: self.info.guest_type,
-            pfn_count: self.info.pfn_count,
-            vcpus: self.info.vcpus,
-            created_unix_ms: unix_ms(),
-            frame_pages: self.opts.frame_pages,
-            compress_level: self.opts.compress_level,
-            stats,
-            group: figures.group,
-            disks: figures.disks.clone(),
-        };
-        let WriterFigures {
-            raw_bytes,
-            stored_bytes,
-            ..
-        } = out.figures;
-        let layer = self
-            .chain
-            .commit_layer(out.writer, &meta, &out.index, &state, &config)?;
-        // The layer covers every fetched bit now: the pending bits are consumed.
-        let _ = pending::clear(self.chain.dir());
-        let tracking = (!self.untracked).then(|| TrackingState {
-            armed: true,
-            identity: self.info.identity.clone(),
-            since_layer: meta.id,
-            in_flight: false,
-        });
-        self.chain.set_tracking(tracking)?;
-        Ok(CaptureReport {
-            layer,
-            resync_reason: self.plan.resync_reason(),
-            stop,
-            rounds: self.rounds.clone(),
-            downtime,
-            raw_bytes,
-            stored_bytes,
-            disks: figures.disks,
-        })
-    }
-
-    /// Set or clear `in_flight` on the chain's tracking state (if tracking is armed). A
-    /// marker left by a killed run is never cleared by a later failed run: only a committed
-    /// layer (which re-arms tracking) clears it.
-    fn mark_in_flight(&mut self, on: bool) -> Result<(), CaptureError> {
-        if let Some(mut t) = self.chain.manifest()?.tracking {
-            if on && t.in_flight {
-                self.inherited_in_flight = true;
-            }
-            if on && self.inherited_in_flight {
-                return Ok(());
-            }
-            if t.armed && t.in_flight != on && !self.inherited_in_flight {
-                t.in_flight = on;
-                self.chain.set_tracking(Some(t))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// After a failure: keep every dirty bit this run fetched, so the next run stores them.
-    fn keep_dirty_bits(&mut self, e: CaptureError) -> CaptureError {
-        if matches!(e, CaptureError::Hv(HvError::TrackingLost { .. })) {
-            // The bits are incomplete: keeping them would not help. Disarm, so the next run
-            // resyncs.
-            return match self.chain.set_tracking(None) {
-                Ok(()) => e,
-                Err(second) => CaptureError::Unrecoverable {
-                    domain: self.info.identity.name.clone(),
-                    first: Box::new(e),
-                    second: second.to_string(),
-                },
-            };
-        }
-        let mut bits = self.fetched.clone();
-        if let Plan::Incremental {
-            pending: Some(p), ..
-        } = &self.plan
-        {
-            bits |= p;
-        }
-        if bits.not_any() {
-            let _ = self.mark_in_flight(false);
-            return e;
-        }
-        match pending::save(self.chain.dir(), &bits) {
-            Ok(()) => match self.mark_in_flight(false) {
-                Ok(()) => e,
-                Err(second) => CaptureError::Unrecoverable {
-                    domain: self.info.identity.name.clone(),
-                    first: Box::new(e),
-                    second: second.to_string(),
-                },
-            },
-            Err(io) => {
-                // Without the bits, an incremental would miss pages: make the next run resync.
-                let _ = self.chain.set_tracking(None);
-                CaptureError::Unrecoverable {
-                    domain: self.info.identity.name.clone(),
-                    first: Box::new(e),
-                    second: io.to_string(),
-                }
-            }
-        }
-    }
 }
 
 /// The pfns a round copies: all of them (the first round of a base or resync), or the dirty set.
@@ -711,11 +568,4 @@ fn round_set(all: bool, pfn_count: u64, dirty: &PfnBitmap) -> Box<dyn Iterator<I
     } else {
         Box::new(dirty.iter_ones().map(|p| p as u64))
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
