@@ -5,7 +5,6 @@
 
 use std::io::BufReader;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::hv::{DomainIdentity, PageType, Pfn, StateBlob, PAGE_SIZE};
 use crate::layer::{
@@ -174,10 +173,7 @@ fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &s
             .pointer("/b_info/max_vcpus")
             .and_then(|v| v.as_u64())
             .unwrap_or(1) as u32,
-        created_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        created_unix_ms: crate::store::unix_ms(),
         frame_pages: DEFAULT_FRAME_PAGES,
         compress_level: sink.level,
         stats: CaptureStats {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use xckpt::capture::CaptureOptions;
 use xckpt::disk::{Backend, BackendKind, DiskPlan, DiskSnapshot, DiskSpec};
 use xckpt::group::{
-    checkpoint_group, BarrierError, Coordinator, GroupError, LocalCoordinator, Member, Phase,
+    checkpoint_group, BarrierError, Coordinator, GroupDir, GroupError, LocalCoordinator, Member,
+    Phase,
 };
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{
@@ -158,8 +159,6 @@ fn every_member_is_captured_at_the_one_group_instant() {
         for (m, d) in report.members.iter().zip(&doms) {
             // Each member's layer is its memory at the instant the group was stopped.
             let truth = d.sim.truths().last().unwrap().clone();
-            let image = ms[0].chain.compose(None).ok();
-            drop(image);
             let chain = store.chain(&m.domain).unwrap();
             let restored =
                 SimDomain::from_image(&chain.compose(Some(m.capture.layer.id)).unwrap()).unwrap();
@@ -175,6 +174,65 @@ fn every_member_is_captured_at_the_one_group_instant() {
         assert_eq!(point.members.len(), 2);
         assert_eq!(point.skew_us, report.skew.as_micros() as u64);
     }
+}
+
+/// Runs the xckpt binary; (exit code, stdout, stderr).
+fn xckpt(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xckpt"))
+        .args(args)
+        .output()
+        .expect("run xckpt");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn a_prune_that_drops_a_member_layer_breaks_that_group_point_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doms = vec![member("a", 3), member("b", 4)];
+    let ms = members(&store, &doms);
+    let gdir = GroupDir::open(dir.path(), "job").unwrap();
+    for id in 1..=2 {
+        let report = checkpoint_group("job", id, &ms, &opts(), &mut LocalCoordinator).unwrap();
+        gdir.record(report.point()).unwrap();
+    }
+    let root = dir.path().to_str().unwrap();
+    let (rc, out, err) = xckpt(&["prune", "--store", root, "a", "--keep-last", "1"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("group checkpoint job@1 can no longer be restored"),
+        "{out}"
+    );
+
+    // Point 1 lost member a's layer; point 2 is whole.
+    let m = gdir.manifest().unwrap();
+    let missing = m.points[0].missing(&store).unwrap();
+    assert_eq!(missing.len(), 1);
+    assert_eq!((missing[0].chain.as_str(), missing[0].layer), ("a", 1));
+    assert!(m.points[1].missing(&store).unwrap().is_empty());
+    let (rc, out, _) = xckpt(&["list", "--store", root, "--group", "job"]);
+    assert_eq!(rc, 0);
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert!(
+        rows[0].contains(" no ") && rows[0].contains("(gone: a@1)"),
+        "{out}"
+    );
+    assert!(rows[1].contains(" yes "), "{out}");
+
+    // Restoring the broken point is refused before anything is created (no Xen needed).
+    let (rc, _, err) = xckpt(&["restore", "--store", root, "--group", "job@1"]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("member a's layer 1 is no longer in its chain")
+            && err.contains("Restorable checkpoints of job: 2"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 fn assert_all_running_and_unchanged(store: &Store, doms: &[Arc<Member2>], layers: usize) {

@@ -1,7 +1,7 @@
 //! The end of a run: committing the layer and its tracking state, and, after a failure,
 //! keeping the run's dirty bits (or disarming tracking) so the next run misses nothing.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::*;
 
@@ -49,7 +49,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             guest_type: self.info.guest_type,
             pfn_count: self.info.pfn_count,
             vcpus: self.info.vcpus,
-            created_unix_ms: unix_ms(),
+            created_unix_ms: crate::store::unix_ms(),
             frame_pages: self.opts.frame_pages,
             compress_level: self.opts.compress_level,
             stats,
@@ -149,11 +149,4 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             }
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

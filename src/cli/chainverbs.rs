@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use xckpt::store::{Chain, RetentionPolicy, RewriteReport, Store};
+use xckpt::store::{Chain, Manifest, RetentionPolicy, RewriteReport, Store};
 
 use super::show::open_existing;
 use super::xenverbs::WaitArg;
@@ -36,10 +36,11 @@ impl MergeCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let store = open_existing(&self.store)?;
         let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait, &self.key)?;
+        let before = chain.manifest()?;
         let report = chain
             .merge(&lock, self.upto)
             .with_context(|| format!("merging {}@{}", self.domain, self.upto))?;
-        print_report(&self.domain, &report, self.json)
+        print_report(&self.domain, &before, &report, self.json)
     }
 }
 
@@ -107,12 +108,12 @@ impl PruneCmd {
                 dropped,
                 ..Default::default()
             };
-            return print_report(&self.domain, &report, self.json);
+            return print_report(&self.domain, &m, &report, self.json);
         }
         let report = chain
             .retain(&lock, &keep, None)
             .with_context(|| format!("pruning {}", self.domain))?;
-        print_report(&self.domain, &report, self.json)
+        print_report(&self.domain, &m, &report, self.json)
     }
 }
 
@@ -131,11 +132,29 @@ fn lock_chain(
     Ok((chain, lock))
 }
 
-fn print_report(name: &str, r: &RewriteReport, json: bool) -> anyhow::Result<ExitCode> {
+/// The group checkpoints (`GROUP@ID`) that lose this chain's member when the layers `dropped`
+/// of the manifest `before` go: they can no longer be restored.
+fn broken_group_points(before: &Manifest, dropped: &[u64]) -> Vec<String> {
+    before
+        .layers
+        .iter()
+        .filter(|r| dropped.contains(&r.id))
+        .filter_map(|r| r.group.as_ref().map(|g| format!("{}@{}", g.name, g.id)))
+        .collect()
+}
+
+fn print_report(
+    name: &str,
+    before: &Manifest,
+    r: &RewriteReport,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let broken = broken_group_points(before, &r.dropped);
     if json {
         print_json(&serde_json::json!({
             "chain": name, "kept": r.kept, "dropped": r.dropped, "rewritten": r.rewritten,
             "bytes_before": r.bytes_before, "bytes_after": r.bytes_after,
+            "broken_group_points": broken,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -163,6 +182,14 @@ fn print_report(name: &str, r: &RewriteReport, json: bool) -> anyhow::Result<Exi
             ids(&w.folded),
             w.slots_before,
             w.slots_after
+        );
+    }
+    if !broken.is_empty() {
+        println!(
+            "  note: group checkpoint{} {} can no longer be restored (this chain's layer of it is \
+             dropped); see `xckpt list --group NAME`",
+            if broken.len() > 1 { "s" } else { "" },
+            broken.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

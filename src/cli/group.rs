@@ -154,12 +154,7 @@ pub fn disk_clones(
     disks: &[DiskSnapshot],
     chain: &str,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let tag = format!(
-        "restore-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
+    let tag = format!("restore-{}", xckpt::store::unix_ms());
     let paths = xckpt::disk::clone_for_restore(disks, &tag, &DiskOptions::default())
         .with_context(|| format!("restoring the disks of {chain}"))?;
     for (vdev, path) in &paths {
@@ -224,6 +219,31 @@ pub fn restore(
             ),
             None => format!("group {} has no checkpoints yet", target.name),
         })?;
+    // Every member's layer must still be there (a prune or merge of a member chain may have
+    // dropped it): refuse before creating anything.
+    let store = Store::open(store_root)?;
+    if let Some(gone) = point.missing(&store)?.first() {
+        let restorable: Vec<String> = m
+            .points
+            .iter()
+            .filter(|p| p.missing(&store).is_ok_and(|v| v.is_empty()))
+            .map(|p| p.id.to_string())
+            .collect();
+        bail!(
+            "group {}@{}: member {}'s layer {} is no longer in its chain (pruned or merged \
+             away); nothing was created. Restorable checkpoints of {}: {}",
+            target.name,
+            point.id,
+            gone.chain,
+            gone.layer,
+            target.name,
+            if restorable.is_empty() {
+                "none".to_string()
+            } else {
+                restorable.join(", ")
+            }
+        );
+    }
     let store_arg = super::StoreArg {
         store: store_root.to_path_buf(),
     };

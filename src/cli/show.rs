@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
+use xckpt::group::{GroupDir, GroupMember};
 use xckpt::hv::PAGE_SIZE;
 use xckpt::store::{ChainVerifyError, LayerRecord, Store};
 
@@ -24,6 +25,22 @@ pub struct ListCmd {
     /// List the store's chains only, without asking Xen for running domains.
     #[arg(long)]
     offline: bool,
+    /// List the checkpoints of a group (`checkpoint --group NAME`) and whether each can
+    /// still be restored.
+    #[arg(long, value_name = "NAME", conflicts_with = "domain")]
+    group: Option<String>,
+}
+
+/// One group checkpoint as `list --group` shows it.
+#[derive(Debug, Serialize)]
+struct GroupRow {
+    id: u64,
+    instant_unix_ms: u64,
+    skew_ms: f64,
+    /// `chain@layer` of each member.
+    members: Vec<String>,
+    /// `chain@layer` of the members whose layer was pruned or merged away.
+    missing: Vec<String>,
 }
 
 /// One layer as `list` shows it.
@@ -90,10 +107,61 @@ struct ChainRow {
 
 impl ListCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        match &self.domain {
-            None => self.list_chains(),
-            Some(d) => self.list_layers(&open_existing(&self.store)?, d),
+        match (&self.domain, &self.group) {
+            (_, Some(g)) => self.list_group(&open_existing(&self.store)?, g),
+            (None, None) => self.list_chains(),
+            (Some(d), None) => self.list_layers(&open_existing(&self.store)?, d),
         }
+    }
+
+    /// The points of group `name`, each with the members that are gone.
+    fn list_group(&self, store: &Store, name: &str) -> anyhow::Result<ExitCode> {
+        let m = GroupDir::open(store.root(), name)?.manifest()?;
+        if m.points.is_empty() && !GroupDir::list(store.root())?.contains(&m.name) {
+            bail!(
+                "no group {name} in {}: take one with `xckpt checkpoint --group {name} DOM...`",
+                store.root().display()
+            );
+        }
+        let at = |g: &GroupMember| format!("{}@{}", g.chain, g.layer);
+        let mut rows = Vec::new();
+        for p in &m.points {
+            rows.push(GroupRow {
+                id: p.id,
+                instant_unix_ms: p.instant_unix_ms,
+                skew_ms: p.skew_us as f64 / 1e3,
+                members: p.members.iter().map(at).collect(),
+                missing: p.missing(store)?.into_iter().map(at).collect(),
+            });
+        }
+        if self.json {
+            print_json(&serde_json::json!({ "group": name, "points": rows }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now_ms = xckpt::store::unix_ms();
+        println!(
+            "{:>5} {:>10} {:>9}  {:<11} MEMBERS",
+            "POINT", "AGE", "SKEW", "RESTORABLE"
+        );
+        for r in rows {
+            let age_s = now_ms.saturating_sub(r.instant_unix_ms) / 1000;
+            let age = format!("{}h{:02}m{:02}s", age_s / 3600, age_s / 60 % 60, age_s % 60);
+            let ok = if r.missing.is_empty() { "yes" } else { "no" };
+            let gone = if r.missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (gone: {})", r.missing.join(" "))
+            };
+            println!(
+                "{:>5} {:>10} {:>7.2}ms  {:<11} {}{gone}",
+                r.id,
+                age,
+                r.skew_ms,
+                ok,
+                r.members.join(" ")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
     }
 
     /// Running domains (from Xen, unless --offline) joined with the store's chains.

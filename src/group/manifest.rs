@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{self, ChainLock, StoreError};
+use crate::store::{self, ChainLock, Store, StoreError};
 
 /// The group manifest's format.
 pub const GROUP_FORMAT: u32 = 1;
@@ -43,6 +43,23 @@ pub struct GroupPoint {
     pub skew_us: u64,
     /// The members, in the order given.
     pub members: Vec<GroupMember>,
+}
+
+impl GroupPoint {
+    /// The members whose layer is no longer in their chain (a prune or merge dropped it, or
+    /// the chain is gone): the point can be restored only if this is empty.
+    pub fn missing<'a>(&'a self, store: &Store) -> Result<Vec<&'a GroupMember>, StoreError> {
+        let chains = store.chains()?;
+        let mut missing = Vec::new();
+        for m in &self.members {
+            let present = chains.contains(&m.chain)
+                && store.chain(&m.chain)?.manifest()?.layer(m.layer).is_some();
+            if !present {
+                missing.push(m);
+            }
+        }
+        Ok(missing)
+    }
 }
 
 /// `manifest.json` of a group.
@@ -123,6 +140,11 @@ impl GroupDir {
             }),
             Err(e) => Err(store::io(&path, e)),
         }
+    }
+
+    /// The groups of the store at `root`, sorted.
+    pub fn list(root: &Path) -> Result<Vec<String>, StoreError> {
+        store::named_dirs(&root.join(".groups"))
     }
 
     /// Add `point` to the manifest, atomically.

@@ -24,7 +24,7 @@ pub mod manifest;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use barrier::{MemberStop, Shared, Stage};
 pub use coordinator::{BarrierError, Coordinator, LocalCoordinator, Phase};
@@ -275,9 +275,7 @@ fn drive<D: Checkpointable + 'static>(
     let tag = GroupTag {
         name: group.to_string(),
         id,
-        instant_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        instant_unix_ms: crate::store::unix_ms(),
     };
     if let Err(e) = pass(coord, Phase::Stopped, true) {
         crate::disk::discard_all(disks.into_iter().flatten().collect());

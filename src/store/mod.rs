@@ -235,9 +235,38 @@ impl Manifest {
     }
 }
 
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The file name of layer `id`.
 pub fn layer_file_name(id: u64) -> String {
     format!("layer-{id:06}.xcl")
+}
+
+/// The sub-directories of `dir` whose names are valid chain (or group) names, sorted; none
+/// if `dir` does not exist.
+pub(crate) fn named_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir, e)),
+    };
+    let mut names = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| io(dir, e))?;
+        let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if let (true, Some(name)) = (is_dir, ent.file_name().to_str()) {
+            if validate_name(name).is_ok() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Check a domain name for use as a chain directory: `[A-Za-z0-9_.-]`, 1 to 64 characters,
@@ -332,18 +361,6 @@ impl Store {
 
     /// Names of all chains.
     pub fn chains(&self) -> Result<Vec<String>, StoreError> {
-        let rd = std::fs::read_dir(&self.root).map_err(|e| io(&self.root, e))?;
-        let mut names = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| io(&self.root, e))?;
-            let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if let (true, Some(name)) = (is_dir, ent.file_name().to_str()) {
-                if validate_name(name).is_ok() {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        named_dirs(&self.root)
     }
 }
