@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::pipeline::{Baseline, Chunk, ChunkBuilder};
+use crate::layer::pipeline::{Baseline, Chunk, ChunkBuilder};
 use super::CaptureError;
 use crate::hv::{DirtyLog, GuestMemory, PageType, Pfn, PfnBitmap};
 use crate::layer::PageEntry;
@@ -158,7 +158,7 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     let mapped = dom.map_batch(&readable)?;
     for (i, &pfn) in readable.iter().enumerate() {
         match mapped.page(i) {
-            Ok(page) => full.extend(builder.add_page(pfn, page, rules.baseline)),
+            Ok(page) => full.extend(builder.add_page(pfn, |dst| page.copy_to(dst), rules.baseline)),
             Err(errno) => {
                 return Err(CaptureError::Map {
                     domain: dom.name(),

@@ -18,7 +18,6 @@
 mod commit;
 pub mod copy;
 pub mod pending;
-pub mod pipeline;
 pub mod plan;
 pub mod policy;
 pub mod spot;
@@ -32,7 +31,7 @@ use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
 use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
-use pipeline::{Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
+use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 pub use plan::Plan;
 use policy::{Decision, PrecopyPolicy, Progress, StopReason};
 pub use stop::{SoloStop, StopControl, StopFigures};
@@ -63,9 +62,7 @@ impl Default for CaptureOptions {
             live: true,
             policy: PrecopyPolicy::default(),
             compress_level: 1,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            threads: crate::layer::pipeline::default_workers(),
             frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
             evict: Default::default(),
         }

@@ -1,7 +1,7 @@
 //! Which layer a run takes: base, incremental, or resync when tracking was lost.
 
 use super::pending::{self, Pending};
-use super::pipeline::Baseline;
+use crate::layer::pipeline::Baseline;
 use super::{CaptureError, CaptureOptions};
 use crate::compose::{ComposedImage, Image, PageState};
 use crate::hv::{Checkpointable, DomainInfo, Pfn, PfnBitmap};

@@ -60,6 +60,7 @@ mod checks;
 pub mod format;
 pub mod frame;
 pub mod index;
+pub mod pipeline;
 pub mod reader;
 mod reader_frames;
 pub mod seal;

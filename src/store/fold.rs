@@ -14,10 +14,8 @@ use std::path::PathBuf;
 
 use super::{layer_file_name, Chain, LayerRecord, Manifest, StoreError};
 use crate::failpoint::failpoint;
-use crate::hv::PAGE_SIZE;
-use crate::layer::{
-    compress_frame, EvictPolicy, LayerIndex, LayerKind, LayerMeta, LayerReader, PageEntry,
-};
+use crate::layer::pipeline::{self, Pipeline, WriterOut};
+use crate::layer::{EvictPolicy, LayerIndex, LayerKind, LayerMeta, LayerReader, PageEntry};
 
 /// A folded layer written aside (linked under its final name, not yet in the manifest).
 #[derive(Debug, Clone)]
@@ -100,40 +98,32 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
             }
         }
     }
-    let mut writer = chain.begin_layer()?;
     let meta = top.meta();
-    let frame_pages = meta.frame_pages.clamp(1, crate::layer::MAX_FRAME_PAGES) as usize;
-    let mut pending: Vec<u64> = Vec::with_capacity(frame_pages);
-    let mut buf: Vec<u8> = Vec::with_capacity(frame_pages * PAGE_SIZE);
-    let mut flush = |pending: &mut Vec<u64>,
-                     buf: &mut Vec<u8>,
-                     index: &mut LayerIndex|
-     -> Result<(), StoreError> {
-        if pending.is_empty() {
-            return Ok(());
+    let frame_pages = meta.frame_pages.clamp(1, crate::layer::MAX_FRAME_PAGES);
+    // Decoding runs here; digests and zstd run on the pipeline's workers, one per core.
+    let out = std::thread::scope(|s| -> Result<WriterOut, StoreError> {
+        let (mut pipe, mut builder) = Pipeline::start(
+            s,
+            chain.begin_layer()?,
+            index,
+            frame_pages,
+            meta.compress_level.max(0),
+            pipeline::default_workers(),
+        );
+        // Pages stored as data stay data, zero or not (the source's `--evict` choice).
+        builder.keep_zero_pages(true);
+        for (i, layer) in readers.iter().enumerate() {
+            layer.for_each_stored_page(
+                |pfn| owner.get(pfn as usize) == Some(&(i as u16)),
+                |pfn, page| match builder.add_page(pfn, |dst| dst.copy_from_slice(page), None) {
+                    Some(chunk) => pipe.send(chunk).map_err(StoreError::from),
+                    None => Ok(()),
+                },
+            )?;
         }
-        let first = writer.push_frame(&compress_frame(buf, meta.compress_level.max(0)))?;
-        for (i, &pfn) in pending.iter().enumerate() {
-            index.set(pfn, PageEntry::Data, Some(first + i as u64));
-        }
-        pending.clear();
-        buf.clear();
-        Ok(())
-    };
-    for (i, layer) in readers.iter().enumerate() {
-        layer.for_each_stored_page(
-            |pfn| owner.get(pfn as usize) == Some(&(i as u16)),
-            |pfn, page| {
-                buf.extend_from_slice(page);
-                pending.push(pfn);
-                if pending.len() == frame_pages {
-                    flush(&mut pending, &mut buf, &mut index)?;
-                }
-                Ok::<(), StoreError>(())
-            },
-        )?;
-    }
-    flush(&mut pending, &mut buf, &mut index)?;
+        Ok(pipe.finish(builder)?)
+    })?;
+    let (writer, index) = (out.writer, out.index);
     let slots_after = writer.slots();
     let new_meta = folded_meta(meta, &run[0], run, &index);
     let file = rewrite_name(chain, run.last().unwrap_or(&run[0]));

@@ -20,7 +20,7 @@ cache_disk() {
 # cache (waits for the guest's DOMU-CACHE line when CACHE_MIB is given).
 evict_guest() {
   local g=$1 mem=$2; shift 2
-  rm -rf "$STORE"
+  clear_store
   start_guest pvh "$g" "$mem" "$@" || fail "guest $g did not start"
   wait_ticks "$g" 3 120 || fail "workload of $g not ticking"
   case " $* " in

@@ -5,9 +5,14 @@ STORE=${STORE:-/var/lib/xckpt}
 CLEANUP=""
 trap 'eval "$CLEANUP"; for g in $TB_GUESTS; do xl destroy "$g" >/dev/null 2>&1; done' EXIT
 
+# clear_store: an empty store (in dom0 it is a tmpfs mount point, which stays).
+clear_store() {
+  rm -rf "${STORE:?}"/* "${STORE:?}"/.[!.]*
+}
+
 # fresh_guest TYPE NAME: an empty store and a new guest whose workload is ticking.
 fresh_guest() {
-  rm -rf "${STORE:?}" 2>/dev/null || rm -rf "${STORE:?}"/*  # a mount point stays
+  clear_store
   start_guest "$1" "$2" "$DOMU_MEM" || fail "guest $2 did not start"
   wait_ticks "$2" 3 60 || fail "workload of $2 not ticking"
 }

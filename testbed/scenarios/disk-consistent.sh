@@ -1,7 +1,7 @@
 # about: PVH guest logs checksummed records to ext4 on a reflink-able file (XFS on dom0's QEMU disk); checkpoint, more writes, restore: fsck clean, log ends at the checkpoint, original untouched
 . /testbed/xckpt.sh
 . /testbed/group.sh
-rm -rf "$STORE"
+clear_store
 setup_xfs
 IMG=/mnt/xfs/gdisk.img
 truncate -s 64M "$IMG" && /usr/sbin/mke2fs -q -t ext4 -F "$IMG" || fail "mke2fs $IMG failed"

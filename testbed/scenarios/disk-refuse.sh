@@ -1,6 +1,6 @@
 # about: a disk no back-end can snapshot (a file on tmpfs) makes xckpt checkpoint fail before any pause, with one clear line; --no-disk takes a memory-only layer
 . /testbed/xckpt.sh
-rm -rf "$STORE"
+clear_store
 IMG=$TBW/refuse.img
 truncate -s 16M "$IMG"
 CFG_EXTRA="disk=['format=raw,vdev=xvdb,access=rw,backendtype=qdisk,target=$IMG']"

@@ -3,11 +3,11 @@
 . /testbed/evict.sh
 G=ecr
 WL_MIB=${ECR_WL_MIB:-100}
-cache_disk 150
-evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=150 BURST_MIB=32
+cache_disk 48
+evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=48 BURST_MIB=32
 figs=""
 for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; do
-  rm -rf "$STORE"
+  clear_store
   m=$(mark "$G")
   ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
   sleep 1

@@ -7,7 +7,7 @@ cache_disk 150
 evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=150
 sizes=""
 for list in unpopulated zero,unpopulated zero,unpopulated,free; do
-  rm -rf "$STORE"
+  clear_store
   ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
   sizes="$sizes $list=$(ck_bytes)"
 done
@@ -17,14 +17,14 @@ USED_KIB=$(ck_used_kib)
 [ "$(ck_evicted free)" -gt 0 ] || fail "the free policy evicted nothing: $CK_LINE"
 timed SAVE_S xl save -c "$G" "$TBW/eur.save" || fail "xl save -c failed"
 XL=$(file_bytes "$TBW/eur.save"); rm -f "$TBW/eur.save"
-rm -rf "$STORE"
+clear_store
 ck "$G" --full --evict zero,unpopulated,free,cache --agent-timeout-ms 20000; note "$CK_LINE"
 CACHE_BYTES=$(ck_bytes)
 sizes="$sizes zero,unpopulated,free,cache=$CACHE_BYTES xl_save=$XL"
 USED_BEFORE=$(ck_used_kib) USED_AFTER=$(ck_used_after_kib)
 [ -n "$USED_AFTER" ] || fail "no after-drop figures in the cache checkpoint's notes: $(ck_note cache)"
 DROPPED_KIB=$((USED_BEFORE - USED_AFTER))
-rm -rf "$STORE"
+clear_store
 destroy_guest "$G"
 ratio=$(awk -v a="$FREE_BYTES" -v u="$USED_KIB" 'BEGIN{printf "%.3f", a / (u * 1024)}')
 note "sizes:$sizes used_kib=$USED_KIB"

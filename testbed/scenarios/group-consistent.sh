@@ -1,7 +1,7 @@
 # about: group checkpoint of two PVH guests playing TCP ping-pong over a dom0 bridge, destroy both, restore --group: both resume, counters agree, bad=0
 . /testbed/xckpt.sh
 . /testbed/group.sh
-rm -rf "$STORE"
+clear_store
 setup_bridge
 PP_MODS=WL_MODS=xen-netfront
 CFG_EXTRA="vif=['mac=00:16:3e:00:00:02,bridge=xenbr0,script=$VIF_SCRIPT']"

@@ -1,9 +1,10 @@
-//! The copy pipeline: mapper (the capture thread) -> compress workers -> layer writer.
+//! The frame pipeline: page producer -> compress workers -> layer writer. A capture feeds it
+//! guest pages; a fold or compaction of the store feeds it pages decoded from older layers.
 //!
 //! ```text
-//!  capture thread            compress workers (N)             writer thread
-//!  map batch, copy pages --> xxh3 digests + zstd frame --> reorder by seq, push frame,
-//!  into a chunk, zero-check   (bounded channel)              set index entries (last wins)
+//!  producer thread           compress workers (N)             writer thread
+//!  copy pages into a     --> xxh3 digests + zstd frame --> reorder by seq, push frame,
+//!  chunk, zero-check          (bounded channel)              set index entries (last wins)
 //!        ^--------------- empty buffers come back through a pool ----------------'
 //! ```
 //!
@@ -16,7 +17,12 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use crate::hv::{Pfn, PAGE_SIZE};
-use crate::layer::{compress_frame, Frame, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
+use super::{compress_frame, Frame, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
+
+/// Compress workers by default: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 /// Content the chain already holds, for resync layers: pages equal to it are not stored again.
 pub trait Baseline: Sync {
@@ -84,17 +90,18 @@ impl ChunkBuilder {
         }
     }
 
-    /// Copy `page` as `pfn`'s content. Zero pages become entries, not data; pages equal to
-    /// `baseline` (resync) are dropped. Returns a chunk once one is full.
+    /// Add `pfn`'s content, which `copy` writes into the page-sized buffer it gets. Zero
+    /// pages become entries, not data; pages equal to `baseline` (resync) are dropped.
+    /// Returns a chunk once one is full.
     pub fn add_page(
         &mut self,
         pfn: Pfn,
-        page: crate::guestmem::GuestPage<'_>,
+        copy: impl FnOnce(&mut [u8]),
         baseline: Option<&dyn Baseline>,
     ) -> Option<Chunk> {
         let at = self.cur.pfns.len() * PAGE_SIZE;
         let dst = &mut self.cur.data[at..at + PAGE_SIZE];
-        page.copy_to(dst);
+        copy(dst);
         if baseline.is_some_and(|b| b.same(pfn, Some(dst))) {
             return None;
         }
