@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use xckpt::capture::CaptureOptions;
 use xckpt::disk::{Backend, BackendKind, DiskPlan, DiskSnapshot, DiskSpec};
+use xckpt::evict::{EvictOptions, GuestAgent};
 use xckpt::group::{
     checkpoint_group, BarrierError, Coordinator, GroupDir, GroupError, LocalCoordinator, Member,
     Phase,
 };
-use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
+use xckpt::hv::sim::{AccessPattern, SimAgent, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{
     DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
     PfnBitmap, StateBlob,
 };
+use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;
 
 /// A sim member whose pause or state save can be made to fail.
@@ -128,6 +130,7 @@ fn members(store: &Store, doms: &[Arc<Member2>]) -> Vec<Member<Member2>> {
             dom: d.clone(),
             chain: store.chain(&d.name()).unwrap(),
             disks: DiskPlan::default(),
+            evict: Default::default(),
         })
         .collect()
 }
@@ -174,6 +177,49 @@ fn every_member_is_captured_at_the_one_group_instant() {
         assert_eq!(point.members.len(), 2);
         assert_eq!(point.skew_us, report.skew.as_micros() as u64);
     }
+}
+
+#[test]
+fn each_member_evicts_with_its_own_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let doms = vec![member("a", 5), member("b", 6)];
+    let mut ms = members(&store, &doms);
+    let with_agent = |agent: Option<SimAgent>| EvictOptions {
+        set: "zero,unpopulated,free".parse().unwrap(),
+        agent: agent.map(|a| Arc::new(a) as Arc<dyn GuestAgent>),
+        ..Default::default()
+    };
+    ms[0].evict = with_agent(Some(SimAgent {
+        free: vec![(1024, 512)],
+        ..Default::default()
+    }));
+    ms[1].evict = with_agent(Some(SimAgent {
+        silent: true,
+        ..Default::default()
+    }));
+    let report = checkpoint_group("job", 1, &ms, &opts(), &mut LocalCoordinator).unwrap();
+    let stats = |i: usize| report.members[i].capture.layer.stats.clone();
+    // The workload writes some of a's reported pages after tracking was armed: those stay.
+    let a_free = stats(0)
+        .evicted
+        .get(&EvictPolicy::Free)
+        .copied()
+        .unwrap_or(0);
+    assert!(a_free > 0 && a_free <= 512, "a evicted {a_free} free pages");
+    assert!(
+        stats(1).evicted.is_empty(),
+        "b has no agent: {:?}",
+        stats(1).evicted
+    );
+    assert!(
+        stats(1)
+            .notes
+            .iter()
+            .any(|n| n.starts_with("free: skipped")),
+        "{:?}",
+        stats(1).notes
+    );
 }
 
 /// Runs the xckpt binary; (exit code, stdout, stderr).

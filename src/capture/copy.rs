@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::layer::pipeline::{Baseline, Chunk, ChunkBuilder};
 use super::CaptureError;
 use crate::hv::{DirtyLog, GuestMemory, PageType, Pfn, PfnBitmap};
+use crate::layer::pipeline::{Baseline, Chunk, ChunkBuilder};
 use crate::layer::PageEntry;
 
 /// Frames mapped per hypervisor call.

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use crate::hv::pause;
 use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
+use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
 use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
-use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 pub use plan::Plan;
 use policy::{Decision, PrecopyPolicy, Progress, StopReason};
 pub use stop::{SoloStop, StopControl, StopFigures};

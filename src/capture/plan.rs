@@ -1,10 +1,10 @@
 //! Which layer a run takes: base, incremental, or resync when tracking was lost.
 
 use super::pending::{self, Pending};
-use crate::layer::pipeline::Baseline;
 use super::{CaptureError, CaptureOptions};
 use crate::compose::{ComposedImage, Image, PageState};
 use crate::hv::{Checkpointable, DomainInfo, Pfn, PfnBitmap};
+use crate::layer::pipeline::Baseline;
 use crate::layer::{page_digest, LayerKind};
 use crate::store::{Chain, Manifest};
 

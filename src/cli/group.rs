@@ -17,6 +17,7 @@ use xckpt::stream::{write_save_file, StreamOptions};
 
 use super::print_json;
 use super::target::Target;
+use super::xenverbs::CheckpointCmd;
 
 /// How the disks of a checkpoint are snapshotted.
 #[derive(Debug, Clone, Args)]
@@ -89,37 +90,47 @@ pub fn group_members(domains: &[String], file: Option<&PathBuf>) -> anyhow::Resu
 }
 
 /// `xckpt checkpoint --group NAME DOM...`: lock, plan disks (refusing before any pause),
-/// run, record, print.
-pub fn checkpoint(
-    store_root: &std::path::Path,
-    group: &str,
-    domains: &[String],
-    opts: &xckpt::capture::CaptureOptions,
-    disks: &DiskArgs,
-    wait: Duration,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+/// run, record, compact, print. Each member gets the command's eviction, key and compaction
+/// as a single checkpoint would.
+pub fn checkpoint(cmd: &CheckpointCmd, group: &str) -> anyhow::Result<ExitCode> {
+    let domains = group_members(&cmd.domains, cmd.group_file.as_ref())?;
+    let wait = Duration::from_secs(cmd.wait.wait);
+    let store_root = &cmd.store.store;
     let store = Store::open(store_root)?;
     let gdir = GroupDir::open(store_root, group)?;
     let _glock = gdir.lock(wait)?;
     let mut members = Vec::new();
     let mut locks: Vec<ChainLock> = Vec::new();
-    for d in domains {
+    for d in &domains {
         let dom = Arc::new(XenDomain::open(d)?);
         let name = dom.name();
-        let chain = store.chain(&name)?;
+        let chain = store.chain(&name)?.with_key(cmd.key.key(&name)?);
         locks.push(chain.lock_exclusive(wait)?);
-        let plan = disks.plan(&dom)?;
+        let plan = cmd.disks.plan(&dom)?;
+        let evict = cmd.evict.options(dom.domid())?;
         members.push(Member {
             dom,
             chain,
             disks: plan,
+            evict,
         });
     }
     let id = gdir.manifest()?.next_id();
-    let report = checkpoint_group(group, id, &members, opts, &mut LocalCoordinator)?;
+    let mut report = checkpoint_group(
+        group,
+        id,
+        &members,
+        &cmd.capture.options(),
+        &mut LocalCoordinator,
+    )?;
     gdir.record(report.point())?;
-    if json {
+    // Every member runs again; drop each new layer's dead page copies if there are many.
+    if !cmd.no_compact {
+        for ((m, lock), r) in members.iter().zip(&locks).zip(&mut report.members) {
+            super::xenverbs::compact_new_layer(&m.chain, lock, &mut r.capture);
+        }
+    }
+    if cmd.json {
         print_json(&report)?;
     } else {
         print_group(&report);

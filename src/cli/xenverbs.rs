@@ -29,34 +29,34 @@ pub struct WaitArg {
 #[derive(Debug, Args)]
 pub struct CheckpointCmd {
     #[command(flatten)]
-    store: StoreArg,
+    pub(super) store: StoreArg,
     /// Domain name, id or uuid (with --group: the members).
     #[arg(required_unless_present = "group_file")]
-    domains: Vec<String>,
+    pub(super) domains: Vec<String>,
     /// Checkpoint the domains as one group, at one instant.
     #[arg(long, value_name = "NAME")]
-    group: Option<String>,
+    pub(super) group: Option<String>,
     /// Members of the group, one domain per line (with --group).
     #[arg(long, requires = "group")]
-    group_file: Option<PathBuf>,
+    pub(super) group_file: Option<PathBuf>,
     #[command(flatten)]
-    capture: CaptureArgs,
+    pub(super) capture: CaptureArgs,
     #[command(flatten)]
-    disks: super::group::DiskArgs,
+    pub(super) disks: super::group::DiskArgs,
     #[command(flatten)]
-    wait: WaitArg,
+    pub(super) wait: WaitArg,
     #[command(flatten)]
-    evict: EvictArgs,
+    pub(super) evict: EvictArgs,
     #[command(flatten)]
-    key: KeyArg,
+    pub(super) key: KeyArg,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Keep the layer as written, dead page copies included (by default a layer whose page
     /// copies are more than 5% dead, from pages re-sent by later pre-copy rounds, is rewritten
     /// compactly after the domain has resumed).
     #[arg(long)]
-    no_compact: bool,
+    pub(super) no_compact: bool,
 }
 
 /// Which pages a checkpoint need not store (docs/eviction.md).
@@ -76,7 +76,7 @@ pub struct EvictArgs {
 
 impl EvictArgs {
     /// The library's options for domain `domid`.
-    fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
+    pub(super) fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
         let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> =
             if self.evict.free || self.evict.cache {
                 let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
@@ -107,16 +107,7 @@ impl CheckpointCmd {
         pause::install_handlers()?;
         let wait = Duration::from_secs(self.wait.wait);
         if let Some(group) = &self.group {
-            let members = super::group::group_members(&self.domains, self.group_file.as_ref())?;
-            return super::group::checkpoint(
-                &self.store.store,
-                group,
-                &members,
-                &self.capture.options(),
-                &self.disks,
-                wait,
-                self.json,
-            );
+            return super::group::checkpoint(&self, group);
         }
         let [domain] = &self.domains[..] else {
             bail!("one domain per checkpoint; for several at one instant, use --group NAME");
@@ -157,7 +148,7 @@ const COMPACT_DEAD: f64 = 0.05;
 
 /// Rewrite the just-committed layer without its dead copies (see `Chain::compact_dead`). The
 /// layer is already committed, so a failure here is a warning, not a failed checkpoint.
-fn compact_new_layer(
+pub(super) fn compact_new_layer(
     chain: &xckpt::store::Chain,
     lock: &xckpt::store::ChainLock,
     r: &mut CaptureReport,

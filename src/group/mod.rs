@@ -45,6 +45,8 @@ pub struct Member<D> {
     pub chain: Chain,
     /// Its disks and their back-ends (empty for memory only).
     pub disks: DiskPlan,
+    /// Its page eviction (the guest agent is per domain); replaces the shared options' own.
+    pub evict: crate::evict::EvictOptions,
 }
 
 /// One member's outcome.
@@ -132,8 +134,12 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
                 let shared = &shared;
                 s.spawn(move || {
                     let mut stop = MemberStop { shared, index };
+                    let opts = CaptureOptions {
+                        evict: m.evict.clone(),
+                        ..opts.clone()
+                    };
                     let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        checkpoint_with(&m.dom, &m.chain, opts, &mut stop)
+                        checkpoint_with(&m.dom, &m.chain, &opts, &mut stop)
                     }))
                     .unwrap_or_else(|_| {
                         let domain = shared.names[index].clone();

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
-use crate::hv::{Pfn, PAGE_SIZE};
 use super::{compress_frame, Frame, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
+use crate::hv::{Pfn, PAGE_SIZE};
 
 /// Compress workers by default: one per core.
 pub fn default_workers() -> usize {

@@ -173,6 +173,30 @@ impl Budget {
     }
 }
 
+fn var_mib(name: &str) -> usize {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Writes `mib` MiB of non-zero data and frees it again (a large allocation is its own
+/// mapping, so the pages go back to the kernel with the data still in them): free memory
+/// that is not zero, as in a guest that has run for a while. Prints `WL DIRTY-FREE`.
+fn dirty_free(mib: usize) {
+    if mib == 0 {
+        return;
+    }
+    let mut junk = vec![0u8; mib << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in junk.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    std::hint::black_box(&junk);
+    drop(junk);
+    println!("WL DIRTY-FREE mib={mib} used_kib={}", used_kib());
+}
+
 /// Runs the workload forever.
 pub fn run(cfg: Config) -> ! {
     let started = boottime_ms();
@@ -189,6 +213,7 @@ pub fn run(cfg: Config) -> ! {
         boottime_ms() - started,
         used_kib()
     );
+    dirty_free(var_mib("WL_DIRTY_FREE_MIB"));
     let verify_rate = pages as f64 / cfg.sweep_s;
     let (mut writes, mut verifies) = (Budget::default(), Budget::default());
     let (mut last_b, mut last_m) = (boottime_ms(), monotonic_ms());
