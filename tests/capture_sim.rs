@@ -2,17 +2,14 @@
 //! its pause instant, incrementals hold exactly what was dirtied, and no path leaves the domain
 //! paused or loses dirty bits.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use xckpt::capture::{checkpoint, CaptureError, CaptureOptions};
 use xckpt::compose::{Image, PageState};
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
-use xckpt::hv::{
-    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
-    PfnBitmap, StateBlob, PAGE_SIZE,
-};
+use xckpt::hv::{DirtyLog, Domain, HvError, Pfn, PfnBitmap, PAGE_SIZE};
 use xckpt::layer::{LayerKind, PageEntry};
 use xckpt::store::Store;
 
@@ -166,110 +163,35 @@ fn ballooned_pages_become_unpopulated_in_the_next_layer() {
     assert_restores(&chain, &dom, inc.layer.id, 1);
 }
 
-/// A sim whose operations can be made to fail, to prove the engine's failure paths.
-struct Faulty {
-    sim: Arc<SimDomain>,
-    fail_state: AtomicBool,
-    fail_map_after_pause: AtomicBool,
-    /// Turn log-dirty off just before the N-th CLEAN (as the end of an `xl save` does).
-    disable_before_clean: AtomicU64,
-    cleans: AtomicU64,
-}
-
-impl Faulty {
-    fn new(sim: Arc<SimDomain>) -> Self {
-        Faulty {
-            sim,
-            fail_state: AtomicBool::new(false),
-            fail_map_after_pause: AtomicBool::new(false),
-            disable_before_clean: AtomicU64::new(0),
-            cleans: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Domain for Faulty {
-    fn info(&self) -> Result<DomainInfo, HvError> {
-        self.sim.info()
-    }
-    fn pause(&self) -> Result<(), HvError> {
-        self.sim.pause()
-    }
-    fn unpause(&self) -> Result<(), HvError> {
-        self.sim.unpause()
-    }
-    fn name(&self) -> String {
-        self.sim.name()
-    }
-}
-impl DirtyLog for Faulty {
-    fn logdirty_enable(&self) -> Result<(), HvError> {
-        self.sim.logdirty_enable()
-    }
-    fn logdirty_disable(&self) -> Result<(), HvError> {
-        self.sim.logdirty_disable()
-    }
-    fn logdirty_enabled(&self) -> Result<bool, HvError> {
-        self.sim.logdirty_enabled()
-    }
-    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
-        let n = self.cleans.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.disable_before_clean.load(Ordering::SeqCst) {
-            self.sim.logdirty_disable()?;
-        }
-        self.sim.logdirty_clean(into)
-    }
-}
-impl GuestMemory for Faulty {
-    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
-        self.sim.page_types(pfns, out)
-    }
-    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
-        if self.fail_map_after_pause.load(Ordering::SeqCst) && self.sim.info()?.paused {
-            return Err(HvError::op(self.name(), "map", "injected"));
-        }
-        self.sim.map_batch(pfns)
-    }
-}
-impl MachineState for Faulty {
-    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
-        if self.fail_state.load(Ordering::SeqCst) {
-            return Err(HvError::op(self.name(), "save state", "injected"));
-        }
-        self.sim.save_state()
-    }
-    fn config(&self) -> Result<Vec<u8>, HvError> {
-        self.sim.config()
-    }
-}
-
 #[test]
 fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     let chain = store.chain("g").unwrap();
-    let dom = Arc::new(Faulty::new(sim(2048, AccessPattern::Uniform, 0.0)));
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     let head = chain.manifest().unwrap().layers.len();
 
     // Dirty some pages, then fail under pause in two ways.
     let page = vec![0x5au8; PAGE_SIZE];
     for p in [5u64, 700, 1200] {
-        dom.sim.write_page(p, &page).unwrap();
+        dom.write_page(p, &page).unwrap();
     }
-    dom.fail_state.store(true, Ordering::SeqCst);
+    dom.faults().fail_save_state.store(true, Ordering::SeqCst);
     let e = checkpoint(&dom, &chain, &opts(1)).unwrap_err();
     assert!(matches!(e, CaptureError::Hv(_)), "{e}");
     assert!(
         !dom.info().unwrap().paused,
         "left paused after a state failure"
     );
-    dom.fail_state.store(false, Ordering::SeqCst);
+    dom.faults().fail_save_state.store(false, Ordering::SeqCst);
 
     for p in [9u64, 701] {
-        dom.sim.write_page(p, &page).unwrap();
+        dom.write_page(p, &page).unwrap();
     }
-    dom.fail_map_after_pause.store(true, Ordering::SeqCst);
+    dom.faults()
+        .fail_map_when_paused
+        .store(true, Ordering::SeqCst);
     // Non-live, so the dirty pages are mapped under pause.
     let paused_capture = CaptureOptions {
         live: false,
@@ -280,7 +202,9 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
         !dom.info().unwrap().paused,
         "left paused after a map failure"
     );
-    dom.fail_map_after_pause.store(false, Ordering::SeqCst);
+    dom.faults()
+        .fail_map_when_paused
+        .store(false, Ordering::SeqCst);
     assert_eq!(
         chain.manifest().unwrap().layers.len(),
         head,
@@ -334,12 +258,14 @@ fn log_dirty_turned_off_during_a_capture_fails_it_and_the_next_run_resyncs() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     let chain = store.chain("g").unwrap();
-    let dom = Arc::new(Faulty::new(sim(2048, AccessPattern::Uniform, 50.0)));
+    let dom = sim(2048, AccessPattern::Uniform, 50.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     let head = chain.manifest().unwrap().layers.len();
     // Another tool ends its save between this run's first and second CLEAN.
-    let first = dom.cleans.load(Ordering::SeqCst) + 1;
-    dom.disable_before_clean.store(first + 1, Ordering::SeqCst);
+    let first = dom.faults().cleans.load(Ordering::SeqCst) + 1;
+    dom.faults()
+        .disable_logdirty_at_clean
+        .store(first + 1, Ordering::SeqCst);
     let e = checkpoint(&dom, &chain, &opts(1)).unwrap_err();
     assert!(
         matches!(e, CaptureError::Hv(HvError::TrackingLost { .. })),
@@ -353,8 +279,8 @@ fn log_dirty_turned_off_during_a_capture_fails_it_and_the_next_run_resyncs() {
     assert_eq!(chain.manifest().unwrap().layers.len(), head);
     let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(r.layer.kind, LayerKind::Resync);
-    let last = dom.sim.truths().len() - 1;
-    assert_restores(&chain, &dom.sim, r.layer.id, last);
+    let last = dom.truths().len() - 1;
+    assert_restores(&chain, &dom, r.layer.id, last);
 }
 
 #[test]

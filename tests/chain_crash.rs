@@ -19,10 +19,7 @@ use std::time::Duration;
 use chain_util::{assert_no_leftovers, point, Point};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::hv::sim::{SimConfig, SimDomain};
-use xckpt::hv::{
-    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
-    PfnBitmap, StateBlob, PAGE_SIZE,
-};
+use xckpt::hv::{DirtyLog, Pfn, PfnBitmap, PAGE_SIZE};
 use xckpt::store::{Chain, RetentionPolicy, Store};
 
 const PAGES: u64 = 2048;
@@ -106,7 +103,7 @@ impl Hv {
     }
     /// A sim (the first of this process, so its identity is the same in every child) holding
     /// the memory, with log-dirty on and exactly the dirty bits of the files.
-    fn domain(&self) -> Arc<Persisted> {
+    fn domain(&self) -> Arc<SimDomain> {
         let sim = SimDomain::new(SimConfig::small(PAGES)).unwrap();
         let mem = self.memory();
         let write = |pfn: Pfn| {
@@ -121,11 +118,13 @@ impl Hv {
         (0..PAGES)
             .filter(|&p| bits[p as usize] == 1)
             .for_each(write);
-        Arc::new(Persisted {
-            sim,
-            bits: self.bits_path(),
+        // CLEAN clears the persisted bitmap, as Xen clears its own.
+        let hv = Hv {
             dir: self.dir.clone(),
-        })
+        };
+        sim.faults()
+            .after_clean(move || hv.set_bits(&vec![0u8; PAGES as usize]));
+        Arc::new(sim)
     }
     /// Copy of the whole state (store included) into `to`.
     fn copy_to(&self, to: &Path) -> Hv {
@@ -139,64 +138,6 @@ impl Hv {
         Hv {
             dir: to.to_path_buf(),
         }
-    }
-}
-
-/// The sim, with CLEAN clearing the persisted bitmap as Xen clears its own.
-struct Persisted {
-    sim: SimDomain,
-    bits: PathBuf,
-    dir: PathBuf,
-}
-
-impl Domain for Persisted {
-    fn info(&self) -> Result<DomainInfo, HvError> {
-        self.sim.info()
-    }
-    fn pause(&self) -> Result<(), HvError> {
-        self.sim.pause()
-    }
-    fn unpause(&self) -> Result<(), HvError> {
-        self.sim.unpause()
-    }
-    fn name(&self) -> String {
-        self.sim.name()
-    }
-}
-impl DirtyLog for Persisted {
-    fn logdirty_enable(&self) -> Result<(), HvError> {
-        self.sim.logdirty_enable()
-    }
-    fn logdirty_disable(&self) -> Result<(), HvError> {
-        self.sim.logdirty_disable()
-    }
-    fn logdirty_enabled(&self) -> Result<bool, HvError> {
-        self.sim.logdirty_enabled()
-    }
-    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
-        let n = self.sim.logdirty_clean(into)?;
-        let hv = Hv {
-            dir: self.dir.clone(),
-        };
-        debug_assert_eq!(hv.bits_path(), self.bits);
-        hv.set_bits(&vec![0u8; PAGES as usize]);
-        Ok(n)
-    }
-}
-impl GuestMemory for Persisted {
-    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
-        self.sim.page_types(pfns, out)
-    }
-    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
-        self.sim.map_batch(pfns)
-    }
-}
-impl MachineState for Persisted {
-    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
-        self.sim.save_state()
-    }
-    fn config(&self) -> Result<Vec<u8>, HvError> {
-        self.sim.config()
     }
 }
 

@@ -3,7 +3,7 @@
 //! nothing, and disks are snapshotted under the group stop.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use xckpt::capture::CaptureOptions;
@@ -14,72 +14,11 @@ use xckpt::group::{
     Phase,
 };
 use xckpt::hv::sim::{AccessPattern, SimAgent, SimConfig, SimDomain, TruthMode, WorkloadSpec};
-use xckpt::hv::{
-    DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch, PageType, Pfn,
-    PfnBitmap, StateBlob,
-};
+use xckpt::hv::Domain;
 use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;
 
-/// A sim member whose pause or state save can be made to fail.
-struct Member2 {
-    sim: SimDomain,
-    fail_pause: AtomicBool,
-    fail_state: AtomicBool,
-}
-
-impl Domain for Member2 {
-    fn info(&self) -> Result<DomainInfo, HvError> {
-        self.sim.info()
-    }
-    fn pause(&self) -> Result<(), HvError> {
-        if self.fail_pause.load(Ordering::SeqCst) {
-            return Err(HvError::op(self.name(), "pause", "injected"));
-        }
-        self.sim.pause()
-    }
-    fn unpause(&self) -> Result<(), HvError> {
-        self.sim.unpause()
-    }
-    fn name(&self) -> String {
-        self.sim.name()
-    }
-}
-impl DirtyLog for Member2 {
-    fn logdirty_enable(&self) -> Result<(), HvError> {
-        self.sim.logdirty_enable()
-    }
-    fn logdirty_disable(&self) -> Result<(), HvError> {
-        self.sim.logdirty_disable()
-    }
-    fn logdirty_enabled(&self) -> Result<bool, HvError> {
-        self.sim.logdirty_enabled()
-    }
-    fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
-        self.sim.logdirty_clean(into)
-    }
-}
-impl GuestMemory for Member2 {
-    fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
-        self.sim.page_types(pfns, out)
-    }
-    fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
-        self.sim.map_batch(pfns)
-    }
-}
-impl MachineState for Member2 {
-    fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
-        if self.fail_state.load(Ordering::SeqCst) {
-            return Err(HvError::op(self.name(), "save state", "injected"));
-        }
-        self.sim.save_state()
-    }
-    fn config(&self) -> Result<Vec<u8>, HvError> {
-        self.sim.config()
-    }
-}
-
-fn member(name: &str, seed: u64) -> Arc<Member2> {
+fn member(name: &str, seed: u64) -> Arc<SimDomain> {
     let mut cfg = SimConfig::small(2048);
     cfg.name = name.into();
     cfg.seed = seed;
@@ -89,11 +28,7 @@ fn member(name: &str, seed: u64) -> Arc<Member2> {
     };
     let sim = SimDomain::new(cfg).unwrap();
     sim.start_workload().unwrap();
-    Arc::new(Member2 {
-        sim,
-        fail_pause: AtomicBool::new(false),
-        fail_state: AtomicBool::new(false),
-    })
+    Arc::new(sim)
 }
 
 fn opts() -> CaptureOptions {
@@ -106,7 +41,7 @@ fn opts() -> CaptureOptions {
 
 /// At the `Stopped` barrier: checks every member is paused, and records each one's memory.
 struct Recorder {
-    doms: Vec<Arc<Member2>>,
+    doms: Vec<Arc<SimDomain>>,
     all_paused_at_stop: bool,
     phases: Vec<Phase>,
 }
@@ -117,14 +52,14 @@ impl Coordinator for Recorder {
         if phase == Phase::Stopped {
             self.all_paused_at_stop = self.doms.iter().all(|d| d.info().unwrap().paused);
             for d in &self.doms {
-                d.sim.record_truth("group-instant", TruthMode::Digest);
+                d.record_truth("group-instant", TruthMode::Digest);
             }
         }
         Ok(ok)
     }
 }
 
-fn members(store: &Store, doms: &[Arc<Member2>]) -> Vec<Member<Member2>> {
+fn members(store: &Store, doms: &[Arc<SimDomain>]) -> Vec<Member<SimDomain>> {
     doms.iter()
         .map(|d| Member {
             dom: d.clone(),
@@ -161,7 +96,7 @@ fn every_member_is_captured_at_the_one_group_instant() {
         assert_eq!(report.tag.id, id);
         for (m, d) in report.members.iter().zip(&doms) {
             // Each member's layer is its memory at the instant the group was stopped.
-            let truth = d.sim.truths().last().unwrap().clone();
+            let truth = d.truths().last().unwrap().clone();
             let chain = store.chain(&m.domain).unwrap();
             let restored =
                 SimDomain::from_image(&chain.compose(Some(m.capture.layer.id)).unwrap()).unwrap();
@@ -281,7 +216,7 @@ fn a_prune_that_drops_a_member_layer_breaks_that_group_point_and_says_so() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-fn assert_all_running_and_unchanged(store: &Store, doms: &[Arc<Member2>], layers: usize) {
+fn assert_all_running_and_unchanged(store: &Store, doms: &[Arc<SimDomain>], layers: usize) {
     for d in doms {
         assert!(!d.info().unwrap().paused, "{} left paused", d.name());
         let m = store.chain(&d.name()).unwrap().manifest().unwrap();
@@ -298,7 +233,10 @@ fn a_failure_of_one_member_resumes_all_and_commits_nothing() {
     checkpoint_group("job", 1, &ms, &opts(), &mut LocalCoordinator).unwrap();
 
     // b's state cannot be saved under the stop: a was stopped too, and both resume.
-    doms[1].fail_state.store(true, Ordering::SeqCst);
+    doms[1]
+        .faults()
+        .fail_save_state
+        .store(true, Ordering::SeqCst);
     let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
     let text = e.to_string();
     assert!(
@@ -309,14 +247,17 @@ fn a_failure_of_one_member_resumes_all_and_commits_nothing() {
     assert_all_running_and_unchanged(&store, &doms, 1);
 
     // b cannot be paused: a, already paused, is resumed.
-    doms[1].fail_state.store(false, Ordering::SeqCst);
-    doms[1].fail_pause.store(true, Ordering::SeqCst);
+    doms[1]
+        .faults()
+        .fail_save_state
+        .store(false, Ordering::SeqCst);
+    doms[1].faults().fail_pause.store(true, Ordering::SeqCst);
     let e = checkpoint_group("job", 2, &ms, &opts(), &mut LocalCoordinator).unwrap_err();
     assert!(e.to_string().contains("pause"), "{e}");
     assert_all_running_and_unchanged(&store, &doms, 1);
 
     // Another host's member failing at the stop barrier resumes this host's members.
-    doms[1].fail_pause.store(false, Ordering::SeqCst);
+    doms[1].faults().fail_pause.store(false, Ordering::SeqCst);
     struct RemoteFails;
     impl Coordinator for RemoteFails {
         fn barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
@@ -346,7 +287,7 @@ fn a_member_listed_twice_is_refused_before_anything_runs() {
 
 /// A disk back-end that records whether every member was paused when it snapshotted.
 struct WitnessDisk {
-    doms: Vec<Arc<Member2>>,
+    doms: Vec<Arc<SimDomain>>,
     seen_paused: Arc<Mutex<Vec<bool>>>,
     fail: bool,
     discarded: Arc<Mutex<Vec<String>>>,

@@ -472,3 +472,39 @@ fn writer_throughput() {
     big.digests();
     println!("digests of 1 GiB: {:.2} s", t.elapsed().as_secs_f64());
 }
+
+#[test]
+fn fault_switches_fail_their_operation_and_nothing_else() {
+    let dom = std::sync::Arc::new(SimDomain::new(SimConfig::small(64)).unwrap());
+    let f = dom.faults();
+    f.fail_pause.store(true, Ordering::SeqCst);
+    assert!(dom.pause().is_err());
+    assert!(!dom.info().unwrap().paused, "a failed pause pauses nothing");
+    f.fail_pause.store(false, Ordering::SeqCst);
+
+    f.fail_save_state.store(true, Ordering::SeqCst);
+    assert!(dom.save_state().is_err());
+    f.fail_save_state.store(false, Ordering::SeqCst);
+    assert!(dom.save_state().is_ok());
+
+    f.fail_map_when_paused.store(true, Ordering::SeqCst);
+    assert!(dom.map_batch(&[1]).is_ok(), "running: mapping works");
+    dom.pause().unwrap();
+    assert!(dom.map_batch(&[1]).is_err());
+    dom.unpause().unwrap();
+
+    // Log-dirty goes off before the second CLEAN; the hook runs after each good one.
+    let hooked = std::sync::Arc::new(AtomicU64::new(0));
+    let h = hooked.clone();
+    f.after_clean(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+    });
+    f.disable_logdirty_at_clean.store(2, Ordering::SeqCst);
+    dom.logdirty_enable().unwrap();
+    let mut bits = PfnBitmap::new();
+    dom.logdirty_clean(&mut bits).unwrap();
+    assert!(dom.logdirty_clean(&mut bits).is_err());
+    assert!(!dom.logdirty_enabled().unwrap());
+    assert_eq!(f.cleans.load(Ordering::SeqCst), 2);
+    assert_eq!(hooked.load(Ordering::SeqCst), 1);
+}

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{lock, Inner, SimCpuState, SimDomain};
+use super::{lock, Inner, SimCpuState, SimDomain, SimFaults};
 use crate::guestmem::GuestPage;
 use crate::hv::{
     state_kind, DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MachineState, MappedBatch,
@@ -25,6 +25,7 @@ impl Domain for SimDomain {
     /// Returns once no write is in progress. The first (outermost) pause records a ground-truth
     /// snapshot when auto-truth is on.
     fn pause(&self) -> Result<(), HvError> {
+        SimFaults::check(&self.faults.fail_pause, self.name(), "pause")?;
         let inner = &self.inner;
         let mut count = lock(&inner.pauses);
         inner.gate.hold();
@@ -90,6 +91,17 @@ impl DirtyLog for SimDomain {
 
     /// Fails with [`HvError::TrackingLost`] while log-dirty is off.
     fn logdirty_clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
+        if self.faults.clean_starts() {
+            self.logdirty_disable()?;
+        }
+        let n = self.clean(into)?;
+        self.faults.clean_done();
+        Ok(n)
+    }
+}
+
+impl SimDomain {
+    fn clean(&self, into: &mut PfnBitmap) -> Result<u64, HvError> {
         let _switch = lock(&self.inner.logdirty_switch);
         if !self.logdirty_on() {
             return Err(HvError::TrackingLost {
@@ -146,6 +158,9 @@ impl GuestMemory for SimDomain {
 
     /// Unpopulated pfns fail with `ENOENT`, pfns beyond `pfn_count` with `EINVAL`, per frame.
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        if *lock(&self.inner.pauses) > 0 {
+            SimFaults::check(&self.faults.fail_map_when_paused, self.name(), "map")?;
+        }
         let inner = &*self.inner;
         let frames = pfns
             .iter()
@@ -166,6 +181,7 @@ impl GuestMemory for SimDomain {
 impl MachineState for SimDomain {
     /// One [`state_kind::SIM_CPU`] blob: [`SimCpuState`] as JSON.
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        SimFaults::check(&self.faults.fail_save_state, self.name(), "save state")?;
         let vcpus = lock(&self.cfg).vcpus;
         let state = SimCpuState::capture(self.generation(), self.writer_progress(), vcpus);
         Ok(vec![StateBlob {

@@ -25,6 +25,7 @@ mod backend;
 mod bitmap;
 mod config;
 mod content;
+mod faults;
 mod gate;
 mod image;
 mod truth;
@@ -37,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use agent::{Hook, SimAgent};
 pub use backend::SimBatch;
 pub use config::{AccessPattern, ContentSpec, SimConfig, TruthMode, WorkloadSpec};
+pub use faults::SimFaults;
 pub use image::SimCpuState;
 pub use truth::{page_digest, Truth, UNPOPULATED_DIGEST};
 
@@ -152,6 +154,7 @@ pub struct SimDomain {
     cfg: Mutex<SimConfig>,
     identity: Mutex<DomainIdentity>,
     workers: Mutex<Option<Workers>>,
+    faults: SimFaults,
 }
 
 fn new_identity(name: &str, seed: u64) -> DomainIdentity {
@@ -237,7 +240,13 @@ impl SimDomain {
             inner: Arc::new(inner),
             cfg: Mutex::new(cfg),
             workers: Mutex::new(None),
+            faults: SimFaults::default(),
         })
+    }
+
+    /// The fault switches of this domain (tests).
+    pub fn faults(&self) -> &SimFaults {
+        &self.faults
     }
 
     /// The configuration, with `populated` as it is now.
