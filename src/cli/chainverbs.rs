@@ -6,23 +6,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use xckpt::store::{Chain, Manifest, RetentionPolicy, RewriteReport, Store};
+use xckpt::store::{Chain, ChainLock, Manifest, RetentionPolicy, RewriteReport};
 
 use super::show::open_existing;
 use super::xenverbs::WaitArg;
 use super::{print_json, StoreArg};
 
-/// `xckpt merge DOM --upto N`
+/// What both rewriting verbs take: the chain, and how to reach and report it.
 #[derive(Debug, Args)]
-pub struct MergeCmd {
+pub struct RewriteArgs {
     #[command(flatten)]
     store: StoreArg,
     /// The chain (domain name).
     domain: String,
-    /// Squash layers up to and including this one into one base layer with its id (a base
-    /// layer alone is compacted: one copy of each page).
-    #[arg(long)]
-    upto: u64,
     #[command(flatten)]
     wait: WaitArg,
     #[command(flatten)]
@@ -32,15 +28,24 @@ pub struct MergeCmd {
     json: bool,
 }
 
+/// `xckpt merge DOM --upto N`
+#[derive(Debug, Args)]
+pub struct MergeCmd {
+    #[command(flatten)]
+    chain: RewriteArgs,
+    /// Squash layers up to and including this one into one base layer with its id (a base
+    /// layer alone is compacted: one copy of each page).
+    #[arg(long)]
+    upto: u64,
+}
+
 impl MergeCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let store = open_existing(&self.store)?;
-        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait, &self.key)?;
-        let before = chain.manifest()?;
+        let (chain, lock, before) = self.chain.open()?;
         let report = chain
             .merge(&lock, self.upto)
-            .with_context(|| format!("merging {}@{}", self.domain, self.upto))?;
-        print_report(&self.domain, &before, &report, self.json)
+            .with_context(|| format!("merging {}@{}", self.chain.domain, self.upto))?;
+        self.chain.print_report(&before, &report)
     }
 }
 
@@ -48,9 +53,7 @@ impl MergeCmd {
 #[derive(Debug, Args)]
 pub struct PruneCmd {
     #[command(flatten)]
-    store: StoreArg,
-    /// The chain (domain name).
-    domain: String,
+    chain: RewriteArgs,
     /// Keep the N newest layers.
     #[arg(long)]
     keep_last: Option<u32>,
@@ -63,13 +66,6 @@ pub struct PruneCmd {
     /// Show what would be kept and dropped, change nothing.
     #[arg(long)]
     dry_run: bool,
-    #[command(flatten)]
-    wait: WaitArg,
-    #[command(flatten)]
-    key: super::settings::KeyArg,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 impl PruneCmd {
@@ -84,17 +80,15 @@ impl PruneCmd {
     }
 
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let policy = super::settings::retention(&self.domain, self.policy());
+        let name = &self.chain.domain;
+        let policy = super::settings::retention(name, self.policy());
         if policy.is_empty() {
             bail!(
-                "prune {}: give at least one of --keep-last, --keep-hourly, --keep-daily \
-                 (or `retention` for it in the config file)",
-                self.domain
+                "prune {name}: give at least one of --keep-last, --keep-hourly, --keep-daily \
+                 (or `retention` for it in the config file)"
             );
         }
-        let store = open_existing(&self.store)?;
-        let (chain, lock) = lock_chain(&store, &self.domain, self.wait.wait, &self.key)?;
-        let m = chain.manifest()?;
+        let (chain, lock, m) = self.chain.open()?;
         let keep = policy.select(&m.layers);
         if self.dry_run {
             let dropped: Vec<u64> = m
@@ -108,28 +102,13 @@ impl PruneCmd {
                 dropped,
                 ..Default::default()
             };
-            return print_report(&self.domain, &m, &report, self.json);
+            return self.chain.print_report(&m, &report);
         }
         let report = chain
             .retain(&lock, &keep, None)
-            .with_context(|| format!("pruning {}", self.domain))?;
-        print_report(&self.domain, &m, &report, self.json)
+            .with_context(|| format!("pruning {name}"))?;
+        self.chain.print_report(&m, &report)
     }
-}
-
-/// Open chain `name` (it must have layers) and take its writer lock, waiting `wait_s` seconds.
-fn lock_chain(
-    store: &Store,
-    name: &str,
-    wait_s: u64,
-    key: &super::settings::KeyArg,
-) -> anyhow::Result<(Chain, xckpt::store::ChainLock)> {
-    let chain = store.chain(name)?.with_key(key.key(name)?);
-    if chain.manifest()?.layers.is_empty() {
-        bail!("chain {name} has no layers in {}", store.root().display());
-    }
-    let lock = chain.lock_exclusive(Duration::from_secs(wait_s))?;
-    Ok((chain, lock))
 }
 
 /// The group checkpoints (`GROUP@ID`) that lose this chain's member when the layers `dropped`
@@ -143,54 +122,67 @@ fn broken_group_points(before: &Manifest, dropped: &[u64]) -> Vec<String> {
         .collect()
 }
 
-fn print_report(
-    name: &str,
-    before: &Manifest,
-    r: &RewriteReport,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let broken = broken_group_points(before, &r.dropped);
-    if json {
-        print_json(&serde_json::json!({
-            "chain": name, "kept": r.kept, "dropped": r.dropped, "rewritten": r.rewritten,
-            "bytes_before": r.bytes_before, "bytes_after": r.bytes_after,
-            "broken_group_points": broken,
-        }))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let ids = |v: &[u64]| {
-        let s: Vec<String> = v.iter().map(u64::to_string).collect();
-        if s.is_empty() {
-            "none".to_string()
-        } else {
-            s.join(",")
+impl RewriteArgs {
+    /// The chain (it must have layers), its writer lock (waiting `--wait`), and its manifest
+    /// as it is before the rewrite.
+    fn open(&self) -> anyhow::Result<(Chain, ChainLock, Manifest)> {
+        let name = &self.domain;
+        let store = open_existing(&self.store)?;
+        let chain = store.chain(name)?.with_key(self.key.key(name)?);
+        if chain.manifest()?.layers.is_empty() {
+            bail!("chain {name} has no layers in {}", store.root().display());
         }
-    };
-    println!(
-        "{name}: kept layers {}; dropped {}; {} -> {} bytes",
-        ids(&r.kept),
-        ids(&r.dropped),
-        r.bytes_before,
-        r.bytes_after
-    );
-    for w in &r.rewritten {
-        println!(
-            "  layer {} rewritten as {} (parent {}): folded {}; {} -> {} page slots",
-            w.id,
-            w.file,
-            w.parent.map_or("none (base)".into(), |p| p.to_string()),
-            ids(&w.folded),
-            w.slots_before,
-            w.slots_after
-        );
+        let lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
+        let before = chain.manifest()?;
+        Ok((chain, lock, before))
     }
-    if !broken.is_empty() {
+
+    /// What was kept, dropped and rewritten, and the group points that broke.
+    fn print_report(&self, before: &Manifest, r: &RewriteReport) -> anyhow::Result<ExitCode> {
+        let name = &self.domain;
+        let broken = broken_group_points(before, &r.dropped);
+        if self.json {
+            print_json(&serde_json::json!({
+                "chain": name, "kept": r.kept, "dropped": r.dropped, "rewritten": r.rewritten,
+                "bytes_before": r.bytes_before, "bytes_after": r.bytes_after,
+                "broken_group_points": broken,
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let ids = |v: &[u64]| {
+            let s: Vec<String> = v.iter().map(u64::to_string).collect();
+            if s.is_empty() {
+                "none".to_string()
+            } else {
+                s.join(",")
+            }
+        };
         println!(
-            "  note: group checkpoint{} {} can no longer be restored (this chain's layer of it is \
-             dropped); see `xckpt list --group NAME`",
-            if broken.len() > 1 { "s" } else { "" },
-            broken.join(", ")
+            "{name}: kept layers {}; dropped {}; {} -> {} bytes",
+            ids(&r.kept),
+            ids(&r.dropped),
+            r.bytes_before,
+            r.bytes_after
         );
+        for w in &r.rewritten {
+            println!(
+                "  layer {} rewritten as {} (parent {}): folded {}; {} -> {} page slots",
+                w.id,
+                w.file,
+                w.parent.map_or("none (base)".into(), |p| p.to_string()),
+                ids(&w.folded),
+                w.slots_before,
+                w.slots_after
+            );
+        }
+        if !broken.is_empty() {
+            println!(
+                "  note: group checkpoint{} {} can no longer be restored (this chain's layer of it is \
+                 dropped); see `xckpt list --group NAME`",
+                if broken.len() > 1 { "s" } else { "" },
+                broken.join(", ")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(ExitCode::SUCCESS)
 }
