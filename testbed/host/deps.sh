@@ -21,7 +21,23 @@ ensure_pkgs() {
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   if [ -z "${TB_APT_UPDATED:-}" ]; then apt_retry apt-get update -q; TB_APT_UPDATED=1; fi
-  apt_retry apt-get install -y -q --no-install-recommends "${missing[@]}"
+  local pin
+  pin=$(qemu_utils_pin "${missing[@]}")
+  [ -z "$pin" ] || log "taking $pin: the installed qemu-utils is newer than the release's emulator and Breaks it"
+  # shellcheck disable=SC2086 # $pin is one word or empty
+  apt_retry apt-get install -y -q --no-install-recommends --allow-downgrades "${missing[@]}" $pin
+}
+
+# A host may carry a newer qemu-utils (a backport: qemu-img 10) whose Breaks rule out the
+# release's qemu-system-common. When qemu-system-x86 is about to be installed, prints
+# "qemu-utils=VERSION" of the emulator's own version (qemu-img stays, one release older).
+qemu_utils_pin() {
+  [[ " $* " == *" qemu-system-x86 "* ]] || return 0
+  local have want
+  have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null) || return 0
+  want=$(apt-cache madison qemu-system-common | awk 'NR == 1 { print $3 }')
+  [ -n "$want" ] && dpkg --compare-versions "$have" gt "$want" || return 0
+  echo "qemu-utils=$want"
 }
 
 # Prints the kernel ABI that linux-image-amd64 points to right now.
