@@ -156,7 +156,12 @@ fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &s
             .unwrap_or_default()
             .to_string()
     };
-    let counts = index.counts();
+    let mut stats = CaptureStats {
+        sent_pages: sink.raw_bytes / PAGE_SIZE as u64,
+        notes: vec![format!("imported from {shown}")],
+        ..Default::default()
+    };
+    stats.count_pages(index, true);
     LayerMeta {
         id: 1,
         parent: None,
@@ -176,15 +181,7 @@ fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &s
         created_unix_ms: crate::store::unix_ms(),
         frame_pages: DEFAULT_FRAME_PAGES,
         compress_level: sink.level,
-        stats: CaptureStats {
-            dirty_pages: counts.data + counts.zero + counts.unpopulated + counts.evicted,
-            sent_pages: sink.raw_bytes / PAGE_SIZE as u64,
-            data_pages: counts.data,
-            zero_pages: counts.zero,
-            unpopulated_pages: counts.unpopulated,
-            notes: vec![format!("imported from {shown}")],
-            ..Default::default()
-        },
+        stats,
         group: None,
         disks: Vec::new(),
     }

@@ -122,6 +122,20 @@ fn incremental_holds_exactly_the_dirtied_pages_less_zero_pages() {
     assert_eq!(inc.layer.stats.data_pages, data_pfns.len() as u64);
     assert_eq!(inc.layer.stats.zero_pages, zero_pfns.len() as u64);
     assert_restores(&chain, &dom, inc.layer.id, 1);
+
+    // A base of the ballooned guest leaves the frames uncovered; its figures still count them.
+    let full = CaptureOptions {
+        full: true,
+        ..opts(1)
+    };
+    let base = checkpoint(&dom, &chain, &full).unwrap();
+    let s = &base.layer.stats;
+    assert_eq!(base.layer.kind, LayerKind::Base);
+    assert_eq!(s.unpopulated_pages, 64, "{s:?}");
+    assert_eq!(
+        s.dirty_pages, 1024,
+        "a base covers the whole pfn space: {s:?}"
+    );
 }
 
 #[test]

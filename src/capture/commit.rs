@@ -16,31 +16,30 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         started: Instant,
     ) -> Result<CaptureReport, CaptureError> {
         let downtime = figures.downtime;
-        let counts = out.index.counts();
         let precopy_ms = self
             .rounds
             .iter()
             .filter(|r| !r.paused)
             .map(|r| r.ms)
             .sum::<f64>();
-        let stats = CaptureStats {
+        let mut stats = CaptureStats {
             rounds: self.rounds.iter().filter(|r| !r.paused).count() as u32,
             downtime_us: downtime.as_micros() as u64,
             precopy_ms: precopy_ms as u64,
             total_ms: started.elapsed().as_millis() as u64,
-            dirty_pages: counts.data + counts.zero + counts.evicted + counts.unpopulated,
             sent_pages: self.rounds.iter().map(|r| r.pages).sum(),
-            data_pages: counts.data,
-            zero_pages: counts.zero,
-            unpopulated_pages: counts.unpopulated,
-            evicted: out.index.evicted_by(),
             notes: self
                 .plan
                 .notes()
                 .into_iter()
                 .chain(self.evict_notes.clone())
                 .collect(),
+            ..Default::default()
         };
+        stats.count_pages(
+            &out.index,
+            self.plan.kind() == crate::layer::LayerKind::Base,
+        );
         let meta = LayerMeta {
             id: self.plan.next_id(),
             parent: self.plan.parent(),

@@ -62,8 +62,9 @@ pub struct CheckpointCmd {
 /// Which pages a checkpoint need not store (docs/eviction.md).
 #[derive(Debug, Args)]
 pub struct EvictArgs {
-    /// Eviction policies: zero, unpopulated, free, cache, balloon (comma-separated). `free` and `cache`
-    /// need xckpt-agent in the guest; without an answer they are skipped and the summary says why.
+    /// Eviction policies: zero, unpopulated, free, cache, balloon (comma-separated). `free`,
+    /// `cache` and `balloon` need xckpt-agent in the guest; without an answer they are skipped
+    /// and the summary says why.
     #[arg(long, default_value = "zero,unpopulated,free")]
     evict: xckpt::evict::EvictSet,
     /// Milliseconds to wait for the guest agent's report.
@@ -77,14 +78,13 @@ pub struct EvictArgs {
 impl EvictArgs {
     /// The library's options for domain `domid`.
     pub(super) fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
-        let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> =
-            if self.evict.free || self.evict.cache {
-                let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
-                    .context("connecting to xenstored to reach the guest agent")?;
-                Some(Arc::new(a))
-            } else {
-                None
-            };
+        let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> = if self.evict.needs_agent() {
+            let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
+                .context("connecting to xenstored to reach the guest agent")?;
+            Some(Arc::new(a))
+        } else {
+            None
+        };
         let balloon: Option<Arc<dyn xckpt::evict::BalloonTarget>> = if self.evict.balloon {
             let b = xckpt::hv::xen::agent::XenBalloon::connect(domid)
                 .context("connecting to xenstored to reach the guest's balloon target")?;

@@ -27,6 +27,14 @@ impl Default for EvictSet {
     }
 }
 
+impl EvictSet {
+    /// Whether a policy needs the guest agent: `free` and `cache` for its report, `balloon` for
+    /// the guest's own used figure.
+    pub fn needs_agent(&self) -> bool {
+        self.free || self.cache || self.balloon
+    }
+}
+
 /// A bad `--evict` list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseEvictError {
@@ -106,5 +114,13 @@ mod tests {
             Err(ParseEvictError::NoUnpopulated)
         );
         assert_eq!(EvictSet::default().to_string(), "zero,unpopulated,free");
+    }
+
+    #[test]
+    fn balloon_alone_still_asks_the_agent() {
+        let needs = |l: &str| l.parse::<EvictSet>().unwrap().needs_agent();
+        assert!(needs("zero,unpopulated,balloon"));
+        assert!(needs("unpopulated,cache"));
+        assert!(!needs("zero,unpopulated"));
     }
 }

@@ -154,7 +154,7 @@ pub struct CaptureStats {
     pub precopy_ms: u64,
     /// Whole capture time (start to layer committed), milliseconds.
     pub total_ms: u64,
-    /// Pages the layer had to cover (dirty since parent, or populated for a base).
+    /// Pages the layer covers: dirty since its parent, or the whole pfn space for a base.
     pub dirty_pages: u64,
     /// Page copies sent in all rounds, re-sent pages included.
     pub sent_pages: u64,
@@ -162,12 +162,31 @@ pub struct CaptureStats {
     pub data_pages: u64,
     /// Pages recorded as zero.
     pub zero_pages: u64,
-    /// Pfns recorded as unpopulated.
+    /// Pfns recorded as unpopulated (in a base, the uncovered ones too).
     pub unpopulated_pages: u64,
     /// Pages evicted, per policy.
     pub evicted: BTreeMap<EvictPolicy, u64>,
     /// Free-form remarks for the summary (e.g. "free: no agent answered in 2 s").
     pub notes: Vec<String>,
+}
+
+impl CaptureStats {
+    /// Sets the page figures from the layer's `index`. In a base layer an uncovered pfn is
+    /// unpopulated (docs/format.md), so it counts as unpopulated here: a base covers the whole
+    /// pfn space, and a guest that ballooned down shows its unpopulated frames.
+    pub fn count_pages(&mut self, index: &LayerIndex, base: bool) {
+        let c = index.counts();
+        let implicit = if base {
+            index.pfn_count() - (c.data + c.zero + c.evicted + c.unpopulated)
+        } else {
+            0
+        };
+        self.data_pages = c.data;
+        self.zero_pages = c.zero;
+        self.unpopulated_pages = c.unpopulated + implicit;
+        self.evicted = index.evicted_by();
+        self.dirty_pages = c.data + c.zero + c.evicted + self.unpopulated_pages;
+    }
 }
 
 /// The header of a layer.

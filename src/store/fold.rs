@@ -9,13 +9,12 @@
 //! stored at capture before it is re-encoded; the new DIGESTS carry the same values. Header,
 //! vCPU/platform state and domain config come from `top`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{layer_file_name, Chain, LayerRecord, Manifest, StoreError};
 use crate::failpoint::failpoint;
 use crate::layer::pipeline::{self, Pipeline, WriterOut};
-use crate::layer::{EvictPolicy, LayerIndex, LayerKind, LayerMeta, LayerReader, PageEntry};
+use crate::layer::{LayerIndex, LayerKind, LayerMeta, LayerReader, PageEntry};
 
 /// A folded layer written aside (linked under its final name, not yet in the manifest).
 #[derive(Debug, Clone)]
@@ -160,19 +159,8 @@ fn folded_meta(
         Some(_) if run.iter().any(|r| r.kind == LayerKind::Resync) => LayerKind::Resync,
         Some(_) => LayerKind::Incremental,
     };
-    let counts = index.counts();
-    let mut evicted: BTreeMap<EvictPolicy, u64> = BTreeMap::new();
-    for (_, e, _) in index.iter() {
-        if let PageEntry::Evicted(p) = e {
-            *evicted.entry(p).or_default() += 1;
-        }
-    }
     let mut stats = top.stats.clone();
-    stats.dirty_pages = counts.data + counts.zero + counts.evicted + counts.unpopulated;
-    stats.data_pages = counts.data;
-    stats.zero_pages = counts.zero;
-    stats.unpopulated_pages = counts.unpopulated;
-    stats.evicted = evicted;
+    stats.count_pages(index, kind == LayerKind::Base);
     let ids: Vec<String> = run.iter().map(|r| r.id.to_string()).collect();
     if run.len() > 1 {
         stats.notes.push(format!("folded layers {}", ids.join(",")));
