@@ -27,25 +27,25 @@ T1=$(xenstore-read "$TARGET")
 [ "$T1" = "$T0" ] || fail "memory/target is $T1 KiB after the checkpoint, $T0 KiB before"
 [ "$BAL_BYTES" -lt "$PLAIN_BYTES" ] || fail "the balloon did not shrink the base: $BAL_BYTES B >= $PLAIN_BYTES B"
 
+# Waits up to 60 s until guest $1 is within 8 MiB of its target $T0 (xl list's MiB column),
+# or fails with "$2 has … MiB after 60 s".
+wait_target() {
+  local i=0
+  while :; do
+    MEM_MIB=$(xl list "$1" | awk 'NR == 2 { print $3 }')
+    [ "$((MEM_MIB * 1024 + 8192))" -ge "$T0" ] && return 0
+    [ $i -ge 120 ] && fail "$2 has $MEM_MIB MiB after 60 s, its target is $T0 KiB"
+    sleep 0.5; i=$((i + 1))
+  done
+}
+
 # The guest takes its memory back (populated pages return to the target).
-i=0
-while :; do
-  MEM_MIB=$(xl list "$G" | awk 'NR == 2 { print $3 }')
-  [ "$((MEM_MIB * 1024 + 8192))" -ge "$T0" ] && break
-  [ $i -ge 120 ] && fail "the guest has $MEM_MIB MiB 60 s after the checkpoint, its target is $T0 KiB"
-  sleep 0.5; i=$((i + 1))
-done
+wait_target "$G" "the guest, after the checkpoint,"
 
 # The ballooned base restores: the guest runs on, and balloons back up to its target.
 rs "$G" "$G"
 m=$(mark "$G")
-i=0
-while :; do
-  MEM_MIB=$(xl list "$G" | awk 'NR == 2 { print $3 }')
-  [ "$((MEM_MIB * 1024 + 8192))" -ge "$T0" ] && break
-  [ $i -ge 120 ] && fail "the restored guest has $MEM_MIB MiB after 60 s, its target is $T0 KiB"
-  sleep 0.5; i=$((i + 1))
-done
+wait_target "$G" "the restored guest"
 wait_ticks "$G" 3 60 "$m" || fail "workload of $G stopped after ballooning back up"
 check_bad "$G" "$m" || fail "workload of $G saw bad pages after ballooning back up"
 destroy_guest "$G"
