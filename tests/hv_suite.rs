@@ -46,6 +46,11 @@ fn checks_pass_with_writers_running() {
         rate_mib_s: 0.0,
     };
     d.start_workload_with(&spec, 2).unwrap();
+    // The checks take milliseconds: let the writers get going first, or they may run against
+    // an idle domain on a loaded machine.
+    while d.generation() == 0 {
+        std::thread::yield_now();
+    }
     suite::check_pause(&d).unwrap();
     suite::check_map(&d).unwrap();
     suite::check_logdirty(&d).unwrap();
