@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chain_util::{assert_kept_points_equal, assert_no_leftovers, points, Point};
 use xckpt::capture::{checkpoint, CaptureOptions};
@@ -147,14 +148,14 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
                     .map(drop)
                     .map_err(|e| e.to_string()),
                 "merge" => {
-                    let lock = chain.lock_exclusive(std::time::Duration::ZERO).unwrap();
+                    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
                     chain
                         .merge(&lock, newest)
                         .map(drop)
                         .map_err(|e| e.to_string())
                 }
                 _ => {
-                    let lock = chain.lock_exclusive(std::time::Duration::ZERO).unwrap();
+                    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
                     let keep = RetentionPolicy {
                         keep_last: Some(2),
                         ..Default::default()

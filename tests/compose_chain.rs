@@ -121,7 +121,7 @@ fn ten_layer_chain_matches_model_at_every_point() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(&root.path().join("store")).unwrap();
     let chain = store.chain("guest1").unwrap();
-    let _lock = chain.lock_exclusive(Duration::ZERO).unwrap();
+    let _lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
     let mut rng = fastrand::Rng::with_seed(42);
     let mut models = Vec::new();
     let mut model = HashMap::new();
@@ -151,7 +151,7 @@ fn composition_needs_a_base_and_linked_parents() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let chain = store.chain("g").unwrap();
-    let _lock = chain.lock_exclusive(Duration::ZERO).unwrap();
+    let _lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
     let mut rng = fastrand::Rng::with_seed(1);
     for id in 1..=3 {
         commit(&chain, id, &layer_puts(id, &mut rng));

@@ -6,6 +6,7 @@ mod layer_util;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use layer_util::{config, fill, meta, page, state, Put};
@@ -13,6 +14,11 @@ use xckpt::compose::Image;
 use xckpt::hv::PAGE_SIZE;
 use xckpt::layer::LayerReadError;
 use xckpt::store::{Chain, ChainVerifyError, Store, StoreError, TrackingState};
+
+/// Held by the test that spawns children and by the one that tests the lock: a child forked
+/// while a lock file is open shares its flock until it execs, so a lock dropped in that window
+/// still looks held for a moment (this failed once on a loaded machine).
+static FORKS: Mutex<()> = Mutex::new(());
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
@@ -167,10 +173,11 @@ fn manifest_records_layers_and_tracking() {
 
 #[test]
 fn lock_is_exclusive_and_protects_leftovers() {
+    let _no_forks = FORKS.lock().unwrap_or_else(|e| e.into_inner());
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let chain = store.chain("g").unwrap();
-    let held = chain.lock_exclusive(Duration::ZERO).unwrap();
+    let held = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
     let err = chain.lock_exclusive(Duration::from_millis(50)).unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     // A writer in progress under the lock: opening the chain elsewhere must not remove its file.
@@ -184,7 +191,7 @@ fn lock_is_exclusive_and_protects_leftovers() {
     let again = store.chain("g").unwrap();
     assert_eq!(again.removed_leftovers().len(), 1);
     assert!(!tmp.exists());
-    chain.lock_exclusive(Duration::ZERO).unwrap();
+    chain.lock_exclusive(Duration::from_secs(5)).unwrap();
 }
 
 #[test]
@@ -279,6 +286,7 @@ const CRASHES: &[(&str, &[u64])] = &[
 
 #[test]
 fn crash_at_every_write_point_leaves_a_readable_chain() {
+    let _forks = FORKS.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().unwrap();
     for &(point, want) in CRASHES {
         let root = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ mod layer_util;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use layer_util::{fill, meta, state, Put};
 use xckpt::capture::pending;
@@ -63,13 +64,13 @@ fn modes_do_not_depend_on_the_umask() {
     std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o666)).unwrap();
     pending::save(chain.dir(), &bits).unwrap();
     // A lock file someone made world-readable is tightened.
-    drop(chain.lock_exclusive(std::time::Duration::ZERO).unwrap());
+    drop(chain.lock_exclusive(Duration::from_secs(5)).unwrap());
     std::fs::set_permissions(
         chain.dir().join("lock"),
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    drop(chain.lock_exclusive(std::time::Duration::ZERO).unwrap());
+    drop(chain.lock_exclusive(Duration::from_secs(5)).unwrap());
     let files = assert_private(&root);
     drop(writer);
     // SAFETY: as above.
