@@ -40,7 +40,8 @@ WL_RATE=${WL_RATE:-2048}         # pages/s the workload rewrites
 WL_PATTERN=${WL_PATTERN:-uniform}
 DEMO_REQUIRE_XCKPT=${DEMO_REQUIRE_XCKPT:-1}   # 0: demo passes with the xl baseline alone if xckpt cannot checkpoint Xen
 
-XCKPT_BIN=${XCKPT_BIN:-$ROOT/target/release/xckpt}
+XCKPT_PROFILE=${XCKPT_PROFILE:-release}  # cargo profile of the xckpt binary (tools/test-all: ci)
+XCKPT_BIN=${XCKPT_BIN:-$ROOT/target/$XCKPT_PROFILE/xckpt}
 
 log() { printf '[testbed %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -1,4 +1,4 @@
-# Builds what goes into QEMU: the static guest workload, the release xckpt, the domU
+# Builds what goes into QEMU: the static guest workload, the xckpt binary, the domU
 # initramfs and the dom0 initramfs. The dom0 image is two concatenated cpio archives (the
 # kernel accepts that): a large "base" (busybox, Xen tools, device model, guest kernel) and a
 # small per-run part (test bed scripts, scenarios, settings).
@@ -25,11 +25,12 @@ build_agent() {
     die "$AGENT_BIN is not statically linked"
 }
 
-# The release xckpt binary from the repository root (XCKPT_BUILD=0 uses $XCKPT_BIN as is).
+# The xckpt binary from the repository root, built with cargo profile $XCKPT_PROFILE
+# (XCKPT_BUILD=0 uses $XCKPT_BIN as is).
 build_xckpt() {
   if [ "${XCKPT_BUILD:-1}" = 1 ]; then
-    log "cargo build --release (xckpt)"
-    (cd "$ROOT" && cargo build -q --release --bin xckpt)
+    log "cargo build --profile $XCKPT_PROFILE (xckpt)"
+    (cd "$ROOT" && cargo build -q --profile "$XCKPT_PROFILE" --bin xckpt)
   fi
   [ -x "$XCKPT_BIN" ] || die "no xckpt binary at $XCKPT_BIN"
 }
