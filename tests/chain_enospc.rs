@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chain_util::{assert_kept_points_equal, assert_no_leftovers, points, Point};
+use chain_util::{assert_kept_points_equal, assert_no_leftovers, lock_free, points, Point};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::hv::sim::{SimConfig, SimDomain};
 use xckpt::hv::PAGE_SIZE;
@@ -148,14 +147,14 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
                     .map(drop)
                     .map_err(|e| e.to_string()),
                 "merge" => {
-                    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+                    let lock = lock_free(&chain);
                     chain
                         .merge(&lock, newest)
                         .map(drop)
                         .map_err(|e| e.to_string())
                 }
                 _ => {
-                    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+                    let lock = lock_free(&chain);
                     let keep = RetentionPolicy {
                         keep_last: Some(2),
                         ..Default::default()

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chain_util::{assert_kept_points_equal, assert_no_leftovers, points};
+use chain_util::{assert_kept_points_equal, assert_no_leftovers, lock_free, points};
 use layer_util::{config, fill, meta, state, Put};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
@@ -79,7 +79,7 @@ fn merge_squashes_into_one_compact_base_and_every_remaining_point_is_byte_identi
         "the workload re-sent no page: no dead slots to drop"
     );
     let old4 = chain.manifest().unwrap().layers[3].clone();
-    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+    let lock = lock_free(&chain);
     let report = chain.merge(&lock, 4).unwrap();
     drop(lock);
     assert_eq!(report.dropped, [1, 2, 3]);
@@ -133,7 +133,7 @@ fn merge_of_a_single_layer_compacts_it() {
         .unwrap();
     assert_eq!(chain.open_layer(1).unwrap().figures().dead_slots, 4);
     let before = points(&chain);
-    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+    let lock = lock_free(&chain);
     // 4 dead of 24 slots: below a 20% bar nothing is rewritten (what a checkpoint does).
     assert!(chain.compact_dead(&lock, 1, 0.2).unwrap().is_none());
     let r = chain
@@ -163,7 +163,7 @@ fn prune_folds_dropped_inner_layers_into_their_children() {
     let store = Store::open(root.path()).unwrap();
     let (chain, dom) = captured_chain(&store, 6);
     let before = points(&chain);
-    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+    let lock = lock_free(&chain);
     // Keep 2, 5 and 7: 1 folds into 2 (a new base), 3 and 4 into 5, 6 into 7.
     let keep: BTreeSet<u64> = [2, 5, 7].into();
     let r = chain.retain(&lock, &keep, None).unwrap();
@@ -208,7 +208,7 @@ fn the_newest_layer_is_always_kept_and_unknown_layers_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let (chain, _dom) = captured_chain(&store, 2);
-    let lock = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+    let lock = lock_free(&chain);
     let err = chain.retain(&lock, &[1, 2].into(), None).unwrap_err();
     assert!(
         matches!(err, RewriteError::NewestDropped { id: 3, .. }),
@@ -236,7 +236,7 @@ fn a_second_writer_waits_for_the_lock_or_fails_clearly_two_processes() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let (chain, _dom) = captured_chain(&store, 3);
-    let held = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+    let held = lock_free(&chain);
     // Without --wait: fails at once, naming the chain and the lock file.
     for args in [
         &["merge", "g", "--upto", "2"][..],
@@ -273,7 +273,7 @@ fn a_second_writer_waits_for_the_lock_or_fails_clearly_two_processes() {
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(ids(&chain), [3, 4]);
     // Readers (list, verify) do not need the lock.
-    let _held = chain.lock_exclusive(Duration::from_secs(5)).unwrap();
+    let _held = lock_free(&chain);
     let out = xckpt(root.path(), &["list", "g", "--json"]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,5 +1,8 @@
 //! The generic trait suite, run against the sim (the Xen back-end runs it in the test bed).
 
+mod sim_util;
+
+use sim_util::wait_for;
 use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
 use xckpt::hv::suite;
 
@@ -48,9 +51,7 @@ fn checks_pass_with_writers_running() {
     d.start_workload_with(&spec, 2).unwrap();
     // The checks take milliseconds: let the writers get going first, or they may run against
     // an idle domain on a loaded machine.
-    while d.generation() == 0 {
-        std::thread::yield_now();
-    }
+    wait_for("the first write", || d.generation() > 0);
     suite::check_pause(&d).unwrap();
     suite::check_map(&d).unwrap();
     suite::check_logdirty(&d).unwrap();

@@ -1,9 +1,12 @@
 //! The simulated domain: log-dirty exactness, no lost writes under concurrent writers, pause,
 //! workloads, and the from_image round trip.
 
+mod sim_util;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sim_util::wait_for;
 use xckpt::compose::{Image, PageState};
 use xckpt::hv::sim::{
     page_digest, AccessPattern, SimConfig, SimCpuState, SimDomain, TruthMode, WorkloadSpec,
@@ -14,17 +17,6 @@ use xckpt::hv::{
     PAGE_SIZE,
 };
 use xckpt::layer::{EvictPolicy, LayerReadError};
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 fn sim(pages: u64, pattern: AccessPattern, writers: usize) -> SimDomain {
     let mut cfg = SimConfig::small(pages);

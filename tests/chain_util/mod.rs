@@ -116,3 +116,12 @@ pub fn assert_no_leftovers(chain: &Chain, what: &str) {
         .collect();
     assert_eq!(got, want, "{what}: leftover files");
 }
+
+/// Take `chain`'s writer lock, which the test expects to be free. It waits a little: a child
+/// that a parallel test forks while a lock file is open shares that flock until it execs, so a
+/// lock just dropped can look held for a moment.
+pub fn lock_free(chain: &Chain) -> xckpt::store::ChainLock {
+    chain
+        .lock_exclusive(std::time::Duration::from_secs(5))
+        .unwrap()
+}
