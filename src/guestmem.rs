@@ -3,7 +3,7 @@
 //! Guest frames are mapped from another agent (the guest's vCPUs, or the simulator's writer
 //! threads), which may write them at any moment. They are therefore never seen as `&[u8]`: every
 //! access is a volatile word read, as rust-vmm's volatile slices do. This is the only module of
-//! the `xckpt` crate with `unsafe` code.
+//! the `xckpt` crate allowed `unsafe` code (`src/lib.rs` denies it everywhere else).
 
 use crate::hv::PAGE_SIZE;
 
@@ -60,27 +60,32 @@ impl<'a> GuestPage<'a> {
     }
 }
 
-/// A writable view of one page of memory owned by the simulator, shared with reader threads.
+/// A writable view of one page of memory owned by the simulator, shared with reader threads,
+/// valid for `'a` (it borrows the mapping, so it cannot outlive the unmap).
 #[derive(Clone, Copy)]
-pub struct SharedPageMut {
+pub struct SharedPageMut<'a> {
     ptr: *mut u64,
+    _life: std::marker::PhantomData<&'a [u8]>,
 }
 
-// SAFETY: the pointer refers to memory that outlives all users (the simulator's mapping, dropped
-// only after its writer threads are joined) and every access through it is volatile.
-unsafe impl Send for SharedPageMut {}
+// SAFETY: the pointer refers to memory that stays mapped for 'a (the borrow of the mapping or the
+// contract of `new`), and every access through it is volatile.
+unsafe impl Send for SharedPageMut<'_> {}
 // SAFETY: as above; concurrent volatile reads and writes of aligned words are the intended use.
-unsafe impl Sync for SharedPageMut {}
+unsafe impl Sync for SharedPageMut<'_> {}
 
-impl SharedPageMut {
+impl<'a> SharedPageMut<'a> {
     /// Wrap a page of shared memory for volatile writes.
     ///
     /// # Safety
-    /// `ptr` must be page-aligned and point to `PAGE_SIZE` writable bytes that stay mapped for as
-    /// long as this value or a copy of it is used.
+    /// `ptr` must be page-aligned and point to `PAGE_SIZE` writable bytes that stay mapped for
+    /// `'a`.
     pub unsafe fn new(ptr: *mut u8) -> Self {
         debug_assert_eq!(ptr as usize % PAGE_SIZE, 0);
-        SharedPageMut { ptr: ptr.cast() }
+        SharedPageMut {
+            ptr: ptr.cast(),
+            _life: std::marker::PhantomData,
+        }
     }
 
     /// Overwrite the page with `src`, word by word.
@@ -95,8 +100,8 @@ impl SharedPageMut {
     }
 
     /// A read view of the same page.
-    pub fn as_page(&self) -> GuestPage<'_> {
-        // SAFETY: the page is mapped and readable for as long as `self` is (contract of `new`).
+    pub fn as_page(&self) -> GuestPage<'a> {
+        // SAFETY: the page is mapped and readable for 'a (contract of `new`).
         unsafe { GuestPage::new(self.ptr.cast::<u8>()) }
     }
 }
@@ -146,11 +151,11 @@ impl AnonMapping {
         (self.len / PAGE_SIZE) as u64
     }
 
-    /// A writable view of page `pfn`. Panics if out of range.
-    pub fn page_mut(&self, pfn: u64) -> SharedPageMut {
+    /// A writable view of page `pfn`, valid while `self` lives. Panics if out of range.
+    pub fn page_mut(&self, pfn: u64) -> SharedPageMut<'_> {
         assert!(pfn < self.pages(), "pfn {pfn} out of range");
-        // SAFETY: `pfn` is in range, so the page lies inside the mapping, which stays mapped until
-        // `self` drops; callers (the simulator) join their writers before dropping it.
+        // SAFETY: `pfn` is in range, so the page lies inside the mapping; the view borrows
+        // `self`, so it cannot outlive the mapping.
         unsafe { SharedPageMut::new(self.base.add(pfn as usize * PAGE_SIZE)) }
     }
 
@@ -161,11 +166,17 @@ impl AnonMapping {
         unsafe { GuestPage::new(self.base.add(pfn as usize * PAGE_SIZE)) }
     }
 
-    /// Give pages `[pfn, pfn+count)` back to the kernel; they read as zero afterwards.
+    /// Give pages `[pfn, pfn+count)` back to the kernel; they read as zero afterwards. Panics if
+    /// the range is not inside the mapping.
     pub fn discard(&self, pfn: u64, count: u64) {
-        assert!(pfn + count <= self.pages(), "range out of mapping");
-        // SAFETY: the range lies inside our own private anonymous mapping; MADV_DONTNEED on it
-        // only replaces its contents with zero pages.
+        let end = pfn.checked_add(count);
+        assert!(
+            end.is_some_and(|end| end <= self.pages()),
+            "range {pfn}+{count} out of mapping"
+        );
+        // SAFETY: the range lies inside our own private anonymous mapping (checked above without
+        // overflow, so the products below fit `len`); MADV_DONTNEED on it only replaces its
+        // contents with zero pages.
         unsafe {
             libc::madvise(
                 self.base.add(pfn as usize * PAGE_SIZE).cast(),
@@ -202,5 +213,17 @@ mod tests {
         w.as_page().copy_to(&mut out);
         assert_eq!(out, src);
         assert!(!w.as_page().is_zero());
+    }
+
+    #[test]
+    fn discard_zeroes_and_checks_its_range() {
+        let m = AnonMapping::new(4).unwrap();
+        m.page_mut(1).write_from(&[7u8; PAGE_SIZE]);
+        m.discard(1, 1);
+        assert!(m.page(1).is_zero());
+        for (pfn, count) in [(3, 2), (u64::MAX, 2), (1, u64::MAX)] {
+            let r = std::panic::catch_unwind(|| m.discard(pfn, count));
+            assert!(r.is_err(), "discard({pfn}, {count}) accepted");
+        }
     }
 }

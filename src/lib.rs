@@ -17,6 +17,9 @@
 //! * [`config`] is the operator's `/etc/xckpt.toml` (store, retention, policies per domain).
 //! * [`stream`] turns an image into a Xen migration stream for `xl restore`, and parses one back.
 
+// `unsafe` lives in xen-sys and in `guestmem` only; everywhere else it is a compile error.
+#![deny(unsafe_code)]
+
 pub mod capture;
 pub mod compose;
 pub mod config;
@@ -24,6 +27,7 @@ pub mod disk;
 pub mod evict;
 pub mod failpoint;
 pub mod group;
+#[allow(unsafe_code)]
 pub mod guestmem;
 pub mod hv;
 pub mod import;

@@ -2,6 +2,8 @@
 //!
 //! Errors are printed as one line, `xckpt: <what failed>: <why>`, naming the domain and file.
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;
