@@ -11,13 +11,17 @@ use std::time::Duration;
 const RECORD: usize = 64;
 
 fn fnv(data: &[u8]) -> u32 {
-    data.iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Record `seq`, 64 bytes.
 pub fn record(seq: u64) -> Vec<u8> {
-    let body = format!("R {seq:010} {:032x}", u128::from(seq).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let body = format!(
+        "R {seq:010} {:032x}",
+        u128::from(seq).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    );
     let line = format!("{body} {:08x}\n", fnv(body.as_bytes()));
     let mut v = line.into_bytes();
     v.resize(RECORD, b'\n');
@@ -29,9 +33,16 @@ pub fn spawn_from_env() {
     let Ok(path) = std::env::var("WL_DLOG") else {
         return;
     };
-    let gap: u64 = std::env::var("WL_DLOG_MS").ok().and_then(|p| p.parse().ok()).unwrap_or(100);
+    let gap: u64 = std::env::var("WL_DLOG_MS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100);
     std::thread::spawn(move || {
-        let mut f = match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let mut f = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) => {
                 println!("DLOGERR open {path}: {e}");
@@ -70,6 +81,9 @@ pub fn check_cmd(path: &str) -> i32 {
             bad += 1;
         }
     }
-    println!("DLOGCHECK last={last} bad={bad} tail={}", data.len() - whole * RECORD);
+    println!(
+        "DLOGCHECK last={last} bad={bad} tail={}",
+        data.len() - whole * RECORD
+    );
     i32::from(bad != 0)
 }

@@ -14,8 +14,14 @@ pub fn spawn_from_env() {
     let Ok(role) = std::env::var("WL_PP_ROLE") else {
         return;
     };
-    let port: u16 = std::env::var("WL_PP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(7000);
-    let gap: u64 = std::env::var("WL_PP_MS").ok().and_then(|p| p.parse().ok()).unwrap_or(20);
+    let port: u16 = std::env::var("WL_PP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(7000);
+    let gap: u64 = std::env::var("WL_PP_MS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(20);
     let peer = std::env::var("WL_PP_PEER").unwrap_or_default();
     std::thread::spawn(move || loop {
         let r = match role.as_str() {

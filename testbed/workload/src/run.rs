@@ -174,7 +174,10 @@ impl Budget {
 }
 
 fn var_mib(name: &str) -> usize {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Writes `mib` MiB of non-zero data and frees it again (a large allocation is its own
