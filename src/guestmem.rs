@@ -152,6 +152,16 @@ impl AnonMapping {
     }
 
     /// A writable view of page `pfn`, valid while `self` lives. Panics if out of range.
+    ///
+    /// The view cannot outlive the mapping:
+    ///
+    /// ```compile_fail,E0597
+    /// let page = {
+    ///     let m = xckpt::guestmem::AnonMapping::new(1).unwrap();
+    ///     m.page_mut(0)
+    /// };
+    /// page.write_from(&[0u8; 4096]);
+    /// ```
     pub fn page_mut(&self, pfn: u64) -> SharedPageMut<'_> {
         assert!(pfn < self.pages(), "pfn {pfn} out of range");
         // SAFETY: `pfn` is in range, so the page lies inside the mapping; the view borrows
