@@ -38,8 +38,7 @@ pub fn burst(file: &str, mib: usize) -> i32 {
             seen = now;
             n += 1;
             drop(std::mem::take(&mut region));
-            let mut fresh = Vec::with_capacity(words);
-            fresh.resize(words, 0);
+            let mut fresh = vec![0u64; words];
             let seed = seen
                 .trim()
                 .bytes()

@@ -36,7 +36,7 @@ pub fn spawn_from_env() {
 }
 
 fn report(role: &str, n: u64, bad: u64) {
-    if n % 50 == 0 {
+    if n.is_multiple_of(50) {
         println!("PP role={role} n={n} bad={bad}");
     }
 }
