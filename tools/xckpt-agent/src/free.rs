@@ -109,4 +109,26 @@ mod tests {
             vec![(4, 1), (8, 1), (16, 1)]
         );
     }
+
+    #[test]
+    fn a_block_past_the_end_or_misaligned_or_without_a_page_is_one_page_or_none() {
+        let mut flags = vec![0u64; 12];
+        flags[0] = 1 << 5; // in use
+        flags[2] = KPF_BUDDY; // order 2 claimed, but 2 is not a multiple of 4
+        flags[8] = KPF_BUDDY; // order 3 claimed, runs past the 12 frames
+        flags[11] = KPF_BUDDY | KPF_NOPAGE; // a hole, not free memory
+        let order = |pfn| match pfn {
+            2 => Some(2),
+            8 => Some(3),
+            _ => None,
+        };
+        let s = free_runs(&flags, order);
+        assert_eq!(s.runs, vec![(2, 1), (8, 1)]);
+        assert_eq!(s.pages(), 2);
+        assert!(free_runs(&[], |_| Some(10)).runs.is_empty());
+        // A whole buddy block of the largest order.
+        let mut big = vec![0u64; 1 << 10];
+        big[0] = KPF_BUDDY;
+        assert_eq!(free_runs(&big, |_| Some(10)).runs, vec![(0, 1 << 10)]);
+    }
 }
