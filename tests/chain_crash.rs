@@ -1,7 +1,10 @@
-//! Crash safety of `checkpoint`, `merge` and `prune`: a child process is killed at every
-//! failpoint it reaches (learned from a traced run, `XCKPT_FAILPOINT_LOG`), and after each kill
-//! the chain still verifies (deep), every point kept before restores byte-equal, and the next
-//! checkpoint holds every page dirtied since the last good layer.
+//! Crash safety of `checkpoint` (with the compaction a CLI checkpoint runs after it), `merge`,
+//! `prune` and `compact_dead`: a child process is killed at every failpoint it reaches (learned
+//! from a traced run, `XCKPT_FAILPOINT_LOG`), and after each kill the chain still verifies
+//! (deep), lists exactly the points it listed before the operation or exactly those it lists
+//! after a good run of it (switching once, at a manifest rename), every listed point restores
+//! byte-equal in full to what it restores in those runs, and the next checkpoint holds every
+//! page dirtied since the last good layer.
 //!
 //! The hypervisor must outlive the killed process, as Xen does: the guest's memory and its
 //! log-dirty bitmap live in files of the test directory. The child builds a sim from them, and
@@ -145,6 +148,11 @@ impl Hv {
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Checkpoint,
+    /// What a CLI `xckpt checkpoint` runs: the capture, then `compact_dead` on the new layer
+    /// (forced here with a threshold of 0, so that the rewrite always runs and is walked).
+    CheckpointCompact,
+    /// `compact_dead` of layer N alone, as `merge` and `prune` use it.
+    Compact(u64),
     Merge(u64),
     PruneKeepLast(u32),
     Retain(&'static [u64]),
@@ -154,6 +162,8 @@ impl Op {
     fn arg(self) -> String {
         match self {
             Op::Checkpoint => "checkpoint".into(),
+            Op::CheckpointCompact => "checkpoint-compact".into(),
+            Op::Compact(n) => format!("compact:{n}"),
             Op::Merge(n) => format!("merge:{n}"),
             Op::PruneKeepLast(n) => format!("prune:{n}"),
             Op::Retain(ids) => format!(
@@ -183,6 +193,17 @@ fn crash_child() {
     match verb {
         "checkpoint" => {
             checkpoint(&hv.domain(), &chain, &opts()).unwrap();
+        }
+        "checkpoint-compact" => {
+            let report = checkpoint(&hv.domain(), &chain, &opts()).unwrap();
+            let done = chain.compact_dead(&lock, report.layer.id, 0.0).unwrap();
+            assert!(done.is_some(), "the compaction did not run");
+        }
+        "compact" => {
+            let done = chain
+                .compact_dead(&lock, arg.parse().unwrap(), 0.0)
+                .unwrap();
+            assert!(done.is_some(), "the compaction did not run");
         }
         "merge" => {
             chain.merge(&lock, arg.parse().unwrap()).unwrap();
@@ -230,8 +251,9 @@ fn good(hv: &Hv, op: Op) {
     );
 }
 
-/// The failpoints `op` reaches on (a copy of) `hv`, as `name:N` in the order reached.
-fn trace(hv: &Hv, op: Op) -> Vec<String> {
+/// The failpoints `op` reaches on (a copy of) `hv`, as `name:N` in the order reached, and every
+/// point of the chain after that good run.
+fn trace(hv: &Hv, op: Op) -> (Vec<String>, BTreeMap<u64, Point>) {
     let tmp = tempfile::tempdir().unwrap();
     let copy = hv.copy_to(tmp.path());
     let log = tmp.path().join("failpoints.log");
@@ -242,7 +264,7 @@ fn trace(hv: &Hv, op: Op) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-    std::fs::read_to_string(&log)
+    let fps = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
         .map(|name| {
@@ -250,38 +272,47 @@ fn trace(hv: &Hv, op: Op) -> Vec<String> {
             *n += 1;
             format!("{name}:{n}")
         })
-        .collect()
+        .collect();
+    (fps, points(&copy.chain()))
 }
 
 fn points(chain: &Chain) -> BTreeMap<u64, Point> {
     chain_util::points(chain)
 }
 
-/// After a crash: the chain verifies (deep), each point listed before and still listed
-/// restores byte-equal, no leftovers; returns the listed ids.
-fn check_after_crash(hv: &Hv, before: &BTreeMap<u64, Point>, what: &str) -> Vec<u64> {
+/// After a crash: no leftovers, the chain verifies (deep), and it lists exactly the points of
+/// `before` or exactly those of `after`, each restoring in full to what it restores there.
+/// Returns whether the chain is in the `after` state (and that differs from `before`).
+fn check_after_crash(
+    hv: &Hv,
+    before: &BTreeMap<u64, Point>,
+    after: &BTreeMap<u64, Point>,
+    what: &str,
+) -> bool {
     let chain = hv.chain(); // opening removes the leftovers of the killed writer
     assert_no_leftovers(&chain, what);
-    let ids: Vec<u64> = chain
-        .manifest()
-        .unwrap()
-        .layers
-        .iter()
-        .map(|r| r.id)
-        .collect();
-    if ids.is_empty() {
-        assert!(before.is_empty(), "{what}: the chain lost its layers");
-        return ids;
+    let ids = chain_util::ids(&chain);
+    let was = |m: &BTreeMap<u64, Point>| m.keys().copied().collect::<Vec<u64>>();
+    let state = if ids == was(before) {
+        before
+    } else if ids == was(after) {
+        after
+    } else {
+        panic!(
+            "{what}: the chain lists points {ids:?}, neither those before ({:?}) nor after ({:?})",
+            was(before),
+            was(after)
+        )
+    };
+    if !ids.is_empty() {
+        chain
+            .verify_deep(None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
-    chain
-        .verify_deep(None)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    for id in &ids {
-        if let Some(want) = before.get(id) {
-            assert!(point(&chain, *id) == *want, "{what}: point {id} changed");
-        }
+    for (id, want) in state {
+        assert!(point(&chain, *id) == *want, "{what}: point {id} changed");
     }
-    ids
+    ids != was(before)
 }
 
 /// The newest point restores exactly the guest's memory now.
@@ -303,20 +334,43 @@ fn assert_newest_is_guest_memory(hv: &Hv, what: &str) {
 /// Kill `op` at every point it reaches, starting each time from a copy of `template`.
 /// Returns the number of points walked.
 fn walk(template: &Hv, op: Op, tag: u64) -> usize {
-    // Few pages, so that the spot check (64 sampled pages) rarely sees them: the run's own
-    // bookkeeping must keep them.
+    // Few pages, so that the capture's spot check (64 sampled pages) rarely sees them: the
+    // run's own bookkeeping must keep them.
     template.guest_writes(tag, 3);
-    let points_walked = trace(template, op);
+    let before = points(&template.chain());
+    let (points_walked, after) = trace(template, op);
     assert!(!points_walked.is_empty(), "{op:?} reached no failpoint");
-    for (k, fp) in points_walked.iter().enumerate() {
+    // A good run changes no point it keeps.
+    for (id, want) in &before {
+        if let Some(got) = after.get(id) {
+            assert!(got == want, "{op:?}: a good run changed point {id}");
+        }
+    }
+    // The capture's own points are walked by `Op::Checkpoint`: after it, only those of what
+    // follows (the compaction, which lists the same points as the capture left).
+    let skip = match op {
+        Op::CheckpointCompact => {
+            let (capture, _) = trace(template, Op::Checkpoint);
+            // The same points, though the writer threads may reach them in another order.
+            let sorted = |v: &[String]| {
+                let mut v = v.to_vec();
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(&points_walked[..capture.len()]),
+                sorted(&capture),
+                "{op:?}: the capture's points differ"
+            );
+            capture.len()
+        }
+        _ => 0,
+    };
+    let mut switched_at: Option<&str> = (skip > 0).then_some("the capture's commit");
+    for (k, fp) in points_walked.iter().enumerate().skip(skip) {
         let what = format!("{op:?} killed at {fp}");
         let tmp = tempfile::tempdir().unwrap();
         let hv = template.copy_to(tmp.path());
-        let before = if hv.chain().manifest().unwrap().layers.is_empty() {
-            BTreeMap::new()
-        } else {
-            points(&hv.chain())
-        };
         let out = run_child(&hv, op, Some(fp), None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let name = fp.split(':').next().unwrap();
@@ -324,15 +378,37 @@ fn walk(template: &Hv, op: Op, tag: u64) -> usize {
             !out.status.success() && stderr.contains(&format!("failpoint {name}")),
             "{what}: the child was not killed there: {stderr}"
         );
-        check_after_crash(&hv, &before, &what);
+        // The list changes once, at the manifest rename that commits the operation, and
+        // never goes back.
+        let is_after = check_after_crash(&hv, &before, &after, &what);
+        match (switched_at, is_after) {
+            (None, true) => {
+                assert!(
+                    fp.starts_with("manifest.rename.after:"),
+                    "{what}: the chain changed at {fp}, not at a manifest rename"
+                );
+                switched_at = Some(fp);
+            }
+            (Some(at), false) => panic!("{what}: the chain went back to its points before {at}"),
+            _ => {}
+        }
         // The next checkpoint holds every page dirtied since the last good layer.
         hv.guest_writes(tag * 1000 + k as u64, 10);
         good(&hv, Op::Checkpoint);
         assert_newest_is_guest_memory(&hv, &what);
         hv.chain().verify_deep(None).unwrap();
     }
-    println!("{op:?}: walked {} failpoints", points_walked.len());
-    points_walked.len()
+    if before.keys().ne(after.keys()) {
+        assert!(
+            switched_at.is_some(),
+            "{op:?}: no kill saw the chain after it"
+        );
+    }
+    println!(
+        "{op:?}: walked {} failpoints, the chain switched at {switched_at:?}",
+        points_walked.len() - skip
+    );
+    points_walked.len() - skip
 }
 
 /// A state with a base and `incrementals` incrementals, each after some guest writes.
@@ -359,6 +435,20 @@ fn checkpoint_killed_at_every_write_point() {
     assert!(base_points > 10 && inc_points > 10);
 }
 
+/// Everything a CLI checkpoint runs after the capture (today the compaction of the new
+/// layer), killed at every point after the capture's own, from a base and from an incremental.
+#[test]
+fn checkpoint_then_compaction_killed_at_every_write_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = Hv::create(dir.path());
+    let base_points = walk(&fresh, Op::CheckpointCompact, 11);
+    let dir2 = tempfile::tempdir().unwrap();
+    let with_base = template(dir2.path(), 1);
+    let inc_points = walk(&with_base, Op::CheckpointCompact, 12);
+    println!("checkpoint+compact: walked {base_points} base + {inc_points} incremental failpoints");
+    assert!(base_points > 5 && inc_points > 5);
+}
+
 #[test]
 fn merge_and_prune_killed_at_every_write_point() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +459,7 @@ fn merge_and_prune_killed_at_every_write_point() {
         Op::Merge(1),
         Op::PruneKeepLast(2),
         Op::Retain(&[2, 4, 5]),
+        Op::Compact(4),
     ] {
         total += walk(&t, op, 3 + total as u64);
         t.guest_writes(7 + total as u64, 5);

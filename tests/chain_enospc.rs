@@ -1,16 +1,17 @@
-//! A full disk (ENOSPC) during `checkpoint`, `merge` and `prune`, on a small tmpfs made for the
-//! test: each failure is one clear error, the chain still verifies, every kept point restores
-//! byte-equal, nothing is left behind, and once space is back the next checkpoint holds every
-//! page dirtied since the last good layer. Needs root (to mount); skipped otherwise.
+//! A full disk (ENOSPC) during `checkpoint`, `merge`, `prune` and `compact_dead`, on a small
+//! tmpfs made for the test: each failure is one clear error, the chain lists exactly the points
+//! it listed before (each success exactly the points it must), every listed point restores
+//! byte-equal in full, nothing is left behind, and once space is back the next checkpoint holds
+//! every page dirtied since the last good layer. Needs root (to mount); skipped otherwise.
 
 mod chain_util;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use chain_util::{assert_kept_points_equal, assert_no_leftovers, lock_free, points, Point};
+use chain_util::{assert_no_leftovers, lock_free, point, points, Point};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::hv::sim::{SimConfig, SimDomain};
 use xckpt::hv::PAGE_SIZE;
@@ -96,22 +97,42 @@ fn dirty_some(dom: &SimDomain, tag: u64) {
     }
 }
 
-/// After a failed operation: verifies deep, kept points equal, no leftovers.
-fn check_intact(store: &Store, before: &BTreeMap<u64, Point>, what: &str) {
+/// After an operation: verifies deep, lists exactly the points `want`, each of them that was
+/// listed before restores as before (a new one is the caller's to check), no leftovers.
+fn check_intact(store: &Store, before: &BTreeMap<u64, Point>, want: &BTreeSet<u64>, what: &str) {
     let chain = store.chain("g").unwrap();
     assert_no_leftovers(&chain, what);
     chain
         .verify_deep(None)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_kept_points_equal(&chain, before, what);
+    let ids: BTreeSet<u64> = chain_util::ids(&chain).into_iter().collect();
+    assert_eq!(
+        &ids, want,
+        "{what}: the chain lists other points than it must"
+    );
+    for (id, want) in before.iter().filter(|(id, _)| want.contains(id)) {
+        assert!(point(&chain, *id) == *want, "{what}: point {id} changed");
+    }
+}
+
+/// Point `id` of `chain` restores the domain's memory now, in full.
+fn point_is_domain(chain: &Chain, id: u64, dom: &SimDomain, what: &str) {
+    let restored = SimDomain::from_image(&chain.compose(Some(id)).unwrap()).unwrap();
+    assert_eq!(restored.digests(), dom.digests(), "{what}: pages lost");
 }
 
 /// Space back: the next checkpoint restores the domain's memory exactly.
 fn next_checkpoint_is_complete(fs: &SmallFs, dom: &Arc<SimDomain>, chain: &Chain, what: &str) {
     fs.free_all();
-    checkpoint(dom, chain, &opts()).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let restored = SimDomain::from_image(&chain.compose(None).unwrap()).unwrap();
-    assert_eq!(restored.digests(), dom.digests(), "{what}: pages lost");
+    let r = checkpoint(dom, chain, &opts()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    point_is_domain(chain, r.layer.id, dom, what);
+}
+
+fn prune_policy() -> RetentionPolicy {
+    RetentionPolicy {
+        keep_last: Some(2),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -136,11 +157,20 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
     ];
     let mut failed = BTreeMap::<&str, usize>::new();
     for (i, &free) in frees.iter().enumerate() {
-        for op in ["checkpoint", "merge", "prune"] {
+        for op in ["checkpoint", "merge", "prune", "compact"] {
             let what = format!("{op} with {free} bytes free");
             dirty_some(&dom, i as u64 * 10 + op.len() as u64);
             let before = points(&chain);
-            let newest = chain.manifest().unwrap().last().unwrap().id;
+            let layers = chain.manifest().unwrap().layers;
+            let newest = layers.last().unwrap().id;
+            let all: BTreeSet<u64> = before.keys().copied().collect();
+            // The points each operation must leave when it succeeds.
+            let want: BTreeSet<u64> = match op {
+                "checkpoint" => all.iter().copied().chain([newest + 1]).collect(),
+                "merge" => [newest].into(),
+                "prune" => prune_policy().select(&layers),
+                _ => all.clone(),
+            };
             fs.leave_free(free);
             let result: Result<(), String> = match op {
                 "checkpoint" => checkpoint(&dom, &chain, &opts())
@@ -153,31 +183,43 @@ fn full_disk_during_checkpoint_merge_and_prune_loses_nothing() {
                         .map(drop)
                         .map_err(|e| e.to_string())
                 }
-                _ => {
+                "prune" => {
                     let lock = lock_free(&chain);
-                    let keep = RetentionPolicy {
-                        keep_last: Some(2),
-                        ..Default::default()
-                    }
-                    .select(&chain.manifest().unwrap().layers);
+                    let keep = prune_policy().select(&chain.manifest().unwrap().layers);
                     chain
                         .retain(&lock, &keep, None)
                         .map(drop)
                         .map_err(|e| e.to_string())
                 }
+                _ => {
+                    // As a CLI checkpoint compacts its new layer (threshold 0: always runs).
+                    let lock = lock_free(&chain);
+                    chain
+                        .compact_dead(&lock, newest, 0.0)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
             };
-            if let Err(msg) = result {
-                assert!(msg.contains("No space left on device"), "{what}: {msg}");
-                assert_eq!(msg.lines().count(), 1, "{what}: {msg}");
-                *failed.entry(op).or_default() += 1;
-                fs.free_all();
-                check_intact(&store, &before, &what);
+            fs.free_all();
+            match result {
+                Err(msg) => {
+                    assert!(msg.contains("No space left on device"), "{what}: {msg}");
+                    assert_eq!(msg.lines().count(), 1, "{what}: {msg}");
+                    *failed.entry(op).or_default() += 1;
+                    check_intact(&store, &before, &all, &what);
+                }
+                Ok(()) => {
+                    check_intact(&store, &before, &want, &format!("{what} (done)"));
+                    if op == "checkpoint" {
+                        point_is_domain(&chain, newest + 1, &dom, &what);
+                    }
+                }
             }
             next_checkpoint_is_complete(&fs, &dom, &chain, &what);
         }
     }
     println!("ENOSPC failures per operation: {failed:?}");
-    for op in ["checkpoint", "merge", "prune"] {
+    for op in ["checkpoint", "merge", "prune", "compact"] {
         assert!(
             failed.get(op).copied().unwrap_or(0) >= 2,
             "{op} never hit the full disk: {failed:?}"

@@ -51,15 +51,20 @@ pub fn points(chain: &Chain) -> BTreeMap<u64, Point> {
         .collect()
 }
 
-/// Every point the chain still lists restores exactly as in `before`; returns how many.
-pub fn assert_kept_points_equal(chain: &Chain, before: &BTreeMap<u64, Point>, what: &str) -> usize {
-    let ids: Vec<u64> = chain
+/// The ids of the points the chain lists, oldest first.
+pub fn ids(chain: &Chain) -> Vec<u64> {
+    chain
         .manifest()
         .unwrap()
         .layers
         .iter()
         .map(|r| r.id)
-        .collect();
+        .collect()
+}
+
+/// Every point the chain still lists restores exactly as in `before`; returns how many.
+pub fn assert_kept_points_equal(chain: &Chain, before: &BTreeMap<u64, Point>, what: &str) -> usize {
+    let ids = ids(chain);
     for id in &ids {
         let want = before
             .get(id)
