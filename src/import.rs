@@ -7,6 +7,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use crate::hv::{DomainIdentity, PageType, Pfn, StateBlob, PAGE_SIZE};
+use crate::layer::index::MAX_PFN_COUNT;
 use crate::layer::{
     compress_frame, CaptureStats, LayerIndex, LayerKind, LayerMeta, LayerWriteError, LayerWriter,
     PageEntry, DEFAULT_FRAME_PAGES,
@@ -42,6 +43,14 @@ pub enum ImportError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A save file names a pfn that no layer can hold: refused as it is read, before the index of
+/// that many pfns would be allocated.
+#[derive(Debug, thiserror::Error)]
+#[error("pfn {pfn:#x} is beyond the {MAX_PFN_COUNT} pfns (16 TiB) a layer holds")]
+struct PfnBeyondLayer {
+    pfn: Pfn,
 }
 
 /// Packs parsed pages into a layer.
@@ -80,6 +89,9 @@ impl StreamSink for LayerSink {
     }
 
     fn page(&mut self, pfn: Pfn, ty: PageType, data: Option<&[u8]>) -> Result<(), SinkError> {
+        if pfn >= MAX_PFN_COUNT {
+            return Err(Box::new(PfnBeyondLayer { pfn }));
+        }
         match (ty, data) {
             (_, Some(d)) if d.iter().all(|&b| b == 0) => {
                 self.entries.push((pfn, PageEntry::Zero, None))

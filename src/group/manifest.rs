@@ -74,6 +74,33 @@ pub struct GroupManifest {
 }
 
 impl GroupManifest {
+    /// What makes a manifest read from disk unusable: point ids that do not rise (or leave no
+    /// id for the next point), or a member that names no valid chain.
+    fn fault(&self) -> Option<String> {
+        let mut prev = 0u64;
+        for p in &self.points {
+            if p.id <= prev || p.id == u64::MAX {
+                return Some(format!(
+                    "point {} is listed after point {prev}: ids must rise, below {}",
+                    p.id,
+                    u64::MAX
+                ));
+            }
+            prev = p.id;
+            if let Some(m) = p
+                .members
+                .iter()
+                .find(|m| store::validate_name(&m.chain).is_err())
+            {
+                return Some(format!(
+                    "point {} names chain {:?}, not a valid chain name",
+                    p.id, m.chain
+                ));
+            }
+        }
+        None
+    }
+
     /// The id the next group checkpoint gets.
     pub fn next_id(&self) -> u64 {
         self.points.last().map_or(1, |p| p.id + 1)
@@ -118,7 +145,7 @@ impl GroupDir {
     /// The manifest (an empty one for a new group).
     pub fn manifest(&self) -> Result<GroupManifest, StoreError> {
         let path = self.dir.join(store::manifest::MANIFEST);
-        match std::fs::read(&path) {
+        match crate::layer::read_nofollow(&path) {
             Ok(b) => {
                 let m: GroupManifest =
                     serde_json::from_slice(&b).map_err(|e| StoreError::Manifest {
@@ -130,6 +157,9 @@ impl GroupDir {
                         path,
                         found: m.format,
                     });
+                }
+                if let Some(reason) = m.fault() {
+                    return Err(StoreError::Manifest { path, reason });
                 }
                 Ok(m)
             }

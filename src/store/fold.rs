@@ -65,7 +65,9 @@ fn rewrite_name(chain: &Chain, record: &LayerRecord) -> String {
         .and_then(|r| r.strip_suffix(".xcl"))
         .and_then(|k| k.parse::<u64>().ok())
         .unwrap_or(0);
-    (current + 1..)
+    // K comes from the manifest: count on from it without overflow.
+    (1..)
+        .map_while(|i: u64| current.checked_add(i))
         .map(|k| format!("{stem}.r{k}.xcl"))
         .find(|name| chain.dir().join(name).symlink_metadata().is_err())
         .unwrap_or_default()

@@ -37,6 +37,25 @@ pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
             found: m.format,
         });
     }
+    // Ids rise from one layer to the next (the newest is last, the next gets its id + 1, and
+    // a parent is older), and the newest leaves room for a next id.
+    let mut prev = 0u64;
+    for r in &m.layers {
+        let reason = if r.id <= prev {
+            format!("layer {} is listed after layer {prev}: ids must rise", r.id)
+        } else if r.id == u64::MAX {
+            format!("layer id {} leaves no id for the next layer", r.id)
+        } else if r.parent.is_some_and(|p| p >= r.id) {
+            format!(
+                "layer {} has parent {:?}, not an older layer",
+                r.id, r.parent
+            )
+        } else {
+            prev = r.id;
+            continue;
+        };
+        return Err(StoreError::Manifest { path, reason });
+    }
     // Layer files are named by id inside the chain directory: a name that could point
     // elsewhere (`../`, `/`) is refused.
     if let Some(r) = m
