@@ -10,7 +10,8 @@ use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{FeedOptions, Image, PageSource, PageState};
 use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator, Member};
 use xckpt::hv::sim::{
-    page_digest, AccessPattern, SimConfig, SimDomain, Truth, WorkloadSpec, UNPOPULATED_DIGEST,
+    page_digest, AccessPattern, SimConfig, SimDomain, Truth, TruthMode, WorkloadSpec,
+    UNPOPULATED_DIGEST,
 };
 use xckpt::hv::{Domain, PageType, Pfn, StateBlob, PAGE_SIZE};
 use xckpt::layer::LayerReadError;
@@ -127,6 +128,8 @@ fn sim(name: &str, seed: u64, rate_mib_s: f64) -> Arc<SimDomain> {
     let mut cfg = SimConfig::small(4096);
     cfg.name = name.into();
     cfg.seed = seed;
+    // The truth of each checkpoint, recorded at its pause.
+    cfg.auto_truth = Some(TruthMode::Digest);
     cfg.workload = WorkloadSpec {
         pattern: AccessPattern::Uniform,
         rate_mib_s,

@@ -180,7 +180,7 @@ impl GuestMemory for SimDomain {
 
 impl MachineState for SimDomain {
     /// A [`state_kind::SIM_CPU`] blob ([`SimCpuState`] as JSON), then stand-ins for the two
-    /// records a Xen stream of a PVH guest cannot do without (an empty HVM_CONTEXT, and
+    /// records a Xen stream of a PVH guest cannot do without (a zeroed HVM_CONTEXT, and
     /// HVM_PARAMS naming pfn 1 as the xenstore ring), so that a sim point streams into a
     /// (fake) `xl restore` like a Xen one.
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
@@ -199,7 +199,7 @@ impl MachineState for SimDomain {
             },
             StateBlob {
                 kind: state_kind::HVM_CONTEXT,
-                data: Vec::new(),
+                data: vec![0; 8],
             },
             StateBlob {
                 kind: state_kind::HVM_PARAMS,
