@@ -70,7 +70,8 @@ impl XlTool for FakeXl {
         what: &str,
         write: &mut WriteStream<'_>,
     ) -> Result<StreamStats, RestoreError> {
-        let (mut reader, mut writer) = std::io::pipe().unwrap();
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let (mut reader, mut writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
         let (written, parsed) = std::thread::scope(|s| {
             let xl = s.spawn(move || {
                 let mut loaded = Loaded::default();
@@ -85,7 +86,7 @@ impl XlTool for FakeXl {
         });
         let stats = written.map_err(|source| RestoreError::Stream {
             what: what.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         let (header, loaded) = parsed.expect("a whole stream parses");
         if self.fail.as_deref() == Some(loaded.name.as_str()) {
@@ -276,12 +277,13 @@ fn a_damaged_frame_stops_the_stream_and_leaves_no_domain() {
     let err = restore_point(&store, "hurt", None, None, &RestoreOptions::default(), &xl)
         .expect_err("a damaged frame must fail the restore");
     let RestoreError::Damaged {
-        layer: 1,
-        source: StreamWriteError::ReadPage { source, .. },
-        ..
+        layer: 1, source, ..
     } = &err
     else {
-        panic!("expected a stream error naming the page, got {err:?}");
+        panic!("expected a stream error naming the layer, got {err:?}");
+    };
+    let StreamWriteError::ReadPage { source, .. } = &**source else {
+        panic!("expected the page that failed, got {source:?}");
     };
     assert!(
         matches!(

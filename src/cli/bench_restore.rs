@@ -64,10 +64,11 @@ impl XlTool for DiscardingXl {
         _what: &str,
         write: &mut WriteStream<'_>,
     ) -> Result<StreamStats, RestoreError> {
-        let (mut reader, mut writer) = std::io::pipe().map_err(|source| RestoreError::Spawn {
+        let (reader, writer) = rustix::pipe::pipe().map_err(|e| RestoreError::Spawn {
             xl: "pipe".into(),
-            source,
+            source: e.into(),
         })?;
+        let (mut reader, mut writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
         xckpt::restore::size_pipe(&writer);
         std::thread::scope(|s| {
             s.spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
@@ -82,9 +83,12 @@ impl XlTool for DiscardingXl {
             let what = "bench".to_string();
             flushed.map_err(|e| RestoreError::Stream {
                 what: what.clone(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })?;
-            written.map_err(|source| RestoreError::Stream { what, source })
+            written.map_err(|source| RestoreError::Stream {
+                what,
+                source: Box::new(source),
+            })
         })
     }
 

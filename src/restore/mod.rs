@@ -69,7 +69,7 @@ pub enum RestoreError {
         chain: String,
         /// Why.
         #[source]
-        source: DiskError,
+        source: Box<DiskError>,
     },
     /// `xl` could not be run.
     #[error("cannot run {xl:?}: is this a Xen dom0 with xen-utils installed?")]
@@ -88,7 +88,7 @@ pub enum RestoreError {
         what: String,
         /// Why.
         #[source]
-        source: StreamWriteError,
+        source: Box<StreamWriteError>,
     },
     /// A frame or page of a layer failed its check while it was streamed: `xl restore` got a
     /// stream cut before that page.
@@ -106,7 +106,7 @@ pub enum RestoreError {
         what: String,
         /// What the check found.
         #[source]
-        source: StreamWriteError,
+        source: Box<StreamWriteError>,
     },
     /// Waiting for `xl` failed.
     #[error("waiting for xl {verb} of {what}")]
@@ -264,7 +264,7 @@ pub fn disk_clones(
     crate::disk::clone_for_restore(disks, &tag, &DiskOptions::default()).map_err(|source| {
         RestoreError::Disks {
             chain: chain.to_string(),
-            source,
+            source: Box::new(source),
         }
     })
 }
@@ -341,7 +341,7 @@ pub fn write_point(
 ) -> Result<StreamStats, RestoreError> {
     let r = write_save_file(&point.image, opts, out).map_err(|source| RestoreError::Stream {
         what: point.what(),
-        source,
+        source: Box::new(source),
     });
     name_damage(point, r)
 }
@@ -352,14 +352,12 @@ fn name_damage(
     r: Result<StreamStats, RestoreError>,
 ) -> Result<StreamStats, RestoreError> {
     match r {
-        Err(RestoreError::Stream {
-            what,
-            source: source @ StreamWriteError::ReadPage { pfn, .. },
-        }) => {
-            let layer = point
-                .image
-                .owner(pfn)
-                .map(|i| point.image.layers()[i].meta().id);
+        Err(RestoreError::Stream { what, source }) => {
+            let layer = match *source {
+                StreamWriteError::ReadPage { pfn, .. } => point.image.owner(pfn),
+                _ => None,
+            }
+            .map(|i| point.image.layers()[i].meta().id);
             Err(match layer {
                 Some(layer) => RestoreError::Damaged {
                     chain: point.chain.clone(),

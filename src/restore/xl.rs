@@ -72,11 +72,11 @@ impl XlTool for Xl {
         })?;
         let stats = written.map_err(|source| RestoreError::Stream {
             what: what.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         flushed.map_err(|e| RestoreError::Stream {
             what: what.to_string(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         if !status.success() {
             return Err(RestoreError::XlFailed {
