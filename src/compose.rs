@@ -7,6 +7,10 @@
 //! unpopulated: the base covers every populated pfn.
 
 use std::path::{Path, PathBuf};
+use std::thread::Scope;
+
+mod feed;
+pub use feed::{FeedOptions, PageFeed, PageRef, PageSource};
 
 use crate::hv::{GuestType, Pfn, StateBlob};
 use crate::layer::{EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageEntry};
@@ -40,6 +44,26 @@ pub trait Image: Sync {
     fn state_blobs(&self) -> &[StateBlob];
     /// The domain config blob of the top layer.
     fn config(&self) -> &[u8];
+    /// A source of the data pages in ascending pfn order, decoding with workers in `scope`;
+    /// None: read them one by one with [`Image::read_page`] (see [`ReadPages`]).
+    fn pages<'scope, 'env>(
+        &'env self,
+        scope: &'scope Scope<'scope, 'env>,
+    ) -> Option<Box<dyn PageSource + 'env>> {
+        let _ = scope;
+        None
+    }
+}
+
+/// The fallback [`PageSource`]: each page read through [`Image::read_page`] into its own buffer.
+pub struct ReadPages<'a>(pub &'a dyn Image);
+
+impl PageSource for ReadPages<'_> {
+    fn page(&mut self, pfn: Pfn) -> Result<PageRef, LayerReadError> {
+        let mut page = vec![0u8; crate::hv::PAGE_SIZE];
+        self.0.read_page(pfn, &mut page)?;
+        Ok(PageRef::owned(page))
+    }
 }
 
 /// Errors while composing layers.
@@ -260,5 +284,11 @@ impl Image for ComposedImage {
     }
     fn config(&self) -> &[u8] {
         self.top().config()
+    }
+    fn pages<'scope, 'env>(
+        &'env self,
+        scope: &'scope Scope<'scope, 'env>,
+    ) -> Option<Box<dyn PageSource + 'env>> {
+        Some(Box::new(self.feed(scope, FeedOptions::default())))
     }
 }

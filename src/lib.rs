@@ -3,7 +3,7 @@
 //! The modules follow the data path of a checkpoint and of a restore:
 //!
 //! ```text
-//! hv (domain: sim | xen) -> capture -> layer -> store -> compose -> stream -> libxl (xl restore)
+//! hv (domain: sim | xen) -> capture -> layer -> store -> compose -> stream -> restore -> libxl (xl restore)
 //!                              \-> evict (pages that need not be saved)
 //! ```
 //!
@@ -16,6 +16,7 @@
 //! * [`compose`] reads any point of a chain as one memory image.
 //! * [`config`] is the operator's `/etc/xckpt.toml` (store, retention, policies per domain).
 //! * [`stream`] turns an image into a Xen migration stream for `xl restore`, and parses one back.
+//! * [`restore`] opens a point (or a group checkpoint) and streams it into `xl restore`.
 
 // `unsafe` lives in xen-sys and in `guestmem` only; everywhere else it is a compile error.
 #![deny(unsafe_code)]
@@ -33,5 +34,6 @@ pub mod hv;
 pub mod import;
 pub mod layer;
 pub mod pv;
+pub mod restore;
 pub mod store;
 pub mod stream;

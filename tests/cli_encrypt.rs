@@ -138,16 +138,26 @@ fn encrypted_chain_round_trip_and_refusals() {
     );
     std::fs::remove_file(bed.path("xl.ran")).unwrap();
 
-    // One flipped byte in the last frame: restore refuses before xl starts, naming the layer.
+    // One flipped byte in the last frame: the restore checks each frame as it streams it, so
+    // xl restore gets a stream cut before the damaged frame (the real one then fails and
+    // makes no domain) and the restore fails with one line naming the layer.
     let mut b = raw.clone();
     let at = b.len() / 2;
     b[at] ^= 0x40;
     std::fs::write(bed.layer(), &b).unwrap();
-    refused(
-        &bed,
-        &["restore", "g", "--encrypt", &key],
-        "fails authentication",
+    let (code, _, err) = bed.run(&["restore", "g", "--encrypt", &key]);
+    assert_ne!(code, 0, "a damaged frame was restored");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("fails authentication") && err.contains("layer-000001"),
+        "{err}"
     );
+    let cut = std::fs::read(bed.path("xl.stream")).unwrap();
+    assert!(
+        cut.len() < std::fs::read(&exported).unwrap().len(),
+        "the stream was not cut"
+    );
+    std::fs::remove_file(bed.path("xl.ran")).unwrap();
     refused(
         &bed,
         &["export", "g", "-o", &exported, "--encrypt", &key],

@@ -76,7 +76,10 @@ fn check_round_trip(ty: GuestType, n: usize) {
     assert_eq!(stats.data_pages + stats.zero_pages, populated.len() as u64);
     assert_eq!(stats.pages, populated.len() as u64);
     assert_eq!(stats.unpopulated_pfns, n as u64 - populated.len() as u64);
-    assert_eq!(stats.page_records, populated.len().div_ceil(1024) as u64);
+    // One PAGE_DATA record per aligned 2 MiB region (512 pfns) with populated pfns.
+    let mut regions: Vec<u64> = populated.iter().map(|p| p / 512).collect();
+    regions.dedup();
+    assert_eq!(stats.page_records, regions.len() as u64);
 }
 
 #[test]
@@ -90,12 +93,32 @@ fn pvh_round_trip_is_byte_equal() {
 }
 
 #[test]
-fn exactly_one_full_batch() {
-    let mut img = image(GuestType::Pvh, 1024);
+fn a_populated_2mib_region_is_one_record_of_512_aligned_pfns() {
+    let mut img = image(GuestType::Pvh, 1536);
     img.states.iter_mut().for_each(|s| *s = PageState::Zero);
     let (out, stats) = write(&img, &StreamOptions::default());
-    assert_eq!(stats.page_records, 1);
-    assert_eq!(parse(&out).pages.len(), 1024);
+    assert_eq!(stats.page_records, 3);
+    assert_eq!(parse(&out).pages.len(), 1536);
+    // Walk the PAGE_DATA records: each holds 512 contiguous pfns starting at a multiple of 512.
+    let le = |at: usize, n: usize| -> u64 {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&out[at..at + n]);
+        u64::from_le_bytes(v)
+    };
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while let Some(i) = (at..out.len() - 16).find(|&i| le(i, 4) == 1 && le(i + 8, 4) == 512) {
+        let body = le(i + 4, 4) as usize;
+        if body != 8 + 512 * 8 + 512 * PAGE_SIZE {
+            at = i + 1;
+            continue;
+        }
+        let pfns: Vec<u64> = (0..512).map(|k| le(i + 16 + 8 * k, 8)).collect();
+        assert!(pfns.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+        starts.push(pfns[0]);
+        at = i + 8 + body;
+    }
+    assert_eq!(starts, [0, 512, 1024]);
 }
 
 #[test]

@@ -94,6 +94,11 @@ struct BenchResult {
     incrementals_within_bound: bool,
     verified: bool,
     verify_failures: Vec<String>,
+    /// The restore of the latest point beside the xl-like read-back (restore_s, ...).
+    #[serde(flatten)]
+    restore: super::bench_restore::RestoreFigures,
+    /// `restore_s` <= 1.5 x `xl_like_restore_s`.
+    restore_within_bound: bool,
 }
 
 /// Parse `1G`, `512M`, `64K` or a plain number of bytes (binary multiples).
@@ -160,7 +165,9 @@ impl BenchCmd {
         }
         dom.stop_workload();
         let failures = verify_layers(&dom, &store, &reports)?;
-        let result = self.result(&dom, limits, &reports, failures, &opts);
+        let mem = dom.sim_config().pfn_count * PAGE_SIZE as u64;
+        let restore = super::bench_restore::measure(&store, "bench", mem)?;
+        let result = self.result(&dom, limits, &reports, failures, &opts, restore);
         if self.json {
             print_json(&result)?;
         } else {
@@ -207,6 +214,7 @@ impl BenchCmd {
         reports: &[(CaptureReport, Duration)],
         failures: Vec<String>,
         opts: &xckpt::capture::CaptureOptions,
+        restore: super::bench_restore::RestoreFigures,
     ) -> BenchResult {
         let mem_bytes = dom.sim_config().pfn_count * PAGE_SIZE as u64;
         let (base, base_t) = &reports[0];
@@ -254,6 +262,9 @@ impl BenchCmd {
             incrementals_within_bound: within,
             verified: failures.is_empty(),
             verify_failures: failures,
+            restore_within_bound: restore.restore_over_xl_like
+                <= super::bench_restore::RESTORE_OVER_XL_LIKE_MAX,
+            restore,
         }
     }
 }
@@ -340,6 +351,7 @@ fn print_table(r: &BenchResult) {
     for f in &r.verify_failures {
         println!("  {f}");
     }
+    super::bench_restore::print(&r.restore, r.restore_within_bound);
 }
 
 #[cfg(test)]

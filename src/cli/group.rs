@@ -2,18 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
-use xckpt::disk::{BackendKind, DiskOptions, DiskPlan, DiskSnapshot};
+use xckpt::disk::{BackendKind, DiskOptions, DiskPlan};
 use xckpt::group::{checkpoint_group, GroupDir, GroupReport, LocalCoordinator, Member};
 use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{Domain, MachineState};
 use xckpt::store::{ChainLock, Store};
-use xckpt::stream::{write_save_file, StreamOptions};
 
 use super::print_json;
 use super::target::Target;
@@ -160,156 +159,35 @@ fn print_group(r: &GroupReport) {
     );
 }
 
-/// Writable clones of a layer's disk snapshots, for its restore (vdev -> path), printed.
-pub fn disk_clones(
-    disks: &[DiskSnapshot],
-    chain: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let tag = format!("restore-{}", xckpt::store::unix_ms());
-    let paths = xckpt::disk::clone_for_restore(disks, &tag, &DiskOptions::default())
-        .with_context(|| format!("restoring the disks of {chain}"))?;
-    for (vdev, path) in &paths {
-        println!("{chain}: disk {vdev} restored from its snapshot as {path}");
+/// One line per disk cloned for a restore.
+pub fn print_disks(r: &xckpt::restore::Restored) {
+    for (vdev, path) in &r.disks {
+        println!(
+            "{}: disk {vdev} restored from its snapshot as {path}",
+            r.chain
+        );
     }
-    Ok(paths)
-}
-
-/// Run `xl restore` (paused if asked) on the stream of `image`.
-pub fn xl_restore(
-    xl: &str,
-    image: &xckpt::compose::ComposedImage,
-    opts: &StreamOptions,
-    paused: bool,
-    what: &str,
-) -> anyhow::Result<xckpt::stream::StreamStats> {
-    use std::io::Write;
-    let mut cmd = Command::new(xl);
-    cmd.arg("restore");
-    if paused {
-        cmd.arg("-p");
-    }
-    // /proc/self/fd/0 rather than /dev/stdin: minimal dom0s have no /dev/stdin link.
-    cmd.arg("/proc/self/fd/0").stdin(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| {
-        format!("cannot run {xl:?}: is this a Xen dom0 with xen-utils installed?")
-    })?;
-    let mut stdin = child.stdin.take().context("xl restore has no stdin")?;
-    let written = write_save_file(image, opts, &mut stdin);
-    let flushed = stdin.flush();
-    drop(stdin);
-    let status = child.wait()?;
-    let stats = written.with_context(|| format!("streaming {what} into xl restore"))?;
-    flushed?;
-    if !status.success() {
-        bail!("xl restore of {what} failed ({status}); see its messages above and /var/log/xen/");
-    }
-    Ok(stats)
 }
 
 /// `xckpt restore --group NAME[@N]`: every member created paused, then all unpaused.
 pub fn restore(
     store_root: &std::path::Path,
     target: &Target,
-    xl: &str,
+    xl: &xckpt::restore::Xl,
     key: &super::settings::KeyArg,
 ) -> anyhow::Result<ExitCode> {
-    let gdir = GroupDir::open(store_root, &target.name)?;
-    let m = gdir.manifest()?;
-    let point = m
-        .point(target.layer)
-        .cloned()
-        .with_context(|| match target.layer {
-            Some(id) => format!(
-                "group {} has no checkpoint {id} (it has {})",
-                target.name,
-                m.points
-                    .iter()
-                    .map(|p| p.id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => format!("group {} has no checkpoints yet", target.name),
-        })?;
-    // Every member's layer must still be there (a prune or merge of a member chain may have
-    // dropped it): refuse before creating anything.
-    let store = Store::open(store_root)?;
-    if let Some(gone) = point.missing(&store)?.first() {
-        let restorable: Vec<String> = m
-            .points
-            .iter()
-            .filter(|p| p.missing(&store).is_ok_and(|v| v.is_empty()))
-            .map(|p| p.id.to_string())
-            .collect();
-        bail!(
-            "group {}@{}: member {}'s layer {} is no longer in its chain (pruned or merged \
-             away); nothing was created. Restorable checkpoints of {}: {}",
-            target.name,
-            point.id,
-            gone.chain,
-            gone.layer,
-            target.name,
-            if restorable.is_empty() {
-                "none".to_string()
-            } else {
-                restorable.join(", ")
-            }
-        );
+    let mut key_of = |chain: &str| key.key(chain).map_err(Into::into);
+    let g = xckpt::restore::restore_group(store_root, &target.name, target.layer, &mut key_of, xl)?;
+    for r in &g.members {
+        print_disks(r);
     }
-    let store_arg = super::StoreArg {
-        store: store_root.to_path_buf(),
-    };
-    let mut created: Vec<String> = Vec::new();
-    let undo = |created: &[String]| {
-        for name in created {
-            let _ = Command::new(xl).args(["destroy", name]).status();
-        }
-    };
-    for member in &point.members {
-        let t = Target {
-            name: member.chain.clone(),
-            layer: Some(member.layer),
-        };
-        let step = super::xenverbs::open_point(&store_arg, &t, key).and_then(|(image, id)| {
-            let disks = image.top().meta().disks.clone();
-            let opts = StreamOptions {
-                disk_paths: disk_clones(&disks, &member.chain)?,
-                ..Default::default()
-            };
-            xl_restore(xl, &image, &opts, true, &format!("{}@{id}", member.chain))
-        });
-        if let Err(e) = step {
-            undo(&created);
-            return Err(e.context(format!(
-                "group {}@{}: restoring member {}; the members restored before it were destroyed",
-                target.name, point.id, member.chain
-            )));
-        }
-        created.push(member.chain.clone());
-    }
-    // Every member exists, paused: let them all run at once.
-    let unpaused: Vec<_> = created
-        .iter()
-        .map(|n| Command::new(xl).args(["unpause", n]).spawn())
-        .collect();
-    for (n, c) in created.iter().zip(unpaused) {
-        let ok = c
-            .and_then(|mut c| c.wait())
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            bail!(
-                "group {}@{}: `xl unpause {n}` failed; run it by hand",
-                target.name,
-                point.id
-            );
-        }
-    }
+    let names: Vec<&str> = g.members.iter().map(|r| r.name.as_str()).collect();
     println!(
         "restored group {}@{} ({} members: {}), unpaused together",
-        target.name,
-        point.id,
-        created.len(),
-        created.join(" ")
+        g.group,
+        g.id,
+        names.len(),
+        names.join(" ")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Command-line verbs. Each verb lives in its own file; this one parses and dispatches.
 
 mod bench;
+mod bench_restore;
 mod chainverbs;
 mod generate;
 mod group;

@@ -8,11 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use xckpt::capture::{checkpoint_with, CaptureReport, SoloStop};
-use xckpt::compose::ComposedImage;
 use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{pause, DirtyLog, Domain};
 use xckpt::store::Store;
-use xckpt::stream::{write_save_file, StreamOptions};
+use xckpt::stream::StreamOptions;
 
 use super::target::Target;
 use super::{print_json, CaptureArgs, KeyArg, StoreArg};
@@ -235,61 +234,45 @@ pub struct RestoreCmd {
     key: KeyArg,
 }
 
-/// The verified, composed image at `target` (the chain's newest layer without `@N`).
+/// The composed image at `target` (the chain's newest layer without `@N`), its layers checked.
 pub fn open_point(
     store: &StoreArg,
     target: &Target,
     key: &KeyArg,
-) -> anyhow::Result<(ComposedImage, u64)> {
+) -> anyhow::Result<xckpt::restore::Point> {
     let store = Store::open(&store.store)?;
-    let chain = store.chain(&target.name)?.with_key(key.key(&target.name)?);
-    let m = chain.manifest()?;
-    let id = match target.layer {
-        Some(id) if m.layers.iter().any(|l| l.id == id) => id,
-        Some(id) => bail!(
-            "chain {} has no layer {id} (layers: {}): see `xckpt list {}`",
-            target.name,
-            m.layers
-                .iter()
-                .map(|l| l.id.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            target.name
-        ),
-        None => m.layers.last().map(|l| l.id).with_context(|| {
-            format!(
-                "chain {} has no layers: take one with `xckpt checkpoint {}`",
-                target.name, target.name
-            )
-        })?,
-    };
-    // Every byte of every layer up to the point is checked before anything reaches Xen.
-    chain.verify(Some(id))?;
-    Ok((chain.compose(Some(id))?, id))
+    let key = key.key(&target.name)?;
+    Ok(xckpt::restore::open_point(
+        &store,
+        &target.name,
+        target.layer,
+        key,
+    )?)
 }
 
 impl RestoreCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
+        let xl = xckpt::restore::Xl {
+            command: self.xl.clone(),
+        };
         if let Some(group) = &self.group {
-            return super::group::restore(&self.store.store, group, &self.xl, &self.key);
+            return super::group::restore(&self.store.store, group, &xl, &self.key);
         }
         let target = self
             .target
             .as_ref()
             .context("a chain to restore is needed")?;
-        let (image, id) = open_point(&self.store, target, &self.key)?;
-        let disks = image.top().meta().disks.clone();
-        let opts = StreamOptions {
+        let store = Store::open(&self.store.store)?;
+        let opts = xckpt::restore::RestoreOptions {
             rename: self.name.clone(),
-            disk_paths: super::group::disk_clones(&disks, &target.name)?,
-            ..Default::default()
+            paused: self.paused,
         };
-        let what = format!("{}@{id}", target.name);
-        let stats = super::group::xl_restore(&self.xl, &image, &opts, self.paused, &what)?;
-        let name = self.name.as_deref().unwrap_or(&target.name);
+        let key = self.key.key(&target.name)?;
+        let r = xckpt::restore::restore_point(&store, &target.name, target.layer, key, &opts, &xl)?;
+        super::group::print_disks(&r);
         println!(
-            "restored {}@{id} as domain {name} ({} pages, {} bytes streamed)",
-            target.name, stats.pages, stats.bytes
+            "restored {}@{} as domain {} ({} pages, {} bytes streamed)",
+            r.chain, r.id, r.name, r.stats.pages, r.stats.bytes
         );
         Ok(ExitCode::SUCCESS)
     }
@@ -315,7 +298,8 @@ pub struct ExportCmd {
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
-        let (image, id) = open_point(&self.store, &self.target, &self.key)?;
+        let point = open_point(&self.store, &self.target, &self.key)?;
+        let id = point.id;
         let opts = StreamOptions {
             rename: self.name.clone(),
             ..Default::default()
@@ -328,12 +312,12 @@ impl ExportCmd {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let res = write_save_file(&image, &opts, &mut out)
+        // write_save_file buffers; the pages go to the file with vectored writes, no copy.
+        let mut out = file;
+        let res = xckpt::restore::write_point(&point, &opts, &mut out)
             .map_err(anyhow::Error::from)
             .and_then(|s| {
-                let f = out.into_inner().map_err(|e| e.into_error())?;
-                f.sync_all()?;
+                out.sync_all()?;
                 Ok(s)
             });
         let stats = match res {

@@ -57,6 +57,7 @@
 //! ```
 
 mod checks;
+mod decode_cost;
 pub mod format;
 pub mod frame;
 pub mod index;
@@ -72,6 +73,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hv::{DomainIdentity, GuestType};
 
+pub use decode_cost::{decode_cost, thread_cpu_ns, DecodeCost};
 pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::checks::{read_at, sealed_err};
+use super::decode_cost::{Stage, StageClock};
 use super::frame::{decode_frame, page_digest};
 use super::reader::LayerReadError;
 use super::{Codec, LayerReader};
@@ -112,9 +113,13 @@ impl LayerReader {
         Ok(())
     }
 
-    /// Decode frame `k` without the cache (for one-pass readers), checking crc, zstd's
-    /// checksum and every page's digest.
+    /// Decode frame `k` without the cache (for one-pass readers), checking its integrity: the
+    /// one function every reader of page data goes through (restore, export, `verify`,
+    /// [`LayerReader::read_page`]). A plain frame is checked against its crc32c, a sealed one
+    /// authenticated; then decoded (zstd checks its own content checksum); then every page
+    /// against its recorded digest. A raw frame is returned as read, without a copy.
     pub fn decode(&self, k: usize) -> Result<Vec<u8>, LayerReadError> {
+        let mut clock = StageClock::start();
         let f = self
             .frames
             .get(k)
@@ -125,37 +130,58 @@ impl LayerReader {
                 reason: format!("no frame {k}; the layer has {}", self.frames.len()),
             })?;
         let bytes = read_at(&self.path, &self.file, f.offset, f.len as u64)?;
-        // A sealed frame is authenticated instead (its crc, in the sealed FRAMETAB, adds
-        // nothing to the tag); a plain one is checked against its crc.
-        let bytes = match &self.seal {
-            Some(seal) => seal
-                .open_frame(k as u64, f.pages, f.codec, &bytes)
-                .map_err(|e| sealed_err(&self.path, format!("frame {k}"), e))?,
-            None => {
-                let found = crc32c::crc32c(&bytes);
-                if found != f.crc {
-                    let (path, frame, expected) = (self.path.clone(), k as u64, f.crc);
-                    return Err(LayerReadError::FrameChecksum {
-                        path,
-                        frame,
-                        expected,
-                        found,
-                    });
-                }
-                bytes
-            }
-        };
+        clock.mark(Stage::Read);
+        let bytes = self.check_encoded(k, &f, bytes)?;
+        clock.mark(Stage::Check);
         let codec = Codec::from_code(f.codec).unwrap_or(Codec::Raw);
-        let mut out = Vec::new();
-        decode_frame(codec, &bytes, f.pages, &mut out).map_err(|reason| {
-            LayerReadError::FrameDecode {
+        let decode_err = |reason| LayerReadError::FrameDecode {
+            path: self.path.clone(),
+            frame: k as u64,
+            reason,
+        };
+        let whole = (1..=super::MAX_FRAME_PAGES).contains(&f.pages)
+            && bytes.len() == f.pages as usize * PAGE_SIZE;
+        let out = if codec == Codec::Raw && whole {
+            bytes
+        } else {
+            let mut out = Vec::new();
+            decode_frame(codec, &bytes, f.pages, &mut out).map_err(decode_err)?;
+            out
+        };
+        clock.mark(Stage::Decompress);
+        self.check_pages(k, &out)?;
+        clock.mark(Stage::Check);
+        Ok(out)
+    }
+
+    /// The encoded bytes of frame `k`: authenticated and opened if sealed (its crc, in the
+    /// sealed FRAMETAB, adds nothing to the tag), else checked against its crc32c.
+    fn check_encoded(
+        &self,
+        k: usize,
+        f: &super::format::FrameEntry,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, LayerReadError> {
+        if let Some(seal) = &self.seal {
+            return seal
+                .open_frame(k as u64, f.pages, f.codec, &bytes)
+                .map_err(|e| sealed_err(&self.path, format!("frame {k}"), e));
+        }
+        let found = crc32c::crc32c(&bytes);
+        if found != f.crc {
+            return Err(LayerReadError::FrameChecksum {
                 path: self.path.clone(),
                 frame: k as u64,
-                reason,
-            }
-        })?;
-        let slots = self.frame_slots(k);
-        for (page, slot) in out.chunks_exact(PAGE_SIZE).zip(slots) {
+                expected: f.crc,
+                found,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Every decoded page of frame `k` against the digest recorded for its slot.
+    fn check_pages(&self, k: usize, pages: &[u8]) -> Result<(), LayerReadError> {
+        for (page, slot) in pages.chunks_exact(PAGE_SIZE).zip(self.frame_slots(k)) {
             let expected = self.digests.get(slot as usize).copied().unwrap_or(0);
             let found = page_digest(page);
             if found != expected {
@@ -167,7 +193,7 @@ impl LayerReader {
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Copy the page in `slot` into `buf` (one page).

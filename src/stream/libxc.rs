@@ -3,22 +3,22 @@
 //! ```text
 //! image header, domain header (x86 HVM, page shift 12, Xen major.minor)
 //! X86_CPUID_POLICY, X86_MSR_POLICY (if captured), STATIC_DATA_END
-//! PAGE_DATA * n   (populated pfns in ascending order, <= 1024 per record)
+//! PAGE_DATA * n   (populated pfns in ascending order, one aligned 2 MiB region per record)
 //! X86_TSC_INFO (if captured), HVM_PARAMS, HVM_CONTEXT, END
 //! ```
 
-use std::io::Write;
+use std::io::{IoSlice, Write};
 
 use super::error::StreamWriteError;
 use super::format::{
-    libxc_rec, DHDR_TYPE_X86_HVM, DHDR_TYPE_X86_PV, IHDR_ID, IHDR_MARKER, IHDR_VERSION, MAX_BATCH,
+    libxc_rec, DHDR_TYPE_X86_HVM, DHDR_TYPE_X86_PV, IHDR_ID, IHDR_MARKER, IHDR_VERSION,
     PAGE_DATA_PFN_MASK, PAGE_SHIFT,
 };
 use super::pv::PvStreamState;
 use super::records::{write_record, write_record_header};
 use super::state::StreamState;
 use super::StreamStats;
-use crate::compose::{Image, PageState};
+use crate::compose::{Image, PageRef, PageSource, PageState};
 use crate::hv::{Pfn, PAGE_SIZE};
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
@@ -52,6 +52,7 @@ fn typed_domain_header(ty: u32, xen_major: u32, xen_minor: u32) -> [u8; 16] {
 pub fn write_libxc_stream(
     w: &mut impl Write,
     image: &dyn Image,
+    pages: &mut dyn PageSource,
     st: &StreamState<'_>,
     xen_version: (u32, u32),
     stats: &mut StreamStats,
@@ -76,7 +77,7 @@ pub fn write_libxc_stream(
     if let Some(pv) = &st.pv {
         rec(w, libxc_rec::X86_PV_P2M_FRAMES, pv.p2m_frames, stats)?;
     }
-    write_pages(w, image, st.pv.as_ref(), stats)?;
+    write_pages(w, image, pages, st.pv.as_ref(), stats)?;
     // Reserved fields are written as zero, whatever the blob holds (the spec: "set to zero
     // on save"); libxc ignores them on restore.
     if let Some(t) = st.tsc {
@@ -121,11 +122,16 @@ fn rec_parts(
     write_record(w, ty, parts)
 }
 
-/// Stream every populated pfn, in ascending order, as PAGE_DATA records of at most
-/// [`MAX_BATCH`] pfns. Zero and evicted pages go as real zero pages (see docs/stream.md).
+/// Stream every populated pfn, in ascending order, as PAGE_DATA records that each cover the
+/// populated pfns of one aligned 2 MiB region ([`SUPERPAGE_PFNS`] pfns): a fully populated
+/// region goes as one record of 512 contiguous, aligned pfns, which Xen 4.21+ restores as a
+/// superpage (older Xen takes any batch of up to
+/// [`super::format::MAX_BATCH`]). Zero and evicted pages go as
+/// real zero pages (see docs/stream.md). Data pages come from `pages` in pfn order.
 fn write_pages(
     w: &mut impl Write,
     image: &dyn Image,
+    pages: &mut dyn PageSource,
     pv: Option<&PvStreamState<'_>>,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
@@ -135,64 +141,110 @@ fn write_pages(
             "{count} pfns exceed the 2^52 pfns of a PAGE_DATA record"
         )));
     }
-    let mut batch: Vec<(Pfn, PageState)> = Vec::with_capacity(MAX_BATCH);
-    let mut buf = vec![0u8; PAGE_SIZE];
+    let mut batch = Batch::default();
     for pfn in 0..count {
         let state = image.page_state(pfn);
         if state == PageState::Unpopulated {
             stats.unpopulated_pfns += 1;
             continue;
         }
-        batch.push((pfn, state));
-        if batch.len() == MAX_BATCH {
-            write_batch(w, image, &batch, pv, &mut buf, stats)?;
-            batch.clear();
+        if batch
+            .pfns
+            .first()
+            .is_some_and(|&(p, _)| p / SUPERPAGE_PFNS != pfn / SUPERPAGE_PFNS)
+        {
+            write_batch(w, &mut batch, stats)?;
         }
+        let body = match state {
+            PageState::Data(_) => {
+                let page = pages
+                    .page(pfn)
+                    .map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
+                stats.data_pages += 1;
+                Some(normalised(pv, pfn, page)?)
+            }
+            _ => {
+                stats.zero_pages += 1;
+                None
+            }
+        };
+        let ty = pv.map_or(0, |p| p.page_type(pfn));
+        batch.pfns.push((pfn | (u64::from(ty) << 32), body));
     }
-    if !batch.is_empty() {
-        write_batch(w, image, &batch, pv, &mut buf, stats)?;
+    if !batch.pfns.is_empty() {
+        write_batch(w, &mut batch, stats)?;
     }
     Ok(())
 }
 
-/// One PAGE_DATA record: count, reserved, pfn words (pfn | type << 32; NOTAB = 0 but for a PV
-/// guest's page tables), then the pages (PV page tables normalised).
+/// Pfns of a 2 MiB superpage: the alignment and size of the runs PAGE_DATA records hold.
+pub const SUPERPAGE_PFNS: u64 = 512;
+
+/// The pfns of one PAGE_DATA record: pfn word and page (None: a zero page).
+#[derive(Default)]
+struct Batch {
+    pfns: Vec<(u64, Option<PageRef>)>,
+    head: Vec<u8>,
+}
+
+/// A PV guest's page table normalised (a copy); any other page as it is.
+fn normalised(
+    pv: Option<&PvStreamState<'_>>,
+    pfn: Pfn,
+    page: PageRef,
+) -> Result<PageRef, StreamWriteError> {
+    let Some(p) = pv.filter(|p| p.is_pagetable(pfn)) else {
+        return Ok(page);
+    };
+    let mut buf = page.bytes().to_vec();
+    let mut scratch = vec![0u8; PAGE_SIZE];
+    p.normalise(pfn, &mut buf, &mut scratch)?;
+    Ok(PageRef::owned(buf))
+}
+
+/// One PAGE_DATA record: header, count, reserved, pfn words (pfn | type << 32; NOTAB = 0 but
+/// for a PV guest's page tables), then the pages, written from the decoded frames with one
+/// vectored write (no copy on the way).
 fn write_batch(
     w: &mut impl Write,
-    image: &dyn Image,
-    batch: &[(Pfn, PageState)],
-    pv: Option<&PvStreamState<'_>>,
-    buf: &mut [u8],
+    batch: &mut Batch,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
-    let n = batch.len();
-    write_record_header(w, libxc_rec::PAGE_DATA, 8 + n * 8 + n * PAGE_SIZE)?;
-    w.write_all(&(n as u32).to_le_bytes())?;
-    w.write_all(&[0; 4])?;
-    let mut words = Vec::with_capacity(n * 8);
-    for (pfn, _) in batch {
-        let ty = pv.map_or(0, |p| p.page_type(*pfn));
-        words.extend_from_slice(&(pfn | (u64::from(ty) << 32)).to_le_bytes());
+    let n = batch.pfns.len();
+    let head = &mut batch.head;
+    head.clear();
+    let len = 8 + n * 8 + n * PAGE_SIZE;
+    write_record_header(head, libxc_rec::PAGE_DATA, len)?;
+    head.extend_from_slice(&(n as u32).to_le_bytes());
+    head.extend_from_slice(&[0; 4]);
+    for (word, _) in &batch.pfns {
+        head.extend_from_slice(&word.to_le_bytes());
     }
-    w.write_all(&words)?;
-    let mut scratch = pv.map(|_| vec![0u8; PAGE_SIZE]);
-    for &(pfn, state) in batch {
-        if let PageState::Data(_) = state {
-            image
-                .read_page(pfn, buf)
-                .map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
-            if let (Some(p), Some(s)) = (pv, scratch.as_mut()) {
-                p.normalise(pfn, buf, s)?;
-            }
-            w.write_all(buf)?;
-            stats.data_pages += 1;
-        } else {
-            w.write_all(&ZERO_PAGE)?;
-            stats.zero_pages += 1;
-        }
+    let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(n + 1);
+    parts.push(IoSlice::new(head));
+    for (_, body) in &batch.pfns {
+        parts.push(IoSlice::new(
+            body.as_ref().map_or(&ZERO_PAGE[..], PageRef::bytes),
+        ));
     }
+    write_all_vectored(w, &mut parts)?;
     // The body is a multiple of 8 bytes: no padding.
     stats.records += 1;
     stats.page_records += 1;
+    batch.pfns.clear();
+    Ok(())
+}
+
+/// `Write::write_all` over several buffers, with vectored writes.
+fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }

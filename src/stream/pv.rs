@@ -141,6 +141,11 @@ impl PvStreamState<'_> {
         self.types.get(pfn).unwrap_or(0)
     }
 
+    /// Whether `pfn` is a page table (so [`Self::normalise`] changes it).
+    pub fn is_pagetable(&self, pfn: u64) -> bool {
+        self.types.get(pfn).is_some()
+    }
+
     /// Normalise page `buf` of `pfn` in place if it is a page table.
     pub fn normalise(
         &self,

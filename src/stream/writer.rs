@@ -22,7 +22,7 @@ use super::format::{
 use super::libxc::write_libxc_stream;
 use super::records::{write_record, CountingWriter};
 use super::state::{collect, StreamState};
-use crate::compose::{Image, PageState};
+use crate::compose::{Image, PageSource, PageState, ReadPages};
 use crate::hv::GuestType;
 
 /// How to write a stream.
@@ -71,9 +71,11 @@ pub struct StreamStats {
 
 /// Write `image` as a Xen 4.17 `xl` save file that stock `xl restore` accepts.
 ///
-/// Pages are read in pfn order through [`Image::read_page`] and written as they are read, so
-/// `out` may be a pipe into `xl restore`; only one batch of pfn numbers, one page and a 1 MiB
-/// write buffer are held in memory.
+/// Pages are taken in pfn order from [`Image::pages`] (for a composed image: each needed frame
+/// decoded and checked once, by worker threads reading ahead) and written as they come, so
+/// `out` may be a pipe into `xl restore`; a page that fails its check stops the stream there,
+/// with the error. Memory holds one record's pfns, the frames in flight and a 1 MiB write
+/// buffer.
 /// Fails before writing anything if the image lacks state that the restore needs.
 pub fn write_save_file(
     image: &dyn Image,
@@ -102,7 +104,18 @@ pub fn write_save_file(
     write_xl_header(&mut w, &config)?;
     write_libxl_header(&mut w)?;
     write_record(&mut w, libxl_rec::LIBXC_CONTEXT, &[])?;
-    write_libxc_stream(&mut w, image, &st, opts.xen_version, &mut stats)?;
+    std::thread::scope(|scope| {
+        let mut fallback;
+        let mut feed = image.pages(scope);
+        let pages: &mut dyn PageSource = match feed.as_deref_mut() {
+            Some(f) => f,
+            None => {
+                fallback = ReadPages(image);
+                &mut fallback
+            }
+        };
+        write_libxc_stream(&mut w, image, pages, &st, opts.xen_version, &mut stats)
+    })?;
     let emu = emulator_header();
     if ty == GuestType::Hvm {
         if let Some(xs) = st.qemu_xenstore {

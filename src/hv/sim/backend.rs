@@ -179,15 +179,33 @@ impl GuestMemory for SimDomain {
 }
 
 impl MachineState for SimDomain {
-    /// One [`state_kind::SIM_CPU`] blob: [`SimCpuState`] as JSON.
+    /// A [`state_kind::SIM_CPU`] blob ([`SimCpuState`] as JSON), then stand-ins for the two
+    /// records a Xen stream of a PVH guest cannot do without (a zeroed HVM_CONTEXT, and
+    /// HVM_PARAMS naming pfn 1 as the xenstore ring), so that a sim point streams into a
+    /// (fake) `xl restore` like a Xen one.
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
         SimFaults::check(&self.faults.fail_save_state, self.name(), "save state")?;
         let vcpus = lock(&self.cfg).vcpus;
         let state = SimCpuState::capture(self.generation(), self.writer_progress(), vcpus);
-        Ok(vec![StateBlob {
-            kind: state_kind::SIM_CPU,
-            data: state.encode(),
-        }])
+        // HVM_PARAMS: count 1, reserved, (HVM_PARAM_STORE_PFN = 1, pfn 1).
+        let mut params = 1u32.to_le_bytes().to_vec();
+        params.extend_from_slice(&[0; 4]);
+        params.extend_from_slice(&1u64.to_le_bytes());
+        params.extend_from_slice(&1u64.to_le_bytes());
+        Ok(vec![
+            StateBlob {
+                kind: state_kind::SIM_CPU,
+                data: state.encode(),
+            },
+            StateBlob {
+                kind: state_kind::HVM_CONTEXT,
+                data: vec![0; 8],
+            },
+            StateBlob {
+                kind: state_kind::HVM_PARAMS,
+                data: params,
+            },
+        ])
     }
 
     /// The [`super::SimConfig`] as JSON, with `populated` as it is now.

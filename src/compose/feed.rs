@@ -1,0 +1,295 @@
+//! The data pages of a composed image in ascending pfn order, each needed frame decoded once,
+//! by worker threads that read ahead of the consumer.
+//!
+//! At start the feed plans, per layer, the frames that hold at least one page the image reads
+//! from that layer (its *live* pages); frames holding only superseded copies are never read.
+//! The plan is ordered by the lowest live pfn of each frame, which is the order a pfn-ordered
+//! consumer (the stream writer) first needs them. Workers take frames from the plan in that
+//! order, at most [`FeedOptions::read_ahead`] frames beyond the one the consumer waits for,
+//! and decode each with [`LayerReader::decode`], the one place that checks a frame's integrity
+//! (checksum, decoding, every page's digest). A decoded frame is kept until its last live page
+//! has been handed out, so memory holds the frames whose live pfns interleave at the
+//! consumer's position (a few for layers written in pfn order, as capture writes them).
+//!
+//! The first integrity failure in plan order is returned by [`PageFeed::page`]; the consumer
+//! stops there, so nothing after a damaged page is streamed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::Scope;
+
+use super::ComposedImage;
+use crate::hv::{Pfn, PAGE_SIZE};
+use crate::layer::{LayerReadError, PageEntry};
+
+/// One page of a decoded frame, shared with the frame (no copy).
+#[derive(Clone)]
+pub struct PageRef {
+    frame: Arc<Vec<u8>>,
+    at: usize,
+}
+
+impl PageRef {
+    /// A page owned on its own (e.g. a copy that was changed).
+    pub fn owned(page: Vec<u8>) -> Self {
+        PageRef {
+            frame: Arc::new(page),
+            at: 0,
+        }
+    }
+
+    /// The 4096 bytes of the page.
+    pub fn bytes(&self) -> &[u8] {
+        &self.frame[self.at..self.at + PAGE_SIZE]
+    }
+}
+
+/// Something that hands out the data pages of an image in ascending pfn order.
+pub trait PageSource {
+    /// The page of `pfn`, which must be a data page of the image, asked for in ascending pfn
+    /// order.
+    fn page(&mut self, pfn: Pfn) -> Result<PageRef, LayerReadError>;
+}
+
+/// How many decode workers and how far ahead they read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedOptions {
+    /// Decode threads.
+    pub workers: usize,
+    /// Frames decoded ahead of the one the consumer waits for.
+    pub read_ahead: usize,
+}
+
+impl Default for FeedOptions {
+    /// Two workers at least (so reading a frame overlaps decoding one even on a one-CPU
+    /// dom0), one per CPU up to 8; read-ahead of eight frames per worker (4 MiB with the
+    /// default 64-page frames).
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = cpus.clamp(2, 8);
+        FeedOptions {
+            workers,
+            read_ahead: 8 * workers,
+        }
+    }
+}
+
+/// A frame of one layer: (layer index, frame number).
+type FrameId = (usize, usize);
+
+/// What the workers share with the consumer.
+struct Gate {
+    state: Mutex<GateState>,
+    wake: Condvar,
+}
+
+struct GateState {
+    /// The next plan entry a worker takes.
+    next: usize,
+    /// Workers may take entries below this.
+    allowed: usize,
+    /// The consumer is gone: stop.
+    stop: bool,
+}
+
+/// The pfn-ordered page feed of a [`ComposedImage`], decoding on scoped worker threads.
+pub struct PageFeed<'a> {
+    image: &'a ComposedImage,
+    plan: Arc<Vec<FrameId>>,
+    gate: Arc<Gate>,
+    results: Receiver<(usize, Result<Vec<u8>, LayerReadError>)>,
+    /// Decoded frames that arrived before their turn, by plan position.
+    early: BTreeMap<usize, Result<Vec<u8>, LayerReadError>>,
+    /// The next plan position the consumer takes.
+    taken: usize,
+    read_ahead: usize,
+    /// Frames taken and still holding live pages not yet handed out.
+    held: HashMap<FrameId, Arc<Vec<u8>>>,
+    /// Live pages not yet handed out, per frame.
+    left: HashMap<FrameId, u32>,
+    /// Frames decoded (each at most once).
+    decoded: u64,
+}
+
+impl ComposedImage {
+    /// The pfn-ordered feed of this image's data pages, with its workers in `scope`.
+    pub fn feed<'scope, 'env>(
+        &'env self,
+        scope: &'scope Scope<'scope, 'env>,
+        opts: FeedOptions,
+    ) -> PageFeed<'env> {
+        let (plan, left) = self.frame_plan();
+        let plan = Arc::new(plan);
+        let gate = Arc::new(Gate {
+            state: Mutex::new(GateState {
+                next: 0,
+                allowed: opts.read_ahead.max(1),
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let (tx, rx) = channel();
+        for _ in 0..opts.workers.max(1).min(plan.len().max(1)) {
+            let (plan, gate, tx) = (plan.clone(), gate.clone(), tx.clone());
+            scope.spawn(move || decode_worker(self, &plan, &gate, &tx));
+        }
+        PageFeed {
+            image: self,
+            plan,
+            gate,
+            results: rx,
+            early: BTreeMap::new(),
+            taken: 0,
+            read_ahead: opts.read_ahead.max(1),
+            held: HashMap::new(),
+            left,
+            decoded: 0,
+        }
+    }
+
+    /// The frames holding live pages, ordered by their lowest live pfn, and the number of live
+    /// pages in each.
+    fn frame_plan(&self) -> (Vec<FrameId>, HashMap<FrameId, u32>) {
+        let mut first: HashMap<FrameId, Pfn> = HashMap::new();
+        let mut left: HashMap<FrameId, u32> = HashMap::new();
+        for pfn in 0..self.owner.len() as Pfn {
+            let Some(id) = self.frame_id(pfn) else {
+                continue;
+            };
+            first.entry(id).or_insert(pfn);
+            *left.entry(id).or_insert(0) += 1;
+        }
+        let mut plan: Vec<(Pfn, FrameId)> = first.into_iter().map(|(id, p)| (p, id)).collect();
+        plan.sort_unstable();
+        (plan.into_iter().map(|(_, id)| id).collect(), left)
+    }
+
+    /// The frame and slot `pfn`'s page is read from, if it is a data page.
+    fn frame_slot(&self, pfn: Pfn) -> Option<(FrameId, u64)> {
+        let i = self.owner(pfn)?;
+        let layer = &self.layers[i];
+        match layer.index().get(pfn)? {
+            (PageEntry::Data, Some(slot)) => Some(((i, layer.frame_of_slot(slot)?), slot)),
+            _ => None,
+        }
+    }
+
+    fn frame_id(&self, pfn: Pfn) -> Option<FrameId> {
+        self.frame_slot(pfn).map(|(id, _)| id)
+    }
+}
+
+/// Take plan entries in order while the gate allows, decode, send.
+fn decode_worker(
+    image: &ComposedImage,
+    plan: &[FrameId],
+    gate: &Gate,
+    tx: &Sender<(usize, Result<Vec<u8>, LayerReadError>)>,
+) {
+    loop {
+        let at = {
+            let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            while !st.stop && st.next < plan.len() && st.next >= st.allowed {
+                st = gate.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.stop || st.next >= plan.len() {
+                return;
+            }
+            st.next += 1;
+            st.next - 1
+        };
+        let (layer, frame) = plan[at];
+        let result = image.layers[layer].decode(frame);
+        if tx.send((at, result)).is_err() {
+            return;
+        }
+    }
+}
+
+impl PageFeed<'_> {
+    /// Frames decoded so far (each needed frame once).
+    pub fn frames_decoded(&self) -> u64 {
+        self.decoded
+    }
+
+    /// Frames the image needs in all.
+    pub fn frames_needed(&self) -> usize {
+        self.plan.len()
+    }
+
+    /// Take the next plan entry, in order, waiting for a worker to deliver it.
+    fn take_next(&mut self) -> Result<(), LayerReadError> {
+        let at = self.taken;
+        let result = loop {
+            if let Some(r) = self.early.remove(&at) {
+                break r;
+            }
+            match self.results.recv() {
+                Ok((k, r)) if k == at => break r,
+                Ok((k, r)) => {
+                    self.early.insert(k, r);
+                }
+                Err(_) => {
+                    return Err(LayerReadError::FrameDecode {
+                        path: self.image.layers[self.plan[at].0].path().to_path_buf(),
+                        frame: self.plan[at].1 as u64,
+                        reason: "the decode workers stopped before this frame".into(),
+                    })
+                }
+            }
+        };
+        self.taken += 1;
+        {
+            let mut st = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.allowed = self.taken + self.read_ahead;
+        }
+        self.gate.wake.notify_all();
+        self.decoded += 1;
+        self.held.insert(self.plan[at], Arc::new(result?));
+        Ok(())
+    }
+}
+
+impl PageSource for PageFeed<'_> {
+    fn page(&mut self, pfn: Pfn) -> Result<PageRef, LayerReadError> {
+        let (id, slot) = self
+            .image
+            .frame_slot(pfn)
+            .ok_or_else(|| LayerReadError::BadIndex {
+                path: self.image.top().path().to_path_buf(),
+                reason: format!("pfn {pfn:#x} is not a data page of the image"),
+            })?;
+        while !self.held.contains_key(&id) {
+            if self.taken >= self.plan.len() {
+                return Err(LayerReadError::BadIndex {
+                    path: self.image.layers[id.0].path().to_path_buf(),
+                    reason: format!("pfn {pfn:#x} asked for twice or out of order"),
+                });
+            }
+            self.take_next()?;
+        }
+        let layer = &self.image.layers[id.0];
+        let at = (slot - layer.frame_slots(id.1).start) as usize * PAGE_SIZE;
+        let page = PageRef {
+            frame: self.held[&id].clone(),
+            at,
+        };
+        let left = self.left.entry(id).or_insert(1);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.held.remove(&id);
+        }
+        Ok(page)
+    }
+}
+
+impl Drop for PageFeed<'_> {
+    /// Stop the workers (they finish the frame in hand), so the scope can join them.
+    fn drop(&mut self) {
+        let mut st = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.stop = true;
+        drop(st);
+        self.gate.wake.notify_all();
+    }
+}

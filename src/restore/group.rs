@@ -1,0 +1,139 @@
+//! `restore --group NAME[@N]`: every member created paused, the ones made so far destroyed if
+//! one fails, then all unpaused together.
+
+use std::path::Path;
+
+use super::{disk_clones, open_point, stream_into_xl, KeyOf, RestoreError, Restored, XlTool};
+use crate::group::{GroupDir, GroupPoint};
+use crate::store::Store;
+use crate::stream::StreamOptions;
+
+/// A restored group checkpoint.
+#[derive(Debug, Clone)]
+pub struct GroupRestored {
+    /// The group.
+    pub group: String,
+    /// The group checkpoint.
+    pub id: u64,
+    /// The members, in the group's order (running).
+    pub members: Vec<Restored>,
+}
+
+/// Restore group checkpoint `id` of `group` (the newest if None) from the store at `root`.
+/// Refuses before creating anything if a member's layer is gone; if a member fails, destroys
+/// the members made before it.
+pub fn restore_group(
+    root: &Path,
+    group: &str,
+    id: Option<u64>,
+    key_of: &mut KeyOf<'_>,
+    xl: &dyn XlTool,
+) -> Result<GroupRestored, RestoreError> {
+    let store = Store::open(root)?;
+    let point = group_point(&store, root, group, id)?;
+    let mut made: Vec<Restored> = Vec::new();
+    for member in &point.members {
+        match restore_member(&store, &member.chain, member.layer, key_of, xl) {
+            Ok(r) => made.push(r),
+            Err(source) => {
+                for r in &made {
+                    xl.destroy(&r.name);
+                }
+                return Err(RestoreError::Member {
+                    group: group.to_string(),
+                    id: point.id,
+                    member: member.chain.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    // Every member exists, paused: let them all run at once.
+    let names: Vec<String> = made.iter().map(|r| r.name.clone()).collect();
+    xl.unpause(&names)
+        .map_err(|source| RestoreError::GroupUnpause {
+            group: group.to_string(),
+            id: point.id,
+            source: Box::new(source),
+        })?;
+    Ok(GroupRestored {
+        group: group.to_string(),
+        id: point.id,
+        members: made,
+    })
+}
+
+/// One member, restored paused under its own name.
+fn restore_member(
+    store: &Store,
+    chain: &str,
+    layer: u64,
+    key_of: &mut KeyOf<'_>,
+    xl: &dyn XlTool,
+) -> Result<Restored, RestoreError> {
+    let key = key_of(chain).map_err(|source| RestoreError::Key {
+        chain: chain.to_string(),
+        source,
+    })?;
+    let point = open_point(store, chain, Some(layer), key)?;
+    let disks = disk_clones(&point.image.top().meta().disks, chain)?;
+    let opts = StreamOptions {
+        disk_paths: disks.clone(),
+        ..Default::default()
+    };
+    let stats = stream_into_xl(&point, &opts, true, xl)?;
+    Ok(Restored {
+        chain: chain.to_string(),
+        id: layer,
+        name: chain.to_string(),
+        disks,
+        stats,
+    })
+}
+
+/// The group checkpoint to restore, every member's layer still present.
+fn group_point(
+    store: &Store,
+    root: &Path,
+    group: &str,
+    id: Option<u64>,
+) -> Result<GroupPoint, RestoreError> {
+    let m = GroupDir::open(root, group)?.manifest()?;
+    let ids = |points: &mut dyn Iterator<Item = &GroupPoint>| {
+        points
+            .map(|p| p.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let point = m.point(id).cloned().ok_or_else(|| match id {
+        Some(id) => RestoreError::NoGroupPoint {
+            group: group.to_string(),
+            id,
+            have: ids(&mut m.points.iter()),
+        },
+        None => RestoreError::NoGroupPoints {
+            group: group.to_string(),
+        },
+    })?;
+    // A prune or merge of a member chain may have dropped its layer: refuse before creating
+    // anything.
+    if let Some(gone) = point.missing(store)?.first() {
+        let mut ok = m
+            .points
+            .iter()
+            .filter(|p| p.missing(store).is_ok_and(|v| v.is_empty()));
+        let restorable = ids(&mut ok);
+        return Err(RestoreError::MemberGone {
+            group: group.to_string(),
+            id: point.id,
+            member: gone.chain.clone(),
+            layer: gone.layer,
+            restorable: if restorable.is_empty() {
+                "none".to_string()
+            } else {
+                restorable
+            },
+        });
+    }
+    Ok(point)
+}

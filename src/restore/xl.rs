@@ -1,0 +1,130 @@
+//! The `xl` commands a restore runs: `restore` (fed through a pipe sized for throughput),
+//! `destroy` and `unpause`.
+
+use std::process::{Command, Stdio};
+
+use super::{RestoreError, WriteStream};
+use crate::stream::StreamStats;
+
+/// What a restore needs of `xl`. [`Xl`] runs the real command; tests put a consumer that
+/// parses the stream in its place.
+pub trait XlTool: Sync {
+    /// Run `xl restore` (with `-p` if `paused`) on the stream `write` produces. Ok once the
+    /// domain exists; if `write` fails, `xl restore` gets a cut stream and makes no domain,
+    /// and the write's error is returned.
+    fn restore(
+        &self,
+        paused: bool,
+        what: &str,
+        write: &mut WriteStream<'_>,
+    ) -> Result<StreamStats, RestoreError>;
+
+    /// Destroy domain `name` (undo of a restore), best effort.
+    fn destroy(&self, name: &str);
+
+    /// Unpause the domains `names`, all at once.
+    fn unpause(&self, names: &[String]) -> Result<(), RestoreError>;
+}
+
+/// The real `xl`.
+#[derive(Debug, Clone)]
+pub struct Xl {
+    /// The command (`xl`, or a path).
+    pub command: String,
+}
+
+/// The pipe into `xl restore`: large, so that decoding and `xl restore` run in bursts of a few
+/// MiB rather than in 64 KiB steps (on a one-vCPU dom0, each step is a context switch).
+const PIPE_BYTES: usize = 8 << 20;
+
+impl XlTool for Xl {
+    fn restore(
+        &self,
+        paused: bool,
+        what: &str,
+        write: &mut WriteStream<'_>,
+    ) -> Result<StreamStats, RestoreError> {
+        use std::io::Write;
+        let mut cmd = Command::new(&self.command);
+        cmd.arg("restore");
+        if paused {
+            cmd.arg("-p");
+        }
+        // /proc/self/fd/0 rather than /dev/stdin: minimal dom0s have no /dev/stdin link.
+        cmd.arg("/proc/self/fd/0").stdin(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| RestoreError::Spawn {
+            xl: self.command.clone(),
+            source,
+        })?;
+        let mut stdin = child.stdin.take().ok_or_else(|| RestoreError::Spawn {
+            xl: self.command.clone(),
+            source: std::io::Error::other("xl restore has no stdin"),
+        })?;
+        size_pipe(&stdin);
+        let written = write(&mut stdin);
+        let flushed = stdin.flush();
+        // Closing the pipe ends the stream: cut short if writing failed, so xl restore fails.
+        drop(stdin);
+        let status = child.wait().map_err(|source| RestoreError::Wait {
+            verb: "restore",
+            what: what.to_string(),
+            source,
+        })?;
+        let stats = written.map_err(|source| RestoreError::Stream {
+            what: what.to_string(),
+            source: Box::new(source),
+        })?;
+        flushed.map_err(|e| RestoreError::Stream {
+            what: what.to_string(),
+            source: Box::new(e.into()),
+        })?;
+        if !status.success() {
+            return Err(RestoreError::XlFailed {
+                what: what.to_string(),
+                status: status.to_string(),
+            });
+        }
+        Ok(stats)
+    }
+
+    fn destroy(&self, name: &str) {
+        let _ = Command::new(&self.command).args(["destroy", name]).status();
+    }
+
+    fn unpause(&self, names: &[String]) -> Result<(), RestoreError> {
+        let started: Vec<_> = names
+            .iter()
+            .map(|n| Command::new(&self.command).args(["unpause", n]).spawn())
+            .collect();
+        let mut first_err = None;
+        for (name, c) in names.iter().zip(started) {
+            let status = c.and_then(|mut c| c.wait());
+            let failed = match status {
+                Ok(s) if s.success() => None,
+                Ok(s) => Some(s.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let (Some(status), None) = (failed, &first_err) {
+                first_err = Some(RestoreError::Unpause {
+                    name: name.clone(),
+                    status,
+                });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Grow the pipe to [`PIPE_BYTES`], or as far as the system allows (`pipe-max-size` for a
+/// process without CAP_SYS_RESOURCE); a pipe that cannot grow keeps working as it is.
+pub fn size_pipe(pipe: &impl std::os::fd::AsFd) {
+    if rustix::pipe::fcntl_setpipe_size(pipe, PIPE_BYTES).is_ok() {
+        return;
+    }
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    if let Some(max) = max {
+        let _ = rustix::pipe::fcntl_setpipe_size(pipe, max.min(PIPE_BYTES));
+    }
+}

@@ -1,0 +1,390 @@
+//! Restore as a library, on the simulated back-end: single and group restores through a fake
+//! `xl restore` that parses the stream from a pipe as the real one reads it, the group's undo
+//! when a member fails, and a damaged frame that leaves no domain.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use xckpt::capture::{checkpoint, CaptureOptions};
+use xckpt::compose::{FeedOptions, Image, PageSource, PageState};
+use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator, Member};
+use xckpt::hv::sim::{
+    page_digest, AccessPattern, SimConfig, SimDomain, Truth, TruthMode, WorkloadSpec,
+    UNPOPULATED_DIGEST,
+};
+use xckpt::hv::{Domain, PageType, Pfn, StateBlob, PAGE_SIZE};
+use xckpt::layer::LayerReadError;
+use xckpt::restore::{
+    restore_group, restore_point, RestoreError, RestoreOptions, WriteStream, XlTool,
+};
+use xckpt::store::Store;
+use xckpt::stream::{parse_save_file, SinkError, StreamSink, StreamStats, StreamWriteError};
+
+/// A domain the fake `xl` made: its name, whether it is paused, one digest per pfn.
+#[derive(Debug, Clone)]
+struct FakeDomain {
+    paused: bool,
+    digests: Vec<u64>,
+}
+
+/// `xl` in a test: `restore` parses the stream from a pipe on its own thread and makes a
+/// domain only if the whole stream parses; `fail` names domains whose restore fails after the
+/// stream was read (as a libxl error would).
+#[derive(Default)]
+struct FakeXl {
+    domains: Mutex<BTreeMap<String, FakeDomain>>,
+    fail: Option<String>,
+    destroyed: Mutex<Vec<String>>,
+}
+
+/// Collects what `xl restore` would load.
+#[derive(Default)]
+struct Loaded {
+    name: String,
+    pages: BTreeMap<Pfn, u64>,
+}
+
+impl StreamSink for Loaded {
+    fn config(&mut self, config: &[u8]) -> Result<(), SinkError> {
+        let v: serde_json::Value = serde_json::from_slice(config).expect("libxl JSON");
+        // libxl JSON names the domain in c_info; a sim's config (SimConfig) at the top.
+        let name = v["c_info"]["name"].as_str().or(v["name"].as_str());
+        self.name = name.unwrap_or_default().to_string();
+        Ok(())
+    }
+    fn page(&mut self, pfn: Pfn, _ty: PageType, data: Option<&[u8]>) -> Result<(), SinkError> {
+        let data = data.expect("every streamed pfn carries data");
+        self.pages.insert(pfn, page_digest(data));
+        Ok(())
+    }
+    fn state_blob(&mut self, _blob: StateBlob) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+impl XlTool for FakeXl {
+    fn restore(
+        &self,
+        paused: bool,
+        what: &str,
+        write: &mut WriteStream<'_>,
+    ) -> Result<StreamStats, RestoreError> {
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let (mut reader, mut writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
+        let (written, parsed) = std::thread::scope(|s| {
+            let xl = s.spawn(move || {
+                let mut loaded = Loaded::default();
+                let r = parse_save_file(&mut reader, &mut loaded).map(|h| (h, loaded));
+                // Drain what is left, as a reader that stopped would let the pipe close.
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                r
+            });
+            let written = write(&mut writer);
+            drop(writer);
+            (written, xl.join().unwrap())
+        });
+        let stats = written.map_err(|source| RestoreError::Stream {
+            what: what.to_string(),
+            source: Box::new(source),
+        })?;
+        let (header, loaded) = parsed.expect("a whole stream parses");
+        if self.fail.as_deref() == Some(loaded.name.as_str()) {
+            return Err(RestoreError::XlFailed {
+                what: what.to_string(),
+                status: "exit status: 1".into(),
+            });
+        }
+        let mut digests = vec![UNPOPULATED_DIGEST; header.pfn_count() as usize];
+        for (pfn, d) in loaded.pages {
+            digests[pfn as usize] = d;
+        }
+        let mut doms = self.domains.lock().unwrap();
+        assert!(
+            !doms.contains_key(&loaded.name),
+            "domain {} exists",
+            loaded.name
+        );
+        doms.insert(loaded.name, FakeDomain { paused, digests });
+        Ok(stats)
+    }
+
+    fn destroy(&self, name: &str) {
+        self.domains.lock().unwrap().remove(name);
+        self.destroyed.lock().unwrap().push(name.to_string());
+    }
+
+    fn unpause(&self, names: &[String]) -> Result<(), RestoreError> {
+        let mut doms = self.domains.lock().unwrap();
+        for n in names {
+            doms.get_mut(n)
+                .expect("unpause of a domain that exists")
+                .paused = false;
+        }
+        Ok(())
+    }
+}
+
+fn sim(name: &str, seed: u64, rate_mib_s: f64) -> Arc<SimDomain> {
+    let mut cfg = SimConfig::small(4096);
+    cfg.name = name.into();
+    cfg.seed = seed;
+    // The truth of each checkpoint, recorded at its pause.
+    cfg.auto_truth = Some(TruthMode::Digest);
+    cfg.workload = WorkloadSpec {
+        pattern: AccessPattern::Uniform,
+        rate_mib_s,
+    };
+    let sim = SimDomain::new(cfg).unwrap();
+    if rate_mib_s > 0.0 {
+        sim.start_workload().unwrap();
+    }
+    Arc::new(sim)
+}
+
+fn opts() -> CaptureOptions {
+    CaptureOptions {
+        threads: 2,
+        frame_pages: 16,
+        ..Default::default()
+    }
+}
+
+/// The restored domain's memory is the truth at the checkpoint's pause, pfn for pfn
+/// (holes, zero pages and data).
+fn assert_equal(truth: &Truth, dom: &FakeDomain, what: &str) {
+    let mut digests = dom.digests.clone();
+    digests.resize(truth.digests.len(), UNPOPULATED_DIGEST);
+    let bad = truth.differing(&digests);
+    assert!(
+        bad.is_empty(),
+        "{what}: {} pages differ, first {:?}",
+        bad.len(),
+        bad.first()
+    );
+}
+
+#[test]
+fn every_point_of_a_chain_restores_byte_equal_through_xl() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let dom = sim("solo", 7, 40.0);
+    let chain = store.chain("solo").unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(checkpoint(&dom, &chain, &opts()).unwrap().layer.id);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    dom.stop_workload();
+    let truths = dom.truths();
+    for (i, id) in ids.iter().enumerate() {
+        let xl = FakeXl::default();
+        let ro = RestoreOptions {
+            rename: None,
+            paused: i == 1,
+        };
+        let r = restore_point(&store, "solo", Some(*id), None, &ro, &xl).unwrap();
+        assert_eq!((r.id, r.name.as_str()), (*id, "solo"));
+        let doms = xl.domains.lock().unwrap();
+        let d = &doms["solo"];
+        assert_eq!(d.paused, i == 1);
+        assert_equal(&truths[i], d, &format!("layer {id}"));
+    }
+    // Without @N: the newest layer.
+    let xl = FakeXl::default();
+    let r = restore_point(&store, "solo", None, None, &RestoreOptions::default(), &xl).unwrap();
+    assert_eq!(r.id, *ids.last().unwrap());
+    assert_equal(&truths[2], &xl.domains.lock().unwrap()["solo"], "newest");
+    // A layer the chain does not have is refused by name, before xl runs.
+    let err = restore_point(
+        &store,
+        "solo",
+        Some(99),
+        None,
+        &RestoreOptions::default(),
+        &xl,
+    );
+    assert!(
+        matches!(err, Err(RestoreError::NoLayer { id: 99, .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_feed_decodes_each_needed_frame_once_and_skips_superseded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let dom = sim("feed", 3, 60.0);
+    let chain = store.chain("feed").unwrap();
+    for _ in 0..3 {
+        checkpoint(&dom, &chain, &opts()).unwrap();
+    }
+    dom.stop_workload();
+    let image = chain.compose(None).unwrap();
+    let all_frames: usize = image.layers().iter().map(|l| l.frame_count()).sum();
+    for workers in [1, 3] {
+        std::thread::scope(|s| {
+            let opts = FeedOptions {
+                workers,
+                read_ahead: 2,
+            };
+            let mut feed = image.feed(s, opts);
+            let mut buf = vec![0u8; PAGE_SIZE];
+            for pfn in 0..image.pfn_count() {
+                if let PageState::Data(_) = image.page_state(pfn) {
+                    image.read_page(pfn, &mut buf).unwrap();
+                    assert_eq!(feed.page(pfn).unwrap().bytes(), &buf[..], "pfn {pfn:#x}");
+                }
+            }
+            assert_eq!(feed.frames_decoded() as usize, feed.frames_needed());
+            assert!(feed.frames_needed() <= all_frames);
+        });
+    }
+    // The base's frames whose pages the incrementals all replaced are not needed.
+    let needed = std::thread::scope(|s| image.feed(s, FeedOptions::default()).frames_needed());
+    eprintln!("frames needed {needed} of {all_frames}");
+}
+
+/// Flip a byte every 4 KiB inside the frames of layer `path` (they follow a preamble of at
+/// most 128 bytes), so that live frames are hit whatever the layout of the pages.
+fn damage(path: &std::path::Path) {
+    let frame_bytes = xckpt::layer::LayerReader::open(path)
+        .unwrap()
+        .figures()
+        .frame_bytes as usize;
+    assert!(frame_bytes > 512, "a layer with frames");
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    for at in (128..frame_bytes - 128).step_by(4096) {
+        bytes[at] ^= 0x40;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_frame_stops_the_stream_and_leaves_no_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // No workload: the base has no superseded copies, so every frame is needed.
+    let dom = sim("hurt", 5, 0.0);
+    let chain = store.chain("hurt").unwrap();
+    let rec = checkpoint(&dom, &chain, &opts()).unwrap().layer;
+    damage(&chain.layer_path(&rec));
+    let xl = FakeXl::default();
+    let err = restore_point(&store, "hurt", None, None, &RestoreOptions::default(), &xl)
+        .expect_err("a damaged frame must fail the restore");
+    let RestoreError::Damaged {
+        layer: 1, source, ..
+    } = &err
+    else {
+        panic!("expected a stream error naming the layer, got {err:?}");
+    };
+    let StreamWriteError::ReadPage { source, .. } = &**source else {
+        panic!("expected the page that failed, got {source:?}");
+    };
+    assert!(
+        matches!(
+            source,
+            LayerReadError::FrameChecksum { .. }
+                | LayerReadError::FrameDecode { .. }
+                | LayerReadError::DigestMismatch { .. }
+        ),
+        "{source:?}"
+    );
+    // The message names the layer file.
+    let chain_text = format!("{}", source);
+    assert!(chain_text.contains("layer-"), "{chain_text}");
+    assert!(xl.domains.lock().unwrap().is_empty(), "a domain was left");
+    // `xckpt verify` still finds it.
+    assert!(chain.verify(None).is_err());
+}
+
+fn group_of_two(store: &Store, root: &std::path::Path) -> (Vec<Arc<SimDomain>>, Vec<Truth>) {
+    let doms = vec![sim("ga", 11, 30.0), sim("gb", 12, 30.0)];
+    let members: Vec<Member<SimDomain>> = doms
+        .iter()
+        .map(|d| Member {
+            dom: d.clone(),
+            chain: store.chain(&d.name()).unwrap(),
+            disks: Default::default(),
+            evict: Default::default(),
+        })
+        .collect();
+    let report = checkpoint_group("job", 1, &members, &opts(), &mut LocalCoordinator).unwrap();
+    GroupDir::open(root, "job")
+        .unwrap()
+        .record(report.point())
+        .unwrap();
+    for d in &doms {
+        d.stop_workload();
+    }
+    let truths = doms
+        .iter()
+        .map(|d| d.truths().last().unwrap().clone())
+        .collect();
+    (doms, truths)
+}
+
+fn no_key(
+    _: &str,
+) -> Result<Option<xckpt::layer::LayerKey>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(None)
+}
+
+#[test]
+fn a_group_restores_every_member_then_runs_them_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (_doms, truths) = group_of_two(&store, dir.path());
+    let xl = FakeXl::default();
+    let g = restore_group(dir.path(), "job", None, &mut no_key, &xl).unwrap();
+    assert_eq!((g.id, g.members.len()), (1, 2));
+    let doms = xl.domains.lock().unwrap();
+    for (name, truth) in ["ga", "gb"].iter().zip(&truths) {
+        let d = &doms[*name];
+        assert!(!d.paused, "{name} left paused");
+        assert_equal(truth, d, name);
+    }
+}
+
+#[test]
+fn a_failed_member_destroys_the_members_made_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    group_of_two(&store, dir.path());
+    let xl = FakeXl {
+        fail: Some("gb".into()),
+        ..Default::default()
+    };
+    let err = restore_group(dir.path(), "job", Some(1), &mut no_key, &xl).unwrap_err();
+    let RestoreError::Member { member, source, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(member, "gb");
+    assert!(
+        matches!(**source, RestoreError::XlFailed { .. }),
+        "{source:?}"
+    );
+    assert!(xl.domains.lock().unwrap().is_empty(), "a member was left");
+    assert_eq!(*xl.destroyed.lock().unwrap(), ["ga"]);
+    // A damaged member: the same undo, and the error names the frame.
+    let gb = store.chain("gb").unwrap();
+    let rec = gb.manifest().unwrap().layers[0].clone();
+    damage(&gb.layer_path(&rec));
+    let xl = FakeXl::default();
+    let err = restore_group(dir.path(), "job", None, &mut no_key, &xl).unwrap_err();
+    assert!(
+        matches!(&err, RestoreError::Member { member, .. } if member == "gb"),
+        "{err:?}"
+    );
+    assert!(xl.domains.lock().unwrap().is_empty(), "a member was left");
+    // A checkpoint the group does not have.
+    let err = restore_group(dir.path(), "job", Some(9), &mut no_key, &xl).unwrap_err();
+    assert!(
+        matches!(err, RestoreError::NoGroupPoint { id: 9, .. }),
+        "{err:?}"
+    );
+}
