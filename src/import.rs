@@ -11,6 +11,7 @@ use crate::layer::{
     compress_frame, CaptureStats, LayerIndex, LayerKind, LayerMeta, LayerWriteError, LayerWriter,
     PageEntry, DEFAULT_FRAME_PAGES,
 };
+use crate::progress;
 use crate::store::{Chain, LayerRecord, StoreError};
 use crate::stream::{parse_save_file, ParsedHeader, SinkError, StreamParseError, StreamSink};
 
@@ -128,11 +129,14 @@ pub fn import_file(path: &Path, chain: &Chain, level: i32) -> Result<LayerRecord
         state: Vec::new(),
         raw_bytes: 0,
     };
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    let total = file.metadata().ok().map(|m| m.len());
+    let read = progress::Reader::new(file, chain.name(), progress::Task::Import, total);
+    let mut input = BufReader::with_capacity(1 << 20, read);
     let header = parse_save_file(&mut input, &mut sink).map_err(|source| ImportError::Parse {
         path: shown.clone(),
         source,
     })?;
+    input.get_ref().finish();
     sink.flush().map_err(StoreError::from)?;
     let pfn_count = header.pfn_count();
     if pfn_count == 0 {

@@ -5,6 +5,8 @@ mod chainverbs;
 mod generate;
 mod group;
 mod limits;
+mod metrics;
+mod progress;
 mod settings;
 mod show;
 mod target;
@@ -27,6 +29,13 @@ pub struct Cli {
     /// [default: /etc/xckpt.toml if it exists].
     #[arg(long, global = true, env = "XCKPT_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Print only results: no progress and no notes on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Progress on stderr: `auto` draws bars when stderr is a terminal; `json` prints one
+    /// JSON object per event, one per line; `none` prints nothing.
+    #[arg(long, global = true, value_enum, default_value_t = progress::ProgressMode::Auto)]
+    progress: progress::ProgressMode,
 }
 
 /// Where the chains live.
@@ -118,7 +127,14 @@ enum Command {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    progress::install(cli.progress, cli.quiet);
+    let code = dispatch(cli.command);
+    progress::clear();
+    code
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Checkpoint(c) => c.run(),
         Command::Restore(c) => c.run(),
         Command::Export(c) => c.run(),
@@ -142,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    progress::clear();
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

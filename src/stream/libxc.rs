@@ -7,6 +7,7 @@
 //! X86_TSC_INFO (if captured), HVM_PARAMS, HVM_CONTEXT, END
 //! ```
 
+use crate::progress;
 use std::io::Write;
 
 use super::error::StreamWriteError;
@@ -137,6 +138,8 @@ fn write_pages(
     }
     let mut batch: Vec<(Pfn, PageState)> = Vec::with_capacity(MAX_BATCH);
     let mut buf = vec![0u8; PAGE_SIZE];
+    let (task, mut walked) = (progress::Task::Stream, 0);
+    progress::start("", task, Some(count));
     for pfn in 0..count {
         let state = image.page_state(pfn);
         if state == PageState::Unpopulated {
@@ -147,11 +150,14 @@ fn write_pages(
         if batch.len() == MAX_BATCH {
             write_batch(w, image, &batch, pv, &mut buf, stats)?;
             batch.clear();
+            progress::advance("", task, pfn + 1 - walked);
+            walked = pfn + 1;
         }
     }
     if !batch.is_empty() {
         write_batch(w, image, &batch, pv, &mut buf, stats)?;
     }
+    progress::finish("", task, count);
     Ok(())
 }
 
