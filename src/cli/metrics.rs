@@ -34,14 +34,46 @@ struct DomainMetrics {
 
 /// (name, kind, help) of each metric.
 const METRICS: [(&str, &str, &str); 8] = [
-    ("xckpt_last_success_timestamp_seconds", "gauge", "Unix time at which the last successful checkpoint of the domain finished."),
-    ("xckpt_last_layer_bytes", "gauge", "Size of the layer the last successful checkpoint wrote, in bytes."),
-    ("xckpt_last_downtime_seconds", "gauge", "How long the last successful checkpoint kept the domain stopped, in seconds."),
-    ("xckpt_failures_total", "counter", "Checkpoints of the domain that failed."),
-    ("xckpt_chain_layers", "gauge", "Layers in the domain's chain after the last run."),
-    ("xckpt_chain_bytes", "gauge", "Bytes of the domain's chain after the last run."),
-    ("xckpt_last_run_timestamp_seconds", "gauge", "Unix time at which the last checkpoint run of the domain ended."),
-    ("xckpt_last_run_success", "gauge", "1 if the last checkpoint run of the domain succeeded, else 0."),
+    (
+        "xckpt_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time at which the last successful checkpoint of the domain finished.",
+    ),
+    (
+        "xckpt_last_layer_bytes",
+        "gauge",
+        "Size of the layer the last successful checkpoint wrote, in bytes.",
+    ),
+    (
+        "xckpt_last_downtime_seconds",
+        "gauge",
+        "How long the last successful checkpoint kept the domain stopped, in seconds.",
+    ),
+    (
+        "xckpt_failures_total",
+        "counter",
+        "Checkpoints of the domain that failed.",
+    ),
+    (
+        "xckpt_chain_layers",
+        "gauge",
+        "Layers in the domain's chain after the last run.",
+    ),
+    (
+        "xckpt_chain_bytes",
+        "gauge",
+        "Bytes of the domain's chain after the last run.",
+    ),
+    (
+        "xckpt_last_run_timestamp_seconds",
+        "gauge",
+        "Unix time at which the last checkpoint run of the domain ended.",
+    ),
+    (
+        "xckpt_last_run_success",
+        "gauge",
+        "1 if the last checkpoint run of the domain succeeded, else 0.",
+    ),
 ];
 
 impl DomainMetrics {
@@ -102,9 +134,15 @@ fn unescape(v: &str) -> String {
 fn parse(text: &str) -> BTreeMap<String, DomainMetrics> {
     let mut all: BTreeMap<String, DomainMetrics> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, rest)) = line.split_once("{domain=\"") else { continue };
-        let Some((label, value)) = rest.rsplit_once("\"} ") else { continue };
-        let Ok(v) = value.trim().parse::<f64>() else { continue };
+        let Some((name, rest)) = line.split_once("{domain=\"") else {
+            continue;
+        };
+        let Some((label, value)) = rest.rsplit_once("\"} ") else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
         if METRICS.iter().any(|(n, _, _)| *n == name) {
             all.entry(unescape(label)).or_default().set(name, v);
         }
@@ -221,7 +259,10 @@ pub fn journal(domain: &str, outcome: &Outcome<'_>, chain: Option<&Manifest>) {
             fields.push(("PRIORITY", "6".into()));
             fields.push(("XCKPT_RESULT", "success".into()));
             fields.push(("XCKPT_LAYER", r.layer.id.to_string()));
-            fields.push(("XCKPT_LAYER_KIND", format!("{:?}", r.layer.kind).to_lowercase()));
+            fields.push((
+                "XCKPT_LAYER_KIND",
+                format!("{:?}", r.layer.kind).to_lowercase(),
+            ));
             fields.push(("XCKPT_LAYER_BYTES", r.layer.bytes.to_string()));
             fields.push((
                 "XCKPT_DOWNTIME_MS",
@@ -281,7 +322,10 @@ mod tests {
         all.insert("web\"1".to_string(), a);
         all.insert("db".to_string(), DomainMetrics::default());
         let text = render(&all);
-        assert!(text.contains("xckpt_failures_total{domain=\"web\\\"1\"} 2\n"), "{text}");
+        assert!(
+            text.contains("xckpt_failures_total{domain=\"web\\\"1\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE xckpt_failures_total counter\n"));
         assert_eq!(parse(&text), all);
     }

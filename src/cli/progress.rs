@@ -163,9 +163,7 @@ impl Bars {
                 line.task = task;
                 line.started = Instant::now();
             }
-            Event::Advance {
-                subject, delta, ..
-            } => {
+            Event::Advance { subject, delta, .. } => {
                 if let Some(l) = lines.get(subject) {
                     l.bar.inc(bytes_of(l.task, delta));
                 }
@@ -175,7 +173,9 @@ impl Bars {
                 task,
                 done,
             } => {
-                let Some(l) = lines.get_mut(subject) else { return };
+                let Some(l) = lines.get_mut(subject) else {
+                    return;
+                };
                 let bytes = bytes_of(task, done);
                 l.bar.set_length(bytes);
                 l.bar.set_position(bytes);
@@ -202,7 +202,9 @@ impl Bars {
                 dirty,
                 rate,
             } => {
-                let Some(l) = lines.get_mut(subject) else { return };
+                let Some(l) = lines.get_mut(subject) else {
+                    return;
+                };
                 let (sent, took) = l.round_done.take().unwrap_or_default();
                 let bytes = sent * PAGE_SIZE as u64;
                 self.say(format!(
@@ -216,7 +218,8 @@ impl Bars {
             }
             Event::Paused { subject } => {
                 if let Some(l) = lines.get(subject) {
-                    l.bar.set_message("stopped: last dirty pages and vCPU state");
+                    l.bar
+                        .set_message("stopped: last dirty pages and vCPU state");
                 }
             }
             Event::Resumed { subject, downtime } => {
@@ -279,7 +282,12 @@ impl Observer for JsonLines {
                 total,
             } => {
                 st.done.insert(subject.to_string(), (0, None));
-                with_task("start", subject, task, serde_json::json!({ "total": total }))
+                with_task(
+                    "start",
+                    subject,
+                    task,
+                    serde_json::json!({ "total": total }),
+                )
             }
             Event::Advance {
                 subject,
@@ -288,13 +296,20 @@ impl Observer for JsonLines {
             } => {
                 let entry = st.done.entry(subject.to_string()).or_default();
                 entry.0 += delta;
-                let due = entry.1.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+                let due = entry
+                    .1
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
                 if !due {
                     return;
                 }
                 entry.1 = Some(Instant::now());
                 let done = entry.0;
-                with_task("advance", subject, task, serde_json::json!({ "done": done }))
+                with_task(
+                    "advance",
+                    subject,
+                    task,
+                    serde_json::json!({ "done": done }),
+                )
             }
             Event::Finish {
                 subject,
@@ -313,7 +328,9 @@ impl Observer for JsonLines {
                 "event": "dirty", "subject": subject, "round": round, "dirty": dirty,
                 "rate_pages_s": rate,
             }),
-            Event::Paused { subject } => serde_json::json!({ "event": "paused", "subject": subject }),
+            Event::Paused { subject } => {
+                serde_json::json!({ "event": "paused", "subject": subject })
+            }
             Event::Resumed { subject, downtime } => serde_json::json!({
                 "event": "resumed", "subject": subject,
                 "downtime_ms": downtime.as_secs_f64() * 1e3,
