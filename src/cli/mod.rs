@@ -156,6 +156,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A remark on stderr, `xckpt: note: ...`, unless `--quiet`.
+pub fn note(text: &str) {
+    if !progress::quiet() {
+        progress::clear();
+        eprintln!("xckpt: note: {text}");
+    }
+}
+
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     progress::clear();

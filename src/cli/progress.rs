@@ -30,8 +30,17 @@ pub enum ProgressMode {
 /// The renderer installed for this process, to clear its bars before a result is printed.
 static BARS: OnceLock<Arc<Bars>> = OnceLock::new();
 
+/// Whether `--quiet` was given.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `--quiet` was given: results only.
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Install the observer `mode` asks for (nothing with `quiet`, or `auto` off a terminal).
 pub fn install(mode: ProgressMode, quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
     if quiet {
         return;
     }
@@ -189,6 +198,10 @@ impl Bars {
                     Unit::Bytes => format!("{done} bytes ({})", HumanBytes(bytes)),
                 };
                 let label = if subject.is_empty() { "xckpt" } else { subject };
+                // The task is over: its line leaves the bars, its figures stay above them.
+                l.bar.finish_and_clear();
+                self.multi.remove(&l.bar);
+                lines.remove(subject);
                 self.say(format!(
                     "{label}: {}: {count} in {:.2} s, {}/s",
                     task_name(task),
@@ -377,5 +390,18 @@ mod tests {
         let bar = &lines["g"].bar;
         assert_eq!(bar.position(), 90 * 4096);
         assert_eq!(bar.length(), Some(90 * 4096));
+        drop(lines);
+        // Any other task's line goes once it ends.
+        bars.event(&Event::Start {
+            subject: "g",
+            task: Task::WriteBehind,
+            total: Some(3),
+        });
+        bars.event(&Event::Finish {
+            subject: "g",
+            task: Task::WriteBehind,
+            done: 3,
+        });
+        assert!(bars.lines.lock().unwrap().is_empty());
     }
 }

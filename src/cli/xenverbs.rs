@@ -165,7 +165,10 @@ impl CheckpointCmd {
         let dom = Arc::new(SimDomain::new(cfg)?);
         dom.start_workload()?;
         let stop = SoloStop::new(dom.clone(), Default::default());
-        let result = self.capture_into(&dom, name, &self.capture.options(), stop);
+        let mut opts = self.capture.options();
+        // The sim has no guest agent: only the policies that need none.
+        opts.evict.set = "zero,unpopulated".parse().map_err(anyhow::Error::msg)?;
+        let result = self.capture_into(&dom, name, &opts, stop);
         dom.stop_workload();
         result
     }
@@ -318,6 +321,9 @@ pub struct RestoreCmd {
     xl: String,
     #[command(flatten)]
     key: KeyArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The verified, composed image at `target` (the chain's newest layer without `@N`).
@@ -362,6 +368,7 @@ impl RestoreCmd {
             .target
             .as_ref()
             .context("a chain to restore is needed")?;
+        let started = std::time::Instant::now();
         let (image, id) = open_point(&self.store, target, &self.key)?;
         let disks = image.top().meta().disks.clone();
         let opts = StreamOptions {
@@ -372,6 +379,13 @@ impl RestoreCmd {
         let what = format!("{}@{id}", target.name);
         let stats = super::group::xl_restore(&self.xl, &image, &opts, self.paused, &what)?;
         let name = self.name.as_deref().unwrap_or(&target.name);
+        if self.json {
+            print_json(&serde_json::json!({
+                "chain": target.name, "layer": id, "domain": name, "paused": self.paused,
+                "stream": stream_json(&stats), "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "restored {}@{id} as domain {name} ({} pages, {} bytes streamed)",
             target.name, stats.pages, stats.bytes
@@ -395,11 +409,24 @@ pub struct ExportCmd {
     name: Option<String>,
     #[command(flatten)]
     key: KeyArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A stream's figures for `--json`.
+fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
+    serde_json::json!({
+        "bytes": s.bytes, "pages": s.pages, "data_pages": s.data_pages,
+        "zero_pages": s.zero_pages, "unpopulated_pfns": s.unpopulated_pfns,
+        "records": s.records, "page_records": s.page_records,
+    })
 }
 
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
+        let started = std::time::Instant::now();
         let (image, id) = open_point(&self.store, &self.target, &self.key)?;
         let opts = StreamOptions {
             rename: self.name.clone(),
@@ -429,6 +456,14 @@ impl ExportCmd {
             }
         };
         std::fs::rename(&tmp, &self.output)?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "chain": self.target.name, "layer": id, "file": self.output,
+                "bytes": stats.bytes, "stream": stream_json(&stats),
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "wrote {}@{id} to {} ({} bytes)",
             self.target.name,
@@ -454,6 +489,9 @@ pub struct ImportCmd {
     compress_level: i32,
     #[command(flatten)]
     key: KeyArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl ImportCmd {
@@ -461,10 +499,18 @@ impl ImportCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&self.name)?.with_key(self.key.key(&self.name)?);
         let _lock = chain.lock_exclusive(Duration::ZERO)?;
+        let started = std::time::Instant::now();
         let rec = xckpt::import::import_file(&self.file, &chain, self.compress_level)
             .with_context(|| {
                 format!("importing {} into chain {}", self.file.display(), self.name)
             })?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "file": self.file, "chain": self.name, "layer": rec.id, "bytes": rec.bytes,
+                "record": rec, "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "imported {} as {}@{} ({} bytes)",
             self.file.display(),
