@@ -2,6 +2,8 @@
 //! clear line, and the read verbs (`list`, `inspect`, `verify`, `export`) work on a copied
 //! store, with the Xen libraries hidden where this host has them.
 
+mod stream_common;
+
 use std::process::Command;
 
 fn xckpt(args: &[&str]) -> (i32, String, String) {
@@ -61,7 +63,8 @@ fn store_verbs_work_without_xen() {
 /// namespace, as root), so that nothing Xen can be loaded. Without `unshare` or root, runs it
 /// as it is (the host is still not a dom0).
 fn xckpt_no_libs(args: &[&str]) -> (i32, String, String) {
-    let hide = "for f in /usr/lib/*/libxen*.so* /usr/lib/libxen*.so* /usr/local/lib/libxen*.so*; do \
+    let hide =
+        "for f in /usr/lib/*/libxen*.so* /usr/lib/libxen*.so* /usr/local/lib/libxen*.so*; do \
                 [ -f \"$f\" ] && { mount --bind /dev/null \"$f\" || exit 97; }; done; exec \"$@\"";
     let probe = Command::new("unshare")
         .args(["-m", "sh", "-c", hide, "sh", "true"])
@@ -107,7 +110,8 @@ fn read_verbs_work_on_a_copied_store_without_xen() {
         eprintln!("skipped: this host is a Xen dom0");
         return;
     }
-    // A chain of two layers, taken on the sim, then copied as a backup host would hold it.
+    // A chain of two layers taken on the sim, and one imported from a save file (a sim layer
+    // has no HVM state, so it cannot be exported), then copied as a backup host holds them.
     let dir = tempfile::tempdir().unwrap();
     let orig = dir.path().join("orig");
     let o = orig.to_str().unwrap();
@@ -115,6 +119,20 @@ fn read_verbs_work_on_a_copied_store_without_xen() {
         let (code, _, err) = xckpt(&["checkpoint", "--store", o, "--sim", "16M", "g"]);
         assert_eq!(code, 0, "{err}");
     }
+    let img = stream_common::image(xckpt::hv::GuestType::Pvh, 300);
+    let mut save = Vec::new();
+    xckpt::stream::write_save_file(&img, &Default::default(), &mut save).unwrap();
+    let input = dir.path().join("in.save");
+    std::fs::write(&input, save).unwrap();
+    let (code, _, err) = xckpt(&[
+        "import",
+        "--store",
+        o,
+        input.to_str().unwrap(),
+        "--name",
+        "h",
+    ]);
+    assert_eq!(code, 0, "{err}");
     let copy = dir.path().join("copy");
     copy_dir(&orig, &copy);
     let s = copy.to_str().unwrap();
@@ -123,11 +141,15 @@ fn read_verbs_work_on_a_copied_store_without_xen() {
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l.starts_with("g ")), "{out}");
     assert_eq!(err.lines().count(), 1, "not one note: {err:?}");
-    assert!(err.starts_with("xckpt: note: ") && err.contains("--offline"), "{err}");
+    assert!(
+        err.starts_with("xckpt: note: ") && err.contains("--offline"),
+        "{err}"
+    );
     let (code, out, err) = xckpt_no_libs(&["list", "--json", "--store", s]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["offline"], true);
+    assert_eq!(v["chains"][0]["name"], "g");
     assert_eq!(v["chains"][0]["layers"], 2);
     let (code, _, err) = xckpt_no_libs(&["--quiet", "list", "--store", s]);
     assert_eq!((code, err.as_str()), (0, ""), "--quiet prints no note");
@@ -141,11 +163,21 @@ fn read_verbs_work_on_a_copied_store_without_xen() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("OK up to layer 2"), "{out}");
     let save = dir.path().join("g.save");
-    let (code, out, err) =
-        xckpt_no_libs(&["export", "g@1", "-o", save.to_str().unwrap(), "--json", "--store", s]);
+    let (code, out, err) = xckpt_no_libs(&[
+        "export",
+        "h@1",
+        "-o",
+        save.to_str().unwrap(),
+        "--json",
+        "--store",
+        s,
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["bytes"].as_u64(), Some(std::fs::metadata(&save).unwrap().len()));
+    assert_eq!(
+        v["bytes"].as_u64(),
+        Some(std::fs::metadata(&save).unwrap().len())
+    );
     // The original store is untouched by the reads of its copy.
     assert!(orig.join("g").exists());
 }

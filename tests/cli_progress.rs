@@ -8,9 +8,11 @@ use std::process::{Command, Stdio};
 
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 
-fn xckpt(store: &Path) -> Command {
+/// `xckpt ARGS --store STORE`, stdin closed.
+fn xckpt(store: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xckpt"));
-    c.arg("--store")
+    c.args(args)
+        .arg("--store")
         .arg(store)
         .env_remove("XCKPT_STORE")
         .env_remove("XCKPT_CONFIG")
@@ -67,6 +69,7 @@ fn on_terminal(mut cmd: Command) -> (std::process::ExitStatus, String, Vec<u8>) 
         .env("TERM", "xterm")
         .spawn()
         .unwrap();
+    drop(cmd);
     // The only open end of the slave is the child's: reading ends (EIO) when it exits.
     let reader = std::thread::spawn(move || {
         let mut f = std::fs::File::from(master);
@@ -93,8 +96,18 @@ fn on_terminal(mut cmd: Command) -> (std::process::ExitStatus, String, Vec<u8>) 
 fn progress_is_drawn_on_a_terminal_and_ends_at_the_true_totals() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut cmd = xckpt(&store);
-    cmd.args(["checkpoint", "--sim", "256M", "--json", "--threads", "1", "g"]);
+    let cmd = xckpt(
+        &store,
+        &[
+            "checkpoint",
+            "--sim",
+            "256M",
+            "--json",
+            "--threads",
+            "1",
+            "g",
+        ],
+    );
     let (status, stdout, term) = on_terminal(cmd);
     let shown = plain(&term);
     assert!(status.success(), "{stdout}\n{shown}");
@@ -107,10 +120,7 @@ fn progress_is_drawn_on_a_terminal_and_ends_at_the_true_totals() {
     // Each live round's line gives the pages the report counts.
     let rounds = report["rounds"].as_array().unwrap();
     for r in rounds.iter().filter(|r| r["paused"] == false) {
-        let line = format!(
-            "g: round {}: {} pages sent",
-            r["round"], r["pages"]
-        );
+        let line = format!("g: round {}: {} pages sent", r["round"], r["pages"]);
         assert!(shown.contains(&line), "missing {line:?} in:\n{shown}");
     }
     let downtime = report["downtime_ms"].as_f64().unwrap();
@@ -123,7 +133,11 @@ fn progress_is_drawn_on_a_terminal_and_ends_at_the_true_totals() {
     let wb = format!("g: write-behind: {} pages", paused["pages"]);
     assert!(shown.contains(&wb), "missing {wb:?} in:\n{shown}");
     // The bars are cleared at the end: the last thing on the terminal is a finished line.
-    let last = shown.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = shown
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     assert!(last.starts_with("g: "), "last terminal line {last:?}");
 }
 
@@ -132,8 +146,7 @@ fn off_a_terminal_the_output_is_exactly_the_summary_line() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     for expect_kind in ["(Base)", "(Resync)"] {
-        let out = xckpt(&store)
-            .args(["checkpoint", "--sim", "64M", "--no-compact", "g"])
+        let out = xckpt(&store, &["checkpoint", "--sim", "64M", "--no-compact", "g"])
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -150,10 +163,7 @@ fn off_a_terminal_the_output_is_exactly_the_summary_line() {
         );
         // --quiet changes nothing here either.
     }
-    let out = xckpt(&store)
-        .args(["--quiet", "list", "g"])
-        .output()
-        .unwrap();
+    let out = xckpt(&store, &["--quiet", "list", "g"]).output().unwrap();
     assert!(out.status.success());
     assert!(out.stderr.is_empty());
 }
@@ -162,10 +172,20 @@ fn off_a_terminal_the_output_is_exactly_the_summary_line() {
 fn progress_json_is_one_event_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let out = xckpt(&store)
-        .args(["checkpoint", "--sim", "64M", "--json", "--progress", "json", "g"])
-        .output()
-        .unwrap();
+    let out = xckpt(
+        &store,
+        &[
+            "checkpoint",
+            "--sim",
+            "64M",
+            "--json",
+            "--progress",
+            "json",
+            "g",
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let events: Vec<serde_json::Value> = String::from_utf8(out.stderr)
@@ -173,12 +193,20 @@ fn progress_json_is_one_event_per_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     for k in ["start", "finish", "dirty", "paused", "resumed"] {
         assert!(kinds.contains(&k), "no {k} event: {kinds:?}");
     }
     // Each round's finish gives the pages the report counts.
-    for r in report["rounds"].as_array().unwrap().iter().filter(|r| r["paused"] == false) {
+    for r in report["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["paused"] == false)
+    {
         assert!(
             events.iter().any(|e| e["event"] == "finish"
                 && e["task"] == "round"
@@ -212,11 +240,18 @@ fn sample(s: &prometheus_parse::Scrape, name: &str) -> f64 {
 fn check_format(text: &str) -> prometheus_parse::Scrape {
     let s = scrape(text);
     let lines = text.lines().filter(|l| !l.starts_with('#')).count();
-    assert_eq!(s.samples.len(), lines, "a sample line was not parsed:\n{text}");
+    assert_eq!(
+        s.samples.len(),
+        lines,
+        "a sample line was not parsed:\n{text}"
+    );
     for x in &s.samples {
         assert!(s.docs.contains_key(&x.metric), "no HELP for {}", x.metric);
     }
-    let fails = s.samples.iter().find(|x| x.metric == "xckpt_failures_total");
+    let fails = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "xckpt_failures_total");
     assert!(matches!(
         fails.map(|x| &x.value),
         Some(prometheus_parse::Value::Counter(_))
@@ -229,13 +264,23 @@ fn metrics_textfile_keeps_the_last_success_and_counts_failures() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let prom = dir.path().join("xckpt.prom");
+    let p = prom.to_str().unwrap();
     let mut last = None;
     for _ in 0..2 {
-        let out = xckpt(&store)
-            .args(["checkpoint", "--sim", "32M", "--json", "g", "--metrics-file"])
-            .arg(&prom)
-            .output()
-            .unwrap();
+        let out = xckpt(
+            &store,
+            &[
+                "checkpoint",
+                "--sim",
+                "32M",
+                "--json",
+                "g",
+                "--metrics-file",
+                p,
+            ],
+        )
+        .output()
+        .unwrap();
         assert!(out.status.success());
         last = Some(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
     }
@@ -244,9 +289,13 @@ fn metrics_textfile_keeps_the_last_success_and_counts_failures() {
     let s = check_format(&text);
     let bytes = report["layer"]["bytes"].as_f64().unwrap();
     assert_eq!(sample(&s, "xckpt_last_layer_bytes"), bytes);
-    let on_disk = std::fs::metadata(store.join("g").join(report["layer"]["file"].as_str().unwrap()))
-        .unwrap()
-        .len();
+    let on_disk = std::fs::metadata(
+        store
+            .join("g")
+            .join(report["layer"]["file"].as_str().unwrap()),
+    )
+    .unwrap()
+    .len();
     assert_eq!(bytes, on_disk as f64);
     let down = report["downtime_ms"].as_f64().unwrap() / 1e3;
     assert!((sample(&s, "xckpt_last_downtime_seconds") - down).abs() < 1e-9);
@@ -256,11 +305,12 @@ fn metrics_textfile_keeps_the_last_success_and_counts_failures() {
     // A failure: the store is a file.
     let not_a_store = dir.path().join("file");
     std::fs::write(&not_a_store, b"x").unwrap();
-    let out = xckpt(&not_a_store)
-        .args(["checkpoint", "--sim", "32M", "g", "--metrics-file"])
-        .arg(&prom)
-        .output()
-        .unwrap();
+    let out = xckpt(
+        &not_a_store,
+        &["checkpoint", "--sim", "32M", "g", "--metrics-file", p],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let text = std::fs::read_to_string(&prom).unwrap();
     let s = check_format(&text);
@@ -290,7 +340,11 @@ fn metrics_textfile_from_the_test_bed_parses() {
     assert!(!text.is_empty(), "no PROM| lines in the log");
     let s = scrape(&text);
     let lines = text.lines().filter(|l| !l.starts_with('#')).count();
-    assert_eq!(s.samples.len(), lines, "a sample line was not parsed:\n{text}");
+    assert_eq!(
+        s.samples.len(),
+        lines,
+        "a sample line was not parsed:\n{text}"
+    );
     assert!(s.samples.iter().any(|x| x.metric == "xckpt_failures_total"
         && matches!(x.value, prometheus_parse::Value::Counter(v) if v >= 1.0)));
 }

@@ -74,7 +74,10 @@ fn imported_pv_save_file_restores_the_same_stream() {
     let mut again = Vec::new();
     write_save_file(&image, &StreamOptions::default(), &mut again).unwrap();
     assert_eq!(again.len(), save.len());
-    assert!(again == save, "the stream written from the imported chain differs");
+    assert!(
+        again == save,
+        "the stream written from the imported chain differs"
+    );
     // The normalised entry is in the stream: pfn, not mfn.
     let pte = ((MAPPED_PFN << 12) | 0x67).to_le_bytes();
     assert!(save.windows(8).any(|w| w == pte));

@@ -120,6 +120,10 @@ fn open_style() -> ProgressStyle {
         .expect("valid template")
 }
 
+fn stopped_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}").expect("valid template")
+}
+
 impl Bars {
     fn new() -> Bars {
         Bars {
@@ -148,15 +152,17 @@ impl Bars {
                 task,
                 total,
             } => {
+                let label = if subject.is_empty() { "xckpt" } else { subject };
+                let fresh = !lines.contains_key(subject);
                 let line = lines.entry(subject.to_string()).or_insert_with(|| Line {
-                    bar: self.multi.add(ProgressBar::hidden()),
+                    bar: ProgressBar::hidden(),
                     task,
                     started: Instant::now(),
                     round_done: None,
                 });
-                let label = if subject.is_empty() { "xckpt" } else { subject };
-                line.bar.set_prefix(label.to_string());
+                // Styled before it is shown, so no default bar flashes.
                 line.bar.reset();
+                line.bar.set_prefix(label.to_string());
                 match total {
                     Some(t) => {
                         line.bar.set_style(sized_style());
@@ -168,6 +174,9 @@ impl Bars {
                     }
                 }
                 line.bar.set_message(task_name(task));
+                if fresh {
+                    line.bar = self.multi.add(line.bar.clone());
+                }
                 line.bar.enable_steady_tick(Duration::from_millis(200));
                 line.task = task;
                 line.started = Instant::now();
@@ -231,6 +240,10 @@ impl Bars {
             }
             Event::Paused { subject } => {
                 if let Some(l) = lines.get(subject) {
+                    // No count to show until the write-behind starts: a spinner and the time.
+                    l.bar.reset();
+                    l.bar.unset_length();
+                    l.bar.set_style(stopped_style());
                     l.bar
                         .set_message("stopped: last dirty pages and vCPU state");
                 }
