@@ -7,8 +7,14 @@ mod stream_common;
 use std::process::Command;
 
 fn xckpt(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xckpt"))
-        .args(args)
+    outcome(Command::new(env!("CARGO_BIN_EXE_xckpt")).args(args))
+}
+
+/// Run `cmd` (without the caller's store and config); (exit code, stdout, stderr).
+fn outcome(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
+        .env_remove("XCKPT_STORE")
+        .env_remove("XCKPT_CONFIG")
         .output()
         .expect("run xckpt");
     (
@@ -30,7 +36,10 @@ fn xen_verbs_fail_with_one_clear_line() {
     }
     let store = tempfile::tempdir().unwrap();
     let s = store.path().to_str().unwrap();
-    for args in [vec!["checkpoint", "--store", s, "x"]] {
+    for args in [
+        vec!["checkpoint", "--store", s, "x"],
+        vec!["untrack", "--store", s, "x"],
+    ] {
         let (code, _, err) = xckpt(&args);
         assert_ne!(code, 0, "{args:?} succeeded");
         assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
@@ -77,17 +86,7 @@ fn xckpt_no_libs(args: &[&str]) -> (i32, String, String) {
         eprintln!("note: cannot hide the Xen libraries (no unshare/root); running as is");
         Command::new(env!("CARGO_BIN_EXE_xckpt"))
     };
-    let out = cmd
-        .args(args)
-        .env_remove("XCKPT_STORE")
-        .env_remove("XCKPT_CONFIG")
-        .output()
-        .expect("run xckpt");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(cmd.args(args))
 }
 
 /// Copy directory `from` into `to`, recursively.

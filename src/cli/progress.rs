@@ -84,6 +84,11 @@ fn bytes_of(task: Task, n: u64) -> u64 {
     }
 }
 
+/// `bytes` over `took`, for a line.
+fn per_second(bytes: u64, took: Duration) -> HumanBytes {
+    HumanBytes((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64)
+}
+
 /// One line of the terminal: a domain's or chain's current task.
 struct Line {
     bar: ProgressBar,
@@ -215,7 +220,7 @@ impl Bars {
                     "{label}: {}: {count} in {:.2} s, {}/s",
                     task_name(task),
                     took.as_secs_f64(),
-                    HumanBytes((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64)
+                    per_second(bytes, took)
                 ));
             }
             Event::Dirty {
@@ -234,7 +239,7 @@ impl Bars {
                      {dirty} pages dirty again, {:.0} pages/s dirtied",
                     HumanBytes(bytes),
                     took.as_secs_f64(),
-                    HumanBytes((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64),
+                    per_second(bytes, took),
                     rate
                 ));
             }
