@@ -237,7 +237,11 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// One journal entry for the run, with structured `XCKPT_*` fields, when journald runs.
 /// Errors are ignored: the journal is a convenience, the summary line is on stdout.
 pub fn journal(domain: &str, outcome: &Outcome<'_>, chain: Option<&Manifest>) {
-    if !Path::new(JOURNAL_SOCKET).exists() {
+    journal_to(Path::new(JOURNAL_SOCKET), domain, outcome, chain)
+}
+
+fn journal_to(socket: &Path, domain: &str, outcome: &Outcome<'_>, chain: Option<&Manifest>) {
+    if !socket.exists() {
         return;
     }
     let mut fields: Vec<(&str, String)> = vec![
@@ -283,7 +287,7 @@ pub fn journal(domain: &str, outcome: &Outcome<'_>, chain: Option<&Manifest>) {
         fields.push(("XCKPT_CHAIN_BYTES", bytes.to_string()));
     }
     if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
-        let _ = sock.send_to(&journal_datagram(&fields), JOURNAL_SOCKET);
+        let _ = sock.send_to(&journal_datagram(&fields), socket);
     }
 }
 
@@ -328,6 +332,29 @@ mod tests {
         );
         assert!(text.contains("# TYPE xckpt_failures_total counter\n"));
         assert_eq!(parse(&text), all);
+    }
+
+    #[test]
+    fn a_failure_reaches_the_journal_socket_with_its_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let journald = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let err = anyhow::anyhow!("store is read-only");
+        let chain = Manifest::default();
+        journal_to(&path, "web1", &Outcome::Failure(&err), Some(&chain));
+        let mut buf = vec![0u8; 65536];
+        let n = journald.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        for field in [
+            "SYSLOG_IDENTIFIER=xckpt\n",
+            "XCKPT_DOMAIN=web1\n",
+            "XCKPT_RESULT=failure\n",
+            "PRIORITY=3\n",
+            "XCKPT_ERROR=store is read-only\n",
+            "XCKPT_CHAIN_LAYERS=0\n",
+        ] {
+            assert!(text.contains(field), "{field:?} missing in {text:?}");
+        }
     }
 
     #[test]
