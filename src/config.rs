@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! store = "/var/lib/xckpt"
+//! metrics_file = "/var/lib/prometheus/node-exporter/xckpt.prom"
 //!
 //! [default]
 //! evict = ["free"]
@@ -94,6 +95,8 @@ impl DomainSettings {
 pub struct Config {
     /// The store directory.
     pub store: Option<PathBuf>,
+    /// Prometheus node_exporter textfile that `checkpoint` updates after each run.
+    pub metrics_file: Option<PathBuf>,
     /// Settings every domain inherits.
     #[serde(default)]
     pub default: DomainSettings,

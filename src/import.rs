@@ -1,17 +1,21 @@
 //! `xckpt import`: an `xl save` file becomes the base layer of a new chain.
 //!
 //! The parser ([`crate::stream::parse_save_file`]) walks the file; this sink packs its pages into
-//! frames as they arrive and builds the index at the end, when the pfn range is known.
+//! frames as they arrive and builds the index at the end, when the pfn range is known. A PV
+//! guest's file also gives its page-table types and vCPU records; the layer gets the blobs a
+//! captured PV layer has (see [`pv_blobs`]).
 
 use std::io::BufReader;
 use std::path::Path;
 
-use crate::hv::{DomainIdentity, PageType, Pfn, StateBlob, PAGE_SIZE};
+use crate::hv::{state_kind, DomainIdentity, GuestType, PageType, Pfn, StateBlob, PAGE_SIZE};
 use crate::layer::index::MAX_PFN_COUNT;
 use crate::layer::{
     compress_frame, CaptureStats, LayerIndex, LayerKind, LayerMeta, LayerWriteError, LayerWriter,
     PageEntry, DEFAULT_FRAME_PAGES,
 };
+use crate::progress;
+use crate::pv::PageTypes;
 use crate::store::{Chain, LayerRecord, StoreError};
 use crate::stream::{parse_save_file, ParsedHeader, SinkError, StreamParseError, StreamSink};
 
@@ -63,6 +67,8 @@ struct LayerSink {
     config: Vec<u8>,
     state: Vec<StateBlob>,
     raw_bytes: u64,
+    /// A PV guest's page-table pages, from the PAGE_DATA types.
+    tables: PageTypes,
 }
 
 impl LayerSink {
@@ -92,6 +98,9 @@ impl StreamSink for LayerSink {
         if pfn >= MAX_PFN_COUNT {
             return Err(Box::new(PfnBeyondLayer { pfn }));
         }
+        if let PageType::Other(raw) = ty {
+            self.tables.add(&[pfn], &[raw]);
+        }
         match (ty, data) {
             (_, Some(d)) if d.iter().all(|&b| b == 0) => {
                 self.entries.push((pfn, PageEntry::Zero, None))
@@ -114,10 +123,41 @@ impl StreamSink for LayerSink {
     }
 
     fn state_blob(&mut self, blob: StateBlob) -> Result<(), SinkError> {
-        self.state.retain(|b| b.kind != blob.kind);
+        // A PV vCPU record is one blob per vCPU (its id in the first 4 bytes).
+        let vcpu = |b: &StateBlob| per_vcpu(b.kind).then(|| b.data.get(..4).map(<[u8]>::to_vec));
+        self.state
+            .retain(|b| b.kind != blob.kind || vcpu(b) != vcpu(&blob));
         self.state.push(blob);
         Ok(())
     }
+}
+
+/// Whether blobs of `kind` come one per vCPU.
+fn per_vcpu(kind: u32) -> bool {
+    matches!(
+        kind,
+        state_kind::X86_PV_VCPU_BASIC
+            | state_kind::X86_PV_VCPU_EXTENDED
+            | state_kind::X86_PV_VCPU_XSAVE
+            | state_kind::X86_PV_VCPU_MSRS
+    )
+}
+
+/// The blobs a PV layer carries beside libxc's records: the p2m and the page-table types.
+/// A save file's page tables and vCPU frames are already normalised (pfns), so the p2m is
+/// the identity: writing a stream from the layer normalises them to themselves.
+fn pv_blobs(pfn_count: u64, tables: &PageTypes) -> [StateBlob; 2] {
+    let p2m = (0..pfn_count).flat_map(u64::to_le_bytes).collect();
+    [
+        StateBlob {
+            kind: state_kind::PV_P2M,
+            data: p2m,
+        },
+        StateBlob {
+            kind: state_kind::PV_PAGE_TYPES,
+            data: tables.to_blob(),
+        },
+    ]
 }
 
 /// Import the `xl save` file at `path` as the base layer (id 1) of the empty `chain`.
@@ -139,16 +179,23 @@ pub fn import_file(path: &Path, chain: &Chain, level: i32) -> Result<LayerRecord
         config: Vec::new(),
         state: Vec::new(),
         raw_bytes: 0,
+        tables: PageTypes::default(),
     };
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    let total = file.metadata().ok().map(|m| m.len());
+    let read = progress::Reader::new(file, chain.name(), progress::Task::Import, total);
+    let mut input = BufReader::with_capacity(1 << 20, read);
     let header = parse_save_file(&mut input, &mut sink).map_err(|source| ImportError::Parse {
         path: shown.clone(),
         source,
     })?;
+    input.get_ref().finish();
     sink.flush().map_err(StoreError::from)?;
     let pfn_count = header.pfn_count();
     if pfn_count == 0 {
         return Err(ImportError::Empty(shown));
+    }
+    if header.guest_type == GuestType::Pv {
+        sink.state.extend(pv_blobs(pfn_count, &sink.tables));
     }
     let mut index = LayerIndex::new(pfn_count);
     for &(pfn, entry, slot) in &sink.entries {

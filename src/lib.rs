@@ -15,6 +15,7 @@
 //! * [`store`] holds chains of layers per domain, with atomic updates and a manifest.
 //! * [`compose`] reads any point of a chain as one memory image.
 //! * [`config`] is the operator's `/etc/xckpt.toml` (store, retention, policies per domain).
+//! * [`progress`] reports long work to the command's observer (a no-op by default).
 //! * [`stream`] turns an image into a Xen migration stream for `xl restore`, and parses one back.
 //! * [`restore`] opens a point (or a group checkpoint) and streams it into `xl restore`.
 
@@ -33,6 +34,7 @@ pub mod guestmem;
 pub mod hv;
 pub mod import;
 pub mod layer;
+pub mod progress;
 pub mod pv;
 pub mod restore;
 pub mod store;

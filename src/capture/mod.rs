@@ -30,6 +30,7 @@ use crate::hv::pause;
 use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
+use crate::progress::{self as report, emit, Event, Task};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
 use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
 pub use plan::Plan;
@@ -393,10 +394,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         builder: ChunkBuilder,
         held: Vec<Chunk>,
     ) -> Result<pipeline::WriterOut, CaptureError> {
+        let (subject, task) = (self.info.identity.name.as_str(), Task::WriteBehind);
+        let total: u64 = held.iter().map(Chunk::pages).sum();
+        report::start(subject, task, Some(total));
         for c in held {
+            report::advance(subject, task, c.pages());
             pipe.send(c).map_err(|e| self.write_error(e))?;
         }
-        pipe.finish(builder).map_err(|e| self.write_error(e))
+        let out = pipe.finish(builder).map_err(|e| self.write_error(e));
+        report::finish(subject, task, total);
+        out
     }
 
     /// Live rounds, then the final round under stop. Returns the held final chunks, the
@@ -420,10 +427,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         builder.reserve(expect + expect / 4 + 256);
         // The stop: from here to resume is the guest's downtime.
         control.stop(self.chain.name(), self.plan.next_id())?;
+        let subject = self.info.identity.name.clone();
+        emit(Event::Paused { subject: &subject });
         crate::failpoint::failpoint("capture.paused");
         let t = Instant::now();
         let last = self.final_round(builder, dirty, baseline, first);
         let figures = control.resume(last.is_ok());
+        if let Ok(f) = &figures {
+            emit(Event::Resumed {
+                subject: &subject,
+                downtime: f.downtime,
+            });
+        }
         let (held, state, pages) = last?;
         let figures = figures?;
         self.round_done(true, pages, t);
@@ -487,7 +502,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                     ..self.rules(first, baseline)
                 };
                 let name = self.info.identity.name.clone();
+                let round = progress.rounds;
+                let task = Task::Round(round);
+                let total = Some(if first && full_scan {
+                    self.info.pfn_count
+                } else {
+                    dirty.count_ones() as u64
+                });
+                report::start(&name, task, total);
                 let mut sink = |c: Chunk| {
+                    report::advance(&name, task, c.pages());
                     pipe.send(c).map_err(|source| CaptureError::Write {
                         domain: name.clone(),
                         source,
@@ -514,10 +538,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 first = false;
                 progress.rounds += 1;
                 self.round_done(false, figs.pages - before, t);
+                report::finish(&name, task, figs.pages - before);
                 self.clean(dirty)?;
                 *dirty |= &self.skip.bits;
                 self.skip.bits.fill(false);
                 let n = dirty.count_ones() as u64;
+                let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                emit(Event::Dirty {
+                    subject: &name,
+                    round,
+                    dirty: n,
+                    rate,
+                });
                 if let Decision::Stop(why) = self.opts.policy.decide(&mut progress, n, figs.rate())
                 {
                     stop = why;

@@ -111,6 +111,31 @@ mod tests {
         for f in ["xckpt.bash", "_xckpt", "xckpt.fish"] {
             let text = std::fs::read_to_string(dir.path().join("completions").join(f)).unwrap();
             assert!(text.contains("checkpoint"), "{f}");
+            for flag in ["metrics-file", "progress", "quiet"] {
+                assert!(text.contains(flag), "{f} lacks --{flag}");
+            }
         }
+        // The operator's flags are in the pages of the verbs that take them.
+        let page =
+            |v: &str| std::fs::read_to_string(dir.path().join(format!("man/{v}.1"))).unwrap();
+        assert!(page("xckpt-checkpoint").contains("\\-\\-metrics\\-file"));
+        for v in [
+            "checkpoint",
+            "restore",
+            "export",
+            "import",
+            "merge",
+            "prune",
+        ] {
+            assert!(
+                page(&format!("xckpt-{v}")).contains("\\-\\-json"),
+                "{v} lacks --json"
+            );
+        }
+        assert!(page("xckpt").contains("\\-\\-progress"));
+        assert!(
+            !page("xckpt-checkpoint").contains("\\-\\-sim"),
+            "--sim is hidden"
+        );
     }
 }

@@ -6,6 +6,8 @@ mod chainverbs;
 mod generate;
 mod group;
 mod limits;
+mod metrics;
+mod progress;
 mod settings;
 mod show;
 mod target;
@@ -28,6 +30,13 @@ pub struct Cli {
     /// [default: /etc/xckpt.toml if it exists].
     #[arg(long, global = true, env = "XCKPT_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Print only results: no progress and no notes on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Progress on stderr: `auto` draws bars when stderr is a terminal; `json` prints one
+    /// JSON object per event, one per line; `none` prints nothing.
+    #[arg(long, global = true, value_enum, default_value_t = progress::ProgressMode::Auto)]
+    progress: progress::ProgressMode,
 }
 
 /// Where the chains live.
@@ -119,7 +128,14 @@ enum Command {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    progress::install(cli.progress, cli.quiet);
+    let code = dispatch(cli.command);
+    progress::clear();
+    code
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Checkpoint(c) => c.run(),
         Command::Restore(c) => c.run(),
         Command::Export(c) => c.run(),
@@ -141,8 +157,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A remark on stderr, `xckpt: note: ...`, unless `--quiet`.
+pub fn note(text: &str) {
+    if !progress::quiet() {
+        progress::clear();
+        eprintln!("xckpt: note: {text}");
+    }
+}
+
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    progress::clear();
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -22,7 +22,8 @@ pub struct ListCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// List the store's chains only, without asking Xen for running domains.
+    /// List the store's chains only, without asking Xen for running domains (the default,
+    /// with a note, where Xen cannot be reached).
     #[arg(long)]
     offline: bool,
     /// List the checkpoints of a group (`checkpoint --group NAME`) and whether each can
@@ -166,10 +167,19 @@ impl ListCmd {
 
     /// Running domains (from Xen, unless --offline) joined with the store's chains.
     fn list_chains(&self) -> anyhow::Result<ExitCode> {
-        let domains = if self.offline {
-            Vec::new()
+        let (domains, offline) = if self.offline {
+            (Vec::new(), true)
         } else {
-            xckpt::hv::xen::list_domains()?
+            match xckpt::hv::xen::list_domains() {
+                Ok(d) => (d, false),
+                // A host that holds a copied store need not run Xen: list the store alone.
+                Err(e) => {
+                    super::note(&format!(
+                        "no running domains listed ({e}); the store only, as with --offline"
+                    ));
+                    (Vec::new(), true)
+                }
+            }
         };
         let store = if self.store.store.exists() {
             Some(Store::open(&self.store.store)?)
@@ -202,7 +212,7 @@ impl ListCmd {
             });
         }
         if self.json {
-            print_json(&serde_json::json!({ "chains": rows }))?;
+            print_json(&serde_json::json!({ "chains": rows, "offline": offline }))?;
             return Ok(ExitCode::SUCCESS);
         }
         let cols = ["NAME", "ID", "TYPE", "LAYERS", "HEAD", "BYTES", "TRACKING"];

@@ -56,6 +56,14 @@ pub struct CheckpointCmd {
     /// compactly after the domain has resumed).
     #[arg(long)]
     pub(super) no_compact: bool,
+    /// Prometheus node_exporter textfile to update after the run, success or failure
+    /// (default: `metrics_file` in the config file; none if unset).
+    #[arg(long, value_name = "PATH")]
+    pub(super) metrics_file: Option<PathBuf>,
+    /// Checkpoint a simulated domain of this size (with a writing workload) instead of a Xen
+    /// domain: for tests of the command itself.
+    #[arg(long, hide = true, value_name = "SIZE", value_parser = super::bench::parse_size)]
+    pub(super) sim: Option<u64>,
 }
 
 /// Which pages a checkpoint need not store (docs/eviction.md).
@@ -104,23 +112,77 @@ impl EvictArgs {
 impl CheckpointCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         pause::install_handlers()?;
-        let wait = Duration::from_secs(self.wait.wait);
         if let Some(group) = &self.group {
             return super::group::checkpoint(&self, group);
         }
         let [domain] = &self.domains[..] else {
             bail!("one domain per checkpoint; for several at one instant, use --group NAME");
         };
-        let dom = Arc::new(XenDomain::open(domain)?);
-        let name = dom.info()?.identity.name;
-        let store = Store::open(&self.store.store)?;
-        let chain = store.chain(&name)?.with_key(self.key.key(&name)?);
-        let lock = chain.lock_exclusive(wait)?;
+        let mut name = domain.clone();
+        let result = match self.sim {
+            Some(bytes) => self.capture_sim(bytes, &name),
+            None => self.capture_xen(&mut name),
+        };
+        self.record_run(&name, &result);
+        let report = result?;
+        super::progress::clear();
+        if self.json {
+            print_json(&CheckpointJson {
+                domain: &name,
+                downtime_ms: report.downtime.as_secs_f64() * 1e3,
+                report: &report,
+            })?;
+        } else {
+            print_summary(&name, &report);
+            for d in &report.disks {
+                println!("  disk {}: {} snapshot {}", d.vdev, d.backend, d.snapshot);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// One checkpoint of Xen domain `name` (a name, id or uuid; set to the domain's name).
+    fn capture_xen(&self, name: &mut String) -> anyhow::Result<CaptureReport> {
+        let dom = Arc::new(XenDomain::open(name)?);
+        *name = dom.info()?.identity.name;
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
-        let mut stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
+        let stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
         let mut opts = self.capture.options();
         opts.evict = self.evict.options(dom.domid())?;
-        let mut report = checkpoint_with(&dom, &chain, &opts, &mut stop).with_context(|| {
+        self.capture_into(&dom, name, &opts, stop)
+    }
+
+    /// One checkpoint of a simulated domain of `bytes` named `name`, its workload writing.
+    fn capture_sim(&self, bytes: u64, name: &str) -> anyhow::Result<CaptureReport> {
+        use xckpt::hv::sim::{SimConfig, SimDomain, WorkloadSpec};
+        let mut cfg = SimConfig::small(bytes / xckpt::hv::PAGE_SIZE as u64);
+        cfg.name = name.to_string();
+        cfg.workload = WorkloadSpec {
+            rate_mib_s: 32.0,
+            ..Default::default()
+        };
+        let dom = Arc::new(SimDomain::new(cfg)?);
+        dom.start_workload()?;
+        let stop = SoloStop::new(dom.clone(), Default::default());
+        let mut opts = self.capture.options();
+        // The sim has no guest agent: only the policies that need none.
+        opts.evict.set = "zero,unpopulated".parse().map_err(anyhow::Error::msg)?;
+        let result = self.capture_into(&dom, name, &opts, stop);
+        dom.stop_workload();
+        result
+    }
+
+    fn capture_into<D: xckpt::hv::Checkpointable + 'static>(
+        &self,
+        dom: &Arc<D>,
+        name: &str,
+        opts: &xckpt::capture::CaptureOptions,
+        mut stop: SoloStop,
+    ) -> anyhow::Result<CaptureReport> {
+        let store = Store::open(&self.store.store)?;
+        let chain = store.chain(name)?.with_key(self.key.key(name)?);
+        let lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
+        let mut report = checkpoint_with(dom, &chain, opts, &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
@@ -130,16 +192,42 @@ impl CheckpointCmd {
         if !self.no_compact {
             compact_new_layer(&chain, &lock, &mut report);
         }
-        if self.json {
-            print_json(&report)?;
-        } else {
-            print_summary(&name, &report);
-            for d in &report.disks {
-                println!("  disk {}: {} snapshot {}", d.vdev, d.backend, d.snapshot);
+        Ok(report)
+    }
+
+    /// Leave the run's figures for monitoring: the textfile (if one is configured) and the
+    /// journal. A failure here is a warning: the checkpoint itself is done (or failed) already.
+    fn record_run(&self, name: &str, result: &anyhow::Result<CaptureReport>) {
+        let outcome = match result {
+            Ok(r) => super::metrics::Outcome::Success(r),
+            Err(e) => super::metrics::Outcome::Failure(e),
+        };
+        let manifest = Store::open(&self.store.store)
+            .and_then(|s| s.chain(name)?.manifest())
+            .ok();
+        super::metrics::journal(name, &outcome, manifest.as_ref());
+        let path = self
+            .metrics_file
+            .clone()
+            .or_else(|| super::settings::config().metrics_file.clone());
+        if let Some(path) = path {
+            if let Err(e) = super::metrics::record(&path, name, &outcome, manifest.as_ref()) {
+                eprintln!(
+                    "xckpt: warning: metrics of domain {name} not written to {}: {e:#}",
+                    path.display()
+                );
             }
         }
-        Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `checkpoint --json`: the capture report, with the domain and the downtime in ms.
+#[derive(serde::Serialize)]
+struct CheckpointJson<'a> {
+    domain: &'a str,
+    downtime_ms: f64,
+    #[serde(flatten)]
+    report: &'a CaptureReport,
 }
 
 /// Share of dead page copies in a new layer above which the checkpoint compacts it.
@@ -232,6 +320,9 @@ pub struct RestoreCmd {
     xl: String,
     #[command(flatten)]
     key: KeyArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The composed image at `target` (the chain's newest layer without `@N`), its layers checked.
@@ -262,6 +353,7 @@ impl RestoreCmd {
             .target
             .as_ref()
             .context("a chain to restore is needed")?;
+        let started = std::time::Instant::now();
         let store = Store::open(&self.store.store)?;
         let opts = xckpt::restore::RestoreOptions {
             rename: self.name.clone(),
@@ -269,6 +361,13 @@ impl RestoreCmd {
         };
         let key = self.key.key(&target.name)?;
         let r = xckpt::restore::restore_point(&store, &target.name, target.layer, key, &opts, &xl)?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "chain": r.chain, "layer": r.id, "domain": r.name, "paused": self.paused,
+                "stream": stream_json(&r.stats), "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         super::group::print_disks(&r);
         println!(
             "restored {}@{} as domain {} ({} pages, {} bytes streamed)",
@@ -293,11 +392,24 @@ pub struct ExportCmd {
     name: Option<String>,
     #[command(flatten)]
     key: KeyArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A stream's figures for `--json`.
+fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
+    serde_json::json!({
+        "bytes": s.bytes, "pages": s.pages, "data_pages": s.data_pages,
+        "zero_pages": s.zero_pages, "unpopulated_pfns": s.unpopulated_pfns,
+        "records": s.records, "page_records": s.page_records,
+    })
 }
 
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::OpenOptionsExt;
+        let started = std::time::Instant::now();
         let point = open_point(&self.store, &self.target, &self.key)?;
         let id = point.id;
         let opts = StreamOptions {
@@ -328,6 +440,14 @@ impl ExportCmd {
             }
         };
         std::fs::rename(&tmp, &self.output)?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "chain": self.target.name, "layer": id, "file": self.output,
+                "bytes": stats.bytes, "stream": stream_json(&stats),
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "wrote {}@{id} to {} ({} bytes)",
             self.target.name,
@@ -353,6 +473,9 @@ pub struct ImportCmd {
     compress_level: i32,
     #[command(flatten)]
     key: KeyArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl ImportCmd {
@@ -360,10 +483,18 @@ impl ImportCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&self.name)?.with_key(self.key.key(&self.name)?);
         let _lock = chain.lock_exclusive(Duration::ZERO)?;
+        let started = std::time::Instant::now();
         let rec = xckpt::import::import_file(&self.file, &chain, self.compress_level)
             .with_context(|| {
                 format!("importing {} into chain {}", self.file.display(), self.name)
             })?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "file": self.file, "chain": self.name, "layer": rec.id, "bytes": rec.bytes,
+                "record": rec, "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "imported {} as {}@{} ({} bytes)",
             self.file.display(),

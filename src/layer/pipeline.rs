@@ -38,6 +38,13 @@ pub struct Chunk {
     entries: Vec<(Pfn, PageEntry)>,
 }
 
+impl Chunk {
+    /// Pages in the chunk: with data, and recorded without (zero, unpopulated, evicted).
+    pub fn pages(&self) -> u64 {
+        (self.pfns.len() + self.entries.len()) as u64
+    }
+}
+
 /// A chunk after compression.
 struct Packed {
     seq: u64,

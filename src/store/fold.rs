@@ -15,6 +15,7 @@ use super::{layer_file_name, Chain, LayerRecord, Manifest, StoreError};
 use crate::failpoint::failpoint;
 use crate::layer::pipeline::{self, Pipeline, WriterOut};
 use crate::layer::{LayerIndex, LayerKind, LayerMeta, LayerReader, PageEntry};
+use crate::progress;
 
 /// A folded layer written aside (linked under its final name, not yet in the manifest).
 #[derive(Debug, Clone)]
@@ -91,10 +92,12 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
         }
     }
     let mut index = LayerIndex::new(pfn_count);
+    let mut data_pages = 0;
     for (pfn, &o) in owner.iter().enumerate() {
         if let Some(layer) = readers.get(o as usize) {
             match layer.entry(pfn as u64) {
-                Some(PageEntry::Data) | None => {}
+                Some(PageEntry::Data) => data_pages += 1,
+                None => {}
                 Some(e) => index.set(pfn as u64, e, None),
             }
         }
@@ -113,15 +116,21 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
         );
         // Pages stored as data stay data, zero or not (the source's `--evict` choice).
         builder.keep_zero_pages(true);
+        let (subject, task) = (chain.name(), progress::Task::Fold);
+        progress::start(subject, task, Some(data_pages));
         for (i, layer) in readers.iter().enumerate() {
             layer.for_each_stored_page(
                 |pfn| owner.get(pfn as usize) == Some(&(i as u16)),
                 |pfn, page| match builder.add_page(pfn, |dst| dst.copy_from_slice(page), None) {
-                    Some(chunk) => pipe.send(chunk).map_err(StoreError::from),
+                    Some(chunk) => {
+                        progress::advance(subject, task, chunk.pages());
+                        pipe.send(chunk).map_err(StoreError::from)
+                    }
                     None => Ok(()),
                 },
             )?;
         }
+        progress::finish(subject, task, data_pages);
         Ok(pipe.finish(builder)?)
     })?;
     let (writer, index) = (out.writer, out.index);

@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use super::{Chain, LayerRecord, StoreError};
-use crate::compose::{ComposeError, ComposedImage, PageState};
+use crate::compose::{ComposeError, ComposedImage, Image, PageState};
 use crate::layer::{page_digest, LayerFigures, LayerKind, LayerReadError};
+use crate::progress;
 
 /// Result of verifying one layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,7 +237,14 @@ impl Chain {
             ..PointReport::default()
         };
         let layer_id = |image: &ComposedImage, i: usize| image.layers()[i].meta().id;
+        let task = progress::Task::Verify(id);
+        progress::start(&chain, task, Some(image.pfn_count()));
+        let mut seen = 0u64;
         let result = image.for_each_page(|pfn, state, data| {
+            seen += 1;
+            if seen % 1024 == 0 {
+                progress::advance(&chain, task, 1024);
+            }
             match (state, data) {
                 (PageState::Data(i), Some(page)) => {
                     let expected = image.page_digest(pfn).unwrap_or(0);
@@ -257,6 +265,7 @@ impl Chain {
             }
             Ok(())
         });
+        progress::finish(&chain, task, image.pfn_count());
         match result {
             Ok(()) => Ok(p),
             Err(PointError::Digest(pfn, layer, expected, found)) => {

@@ -7,6 +7,7 @@
 //! X86_TSC_INFO (if captured), HVM_PARAMS, HVM_CONTEXT, END
 //! ```
 
+use crate::progress;
 use std::io::{IoSlice, Write};
 
 use super::error::StreamWriteError;
@@ -142,6 +143,8 @@ fn write_pages(
         )));
     }
     let mut batch = Batch::default();
+    let (task, mut walked) = (progress::Task::Stream, 0);
+    progress::start("", task, Some(count));
     for pfn in 0..count {
         let state = image.page_state(pfn);
         if state == PageState::Unpopulated {
@@ -154,6 +157,8 @@ fn write_pages(
             .is_some_and(|&(p, _)| p / SUPERPAGE_PFNS != pfn / SUPERPAGE_PFNS)
         {
             write_batch(w, &mut batch, stats)?;
+            progress::advance("", task, pfn - walked);
+            walked = pfn;
         }
         let body = match state {
             PageState::Data(_) => {
@@ -174,6 +179,7 @@ fn write_pages(
     if !batch.pfns.is_empty() {
         write_batch(w, &mut batch, stats)?;
     }
+    progress::finish("", task, count);
     Ok(())
 }
 

@@ -1,5 +1,7 @@
-//! Parsing the libxc part of a stream (x86 HVM / PVH), with the checks libxc 4.17's restore
-//! makes (`xg_sr_restore.c`, `xg_sr_restore_x86_hvm.c`, `xg_sr_common_x86.c`).
+//! Parsing the libxc part of a stream (x86 HVM / PVH, and 64-bit PV), with the checks libxc
+//! 4.17's restore makes (`xg_sr_restore.c`, `xg_sr_restore_x86_hvm.c`, `xg_sr_common_x86.c`).
+//! A PV stream's own records (X86_PV_INFO, X86_PV_P2M_FRAMES, SHARED_INFO, the vCPU records)
+//! are delivered as state blobs; its page tables arrive normalised (pfns), typed in PAGE_DATA.
 
 use std::io::Read;
 
@@ -84,11 +86,17 @@ pub fn parse_libxc<R: Read>(
                 ));
             }
             ty if is_state_record(ty) => state_record(inp, sink, &rec)?,
+            ty if s.domain.domain_type == DHDR_TYPE_X86_PV && pv_state_kind(ty).is_some() => {
+                pv_record(inp, sink, &rec)?
+            }
             ty if ty & libxc_rec::OPTIONAL != 0 => inp.skip_body(&rec)?,
             ty => {
                 return Err(StreamParseError::malformed(
                     rec.at,
-                    format!("mandatory libxc record {ty:#x} is not valid in an HVM stream"),
+                    format!(
+                        "mandatory libxc record {ty:#x} is not valid in a stream of domain type {}",
+                        s.domain.domain_type
+                    ),
                 ));
             }
         }
@@ -132,13 +140,16 @@ fn read_headers<R: Read>(
     let dh: [u8; 16] = inp.array()?;
     let domain_type = le32(&dh[..4]);
     let page_shift = u16::from_le_bytes([dh[4], dh[5]]);
-    if domain_type == DHDR_TYPE_X86_PV || config_guest == Some(GuestType::Pv) {
-        return Err(StreamParseError::unsupported(
+    let config_pv = config_guest.map(|t| t == GuestType::Pv);
+    if domain_type == DHDR_TYPE_X86_PV && config_pv == Some(false)
+        || domain_type == DHDR_TYPE_X86_HVM && config_pv == Some(true)
+    {
+        return Err(StreamParseError::malformed(
             at,
-            "PV guest streams are not supported yet",
+            format!("domain type {domain_type} but the config describes a {config_guest:?} guest"),
         ));
     }
-    if domain_type != DHDR_TYPE_X86_HVM {
+    if domain_type != DHDR_TYPE_X86_HVM && domain_type != DHDR_TYPE_X86_PV {
         return Err(StreamParseError::unsupported(
             at,
             format!("domain type {domain_type}"),
@@ -167,6 +178,43 @@ fn is_state_record(ty: u32) -> bool {
             | libxc_rec::X86_CPUID_POLICY
             | libxc_rec::X86_MSR_POLICY
     )
+}
+
+/// The state kind of a record only a PV stream carries.
+fn pv_state_kind(ty: u32) -> Option<u32> {
+    Some(match ty {
+        libxc_rec::X86_PV_INFO => state_kind::X86_PV_INFO,
+        libxc_rec::X86_PV_P2M_FRAMES => state_kind::X86_PV_P2M_FRAMES,
+        libxc_rec::SHARED_INFO => state_kind::SHARED_INFO,
+        libxc_rec::X86_PV_VCPU_BASIC => state_kind::X86_PV_VCPU_BASIC,
+        libxc_rec::X86_PV_VCPU_EXTENDED => state_kind::X86_PV_VCPU_EXTENDED,
+        libxc_rec::X86_PV_VCPU_XSAVE => state_kind::X86_PV_VCPU_XSAVE,
+        libxc_rec::X86_PV_VCPU_MSRS => state_kind::X86_PV_VCPU_MSRS,
+        _ => return None,
+    })
+}
+
+/// A PV record, delivered as its blob (the vCPU records keep their vCPU header). Its content
+/// is checked when a stream is written from it (`stream::pv::collect_pv`), as libxc checks it
+/// on restore.
+fn pv_record<R: Read>(
+    inp: &mut Input<'_, R>,
+    sink: &mut impl StreamSink,
+    rec: &RecHeader,
+) -> Result<(), StreamParseError> {
+    let kind = pv_state_kind(rec.ty).expect("a PV record");
+    let is_vcpu = rec.ty != libxc_rec::X86_PV_INFO
+        && rec.ty != libxc_rec::X86_PV_P2M_FRAMES
+        && rec.ty != libxc_rec::SHARED_INFO;
+    if is_vcpu && rec.len < 8 {
+        return Err(StreamParseError::malformed(
+            rec.at,
+            format!("PV vCPU record {:#x} shorter than its header", rec.ty),
+        ));
+    }
+    let data = inp.body(rec)?;
+    sink.state_blob(StateBlob { kind, data })
+        .map_err(|e| inp.sink(e))
 }
 
 /// A state record: check it as libxc does, and deliver it unless it is an empty record that

@@ -1,14 +1,14 @@
 //! Parsing an `xl` save file: the xl header and config, then the libxl record loop, which
 //! hands over to the libxc parser at LIBXC_CONTEXT. Accepts what `xl restore` 4.17 accepts
-//! for a plain (non-checkpointed) HVM or PVH stream, and rejects what it would reject.
+//! for a plain (non-checkpointed) HVM, PVH or 64-bit PV stream, and rejects what it would reject.
 
 use std::io::{BufReader, Read};
 
 use super::config::{guest_type_of, strip_nul};
 use super::error::StreamParseError;
 use super::format::{
-    libxl_rec, EMULATOR_HEADER_LEN, LIBXL_IDENT, LIBXL_OPT_BIG_ENDIAN, LIBXL_VERSION, XL_BYTEORDER,
-    XL_FLAGS_KNOWN, XL_FLAG_JSON, XL_FLAG_STREAM_V2, XL_MAGIC,
+    libxl_rec, DHDR_TYPE_X86_PV, EMULATOR_HEADER_LEN, LIBXL_IDENT, LIBXL_OPT_BIG_ENDIAN,
+    LIBXL_VERSION, XL_BYTEORDER, XL_FLAGS_KNOWN, XL_FLAG_JSON, XL_FLAG_STREAM_V2, XL_MAGIC,
 };
 use super::input::{Input, RecHeader};
 use super::libxc_parse::{parse_libxc, LibxcSummary};
@@ -45,6 +45,7 @@ pub fn parse_save_file(
     let walk = walk_libxl(&mut inp, sink, config_guest)?;
     let guest_type = match (config_guest, walk.emulator_id) {
         (Some(t), _) => t,
+        (None, _) if walk.libxc.domain.domain_type == DHDR_TYPE_X86_PV => GuestType::Pv,
         (None, Some(_)) => GuestType::Hvm,
         (None, None) => GuestType::Pvh,
     };

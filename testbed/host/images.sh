@@ -133,6 +133,7 @@ build_dom0_run() {
   install -m 755 "$TB/dom0/init" "$d/init"
   cp "$TB"/dom0/*.sh "$d/testbed/"
   cp -r "$TB/scenarios" "$d/testbed/"
+  mkdir -p "$d/testbed/tools" && cp "$TB/../tools/systemd/"*.service "$TB/../tools/xckpt.cron" "$d/testbed/tools/"
   {
     echo "TB_MODE=$mode"
     echo "TB_SCENARIOS=\"$*\""
