@@ -97,3 +97,21 @@ fn damaged_version_1_frame_is_named() {
     let text = err.to_string();
     assert!(text.contains("layer-000002.xcl"), "{text}");
 }
+
+/// Version-1 zstd frames carry zstd's content checksum; frames written now do not (the frame's
+/// crc32c and the pages' digests cover them), and plain layers say version 3.
+#[test]
+fn new_frames_drop_the_zstd_checksum_and_layers_say_version_3() {
+    const CHECKSUM_FLAG: u8 = 0x04; // Frame_Header_Descriptor bit 2 (RFC 8878)
+    let old = std::fs::read(fixture().join("bench/layer-000001.xcl")).unwrap();
+    assert_eq!(&old[32..36], &[0x28, 0xb5, 0x2f, 0xfd], "first frame is zstd");
+    assert_ne!(old[36] & CHECKSUM_FLAG, 0);
+    assert_eq!(u32::from_le_bytes(old[8..12].try_into().unwrap()), 1);
+    let pages: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| (i / 64) as u8).collect();
+    let f = xckpt::layer::compress_frame(&pages, 1);
+    assert_eq!(f.codec, xckpt::layer::Codec::Zstd);
+    assert_eq!(&f.data[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    assert_eq!(f.data[4] & CHECKSUM_FLAG, 0);
+    assert_eq!(xckpt::layer::format::VERSION, 3);
+    assert_eq!(xckpt::layer::format::preamble()[8..12], 3u32.to_le_bytes());
+}

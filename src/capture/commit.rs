@@ -34,6 +34,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 .into_iter()
                 .chain(self.evict_notes.clone())
                 .collect(),
+            encoding: Some(out.encoding.clone()),
             ..Default::default()
         };
         stats.count_pages(
@@ -50,7 +51,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             vcpus: self.info.vcpus,
             created_unix_ms: crate::store::unix_ms(),
             frame_pages: self.opts.frame_pages,
-            compress_level: self.opts.compress_level,
+            compress_level: self.opts.encoding().level(),
             stats,
             group: figures.group,
             disks: figures.disks.clone(),
@@ -81,6 +82,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             raw_bytes,
             stored_bytes,
             disks: figures.disks,
+            stages: out.stages,
+            superseded_pages: self.hold.dropped,
         })
     }
 

@@ -17,6 +17,7 @@
 
 mod commit;
 pub mod copy;
+mod holdback;
 pub mod pending;
 pub mod plan;
 pub mod policy;
@@ -31,7 +32,8 @@ use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
-use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
+use copy::{copy_pfns, ChunkSink, CopyFigures, CopyRules, SkipSet};
+use holdback::Holdback;
 pub use plan::Plan;
 use policy::{Decision, PrecopyPolicy, Progress, StopReason};
 pub use stop::{SoloStop, StopControl, StopFigures};
@@ -45,8 +47,10 @@ pub struct CaptureOptions {
     pub live: bool,
     /// When to stop pre-copy.
     pub policy: PrecopyPolicy,
-    /// zstd level (0: store pages raw).
+    /// zstd level (0: store pages raw), unless `compress` says otherwise.
     pub compress_level: i32,
+    /// How to encode frames (`--compress auto|none|LEVEL`); `None`: at `compress_level`.
+    pub compress: Option<crate::layer::Encoding>,
     /// Compress worker threads.
     pub threads: usize,
     /// Pages per frame.
@@ -62,10 +66,19 @@ impl Default for CaptureOptions {
             live: true,
             policy: PrecopyPolicy::default(),
             compress_level: 1,
+            compress: None,
             threads: crate::layer::pipeline::default_workers(),
             frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
             evict: Default::default(),
         }
+    }
+}
+
+impl CaptureOptions {
+    /// How frames are encoded.
+    pub fn encoding(&self) -> crate::layer::Encoding {
+        self.compress
+            .unwrap_or(crate::layer::Encoding::Level(self.compress_level.max(0)))
     }
 }
 
@@ -101,6 +114,10 @@ pub struct CaptureReport {
     pub stored_bytes: u64,
     /// Disk snapshots recorded in the layer.
     pub disks: Vec<crate::disk::DiskSnapshot>,
+    /// Time per stage of the pipeline (copy, zero check, digest, compress, write).
+    pub stages: crate::layer::StageTimes,
+    /// Page copies dropped before encoding because a later round re-sent them.
+    pub superseded_pages: u64,
 }
 
 /// Errors of a checkpoint. Each names the domain; none leaves the domain paused.
@@ -229,6 +246,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     /// A `--no-live` run on a hypervisor without log-dirty for this guest: no dirty log at
     /// all; the paused round reads every pfn and the chain stays untracked.
     untracked: bool,
+    /// Copies not yet encoded; superseded ones are dropped.
+    hold: Holdback,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -241,6 +260,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     ) -> Self {
         let fetched = PfnBitmap::repeat(false, info.pfn_count as usize);
         let skip = SkipSet::new(info.pfn_count);
+        let hold = Holdback::new(info.pfn_count, opts.frame_pages);
         Run {
             dom,
             chain,
@@ -254,6 +274,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             free: None,
             evict_notes: Vec::new(),
             untracked: false,
+            hold,
         }
     }
 
@@ -348,7 +369,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 writer,
                 index,
                 opts.frame_pages,
-                opts.compress_level,
+                opts.encoding(),
                 opts.threads,
             );
             builder.keep_zero_pages(!opts.evict.set.zero);
@@ -386,13 +407,15 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         }
     }
 
-    /// Send the chunks held in RAM during the stop, and finish the layer's frames.
+    /// Send the backlog, then the chunks held in RAM during the stop, and finish the layer's
+    /// frames.
     fn write_behind(
-        &self,
+        &mut self,
         mut pipe: Pipeline<'_>,
         builder: ChunkBuilder,
         held: Vec<Chunk>,
     ) -> Result<pipeline::WriterOut, CaptureError> {
+        self.hold.drain(&mut pipe).map_err(|e| self.write_error(e))?;
         for c in held {
             pipe.send(c).map_err(|e| self.write_error(e))?;
         }
@@ -424,8 +447,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let t = Instant::now();
         let last = self.final_round(builder, dirty, baseline, first);
         let figures = control.resume(last.is_ok());
-        let (held, state, pages) = last?;
+        let (held, state, pages, fetched) = last?;
         let figures = figures?;
+        // Running again: the backlog's copies of what the paused round re-read are dead.
+        self.hold.superseded(&fetched);
         self.round_done(true, pages, t);
         Ok((held, state, figures, stop))
     }
@@ -437,7 +462,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         dirty: &mut PfnBitmap,
         baseline: Option<&dyn Baseline>,
         first: bool,
-    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64), CaptureError> {
+    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64, PfnBitmap), CaptureError> {
         let dom = self.dom.clone();
         let mut last = PfnBitmap::repeat(false, dirty.len());
         self.clean(&mut last)?;
@@ -458,7 +483,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
         )?;
         let state = dom.save_state()?;
-        Ok((held, state, pfigs.pages))
+        Ok((held, state, pfigs.pages, last))
     }
 
     /// Live rounds until the policy says stop. Returns whether no round ran (the final round
@@ -486,12 +511,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                     evict: self.free.as_ref(),
                     ..self.rules(first, baseline)
                 };
-                let name = self.info.identity.name.clone();
-                let mut sink = |c: Chunk| {
-                    pipe.send(c).map_err(|source| CaptureError::Write {
-                        domain: name.clone(),
-                        source,
-                    })
+                let mut sink = HeldSink {
+                    hold: &mut self.hold,
+                    pipe,
+                    domain: &self.info.identity.name,
                 };
                 let skip = Some(&mut self.skip);
                 let set = round_set(first && full_scan, self.info.pfn_count, dirty);
@@ -515,6 +538,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 progress.rounds += 1;
                 self.round_done(false, figs.pages - before, t);
                 self.clean(dirty)?;
+                self.hold.superseded(dirty);
                 *dirty |= &self.skip.bits;
                 self.skip.bits.fill(false);
                 let n = dirty.count_ones() as u64;
@@ -555,6 +579,29 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             domain: self.info.identity.name.clone(),
             source,
         }
+    }
+}
+
+/// A live round's sink: chunks go through the backlog, and every mid-round fetch of the dirty
+/// log drops the backlog's superseded copies.
+struct HeldSink<'a, 'p> {
+    hold: &'a mut Holdback,
+    pipe: &'a mut Pipeline<'p>,
+    domain: &'a str,
+}
+
+impl ChunkSink for HeldSink<'_, '_> {
+    fn send(&mut self, chunk: Chunk) -> Result<(), CaptureError> {
+        self.hold
+            .push(chunk, self.pipe)
+            .map_err(|source| CaptureError::Write {
+                domain: self.domain.to_string(),
+                source,
+            })
+    }
+
+    fn superseded(&mut self, fetched: &PfnBitmap) {
+        self.hold.superseded(fetched);
     }
 }
 

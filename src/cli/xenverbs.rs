@@ -52,11 +52,6 @@ pub struct CheckpointCmd {
     /// Print the result as JSON.
     #[arg(long)]
     pub(super) json: bool,
-    /// Keep the layer as written, dead page copies included (by default a layer whose page
-    /// copies are more than 5% dead, from pages re-sent by later pre-copy rounds, is rewritten
-    /// compactly after the domain has resumed).
-    #[arg(long)]
-    pub(super) no_compact: bool,
 }
 
 /// Which pages a checkpoint need not store (docs/eviction.md).
@@ -116,21 +111,17 @@ impl CheckpointCmd {
         let name = dom.info()?.identity.name;
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(&name)?.with_key(self.key.key(&name)?);
-        let lock = chain.lock_exclusive(wait)?;
+        let _lock = chain.lock_exclusive(wait)?;
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
         let mut stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
-        let mut opts = self.capture.options();
+        let mut opts = self.capture.options_for(Some(&name));
         opts.evict = self.evict.options(dom.domid())?;
-        let mut report = checkpoint_with(&dom, &chain, &opts, &mut stop).with_context(|| {
+        let report = take_checkpoint(&dom, &chain, &opts, &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
             )
         })?;
-        // The domain runs again; drop the layer's dead page copies if there are many.
-        if !self.no_compact {
-            compact_new_layer(&chain, &lock, &mut report);
-        }
         if self.json {
             print_json(&report)?;
         } else {
@@ -143,35 +134,16 @@ impl CheckpointCmd {
     }
 }
 
-/// Share of dead page copies in a new layer above which the checkpoint compacts it.
-const COMPACT_DEAD: f64 = 0.05;
-
-/// Rewrite the just-committed layer without its dead copies (see `Chain::compact_dead`). The
-/// layer is already committed, so a failure here is a warning, not a failed checkpoint.
-pub(super) fn compact_new_layer(
+/// Everything `xckpt checkpoint` does to take one checkpoint, the bench included (so the bench
+/// times exactly this). The layer is written once, during the capture: there is no rewrite
+/// after the resume.
+pub(super) fn take_checkpoint<D: xckpt::hv::Checkpointable + 'static>(
+    dom: &Arc<D>,
     chain: &xckpt::store::Chain,
-    lock: &xckpt::store::ChainLock,
-    r: &mut CaptureReport,
-) {
-    let id = r.layer.id;
-    match chain.compact_dead(lock, id, COMPACT_DEAD) {
-        Ok(None) => {}
-        Ok(Some(_)) => {
-            if let Ok(m) = chain.manifest() {
-                if let Some(rec) = m.layer(id) {
-                    // The rewritten layer's notes say it was compacted; add the sizes.
-                    let note = format!("compacted from {} bytes", r.layer.bytes);
-                    r.layer = rec.clone();
-                    r.layer.stats.notes.push(note);
-                }
-            }
-        }
-        Err(e) => eprintln!(
-            "xckpt: warning: layer {id} of {} is committed but could not be compacted: {e}; \
-             `xckpt merge` can do it later",
-            chain.name()
-        ),
-    }
+    opts: &xckpt::capture::CaptureOptions,
+    stop: &mut dyn xckpt::capture::StopControl,
+) -> anyhow::Result<CaptureReport> {
+    Ok(checkpoint_with(dom, chain, opts, stop)?)
 }
 
 /// One line per checkpoint, plus its notes.

@@ -20,9 +20,11 @@ use crate::hv::{StateBlob, PAGE_SIZE};
 pub const TEMP_PREFIX: &str = ".tmp-layer-";
 /// zstd level of the INDEX section.
 const INDEX_LEVEL: i32 = 3;
-/// Write buffer size.
-const BUF_BYTES: usize = 8 << 20;
-/// Write-back is started every this many bytes.
+/// Write buffer size: small, so that a frame (64 pages by default, compressed or not, is
+/// mostly larger) goes from the encoder's buffer to the kernel without a copy in between;
+/// sections and small frames are still gathered.
+const BUF_BYTES: usize = 64 << 10;
+/// The file is made durable every this many bytes.
 const WRITEBACK_BYTES: u64 = 64 << 20;
 
 /// Errors while writing a layer.
@@ -333,12 +335,17 @@ impl LayerWriter {
         Ok(())
     }
 
-    /// Start write-back of what is written so far and drop what is already on disk from the
-    /// page cache (`POSIX_FADV_DONTNEED` starts asynchronous write-back of dirty pages on
-    /// Linux). The final fsync then has little left to do, and a checkpoint does not push the
-    /// dom0's own page cache out. Advice only: errors are ignored.
+    /// Make what is written so far durable (`fdatasync`) and drop it from the page cache. So
+    /// the time a write takes is the device's, not the page cache's (the encoder's `auto`
+    /// mode weighs it against compression), the final fsync has little left to do, and a
+    /// checkpoint does not push the dom0's own page cache out. Errors here are ignored: the
+    /// final fsync reports them.
     fn start_writeback(&mut self) {
-        if let Some(out) = self.out.as_ref() {
+        if let Some(out) = self.out.as_mut() {
+            if out.flush().is_err() {
+                return;
+            }
+            let _ = out.get_ref().sync_data();
             let upto = std::num::NonZeroU64::new(self.pos - self.pos % WRITEBACK_BYTES);
             let _ = rustix::fs::fadvise(out.get_ref(), 0, upto, rustix::fs::Advice::DontNeed);
         }

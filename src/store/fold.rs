@@ -106,7 +106,7 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
             chain.begin_layer()?,
             index,
             frame_pages,
-            meta.compress_level.max(0),
+            crate::layer::Encoding::Level(meta.compress_level.max(0)),
             pipeline::default_workers(),
         );
         // Pages stored as data stay data, zero or not (the source's `--evict` choice).
