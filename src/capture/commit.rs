@@ -61,18 +61,25 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             stored_bytes,
             ..
         } = out.figures;
-        let layer = self
-            .chain
-            .commit_layer(out.writer, &meta, &out.index, &state, &config)?;
-        // The layer covers every fetched bit now: the pending bits are consumed.
-        let _ = pending::clear(self.chain.dir());
+        // The layer and the tracking state after it (armed since this layer, nothing in
+        // flight) go into one manifest write.
         let tracking = (!self.untracked).then(|| TrackingState {
             armed: true,
             identity: self.info.identity.clone(),
             since_layer: meta.id,
             in_flight: false,
         });
-        self.chain.set_tracking(tracking)?;
+        let layer = self.chain.commit_layer_tracked(
+            out.writer,
+            &meta,
+            &out.index,
+            &state,
+            &config,
+            Some(tracking),
+        )?;
+        // The layer covers every fetched bit now: the pending bits are consumed (left over
+        // after a crash here, the next run only sends them again).
+        let _ = pending::clear(self.chain.dir());
         Ok(CaptureReport {
             layer,
             resync_reason: self.plan.resync_reason(),

@@ -302,7 +302,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         started: Instant,
         stop: &mut dyn StopControl,
     ) -> Result<CaptureReport, CaptureError> {
-        let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
         // `balloon`: the guest gives memory back before the copy, and gets it back once the
@@ -364,6 +363,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let index = LayerIndex::new(self.info.pfn_count);
         let opts = self.opts;
         std::thread::scope(|s| {
+            // The domain's config (`xl list -l` on Xen, slow there) is only needed at commit:
+            // fetch it while round 0 runs.
+            let dom = self.dom.clone();
+            let config_job = s.spawn(move || dom.config());
             let (mut pipe, mut builder) = Pipeline::start(
                 s,
                 writer,
@@ -381,9 +384,12 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 stop,
             )?;
             let (chunks, state, figures, why) = held;
-            let written = self
-                .write_behind(pipe, builder, chunks)
-                .and_then(|out| self.commit(out, state, config, figures, why, started));
+            let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
+                let config = config_job.join().unwrap_or_else(|_| {
+                    Err(HvError::op(self.chain.name(), "domain config", "thread died"))
+                })?;
+                self.commit(out, state, config, figures, why, started)
+            });
             if written.is_err() {
                 stop.abandon();
             }

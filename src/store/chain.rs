@@ -146,6 +146,20 @@ impl Chain {
         state: &[StateBlob],
         config: &[u8],
     ) -> Result<LayerRecord, StoreError> {
+        self.commit_layer_tracked(writer, meta, index, state, config, None)
+    }
+
+    /// [`Self::commit_layer`], and with `tracking` (`Some`) the chain's tracking state
+    /// replaced in the same manifest write: one manifest write per checkpoint.
+    pub fn commit_layer_tracked(
+        &self,
+        writer: LayerWriter,
+        meta: &LayerMeta,
+        index: &LayerIndex,
+        state: &[StateBlob],
+        config: &[u8],
+        tracking: Option<Option<TrackingState>>,
+    ) -> Result<LayerRecord, StoreError> {
         let mut m = self.manifest()?;
         self.check_commit(&m, meta)?;
         let file = layer_file_name(meta.id);
@@ -162,6 +176,9 @@ impl Chain {
         };
         m.layers.push(record.clone());
         m.domain = Some(meta.domain.clone());
+        if let Some(t) = tracking {
+            m.tracking = t;
+        }
         manifest::write(&self.dir, &m)?;
         Ok(record)
     }
