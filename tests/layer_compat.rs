@@ -81,7 +81,10 @@ fn version_1_layers_verify_and_compose() {
     let want = std::fs::read_to_string(&expected_path).unwrap();
     assert_eq!(got.lines().count(), want.lines().count());
     for (g, w) in got.lines().zip(want.lines()) {
-        assert_eq!(g, w, "composed page differs from what the version-1 reader composed");
+        assert_eq!(
+            g, w,
+            "composed page differs from what the version-1 reader composed"
+        );
     }
 }
 
@@ -104,7 +107,11 @@ fn damaged_version_1_frame_is_named() {
 fn new_frames_drop_the_zstd_checksum_and_layers_say_version_3() {
     const CHECKSUM_FLAG: u8 = 0x04; // Frame_Header_Descriptor bit 2 (RFC 8878)
     let old = std::fs::read(fixture().join("bench/layer-000001.xcl")).unwrap();
-    assert_eq!(&old[32..36], &[0x28, 0xb5, 0x2f, 0xfd], "first frame is zstd");
+    assert_eq!(
+        &old[32..36],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "first frame is zstd"
+    );
     assert_ne!(old[36] & CHECKSUM_FLAG, 0);
     assert_eq!(u32::from_le_bytes(old[8..12].try_into().unwrap()), 1);
     let pages: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| (i / 64) as u8).collect();

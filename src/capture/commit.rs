@@ -69,14 +69,14 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             since_layer: meta.id,
             in_flight: false,
         });
-        let layer = self.chain.commit_layer_tracked(
-            out.writer,
-            &meta,
-            &out.index,
-            &state,
-            &config,
-            Some(tracking),
-        )?;
+        let content = crate::store::LayerContent {
+            index: &out.index,
+            state: &state,
+            config: &config,
+        };
+        let layer = self
+            .chain
+            .commit_layer_tracked(out.writer, &meta, content, Some(tracking))?;
         // The layer covers every fetched bit now: the pending bits are consumed (left over
         // after a crash here, the next run only sends them again).
         let _ = pending::clear(self.chain.dir());

@@ -192,7 +192,9 @@ fn copy_batch<D: GuestMemory + ?Sized>(
             let page = mapped.page(i).map_err(|e| map_error(pfn, e))?;
             full.extend(builder.add_page(pfn, |dst| page.copy_to(dst), rules.baseline));
         }
-        builder.clock().add(Stage::Copy, thread_cpu().saturating_sub(t));
+        builder
+            .clock()
+            .add(Stage::Copy, thread_cpu().saturating_sub(t));
         return Ok(());
     }
     let t = thread_cpu();
@@ -211,6 +213,8 @@ fn copy_batch<D: GuestMemory + ?Sized>(
         let page = mapped.page(i).map_err(|e| map_error(readable[i], e))?;
         full.extend(builder.add_copied(readable[i], |dst| page.copy_to(dst)));
     }
-    builder.clock().add(Stage::Copy, thread_cpu().saturating_sub(t1));
+    builder
+        .clock()
+        .add(Stage::Copy, thread_cpu().saturating_sub(t1));
     Ok(())
 }

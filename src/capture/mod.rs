@@ -386,7 +386,11 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             let (chunks, state, figures, why) = held;
             let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
                 let config = config_job.join().unwrap_or_else(|_| {
-                    Err(HvError::op(self.chain.name(), "domain config", "thread died"))
+                    Err(HvError::op(
+                        self.chain.name(),
+                        "domain config",
+                        "thread died",
+                    ))
                 })?;
                 self.commit(out, state, config, figures, why, started)
             });
@@ -421,7 +425,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         builder: ChunkBuilder,
         held: Vec<Chunk>,
     ) -> Result<pipeline::WriterOut, CaptureError> {
-        self.hold.drain(&mut pipe).map_err(|e| self.write_error(e))?;
+        self.hold
+            .drain(&mut pipe)
+            .map_err(|e| self.write_error(e))?;
         for c in held {
             pipe.send(c).map_err(|e| self.write_error(e))?;
         }

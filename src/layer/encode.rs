@@ -86,7 +86,10 @@ pub struct EncodingUsed {
 /// CPU time of the calling thread so far (what a stage costs, whatever else the machine runs).
 pub fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// CPU nanoseconds spent per stage of a capture, summed over the threads doing it.

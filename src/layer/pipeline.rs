@@ -454,7 +454,9 @@ fn apply(
     if let Some(frame) = p.frame {
         let (t, cpu) = (Instant::now(), thread_cpu());
         let first = writer.push_frame(&frame)?;
-        stage.clock.add(Stage::Write, thread_cpu().saturating_sub(cpu));
+        stage
+            .clock
+            .add(Stage::Write, thread_cpu().saturating_sub(cpu));
         stage.tuner.written(frame.data.len(), t.elapsed());
         fig.frames += 1;
         fig.stored_bytes += frame.data.len() as u64;
