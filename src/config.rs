@@ -49,6 +49,16 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A setting has a value it cannot have.
+    #[error("config {path}: section [{section}]: {reason}")]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// `default` or `domain.NAME`.
+        section: String,
+        /// Why.
+        reason: String,
+    },
     /// A `[domain.NAME]` section names something that cannot be a chain.
     #[error("config {path}: section [domain.{name}]: {reason}")]
     BadDomain {
@@ -76,6 +86,9 @@ pub struct DomainSettings {
     pub evict: Option<Vec<String>>,
     /// Key file for `--encrypt`.
     pub encrypt: Option<PathBuf>,
+    /// Frame encoding for `checkpoint` (`--compress`): `"auto"`, `"none"` or a zstd level
+    /// `"1"`..`"19"`.
+    pub compress: Option<String>,
 }
 
 impl DomainSettings {
@@ -85,7 +98,13 @@ impl DomainSettings {
             retention: self.retention.or(fallback.retention),
             evict: self.evict.clone().or_else(|| fallback.evict.clone()),
             encrypt: self.encrypt.clone().or_else(|| fallback.encrypt.clone()),
+            compress: self.compress.clone().or_else(|| fallback.compress.clone()),
         }
+    }
+
+    /// The `compress` setting, parsed (checked when the file is loaded).
+    pub fn encoding(&self) -> Option<crate::layer::Encoding> {
+        self.compress.as_deref().and_then(|s| s.parse().ok())
     }
 }
 
@@ -131,6 +150,18 @@ impl Config {
                 name: name.clone(),
                 reason: e.to_string(),
             })?;
+        }
+        let sections = std::iter::once(("default", &config.default))
+            .chain(config.domain.iter().map(|(n, s)| (n.as_str(), s)));
+        for (name, settings) in sections {
+            if let Some(c) = &settings.compress {
+                c.parse::<crate::layer::Encoding>()
+                    .map_err(|reason| ConfigError::BadValue {
+                        path: path.to_path_buf(),
+                        section: name.to_string(),
+                        reason: format!("compress = {reason}"),
+                    })?;
+            }
         }
         Ok(config)
     }

@@ -34,6 +34,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 .into_iter()
                 .chain(self.evict_notes.clone())
                 .collect(),
+            encoding: Some(out.encoding.clone()),
             ..Default::default()
         };
         stats.count_pages(
@@ -50,7 +51,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             vcpus: self.info.vcpus,
             created_unix_ms: crate::store::unix_ms(),
             frame_pages: self.opts.frame_pages,
-            compress_level: self.opts.compress_level,
+            compress_level: self.opts.encoding().level(),
             stats,
             group: figures.group,
             disks: figures.disks.clone(),
@@ -60,18 +61,25 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             stored_bytes,
             ..
         } = out.figures;
-        let layer = self
-            .chain
-            .commit_layer(out.writer, &meta, &out.index, &state, &config)?;
-        // The layer covers every fetched bit now: the pending bits are consumed.
-        let _ = pending::clear(self.chain.dir());
+        // The layer and the tracking state after it (armed since this layer, nothing in
+        // flight) go into one manifest write.
         let tracking = (!self.untracked).then(|| TrackingState {
             armed: true,
             identity: self.info.identity.clone(),
             since_layer: meta.id,
             in_flight: false,
         });
-        self.chain.set_tracking(tracking)?;
+        let content = crate::store::LayerContent {
+            index: &out.index,
+            state: &state,
+            config: &config,
+        };
+        let layer = self
+            .chain
+            .commit_layer_tracked(out.writer, &meta, content, Some(tracking))?;
+        // The layer covers every fetched bit now: the pending bits are consumed (left over
+        // after a crash here, the next run only sends them again).
+        let _ = pending::clear(self.chain.dir());
         Ok(CaptureReport {
             layer,
             resync_reason: self.plan.resync_reason(),
@@ -81,6 +89,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             raw_bytes,
             stored_bytes,
             disks: figures.disks,
+            stages: out.stages,
+            superseded_pages: self.hold.dropped,
         })
     }
 

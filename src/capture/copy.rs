@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::CaptureError;
 use crate::hv::{DirtyLog, GuestMemory, PageType, Pfn, PfnBitmap};
+use crate::layer::encode::{thread_cpu, Stage};
 use crate::layer::pipeline::{Baseline, Chunk, ChunkBuilder};
 use crate::layer::PageEntry;
 
@@ -34,9 +35,14 @@ impl SkipSet {
         }
     }
 
-    fn refresh<D: DirtyLog + ?Sized>(&mut self, dom: &D) -> Result<(), CaptureError> {
+    fn refresh<D: DirtyLog + ?Sized>(
+        &mut self,
+        dom: &D,
+        sink: &mut dyn ChunkSink,
+    ) -> Result<(), CaptureError> {
         dom.logdirty_clean(&mut self.scratch)?;
         self.bits |= &self.scratch;
+        sink.superseded(&self.scratch);
         Ok(())
     }
 
@@ -78,6 +84,22 @@ pub struct CopyRules<'a> {
     pub evict: Option<&'a crate::evict::FreeFilter>,
 }
 
+/// Where full chunks go.
+pub trait ChunkSink {
+    /// Take a full chunk.
+    fn send(&mut self, chunk: Chunk) -> Result<(), CaptureError>;
+    /// The pfns in `fetched` were just fetched dirty: every copy of them made so far is
+    /// superseded (each will be copied again by a later round), so one not yet encoded can be
+    /// dropped.
+    fn superseded(&mut self, _fetched: &PfnBitmap) {}
+}
+
+impl<F: FnMut(Chunk) -> Result<(), CaptureError>> ChunkSink for F {
+    fn send(&mut self, chunk: Chunk) -> Result<(), CaptureError> {
+        self(chunk)
+    }
+}
+
 /// Copy `pfns` (ascending) from `dom` into `builder`, handing full chunks to `sink`. With
 /// `skip` (live rounds), the dirty log is fetched now and then and pages dirty again are left
 /// to the next round.
@@ -88,7 +110,7 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
     builder: &mut ChunkBuilder,
     rules: CopyRules<'_>,
     figs: &mut CopyFigures,
-    sink: &mut dyn FnMut(Chunk) -> Result<(), CaptureError>,
+    sink: &mut dyn ChunkSink,
     stop: &dyn Fn() -> bool,
     mut skip: Option<&mut SkipSet>,
 ) -> Result<(), CaptureError> {
@@ -102,7 +124,7 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
         }
         if let Some(s) = skip.as_deref_mut() {
             if refreshed.elapsed() >= REFRESH_INTERVAL {
-                s.refresh(dom)?;
+                s.refresh(dom, sink)?;
                 refreshed = Instant::now();
             }
         }
@@ -119,11 +141,11 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
         figs.busy += t0.elapsed();
         figs.pages += batch.len() as u64;
         for c in full {
-            sink(c)?;
+            sink.send(c)?;
         }
     }
     if let Some(c) = builder.flush() {
-        sink(c)?;
+        sink.send(c)?;
     }
     Ok(())
 }
@@ -156,17 +178,43 @@ fn copy_batch<D: GuestMemory + ?Sized>(
         return Ok(());
     }
     let mapped = dom.map_batch(&readable)?;
+    let map_error = |pfn: Pfn, errno: i32| CaptureError::Map {
+        domain: dom.name(),
+        pfn,
+        reason: std::io::Error::from_raw_os_error(errno).to_string(),
+    };
+    // A resync compares every copied page with the chain (zero pages included); so does a
+    // capture that keeps zero pages as data. Otherwise zero pages are found on the mapping,
+    // without a copy, and only the others are copied.
+    if rules.baseline.is_some() || builder.keeps_zero() {
+        let t = thread_cpu();
+        for (i, &pfn) in readable.iter().enumerate() {
+            let page = mapped.page(i).map_err(|e| map_error(pfn, e))?;
+            full.extend(builder.add_page(pfn, |dst| page.copy_to(dst), rules.baseline));
+        }
+        builder
+            .clock()
+            .add(Stage::Copy, thread_cpu().saturating_sub(t));
+        return Ok(());
+    }
+    let t = thread_cpu();
+    let mut nonzero = Vec::with_capacity(readable.len());
     for (i, &pfn) in readable.iter().enumerate() {
-        match mapped.page(i) {
-            Ok(page) => full.extend(builder.add_page(pfn, |dst| page.copy_to(dst), rules.baseline)),
-            Err(errno) => {
-                return Err(CaptureError::Map {
-                    domain: dom.name(),
-                    pfn,
-                    reason: std::io::Error::from_raw_os_error(errno).to_string(),
-                })
-            }
+        let page = mapped.page(i).map_err(|e| map_error(pfn, e))?;
+        if page.is_zero() {
+            builder.add_entry(pfn, PageEntry::Zero);
+        } else {
+            nonzero.push(i);
         }
     }
+    let t1 = thread_cpu();
+    builder.clock().add(Stage::Zero, t1.saturating_sub(t));
+    for i in nonzero {
+        let page = mapped.page(i).map_err(|e| map_error(readable[i], e))?;
+        full.extend(builder.add_copied(readable[i], |dst| page.copy_to(dst)));
+    }
+    builder
+        .clock()
+        .add(Stage::Copy, thread_cpu().saturating_sub(t1));
     Ok(())
 }

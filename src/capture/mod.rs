@@ -17,6 +17,7 @@
 
 mod commit;
 pub mod copy;
+mod holdback;
 pub mod pending;
 pub mod plan;
 pub mod policy;
@@ -32,7 +33,8 @@ use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, Writ
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::progress::{self as report, emit, Event, Task};
 use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
-use copy::{copy_pfns, CopyFigures, CopyRules, SkipSet};
+use copy::{copy_pfns, ChunkSink, CopyFigures, CopyRules, SkipSet};
+use holdback::Holdback;
 pub use plan::Plan;
 use policy::{Decision, PrecopyPolicy, Progress, StopReason};
 pub use stop::{SoloStop, StopControl, StopFigures};
@@ -46,8 +48,10 @@ pub struct CaptureOptions {
     pub live: bool,
     /// When to stop pre-copy.
     pub policy: PrecopyPolicy,
-    /// zstd level (0: store pages raw).
+    /// zstd level (0: store pages raw), unless `compress` says otherwise.
     pub compress_level: i32,
+    /// How to encode frames (`--compress auto|none|LEVEL`); `None`: at `compress_level`.
+    pub compress: Option<crate::layer::Encoding>,
     /// Compress worker threads.
     pub threads: usize,
     /// Pages per frame.
@@ -63,10 +67,19 @@ impl Default for CaptureOptions {
             live: true,
             policy: PrecopyPolicy::default(),
             compress_level: 1,
+            compress: None,
             threads: crate::layer::pipeline::default_workers(),
             frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
             evict: Default::default(),
         }
+    }
+}
+
+impl CaptureOptions {
+    /// How frames are encoded.
+    pub fn encoding(&self) -> crate::layer::Encoding {
+        self.compress
+            .unwrap_or(crate::layer::Encoding::Level(self.compress_level.max(0)))
     }
 }
 
@@ -102,6 +115,10 @@ pub struct CaptureReport {
     pub stored_bytes: u64,
     /// Disk snapshots recorded in the layer.
     pub disks: Vec<crate::disk::DiskSnapshot>,
+    /// Time per stage of the pipeline (copy, zero check, digest, compress, write).
+    pub stages: crate::layer::StageTimes,
+    /// Page copies dropped before encoding because a later round re-sent them.
+    pub superseded_pages: u64,
 }
 
 /// Errors of a checkpoint. Each names the domain; none leaves the domain paused.
@@ -230,6 +247,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     /// A `--no-live` run on a hypervisor without log-dirty for this guest: no dirty log at
     /// all; the paused round reads every pfn and the chain stays untracked.
     untracked: bool,
+    /// Copies not yet encoded; superseded ones are dropped.
+    hold: Holdback,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -242,6 +261,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     ) -> Self {
         let fetched = PfnBitmap::repeat(false, info.pfn_count as usize);
         let skip = SkipSet::new(info.pfn_count);
+        let hold = Holdback::new(info.pfn_count, opts.frame_pages);
         Run {
             dom,
             chain,
@@ -255,6 +275,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             free: None,
             evict_notes: Vec::new(),
             untracked: false,
+            hold,
         }
     }
 
@@ -282,7 +303,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         started: Instant,
         stop: &mut dyn StopControl,
     ) -> Result<CaptureReport, CaptureError> {
-        let config = self.dom.config()?;
         let n = self.info.pfn_count as usize;
         let mut dirty = PfnBitmap::repeat(false, n);
         // `balloon`: the guest gives memory back before the copy, and gets it back once the
@@ -344,12 +364,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let index = LayerIndex::new(self.info.pfn_count);
         let opts = self.opts;
         std::thread::scope(|s| {
+            // The domain's config (`xl list -l` on Xen, slow there) is only needed at commit:
+            // fetch it while round 0 runs.
+            let dom = self.dom.clone();
+            let config_job = s.spawn(move || dom.config());
             let (mut pipe, mut builder) = Pipeline::start(
                 s,
                 writer,
                 index,
                 opts.frame_pages,
-                opts.compress_level,
+                opts.encoding(),
                 opts.threads,
             );
             builder.keep_zero_pages(!opts.evict.set.zero);
@@ -361,9 +385,16 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 stop,
             )?;
             let (chunks, state, figures, why) = held;
-            let written = self
-                .write_behind(pipe, builder, chunks)
-                .and_then(|out| self.commit(out, state, config, figures, why, started));
+            let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
+                let config = config_job.join().unwrap_or_else(|_| {
+                    Err(HvError::op(
+                        self.chain.name(),
+                        "domain config",
+                        "thread died",
+                    ))
+                })?;
+                self.commit(out, state, config, figures, why, started)
+            });
             if written.is_err() {
                 stop.abandon();
             }
@@ -387,18 +418,22 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         }
     }
 
-    /// Send the chunks held in RAM during the stop, and finish the layer's frames.
+    /// Send the backlog, then the chunks held in RAM during the stop, and finish the layer's
+    /// frames.
     fn write_behind(
-        &self,
+        &mut self,
         mut pipe: Pipeline<'_>,
         builder: ChunkBuilder,
         held: Vec<Chunk>,
     ) -> Result<pipeline::WriterOut, CaptureError> {
+        self.hold
+            .drain(&mut pipe)
+            .map_err(|e| self.write_error(e))?;
         let (subject, task) = (self.info.identity.name.as_str(), Task::WriteBehind);
-        let total: u64 = held.iter().map(Chunk::pages).sum();
+        let total: u64 = held.iter().map(Chunk::pages_covered).sum();
         report::start(subject, task, Some(total));
         for c in held {
-            report::advance(subject, task, c.pages());
+            report::advance(subject, task, c.pages_covered());
             pipe.send(c).map_err(|e| self.write_error(e))?;
         }
         let out = pipe.finish(builder).map_err(|e| self.write_error(e));
@@ -439,8 +474,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 downtime: f.downtime,
             });
         }
-        let (held, state, pages) = last?;
+        let (held, state, pages, fetched) = last?;
         let figures = figures?;
+        // Running again: the backlog's copies of what the paused round re-read are dead.
+        self.hold.superseded(&fetched);
         self.round_done(true, pages, t);
         Ok((held, state, figures, stop))
     }
@@ -452,7 +489,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         dirty: &mut PfnBitmap,
         baseline: Option<&dyn Baseline>,
         first: bool,
-    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64), CaptureError> {
+    ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64, PfnBitmap), CaptureError> {
         let dom = self.dom.clone();
         let mut last = PfnBitmap::repeat(false, dirty.len());
         self.clean(&mut last)?;
@@ -473,7 +510,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
         )?;
         let state = dom.save_state()?;
-        Ok((held, state, pfigs.pages))
+        Ok((held, state, pfigs.pages, last))
     }
 
     /// Live rounds until the policy says stop. Returns whether no round ran (the final round
@@ -510,12 +547,11 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                     dirty.count_ones() as u64
                 });
                 report::start(&name, task, total);
-                let mut sink = |c: Chunk| {
-                    report::advance(&name, task, c.pages());
-                    pipe.send(c).map_err(|source| CaptureError::Write {
-                        domain: name.clone(),
-                        source,
-                    })
+                let mut sink = HeldSink {
+                    hold: &mut self.hold,
+                    pipe,
+                    domain: &self.info.identity.name,
+                    task,
                 };
                 let skip = Some(&mut self.skip);
                 let set = round_set(first && full_scan, self.info.pfn_count, dirty);
@@ -540,6 +576,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 self.round_done(false, figs.pages - before, t);
                 report::finish(&name, task, figs.pages - before);
                 self.clean(dirty)?;
+                self.hold.superseded(dirty);
                 *dirty |= &self.skip.bits;
                 self.skip.bits.fill(false);
                 let n = dirty.count_ones() as u64;
@@ -587,6 +624,32 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             domain: self.info.identity.name.clone(),
             source,
         }
+    }
+}
+
+/// A live round's sink: chunks go through the backlog, and every mid-round fetch of the dirty
+/// log drops the backlog's superseded copies.
+struct HeldSink<'a, 'p> {
+    hold: &'a mut Holdback,
+    pipe: &'a mut Pipeline<'p>,
+    domain: &'a str,
+    /// The round's progress task: each chunk advances it.
+    task: Task,
+}
+
+impl ChunkSink for HeldSink<'_, '_> {
+    fn send(&mut self, chunk: Chunk) -> Result<(), CaptureError> {
+        report::advance(self.domain, self.task, chunk.pages_covered());
+        self.hold
+            .push(chunk, self.pipe)
+            .map_err(|source| CaptureError::Write {
+                domain: self.domain.to_string(),
+                source,
+            })
+    }
+
+    fn superseded(&mut self, fetched: &PfnBitmap) {
+        self.hold.superseded(fetched);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use xckpt::capture::{checkpoint, CaptureReport};
+use xckpt::capture::{CaptureReport, SoloStop};
 use xckpt::hv::sim::{AccessPattern, ContentSpec, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{GuestType, PAGE_SIZE};
 use xckpt::store::Store;
@@ -70,6 +70,12 @@ struct LayerFigures {
     rounds: usize,
     /// Page copies written but superseded by a later round (dead space in the file).
     dead_pages: u64,
+    /// Page copies dropped before encoding because a later round re-sent them.
+    superseded_pages: u64,
+    /// Frames compressed / stored raw, and the mode (`--compress`).
+    encoding: Option<xckpt::layer::EncodingUsed>,
+    /// Thread seconds per stage of this capture.
+    stages: xckpt::layer::StageTimes,
     round_detail: Vec<xckpt::capture::RoundReport>,
     capture_s: f64,
     /// 1.1 x dirty_pages x 4096 x the base's compressed/raw ratio (incrementals only).
@@ -83,9 +89,18 @@ struct BenchResult {
     dirty_rate_bytes: u64,
     workload: String,
     threads: usize,
-    compress_level: i32,
+    compress: String,
     full_capture_s: f64,
     full_capture_gbps: f64,
+    /// The same memory written raw to a file on the store's file system and fsynced (what
+    /// `xl save` does), in this run.
+    xl_like_save_s: f64,
+    /// Thread seconds per GB of guest memory of each stage of the base capture.
+    cpu_s_per_gb: CpuPerGb,
+    /// full_capture_s <= 1.0 x xl_like_save_s.
+    capture_within_xl_like: bool,
+    /// Dead copies <= 5% of every layer's pages.
+    dead_within_5pct: bool,
     limit_gbps: f64,
     limits: limits::Limits,
     capture_over_limit: f64,
@@ -99,6 +114,41 @@ struct BenchResult {
     restore: super::bench_restore::RestoreFigures,
     /// `restore_s` <= 1.5 x `xl_like_restore_s`.
     restore_within_bound: bool,
+}
+
+/// Thread seconds per GB of guest memory, per capture stage.
+#[derive(Debug, Serialize)]
+struct CpuPerGb {
+    copy: f64,
+    zero_check: f64,
+    digest: f64,
+    compress: f64,
+    write: f64,
+}
+
+/// Write the sim's memory raw to a file in `dir` and fsync it, as `xl save` writes a save
+/// image: one copy out of the guest, one write. Returns the seconds taken.
+fn xl_like_save(dom: &SimDomain, dir: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join(".xl-like-save");
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    let mut buf = vec![0u8; 256 * PAGE_SIZE];
+    let pfns = dom.sim_config().pfn_count;
+    let mut pfn = 0;
+    while pfn < pfns {
+        let n = (pfns - pfn).min(256) as usize;
+        for (i, page) in buf[..n * PAGE_SIZE].chunks_exact_mut(PAGE_SIZE).enumerate() {
+            dom.read_page(pfn + i as u64, page)?;
+        }
+        f.write_all(&buf[..n * PAGE_SIZE])?;
+        pfn += n as u64;
+    }
+    f.sync_all()?;
+    let took = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(took)
 }
 
 /// Parse `1G`, `512M`, `64K` or a plain number of bytes (binary multiples).
@@ -147,11 +197,13 @@ impl BenchCmd {
         let dom = Arc::new(SimDomain::new(self.sim_config())?);
         let limits = limits::measure(
             &sample(&dom)?,
-            opts.compress_level,
+            opts.encoding().level().max(1),
             opts.threads,
             &store_dir,
         )
         .with_context(|| format!("measuring limits in {}", store_dir.display()))?;
+        let xl_like = xl_like_save(&dom, &store_dir)
+            .with_context(|| format!("xl-like save into {}", store_dir.display()))?;
         dom.start_workload()?;
         let mut reports = Vec::new();
         for i in 0..self.checkpoints {
@@ -159,24 +211,28 @@ impl BenchCmd {
                 std::thread::sleep(Duration::from_secs_f64(self.interval));
             }
             let t = Instant::now();
-            let r =
-                checkpoint(&dom, &chain, &opts).with_context(|| format!("checkpoint {}", i + 1))?;
+            // Exactly what `xckpt checkpoint` runs.
+            let mut stop = SoloStop::new(dom.clone(), xckpt::disk::DiskPlan::default());
+            let r = super::xenverbs::take_checkpoint(&dom, &chain, &opts, &mut stop)
+                .with_context(|| format!("checkpoint {}", i + 1))?;
             reports.push((r, t.elapsed()));
         }
         dom.stop_workload();
         let failures = verify_layers(&dom, &store, &reports)?;
         let mem = dom.sim_config().pfn_count * PAGE_SIZE as u64;
         let restore = super::bench_restore::measure(&store, "bench", mem)?;
-        let result = self.result(&dom, limits, &reports, failures, &opts, restore);
+        let result = self.result(&dom, limits, xl_like, &reports, failures, &opts, restore);
         if self.json {
             print_json(&result)?;
         } else {
             print_table(&result);
         }
-        Ok(if result.verified {
-            ExitCode::SUCCESS
-        } else {
+        Ok(if !result.verified {
             ExitCode::from(2)
+        } else if !(result.capture_within_xl_like && result.dead_within_5pct) {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
         })
     }
 
@@ -211,6 +267,7 @@ impl BenchCmd {
         &self,
         dom: &SimDomain,
         limits: limits::Limits,
+        xl_like_save_s: f64,
         reports: &[(CaptureReport, Duration)],
         failures: Vec<String>,
         opts: &xckpt::capture::CaptureOptions,
@@ -235,7 +292,10 @@ impl BenchCmd {
                     layer_bytes: r.layer.bytes,
                     downtime_ms: r.downtime.as_secs_f64() * 1e3,
                     rounds: r.rounds.len(),
-                    dead_pages: r.raw_bytes / PAGE_SIZE as u64 - s.data_pages,
+                    dead_pages: (r.raw_bytes / PAGE_SIZE as u64).saturating_sub(s.data_pages),
+                    superseded_pages: r.superseded_pages,
+                    encoding: s.encoding.clone(),
+                    stages: r.stages,
                     round_detail: r.rounds.clone(),
                     capture_s: t.as_secs_f64(),
                     bound_bytes: (i > 0)
@@ -246,14 +306,30 @@ impl BenchCmd {
         let within = layers
             .iter()
             .all(|l| l.bound_bytes.is_none_or(|b| l.layer_bytes <= b));
+        let dead_ok = layers
+            .iter()
+            .all(|l| l.dead_pages as f64 <= 0.05 * l.stored_pages as f64);
+        let gb = mem_bytes as f64 / 1e9;
+        let st = base.stages;
+        let cpu_s_per_gb = CpuPerGb {
+            copy: st.copy_s / gb,
+            zero_check: st.zero_check_s / gb,
+            digest: st.digest_s / gb,
+            compress: st.compress_s / gb,
+            write: st.write_s / gb,
+        };
         BenchResult {
             mem_bytes,
             dirty_rate_bytes: self.dirty_rate,
             workload: format!("{:?}", self.workload).to_lowercase(),
             threads: opts.threads,
-            compress_level: opts.compress_level,
+            compress: opts.encoding().to_string(),
             full_capture_s,
             full_capture_gbps,
+            xl_like_save_s,
+            cpu_s_per_gb,
+            capture_within_xl_like: full_capture_s <= xl_like_save_s,
+            dead_within_5pct: dead_ok,
             limit_gbps: limits.limit_gbps,
             capture_over_limit: full_capture_gbps / limits.limit_gbps,
             limits,
@@ -310,11 +386,11 @@ fn verify_layers(
 
 fn print_table(r: &BenchResult) {
     println!(
-        "sim bench: {} MiB, {} workload at {} MiB/s, zstd {} x {} threads",
+        "sim bench: {} MiB, {} workload at {} MiB/s, compress {} x {} threads",
         r.mem_bytes >> 20,
         r.workload,
         r.dirty_rate_bytes >> 20,
-        r.compress_level,
+        r.compress,
         r.threads
     );
     let l = &r.limits;
@@ -323,21 +399,31 @@ fn print_table(r: &BenchResult) {
         l.memcpy_gbps, l.zstd_gbps, l.zstd_ratio, l.write_gbps, l.limit_gbps, l.bound_by
     );
     println!(
-        "full capture: {:.2} s, {:.2} GB/s = {:.2} of the limit",
-        r.full_capture_s, r.full_capture_gbps, r.capture_over_limit
+        "full capture: {:.2} s, {:.2} GB/s = {:.2} of the limit; xl-like save {:.2} s (within: {})",
+        r.full_capture_s,
+        r.full_capture_gbps,
+        r.capture_over_limit,
+        r.xl_like_save_s,
+        r.capture_within_xl_like
+    );
+    let c = &r.cpu_s_per_gb;
+    println!(
+        "cpu s/GB: copy {:.3}, zero check {:.3}, digest {:.3}, compress {:.3}, write {:.3}",
+        c.copy, c.zero_check, c.digest, c.compress, c.write
     );
     println!(
-        "{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>6}",
-        "KIND", "DIRTY", "STORED", "SENT", "BYTES", "BOUND", "DOWNTIME", "ROUNDS"
+        "{:<12} {:>9} {:>9} {:>9} {:>7} {:>12} {:>12} {:>9} {:>6}",
+        "KIND", "DIRTY", "STORED", "SENT", "DEAD", "BYTES", "BOUND", "DOWNTIME", "ROUNDS"
     );
     for x in &r.layers {
         let bound = x.bound_bytes.map_or("-".into(), |b| b.to_string());
         println!(
-            "{:<12} {:>9} {:>9} {:>9} {:>12} {:>12} {:>7.2}ms {:>6}",
+            "{:<12} {:>9} {:>9} {:>9} {:>7} {:>12} {:>12} {:>7.2}ms {:>6}",
             x.kind,
             x.dirty_pages,
             x.stored_pages,
             x.sent_pages,
+            x.dead_pages,
             x.layer_bytes,
             bound,
             x.downtime_ms,
@@ -345,8 +431,8 @@ fn print_table(r: &BenchResult) {
         );
     }
     println!(
-        "incrementals within bound: {}; verified: {}",
-        r.incrementals_within_bound, r.verified
+        "incrementals within bound: {}; dead copies within 5%: {}; verified: {}",
+        r.incrementals_within_bound, r.dead_within_5pct, r.verified
     );
     for f in &r.verify_failures {
         println!("  {f}");

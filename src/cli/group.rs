@@ -89,8 +89,8 @@ pub fn group_members(domains: &[String], file: Option<&PathBuf>) -> anyhow::Resu
 }
 
 /// `xckpt checkpoint --group NAME DOM...`: lock, plan disks (refusing before any pause),
-/// run, record, compact, print. Each member gets the command's eviction, key and compaction
-/// as a single checkpoint would.
+/// run, record, print. Each member gets the command's eviction and key as a single checkpoint
+/// would; each new layer is written once, during its capture.
 pub fn checkpoint(cmd: &CheckpointCmd, group: &str) -> anyhow::Result<ExitCode> {
     let domains = group_members(&cmd.domains, cmd.group_file.as_ref())?;
     let wait = Duration::from_secs(cmd.wait.wait);
@@ -115,7 +115,7 @@ pub fn checkpoint(cmd: &CheckpointCmd, group: &str) -> anyhow::Result<ExitCode> 
         });
     }
     let id = gdir.manifest()?.next_id();
-    let mut report = checkpoint_group(
+    let report = checkpoint_group(
         group,
         id,
         &members,
@@ -123,12 +123,6 @@ pub fn checkpoint(cmd: &CheckpointCmd, group: &str) -> anyhow::Result<ExitCode> 
         &mut LocalCoordinator,
     )?;
     gdir.record(report.point())?;
-    // Every member runs again; drop each new layer's dead page copies if there are many.
-    if !cmd.no_compact {
-        for ((m, lock), r) in members.iter().zip(&locks).zip(&mut report.members) {
-            super::xenverbs::compact_new_layer(&m.chain, lock, &mut r.capture);
-        }
-    }
     if cmd.json {
         print_json(&report)?;
     } else {

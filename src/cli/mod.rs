@@ -62,21 +62,38 @@ pub struct CaptureArgs {
     /// Pause once the estimated downtime is at most this many milliseconds.
     #[arg(long, default_value_t = 50)]
     pub target_downtime_ms: u64,
-    /// zstd level (0 stores pages raw).
-    #[arg(long, default_value_t = 1)]
-    pub compress_level: i32,
+    /// Frame encoding: `auto` (zstd level 1 or raw, frame by frame, whichever keeps the
+    /// compress workers and the writes both busy, measured as the capture runs), `none`, or a
+    /// zstd level 1-19. Default: the config file's `compress`, else `auto`.
+    #[arg(long, alias = "compress-level", value_name = "auto|none|LEVEL")]
+    pub compress: Option<xckpt::layer::Encoding>,
     /// Compress worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
 }
 
 impl CaptureArgs {
-    /// The library's options for these arguments.
+    /// The library's options for these arguments (`[default]` of the config file).
     pub fn options(&self) -> xckpt::capture::CaptureOptions {
+        self.options_for(None)
+    }
+
+    /// The library's options for these arguments, for chain `domain` (its config section).
+    pub fn options_for(&self, domain: Option<&str>) -> xckpt::capture::CaptureOptions {
+        let config = settings::config();
+        let section = match domain {
+            Some(d) => config.for_domain(d),
+            None => config.default.clone(),
+        };
+        let encoding = self
+            .compress
+            .or_else(|| section.encoding())
+            .unwrap_or(xckpt::layer::Encoding::Auto);
         let mut o = xckpt::capture::CaptureOptions {
             full: self.full,
             live: !self.no_live,
-            compress_level: self.compress_level,
+            compress_level: encoding.level(),
+            compress: Some(encoding),
             ..Default::default()
         };
         o.policy.max_rounds = self.max_rounds;

@@ -329,6 +329,12 @@ impl InspectCmd {
             "index": {"data": counts.data, "zero": counts.zero, "evicted": counts.evicted, "unpopulated": counts.unpopulated, "evicted_by_policy": evicted},
             "frames": {"count": f.frames, "raw": f.raw_frames, "bytes": f.frame_bytes, "slots": f.slots, "live_slots": f.live_slots, "dead_slots": f.dead_slots},
             "compression_ratio": if f.frame_bytes > 0 { raw as f64 / f.frame_bytes as f64 } else { 0.0 },
+            "encoding": {
+                "mode": meta.stats.encoding.as_ref().map_or("(not recorded: written before --compress)", |e| e.mode.as_str()),
+                "level": meta.compress_level,
+                "zstd_frames": f.frames - f.raw_frames,
+                "raw_frames": f.raw_frames,
+            },
             "downtime_ms": meta.stats.downtime_us as f64 / 1e3,
             "state_blobs": state,
             "config_bytes": layer.config().len(),

@@ -51,11 +51,6 @@ pub struct CheckpointCmd {
     /// Print the result as JSON.
     #[arg(long)]
     pub(super) json: bool,
-    /// Keep the layer as written, dead page copies included (by default a layer whose page
-    /// copies are more than 5% dead, from pages re-sent by later pre-copy rounds, is rewritten
-    /// compactly after the domain has resumed).
-    #[arg(long)]
-    pub(super) no_compact: bool,
     /// Prometheus node_exporter textfile to update after the run, success or failure
     /// (default: `metrics_file` in the config file; none if unset).
     #[arg(long, value_name = "PATH")]
@@ -147,7 +142,7 @@ impl CheckpointCmd {
         *name = dom.info()?.identity.name;
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
         let stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
-        let mut opts = self.capture.options();
+        let mut opts = self.capture.options_for(Some(name));
         opts.evict = self.evict.options(dom.domid())?;
         self.capture_into(&dom, name, &opts, stop)
     }
@@ -164,7 +159,7 @@ impl CheckpointCmd {
         let dom = Arc::new(SimDomain::new(cfg)?);
         dom.start_workload()?;
         let stop = SoloStop::new(dom.clone(), Default::default());
-        let mut opts = self.capture.options();
+        let mut opts = self.capture.options_for(Some(name));
         // The sim has no guest agent: only the policies that need none.
         opts.evict.set = "zero,unpopulated".parse().map_err(anyhow::Error::msg)?;
         let result = self.capture_into(&dom, name, &opts, stop);
@@ -181,18 +176,13 @@ impl CheckpointCmd {
     ) -> anyhow::Result<CaptureReport> {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(name)?.with_key(self.key.key(name)?);
-        let lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
-        let mut report = checkpoint_with(dom, &chain, opts, &mut stop).with_context(|| {
+        let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
+        take_checkpoint(dom, &chain, opts, &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
                 self.store.store.display()
             )
-        })?;
-        // The domain runs again; drop the layer's dead page copies if there are many.
-        if !self.no_compact {
-            compact_new_layer(&chain, &lock, &mut report);
-        }
-        Ok(report)
+        })
     }
 
     /// Leave the run's figures for monitoring: the textfile (if one is configured) and the
@@ -230,35 +220,16 @@ struct CheckpointJson<'a> {
     report: &'a CaptureReport,
 }
 
-/// Share of dead page copies in a new layer above which the checkpoint compacts it.
-const COMPACT_DEAD: f64 = 0.05;
-
-/// Rewrite the just-committed layer without its dead copies (see `Chain::compact_dead`). The
-/// layer is already committed, so a failure here is a warning, not a failed checkpoint.
-pub(super) fn compact_new_layer(
+/// Everything `xckpt checkpoint` does to take one checkpoint, the bench included (so the bench
+/// times exactly this). The layer is written once, during the capture: there is no rewrite
+/// after the resume.
+pub(super) fn take_checkpoint<D: xckpt::hv::Checkpointable + 'static>(
+    dom: &Arc<D>,
     chain: &xckpt::store::Chain,
-    lock: &xckpt::store::ChainLock,
-    r: &mut CaptureReport,
-) {
-    let id = r.layer.id;
-    match chain.compact_dead(lock, id, COMPACT_DEAD) {
-        Ok(None) => {}
-        Ok(Some(_)) => {
-            if let Ok(m) = chain.manifest() {
-                if let Some(rec) = m.layer(id) {
-                    // The rewritten layer's notes say it was compacted; add the sizes.
-                    let note = format!("compacted from {} bytes", r.layer.bytes);
-                    r.layer = rec.clone();
-                    r.layer.stats.notes.push(note);
-                }
-            }
-        }
-        Err(e) => eprintln!(
-            "xckpt: warning: layer {id} of {} is committed but could not be compacted: {e}; \
-             `xckpt merge` can do it later",
-            chain.name()
-        ),
-    }
+    opts: &xckpt::capture::CaptureOptions,
+    stop: &mut dyn xckpt::capture::StopControl,
+) -> anyhow::Result<CaptureReport> {
+    Ok(checkpoint_with(dom, chain, opts, stop)?)
 }
 
 /// One line per checkpoint, plus its notes.

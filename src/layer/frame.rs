@@ -4,9 +4,11 @@
 //! state: each thread has its own zstd contexts. [`decode_frame`] is the reader's inverse.
 
 use std::cell::RefCell;
+use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::encode::{thread_cpu, Stage, StageClock, Tuner};
 use crate::hv::PAGE_SIZE;
 
 /// The most pages one frame may hold (16 MiB decoded); bounds what a reader allocates.
@@ -17,7 +19,8 @@ pub const MAX_FRAME_PAGES: u32 = 4096;
 pub enum Codec {
     /// Pages stored as they are.
     Raw,
-    /// One zstd frame (with zstd's content checksum).
+    /// One zstd frame (format version 1 wrote zstd's content checksum too; version 3 leaves it
+    /// out: the frame's crc32c and the pages' xxh3 digests already cover it).
     Zstd,
 }
 
@@ -69,35 +72,71 @@ pub fn page_digest(page: &[u8]) -> u64 {
 /// Compress `pages` (a multiple of 4096 bytes, at most [`MAX_FRAME_PAGES`] pages) at `level`
 /// (0 = store raw). Falls back to raw when compression does not shrink the data.
 pub fn compress_frame(pages: &[u8], level: i32) -> Frame {
+    encode_frame(pages.to_vec(), level, &Tuner::fixed(level), None).0
+}
+
+/// Encode the pages in `pages` (a multiple of 4096 bytes) at `level` (0 = raw), taking the
+/// buffer: a raw frame keeps it as its data (no copy), a compressed one hands it back (second
+/// value) for reuse. Times the digest and compress stages on `clock` and tells `tuner` what
+/// compression gave.
+pub fn encode_frame(
+    pages: Vec<u8>,
+    level: i32,
+    tuner: &Tuner,
+    clock: Option<&StageClock>,
+) -> (Frame, Option<Vec<u8>>) {
     debug_assert_eq!(pages.len() % PAGE_SIZE, 0, "frame of partial pages");
     let count = (pages.len() / PAGE_SIZE) as u32;
+    let cpu = || clock.map(|_| thread_cpu()).unwrap_or_default();
+    let t = cpu();
     let digests = pages.chunks_exact(PAGE_SIZE).map(page_digest).collect();
+    let t1 = cpu();
+    let w1 = Instant::now();
     let compressed = if level == 0 {
         None
     } else {
-        zstd_compress(pages, level)
+        zstd_compress(&pages, level)
     };
-    let (codec, data) = match compressed {
-        Some(data) if data.len() < pages.len() => (Codec::Zstd, data),
-        _ => (Codec::Raw, pages.to_vec()),
+    let took = match clock {
+        Some(c) => {
+            let t2 = cpu();
+            c.add(Stage::Digest, t1.saturating_sub(t));
+            if level != 0 {
+                c.add(Stage::Compress, t2.saturating_sub(t1));
+            }
+            t2.saturating_sub(t1)
+        }
+        None => w1.elapsed(),
+    };
+    if let Some(z) = &compressed {
+        tuner.compressed(pages.len(), z.len(), took);
+    }
+    let (codec, data, spare) = match compressed {
+        Some(data) if data.len() < pages.len() => (Codec::Zstd, data, Some(pages)),
+        _ => {
+            tuner.stored_raw();
+            (Codec::Raw, pages, None)
+        }
     };
     let crc = crc32c::crc32c(&data);
-    Frame {
+    let frame = Frame {
         pages: count,
         codec,
         data,
         crc,
         digests,
-    }
+    };
+    (frame, spare)
 }
 
-/// zstd-compress with a per-thread context at `level`, content checksum on. None on error.
+/// zstd-compress with a per-thread context at `level`, without zstd's content checksum (the
+/// frame's crc32c covers the stored bytes, the pages' digests the decoded ones). None on error.
 fn zstd_compress(src: &[u8], level: i32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|(l, _)| *l) != Some(level) {
             let mut c = zstd::bulk::Compressor::new(level).ok()?;
-            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))
                 .ok()?;
             *slot = Some((level, c));
         }

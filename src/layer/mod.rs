@@ -58,6 +58,7 @@
 
 mod checks;
 mod decode_cost;
+pub mod encode;
 pub mod format;
 pub mod frame;
 pub mod index;
@@ -74,6 +75,7 @@ use serde::{Deserialize, Serialize};
 use crate::hv::{DomainIdentity, GuestType};
 
 pub use decode_cost::{decode_cost, thread_cpu_ns, DecodeCost};
+pub use encode::{Encoding, EncodingUsed, StageTimes};
 pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};
@@ -170,6 +172,9 @@ pub struct CaptureStats {
     pub evicted: BTreeMap<EvictPolicy, u64>,
     /// Free-form remarks for the summary (e.g. "free: no agent answered in 2 s").
     pub notes: Vec<String>,
+    /// How the frames were encoded (`--compress`), absent in layers written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<encode::EncodingUsed>,
 }
 
 impl CaptureStats {

@@ -3,21 +3,29 @@
 //!
 //! ```text
 //!  producer thread           compress workers (N)             writer thread
-//!  copy pages into a     --> xxh3 digests + zstd frame --> reorder by seq, push frame,
-//!  chunk, zero-check          (bounded channel)              set index entries (last wins)
+//!  zero-check on the     --> xxh3 digests; zstd frame  --> reorder by seq, push frame,
+//!  mapping, copy the          or the buffer itself, raw      set index entries (last wins)
+//!  rest into a chunk          (bounded channel)
 //!        ^--------------- empty buffers come back through a pool ----------------'
 //! ```
 //!
 //! Chunks carry a sequence number; the writer applies them strictly in order, so a pfn sent in
 //! a later round always overrides its copy from an earlier round. Memory is bounded by the
-//! channel depths and the buffer pool.
+//! channel depths and the buffer pool. A page's bytes are copied once from the guest into a
+//! chunk buffer; a raw frame is that buffer, handed to the writer and back to the pool. How
+//! frames are encoded is the [`Tuner`]'s choice ([`super::encode`]); every stage is timed on
+//! one [`StageClock`].
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Instant;
 
-use super::{compress_frame, Frame, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
-use crate::hv::{Pfn, PAGE_SIZE};
+use super::encode::{thread_cpu, Encoding, EncodingUsed, Stage, StageClock, StageTimes, Tuner};
+use super::frame::encode_frame;
+use super::{Codec, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
+use crate::hv::{Pfn, PfnBitmap, PAGE_SIZE};
 
 /// Compress workers by default: one per core.
 pub fn default_workers() -> usize {
@@ -40,8 +48,36 @@ pub struct Chunk {
 
 impl Chunk {
     /// Pages in the chunk: with data, and recorded without (zero, unpopulated, evicted).
-    pub fn pages(&self) -> u64 {
+    pub fn pages_covered(&self) -> u64 {
         (self.pfns.len() + self.entries.len()) as u64
+    }
+
+    /// Drop the page copies of pfns set in `superseded` (their newer copies come in later
+    /// chunks), so they are never encoded. Entries stay (a later chunk overrides them).
+    /// Returns how many copies were dropped.
+    pub fn drop_pages(&mut self, superseded: &PfnBitmap) -> usize {
+        let mut dropped = 0;
+        let mut i = 0;
+        while i < self.pfns.len() {
+            if !superseded.get(self.pfns[i] as usize).is_some_and(|b| *b) {
+                i += 1;
+                continue;
+            }
+            // Move the last page into the hole: order inside a chunk is free.
+            let last = self.pfns.len() - 1;
+            if i != last {
+                self.data
+                    .copy_within(last * PAGE_SIZE..(last + 1) * PAGE_SIZE, i * PAGE_SIZE);
+            }
+            self.pfns.swap_remove(i);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Page copies the chunk holds.
+    pub fn pages(&self) -> usize {
+        self.pfns.len()
     }
 }
 
@@ -49,7 +85,7 @@ impl Chunk {
 struct Packed {
     seq: u64,
     pfns: Vec<Pfn>,
-    frame: Option<Frame>,
+    frame: Option<super::Frame>,
     entries: Vec<(Pfn, PageEntry)>,
 }
 
@@ -62,10 +98,11 @@ pub struct ChunkBuilder {
     pool_tx: mpsc::Sender<Vec<u8>>,
     /// Store all-zero pages as data (`--evict` without `zero`).
     keep_zero: bool,
+    clock: Arc<StageClock>,
 }
 
 impl ChunkBuilder {
-    fn new(frame_pages: usize) -> Self {
+    fn new(frame_pages: usize, clock: Arc<StageClock>) -> Self {
         let (pool_tx, pool) = mpsc::channel();
         let mut b = ChunkBuilder {
             frame_pages,
@@ -79,6 +116,7 @@ impl ChunkBuilder {
             pool,
             pool_tx,
             keep_zero: false,
+            clock,
         };
         b.cur = b.fresh();
         b
@@ -122,6 +160,30 @@ impl ChunkBuilder {
             return Some(std::mem::replace(&mut self.cur, next));
         }
         None
+    }
+
+    /// Add `pfn`'s content, which `copy` writes into the page-sized buffer it gets, as data:
+    /// the caller has already found it non-zero on the mapping (see [`Self::keeps_zero`]) and
+    /// has no baseline. Returns a chunk once one is full.
+    pub fn add_copied(&mut self, pfn: Pfn, copy: impl FnOnce(&mut [u8])) -> Option<Chunk> {
+        let at = self.cur.pfns.len() * PAGE_SIZE;
+        copy(&mut self.cur.data[at..at + PAGE_SIZE]);
+        self.cur.pfns.push(pfn);
+        if self.cur.pfns.len() == self.frame_pages {
+            let next = self.fresh();
+            return Some(std::mem::replace(&mut self.cur, next));
+        }
+        None
+    }
+
+    /// Whether all-zero pages are stored as data too.
+    pub fn keeps_zero(&self) -> bool {
+        self.keep_zero
+    }
+
+    /// The clock the pipeline's stages are timed on.
+    pub fn clock(&self) -> &StageClock {
+        &self.clock
     }
 
     /// Make sure buffers for about `pages` more pages exist and are faulted in, so that copying
@@ -184,6 +246,10 @@ pub struct WriterOut {
     pub index: LayerIndex,
     /// Figures.
     pub figures: WriterFigures,
+    /// How the frames were encoded.
+    pub encoding: EncodingUsed,
+    /// Time spent per stage.
+    pub stages: StageTimes,
 }
 
 /// A running pipeline inside a thread scope.
@@ -191,37 +257,53 @@ pub struct Pipeline<'scope> {
     tx: Option<SyncSender<Chunk>>,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
     writer: Option<ScopedJoinHandle<'scope, Result<WriterOut, LayerWriteError>>>,
+    tuner: Arc<Tuner>,
+    clock: Arc<StageClock>,
 }
 
 impl<'scope> Pipeline<'scope> {
-    /// Start `threads` compress workers at zstd `level` and a writer over `writer`/`index`.
+    /// Start `threads` compress workers encoding as `encoding` says and a writer over
+    /// `writer`/`index`.
     pub fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         writer: LayerWriter,
         index: LayerIndex,
         frame_pages: u32,
-        level: i32,
+        encoding: Encoding,
         threads: usize,
     ) -> (Self, ChunkBuilder) {
         let threads = threads.max(1);
         let (tx, rx) = mpsc::sync_channel::<Chunk>(threads * 2);
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let rx = Arc::new(std::sync::Mutex::new(rx));
         let (ptx, prx) = mpsc::sync_channel::<Packed>(threads * 2);
-        let builder = ChunkBuilder::new(frame_pages as usize);
+        let clock = Arc::new(StageClock::default());
+        let tuner = Arc::new(match encoding {
+            Encoding::Auto => Tuner::new(encoding, threads),
+            Encoding::Level(l) => Tuner::fixed(l),
+        });
+        let builder = ChunkBuilder::new(frame_pages as usize, clock.clone());
         let mut workers = Vec::with_capacity(threads);
         for _ in 0..threads {
             let rx = rx.clone();
             let ptx = ptx.clone();
             let pool = builder.pool_tx.clone();
-            workers.push(scope.spawn(move || compress_worker(&rx, &ptx, &pool, level)));
+            let (tuner, clock) = (tuner.clone(), clock.clone());
+            workers.push(scope.spawn(move || compress_worker(&rx, &ptx, &pool, &tuner, &clock)));
         }
         drop(ptx);
-        let writer = scope.spawn(move || write_in_order(prx, writer, index));
+        let stage = Stages {
+            pool: builder.pool_tx.clone(),
+            tuner: tuner.clone(),
+            clock: clock.clone(),
+        };
+        let writer = scope.spawn(move || write_in_order(prx, writer, index, stage));
         (
             Pipeline {
                 tx: Some(tx),
                 workers,
                 writer: Some(writer),
+                tuner,
+                clock,
             },
             builder,
         )
@@ -233,6 +315,16 @@ impl<'scope> Pipeline<'scope> {
         match tx.send(chunk) {
             Ok(()) => Ok(()),
             Err(_) => Err(self.cause()),
+        }
+    }
+
+    /// Send a chunk if a worker can take it now; otherwise give it back.
+    pub fn try_send(&mut self, chunk: Chunk) -> Result<Option<Chunk>, LayerWriteError> {
+        let tx = self.tx.as_ref().expect("pipeline open");
+        match tx.try_send(chunk) {
+            Ok(()) => Ok(None),
+            Err(mpsc::TrySendError::Full(c)) => Ok(Some(c)),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(self.cause()),
         }
     }
 
@@ -256,10 +348,13 @@ impl<'scope> Pipeline<'scope> {
                 return Err(writer_gone());
             }
         }
-        match self.writer.take() {
-            Some(w) => w.join().map_err(|_| writer_gone())?,
-            None => Err(writer_gone()),
-        }
+        let mut out = match self.writer.take() {
+            Some(w) => w.join().map_err(|_| writer_gone())??,
+            None => return Err(writer_gone()),
+        };
+        out.encoding = self.tuner.used();
+        out.stages = self.clock.times();
+        Ok(out)
     }
 }
 
@@ -270,11 +365,19 @@ fn writer_gone() -> LayerWriteError {
     }
 }
 
+/// What the writer thread shares with the rest of the pipeline.
+struct Stages {
+    pool: mpsc::Sender<Vec<u8>>,
+    tuner: Arc<Tuner>,
+    clock: Arc<StageClock>,
+}
+
 fn compress_worker(
     rx: &std::sync::Mutex<Receiver<Chunk>>,
     out: &SyncSender<Packed>,
     pool: &mpsc::Sender<Vec<u8>>,
-    level: i32,
+    tuner: &Tuner,
+    clock: &StageClock,
 ) {
     loop {
         let chunk = {
@@ -288,8 +391,18 @@ fn compress_worker(
             }
         };
         let n = chunk.pfns.len();
-        let frame = (n > 0).then(|| compress_frame(&chunk.data[..n * PAGE_SIZE], level));
-        let _ = pool.send(chunk.data);
+        let mut data = chunk.data;
+        let frame = if n > 0 {
+            data.truncate(n * PAGE_SIZE);
+            let (frame, spare) = encode_frame(data, tuner.level(), tuner, Some(clock));
+            if let Some(b) = spare {
+                let _ = pool.send(b);
+            }
+            Some(frame)
+        } else {
+            let _ = pool.send(data);
+            None
+        };
         let packed = Packed {
             seq: chunk.seq,
             pfns: chunk.pfns,
@@ -306,6 +419,7 @@ fn write_in_order(
     rx: Receiver<Packed>,
     mut writer: LayerWriter,
     mut index: LayerIndex,
+    stage: Stages,
 ) -> Result<WriterOut, LayerWriteError> {
     let mut pending: BTreeMap<u64, Packed> = BTreeMap::new();
     let mut next = 0u64;
@@ -313,7 +427,7 @@ fn write_in_order(
     for packed in rx {
         pending.insert(packed.seq, packed);
         while let Some(p) = pending.remove(&next) {
-            apply(&mut writer, &mut index, &mut fig, p)?;
+            apply(&mut writer, &mut index, &mut fig, p, &stage)?;
             next += 1;
         }
     }
@@ -325,6 +439,8 @@ fn write_in_order(
         writer,
         index,
         figures: fig,
+        encoding: EncodingUsed::default(),
+        stages: StageTimes::default(),
     })
 }
 
@@ -333,6 +449,7 @@ fn apply(
     index: &mut LayerIndex,
     fig: &mut WriterFigures,
     p: Packed,
+    stage: &Stages,
 ) -> Result<(), LayerWriteError> {
     // Entries and data of one chunk never name the same pfn (a pfn is copied once per round,
     // and a round's chunks are in order), so their relative order inside the chunk is free.
@@ -340,13 +457,22 @@ fn apply(
         index.set(pfn, entry, None);
     }
     if let Some(frame) = p.frame {
+        let (t, cpu) = (Instant::now(), thread_cpu());
         let first = writer.push_frame(&frame)?;
+        stage
+            .clock
+            .add(Stage::Write, thread_cpu().saturating_sub(cpu));
+        stage.tuner.written(frame.data.len(), t.elapsed());
         fig.frames += 1;
         fig.stored_bytes += frame.data.len() as u64;
         fig.raw_bytes += (p.pfns.len() * PAGE_SIZE) as u64;
         fig.data_copies += p.pfns.len() as u64;
         for (i, pfn) in p.pfns.into_iter().enumerate() {
             index.set(pfn, PageEntry::Data, Some(first + i as u64));
+        }
+        // A raw frame's data is a chunk buffer: back to the pool.
+        if frame.codec == Codec::Raw {
+            let _ = stage.pool.send(frame.data);
         }
     }
     Ok(())

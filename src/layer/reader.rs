@@ -91,7 +91,7 @@ pub enum LayerReadError {
         found: [u8; 8],
     },
     /// Unsupported format version.
-    #[error("layer {path} has format version {found}; this xckpt reads version {VERSION}")]
+    #[error("layer {path} has format version {found}; this xckpt reads versions 1 and {VERSION} (plain) and 2 (encrypted)")]
     BadVersion {
         /// The file.
         path: PathBuf,

@@ -20,9 +20,11 @@ use crate::hv::{StateBlob, PAGE_SIZE};
 pub const TEMP_PREFIX: &str = ".tmp-layer-";
 /// zstd level of the INDEX section.
 const INDEX_LEVEL: i32 = 3;
-/// Write buffer size.
-const BUF_BYTES: usize = 8 << 20;
-/// Write-back is started every this many bytes.
+/// Write buffer size: small, so that a frame (64 pages by default, compressed or not, is
+/// mostly larger) goes from the encoder's buffer to the kernel without a copy in between;
+/// sections and small frames are still gathered.
+const BUF_BYTES: usize = 64 << 10;
+/// The file is made durable, on a flusher thread, every this many bytes.
 const WRITEBACK_BYTES: u64 = 64 << 20;
 
 /// Errors while writing a layer.
@@ -74,6 +76,8 @@ pub struct LayerWriter {
     /// Where frames start (the preamble's length).
     data_start: u64,
     seal: Option<FileSeal>,
+    /// The flusher of the last full write-back window ([`Self::start_writeback`]).
+    flushing: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LayerWriter {
@@ -99,6 +103,7 @@ impl LayerWriter {
             digests: Vec::new(),
             data_start: 0,
             seal: None,
+            flushing: None,
         };
         if let Some((key, id)) = key {
             w.seal = Some(FileSeal::new(key, id).map_err(|e| w.io(e))?);
@@ -333,18 +338,40 @@ impl LayerWriter {
         Ok(())
     }
 
-    /// Start write-back of what is written so far and drop what is already on disk from the
-    /// page cache (`POSIX_FADV_DONTNEED` starts asynchronous write-back of dirty pages on
-    /// Linux). The final fsync then has little left to do, and a checkpoint does not push the
-    /// dom0's own page cache out. Advice only: errors are ignored.
+    /// Make what is written so far durable (`fdatasync` on a flusher thread, while the writer
+    /// goes on) and drop it from the page cache. The writer waits for the previous window's
+    /// flush first, so at most two windows are in flight and the time writes take follows the
+    /// device, not the page cache (the encoder's `auto` mode weighs it against compression);
+    /// the final fsync has little left to do, and a checkpoint does not push the dom0's own
+    /// page cache out. Errors here are ignored: the final fsync reports them.
     fn start_writeback(&mut self) {
-        if let Some(out) = self.out.as_ref() {
-            let upto = std::num::NonZeroU64::new(self.pos - self.pos % WRITEBACK_BYTES);
-            let _ = rustix::fs::fadvise(out.get_ref(), 0, upto, rustix::fs::Advice::DontNeed);
+        self.wait_flush();
+        let Some(out) = self.out.as_mut() else { return };
+        if out.flush().is_err() {
+            return;
+        }
+        let Ok(file) = out.get_ref().try_clone() else {
+            return;
+        };
+        let upto = std::num::NonZeroU64::new(self.pos - self.pos % WRITEBACK_BYTES);
+        self.flushing = std::thread::Builder::new()
+            .name("xckpt-flush".into())
+            .spawn(move || {
+                let _ = file.sync_data();
+                let _ = rustix::fs::fadvise(&file, 0, upto, rustix::fs::Advice::DontNeed);
+            })
+            .ok();
+    }
+
+    /// Wait for the flusher thread, if one runs.
+    fn wait_flush(&mut self) {
+        if let Some(h) = self.flushing.take() {
+            let _ = h.join();
         }
     }
 
     fn sync_file(&mut self) -> Result<(), LayerWriteError> {
+        self.wait_flush();
         let out = self
             .out
             .take()
@@ -363,6 +390,7 @@ impl LayerWriter {
 
 impl Drop for LayerWriter {
     fn drop(&mut self) {
+        self.wait_flush();
         if !self.tmp.as_os_str().is_empty() {
             self.out = None;
             let _ = std::fs::remove_file(&self.tmp);

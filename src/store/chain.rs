@@ -146,6 +146,28 @@ impl Chain {
         state: &[StateBlob],
         config: &[u8],
     ) -> Result<LayerRecord, StoreError> {
+        let content = LayerContent {
+            index,
+            state,
+            config,
+        };
+        self.commit_layer_tracked(writer, meta, content, None)
+    }
+
+    /// [`Self::commit_layer`] of `content`, and with `tracking` (`Some`) the chain's tracking
+    /// state replaced in the same manifest write: one manifest write per checkpoint.
+    pub fn commit_layer_tracked(
+        &self,
+        writer: LayerWriter,
+        meta: &LayerMeta,
+        content: LayerContent<'_>,
+        tracking: Option<Option<TrackingState>>,
+    ) -> Result<LayerRecord, StoreError> {
+        let LayerContent {
+            index,
+            state,
+            config,
+        } = content;
         let mut m = self.manifest()?;
         self.check_commit(&m, meta)?;
         let file = layer_file_name(meta.id);
@@ -162,6 +184,9 @@ impl Chain {
         };
         m.layers.push(record.clone());
         m.domain = Some(meta.domain.clone());
+        if let Some(t) = tracking {
+            m.tracking = t;
+        }
         manifest::write(&self.dir, &m)?;
         Ok(record)
     }
@@ -260,4 +285,15 @@ pub(crate) fn is_layer_name(name: &str) -> bool {
         Some((id, rev)) => digits(id) && digits(rev),
         None => digits(rest),
     }
+}
+
+/// What a layer holds besides its frames: the page index, the VM state and the config.
+#[derive(Clone, Copy)]
+pub struct LayerContent<'a> {
+    /// The page index.
+    pub index: &'a LayerIndex,
+    /// VM state blobs.
+    pub state: &'a [StateBlob],
+    /// The domain's config.
+    pub config: &'a [u8],
 }

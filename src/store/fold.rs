@@ -111,7 +111,7 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
             chain.begin_layer()?,
             index,
             frame_pages,
-            meta.compress_level.max(0),
+            crate::layer::Encoding::Level(meta.compress_level.max(0)),
             pipeline::default_workers(),
         );
         // Pages stored as data stay data, zero or not (the source's `--evict` choice).
@@ -123,7 +123,7 @@ pub(super) fn fold(chain: &Chain, run: &[LayerRecord]) -> Result<Folded, StoreEr
                 |pfn| owner.get(pfn as usize) == Some(&(i as u16)),
                 |pfn, page| match builder.add_page(pfn, |dst| dst.copy_from_slice(page), None) {
                     Some(chunk) => {
-                        progress::advance(subject, task, chunk.pages());
+                        progress::advance(subject, task, chunk.pages_covered());
                         pipe.send(chunk).map_err(StoreError::from)
                     }
                     None => Ok(()),

@@ -31,7 +31,7 @@ use crate::compose::ComposeError;
 use crate::hv::DomainIdentity;
 use crate::layer::{CaptureStats, LayerKind, LayerReadError, LayerWriteError};
 
-pub use chain::Chain;
+pub use chain::{Chain, LayerContent};
 pub use fold::Folded;
 pub use lock::ChainLock;
 pub use retention::RetentionPolicy;

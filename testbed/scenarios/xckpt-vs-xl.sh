@@ -1,0 +1,106 @@
+# about: speed beside stock xl (issue 12): xl save/restore, then xckpt base, 2 incrementals 10 s apart, restore, export + xl restore, PVH and HVM; base <= 1.0x xl save, incr <= 0.5x, restore <= 1.25x xl restore
+. /testbed/xckpt.sh
+FIG=""
+
+# num NAME VALUE: VALUE must parse as a number, or the scenario fails.
+num() {
+  case $2 in
+    '' | *[!0-9.]* | *.*.* | .) fail "figure $1 is not a number: '$2'" ;;
+  esac
+}
+
+# ratio A B: A / B, three decimals (both already checked by num).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b <= 0) print "x"; else printf "%.3f", a / b }'; }
+
+# sweep_after NAME MARK FROM TO WHAT: after a restore, the workload must print TICK lines, finish
+# one whole verification sweep (its `sweeps` counter grows past the first value seen after MARK)
+# with bad=0, and its first generation must lie in [FROM, TO] (the checkpoint's gen and the
+# gen when the original was stopped). Sets SW_GEN (first gen after MARK).
+sweep_after() {
+  local name=$1 m=$2 from=$3 to=$4 what=$5 s0 s t0
+  wait_ticks "$name" 1 120 "$m" || fail "$what: workload of $name not running"
+  SW_GEN=$(ticks "$name" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^gen=//p')
+  s0=$(ticks "$name" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^sweeps=//p')
+  num "$what first gen" "$SW_GEN"
+  num "$what first sweeps" "$s0"
+  t0=$(now)
+  while :; do
+    s=$(tick_field "$name" "$m" sweeps)
+    num "$what sweeps" "$s"
+    [ "$s" -gt "$s0" ] && break
+    awk -v a="$t0" -v b="$(now)" 'BEGIN{exit !(b-a > 120)}' &&
+      fail "$what: no full verification sweep of $name within 120 s (sweeps stayed $s0)"
+    sleep 1
+  done
+  check_bad "$name" "$m" || fail "$what: workload of $name saw bad pages"
+  [ "$SW_GEN" -ge "$from" ] && [ "$SW_GEN" -le "$to" ] ||
+    fail "$what: $name resumed at gen $SW_GEN, not between $from (checkpoint) and $to (stopped)"
+}
+
+# one_type TYPE: the whole sequence on one guest of TYPE; appends TYPE_key=value to FIG.
+one_type() {
+  local t=$1 g=xvx$1 img=$TBW/xvx.save m g0 g1 gen_ck gen_stop
+  fresh_guest "$t" "$g"
+  # Stock xl: save (the guest stops), restore.
+  g0=$(last_gen "$g")
+  timed XS_S xl save "$g" "$img" || fail "xl save $g failed"
+  # The gen of the suspend itself is at most one TICK (1 s) past the last one printed, and the
+  # first TICK after the restore at most one more: bound by 3 s of writes past it.
+  g1=$(( $(last_gen "$g") + 3 * ${WL_RATE:-2048} ))
+  m=$(mark "$g")
+  timed XR_S xl restore "$img" || fail "xl restore $g failed"
+  rm -f "$img"
+  sweep_after "$g" "$m" "$g0" "$g1" "xl restore"
+  # xckpt: base, two incrementals 10 s apart.
+  ck "$g"; note "$CK_LINE"; local base_s=$CK_S
+  sleep 10
+  ck "$g"; note "$CK_LINE"; local incr1_s=$CK_S
+  sleep 10
+  ck "$g"; note "$CK_LINE"; local incr_s=$CK_S
+  gen_ck=$CK_GEN
+  # Restore of the latest point.
+  gen_stop=$(last_gen "$g")
+  m=$(mark "$g")
+  destroy_guest "$g"
+  out RS_S xckpt restore --store "$STORE" "$g" || fail "xckpt restore $g failed: $OUT_LAST"
+  sweep_after "$g" "$m" "$gen_ck" "$gen_stop" "xckpt restore"
+  # Export of that point, restored by stock xl.
+  timed EX_S xckpt export --store "$STORE" "$g" -o "$img" || fail "xckpt export $g failed"
+  gen_stop=$(last_gen "$g")
+  destroy_guest "$g"
+  clear_store
+  m=$(mark "$g")
+  timed EXR_S xl restore "$img" || fail "xl restore of the export of $g failed"
+  rm -f "$img"
+  sweep_after "$g" "$m" "$gen_ck" "$gen_stop" "xl restore of the export"
+  destroy_guest "$g"
+  local k v kv
+  for kv in "xl_save_s=$XS_S" "xl_restore_s=$XR_S" "base_s=$base_s" "incr1_s=$incr1_s" \
+            "incr_s=$incr_s" "restore_s=$RS_S" "export_s=$EX_S" "export_xl_restore_s=$EXR_S"; do
+    k=${kv%%=*}; v=${kv#*=}
+    num "${t}_$k" "$v"
+    FIG="$FIG ${t}_$kv"
+  done
+  for kv in "base_vs_xl_save=$(ratio "$base_s" "$XS_S")" \
+            "incr_vs_xl_save=$(ratio "$incr_s" "$XS_S")" \
+            "restore_vs_xl_restore=$(ratio "$RS_S" "$XR_S")" \
+            "export_vs_xl_save=$(ratio "$EX_S" "$XS_S")"; do
+    k=${kv%%=*}; v=${kv#*=}
+    num "${t}_$k" "$v"
+    FIG="$FIG ${t}_$kv"
+    eval "R_${t}_$k=$v"
+  done
+}
+
+one_type pvh
+one_type hvm
+# The bars of issue 12, for both guest types.
+BAD=""
+for t in pvh hvm; do
+  eval "b=\$R_${t}_base_vs_xl_save i=\$R_${t}_incr_vs_xl_save r=\$R_${t}_restore_vs_xl_restore"
+  awk -v x="$b" 'BEGIN{exit !(x <= 1.0)}' || BAD="$BAD ${t}_base_vs_xl_save=$b>1.0"
+  awk -v x="$i" 'BEGIN{exit !(x <= 0.5)}' || BAD="$BAD ${t}_incr_vs_xl_save=$i>0.5"
+  awk -v x="$r" 'BEGIN{exit !(x <= 1.25)}' || BAD="$BAD ${t}_restore_vs_xl_restore=$r>1.25"
+done
+[ -z "$BAD" ] || fail "over the bar:$BAD;$FIG"
+pass "bad=0${FIG}"
