@@ -23,6 +23,7 @@ pub mod balloon;
 pub mod filter;
 pub mod policy;
 pub mod runs;
+pub mod vmi;
 
 pub use agent::{AgentError, AgentReply, AgentRequest, GuestAgent, GuestMemInfo};
 pub use balloon::{BalloonError, BalloonGuard, BalloonTarget};
@@ -45,6 +46,11 @@ pub struct EvictOptions {
     pub balloon: Option<Arc<dyn BalloonTarget>>,
     /// How long the guest may take to come down to the balloon target.
     pub balloon_timeout: Duration,
+    /// The guest kernel's profile (`--guest-profile`): `free` by introspection when no agent
+    /// answers ([`vmi`]).
+    pub guest_profile: Option<Arc<vmi::Profile>>,
+    /// Bounds of the introspection.
+    pub vmi_limits: vmi::Limits,
 }
 
 impl Default for EvictOptions {
@@ -55,6 +61,8 @@ impl Default for EvictOptions {
             agent_timeout: Duration::from_secs(3),
             balloon: None,
             balloon_timeout: Duration::from_secs(20),
+            guest_profile: None,
+            vmi_limits: vmi::Limits::default(),
         }
     }
 }
@@ -66,6 +74,7 @@ impl std::fmt::Debug for EvictOptions {
             .field("agent", &self.agent.is_some())
             .field("agent_timeout", &self.agent_timeout)
             .field("balloon", &self.balloon.is_some())
+            .field("guest_profile", &self.guest_profile.as_ref().map(|p| &p.source))
             .finish()
     }
 }
@@ -112,6 +121,55 @@ pub fn ask_agent(opts: &EvictOptions, pfn_count: u64) -> (Option<FreeFilter>, St
             (Some(filter), note)
         }
         Err(e) => (None, format!("{what}: skipped, {e}")),
+    }
+}
+
+/// The free pages for the copy path, right after log-dirty was armed: the agent's report if it
+/// answers (first choice: the guest's own view, with its memory figures), otherwise, for
+/// `free`, the introspection of the guest's memory with `--guest-profile` ([`vmi`]). Never
+/// fails the capture.
+pub fn free_pages(
+    opts: &EvictOptions,
+    info: &crate::hv::DomainInfo,
+    mem: &dyn crate::hv::GuestMemory,
+) -> (Option<FreeFilter>, String) {
+    let (filter, note) = ask_agent(opts, info.pfn_count);
+    if filter.is_some() || !opts.set.free {
+        return (filter, note);
+    }
+    let Some(profile) = opts.guest_profile.as_deref() else {
+        return (filter, note);
+    };
+    let why = if info.guest_type == crate::hv::GuestType::Pv {
+        Err("introspection reads PVH and HVM guests only".to_string())
+    } else {
+        let phys = vmi::HvMem {
+            dom: mem,
+            frames: info.pfn_count,
+        };
+        vmi::find_free(&phys, profile, opts.vmi_limits).map_err(|e| e.to_string())
+    };
+    match why {
+        Ok(found) => {
+            let reply = AgentReply {
+                free: found.scan.runs.clone(),
+                ..Default::default()
+            };
+            let note = format!(
+                "{note}; free by introspection of {} ({}): {} free pages in {} blocks ({} cut to their head, {} changing while read), {} guest pages read in {} ms{}",
+                found.kernel,
+                profile.source,
+                found.scan.pages,
+                found.scan.blocks,
+                found.scan.cut,
+                found.scan.unsettled,
+                found.pages_read,
+                found.took.as_millis(),
+                if opts.set.cache { "; cache: skipped, dropping the guest's page cache needs xckpt-agent" } else { "" }
+            );
+            (Some(FreeFilter::new(info.pfn_count, &reply)), note)
+        }
+        Err(e) => (None, format!("{note}; introspection with {}: {e}; every page stored", profile.source)),
     }
 }
 
