@@ -121,6 +121,8 @@ build_dom0_base() {
   cp /usr/share/qemu/{linuxboot_dma.bin,linuxboot.bin,kvmvapic.bin} "$d/usr/share/qemu/"
   cp -r /usr/share/qemu/keymaps "$d/usr/share/qemu/"
   cp "$STAGE/boot/vmlinuz-$KVER" "$d/guest/vmlinuz"
+  # The guest kernel's symbols: xckpt --guest-profile (evict-vmi-*, docs/eviction.md).
+  cp "$STAGE/boot/System.map-$KVER" "$d/guest/System.map"
   cp "$WORK/domu.cpio.gz" "$d/guest/"
   pack "$d" "$WORK/dom0-base.cpio.gz"
 }
