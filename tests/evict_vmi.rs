@@ -205,3 +205,118 @@ fn random_corruption_never_panics_and_never_frees_a_busy_page() {
         }
     }
 }
+
+mod sim {
+    //! The proof on the simulator, as `tests/evict_sim.rs` gives it for the agent: a page the
+    //! introspection reads as free but the guest writes after arming (before the scan, or
+    //! after it while the capture runs) is stored, never evicted; the restore equals the guest
+    //! at the pause on every other page.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use xckpt::capture::{checkpoint, CaptureOptions};
+    use xckpt::compose::{Image, PageState};
+    use xckpt::evict::EvictOptions;
+    use xckpt::hv::sim::{SimConfig, SimDomain, TruthMode};
+    use xckpt::layer::EvictPolicy;
+    use xckpt::store::Store;
+
+    fn guest() -> (Arc<SimDomain>, Synth) {
+        let mut s = Synth::new(PAGES, &K6_1, 2 * MIB2);
+        blocks(&mut s);
+        let mut cfg = SimConfig::small(PAGES);
+        cfg.populated = vec![0..PAGES];
+        cfg.auto_truth = Some(TruthMode::Full);
+        let dom = Arc::new(SimDomain::new(cfg).unwrap());
+        for pfn in 0..PAGES {
+            let p = &s.img[pfn as usize * PAGE..][..PAGE];
+            if p.iter().any(|&b| b != 0) {
+                dom.write_page(pfn, p).unwrap();
+            }
+        }
+        // Free memory that held data once: only `free` leaves it out.
+        for &(start, n) in &[(16u64, 16u64), (64, 64), (1024, 1024)] {
+            for pfn in start..start + n {
+                dom.write_page(pfn, &[0x5a; PAGE]).unwrap();
+            }
+        }
+        (dom, s)
+    }
+
+    #[test]
+    fn a_page_read_as_free_but_written_after_arming_is_never_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let chain = store.chain("g").unwrap();
+        let (dom, s) = guest();
+        // CLEAN 1 arms tracking (the scan follows it): write pfn 20 then. CLEAN 2 follows
+        // round 0, which read every page: write 70 and 1030 then.
+        let cleans = Arc::new(AtomicU64::new(0));
+        let (d, c) = (dom.clone(), cleans.clone());
+        dom.faults().after_clean(move || match c.fetch_add(1, Ordering::SeqCst) {
+            0 => d.write_page(20, &[0x11; PAGE]).unwrap(),
+            1 => [70u64, 1030].iter().for_each(|&p| d.write_page(p, &[0x22; PAGE]).unwrap()),
+            _ => {}
+        });
+        let o = CaptureOptions {
+            threads: 2,
+            frame_pages: 16,
+            evict: EvictOptions {
+                set: "zero,unpopulated,free".parse().unwrap(),
+                guest_profile: Some(Arc::new(s.profile())),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = checkpoint(&dom, &chain, &o).unwrap();
+        let notes = &r.layer.stats.notes;
+        assert!(notes.iter().any(|n| n.contains("free by introspection of Linux version 6.1.0-56-amd64")), "{notes:?}");
+        let image = chain.compose(Some(r.layer.id)).unwrap();
+        for pfn in [20u64, 70, 1030] {
+            assert!(matches!(image.page_state(pfn), PageState::Data(_)), "pfn {pfn} written after arming is {:?}", image.page_state(pfn));
+        }
+        assert_eq!(image.page_state(16), PageState::Evicted(EvictPolicy::Free));
+        assert_eq!(image.page_state(4097), PageState::Evicted(EvictPolicy::Free));
+        let evicted = r.layer.stats.evicted.get(&EvictPolicy::Free).copied();
+        assert_eq!(evicted, Some(16 + 64 + 1024 + 3 - 3), "{:?}", r.layer.stats);
+        // Every other page restores as the guest had it at the pause.
+        let truth = dom.truths().last().unwrap().memory.clone().unwrap();
+        let mut buf = vec![0u8; PAGE];
+        for pfn in 0..image.pfn_count() {
+            image.read_page(pfn, &mut buf).unwrap();
+            if let PageState::Evicted(_) = image.page_state(pfn) {
+                assert!(buf.iter().all(|&b| b == 0), "evicted pfn {pfn:#x} not zero");
+            } else {
+                assert_eq!(&buf[..], &truth[pfn as usize * PAGE..][..PAGE], "pfn {pfn:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_profile_of_another_kernel_costs_only_the_free_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let chain = store.chain("g").unwrap();
+        let (dom, s) = guest();
+        let map = s.system_map().replace("ffffffff81000000 D linux_banner", "ffffffff81000800 D linux_banner");
+        let o = CaptureOptions {
+            threads: 2,
+            frame_pages: 16,
+            evict: EvictOptions {
+                set: "zero,unpopulated,free".parse().unwrap(),
+                guest_profile: Some(Arc::new(xckpt::evict::vmi::Profile::from_system_map(&map).unwrap())),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = checkpoint(&dom, &chain, &o).unwrap();
+        let notes = &r.layer.stats.notes;
+        assert_eq!(notes.iter().filter(|n| n.contains("introspection")).count(), 1, "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("every page stored")), "{notes:?}");
+        assert_eq!(r.layer.stats.evicted.get(&EvictPolicy::Free).copied().unwrap_or(0), 0);
+        let image = chain.compose(Some(r.layer.id)).unwrap();
+        assert!(matches!(image.page_state(20), PageState::Data(_)));
+    }
+}
