@@ -320,3 +320,20 @@ mod sim {
         assert!(matches!(image.page_state(20), PageState::Data(_)));
     }
 }
+
+/// The BTF parser on a real kernel's `.BTF` (`objcopy -O binary --only-section=.BTF vmlinux`),
+/// when `XCKPT_TEST_BTF` names one; with `XCKPT_TEST_BTF_LAYOUT=size,private,mapcount` the
+/// offsets are checked too.
+#[test]
+fn a_real_kernels_btf_if_given() {
+    let Ok(path) = std::env::var("XCKPT_TEST_BTF") else {
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let btf = xckpt::evict::vmi::btf::Btf::parse(&bytes).unwrap();
+    let l = btf.page_layout().unwrap();
+    eprintln!("struct page: {l:?}; PG_buddy {:?} PGTY_buddy {:?}", btf.enumerator("PG_buddy"), btf.enumerator("PGTY_buddy"));
+    if let Ok(want) = std::env::var("XCKPT_TEST_BTF_LAYOUT") {
+        assert_eq!(want, format!("{},{},{}", l.size, l.private, l.mapcount));
+    }
+}

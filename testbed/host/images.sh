@@ -121,8 +121,6 @@ build_dom0_base() {
   cp /usr/share/qemu/{linuxboot_dma.bin,linuxboot.bin,kvmvapic.bin} "$d/usr/share/qemu/"
   cp -r /usr/share/qemu/keymaps "$d/usr/share/qemu/"
   cp "$STAGE/boot/vmlinuz-$KVER" "$d/guest/vmlinuz"
-  # The guest kernel's symbols: xckpt --guest-profile (evict-vmi-*, docs/eviction.md).
-  cp "$STAGE/boot/System.map-$KVER" "$d/guest/System.map"
   cp "$WORK/domu.cpio.gz" "$d/guest/"
   pack "$d" "$WORK/dom0-base.cpio.gz"
 }
@@ -135,6 +133,9 @@ build_dom0_run() {
   install -m 755 "$TB/dom0/init" "$d/init"
   cp "$TB"/dom0/*.sh "$d/testbed/"
   cp -r "$TB/scenarios" "$d/testbed/"
+  # The guest kernel's symbols for xckpt --guest-profile (evict-vmi-*; docs/eviction.md):
+  # Debian's linux-image ships a stub System.map, the real one is in its -dbg package.
+  [ -f "$TB/profiles/System.map-$KVER" ] && cp "$TB/profiles/System.map-$KVER" "$d/testbed/guest.System.map"
   {
     echo "TB_MODE=$mode"
     echo "TB_SCENARIOS=\"$*\""
