@@ -272,7 +272,7 @@ mod sim {
         };
         let r = checkpoint(&dom, &chain, &o).unwrap();
         let notes = &r.layer.stats.notes;
-        assert!(notes.iter().any(|n| n.contains("free by introspection of Linux version 6.1.0-56-amd64")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("free: by introspection of Linux version 6.1.0-56-amd64")), "{notes:?}");
         let image = chain.compose(Some(r.layer.id)).unwrap();
         for pfn in [20u64, 70, 1030] {
             assert!(matches!(image.page_state(pfn), PageState::Data(_)), "pfn {pfn} written after arming is {:?}", image.page_state(pfn));

@@ -21,7 +21,7 @@ used_ck "$G" zero,unpopulated,free --guest-profile "$GUEST_PROFILE"
 VMI_SIZE=$SIZE VMI_USED=$USED VMI_R=$(ratio "$SIZE" "$USED") VMI_PAGES=$(ck_evicted free)
 VMI_NOTE=$(ck_note "introspection")
 note "introspection: $VMI_NOTE"
-echo "$VMI_NOTE" | grep -q "free by introspection" || fail "no introspection note: $(grep -a 'note:' "$TBW/.out")"
+echo "$VMI_NOTE" | grep -q "free: by introspection" || fail "no introspection note: $(grep -a 'note:' "$TBW/.out")"
 destroy_guest "$G"
 # 2. The agent, same workload; and the introspection of the same guest (the agent given no
 # time to answer), as a cross-check.

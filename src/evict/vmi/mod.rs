@@ -100,13 +100,7 @@ pub fn find_free(mem: &dyn PhysMem, profile: &Profile, limits: Limits) -> Result
     if profile.layout.is_none() && btf_range.0.is_none() {
         return Err(VmiError::MissingSymbol("__start_BTF"));
     }
-    let delta = translate::find_image_delta(&mut r, banner_at, &mut |r, d| {
-        let Some(b) = image_phys(banner_at, d).map(|p| r.bytes(p, 14)).transpose()? else {
-            return Ok(false);
-        };
-        if b.as_deref() != Some(b"Linux version ".as_slice()) {
-            return Ok(false);
-        }
+    let delta = translate::find_image_delta(&mut r, banner_at, b"Linux version ", &mut |r, d| {
         match btf_range.0 {
             Some(s) => Ok(image_phys(s, d).map(|p| r.bytes(p, 2)).transpose()?.flatten()
                 == Some(vec![0x9f, 0xeb])),

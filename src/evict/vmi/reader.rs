@@ -109,7 +109,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            time: Duration::from_secs(10),
+            time: Duration::from_secs(20),
             pages: 1 << 20,
         }
     }

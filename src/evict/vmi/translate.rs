@@ -30,34 +30,53 @@ pub fn image_phys(addr: u64, delta: i64) -> Option<u64> {
     u64::try_from((off as i64).checked_add(delta)?).ok()
 }
 
-/// Find the delta at which `check(reader, delta)` holds for exactly one 2 MiB step.
+/// Find the one delta (a 2 MiB step) at which `prefix` is at kernel-image address `anchor` and
+/// `check(reader, delta)` holds. The candidates' pages are read in batches; more than one
+/// match is refused.
 pub fn find_image_delta(
     r: &mut Reader<'_>,
     anchor: u64,
+    prefix: &[u8],
     check: &mut dyn FnMut(&mut Reader<'_>, i64) -> Result<bool, VmiError>,
 ) -> Result<i64, VmiError> {
     let off = anchor
         .checked_sub(START_KERNEL_MAP)
         .filter(|&o| o < 1 << 31)
-        .ok_or_else(|| VmiError::Inconsistent(format!("linux_banner {anchor:#x} is not a kernel-image address")))?;
-    let limit = r.frames().saturating_mul(PAGE_SIZE as u64).min(IMAGE_SEARCH_LIMIT);
-    // Deltas that put the anchor inside guest memory, the unrelocated one (0) first.
+        .ok_or_else(|| {
+            VmiError::Inconsistent(format!("linux_banner {anchor:#x} is not a kernel-image address"))
+        })?;
+    let page = PAGE_SIZE as u64;
+    let in_page = (off % page) as usize;
+    if in_page + prefix.len() > PAGE_SIZE {
+        return Err(VmiError::Unsupported("linux_banner straddles a page".into()));
+    }
+    let limit = r.frames().saturating_mul(page).min(IMAGE_SEARCH_LIMIT);
+    // Deltas that put the anchor inside guest memory.
     let lo = -((off as i64) / IMAGE_ALIGN);
     let hi = (limit as i64 - off as i64) / IMAGE_ALIGN;
+    let deltas: Vec<i64> = (lo..=hi).map(|k| k * IMAGE_ALIGN).collect();
     let mut found = Vec::new();
-    for k in std::iter::once(0).chain((lo..=hi).filter(|&k| k != 0)) {
-        let delta = k * IMAGE_ALIGN;
-        if check(r, delta)? {
-            found.push(delta);
-            if found.len() > 1 {
-                return Err(VmiError::Inconsistent(format!(
-                    "the kernel image matches at two places (deltas {:#x} and {:#x})",
-                    found[0], found[1]
-                )));
+    let mut buf = vec![0u8; 256 * PAGE_SIZE];
+    for batch in deltas.chunks(256) {
+        let pfns: Vec<u64> = batch
+            .iter()
+            .map(|&d| image_phys(anchor, d).map_or(u64::MAX, |p| p / page))
+            .collect();
+        let ok = r.frames_into(&pfns, &mut buf[..pfns.len() * PAGE_SIZE], None)?;
+        for (i, &d) in batch.iter().enumerate() {
+            let at = i * PAGE_SIZE + in_page;
+            if ok[i] && buf[at..at + prefix.len()] == *prefix && check(r, d)? {
+                found.push(d);
             }
         }
     }
-    found.pop().ok_or(VmiError::NoImage)
+    match found[..] {
+        [d] => Ok(d),
+        [] => Err(VmiError::NoImage),
+        [a, b, ..] => Err(VmiError::Inconsistent(format!(
+            "the kernel image matches at two places (deltas {a:#x} and {b:#x})"
+        ))),
+    }
 }
 
 /// The kernel's page tables, walked from `root` (physical address of init_top_pgt).
