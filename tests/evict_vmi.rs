@@ -2,6 +2,7 @@
 //! free-page marking, and corrupt or hostile structures (never a panic, never a page called
 //! free that the image does not prove free).
 
+mod sim_util;
 mod vmi_util;
 
 use std::time::Duration;
@@ -30,7 +31,12 @@ fn every_version_marking_finds_exactly_the_free_blocks() {
         let mut s = Synth::new(PAGES, k, 2 * MIB2);
         blocks(&mut s);
         let runs = scan(&s).unwrap_or_else(|e| panic!("{}: {e}", k.banner));
-        assert_eq!(runs, vec![(16, 16), (64, 64), (1024, 1024), (4097, 3)], "{}", k.banner);
+        assert_eq!(
+            runs,
+            vec![(16, 16), (64, 64), (1024, 1024), (4097, 3)],
+            "{}",
+            k.banner
+        );
     }
     // Another version's marking is not taken for free.
     let mut s = Synth::new(PAGES, &K6_12, 0);
@@ -55,16 +61,35 @@ fn a_block_whose_tail_is_busy_is_cut_to_its_head() {
 
 #[test]
 fn impossible_heads_refuse_the_whole_scan() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Synth)>)> = vec![
-        ("order 11", Box::new(|s| s.set_page(2048, 0, 0, 11, s.buddy_word, 0))),
-        ("order 2^63", Box::new(|s| s.set_page(2048, 0, 0, 63, s.buddy_word, 0))),
-        ("misaligned", Box::new(|s| s.set_page(2050, 0, 0, 2, s.buddy_word, 0))),
-        ("past the end", Box::new(|s| s.set_page(PAGES - 4, 0, 0, 3, s.buddy_word, 0))),
-        ("referenced", Box::new(|s| s.set_page(2048, 0, 0, 0, s.buddy_word, 1))),
-        ("head in a block", Box::new(|s| {
-            s.free_block(2048, 3);
-            s.set_page(2052, 0, 0, 0, s.buddy_word, 0);
-        })),
+    type Corrupt = Box<dyn Fn(&mut Synth)>;
+    let cases: Vec<(&str, Corrupt)> = vec![
+        (
+            "order 11",
+            Box::new(|s| s.set_page(2048, 0, 0, 11, s.buddy_word, 0)),
+        ),
+        (
+            "order 2^63",
+            Box::new(|s| s.set_page(2048, 0, 0, 63, s.buddy_word, 0)),
+        ),
+        (
+            "misaligned",
+            Box::new(|s| s.set_page(2050, 0, 0, 2, s.buddy_word, 0)),
+        ),
+        (
+            "past the end",
+            Box::new(|s| s.set_page(PAGES - 4, 0, 0, 3, s.buddy_word, 0)),
+        ),
+        (
+            "referenced",
+            Box::new(|s| s.set_page(2048, 0, 0, 0, s.buddy_word, 1)),
+        ),
+        (
+            "head in a block",
+            Box::new(|s| {
+                s.free_block(2048, 3);
+                s.set_page(2052, 0, 0, 0, s.buddy_word, 0);
+            }),
+        ),
     ];
     for (what, corrupt) in cases {
         let mut s = Synth::new(PAGES, &K6_1, 0);
@@ -81,19 +106,35 @@ fn impossible_heads_refuse_the_whole_scan() {
 fn a_profile_that_does_not_match_the_guest_is_refused() {
     let s = Synth::new(PAGES, &K6_1, 0);
     // Wrong banner address: no kernel image anywhere.
-    let map = s.system_map().replace("ffffffff81000000 D linux_banner", "ffffffff81000800 D linux_banner");
+    let map = s.system_map().replace(
+        "ffffffff81000000 D linux_banner",
+        "ffffffff81000800 D linux_banner",
+    );
     let p = xckpt::evict::vmi::Profile::from_system_map(&map).unwrap();
     let e = find_free(&ImageMem(s.img.clone()), &p, Limits::default()).unwrap_err();
     assert!(matches!(e, VmiError::NoImage), "{e}");
     // Not Linux at all: zeros.
-    let e = find_free(&ImageMem(vec![0; PAGES as usize * PAGE]), &s.profile(), Limits::default()).unwrap_err();
+    let e = find_free(
+        &ImageMem(vec![0; PAGES as usize * PAGE]),
+        &s.profile(),
+        Limits::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, VmiError::NoImage), "{e}");
     // A version the table does not know.
-    let k = Kernel { banner: "Linux version 9.3.0 (x)", buddy_word: 0, btf_enums: &[] };
+    let k = Kernel {
+        banner: "Linux version 9.3.0 (x)",
+        buddy_word: 0,
+        btf_enums: &[],
+    };
     let e = scan(&Synth::new(PAGES, &k, 0)).unwrap_err();
     assert!(matches!(e, VmiError::UnknownVersion(_)), "{e}");
     // BTF that contradicts the table.
-    let k = Kernel { banner: "Linux version 6.12.0 (x)", buddy_word: 0xf000_0000, btf_enums: &[("PGTY_buddy", 0xf1)] };
+    let k = Kernel {
+        banner: "Linux version 6.12.0 (x)",
+        buddy_word: 0xf000_0000,
+        btf_enums: &[("PGTY_buddy", 0xf1)],
+    };
     let e = scan(&Synth::new(PAGES, &k, 0)).unwrap_err();
     assert!(matches!(e, VmiError::Btf(_)), "{e}");
     // vmemmap_base not a kernel address.
@@ -129,11 +170,23 @@ fn the_budget_bounds_reads_and_time() {
     let mut s = Synth::new(PAGES, &K6_1, 0);
     blocks(&mut s);
     let mem = ImageMem(s.img.clone());
-    let small = Limits { time: Duration::from_secs(10), pages: 50 };
-    assert!(matches!(find_free(&mem, &s.profile(), small), Err(VmiError::Budget(_))));
-    let none = Limits { time: Duration::ZERO, pages: 1 << 20 };
+    let small = Limits {
+        time: Duration::from_secs(10),
+        pages: 50,
+    };
+    assert!(matches!(
+        find_free(&mem, &s.profile(), small),
+        Err(VmiError::Budget(_))
+    ));
+    let none = Limits {
+        time: Duration::ZERO,
+        pages: 1 << 20,
+    };
     std::thread::sleep(Duration::from_millis(2));
-    assert!(matches!(find_free(&mem, &s.profile(), none), Err(VmiError::Budget(_))));
+    assert!(matches!(
+        find_free(&mem, &s.profile(), none),
+        Err(VmiError::Budget(_))
+    ));
 }
 
 /// Memory whose second read of the struct page array differs (the guest allocating while
@@ -144,7 +197,12 @@ impl PhysMem for Torn {
     fn frames(&self) -> u64 {
         self.0.frames()
     }
-    fn read(&self, pfns: &[u64], out: &mut [u8], again: Option<&mut [u8]>) -> Result<Vec<bool>, VmiError> {
+    fn read(
+        &self,
+        pfns: &[u64],
+        out: &mut [u8],
+        again: Option<&mut [u8]>,
+    ) -> Result<Vec<bool>, VmiError> {
         let ok = self.0.read(pfns, out, None)?;
         if let Some(b) = again {
             b[..out.len()].copy_from_slice(out);
@@ -165,7 +223,12 @@ fn a_struct_page_that_changes_between_the_two_reads_is_not_trusted() {
     blocks(&mut s);
     // The private (order) of the head at 64 changes between the reads.
     let at = s.page_at(64) + 40;
-    let f = find_free(&Torn(ImageMem(s.img.clone()), at), &s.profile(), Limits::default()).unwrap();
+    let f = find_free(
+        &Torn(ImageMem(s.img.clone()), at),
+        &s.profile(),
+        Limits::default(),
+    )
+    .unwrap();
     assert_eq!(f.scan.runs, vec![(16, 16), (1024, 1024), (4097, 3)]);
     assert_eq!(f.scan.unsettled, 1);
 }
@@ -195,12 +258,19 @@ fn random_corruption_never_panics_and_never_frees_a_busy_page() {
             continue;
         };
         // Every page called free has, in the image read, a struct page that proves it.
-        let word = |p: u64| u32::from_le_bytes(img[(s.page_at(p) + 48) as usize..][..4].try_into().unwrap());
-        let refc = |p: u64| u32::from_le_bytes(img[(s.page_at(p) + 52) as usize..][..4].try_into().unwrap());
+        let word = |p: u64| {
+            u32::from_le_bytes(img[(s.page_at(p) + 48) as usize..][..4].try_into().unwrap())
+        };
+        let refc = |p: u64| {
+            u32::from_le_bytes(img[(s.page_at(p) + 52) as usize..][..4].try_into().unwrap())
+        };
         for &(start, n) in &f.scan.runs {
             for p in start..start + n {
                 assert_eq!(refc(p), 0, "round {round}: pfn {p} is referenced");
-                assert!(word(p) == K6_1.buddy_word || word(p) == u32::MAX, "round {round}: pfn {p}");
+                assert!(
+                    word(p) == K6_1.buddy_word || word(p) == u32::MAX,
+                    "round {round}: pfn {p}"
+                );
             }
         }
     }
@@ -227,7 +297,7 @@ mod sim {
         let mut s = Synth::new(PAGES, &K6_1, 2 * MIB2);
         blocks(&mut s);
         let mut cfg = SimConfig::small(PAGES);
-        cfg.populated = vec![0..PAGES];
+        cfg.populated = std::iter::once(0..PAGES).collect();
         cfg.auto_truth = Some(TruthMode::Full);
         let dom = Arc::new(SimDomain::new(cfg).unwrap());
         for pfn in 0..PAGES {
@@ -255,11 +325,14 @@ mod sim {
         // round 0, which read every page: write 70 and 1030 then.
         let cleans = Arc::new(AtomicU64::new(0));
         let (d, c) = (dom.clone(), cleans.clone());
-        dom.faults().after_clean(move || match c.fetch_add(1, Ordering::SeqCst) {
-            0 => d.write_page(20, &[0x11; PAGE]).unwrap(),
-            1 => [70u64, 1030].iter().for_each(|&p| d.write_page(p, &[0x22; PAGE]).unwrap()),
-            _ => {}
-        });
+        dom.faults()
+            .after_clean(move || match c.fetch_add(1, Ordering::SeqCst) {
+                0 => d.write_page(20, &[0x11; PAGE]).unwrap(),
+                1 => [70u64, 1030]
+                    .iter()
+                    .for_each(|&p| d.write_page(p, &[0x22; PAGE]).unwrap()),
+                _ => {}
+            });
         let o = CaptureOptions {
             threads: 2,
             frame_pages: 16,
@@ -272,26 +345,29 @@ mod sim {
         };
         let r = checkpoint(&dom, &chain, &o).unwrap();
         let notes = &r.layer.stats.notes;
-        assert!(notes.iter().any(|n| n.contains("free: by introspection of Linux version 6.1.0-56-amd64")), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("free: by introspection of Linux version 6.1.0-56-amd64")),
+            "{notes:?}"
+        );
         let image = chain.compose(Some(r.layer.id)).unwrap();
         for pfn in [20u64, 70, 1030] {
-            assert!(matches!(image.page_state(pfn), PageState::Data(_)), "pfn {pfn} written after arming is {:?}", image.page_state(pfn));
+            assert!(
+                matches!(image.page_state(pfn), PageState::Data(_)),
+                "pfn {pfn} written after arming is {:?}",
+                image.page_state(pfn)
+            );
         }
         assert_eq!(image.page_state(16), PageState::Evicted(EvictPolicy::Free));
-        assert_eq!(image.page_state(4097), PageState::Evicted(EvictPolicy::Free));
+        assert_eq!(
+            image.page_state(4097),
+            PageState::Evicted(EvictPolicy::Free)
+        );
         let evicted = r.layer.stats.evicted.get(&EvictPolicy::Free).copied();
         assert_eq!(evicted, Some(16 + 64 + 1024 + 3 - 3), "{:?}", r.layer.stats);
         // Every other page restores as the guest had it at the pause.
-        let truth = dom.truths().last().unwrap().memory.clone().unwrap();
-        let mut buf = vec![0u8; PAGE];
-        for pfn in 0..image.pfn_count() {
-            image.read_page(pfn, &mut buf).unwrap();
-            if let PageState::Evicted(_) = image.page_state(pfn) {
-                assert!(buf.iter().all(|&b| b == 0), "evicted pfn {pfn:#x} not zero");
-            } else {
-                assert_eq!(&buf[..], &truth[pfn as usize * PAGE..][..PAGE], "pfn {pfn:#x}");
-            }
-        }
+        sim_util::assert_restores_except_evicted(&chain, &dom, r.layer.id, dom.truths().len() - 1);
     }
 
     #[test]
@@ -300,22 +376,42 @@ mod sim {
         let store = Store::open(&dir.path().join("store")).unwrap();
         let chain = store.chain("g").unwrap();
         let (dom, s) = guest();
-        let map = s.system_map().replace("ffffffff81000000 D linux_banner", "ffffffff81000800 D linux_banner");
+        let map = s.system_map().replace(
+            "ffffffff81000000 D linux_banner",
+            "ffffffff81000800 D linux_banner",
+        );
         let o = CaptureOptions {
             threads: 2,
             frame_pages: 16,
             evict: EvictOptions {
                 set: "zero,unpopulated,free".parse().unwrap(),
-                guest_profile: Some(Arc::new(xckpt::evict::vmi::Profile::from_system_map(&map).unwrap())),
+                guest_profile: Some(Arc::new(
+                    xckpt::evict::vmi::Profile::from_system_map(&map).unwrap(),
+                )),
                 ..Default::default()
             },
             ..Default::default()
         };
         let r = checkpoint(&dom, &chain, &o).unwrap();
         let notes = &r.layer.stats.notes;
-        assert_eq!(notes.iter().filter(|n| n.contains("introspection")).count(), 1, "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("every page stored")), "{notes:?}");
-        assert_eq!(r.layer.stats.evicted.get(&EvictPolicy::Free).copied().unwrap_or(0), 0);
+        assert_eq!(
+            notes.iter().filter(|n| n.contains("introspection")).count(),
+            1,
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("every page stored")),
+            "{notes:?}"
+        );
+        assert_eq!(
+            r.layer
+                .stats
+                .evicted
+                .get(&EvictPolicy::Free)
+                .copied()
+                .unwrap_or(0),
+            0
+        );
         let image = chain.compose(Some(r.layer.id)).unwrap();
         assert!(matches!(image.page_state(20), PageState::Data(_)));
     }
@@ -332,7 +428,11 @@ fn a_real_kernels_btf_if_given() {
     let bytes = std::fs::read(path).unwrap();
     let btf = xckpt::evict::vmi::btf::Btf::parse(&bytes).unwrap();
     let l = btf.page_layout().unwrap();
-    eprintln!("struct page: {l:?}; PG_buddy {:?} PGTY_buddy {:?}", btf.enumerator("PG_buddy"), btf.enumerator("PGTY_buddy"));
+    eprintln!(
+        "struct page: {l:?}; PG_buddy {:?} PGTY_buddy {:?}",
+        btf.enumerator("PG_buddy"),
+        btf.enumerator("PGTY_buddy")
+    );
     if let Ok(want) = std::env::var("XCKPT_TEST_BTF_LAYOUT") {
         assert_eq!(want, format!("{},{},{}", l.size, l.private, l.mapcount));
     }

@@ -74,7 +74,10 @@ impl std::fmt::Debug for EvictOptions {
             .field("agent", &self.agent.is_some())
             .field("agent_timeout", &self.agent_timeout)
             .field("balloon", &self.balloon.is_some())
-            .field("guest_profile", &self.guest_profile.as_ref().map(|p| &p.source))
+            .field(
+                "guest_profile",
+                &self.guest_profile.as_ref().map(|p| &p.source),
+            )
             .finish()
     }
 }
@@ -111,7 +114,9 @@ fn agent_report(opts: &EvictOptions, pfn_count: u64) -> Result<(FreeFilter, Stri
     let req = AgentRequest {
         drop_cache: set.cache,
     };
-    let reply = agent.report(req, opts.agent_timeout).map_err(|e| e.to_string())?;
+    let reply = agent
+        .report(req, opts.agent_timeout)
+        .map_err(|e| e.to_string())?;
     let filter = FreeFilter::new(pfn_count, &reply);
     let note = format!(
         "{what}: the guest agent reported {} free pages{} (guest used {} KiB of {} KiB{})",

@@ -24,10 +24,26 @@ pub struct Kernel {
     pub btf_enums: &'static [(&'static str, u32)],
 }
 
-pub const K4_14: Kernel = Kernel { banner: "Linux version 4.14.0-1 (gcc)", buddy_word: -128i32 as u32, btf_enums: &[] };
-pub const K6_1: Kernel = Kernel { banner: "Linux version 6.1.0-56-amd64 (debian)", buddy_word: 0xffff_ff7f, btf_enums: &[] };
-pub const K6_11: Kernel = Kernel { banner: "Linux version 6.11.0 (x)", buddy_word: 0xbfff_ffff, btf_enums: &[("PG_buddy", 0x4000_0000)] };
-pub const K6_12: Kernel = Kernel { banner: "Linux version 6.12.9 (x)", buddy_word: 0xf000_0000, btf_enums: &[("PGTY_buddy", 0xf0)] };
+pub const K4_14: Kernel = Kernel {
+    banner: "Linux version 4.14.0-1 (gcc)",
+    buddy_word: -128i32 as u32,
+    btf_enums: &[],
+};
+pub const K6_1: Kernel = Kernel {
+    banner: "Linux version 6.1.0-56-amd64 (debian)",
+    buddy_word: 0xffff_ff7f,
+    btf_enums: &[],
+};
+pub const K6_11: Kernel = Kernel {
+    banner: "Linux version 6.11.0 (x)",
+    buddy_word: 0xbfff_ffff,
+    btf_enums: &[("PG_buddy", 0x4000_0000)],
+};
+pub const K6_12: Kernel = Kernel {
+    banner: "Linux version 6.12.9 (x)",
+    buddy_word: 0xf000_0000,
+    btf_enums: &[("PGTY_buddy", 0xf0)],
+};
 
 pub struct Synth {
     pub img: Vec<u8>,
@@ -40,7 +56,13 @@ pub struct Synth {
 impl Synth {
     /// `pages` frames (at least 8192), the kernel relocated by `delta` (a multiple of 2 MiB).
     pub fn new(pages: u64, k: &Kernel, delta: u64) -> Synth {
-        let mut s = Synth { img: vec![0; pages as usize * PAGE], delta, pages, btf_len: 0, buddy_word: k.buddy_word };
+        let mut s = Synth {
+            img: vec![0; pages as usize * PAGE],
+            delta,
+            pages,
+            btf_len: 0,
+            buddy_word: k.buddy_word,
+        };
         let phys = |a: u64| a - START + delta;
         s.put(phys(BANNER), k.banner.as_bytes());
         s.put(phys(BANNER) + k.banner.len() as u64, &[0]);
@@ -51,7 +73,13 @@ impl Synth {
         s.put64(phys(VARS) + 8, PAGE_OFFSET);
         s.put64(phys(VARS) + 16, pages);
         // Page tables: PGD -> PUD (1 GiB direct map); PGD -> PUD -> PMD -> PT (vmemmap).
-        let (pgd, pud_d, pud_v, pmd, pt) = (phys(PGT), phys(PGT) + 0x1000, phys(PGT) + 0x2000, phys(PGT) + 0x3000, phys(PGT) + 0x4000);
+        let (pgd, pud_d, pud_v, pmd, pt) = (
+            phys(PGT),
+            phys(PGT) + 0x1000,
+            phys(PGT) + 0x2000,
+            phys(PGT) + 0x3000,
+            phys(PGT) + 0x4000,
+        );
         let idx = |va: u64, sh: u32| (va >> sh) & 511;
         s.put64(pgd + 8 * idx(PAGE_OFFSET, 39), pud_d | 0x63);
         s.put64(pud_d + 8 * idx(PAGE_OFFSET, 30), 0xe3);
@@ -61,7 +89,10 @@ impl Synth {
         let vpages = (pages * 64).div_ceil(PAGE as u64);
         assert!(vpages <= 512);
         for i in 0..vpages {
-            s.put64(pt + 8 * i, (VMEMMAP_PHYS + i * PAGE as u64) | 0x8000_0000_0000_0063);
+            s.put64(
+                pt + 8 * i,
+                (VMEMMAP_PHYS + i * PAGE as u64) | 0x8000_0000_0000_0063,
+            );
         }
         for pfn in 0..pages {
             s.set_page(pfn, 0x1 << 4, 0, 0, u32::MAX, 1);
@@ -81,7 +112,15 @@ impl Synth {
         VMEMMAP_PHYS + pfn * 64
     }
 
-    pub fn set_page(&mut self, pfn: u64, flags: u64, compound: u64, private: u64, word: u32, refcount: u32) {
+    pub fn set_page(
+        &mut self,
+        pfn: u64,
+        flags: u64,
+        compound: u64,
+        private: u64,
+        word: u32,
+        refcount: u32,
+    ) {
         let at = self.page_at(pfn);
         self.put64(at, flags);
         self.put64(at + 8, compound);

@@ -53,7 +53,9 @@ pub struct Btf<'a> {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 impl<'a> Btf<'a> {
@@ -253,7 +255,13 @@ pub mod build {
         }
 
         /// A struct (or union) with `(name, type, byte offset)` members; returns its id.
-        pub fn composite(&mut self, union: bool, name: &str, size: u32, m: &[(&str, u32, u32)]) -> u32 {
+        pub fn composite(
+            &mut self,
+            union: bool,
+            name: &str,
+            size: u32,
+            m: &[(&str, u32, u32)],
+        ) -> u32 {
             let n = self.s(name);
             self.w(n);
             self.w(((if union { 5 } else { 4 }) << 24) | m.len() as u32);
@@ -288,7 +296,13 @@ pub mod build {
             let mut out = Vec::new();
             out.extend_from_slice(&0xeb9fu16.to_le_bytes());
             out.extend_from_slice(&[1, 0]);
-            for v in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strs.len() as u32] {
+            for v in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strs.len() as u32,
+            ] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -304,11 +318,36 @@ pub mod build {
         let u64t = b.int(8);
         let u32t = b.int(4);
         let atomic = b.composite(false, "", 4, &[("counter", u32t, 0)]);
-        let pagecache = b.composite(false, "", 40, &[("lru", u64t, 0), ("mapping", u64t, 16), ("index", u64t, 24), ("private", u64t, 32)]);
+        let pagecache = b.composite(
+            false,
+            "",
+            40,
+            &[
+                ("lru", u64t, 0),
+                ("mapping", u64t, 16),
+                ("index", u64t, 24),
+                ("private", u64t, 32),
+            ],
+        );
         let tail = b.composite(false, "", 40, &[("compound_head", u64t, 0)]);
         let u1 = b.composite(true, "", 40, &[("", pagecache, 0), ("", tail, 0)]);
-        let u2 = b.composite(true, "", 4, &[("_mapcount", atomic, 0), ("page_type", u32t, 0)]);
-        b.composite(false, "page", 64, &[("flags", u64t, 0), ("", u1, 8), ("", u2, 48), ("_refcount", atomic, 52)]);
+        let u2 = b.composite(
+            true,
+            "",
+            4,
+            &[("_mapcount", atomic, 0), ("page_type", u32t, 0)],
+        );
+        b.composite(
+            false,
+            "page",
+            64,
+            &[
+                ("flags", u64t, 0),
+                ("", u1, 8),
+                ("", u2, 48),
+                ("_refcount", atomic, 52),
+            ],
+        );
         if !extra.is_empty() {
             b.enumeration("pagetype", extra);
         }
@@ -327,7 +366,14 @@ mod tests {
         let l = btf.page_layout().unwrap();
         assert_eq!(
             l,
-            PageLayout { size: 64, flags: 0, compound_head: Some(8), private: 40, mapcount: 48, refcount: 52 }
+            PageLayout {
+                size: 64,
+                flags: 0,
+                compound_head: Some(8),
+                private: 40,
+                mapcount: 48,
+                refcount: 52
+            }
         );
         assert_eq!(btf.enumerator("PGTY_buddy"), Some(0xf0));
         assert_eq!(btf.enumerator("PG_buddy"), None);

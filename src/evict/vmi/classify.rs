@@ -113,12 +113,21 @@ pub fn scan(r: &mut Reader<'_>, t: &mut Target<'_>) -> Result<Scan, VmiError> {
         for (v, f) in frames.iter().enumerate() {
             if f.is_some() {
                 valid[v] = ok[k];
-                va_a[v * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(&a[k * PAGE_SIZE..][..PAGE_SIZE]);
-                va_b[v * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(&b[k * PAGE_SIZE..][..PAGE_SIZE]);
+                va_a[v * PAGE_SIZE..][..PAGE_SIZE]
+                    .copy_from_slice(&a[k * PAGE_SIZE..][..PAGE_SIZE]);
+                va_b[v * PAGE_SIZE..][..PAGE_SIZE]
+                    .copy_from_slice(&b[k * PAGE_SIZE..][..PAGE_SIZE]);
                 k += 1;
             }
         }
-        let chunk = Chunk { start, n, size, a: &va_a, b: &va_b, valid: &valid };
+        let chunk = Chunk {
+            start,
+            n,
+            size,
+            a: &va_a,
+            b: &va_b,
+            valid: &valid,
+        };
         classify_chunk(&chunk, t, &mut out)?;
         start += n;
     }
@@ -168,7 +177,8 @@ fn classify_chunk(c: &Chunk<'_>, t: &Target<'_>, out: &mut Scan) -> Result<(), V
             continue;
         }
         let len = head_block(t, pfn, &a)?;
-        let whole = (pfn + 1..pfn + len).all(|q| tail_is_free(c, t, q).unwrap_or(Ok(false)) == Ok(true));
+        let whole =
+            (pfn + 1..pfn + len).all(|q| tail_is_free(c, t, q).unwrap_or(Ok(false)) == Ok(true));
         // A marked head inside this block is impossible in a consistent allocator.
         if let Some(q) = (pfn + 1..pfn + len).find(|&q| tail_is_free(c, t, q) == Some(Err(()))) {
             return Err(VmiError::Inconsistent(format!(
@@ -189,7 +199,11 @@ fn classify_chunk(c: &Chunk<'_>, t: &Target<'_>, out: &mut Scan) -> Result<(), V
 
 /// The block size of a stable, marked head, or the inconsistency it shows.
 fn head_block(t: &Target<'_>, pfn: u64, f: &Fields) -> Result<u64, VmiError> {
-    let bad = |what: String| Err(VmiError::Inconsistent(format!("free head pfn {pfn:#x}: {what}")));
+    let bad = |what: String| {
+        Err(VmiError::Inconsistent(format!(
+            "free head pfn {pfn:#x}: {what}"
+        )))
+    };
     if f.private > MAX_ORDER {
         return bad(format!("order {} > {MAX_ORDER}", f.private));
     }
@@ -198,10 +212,16 @@ fn head_block(t: &Target<'_>, pfn: u64, f: &Fields) -> Result<u64, VmiError> {
         return bad(format!("not aligned to its order {}", f.private));
     }
     if pfn.checked_add(len).is_none_or(|e| e > t.limit) {
-        return bad(format!("order {} runs past the guest's last frame", f.private));
+        return bad(format!(
+            "order {} runs past the guest's last frame",
+            f.private
+        ));
     }
     if f.refcount != 0 || f.compound & 1 != 0 {
-        return bad(format!("refcount {} compound_head {:#x}", f.refcount, f.compound));
+        return bad(format!(
+            "refcount {} compound_head {:#x}",
+            f.refcount, f.compound
+        ));
     }
     Ok(len)
 }

@@ -36,7 +36,10 @@ impl PageLayout {
     pub fn checked(self) -> Result<PageLayout, String> {
         let fits = |off: u32, w: u32| off.checked_add(w).is_some_and(|e| e <= self.size);
         if !(32..=256).contains(&self.size) || self.size % 8 != 0 {
-            return Err(format!("sizeof(struct page) = {} is implausible", self.size));
+            return Err(format!(
+                "sizeof(struct page) = {} is implausible",
+                self.size
+            ));
         }
         let ok = fits(self.flags, 8)
             && self.compound_head.is_none_or(|o| fits(o, 8))
@@ -44,7 +47,10 @@ impl PageLayout {
             && fits(self.mapcount, 4)
             && fits(self.refcount, 4);
         if !ok {
-            return Err(format!("a struct page field lies outside its {} bytes: {self:?}", self.size));
+            return Err(format!(
+                "a struct page field lies outside its {} bytes: {self:?}",
+                self.size
+            ));
         }
         Ok(self)
     }
@@ -161,7 +167,10 @@ mod tests {
         assert!(!at((6, 12)).is_buddy(0xf100_0000));
         assert!(marking_for((2, 4)).is_none());
         assert!(marking_for((7, 0)).is_none());
-        assert_eq!(banner_version("Linux version 6.1.0-56-amd64 (x)"), Some((6, 1)));
+        assert_eq!(
+            banner_version("Linux version 6.1.0-56-amd64 (x)"),
+            Some((6, 1))
+        );
         assert_eq!(banner_version("Linux version 6"), None);
         assert_eq!(banner_version("FreeBSD"), None);
     }

@@ -92,7 +92,11 @@ fn sym(p: &Profile, name: &'static str) -> Result<u64, VmiError> {
 }
 
 /// Find the free frames of the guest in `mem` described by `profile`.
-pub fn find_free(mem: &dyn PhysMem, profile: &Profile, limits: Limits) -> Result<FreeScan, VmiError> {
+pub fn find_free(
+    mem: &dyn PhysMem,
+    profile: &Profile,
+    limits: Limits,
+) -> Result<FreeScan, VmiError> {
     let t0 = Instant::now();
     let mut r = Reader::new(mem, limits);
     let banner_at = sym(profile, "linux_banner")?;
@@ -102,18 +106,30 @@ pub fn find_free(mem: &dyn PhysMem, profile: &Profile, limits: Limits) -> Result
     }
     let delta = translate::find_image_delta(&mut r, banner_at, b"Linux version ", &mut |r, d| {
         match btf_range.0 {
-            Some(s) => Ok(image_phys(s, d).map(|p| r.bytes(p, 2)).transpose()?.flatten()
+            Some(s) => Ok(image_phys(s, d)
+                .map(|p| r.bytes(p, 2))
+                .transpose()?
+                .flatten()
                 == Some(vec![0x9f, 0xeb])),
             None => Ok(true),
         }
     })?;
-    let at = |a: u64| image_phys(a, delta).ok_or(VmiError::Inconsistent(format!("{a:#x} is outside the kernel image")));
+    let at = |a: u64| {
+        image_phys(a, delta).ok_or(VmiError::Inconsistent(format!(
+            "{a:#x} is outside the kernel image"
+        )))
+    };
     let banner_phys = at(banner_at)?;
     let banner = r.bytes(banner_phys, 160)?.unwrap_or_default();
-    let banner = String::from_utf8_lossy(&banner[..banner.iter().position(|&c| c == 0).unwrap_or(banner.len())]).to_string();
+    let banner = String::from_utf8_lossy(
+        &banner[..banner.iter().position(|&c| c == 0).unwrap_or(banner.len())],
+    )
+    .to_string();
     let kernel = banner.split(" (").next().unwrap_or("").trim().to_string();
-    let version = layout::banner_version(&banner).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
-    let marking = layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
+    let version =
+        layout::banner_version(&banner).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
+    let marking =
+        layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
     let page_layout = match (profile.layout, btf_range) {
         (Some(l), _) => l,
         (None, (Some(s), Some(e))) => btf_layout(&mut r, at(s)?, at(e)?, marking)?,
@@ -127,14 +143,18 @@ pub fn find_free(mem: &dyn PhysMem, profile: &Profile, limits: Limits) -> Result
     };
     if let Some(a) = profile.get("__pgtable_l5_enabled") {
         if r.bytes(at(a)?, 4)?.is_some_and(|b| b != [0; 4]) {
-            return Err(VmiError::Unsupported("the guest uses 5-level paging".into()));
+            return Err(VmiError::Unsupported(
+                "the guest uses 5-level paging".into(),
+            ));
         }
     }
     let vmemmap = value(&mut r, "vmemmap_base")?.unwrap_or(VMEMMAP_DEFAULT);
     let page_offset = value(&mut r, "page_offset_base")?.unwrap_or(PAGE_OFFSET_DEFAULT);
     for (name, v) in [("vmemmap_base", vmemmap), ("page_offset_base", page_offset)] {
         if v < 0xffff_8000_0000_0000 || v % crate::hv::PAGE_SIZE as u64 != 0 {
-            return Err(VmiError::Inconsistent(format!("{name} = {v:#x} is no kernel address")));
+            return Err(VmiError::Inconsistent(format!(
+                "{name} = {v:#x} is no kernel address"
+            )));
         }
     }
     let mut tables = PageTables::new(at(sym(profile, "init_top_pgt")?)?);
@@ -169,11 +189,20 @@ pub fn find_free(mem: &dyn PhysMem, profile: &Profile, limits: Limits) -> Result
 }
 
 /// `struct page` from the `.BTF` section at `[start, stop)`, cross-checked with the marking.
-fn btf_layout(r: &mut Reader<'_>, start: u64, stop: u64, marking: &Marking) -> Result<layout::PageLayout, VmiError> {
+fn btf_layout(
+    r: &mut Reader<'_>,
+    start: u64,
+    stop: u64,
+    marking: &Marking,
+) -> Result<layout::PageLayout, VmiError> {
     let len = stop
         .checked_sub(start)
         .filter(|&l| l > 24 && l <= MAX_BTF_BYTES)
-        .ok_or_else(|| VmiError::Btf(format!("section [{start:#x}, {stop:#x}) has no plausible size")))?;
+        .ok_or_else(|| {
+            VmiError::Btf(format!(
+                "section [{start:#x}, {stop:#x}) has no plausible size"
+            ))
+        })?;
     let bytes = r
         .bytes(start, len as usize)?
         .ok_or_else(|| VmiError::Btf("section not readable".into()))?;
@@ -187,7 +216,9 @@ fn btf_layout(r: &mut Reader<'_>, start: u64, stop: u64, marking: &Marking) -> R
         };
         if let Some(v) = btf.enumerator(name) {
             if v != want {
-                return Err(VmiError::Btf(format!("{name} = {v:#x}, the table says {want:#x}")));
+                return Err(VmiError::Btf(format!(
+                    "{name} = {v:#x}, the table says {want:#x}"
+                )));
             }
         }
     }

@@ -117,7 +117,7 @@ impl Profile {
             return Err("no linux_banner symbol".into());
         }
         let types = v.get("user_types").and_then(|t| t.as_object());
-        let layout = types.and_then(|t| isf_page_layout(t));
+        let layout = types.and_then(isf_page_layout);
         Ok(Profile {
             symbols,
             layout,
@@ -189,7 +189,10 @@ mod tests {
             "u0": {"size": 40, "fields": {"private": {"offset": 32}, "compound_head": {"offset": 0}}}}}"#;
         let p = Profile::from_isf(isf).unwrap();
         let l = p.layout.unwrap();
-        assert_eq!((l.size, l.private, l.mapcount, l.compound_head), (64, 40, 48, Some(8)));
+        assert_eq!(
+            (l.size, l.private, l.mapcount, l.compound_head),
+            (64, 40, 48, Some(8))
+        );
         assert!(Profile::from_isf("{\"symbols\": 3}").is_err());
         assert!(Profile::from_isf("{").is_err());
     }

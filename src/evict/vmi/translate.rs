@@ -43,12 +43,16 @@ pub fn find_image_delta(
         .checked_sub(START_KERNEL_MAP)
         .filter(|&o| o < 1 << 31)
         .ok_or_else(|| {
-            VmiError::Inconsistent(format!("linux_banner {anchor:#x} is not a kernel-image address"))
+            VmiError::Inconsistent(format!(
+                "linux_banner {anchor:#x} is not a kernel-image address"
+            ))
         })?;
     let page = PAGE_SIZE as u64;
     let in_page = (off % page) as usize;
     if in_page + prefix.len() > PAGE_SIZE {
-        return Err(VmiError::Unsupported("linux_banner straddles a page".into()));
+        return Err(VmiError::Unsupported(
+            "linux_banner straddles a page".into(),
+        ));
     }
     let limit = r.frames().saturating_mul(page).min(IMAGE_SEARCH_LIMIT);
     // Deltas that put the anchor inside guest memory.
@@ -110,7 +114,9 @@ impl PageTables {
         }
         let page = &self.cache[&pfn];
         let i = (idx as usize) * 8;
-        Ok(Some(u64::from_le_bytes(page[i..i + 8].try_into().expect("8 bytes"))))
+        Ok(Some(u64::from_le_bytes(
+            page[i..i + 8].try_into().expect("8 bytes"),
+        )))
     }
 
     /// The physical address of virtual `va`, None if it is not mapped (or its tables are
