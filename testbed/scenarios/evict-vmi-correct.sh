@@ -1,6 +1,7 @@
 # about: no agent, free by introspection while the guest re-allocates 32 MiB every second (a burst right after the scan): restore gives bad=0 and every burst region hashes as the guest wrote it
 . /testbed/xckpt.sh
 . /testbed/evict.sh
+WL_MIB=${EVC_WL_MIB:-100}
 G=evc
 evict_guest "$G" 512 WL_DIRTY_FREE_MIB=64 BURST_MIB=32 BURST_EVERY_S=1
 i=0

@@ -13,6 +13,7 @@ used_ck() {
   [ -n "$SIZE" ] || fail "no layer size in: $CK_LINE"
 }
 # 1. No agent: introspection.
+WL_MIB=${EVR_WL_MIB:-100}
 G=evr
 evict_guest "$G" 512 WL_DIRTY_FREE_MIB=64
 used_ck "$G" zero,unpopulated
