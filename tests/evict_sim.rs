@@ -2,6 +2,8 @@
 //! evicted unless they were written after tracking was armed, and a silent agent only costs
 //! the `free` policy (with a note saying why).
 
+mod sim_util;
+
 use std::sync::Arc;
 
 use xckpt::capture::{checkpoint, CaptureOptions};
@@ -11,6 +13,8 @@ use xckpt::hv::sim::{SimAgent, SimConfig, SimDomain, TruthMode};
 use xckpt::hv::{Domain, PAGE_SIZE};
 use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;
+
+use sim_util::assert_restores_except_evicted;
 
 fn idle_sim(pages: u64) -> Arc<SimDomain> {
     let mut cfg = SimConfig::small(pages);
@@ -33,31 +37,6 @@ fn opts(agent: Option<Arc<dyn GuestAgent>>, list: &str) -> CaptureOptions {
 
 fn page(fill: u8) -> Vec<u8> {
     vec![fill; PAGE_SIZE]
-}
-
-/// Every pfn of `layer` reads as the truth at its pause, except evicted ones, which read zero.
-fn assert_restores_except_evicted(
-    chain: &xckpt::store::Chain,
-    dom: &SimDomain,
-    layer: u64,
-    t: usize,
-) {
-    let truth = &dom.truths()[t];
-    let mem = truth.memory.as_ref().unwrap();
-    let image = chain.compose(Some(layer)).unwrap();
-    let mut buf = page(0);
-    for pfn in 0..image.pfn_count() {
-        image.read_page(pfn, &mut buf).unwrap();
-        if let PageState::Evicted(_) = image.page_state(pfn) {
-            assert!(buf.iter().all(|&b| b == 0), "evicted pfn {pfn:#x} not zero");
-        } else {
-            assert_eq!(
-                &buf[..],
-                &mem[pfn as usize * PAGE_SIZE..][..PAGE_SIZE],
-                "pfn {pfn:#x}"
-            );
-        }
-    }
 }
 
 /// An agent reporting 100..200 and 250..300 free. The guest writes 120..124 after arming but

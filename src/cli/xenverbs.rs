@@ -75,6 +75,10 @@ pub struct EvictArgs {
     /// Seconds the guest may take to balloon down (`balloon`) before the old target is put back.
     #[arg(long, default_value_t = 20)]
     balloon_timeout_s: u64,
+    /// The guest kernel's System.map or ISF JSON profile: without an agent, `free` reads the
+    /// guest's free pages from its memory (PVH/HVM Linux guests; docs/eviction.md).
+    #[arg(long, value_name = "FILE")]
+    guest_profile: Option<std::path::PathBuf>,
 }
 
 impl EvictArgs {
@@ -100,6 +104,13 @@ impl EvictArgs {
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
             balloon,
             balloon_timeout: Duration::from_secs(self.balloon_timeout_s),
+            guest_profile: match &self.guest_profile {
+                Some(p) => Some(Arc::new(
+                    xckpt::evict::vmi::Profile::load(p).context("--guest-profile")?,
+                )),
+                None => None,
+            },
+            vmi_limits: Default::default(),
         })
     }
 }

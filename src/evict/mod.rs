@@ -23,6 +23,7 @@ pub mod balloon;
 pub mod filter;
 pub mod policy;
 pub mod runs;
+pub mod vmi;
 
 pub use agent::{AgentError, AgentReply, AgentRequest, GuestAgent, GuestMemInfo};
 pub use balloon::{BalloonError, BalloonGuard, BalloonTarget};
@@ -45,6 +46,11 @@ pub struct EvictOptions {
     pub balloon: Option<Arc<dyn BalloonTarget>>,
     /// How long the guest may take to come down to the balloon target.
     pub balloon_timeout: Duration,
+    /// The guest kernel's profile (`--guest-profile`): `free` by introspection when no agent
+    /// answers ([`vmi`]).
+    pub guest_profile: Option<Arc<vmi::Profile>>,
+    /// Bounds of the introspection.
+    pub vmi_limits: vmi::Limits,
 }
 
 impl Default for EvictOptions {
@@ -55,6 +61,8 @@ impl Default for EvictOptions {
             agent_timeout: Duration::from_secs(3),
             balloon: None,
             balloon_timeout: Duration::from_secs(20),
+            guest_profile: None,
+            vmi_limits: vmi::Limits::default(),
         }
     }
 }
@@ -66,6 +74,10 @@ impl std::fmt::Debug for EvictOptions {
             .field("agent", &self.agent.is_some())
             .field("agent_timeout", &self.agent_timeout)
             .field("balloon", &self.balloon.is_some())
+            .field(
+                "guest_profile",
+                &self.guest_profile.as_ref().map(|p| &p.source),
+            )
             .finish()
     }
 }
@@ -78,40 +90,111 @@ pub fn ask_agent(opts: &EvictOptions, pfn_count: u64) -> (Option<FreeFilter>, St
     if !set.free && !set.cache {
         return (None, String::new());
     }
-    let what = if set.cache { "free,cache" } else { "free" };
+    match agent_report(opts, pfn_count) {
+        Ok((filter, note)) => (Some(filter), note),
+        Err(why) => (None, format!("{}: skipped, {why}", agent_policies(set))),
+    }
+}
+
+fn agent_policies(set: &EvictSet) -> &'static str {
+    if set.cache {
+        "free,cache"
+    } else {
+        "free"
+    }
+}
+
+/// The agent's report as a filter and its note, or why there is none.
+fn agent_report(opts: &EvictOptions, pfn_count: u64) -> Result<(FreeFilter, String), String> {
+    let set = &opts.set;
+    let what = agent_policies(set);
     let Some(agent) = &opts.agent else {
-        return (
-            None,
-            format!("{what}: skipped, this back-end has no guest agent"),
-        );
+        return Err("this back-end has no guest agent".into());
     };
     let req = AgentRequest {
         drop_cache: set.cache,
     };
-    match agent.report(req, opts.agent_timeout) {
-        Ok(reply) => {
-            let filter = FreeFilter::new(pfn_count, &reply);
-            let note = format!(
-                "{what}: the guest agent reported {} free pages{} (guest used {} KiB of {} KiB{})",
-                filter.count(crate::layer::EvictPolicy::Free),
-                if set.cache {
-                    format!(
-                        " and {} freed by dropping clean page cache",
-                        filter.count(crate::layer::EvictPolicy::Cache)
-                    )
-                } else {
-                    String::new()
-                },
-                reply.mem.used_kib(),
-                reply.mem.total_kib,
-                match reply.mem_after_drop {
-                    Some(m) => format!(", {} KiB after dropping cache", m.used_kib()),
-                    None => String::new(),
-                }
-            );
-            (Some(filter), note)
+    let reply = agent
+        .report(req, opts.agent_timeout)
+        .map_err(|e| e.to_string())?;
+    let filter = FreeFilter::new(pfn_count, &reply);
+    let note = format!(
+        "{what}: the guest agent reported {} free pages{} (guest used {} KiB of {} KiB{})",
+        filter.count(crate::layer::EvictPolicy::Free),
+        if set.cache {
+            format!(
+                " and {} freed by dropping clean page cache",
+                filter.count(crate::layer::EvictPolicy::Cache)
+            )
+        } else {
+            String::new()
+        },
+        reply.mem.used_kib(),
+        reply.mem.total_kib,
+        match reply.mem_after_drop {
+            Some(m) => format!(", {} KiB after dropping cache", m.used_kib()),
+            None => String::new(),
         }
-        Err(e) => (None, format!("{what}: skipped, {e}")),
+    );
+    Ok((filter, note))
+}
+
+/// The free pages for the copy path, right after log-dirty was armed: the agent's report if it
+/// answers (first choice: the guest's own view, with its memory figures), otherwise, for
+/// `free`, the introspection of the guest's memory with `--guest-profile` ([`vmi`]). Never
+/// fails the capture.
+pub fn free_pages(
+    opts: &EvictOptions,
+    info: &crate::hv::DomainInfo,
+    mem: &dyn crate::hv::GuestMemory,
+) -> (Option<FreeFilter>, String) {
+    let (Some(profile), true) = (opts.guest_profile.as_deref(), opts.set.free) else {
+        return ask_agent(opts, info.pfn_count);
+    };
+    let why = match agent_report(opts, info.pfn_count) {
+        Ok((filter, note)) => return (Some(filter), note),
+        Err(why) => why,
+    };
+    let cache = if opts.set.cache {
+        "; cache: skipped, dropping the guest's page cache needs xckpt-agent"
+    } else {
+        ""
+    };
+    let found = if info.guest_type == crate::hv::GuestType::Pv {
+        Err("introspection reads PVH and HVM guests only".to_string())
+    } else {
+        let phys = vmi::HvMem {
+            dom: mem,
+            frames: info.pfn_count,
+        };
+        vmi::find_free(&phys, profile, opts.vmi_limits).map_err(|e| e.to_string())
+    };
+    match found {
+        Ok(f) => {
+            let reply = AgentReply {
+                free: f.scan.runs.clone(),
+                ..Default::default()
+            };
+            let note = format!(
+                "free: by introspection of {} ({}): {} free pages in {} blocks ({} cut to their head, {} changing while read), {} guest pages read in {} ms (agent: {why}){cache}",
+                f.kernel,
+                profile.source,
+                f.scan.pages,
+                f.scan.blocks,
+                f.scan.cut,
+                f.scan.unsettled,
+                f.pages_read,
+                f.took.as_millis(),
+            );
+            (Some(FreeFilter::new(info.pfn_count, &reply)), note)
+        }
+        Err(e) => (
+            None,
+            format!(
+                "free: skipped, {why}; introspection with {}: {e}; every page stored{cache}",
+                profile.source
+            ),
+        ),
     }
 }
 

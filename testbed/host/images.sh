@@ -134,6 +134,9 @@ build_dom0_run() {
   cp "$TB"/dom0/*.sh "$d/testbed/"
   cp -r "$TB/scenarios" "$d/testbed/"
   mkdir -p "$d/testbed/tools" && cp "$TB/../tools/systemd/"*.service "$TB/../tools/xckpt.cron" "$d/testbed/tools/"
+  # The guest kernel's symbols for xckpt --guest-profile (evict-vmi-*; docs/eviction.md):
+  # Debian's linux-image ships a stub System.map, the real one is in its -dbg package.
+  [ -f "$TB/profiles/System.map-$KVER" ] && cp "$TB/profiles/System.map-$KVER" "$d/testbed/guest.System.map"
   {
     echo "TB_MODE=$mode"
     echo "TB_SCENARIOS=\"$*\""

@@ -14,3 +14,29 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Every pfn of `layer` reads as the truth at its pause, except evicted ones, which read zero.
+pub fn assert_restores_except_evicted(
+    chain: &xckpt::store::Chain,
+    dom: &xckpt::hv::sim::SimDomain,
+    layer: u64,
+    t: usize,
+) {
+    use xckpt::compose::Image;
+    let truth = &dom.truths()[t];
+    let mem = truth.memory.as_ref().unwrap();
+    let image = chain.compose(Some(layer)).unwrap();
+    let mut buf = vec![0u8; xckpt::hv::PAGE_SIZE];
+    for pfn in 0..image.pfn_count() {
+        image.read_page(pfn, &mut buf).unwrap();
+        if let xckpt::compose::PageState::Evicted(_) = image.page_state(pfn) {
+            assert!(buf.iter().all(|&b| b == 0), "evicted pfn {pfn:#x} not zero");
+        } else {
+            assert_eq!(
+                &buf[..],
+                &mem[pfn as usize * xckpt::hv::PAGE_SIZE..][..xckpt::hv::PAGE_SIZE],
+                "pfn {pfn:#x}"
+            );
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Free pages without an agent: read a Linux x86-64 guest's free buddy blocks from dom0 by
+//! introspection of its memory (PVH and HVM guests, whose Linux pfns are xckpt's pfns).
+//!
+//! ```text
+//! profile (--guest-profile: System.map or ISF)      symbols: linux_banner, __start_BTF,
+//!   |                                                __stop_BTF, init_top_pgt, vmemmap_base,
+//!   v                                                page_offset_base, max_pfn, ...
+//! kernel image in guest memory (translate)          the 2 MiB step where the banner and the
+//!   |                                                BTF magic are; exactly one
+//!   v
+//! version (banner) -> marking (layout::MARKINGS)     one table per kernel version
+//! struct page (btf, from the guest's .BTF; or ISF)  size and field offsets
+//! vmemmap_base, page_offset_base (KASLR values)     read at their symbols; the page tables
+//!   |                                                must map page_offset_base + phys back
+//!   v
+//! classify: the struct page array, read twice      runs of free frames
+//! ```
+//!
+//! The guest's memory is hostile input: reads are bounded in pages and time
+//! ([`reader::Limits`]), arithmetic is checked, nesting is bounded, and anything that does not
+//! add up is an error ([`VmiError`]): the capture then stores every page, with one note. The
+//! scan never walks the guest's free lists, so it cannot be sent round a loop; it reads the
+//! `struct page` array once (twice per chunk) in pfn order.
+
+pub mod btf;
+pub mod classify;
+pub mod layout;
+pub mod reader;
+pub mod symbols;
+pub mod translate;
+
+use std::time::{Duration, Instant};
+
+pub use classify::Scan;
+pub use reader::{HvMem, ImageMem, Limits, PhysMem};
+pub use symbols::{Profile, ProfileError};
+
+use layout::{BuddyMark, Marking};
+use reader::Reader;
+use translate::{image_phys, PageTables};
+
+/// Why the introspection gave no answer. None fails a checkpoint: every page is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum VmiError {
+    /// The profile lacks a symbol the introspection needs.
+    #[error("the guest profile has no symbol {0}")]
+    MissingSymbol(&'static str),
+    /// The profile's kernel was not found in guest memory.
+    #[error("the profile's kernel is not in guest memory (no \"Linux version\" banner with BTF at any 2 MiB offset): wrong profile, or not Linux")]
+    NoImage,
+    /// The guest's kernel version has no known free-page marking.
+    #[error("guest kernel {0:?}: no known free-page marking for this version")]
+    UnknownVersion(String),
+    /// The BTF could not give `struct page`.
+    #[error("the guest's BTF: {0}")]
+    Btf(String),
+    /// The guest is not one the introspection reads.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Guest memory does not add up.
+    #[error("inconsistent guest memory: {0}")]
+    Inconsistent(String),
+    /// The read budget ran out.
+    #[error("introspection stopped: {0}")]
+    Budget(String),
+    /// Mapping guest memory failed.
+    #[error(transparent)]
+    Hv(#[from] crate::hv::HvError),
+}
+
+/// The introspection's answer.
+#[derive(Debug, Clone)]
+pub struct FreeScan {
+    /// The free blocks.
+    pub scan: Scan,
+    /// The guest's banner, up to the first '(' (e.g. "Linux version 6.1.0-56-amd64").
+    pub kernel: String,
+    /// Wall time.
+    pub took: Duration,
+    /// Guest pages read.
+    pub pages_read: u64,
+}
+
+/// Defaults of the randomised bases when the kernel has no variable for them.
+const VMEMMAP_DEFAULT: u64 = 0xffff_ea00_0000_0000;
+const PAGE_OFFSET_DEFAULT: u64 = 0xffff_8880_0000_0000;
+/// The largest `.BTF` section read.
+const MAX_BTF_BYTES: u64 = 64 << 20;
+
+fn sym(p: &Profile, name: &'static str) -> Result<u64, VmiError> {
+    p.get(name).ok_or(VmiError::MissingSymbol(name))
+}
+
+/// Find the free frames of the guest in `mem` described by `profile`.
+pub fn find_free(
+    mem: &dyn PhysMem,
+    profile: &Profile,
+    limits: Limits,
+) -> Result<FreeScan, VmiError> {
+    let t0 = Instant::now();
+    let mut r = Reader::new(mem, limits);
+    let banner_at = sym(profile, "linux_banner")?;
+    let btf_range = (profile.get("__start_BTF"), profile.get("__stop_BTF"));
+    if profile.layout.is_none() && btf_range.0.is_none() {
+        return Err(VmiError::MissingSymbol("__start_BTF"));
+    }
+    let delta = translate::find_image_delta(&mut r, banner_at, b"Linux version ", &mut |r, d| {
+        match btf_range.0 {
+            Some(s) => Ok(image_phys(s, d)
+                .map(|p| r.bytes(p, 2))
+                .transpose()?
+                .flatten()
+                == Some(vec![0x9f, 0xeb])),
+            None => Ok(true),
+        }
+    })?;
+    let at = |a: u64| {
+        image_phys(a, delta).ok_or(VmiError::Inconsistent(format!(
+            "{a:#x} is outside the kernel image"
+        )))
+    };
+    let banner_phys = at(banner_at)?;
+    let banner = r.bytes(banner_phys, 160)?.unwrap_or_default();
+    let banner = String::from_utf8_lossy(
+        &banner[..banner.iter().position(|&c| c == 0).unwrap_or(banner.len())],
+    )
+    .to_string();
+    let kernel = banner.split(" (").next().unwrap_or("").trim().to_string();
+    let version =
+        layout::banner_version(&banner).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
+    let marking =
+        layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
+    let page_layout = match (profile.layout, btf_range) {
+        (Some(l), _) => l,
+        (None, (Some(s), Some(e))) => btf_layout(&mut r, at(s)?, at(e)?, marking)?,
+        (None, _) => return Err(VmiError::MissingSymbol("__stop_BTF")),
+    };
+    let value = |r: &mut Reader<'_>, name: &str| -> Result<Option<u64>, VmiError> {
+        match profile.get(name) {
+            Some(a) => r.u64_at(at(a)?).map(|v| v.or(Some(u64::MAX))),
+            None => Ok(None),
+        }
+    };
+    if let Some(a) = profile.get("__pgtable_l5_enabled") {
+        if r.bytes(at(a)?, 4)?.is_some_and(|b| b != [0; 4]) {
+            return Err(VmiError::Unsupported(
+                "the guest uses 5-level paging".into(),
+            ));
+        }
+    }
+    let vmemmap = value(&mut r, "vmemmap_base")?.unwrap_or(VMEMMAP_DEFAULT);
+    let page_offset = value(&mut r, "page_offset_base")?.unwrap_or(PAGE_OFFSET_DEFAULT);
+    for (name, v) in [("vmemmap_base", vmemmap), ("page_offset_base", page_offset)] {
+        if v < 0xffff_8000_0000_0000 || v % crate::hv::PAGE_SIZE as u64 != 0 {
+            return Err(VmiError::Inconsistent(format!(
+                "{name} = {v:#x} is no kernel address"
+            )));
+        }
+    }
+    let mut tables = PageTables::new(at(sym(profile, "init_top_pgt")?)?);
+    // The page tables must map the direct map onto the banner: proves root, delta and base.
+    let direct = page_offset
+        .checked_add(banner_phys)
+        .ok_or_else(|| VmiError::Inconsistent("page_offset_base + phys overflows".into()))?;
+    let mapped = tables.translate(&mut r, direct)?;
+    if mapped != Some(banner_phys) {
+        return Err(VmiError::Inconsistent(format!(
+            "the kernel's page tables map {direct:#x} to {mapped:x?}, not the banner at {banner_phys:#x}"
+        )));
+    }
+    let limit = match value(&mut r, "max_pfn")? {
+        Some(m) if m > 0 => m.min(r.frames()),
+        _ => r.frames(),
+    };
+    let mut target = classify::Target {
+        tables: &mut tables,
+        vmemmap,
+        layout: page_layout,
+        mark: marking.mark,
+        limit,
+    };
+    let scan = classify::scan(&mut r, &mut target)?;
+    Ok(FreeScan {
+        scan,
+        kernel,
+        took: t0.elapsed(),
+        pages_read: r.pages_read,
+    })
+}
+
+/// `struct page` from the `.BTF` section at `[start, stop)`, cross-checked with the marking.
+fn btf_layout(
+    r: &mut Reader<'_>,
+    start: u64,
+    stop: u64,
+    marking: &Marking,
+) -> Result<layout::PageLayout, VmiError> {
+    let len = stop
+        .checked_sub(start)
+        .filter(|&l| l > 24 && l <= MAX_BTF_BYTES)
+        .ok_or_else(|| {
+            VmiError::Btf(format!(
+                "section [{start:#x}, {stop:#x}) has no plausible size"
+            ))
+        })?;
+    let bytes = r
+        .bytes(start, len as usize)?
+        .ok_or_else(|| VmiError::Btf("section not readable".into()))?;
+    let btf = btf::Btf::parse(&bytes).map_err(VmiError::Btf)?;
+    let l = btf.page_layout().map_err(VmiError::Btf)?;
+    if let Some(name) = marking.btf_name {
+        let want = match marking.mark {
+            BuddyMark::TopByte(b) => b as i64,
+            BuddyMark::TypeBitCleared { bit, .. } => bit as i64,
+            BuddyMark::Mapcount(v) => v as i64,
+        };
+        if let Some(v) = btf.enumerator(name) {
+            if v != want {
+                return Err(VmiError::Btf(format!(
+                    "{name} = {v:#x}, the table says {want:#x}"
+                )));
+            }
+        }
+    }
+    Ok(l)
+}
