@@ -183,7 +183,7 @@ pub fn xl_restore(
     what: &str,
 ) -> anyhow::Result<xckpt::stream::StreamStats> {
     use std::io::Write;
-    let mut cmd = Command::new(xl);
+    let mut cmd = Command::new(xckpt::hv::xen::xl::resolve(std::path::Path::new(xl)));
     cmd.arg("restore");
     if paused {
         cmd.arg("-p");

@@ -228,7 +228,9 @@ fn real_open_on_this_host() {
 #[test]
 fn real_table_resolves_every_symbol() {
     match crate::api::real() {
-        Ok(api) => assert!(crate::version::SUPPORTED.iter().any(|a| std::ptr::eq(a, api.abi))),
+        Ok(api) => assert!(crate::version::SUPPORTED
+            .iter()
+            .any(|a| std::ptr::eq(a, api.abi))),
         Err(XenError::Load { lib, reason, .. }) => {
             eprintln!("SKIPPED: {lib} not installed ({reason})")
         }
@@ -249,7 +251,10 @@ fn domctls_carry_the_release_interface_version() {
         let xc = XenCtrl::open_fake_as(abi);
         assert_eq!(xc.abi().version, abi.version);
         assert_eq!(xc.address_size(domid).unwrap(), 64);
-        assert_eq!(fake::last_domctl_interface(domid), Some(abi.domctl_interface));
+        assert_eq!(
+            fake::last_domctl_interface(domid),
+            Some(abi.domctl_interface)
+        );
         fake::remove_domain(domid);
     }
 }

@@ -221,8 +221,9 @@ mod tests {
             let e = choose(Some(bad), &[v(20)]).unwrap_err();
             let m = e.to_string();
             assert!(
-                m.starts_with(&format!("Xen {bad} (the running hypervisor) is not supported"))
-                    && m.contains("4.17 to 4.22")
+                m.starts_with(&format!(
+                    "Xen {bad} (the running hypervisor) is not supported"
+                )) && m.contains("4.17 to 4.22")
                     && !m.contains('\n'),
                 "{m}"
             );
@@ -232,9 +233,15 @@ mod tests {
     #[test]
     fn without_a_hypervisor_the_newest_supported_tools_win() {
         assert_eq!(choose(None, &[v(17), v(22), v(23)]).unwrap().version, v(22));
-        assert_eq!(choose(None, &[v(19)]).unwrap().libxenctrl, "libxenctrl.so.4.19");
+        assert_eq!(
+            choose(None, &[v(19)]).unwrap().libxenctrl,
+            "libxenctrl.so.4.19"
+        );
         let m = choose(None, &[v(16)]).unwrap_err().to_string();
-        assert!(m.starts_with("Xen 4.16 (libxenctrl.so.4.16) is not supported"), "{m}");
+        assert!(
+            m.starts_with("Xen 4.16 (libxenctrl.so.4.16) is not supported"),
+            "{m}"
+        );
         let m = choose(None, &[]).unwrap_err().to_string();
         assert!(m.contains("4.17 to 4.22") && !m.contains('\n'), "{m}");
     }

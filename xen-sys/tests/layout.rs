@@ -390,7 +390,11 @@ fn release_of(root: &Path) -> XenVersion {
         .and_then(XenVersion::parse)
         .unwrap_or_else(|| panic!("libxenctrl.so points to {name}"));
     let abi = abi_of(v, &name).expect("a supported release");
-    assert!(name.starts_with(abi.libxenctrl), "{name} vs {}", abi.libxenctrl);
+    assert!(
+        name.starts_with(abi.libxenctrl),
+        "{name} vs {}",
+        abi.libxenctrl
+    );
     v
 }
 

@@ -72,6 +72,17 @@ mod tests {
             "3",
             "g"
         ));
+        assert!(conflicts(
+            &[
+                "/usr/lib/xen-4.20/bin/libxl-save-helper",
+                "--save-domain",
+                "8",
+                "3",
+                "0"
+            ],
+            "3",
+            "g"
+        ));
         assert!(!conflicts(
             &["libxl-save-helper", "--save-domain", "8", "4"],
             "3",
