@@ -60,10 +60,10 @@ boot_scenarios() {
 }
 
 # Prints one PASS/FAIL line per expected scenario ("$2.."), read from serial log $1/serial.log,
-# with the hypervisor's own version (its boot banner) appended as xen=4.NN.
+# with the hypervisor's own version (dom0 reads it from /sys/hypervisor) appended as xen=4.NN.
 collect_results() {
   local dir=$1 name line xenv; shift
-  xenv=$(grep -aoE '\(XEN\).{0,40} Xen version [0-9]+\.[0-9]+' "$dir/serial.log" | head -1 |
+  xenv=$(grep -aoE 'TB-DOM0 ready uptime=[0-9.]+ xen=[0-9]+\.[0-9]+' "$dir/serial.log" | head -1 |
          grep -oE '[0-9]+\.[0-9]+$' || true)
   for name in "$@"; do
     line=$(sed -E 's/^\[H *[0-9.]+\] //' "$dir/serial.log" | tr -d '\r' |
