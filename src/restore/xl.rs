@@ -37,6 +37,13 @@ pub struct Xl {
 /// MiB rather than in 64 KiB steps (on a one-vCPU dom0, each step is a context switch).
 const PIPE_BYTES: usize = 8 << 20;
 
+impl Xl {
+    /// `xl` as a command: from `PATH`, else the loaded Xen release's tools directory.
+    fn command(&self) -> Command {
+        Command::new(crate::hv::xen::xl::resolve(std::path::Path::new(&self.command)))
+    }
+}
+
 impl XlTool for Xl {
     fn restore(
         &self,
@@ -45,7 +52,7 @@ impl XlTool for Xl {
         write: &mut WriteStream<'_>,
     ) -> Result<StreamStats, RestoreError> {
         use std::io::Write;
-        let mut cmd = Command::new(&self.command);
+        let mut cmd = self.command();
         cmd.arg("restore");
         if paused {
             cmd.arg("-p");
@@ -88,13 +95,13 @@ impl XlTool for Xl {
     }
 
     fn destroy(&self, name: &str) {
-        let _ = Command::new(&self.command).args(["destroy", name]).status();
+        let _ = self.command().args(["destroy", name]).status();
     }
 
     fn unpause(&self, names: &[String]) -> Result<(), RestoreError> {
         let started: Vec<_> = names
             .iter()
-            .map(|n| Command::new(&self.command).args(["unpause", n]).spawn())
+            .map(|n| self.command().args(["unpause", n]).spawn())
             .collect();
         let mut first_err = None;
         for (name, c) in names.iter().zip(started) {

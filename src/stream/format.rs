@@ -1,4 +1,4 @@
-//! Constants and small helpers of the three layers of a Xen 4.17 save file.
+//! Constants and small helpers of the three layers of an `xl` save file (one format in Xen 4.17 to 4.22: libxl stream v2, libxc v3).
 //!
 //! Sources (read, not copied): `tools/xl/xl.h` (savefile header),
 //! `docs/specs/libxl-migration-stream.pandoc` with `libxl_sr_stream_format.h`, and

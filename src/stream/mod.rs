@@ -1,7 +1,8 @@
 //! Xen migration streams: the `xl` savefile header, the libxl stream and the libxc stream.
 //!
-//! [`write_save_file`] turns any [`crate::compose::Image`] of a PV, PVH or HVM guest into a Xen 4.17
-//! save file that stock `xl restore` consumes (from a file or a pipe), and
+//! [`write_save_file`] turns any [`crate::compose::Image`] of a PV, PVH or HVM guest into an `xl`
+//! save file (one format in Xen 4.17 to 4.22: libxl stream v2, libxc v3) that stock
+//! `xl restore` consumes (from a file or a pipe), and
 //! [`parse_save_file`] walks such a file (ours, or one written by `xl save`) and hands its
 //! config, pages and state to a [`StreamSink`]. The layout is documented in `docs/stream.md`.
 //!

@@ -2,7 +2,7 @@
 # SCN (scenario name) and RESULT (file that receives the one PASS/FAIL line).
 # Output of a scenario goes to its log, which the runner copies to the console prefixed.
 . /etc/testbed.env
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:/usr/lib/xen-4.17/bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:$(echo /usr/lib/xen-4.*/bin)
 TBW=/tmp/tb/work                  # scratch for configs and save images (tmpfs)
 mkdir -p "$TBW"
 TB_GUESTS=""                      # guests this scenario started (for diagnostics)

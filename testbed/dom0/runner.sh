@@ -4,7 +4,7 @@
 # RETRIES times (reported as retried=N first_failure="..."). The last line is
 # "N passed, N failed".
 . /etc/testbed.env
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:/usr/lib/xen-4.17/bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:$(echo /usr/lib/xen-4.*/bin)
 . /testbed/lib.sh
 
 # run_once NAME ATTEMPT: runs the scenario under `timeout`, copies its log to the console

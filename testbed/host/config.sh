@@ -40,6 +40,8 @@ WL_RATE=${WL_RATE:-2048}         # pages/s the workload rewrites
 WL_PATTERN=${WL_PATTERN:-uniform}
 DEMO_REQUIRE_XCKPT=${DEMO_REQUIRE_XCKPT:-1}   # 0: demo passes with the xl baseline alone if xckpt cannot checkpoint Xen
 
+TB_BOOT=${TB_BOOT:-1}            # which boot of the run this is (1, 2, ...; set by run_boots)
+
 XCKPT_PROFILE=${XCKPT_PROFILE:-release}  # cargo profile of the xckpt binary (tools/test-all: ci)
 XCKPT_BIN=${XCKPT_BIN:-$ROOT/target/$XCKPT_PROFILE/xckpt}
 

@@ -56,6 +56,7 @@ ensure_rust() {
 
 # Downloads and unpacks the image parts into $STAGE (skipped when already there).
 fetch_parts() {
+  [ "$SUITE" = bookworm ] || { fetch_parts_suite; return; }
   [ "$KVER" = auto ] && KVER=$(resolve_kver)
   local stamp=$CACHE/parts-$KVER.done
   if [ -f "$stamp" ] && [ -f "$CACHE/xen-$XENV" ]; then return 0; fi
@@ -87,7 +88,10 @@ record_versions() {
   for f in "$CACHE"/debs/*.deb; do
     dpkg-deb -W --showformat='${Package}=${Version}\n' "$f"
   done
-  for p in qemu-system-x86 qemu-system-xen libxen-dev; do
+  echo "suite=$SUITE"
+  local host="qemu-system-x86 qemu-system-xen libxen-dev"
+  [ "$SUITE" = bookworm ] || host=qemu-system-x86     # the rest comes from $SUITE's debs
+  for p in $host; do
     echo "$p=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)"
   done
 }

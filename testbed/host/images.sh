@@ -35,13 +35,15 @@ build_xckpt() {
   [ -x "$XCKPT_BIN" ] || die "no xckpt binary at $XCKPT_BIN"
 }
 
-# Copies the shared libraries of ELF files $2.. into root $1 (ldd; dlopen()ed ones are extra).
+# Copies the shared libraries of ELF files $2.. into root $1 (lib_list: the host's ldd, or
+# trixie's loader over $ROOTFS; dlopen()ed ones are extra), at their paths inside the image.
 copy_libs() {
-  local root=$1 l; shift
-  { ldd "$@" 2>/dev/null || true; } | awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u |
+  local root=$1 l dst; shift
+  { lib_list "$@" 2>/dev/null || true; } | awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u |
     while read -r l; do
-      mkdir -p "$root$(dirname "$l")"
-      cp -L "$l" "$root$l"
+      dst=${l#"$ROOTFS"}
+      mkdir -p "$root$(dirname "$dst")"
+      cp -L "$l" "$root$dst"
     done
 }
 
@@ -50,6 +52,8 @@ copy_mods() {
   local root=$1 m f; shift
   mkdir -p "$root/lib/mods"
   for m in "$@"; do
+    # Built into the kernel (trixie's 6.12 has virtio and virtio_pci built in): nothing to copy.
+    grep -qE "/$m\.ko\$" "$STAGE/lib/modules/$KVER/modules.builtin" 2>/dev/null && continue
     f=$(find "$STAGE/lib/modules/$KVER/kernel" -name "$m.ko" | head -1)
     [ -n "$f" ] || die "module $m not found in $STAGE/lib/modules/$KVER"
     cp "$f" "$root/lib/mods/"
@@ -84,13 +88,17 @@ build_domu() {
 build_dom0_base() {
   local d=$WORK/dom0-base x=/usr/lib/xen-$XENV
   rm -rf "$d" && mkdir -p "$d"/{bin,sbin,dev,proc,sys,tmp,etc,guest,usr/lib,usr/local/bin,lib64}
+  if [ -n "$ROOTFS" ]; then     # trixie: /lib and /lib64 are /usr's, as its packages expect
+    rmdir "$d/lib64" && mkdir -p "$d/usr/lib64" && ln -s usr/lib "$d/lib" && ln -s usr/lib64 "$d/lib64"
+  fi
   cp "$STAGE/bin/busybox" "$d/bin/"
   mknod -m 600 "$d/dev/console" c 5 1
   mkdir -p "$d/lib/modules/$KVER"
   cp -r "$STAGE/lib/modules/$KVER/kernel/drivers/xen" "$d/lib/modules/$KVER/"
   copy_mods "$d" $DOM0_MODS
-  mkdir -p "$d/usr/sbin" && cp $DOM0_TOOLS "$d/usr/sbin/" && copy_libs "$d" $DOM0_TOOLS
-  [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$d/etc/"
+  local tools; tools=$(printf "$ROOTFS%s " $DOM0_TOOLS)
+  mkdir -p "$d/usr/sbin" && cp $tools "$d/usr/sbin/" && copy_libs "$d" $tools
+  [ -f "$ROOTFS/etc/mke2fs.conf" ] && cp "$ROOTFS/etc/mke2fs.conf" "$d/etc/"
   # A disk for guests (eviction scenarios: droppable page cache): loop + blkback.
   cp -r "$STAGE/lib/modules/$KVER/kernel/drivers/block/loop.ko" \
         "$STAGE/lib/modules/$KVER/kernel/drivers/block/xen-blkback" "$d/lib/modules/$KVER/"
@@ -102,24 +110,26 @@ build_dom0_base() {
   # xckpt dlopen()s these at run time; xl links them too, but make sure.
   local l
   mkdir -p "$d/usr/lib/x86_64-linux-gnu"
-  for l in libxenctrl.so.$XENV libxenforeignmemory.so.1 libxencall.so.1 libxengnttab.so.1 \
-           libxenevtchn.so.1 libxenstore.so.4 libxentoollog.so.1 libxendevicemodel.so.1; do
-    [ -e "/usr/lib/x86_64-linux-gnu/$l" ] && cp -L "/usr/lib/x86_64-linux-gnu/$l" "$d/usr/lib/x86_64-linux-gnu/"
+  for l in libxenctrl.so.$XENV libxenguest.so.$XENV libxenforeignmemory.so.1 libxencall.so.1 \
+           libxengnttab.so.1 libxenevtchn.so.1 libxenstore.so.4 libxentoollog.so.1 \
+           libxendevicemodel.so.1; do
+    [ -e "$ROOTFS/usr/lib/x86_64-linux-gnu/$l" ] &&
+      cp -L "$ROOTFS/usr/lib/x86_64-linux-gnu/$l" "$d/usr/lib/x86_64-linux-gnu/"
   done
   # glibc dlopen()s libgcc_s for pthread_cancel; xl aborts without it and ldd does not show it.
   mkdir -p "$d/lib/x86_64-linux-gnu"
-  cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+  cp -L "$ROOTFS/lib/x86_64-linux-gnu/libgcc_s.so.1" "$d/lib/x86_64-linux-gnu/"
   # xenstore-read/-write for testbed/dom0/blk-loop.sh (the disk hotplug script).
   mkdir -p "$d/usr/bin"
-  cp -L /usr/bin/xenstore-read /usr/bin/xenstore-write "$d/usr/bin/"
+  cp -L "$ROOTFS/usr/bin/xenstore-read" "$ROOTFS/usr/bin/xenstore-write" "$d/usr/bin/"
   copy_libs "$d" "$d/usr/bin/xenstore-read"
   # HVM guests: the qemu-xen device model, SeaBIOS and the option ROMs for direct kernel boot.
   mkdir -p "$d/usr/libexec" "$d/usr/share/qemu" "$d/usr/share/seabios"
-  cp /usr/libexec/xen-qemu-system-i386 "$d/usr/libexec/"
+  cp "$ROOTFS/usr/libexec/xen-qemu-system-i386" "$d/usr/libexec/"
   copy_libs "$d" "$d/usr/libexec/xen-qemu-system-i386"
-  cp /usr/share/seabios/bios-256k.bin "$d/usr/share/seabios/"
-  cp /usr/share/qemu/{linuxboot_dma.bin,linuxboot.bin,kvmvapic.bin} "$d/usr/share/qemu/"
-  cp -r /usr/share/qemu/keymaps "$d/usr/share/qemu/"
+  cp "$ROOTFS/usr/share/seabios/bios-256k.bin" "$d/usr/share/seabios/"
+  cp "$ROOTFS"/usr/share/qemu/{linuxboot_dma.bin,linuxboot.bin,kvmvapic.bin} "$d/usr/share/qemu/"
+  cp -r "$ROOTFS/usr/share/qemu/keymaps" "$d/usr/share/qemu/"
   cp "$STAGE/boot/vmlinuz-$KVER" "$d/guest/vmlinuz"
   cp "$WORK/domu.cpio.gz" "$d/guest/"
   pack "$d" "$WORK/dom0-base.cpio.gz"
@@ -142,7 +152,7 @@ build_dom0_run() {
     echo "TB_SCENARIOS=\"$*\""
     local k
     for k in RETRIES SCENARIO_TIMEOUT BOOT_TIMEOUT DOMU_MEM WL_MIB WL_RATE WL_PATTERN XENSTORED \
-             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS; do
+             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS TB_BOOT; do
       echo "$k=\"${!k}\""
     done
   } > "$d/etc/testbed.env"

@@ -26,8 +26,15 @@ boot_scenarios() {
   local xen; xen=$(xen_image "$variant")
   # A scratch disk for dom0 (the disk scenarios format it), new and sparse on every boot.
   rm -f "$WORK/dom0-disk.img" && truncate -s 2G "$WORK/dom0-disk.img"
+  # A disk that outlives the boot, standing for storage two hosts share: every boot of the run
+  # whose scenarios say "# needs: shared-disk" sees the same file as /dev/vdb.
+  local shared=() run_disk=$OUTROOT/$RUN/shared-disk.img
+  if grep -qs '^# needs: shared-disk' $(printf "$TB/scenarios/%s.sh " "$@"); then
+    [ -f "$run_disk" ] || truncate -s 1G "$run_disk"
+    shared=(-drive "file=$run_disk,if=virtio,format=raw,cache=writeback")
+  fi
   qemu_cmd "$xen" -monitor none -serial stdio \
-    -drive "file=$WORK/dom0-disk.img,if=virtio,format=raw,cache=unsafe"
+    -drive "file=$WORK/dom0-disk.img,if=virtio,format=raw,cache=unsafe" "${shared[@]}"
   log "boot $variant: ${#@} scenario(s): $*  (log: $dir/serial.log, timeout ${TIMEOUT}s)"
   printf '%s\n' "${QEMU[@]}" > "$dir/qemu-cmd.txt"
   record_versions > "$dir/versions.txt"
@@ -52,14 +59,17 @@ boot_scenarios() {
   log "$(tr '\n' ' ' < "$dir/timing.txt")"
 }
 
-# Prints one PASS/FAIL line per expected scenario ("$2.."), read from serial log $1/serial.log.
+# Prints one PASS/FAIL line per expected scenario ("$2.."), read from serial log $1/serial.log,
+# with the hypervisor's own version (dom0 reads it from /sys/hypervisor) appended as xen=4.NN.
 collect_results() {
-  local dir=$1 name line; shift
+  local dir=$1 name line xenv; shift
+  xenv=$(grep -aoE 'TB-DOM0 ready uptime=[0-9.]+ xen=[0-9]+\.[0-9]+' "$dir/serial.log" | head -1 |
+         grep -oE '[0-9]+\.[0-9]+$' || true)
   for name in "$@"; do
     line=$(sed -E 's/^\[H *[0-9.]+\] //' "$dir/serial.log" | tr -d '\r' |
            grep -aE "^(PASS|FAIL) $name( |$)" | tail -1 || true)
     if [ -n "$line" ]; then
-      echo "$line"
+      echo "$line xen=${xenv:-unknown}"
     else
       echo "FAIL $name no result: dom0 crashed or QEMU timed out before it ran (see $dir/serial.log)"
     fi

@@ -43,8 +43,8 @@ build_shadow_xen() {
 # Prints the hypervisor image for variant $1 (stock | shadow).
 xen_image() {
   case $1 in
-    stock) echo "$CACHE/xen-$XENV" ;;
+    stock|xen420) echo "$CACHE/xen-$XENV" ;;
     shadow) build_shadow_xen >&2; echo "$SHADOW_XEN" ;;
-    *) die "unknown variant '$1' (stock | shadow)" ;;
+    *) die "unknown variant '$1' (stock | shadow | xen420)" ;;
   esac
 }

@@ -1,7 +1,9 @@
-//! C structures and constants of the Xen 4.17 tools ABI (x86_64), mirrored field for field.
+//! C structures and constants of the Xen tools ABI (x86_64), mirrored field for field; the
+//! same in Xen 4.17 to 4.22 except `XEN_DOMCTL_INTERFACE_VERSION` (in [`crate::version`]).
 //!
 //! Every struct here is checked against the real headers by `tests/layout.rs`, which compiles a
-//! small C program against libxen-dev and compares `sizeof` / `offsetof` with Rust's.
+//! small C program against libxen-dev (bookworm's 4.17 and trixie's 4.20) and compares
+//! `sizeof` / `offsetof` with Rust's.
 
 use std::ffi::{c_int, c_void};
 
@@ -278,8 +280,6 @@ pub const HVM_PARAM_X87_FIP_WIDTH: u32 = 36;
 /// MCA capabilities.
 pub const HVM_PARAM_MCA_CAP: u32 = 38;
 
-/// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17; `xc_domctl` fills it in itself.
-pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
 /// `XEN_DOMCTL_get_address_size`: `u.address_size.size` (u32) is the guest's width in bits.
 pub const XEN_DOMCTL_GET_ADDRESS_SIZE: u32 = 36;
 /// `XEN_DOMCTL_get_ext_vcpucontext`.
@@ -308,11 +308,12 @@ pub struct XenDomctl {
 }
 
 impl XenDomctl {
-    /// A domctl `cmd` for `domid`.
-    pub fn new(cmd: u32, domid: u32) -> Self {
+    /// A domctl `cmd` for `domid`, of interface version `interface` (the release's
+    /// `XEN_DOMCTL_INTERFACE_VERSION`; libxc's `xc_domctl` sets it again itself).
+    pub fn new(cmd: u32, domid: u32, interface: u32) -> Self {
         XenDomctl {
             cmd,
-            interface_version: XEN_DOMCTL_INTERFACE_VERSION,
+            interface_version: interface,
             domain: domid as u16,
             ..Default::default()
         }

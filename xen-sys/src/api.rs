@@ -1,5 +1,5 @@
-//! The function table: every C entry point xckpt uses, with its Xen 4.17 signature, loaded once
-//! from the shared libraries at run time.
+//! The function table: every C entry point xckpt uses, with its signature (the same in Xen 4.17
+//! to 4.22), loaded once at run time from the libraries of the release [`crate::version`] picks.
 //!
 //! The safe wrappers call through a `&'static XenApi`, so tests (and the `fake` feature) can hand
 //! them a table of Rust functions instead of the real libraries.
@@ -14,19 +14,21 @@ use crate::abi::{
     XcVcpuInfo, XenCpuidLeaf, XenDomctl, XenForeignMemoryHandle, XenMsrEntry, XenPfn,
     XenToolLogger,
 };
+use crate::version::{self, Abi};
 use crate::XenError;
 
-/// libxenctrl's soname for Xen 4.17.
-pub const LIBXENCTRL: &str = "libxenctrl.so.4.17";
-/// libxenforeignmemory's soname.
+/// libxenforeignmemory's soname (stable across releases; libxenctrl's and libxenguest's are
+/// per release, in [`Abi`]).
 pub const LIBXENFOREIGNMEMORY: &str = "libxenforeignmemory.so.1";
-/// libxenguest's soname for Xen 4.17 (CPU policy serialisation).
-pub const LIBXENGUEST: &str = "libxenguest.so.4.17";
 
 /// C entry points, as declared in xenctrl.h, xenguest.h, xenforeignmemory.h (and xc_private.h
 /// for `xc_get_pfn_type_batch`, which libxenctrl exports).
 #[allow(missing_docs, non_snake_case)]
+#[derive(Clone, Copy)]
 pub struct XenApi {
+    /// The release these entry points belong to (its domctl interface version goes into
+    /// every [`crate::abi::XenDomctl`]).
+    pub abi: &'static Abi,
     pub xc_interface_open: unsafe extern "C" fn(
         logger: *mut XenToolLogger,
         dombuild_logger: *mut XenToolLogger,
@@ -156,20 +158,27 @@ struct Loaded {
 
 static LOADED: OnceLock<Result<Loaded, XenError>> = OnceLock::new();
 
-/// The real table, loading the libraries on first use. The error (a missing library or symbol)
-/// is remembered and returned again on every later call.
+/// The real table, picking the release ([`version::detect`]) and loading its libraries on
+/// first use. The error (an unsupported release, a missing library or symbol) is remembered
+/// and returned again on every later call.
 pub fn real() -> Result<&'static XenApi, XenError> {
-    match LOADED.get_or_init(load) {
+    match LOADED.get_or_init(|| load(version::detect()?)) {
         Ok(l) => Ok(&l.api),
         Err(e) => Err(e.clone()),
     }
 }
 
-fn open_lib(name: &'static str) -> Result<Library, XenError> {
+/// The release whose tools xckpt loaded (loading them if not yet done).
+pub fn tools_abi() -> Result<&'static Abi, XenError> {
+    real().map(|a| a.abi)
+}
+
+fn open_lib(name: &'static str, abi: &Abi) -> Result<Library, XenError> {
     // SAFETY: loading a Xen tools library runs its ELF initialisers; these libraries have no
     // initialisers with preconditions (they only set up internal state lazily on open).
     unsafe { Library::new(name) }.map_err(|e| XenError::Load {
         lib: name,
+        tools: abi.version.to_string(),
         reason: first_line(&e.to_string()),
     })
 }
@@ -181,7 +190,8 @@ fn first_line(s: &str) -> String {
 /// Look up `name` in `lib` as a value of fn-pointer type `T`.
 ///
 /// # Safety
-/// `T` must be the exact C signature of the symbol as declared in the Xen 4.17 headers.
+/// `T` must be the exact C signature of the symbol as declared in the headers of every
+/// supported release.
 unsafe fn sym<T: Copy>(
     lib: &Library,
     libname: &'static str,
@@ -198,16 +208,17 @@ unsafe fn sym<T: Copy>(
         })
 }
 
-fn load() -> Result<Loaded, XenError> {
-    let ctrl = open_lib(LIBXENCTRL)?;
-    let fmem = open_lib(LIBXENFOREIGNMEMORY)?;
-    let guest = open_lib(LIBXENGUEST)?;
-    // SAFETY: each field's type in `XenApi` is the signature from the 4.17 headers (checked by
-    // tests/layout.rs for the structs they take), and each symbol is looked up by that name.
+fn load(abi: &'static Abi) -> Result<Loaded, XenError> {
+    let ctrl = open_lib(abi.libxenctrl, abi)?;
+    let fmem = open_lib(LIBXENFOREIGNMEMORY, abi)?;
+    let guest = open_lib(abi.libxenguest, abi)?;
+    // SAFETY: each field's type in `XenApi` is the signature from the 4.17 and 4.20 headers
+    // (checked by tests/layout.rs, with the structs they take), and each symbol is looked up
+    // by that name.
     let api = unsafe {
         macro_rules! c {
             ($n:literal) => {
-                sym(&ctrl, LIBXENCTRL, $n)?
+                sym(&ctrl, abi.libxenctrl, $n)?
             };
         }
         macro_rules! f {
@@ -217,10 +228,11 @@ fn load() -> Result<Loaded, XenError> {
         }
         macro_rules! g {
             ($n:literal) => {
-                sym(&guest, LIBXENGUEST, $n)?
+                sym(&guest, abi.libxenguest, $n)?
             };
         }
         XenApi {
+            abi,
             xc_interface_open: c!("xc_interface_open"),
             xc_interface_close: c!("xc_interface_close"),
             xc_domain_getinfolist: c!("xc_domain_getinfolist"),
@@ -262,11 +274,12 @@ mod tests {
 
     #[test]
     fn missing_library_is_one_line_naming_it() {
-        let e = open_lib("libxckpt-missing.so.0").expect_err("cannot load");
+        let abi = &version::SUPPORTED[3];
+        let e = open_lib("libxckpt-missing.so.0", abi).expect_err("cannot load");
         let m = e.to_string();
         assert!(m.starts_with("cannot load libxckpt-missing.so.0 ("), "{m}");
         assert!(
-            m.contains("xen-utils-4.17 / libxenmisc4.17") && m.contains("not a Xen dom0"),
+            m.contains("xen-utils-4.20 / libxenmisc4.20") && m.contains("not a Xen dom0"),
             "{m}"
         );
         assert!(!m.contains('\n'), "{m}");

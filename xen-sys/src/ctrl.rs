@@ -84,10 +84,16 @@ impl XenCtrl {
         Self::open_with(api)
     }
 
-    /// Open a handle on the in-process fake hypervisor of [`crate::fake`].
+    /// Open a handle on the in-process fake hypervisor of [`crate::fake`] (Xen 4.17's ABI).
     #[cfg(any(test, feature = "fake"))]
     pub fn open_fake() -> Self {
         Self::open_with(&crate::fake::FAKE_API).expect("the fake xc_interface_open cannot fail")
+    }
+
+    /// Open a handle on the fake hypervisor through the table of release `abi`.
+    #[cfg(any(test, feature = "fake"))]
+    pub fn open_fake_as(abi: &'static crate::Abi) -> Self {
+        Self::open_with(crate::fake::api_for(abi)).expect("the fake xc_interface_open cannot fail")
     }
 
     fn open_with(api: &'static XenApi) -> Result<Self, XenError> {
@@ -101,6 +107,11 @@ impl XenCtrl {
 
     fn api(&self) -> &'static XenApi {
         self.h.api
+    }
+
+    /// The Xen release of the loaded tools.
+    pub fn abi(&self) -> &'static crate::Abi {
+        self.h.api.abi
     }
 
     fn xch(&self) -> *mut XcInterface {
@@ -379,6 +390,11 @@ impl XenCtrl {
         Ok(info.online != 0)
     }
 
+    /// A domctl of this release's interface version.
+    fn new_domctl(&self, cmd: u32, domid: u32) -> XenDomctl {
+        XenDomctl::new(cmd, domid, self.abi().domctl_interface)
+    }
+
     fn domctl(&self, d: &mut XenDomctl, call: &'static str) -> Result<(), XenError> {
         // SAFETY: `d` is a complete xen_domctl (layout checked); any guest handle in it points
         // into a live HypercallPages buffer of the caller.
@@ -388,7 +404,7 @@ impl XenCtrl {
 
     /// The guest's address width in bits (64, or 32 for a compat PV guest).
     pub fn address_size(&self, domid: u32) -> Result<u32, XenError> {
-        let mut d = XenDomctl::new(XEN_DOMCTL_GET_ADDRESS_SIZE, domid);
+        let mut d = self.new_domctl(XEN_DOMCTL_GET_ADDRESS_SIZE, domid);
         self.domctl(&mut d, "xc_domctl(get_address_size)")?;
         Ok(u_u32(&d, 0))
     }
@@ -397,7 +413,7 @@ impl XenCtrl {
     /// bytes of `xen_domctl_ext_vcpucontext`, as libxc's X86_PV_VCPU_EXTENDED record holds
     /// them; empty when Xen reports none.
     pub fn vcpu_extended(&self, domid: u32, vcpu: u32) -> Result<Vec<u8>, XenError> {
-        let mut d = XenDomctl::new(XEN_DOMCTL_GET_EXT_VCPUCONTEXT, domid);
+        let mut d = self.new_domctl(XEN_DOMCTL_GET_EXT_VCPUCONTEXT, domid);
         set_u32(&mut d, 0, vcpu);
         self.domctl(&mut d, "xc_domctl(get_ext_vcpucontext)")?;
         let size = (u_u32(&d, 4) as usize).min(EXT_VCPUCONTEXT_SIZE);
@@ -408,7 +424,7 @@ impl XenCtrl {
     /// (xfeature mask, size, then the xsave area, as Xen writes it), or empty without xsave.
     pub fn vcpu_xsave(&self, domid: u32, vcpu: u32) -> Result<Vec<u8>, XenError> {
         let call = "xc_domctl(getvcpuextstate)";
-        let mut d = XenDomctl::new(XEN_DOMCTL_GETVCPUEXTSTATE, domid);
+        let mut d = self.new_domctl(XEN_DOMCTL_GETVCPUEXTSTATE, domid);
         set_u32(&mut d, 0, vcpu);
         self.domctl(&mut d, call)?;
         if u_u64(&d, VCPUEXTSTATE_XFEATURE_MASK) == 0 {
@@ -427,7 +443,7 @@ impl XenCtrl {
     /// the X86_PV_VCPU_MSRS blob holds them, or empty.
     pub fn vcpu_msrs(&self, domid: u32, vcpu: u32) -> Result<Vec<u8>, XenError> {
         let call = "xc_domctl(get_vcpu_msrs)";
-        let mut d = XenDomctl::new(XEN_DOMCTL_GET_VCPU_MSRS, domid);
+        let mut d = self.new_domctl(XEN_DOMCTL_GET_VCPU_MSRS, domid);
         set_u32(&mut d, 0, vcpu);
         self.domctl(&mut d, call)?;
         let count = u_u32(&d, VCPU_MSRS_COUNT) as usize;

@@ -1,10 +1,13 @@
-//! Run-time loaded bindings to Xen's libxenctrl, libxenguest and libxenforeignmemory (Xen 4.17).
+//! Run-time loaded bindings to Xen's libxenctrl, libxenguest and libxenforeignmemory (Xen 4.17
+//! to 4.22, the release picked at run time by [`version`]).
 //!
 //! This is the only crate of xckpt with FFI. The libraries are opened with `libloading` when a
 //! handle is first needed (once per process), so the `xckpt` binary starts and explains itself
 //! on a host without Xen.
 //!
 //! * [`abi`]: the C structs and constants, mirrored exactly (checked by `tests/layout.rs`).
+//! * [`version`]: the supported releases, their sonames and domctl interface versions, and
+//!   which one this host runs.
 //! * [`XenApi`]: the table of C entry points; the wrappers call through it, so tests can
 //!   substitute fakes (see the `fake` feature).
 //! * [`XenCtrl`]: an open `xc_interface` (domain info, pause, log-dirty, page types, HVM and CPU
@@ -20,11 +23,13 @@ pub mod fake;
 mod foreign;
 #[cfg(test)]
 mod tests;
+pub mod version;
 
-pub use api::{XenApi, LIBXENCTRL, LIBXENFOREIGNMEMORY, LIBXENGUEST};
+pub use api::{tools_abi, XenApi, LIBXENFOREIGNMEMORY};
 pub use bitmap::HypercallBitmap;
 pub use ctrl::{cpuid_record, msr_record, TscInfo, XenCtrl};
 pub use foreign::{ForeignMapping, ForeignMemory};
+pub use version::{Abi, XenVersion};
 
 /// The privileged command device every Xen control handle needs.
 pub const PRIVCMD: &str = "/dev/xen/privcmd";
@@ -37,17 +42,43 @@ pub const PAGE_SIZE: usize = 4096;
 pub enum XenError {
     /// A Xen tools library could not be loaded.
     #[error(
-        "cannot load {lib} ({reason}): install xen-utils-4.17 / libxenmisc4.17, \
+        "cannot load {lib} ({reason}): install xen-utils-{tools} / libxenmisc{tools}, \
          or this host is not a Xen dom0"
     )]
     Load {
         /// The soname.
         lib: &'static str,
+        /// The Xen release whose tools are needed ("4.20").
+        tools: String,
         /// The loader's message.
         reason: String,
     },
-    /// A library lacks a function xckpt needs: not the Xen 4.17 tools.
-    #[error("{lib} has no symbol {symbol} ({reason}): xckpt needs the Xen 4.17 tools libraries")]
+    /// The Xen release in use is not one xckpt supports.
+    #[error(
+        "Xen {version} ({found}) is not supported: xckpt supports Xen {} \
+         (install a supported Xen, or a newer xckpt)",
+        version::supported_range()
+    )]
+    Unsupported {
+        /// The release, "4.16".
+        version: String,
+        /// Where it was seen: "the running hypervisor" or a soname.
+        found: String,
+    },
+    /// Neither a running hypervisor nor any libxenctrl was found.
+    #[error(
+        "no Xen tools found (libxenctrl.so.4.NN): install xen-utils-4.NN for the Xen you run \
+         (xckpt supports Xen {range}), or this host is not a Xen dom0"
+    )]
+    NoTools {
+        /// "4.17 to 4.22".
+        range: String,
+    },
+    /// A library lacks a function xckpt needs: not the tools of a supported release.
+    #[error(
+        "{lib} has no symbol {symbol} ({reason}): xckpt needs the tools libraries of Xen {}",
+        version::supported_range()
+    )]
     Symbol {
         /// The soname.
         lib: &'static str,

@@ -174,8 +174,18 @@ fn machine_state_calls() {
 fn errors_are_one_line() {
     let msgs = [
         XenError::Load {
-            lib: crate::LIBXENCTRL,
+            lib: crate::version::SUPPORTED[0].libxenctrl,
+            tools: "4.17".into(),
             reason: "not found".into(),
+        }
+        .to_string(),
+        XenError::Unsupported {
+            version: "4.23".into(),
+            found: "the running hypervisor".into(),
+        }
+        .to_string(),
+        XenError::NoTools {
+            range: crate::version::supported_range(),
         }
         .to_string(),
         XenError::NoPrivcmd.to_string(),
@@ -190,7 +200,9 @@ fn errors_are_one_line() {
         assert!(!m.contains('\n'), "{m}");
     }
     assert!(msgs[0].contains("libxenctrl.so.4.17") && msgs[0].contains("xen-utils-4.17"));
-    assert!(msgs[3].starts_with("xc_domain_pause failed: No such process"));
+    assert!(msgs[1].contains("Xen 4.23") && msgs[1].contains("4.17 to 4.22"));
+    assert!(msgs[2].contains("4.17 to 4.22"));
+    assert!(msgs[5].starts_with("xc_domain_pause failed: No such process"));
 }
 
 /// On a host without a privcmd device, opening fails with the one-line dom0 message (and the
@@ -202,23 +214,48 @@ fn real_open_on_this_host() {
         return;
     }
     match r {
-        Err(XenError::NoPrivcmd) | Err(XenError::Load { .. }) => {}
+        Err(XenError::NoPrivcmd) | Err(XenError::Load { .. }) | Err(XenError::NoTools { .. }) => {}
         other => panic!("unexpected: {other:?}"),
     }
     assert!(matches!(
         ForeignMemory::open(),
-        Err(XenError::NoPrivcmd) | Err(XenError::Load { .. })
+        Err(XenError::NoPrivcmd) | Err(XenError::Load { .. }) | Err(XenError::NoTools { .. })
     ));
 }
 
-/// Where the Xen 4.17 libraries are installed (libxen-dev here, a dom0 in production), every
-/// symbol of the table resolves.
+/// Where a supported release's libraries are installed (libxen-dev here, a dom0 in
+/// production), every symbol of the table resolves.
 #[test]
 fn real_table_resolves_every_symbol() {
     match crate::api::real() {
-        Ok(_) => {}
-        Err(XenError::Load { lib, reason }) => eprintln!("SKIPPED: {lib} not installed ({reason})"),
+        Ok(api) => assert!(crate::version::SUPPORTED
+            .iter()
+            .any(|a| std::ptr::eq(a, api.abi))),
+        Err(XenError::Load { lib, reason, .. }) => {
+            eprintln!("SKIPPED: {lib} not installed ({reason})")
+        }
+        Err(e @ XenError::NoTools { .. }) => eprintln!("SKIPPED: {e}"),
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// Each release's table puts its own domctl interface version into the domctls it makes.
+#[test]
+fn domctls_carry_the_release_interface_version() {
+    for (i, abi) in crate::version::SUPPORTED.iter().enumerate() {
+        let domid = 200 + i as u32;
+        fake::add_domain(FakeDomainSpec {
+            hvm: false,
+            ..dom(domid, 64)
+        });
+        let xc = XenCtrl::open_fake_as(abi);
+        assert_eq!(xc.abi().version, abi.version);
+        assert_eq!(xc.address_size(domid).unwrap(), 64);
+        assert_eq!(
+            fake::last_domctl_interface(domid),
+            Some(abi.domctl_interface)
+        );
+        fake::remove_domain(domid);
     }
 }
 

@@ -1,13 +1,18 @@
-//! Compare the Rust mirrors of Xen's structs and constants with the real Xen 4.17 headers: a C
-//! program compiled against libxen-dev prints sizeof / offsetof / values, and every line must
-//! equal Rust's. Skipped (with the reason printed) when the headers or a C compiler are missing.
+//! Compare the Rust mirrors of Xen's structs and constants with the real headers of every
+//! release this machine can get: Debian bookworm's libxen-dev (Xen 4.17) and trixie's (4.20),
+//! downloaded with `tools/suite-apt` (a private apt configuration; nothing installed) and
+//! unpacked with `dpkg -x` under the target directory. A C program compiled against each prints
+//! sizeof / offsetof / values, and every line must equal Rust's for that release's ABI
+//! (`xen_sys::version::SUPPORTED`). A release is skipped, with the reason printed, only when
+//! the Debian archive cannot be reached (or there is no apt-get / C compiler).
 
 use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xen_sys::abi::*;
+use xen_sys::version::{abi_of, Abi, XenVersion};
 
 const C_PROGRAM: &str = r#"
 #include <stddef.h>
@@ -140,7 +145,7 @@ int main(void)
 }
 "#;
 
-fn rust_values() -> BTreeMap<String, u64> {
+fn rust_values(abi: &Abi) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     let mut s = |k: &str, v: usize| m.insert(k.to_string(), v as u64);
     s("size domaininfo", size_of::<XcDomainInfo>());
@@ -260,7 +265,7 @@ fn rust_values() -> BTreeMap<String, u64> {
     m.insert("val HYPERVISOR_VIRT_END".into(), HYPERVISOR_VIRT_END_X86_64);
     let mut v = |k: &str, x: u32| m.insert(format!("val {k}"), u64::from(x));
     v("FIRST_RESERVED_GDT_ENTRY", FIRST_RESERVED_GDT_ENTRY);
-    v("XEN_DOMCTL_INTERFACE_VERSION", XEN_DOMCTL_INTERFACE_VERSION);
+    v("XEN_DOMCTL_INTERFACE_VERSION", abi.domctl_interface);
     v(
         "XEN_DOMCTL_get_ext_vcpucontext",
         XEN_DOMCTL_GET_EXT_VCPUCONTEXT,
@@ -329,17 +334,88 @@ fn rust_values() -> BTreeMap<String, u64> {
     m
 }
 
-fn c_values() -> Result<BTreeMap<String, u64>, String> {
-    if !Path::new("/usr/include/xenctrl.h").exists() {
-        return Err("/usr/include/xenctrl.h missing (apt-get install libxen-dev)".into());
+/// The Debian releases whose libxen-dev the test checks against.
+const SUITES: [&str; 2] = ["bookworm", "trixie"];
+
+/// Downloads and unpacks `suite`'s libxen-dev (once; kept under the target directory).
+/// Returns the unpacked root, or why it cannot.
+fn fetch_headers(suite: &str) -> Result<PathBuf, String> {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xen-headers");
+    let root = base.join(suite).join("root");
+    if root.join("usr/include/xenctrl.h").exists() {
+        return Ok(root);
     }
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/suite-apt");
+    let debs = base.join(suite).join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+    let out = Command::new(&tool)
+        .arg(suite)
+        .arg(base.join(suite).join("apt"))
+        .args(["download", "libxen-dev"])
+        .current_dir(&debs)
+        .output()
+        .map_err(|e| format!("cannot run {} ({e}): no apt-get here?", tool.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => return Err(stderr.trim().to_string()),
+        _ => panic!("tools/suite-apt {suite} download libxen-dev failed:\n{stderr}"),
+    }
+    let deb = std::fs::read_dir(&debs)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("apt-get download left a .deb");
+    let tmp = base.join(suite).join("root.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let st = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tmp)
+        .status()
+        .expect("run dpkg -x");
+    assert!(st.success(), "dpkg -x {} failed", deb.display());
+    std::fs::rename(&tmp, &root).map_err(|e| e.to_string())?;
+    Ok(root)
+}
+
+/// The release of an unpacked libxen-dev: where its `libxenctrl.so` link points.
+fn release_of(root: &Path) -> XenVersion {
+    let link = root.join("usr/lib/x86_64-linux-gnu/libxenctrl.so");
+    let target = std::fs::read_link(&link).expect("libxen-dev has the libxenctrl.so link");
+    let name = target.file_name().unwrap().to_string_lossy().to_string();
+    let v = name
+        .strip_prefix("libxenctrl.so.")
+        .and_then(XenVersion::parse)
+        .unwrap_or_else(|| panic!("libxenctrl.so points to {name}"));
+    let abi = abi_of(v, &name).expect("a supported release");
+    assert!(
+        name.starts_with(abi.libxenctrl),
+        "{name} vs {}",
+        abi.libxenctrl
+    );
+    v
+}
+
+fn c_values(include: &Path) -> Result<BTreeMap<String, u64>, String> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let dir = std::env::temp_dir().join(format!("xen-sys-layout-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "xen-sys-layout-{}-{}",
+        std::process::id(),
+        include.display().to_string().len()
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let src = dir.join("layout.c");
     let exe = dir.join("layout");
     std::fs::write(&src, C_PROGRAM).map_err(|e| e.to_string())?;
-    let out = Command::new(&cc).arg("-o").arg(&exe).arg(&src).output();
+    let out = Command::new(&cc)
+        .arg("-I")
+        .arg(include)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output();
     let out = match out {
         Ok(o) => o,
         Err(e) => return Err(format!("no C compiler ({cc}: {e})")),
@@ -364,21 +440,39 @@ fn c_values() -> Result<BTreeMap<String, u64>, String> {
 
 #[test]
 fn structs_and_constants_match_xen_headers() {
-    let c = match c_values() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("SKIPPED layout check: {why}");
-            return;
+    let mut checked = Vec::new();
+    for suite in SUITES {
+        let root = match fetch_headers(suite) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("SKIPPED layout check against {suite}'s libxen-dev: {why}");
+                continue;
+            }
+        };
+        let v = release_of(&root);
+        let abi = abi_of(v, suite).unwrap();
+        let c = match c_values(&root.join("usr/include")) {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("SKIPPED layout check: {why}");
+                return;
+            }
+        };
+        let r = rust_values(abi);
+        let mut bad = Vec::new();
+        for (k, cv) in &c {
+            match r.get(k) {
+                Some(rv) if rv == cv => {}
+                other => bad.push(format!("{k}: C {cv}, Rust {other:?}")),
+            }
         }
-    };
-    let r = rust_values();
-    let mut bad = Vec::new();
-    for (k, cv) in &c {
-        match r.get(k) {
-            Some(rv) if rv == cv => {}
-            other => bad.push(format!("{k}: C {cv}, Rust {other:?}")),
-        }
+        assert_eq!(c.len(), r.len(), "probe and mirror cover different items");
+        assert!(
+            bad.is_empty(),
+            "layout mismatches against {suite}'s Xen {v} headers:\n{}",
+            bad.join("\n")
+        );
+        checked.push(format!("{suite}: Xen {v}"));
     }
-    assert_eq!(c.len(), r.len(), "probe and mirror cover different items");
-    assert!(bad.is_empty(), "layout mismatches:\n{}", bad.join("\n"));
+    eprintln!("layout checked against {}", checked.join(", "));
 }

@@ -35,7 +35,8 @@ use xenstore_rs::Xs;
 
 use super::{Domain, DomainIdentity, DomainInfo, GuestType, HvError};
 
-/// Where the back-end finds the tools around libxenctrl. [`Default`] is a stock Xen 4.17 dom0.
+/// Where the back-end finds the tools around libxenctrl. [`Default`] is a stock Debian/Ubuntu
+/// dom0 of any supported release (`xl` from `PATH`, else the release's `/usr/lib/xen-4.NN/bin`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XenEnv {
     /// The `xl` command (run as `xl list -l <domid>` for the config).

@@ -8,7 +8,7 @@
 //! `xl` is present on every dom0 that has the libraries. The JSON is re-serialised (key order
 //! may differ from libxl's); libxl parses it by key, so restore sees the same configuration.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -17,7 +17,7 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum XlError {
     /// `xl` could not be run.
-    #[error("cannot run {cmd}: {source} (is xen-utils-4.17 installed?)")]
+    #[error("cannot run {cmd}: {source} (are the Xen tools, xen-utils-4.NN, installed?)")]
     Spawn {
         /// The command.
         cmd: String,
@@ -44,11 +44,31 @@ pub enum XlError {
     },
 }
 
+/// The `xl` to run for `xl`: itself when it is a path or found in `PATH`, else (a bare name
+/// outside `PATH`, as in a minimal dom0) the one in the loaded Xen release's tools directory
+/// (`/usr/lib/xen-4.NN/bin`), when it exists there.
+pub fn resolve(xl: &Path) -> PathBuf {
+    let bare = xl.components().count() == 1;
+    let in_path = || {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(xl).is_file()))
+    };
+    if !bare || in_path() {
+        return xl.to_path_buf();
+    }
+    xen_sys::tools_abi()
+        .ok()
+        .map(|abi| Path::new(&abi.tools_dir()).join(xl))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| xl.to_path_buf())
+}
+
 /// The libxl JSON configuration of `domid` followed by a NUL byte, exactly the optional-data
 /// payload `xl save` writes after its length.
 pub fn domain_config(xl: &Path, domid: u32) -> Result<Vec<u8>, XlError> {
+    let xl = resolve(xl);
     let cmd = xl.display().to_string();
-    let out = Command::new(xl)
+    let out = Command::new(&xl)
         .args(["list", "-l", &domid.to_string()])
         .output()
         .map_err(|source| XlError::Spawn {

@@ -65,6 +65,8 @@ struct FakeDomain {
     shutdown_code: Option<u32>,
     logdirty: bool,
     dirty: Vec<u64>,
+    /// `interface_version` of the last domctl for this domain.
+    last_domctl_interface: Option<u32>,
 }
 
 static DOMAINS: Mutex<BTreeMap<u32, FakeDomain>> = Mutex::new(BTreeMap::new());
@@ -83,6 +85,7 @@ pub fn add_domain(spec: FakeDomainSpec) {
         shutdown_code: None,
         logdirty: false,
         dirty: vec![0; spec.pfn_count.div_ceil(64) as usize],
+        last_domctl_interface: None,
         spec,
     };
     domains().insert(d.spec.domid, d);
@@ -130,6 +133,23 @@ pub fn pause_count(domid: u32) -> u32 {
 /// Whether log-dirty mode is on for a fake domain.
 pub fn logdirty_on(domid: u32) -> bool {
     domains().get(&domid).is_some_and(|d| d.logdirty)
+}
+
+/// The `interface_version` the last domctl on `domid` carried.
+pub fn last_domctl_interface(domid: u32) -> Option<u32> {
+    domains().get(&domid).and_then(|d| d.last_domctl_interface)
+}
+
+/// The fake table speaking release `abi` (leaked once per release; tests only).
+pub fn api_for(abi: &'static crate::Abi) -> &'static XenApi {
+    static TABLES: Mutex<Vec<&'static XenApi>> = Mutex::new(Vec::new());
+    let mut t = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = t.iter().find(|a| std::ptr::eq(a.abi, abi)) {
+        return a;
+    }
+    let a: &'static XenApi = Box::leak(Box::new(XenApi { abi, ..FAKE_API }));
+    t.push(a);
+    a
 }
 
 /// The HVM context bytes the fake returns for `domid`.
@@ -207,6 +227,7 @@ fn handle<T>() -> *mut T {
 
 /// The fake function table.
 pub static FAKE_API: XenApi = XenApi {
+    abi: &crate::version::SUPPORTED[0],
     xc_interface_open: xc_open,
     xc_interface_close: xc_close,
     xc_domain_getinfolist: getinfolist,

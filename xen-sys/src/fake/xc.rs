@@ -322,6 +322,15 @@ pub(super) unsafe extern "C" fn domctl(_: *mut XcInterface, dc: *mut XenDomctl) 
     // SAFETY: the caller passes a valid domctl.
     let d = unsafe { &mut *dc };
     rc(with_dom(u32::from(d.domain), |dom| {
+        // Xen refuses a domctl of another interface version with EACCES; the fake accepts
+        // every supported one and remembers which it saw.
+        if !crate::version::SUPPORTED
+            .iter()
+            .any(|a| a.domctl_interface == d.interface_version)
+        {
+            return Err(libc::EACCES);
+        }
+        dom.last_domctl_interface = Some(d.interface_version);
         if d.cmd == XEN_DOMCTL_GET_ADDRESS_SIZE {
             d.u[0] = 64;
             return Ok(0);
