@@ -116,6 +116,14 @@ struct BenchResult {
     restore_within_bound: bool,
 }
 
+/// What the bench measured beside the checkpoints: the machine's limits and the xl-like
+/// baselines with the restore.
+struct Measured {
+    limits: limits::Limits,
+    xl_like_save_s: f64,
+    restore: super::bench_restore::RestoreFigures,
+}
+
 /// Thread seconds per GB of guest memory, per capture stage.
 #[derive(Debug, Serialize)]
 struct CpuPerGb {
@@ -221,7 +229,12 @@ impl BenchCmd {
         let failures = verify_layers(&dom, &store, &reports)?;
         let mem = dom.sim_config().pfn_count * PAGE_SIZE as u64;
         let restore = super::bench_restore::measure(&store, "bench", mem)?;
-        let result = self.result(&dom, limits, xl_like, &reports, failures, &opts, restore);
+        let measured = Measured {
+            limits,
+            xl_like_save_s: xl_like,
+            restore,
+        };
+        let result = self.result(&dom, measured, &reports, failures, &opts);
         if self.json {
             print_json(&result)?;
         } else {
@@ -266,13 +279,16 @@ impl BenchCmd {
     fn result(
         &self,
         dom: &SimDomain,
-        limits: limits::Limits,
-        xl_like_save_s: f64,
+        measured: Measured,
         reports: &[(CaptureReport, Duration)],
         failures: Vec<String>,
         opts: &xckpt::capture::CaptureOptions,
-        restore: super::bench_restore::RestoreFigures,
     ) -> BenchResult {
+        let Measured {
+            limits,
+            xl_like_save_s,
+            restore,
+        } = measured;
         let mem_bytes = dom.sim_config().pfn_count * PAGE_SIZE as u64;
         let (base, base_t) = &reports[0];
         let full_capture_s = base_t.as_secs_f64();
