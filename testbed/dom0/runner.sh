@@ -41,8 +41,8 @@ for name in "$@"; do
   line=$(run_once "$name" 1)
   attempt=1
   # The first failure's cause decides: a verdict is final.
-  cause=$(echo "$line" | sed -n 's/.* cause=\([^ ]*\) wall_s=[0-9.]*$/\1/p')
-  first=$(echo "$line" | sed "s/^FAIL $name //; s/ cause=[^ ]* wall_s=[0-9.]*$//; s/ wall_s=[0-9.]*$//; s/\"/'/g")
+  cause=$(echo "$line" | sed -n 's/.* cause=\([^ ]*\).*/\1/p')
+  first=$(echo "$line" | sed "s/^FAIL $name //; s/ cause=[^ ]*.*$//; s/ wall_s=.*$//; s/\"/'/g")
   while [ "${line#FAIL }" != "$line" ] && [ "$cause" != verdict ] && [ "$attempt" -le "${RETRIES:-1}" ]; do
     echo "TB-SCENARIO retry $name after ($cause): $first" > /dev/console
     destroy_all > /dev/null 2>&1

@@ -27,7 +27,7 @@ fresh_guest() {
 ck() {
   local name=$1 m rc t0; shift
   m=$(mark "$name"); CK_GEN=$(last_gen "$name")
-  CK_JSON=$TBW/ck.json
+  CK_JSON=$TBW/ck.json CK_CHAIN=$name
   note "+ xckpt checkpoint --json --store $STORE $* $name"
   t0=$(now)
   xckpt checkpoint --json --store "$STORE" "$@" "$name" > "$CK_JSON" 2> "$CK_JSON.err"; rc=$?
@@ -62,8 +62,16 @@ ck_summary() {
     "; \(.rounds | length) rounds (\(.stop)), downtime \(.downtime.secs * 1000 + .downtime.nanos / 1e6) ms"' "$CK_JSON"
 }
 
-# ck_bytes: the last checkpoint's layer size (from the JSON report).
-ck_bytes() { ck_json .layer.bytes; }
+# ck_bytes: the last checkpoint's layer size, as `stat` sees the file the JSON report names
+# (call it right after ck: a later merge may rewrite the file). Prints nothing and fails the
+# scenario if the report's `bytes` differs from the file.
+ck_bytes() {
+  local f b s
+  f=$(ck_json .layer.file) && b=$(ck_json .layer.bytes) || return 1
+  s=$(file_bytes "$STORE/${CK_CHAIN:-}/$f" 2>/dev/null)
+  [ -n "$s" ] && [ "$s" = "$b" ] || fail "layer $f: the report says $b bytes, stat says '${s}'"
+  echo "$s"
+}
 
 # gen_window NAME SPEC: "LO HI", the workload's generation window recorded by ck for the layer
 # SPEC (NAME = the latest layer ck recorded for chain NAME, NAME@N = layer N), or
@@ -109,5 +117,6 @@ chain_scenario() {
   rs "$g" "$g@1"; local gen_at1=$RS_GEN
   xckpt verify --store "$STORE" "$g" || fail "xckpt verify $g failed"
   destroy_guest "$g"
+  nums base_bytes
   pass "base_s=$base_s base_bytes=$base_bytes guest_gaps_ms=$gaps restore_s=$rs_latest gen_latest=$gen_latest gen_at1=$gen_at1 window_latest=$(gen_window "$g" "$g@4" | tr ' ' -) window_at1=$(gen_window "$g" "$g@1" | tr ' ' -) full_sweeps=$(sweep_cost) bad=0"
 }
