@@ -185,6 +185,8 @@ wait_tick() { wait_ticks "$1" 1 "${2:-60}"; }
 # the first TICK to the end of the full sweep: what this check costs).
 verify_resumed() {
   local name=$1 m=$2 lo=$3 hi=$4 what=$5 t0 first s0 step g
+  # The domain (a migrated guest logs as NAME--incoming but is called NAME once it arrived).
+  local dom=${1%--incoming}
   nums lo hi
   wait_ticks "$name" 1 120 "$m" || fail "workload of $name not running after $what"
   t0=$(now)
@@ -215,18 +217,18 @@ verify_resumed() {
     s=$(tick_field "$name" "$m" sweeps)
     [ -n "$s" ] && [ "$s" -ge $((s0 + 2)) ] && break
     if awk -v a="$t0" -v b="$(now)" 'BEGIN{exit !(b-a > 180)}'; then
-      check_running "$name" || fail "$what: guest $name stopped before a full sweep"
-      fail "$what: workload of $name did not finish a full sweep within 180 s (sweeps $s0 -> $s)"
+      check_running "$dom" || fail "$what: guest $dom stopped before a full sweep"
+      fail "$what: workload of $dom did not finish a full sweep within 180 s (sweeps $s0 -> $s)"
     fi
     i=$((i + 1))
-    if [ $((i % 10)) = 0 ] && guest_crashed "$name"; then
-      fail "$what: guest $name crashed before a full sweep (xl list state $(guest_state "$name"))"
+    if [ $((i % 10)) = 0 ] && guest_crashed "$dom"; then
+      fail "$what: guest $dom crashed before a full sweep (xl list state $(guest_state "$dom"))"
     fi
     sleep 0.5
   done
   RESUME_SWEEP_S=$(since "$t0")
   check_bad "$name" "$m" || fail_verdict "$what: the workload of $name saw bad pages ($(after "$name" "$m" | grep -a -m 1 '^BAD '))"
-  check_running "$name" || fail "$what: guest $name is not running after its full sweep"
+  check_running "$dom" || fail "$what: guest $dom is not running after its full sweep"
   note "verify_resumed $name ($what): gen $g in $lo..$hi (+$step), full sweep $s0 -> $s in ${RESUME_SWEEP_S}s, bad=0"
   echo "$RESUME_SWEEP_S" >> "$TBW/.sweep_s"
 }
