@@ -20,6 +20,8 @@ no_temps() {
   [ -z "$t" ] || fail "temp files left in $1: $t"
 }
 FPLOG=$TBW/failpoints.log
+# fp_counts: the failpoints reached so far, as name:hits,...
+fp_counts() { sort "$FPLOG" 2>/dev/null | uniq -c | awk '{printf "%s%s:%s", NR > 1 ? "," : "", $2, $1}'; }
 
 # 1. Death right after the domain was stopped (abort, as kill -9): the watchdog resumes it.
 #    The failpoint log proves the abort came at `capture.paused`, i.e. after the stop; the
@@ -48,7 +50,7 @@ until grep -q '^layer.create' "$FPLOG" 2>/dev/null; do
 done
 i=0
 until grep -q '^layer.frame' "$FPLOG" 2>/dev/null || [ $i -ge 10 ]; do sleep 0.1; i=$((i + 1)); done
-TERM_AT=$(sort "$FPLOG" | uniq -c | tr -s ' ' | tr '\n' ',')
+TERM_AT=$(fp_counts)
 kill -TERM "$pid"; wait "$pid"; TERM_RC=$?
 note "SIGTERM sent after failpoints: $TERM_AT"
 cat "$TBW/term.out"
@@ -67,29 +69,36 @@ ck "$G"
 rs "$G" "$G"
 
 # 3. A full file system under a store that holds a chain: a small tmpfs of its own with a base
-#    and an incremental, then filled; a --full checkpoint must fail in the write, saying so,
-#    and leave the chain as it was.
+#    and an incremental, then filled up to 4 MiB (room for the manifest updates a run makes
+#    before its layer, not for a layer); a --full checkpoint must fail while writing its layer,
+#    saying so, and leave the chain's layers as they were.
 SMALL=$TBW/small-store
 umount "$SMALL" 2>/dev/null; mkdir -p "$SMALL"
 mount -t tmpfs -o size=320m,mode=0700 tmpfs "$SMALL" || fail "cannot mount a small tmpfs store"
 CLEANUP='umount "$SMALL" 2>/dev/null'
 STORE=$SMALL; rm -rf "$TBW/gens"
 ck "$G"; sleep 2; ck "$G"
-MAN=$(md5sum < "$SMALL/$G/manifest.json")
+# The chain as listed (id, file, bytes of every layer) and its layer files.
+chain_list() { xckpt list --store "$SMALL" "$G" --json | jq -ec '[.layers[] | [.id, .file, .bytes]]'; }
+LIST=$(chain_list) || fail "xckpt list --json of the small store failed"
 LAYERS=$(ls "$SMALL/$G" | grep '^layer-' | tr '\n' ' ')
-dd if=/dev/zero of="$SMALL/filler" bs=1M 2>/dev/null
-note "small store full: $(df -k "$SMALL" | tail -n 1)"
+AVAIL_KIB=$(df -k "$SMALL" | tail -n 1 | awk '{print $4}'); nums AVAIL_KIB
+dd if=/dev/zero of="$SMALL/filler" bs=1M count=$(( (AVAIL_KIB - 4096) / 1024 )) 2>/dev/null
+note "small store nearly full: $(df -k "$SMALL" | tail -n 1)"
 rm -f "$FPLOG"; m=$(mark "$G")
 export XCKPT_FAILPOINT_LOG=$FPLOG
 out NOSPC_S xckpt checkpoint --full --store "$SMALL" "$G" && fail "checkpoint into a full store succeeded"
 unset XCKPT_FAILPOINT_LOG
 NOSPC_MSG=$OUT_LAST
 echo "$NOSPC_MSG" | grep -q "No space left" || fail "ENOSPC not reported as such: $NOSPC_MSG"
-grep -q '^layer.create' "$FPLOG" 2>/dev/null || fail "the ENOSPC run never started a layer (failpoints: $(tr '\n' ' ' < "$FPLOG"))"
+grep -q '^layer.create' "$FPLOG" 2>/dev/null ||
+  fail "the ENOSPC came before the layer write (failpoints: $(tr '\n' ' ' < "$FPLOG" 2>/dev/null)): $NOSPC_MSG"
+NOSPC_AT=$(fp_counts)
+note "ENOSPC after failpoints: $NOSPC_AT"
 running_within "$G" 1 || fail "domain $G stopped after the ENOSPC failure"
 check_bad "$G" "$m" || fail "workload of $G saw bad pages after the ENOSPC failure"
 no_temps "$SMALL/$G"
-[ "$(md5sum < "$SMALL/$G/manifest.json")" = "$MAN" ] || fail "the failed checkpoint changed the manifest"
+[ "$(chain_list)" = "$LIST" ] || fail "the failed checkpoint changed the chain: $(chain_list), was $LIST"
 [ "$(ls "$SMALL/$G" | grep '^layer-' | tr '\n' ' ')" = "$LAYERS" ] ||
   fail "the failed checkpoint changed the layer files: $(ls "$SMALL/$G" | tr '\n' ' '), was $LAYERS"
 xckpt verify --store "$SMALL" "$G" || fail "the chain in the full store does not verify"
@@ -104,4 +113,4 @@ no_temps "$SMALL/$G"
 destroy_guest "$G"
 STORE=/var/lib/xckpt
 umount "$SMALL"; CLEANUP=""
-pass "kill_rc=134 kill_failpoint=capture.paused kill_stopped_resume_ms=$KILL_MS kill_guest_gap_ms=$KILL_GAP sigterm_rc=$TERM_RC sigterm_resume_ms=$TERM_MS enospc_reported=1 enospc_chain_layers=2 enospc_chain_verified=1 temp_files=0 next_after_enospc=$NEXT_KIND full_sweeps=$(sweep_cost) bad=0"
+pass "kill_rc=134 kill_failpoint=capture.paused kill_stopped_resume_ms=$KILL_MS kill_guest_gap_ms=$KILL_GAP sigterm_rc=$TERM_RC sigterm_resume_ms=$TERM_MS sigterm_after=$TERM_AT enospc_reported=1 enospc_after=$NOSPC_AT enospc_chain_layers=2 enospc_chain_verified=1 temp_files=0 next_after_enospc=$NEXT_KIND full_sweeps=$(sweep_cost) bad=0"
