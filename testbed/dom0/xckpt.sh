@@ -35,7 +35,11 @@ ck() {
   cat "$CK_JSON.err"
   note "  (rc=$rc, $CK_S s)"
   OUT_LAST=$(grep -av '^ *$' "$CK_JSON.err" | tail -n 1)
-  [ "$rc" = 0 ] || fail "xckpt checkpoint $name failed: $OUT_LAST"
+  if [ "$rc" != 0 ]; then
+    # A failed run must still leave the guest running (else the cause is a verdict).
+    check_running "$name" || fail "xckpt checkpoint $name failed and left it $(guest_state "$name"): $OUT_LAST"
+    fail "xckpt checkpoint $name failed: $OUT_LAST"
+  fi
   CK_ID=$(ck_json .layer.id); nums CK_ID
   CK_LINE=$(ck_summary "$name")
   { echo "$CK_LINE"; jq -r '.layer.stats.notes[] | "  note: " + .' "$CK_JSON"

@@ -15,13 +15,21 @@ wait_pp gping 3 120 0 || fail "ping-pong did not start (gping: $(after gping 0 |
 # pp_trouble NAME MARK: NAME's ping-pong error, reconnect or bad-message lines after MARK.
 pp_trouble() { after "$1" "$2" | grep -aE '^(PPERR|PPBAD)|bad=[1-9]'; }
 
+# group_failed N: a failed group checkpoint must leave both members running.
+group_failed() {
+  check_running gpong && check_running gping ||
+    fail "group checkpoint $1 failed and left the members gpong=$(guest_state gpong) gping=$(guest_state gping): $OUT_LAST"
+  fail "group checkpoint $1 failed: $OUT_LAST"
+}
+
 # A base group checkpoint, then an incremental one under load; restore the second.
-out G1_S xckpt checkpoint --store "$STORE" --group job gpong gping || fail "group checkpoint 1 failed: $OUT_LAST"
+out G1_S xckpt checkpoint --store "$STORE" --group job gpong gping || group_failed 1
+
 sleep 3
 m1=$(mark gping); m2=$(mark gpong)
 LO1=$(last_gen gping); LO2=$(last_gen gpong)
 N_LO=$(pp_ns gping 0 | tail -n 1)
-out G2_S xckpt checkpoint --store "$STORE" --group job gpong gping || fail "group checkpoint 2 failed: $OUT_LAST"
+out G2_S xckpt checkpoint --store "$STORE" --group job gpong gping || group_failed 2
 a1=$(mark gping)
 GLINE=$(grep -a '^group job@2' "$TBW/.out")
 [ -n "$GLINE" ] || fail "no group summary line: $OUT_LAST"
