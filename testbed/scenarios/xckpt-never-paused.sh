@@ -21,7 +21,7 @@ no_temps() {
 }
 FPLOG=$TBW/failpoints.log
 # fp_counts: the failpoints reached so far, as name:hits,...
-fp_counts() { sort "$FPLOG" 2>/dev/null | uniq -c | awk '{printf "%s%s:%s", NR > 1 ? "," : "", $2, $1}'; }
+fp_counts() { sort "$FPLOG" 2>/dev/null | uniq -c | awk '{printf "%s%s:%s", (NR > 1 ? "," : ""), $2, $1}'; }
 
 # 1. Death right after the domain was stopped (abort, as kill -9): the watchdog resumes it.
 #    The failpoint log proves the abort came at `capture.paused`, i.e. after the stop; the
