@@ -37,7 +37,7 @@ ck_used_kib() { ck_note "guest used" | sed -n 's/.*guest used \([0-9]*\) KiB.*/\
 # ck_used_after_kib: the same after the agent dropped the page cache.
 ck_used_after_kib() { ck_note "after dropping" | sed -n 's/.*, \([0-9]*\) KiB after dropping cache.*/\1/p'; }
 # ck_evicted POLICY: pages the last checkpoint evicted under POLICY (0 if none).
-ck_evicted() { echo "$CK_LINE" | sed -n "s/.*[(,] *$1 \([0-9]*\).*/\1/p" | grep . || echo 0; }
+ck_evicted() { ck_json ".layer.stats.evicted.$1 // 0"; }
 
 # The guest kernel's System.map (testbed/profiles/, copied by testbed/host/images.sh), for
 # xckpt --guest-profile.

@@ -18,11 +18,46 @@ clog() { echo "/var/log/xen/console/guest-$1.log"; }
 # failure, prints diagnostics and ends the scenario.
 pass() { echo "PASS $SCN $*" > "$RESULT"; note "verdict: PASS $*"; }
 fail() {
-  echo "FAIL $SCN $*" > "$RESULT"
-  note "verdict: FAIL $*"
+  local cause; cause=$(cat "$RESULT.cause" 2>/dev/null)
+  echo "FAIL $SCN $* cause=${cause:-scenario}" > "$RESULT"
+  note "verdict: FAIL $* (cause ${cause:-scenario})"
   diagnostics
   exit 1
 }
+
+# ---- failure causes (the runner's retry rule, docs/testbed.md "Retries") ---------------
+# The cause a `fail` line carries is the last one recorded here (default `scenario`):
+#   verdict       the workload saw bad pages, a guest was left paused, or a restore resumed at
+#                 the wrong generation: never retried, always a failure of xckpt (or xl).
+#   tb:CAUSE      a known test-bed flake (see TB_CAUSES in testbed/run): may be retried, and a
+#                 pass on the retry counts.
+#   scenario      anything else: retried once for information, but a pass on the retry still
+#                 makes `testbed/run` exit non-zero.
+# A verdict is sticky (once the workload saw corruption, nothing else explains the failure).
+set_cause() {
+  [ "$(cat "$RESULT.cause" 2>/dev/null)" = verdict ] && return 0
+  if [ -n "$1" ]; then echo "$1" > "$RESULT.cause"; else rm -f "$RESULT.cause"; fi
+}
+# fail_verdict REASON...: fail with cause `verdict` (bad pages, a paused guest, a wrong
+# generation). Helpers that find such a fault record the cause themselves, so a plain `fail`
+# after them is a verdict too.
+fail_verdict() { set_cause verdict; fail "$@"; }
+
+# ---- figures ----------------------------------------------------------------------------
+# nums VAR...: every named variable holds a number (an optional minus, digits, at most one
+# decimal point); otherwise the scenario fails naming the variable and its value. Call it on
+# every figure a check compares, before comparing: an empty or garbled figure must not pass a
+# bar (awk and [ ] turn "" into 0).
+nums() {
+  local v x
+  for v in "$@"; do
+    eval "x=\${$v-}"
+    echo "$x" | grep -Eq '^-?[0-9]+(\.[0-9]+)?$' || fail "figure $v is not a number: '$x'"
+  done
+}
+# json FILE FILTER: one value from a JSON document, read with jq (-r: strings bare). Prints
+# nothing and fails if the document does not parse or the value is null.
+json() { jq -er "$2" "$1" 2>/dev/null; }
 diagnostics() {
   local g
   xl list 2>&1
@@ -89,9 +124,19 @@ guest_gap() { tick_max "$1" "$2" gap_ms; }
 # guest_mgap NAME MARK: the same on CLOCK_MONOTONIC (does not count save/restore suspends).
 guest_mgap() { tick_max "$1" "$2" mgap_ms; }
 # check_bad NAME MARK: succeeds if the workload reported no corrupted page after MARK.
+# A failure records the cause `verdict` (see set_cause).
 check_bad() {
   local b; b=$(tick_max "$1" "$2" bad)
-  [ "$b" = 0 ] && ! after "$1" "$2" | grep -aq '^BAD '
+  [ "$b" = 0 ] && ! after "$1" "$2" | grep -aq '^BAD ' && return 0
+  set_cause verdict
+  return 1
+}
+# check_running NAME: NAME exists and is neither paused nor suspended (else cause `verdict`).
+check_running() {
+  case "$(guest_state "$1")" in
+    "") note "guest $1 does not exist"; return 1 ;;
+    *p*|*s*) note "guest $1 is stopped: $(guest_state "$1")"; set_cause verdict; return 1 ;;
+  esac
 }
 
 # wait_ticks NAME COUNT [TIMEOUT] [MARK]: waits until NAME printed COUNT TICK lines after MARK
@@ -119,6 +164,84 @@ wait_ticks() {
 guest_state() { xl list "$1" 2>/dev/null | awk 'NR == 2 {print $5}'; }
 guest_crashed() { guest_state "$1" | grep -q 'c'; }
 wait_tick() { wait_ticks "$1" 1 "${2:-60}"; }
+
+# ---- the check after every restore and every migrate -----------------------------------
+# verify_resumed NAME MARK GEN_LO GEN_HI WHAT [STEP_NAME]: the one check every scenario runs after a
+# restore (xckpt or xl) or a migrate of NAME, MARK taken before it. It proves, from the guest
+# workload alone (an observer other than xckpt):
+#  1. the restored memory is whole: the workload finished a full verification sweep of its
+#     buffer (every page read back and checked) that began after the restore, and saw bad=0
+#     and no BAD line from MARK to the end of that sweep;
+#  2. it is the right point: the generation it resumed at is within GEN_LO..GEN_HI, the
+#     workload's generation before the checkpoint (or save) began and after it ended (or at
+#     the destroy), plus at most one TICK's worth of writes (lines in the console ring at the
+#     pause show up late; STEP = the largest generation step between two TICKs before MARK,
+#     in the log of STEP_NAME if given: the source of a migrate).
+# The resumed generation is the `gen=` of the first GAP line after MARK (printed by the first
+# loop iteration after a pause over 200 ms, before any write), else of the first TICK. The sweep counted
+# is the one that ends at `sweeps=` S+2, S being the sweep count on the TICK printed with or
+# right after that GAP line: sweep S+1 starts after that line, so after the restore.
+# Fails with cause `verdict` (never retried). Sets RESUME_GEN, RESUME_SWEEP_S (seconds from
+# the first TICK to the end of the full sweep: what this check costs).
+verify_resumed() {
+  local name=$1 m=$2 lo=$3 hi=$4 what=$5 t0 first s0 step g
+  # The domain (a migrated guest logs as NAME--incoming but is called NAME once it arrived).
+  local dom=${1%--incoming}
+  nums lo hi
+  wait_ticks "$name" 1 120 "$m" || fail "workload of $name not running after $what"
+  t0=$(now)
+  # The resume point: the first GAP line after MARK if it comes before the second TICK (one
+  # TICK may be an old line left in the console ring at the pause), else the first TICK.
+  first=$(after "$name" "$m" | grep -a -m 1 -n '^GAP ' | cut -d: -f1)
+  local t2; t2=$(after "$name" "$m" | grep -a -n '^TICK ' | sed -n 2p | cut -d: -f1)
+  [ -n "$first" ] && [ -n "$t2" ] && [ "$first" -gt "$t2" ] && first=""
+  if [ -n "$first" ]; then
+    g=$(after "$name" "$m" | sed -n "${first}p" | tr ' ' '\n' | sed -n 's/^gen=//p')
+    s0=$(after "$name" "$m" | tail -n +"$first" | grep -a -m 1 '^TICK ' | tr ' ' '\n' | sed -n 's/^sweeps=//p')
+  else
+    g=$(ticks "$name" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^gen=//p')
+    s0=$(ticks "$name" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^sweeps=//p')
+  fi
+  if [ -z "$s0" ]; then   # GAP line seen, its TICK not yet
+    wait_ticks "$name" 1 60 || fail "workload of $name stopped after $what"
+    s0=$(after "$name" "$m" | tail -n +"$first" | grep -a -m 1 '^TICK ' | tr ' ' '\n' | sed -n 's/^sweeps=//p')
+  fi
+  nums g s0
+  step=$(gen_step "${6:-$name}" "$m")
+  RESUME_GEN=$g
+  [ "$g" -ge "$lo" ] && [ "$g" -le $((hi + step)) ] ||
+    fail_verdict "$what: the workload of $name resumed at gen $g, not in $lo..$hi (+$step, one TICK)"
+  # One full sweep that began after the restore, with the guest running all along.
+  local i=0 s
+  while :; do
+    s=$(tick_field "$name" "$m" sweeps)
+    [ -n "$s" ] && [ "$s" -ge $((s0 + 2)) ] && break
+    if awk -v a="$t0" -v b="$(now)" 'BEGIN{exit !(b-a > 180)}'; then
+      check_running "$dom" || fail "$what: guest $dom stopped before a full sweep"
+      fail "$what: workload of $dom did not finish a full sweep within 180 s (sweeps $s0 -> $s)"
+    fi
+    i=$((i + 1))
+    if [ $((i % 10)) = 0 ] && guest_crashed "$dom"; then
+      fail "$what: guest $dom crashed before a full sweep (xl list state $(guest_state "$dom"))"
+    fi
+    sleep 0.5
+  done
+  RESUME_SWEEP_S=$(since "$t0")
+  check_bad "$name" "$m" || fail_verdict "$what: the workload of $name saw bad pages ($(after "$name" "$m" | grep -a -m 1 '^BAD '))"
+  check_running "$dom" || fail "$what: guest $dom is not running after its full sweep"
+  note "verify_resumed $name ($what): gen $g in $lo..$hi (+$step), full sweep $s0 -> $s in ${RESUME_SWEEP_S}s, bad=0"
+  echo "$RESUME_SWEEP_S" >> "$TBW/.sweep_s"
+}
+# gen_step NAME MARK: the largest generation step between two of the last 10 TICK lines
+# NAME printed before MARK (all of its lines if MARK is 0).
+gen_step() {
+  local f; f=$(clog "$1")
+  { if [ "$2" = 0 ]; then cat "$f"; else head -n "$2" "$f"; fi; } 2>/dev/null | tr -d '\r' |
+    grep -a '^TICK ' | tail -n 10 | tr ' ' '\n' | sed -n 's/^gen=//p' |
+    awk 'NR > 1 && $1 - p > s {s = $1 - p} {p = $1} END {print s + 0}'
+}
+# sweep_cost: "N restores, S s" spent in verify_resumed's full sweeps by this scenario.
+sweep_cost() { awk '{s+=$1; n++} END{printf "%d/%.1f", n, s}' "$TBW/.sweep_s" 2>/dev/null; }
 
 # ---- guests ----------------------------------------------------------------------------
 # write_cfg TYPE NAME MEM [KEY=VAL...]: the xl config of a test guest; KEY=VAL words go to the
@@ -153,9 +276,12 @@ start_guest() {
   local type=$1 name=$2 cfg t0; cfg=$(write_cfg "$@")
   TB_GUESTS="$TB_GUESTS $name"
   rm -f "$(clog "$name")"
+  # Until the workload's first TICK, a failure is the test bed's (cause tb:guest-boot).
+  set_cause tb:guest-boot
   timed CREATE_S xl create "$cfg" || { note "xl create $name failed"; return 1; }
   t0=$(now)
   wait_ticks "$name" 1 "$BOOT_TIMEOUT" 0 || return 1
+  set_cause ""
   BOOT_S=$(since "$t0")
   note "$name ($type) up: create ${CREATE_S}s, boot to first TICK ${BOOT_S}s"
 }
@@ -173,19 +299,24 @@ destroy_all() {
 xl_migrate_local() {
   printf '#!/bin/sh\nshift\nexec "$@"\n' > "$TBW/fakessh" && chmod +x "$TBW/fakessh"
   rm -f "$(clog "$1--incoming")"
+  local lo; lo=$(last_gen "$1")
   timed MIGRATE_S xl migrate -s "$TBW/fakessh" "$1" localhost ||
     fail "xl migrate of $1 failed (variant $TB_VARIANT)"
-  follow_migrated "$1"
+  follow_migrated "$1" "$lo"
 }
 
-# follow_migrated NAME: after an `xl migrate` of NAME to this host, check the new domain's
-# workload (bad=0; sets MIGRATE_GAP_MS) and bring its console log back under NAME. xenconsoled
-# names a log when it first sees a domain, and the incoming one is called NAME--incoming then;
-# SIGHUP makes it reopen every log under the domain's current name.
+# follow_migrated NAME [GEN_LO]: after an `xl migrate` of NAME to this host, check the new
+# domain's workload with verify_resumed (a full sweep with bad=0, resumed between GEN_LO, the
+# gen before the migrate began, and the source's last gen; sets MIGRATE_GAP_MS) and bring its
+# console log back under NAME. xenconsoled names a log when it first sees a domain, and the
+# incoming one is called NAME--incoming then; SIGHUP makes it reopen every log under the
+# domain's current name.
 follow_migrated() {
-  local inc="$1--incoming"
-  wait_ticks "$inc" 2 60 0 || fail "workload of $1 not running after migrate"
-  check_bad "$inc" 0 || fail "workload of $1 saw corrupted pages after migrate"
+  local inc="$1--incoming" lo=${2:-} hi
+  [ -n "$lo" ] || { lo=0; note "follow_migrated $1: no gen before the migrate given, checking from 0"; }
+  wait_ticks "$inc" 1 60 0 || fail "workload of $1 not running after migrate"
+  hi=$(last_gen "$1")
+  verify_resumed "$inc" 0 "$lo" "$hi" "xl migrate of $1" "$1"
   MIGRATE_GAP_MS=$(guest_gap "$inc" 0)
   kill -HUP "$(cat /var/run/xenconsoled.pid)"
   wait_ticks "$1" 2 60 || fail "console of $1 not back under its name after migrate"

@@ -123,6 +123,10 @@ build_dom0_base() {
   mkdir -p "$d/usr/bin"
   cp -L "$ROOTFS/usr/bin/xenstore-read" "$ROOTFS/usr/bin/xenstore-write" "$d/usr/bin/"
   copy_libs "$d" "$d/usr/bin/xenstore-read"
+  # jq: scenarios read xckpt's --json reports with a real parser (testbed/dom0/lib.sh `json`).
+  command -v jq > /dev/null || die "jq is missing on the host (apt-get install jq)"
+  cp -L "$(command -v jq)" "$d/usr/bin/jq"
+  copy_libs "$d" "$d/usr/bin/jq"
   # HVM guests: the qemu-xen device model, SeaBIOS and the option ROMs for direct kernel boot.
   mkdir -p "$d/usr/libexec" "$d/usr/share/qemu" "$d/usr/share/seabios"
   cp "$ROOTFS/usr/libexec/xen-qemu-system-i386" "$d/usr/libexec/"

@@ -18,24 +18,25 @@ wait_ticks "$G" 2 60 || fail "workload stopped before the xckpt steps"
 
 # xckpt_checkpoint N: one checkpoint (N=0 base, then incremental), as its own process.
 xckpt_checkpoint() {
-  local m before; m=$(mark "$G"); before=$(store_bytes)
+  local m before lo; m=$(mark "$G"); before=$(store_bytes); lo=$(last_gen "$G")
   out CK_S xckpt checkpoint --store "$STORE" "$G" || return 1
   # A binary without the Xen back-end may exit 0 without writing anything: not a checkpoint.
   [ "$(store_bytes)" != "$before" ] || { OUT_LAST="exited 0 but wrote nothing to $STORE (output: ${OUT_LAST:-none})"; return 1; }
   wait_ticks "$G" 2 60 "$m" || fail "workload stopped after xckpt checkpoint $1"
   check_bad "$G" "$m" || fail "workload saw corrupted pages after xckpt checkpoint $1"
+  eval "WIN_$1=\"$lo $(last_gen "$G")\""
   row xckpt "checkpoint $1$( [ "$1" = 0 ] && echo ' (base)' || echo ' (incr)')" "$CK_S" \
     "$(guest_gap "$G" "$m")" "$(( $(store_bytes) - before ))" "bad=0"
 }
 
-# xckpt_restore SPEC: destroy the guest, restore SPEC, check the workload; sets GEN_AFTER.
+# xckpt_restore SPEC LO HI: destroy the guest, restore SPEC, verify_resumed (a full sweep with
+# bad=0, resumed between generations LO and HI); sets GEN_AFTER.
 xckpt_restore() {
   local m; destroy_guest "$G"; m=$(mark "$G")
   out RS_S xckpt restore --store "$STORE" "$1" || fail "xckpt restore $1 failed: $OUT_LAST"
-  wait_ticks "$G" 3 90 "$m" || fail "workload not running after xckpt restore $1"
-  check_bad "$G" "$m" || fail "workload saw corrupted pages after xckpt restore $1"
-  GEN_AFTER=$(ticks "$G" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^gen=//p')
-  row xckpt "restore $1" "$RS_S" "-" "-" "bad=0 first gen=$GEN_AFTER"
+  verify_resumed "$G" "$m" "$2" "$3" "xckpt restore $1"
+  GEN_AFTER=$RESUME_GEN
+  row xckpt "restore $1" "$RS_S" "-" "-" "full sweep bad=0, gen=$GEN_AFTER in $2..$3"
 }
 
 # The table, each line prefixed "TB-TABLE" so the host shows it while the run goes on.
@@ -60,9 +61,11 @@ for n in 1 2 3; do
   xckpt_checkpoint "$n" || fail "xckpt checkpoint $n (incremental) failed: $OUT_LAST"
 done
 GEN_CK3=$(last_gen "$G")
-xckpt_restore "$G"
+# shellcheck disable=SC2086
+xckpt_restore "$G" $WIN_3
 GEN_LATEST=$GEN_AFTER
-xckpt_restore "$G@1"
+# shellcheck disable=SC2086
+xckpt_restore "$G@1" $WIN_0
 GEN_OLD=$GEN_AFTER
 [ "$GEN_OLD" -lt "$GEN_LATEST" ] ||
   fail "restore of $G@1 resumed at gen $GEN_OLD, not older than the latest layer's $GEN_LATEST"

@@ -16,13 +16,12 @@ ck gdisk
 note "$CK_LINE"
 SNAP=$(grep -a '^  disk xvda: reflink snapshot ' "$TBW/.out" | sed 's/.* snapshot //')
 [ -n "$SNAP" ] && [ -f "$SNAP" ] || fail "no reflink snapshot of xvda reported: $(cat "$TBW/.out" | tr '\n' ' ')"
-DOWN=$(echo "$CK_LINE" | sed -n 's/.*downtime \([0-9.]*\) ms.*/\1/p')
+DOWN=$(ck_json '.layer.stats.downtime_us / 1000')
 sleep 3   # more records after the checkpoint
 AT_DESTROY=$(dlog_last gdisk 0)
-destroy_guest gdisk
 ORIG=$(md5sum "$IMG" | cut -d' ' -f1)
 m=$(mark gdisk)
-rs gdisk gdisk
+rs gdisk gdisk   # destroys gdisk first
 CLONE=$(grep -a '^gdisk: disk xvda restored from its snapshot as ' "$TBW/.out" | sed 's/.* as //')
 [ -n "$CLONE" ] && [ -f "$CLONE" ] || fail "the restore reported no disk clone: $OUT_LAST"
 sleep 3
@@ -46,4 +45,5 @@ check_ext4_log "$SNAP"; SNAP_LAST=$LOG_LAST
 check_ext4_log "$CLONE"
 [ "$LOG_BAD" = 0 ] && [ "$LOG_LAST" -ge "$AFTER_RESTORE" ] ||
   fail "the restored disk's log has $LOG_BAD damaged records, last $LOG_LAST (guest wrote up to $AFTER_RESTORE)"
-pass "snapshot_last=$SNAP_LAST restored_first=$FIRST written_before_destroy=$AT_DESTROY clone_last=$LOG_LAST downtime_ms=$DOWN fsck=clean original_unchanged=yes"
+nums SNAP_LAST FIRST AT_DESTROY LOG_LAST AFTER_RESTORE DOWN
+pass "full_sweeps=$(sweep_cost) snapshot_last=$SNAP_LAST restored_first=$FIRST written_before_destroy=$AT_DESTROY clone_last=$LOG_LAST downtime_ms=$DOWN fsck=clean original_unchanged=yes"

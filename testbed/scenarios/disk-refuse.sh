@@ -15,7 +15,8 @@ MSG=$OUT_LAST
 echo "$MSG" | grep -q 'disk xvdb' && echo "$MSG" | grep -q 'cannot be snapshotted' &&
   echo "$MSG" | grep -q 'nothing was paused' || fail "unclear refusal: $MSG"
 wait_ticks grefuse 3 60 "$m" || fail "workload of grefuse stopped after the refusal"
-GAP=$(guest_gap grefuse "$m")
+GAP=$(guest_gap grefuse "$m"); nums GAP
+check_running grefuse || fail "the refused checkpoint left grefuse stopped"
 [ "$GAP" -lt 1000 ] || fail "the guest saw a ${GAP} ms gap: was it paused?"
 [ -z "$(ls "$STORE/grefuse" 2>/dev/null | grep layer)" ] || fail "a layer was written"
 ck grefuse --no-disk

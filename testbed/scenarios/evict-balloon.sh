@@ -10,10 +10,10 @@ T0=$(xenstore-read "$TARGET") || fail "cannot read $TARGET"
 
 # Unpopulated pfns of a base (the summary counts the uncovered ones too; a PVH guest's pfn
 # space has holes, so compare with the plain base of the same guest).
-unpop() { echo "$CK_LINE" | sed -n 's/.* \([0-9]*\) unpopulated.*/\1/p'; }
+unpop() { ck_json .layer.stats.unpopulated_pages; }
 ck "$G" --full --evict zero,unpopulated --agent-timeout-ms 20000; note "$CK_LINE"
 PLAIN_BYTES=$(ck_bytes)
-PLAIN_UNPOP=$(unpop)
+PLAIN_UNPOP=$(unpop); nums PLAIN_BYTES PLAIN_UNPOP
 clear_store
 ck "$G" --full --evict zero,unpopulated,balloon --agent-timeout-ms 20000 --balloon-timeout-s 120
 note "$CK_LINE"
@@ -21,9 +21,10 @@ BAL_BYTES=$(ck_bytes)
 BNOTE=$(ck_note "balloon:")
 note "$BNOTE"
 echo "$BNOTE" | grep -q "reached" || fail "the guest did not balloon down: ${BNOTE:-no balloon note}"
-UNPOP=$(($(unpop) - PLAIN_UNPOP))
+BAL_UNPOP=$(unpop); nums BAL_BYTES BAL_UNPOP
+UNPOP=$((BAL_UNPOP - PLAIN_UNPOP))
 [ "$UNPOP" -ge 16384 ] || fail "only $UNPOP more pages unpopulated under the balloon (want >= 64 MiB): $CK_LINE"
-T1=$(xenstore-read "$TARGET")
+T1=$(xenstore-read "$TARGET"); nums T0 T1
 [ "$T1" = "$T0" ] || fail "memory/target is $T1 KiB after the checkpoint, $T0 KiB before"
 [ "$BAL_BYTES" -lt "$PLAIN_BYTES" ] || fail "the balloon did not shrink the base: $BAL_BYTES B >= $PLAIN_BYTES B"
 
@@ -32,7 +33,7 @@ T1=$(xenstore-read "$TARGET")
 wait_target() {
   local i=0
   while :; do
-    MEM_MIB=$(xl list "$1" | awk 'NR == 2 { print $3 }')
+    MEM_MIB=$(xl list "$1" | awk 'NR == 2 { print $3 }'); nums MEM_MIB
     [ "$((MEM_MIB * 1024 + 8192))" -ge "$T0" ] && return 0
     [ $i -ge 120 ] && fail "$2 has $MEM_MIB MiB after 60 s, its target is $T0 KiB"
     sleep 0.5; i=$((i + 1))
@@ -49,4 +50,4 @@ wait_target "$G" "the restored guest"
 wait_ticks "$G" 3 60 "$m" || fail "workload of $G stopped after ballooning back up"
 check_bad "$G" "$m" || fail "workload of $G saw bad pages after ballooning back up"
 destroy_guest "$G"
-pass "target_kib=$T0 plain_bytes=$PLAIN_BYTES balloon_bytes=$BAL_BYTES ballooned_pages=$UNPOP restored_mib=$MEM_MIB bad=0"
+pass "target_kib=$T0 plain_bytes=$PLAIN_BYTES balloon_bytes=$BAL_BYTES ballooned_pages=$UNPOP restored_mib=$MEM_MIB full_sweeps=$(sweep_cost) bad=0"

@@ -9,15 +9,17 @@ destroy_guest "$G"
 m=$(mark "$G")
 timed XLR_S xl restore "$TBW/x.save" || fail "xl restore of the exported file failed"
 rm -f "$TBW/x.save"
-wait_ticks "$G" 3 90 "$m" || fail "workload not running after xl restore of the export"
-check_bad "$G" "$m" || fail "bad pages after xl restore of the export"
+# shellcheck disable=SC2046
+verify_resumed "$G" "$m" $(gen_window "$G" "$G@2") "xl restore of the export of $G@2"
 # Import: xl save the running guest, import it, restore it with xckpt.
+LO=$(last_gen "$G")
 timed SAVE_S xl save "$G" "$TBW/y.save" || fail "xl save failed"
+HI=$(last_gen "$G")
 timed IMPORT_S xckpt import --store "$STORE" "$TBW/y.save" --name imported || fail "xckpt import failed"
 rm -f "$TBW/y.save"
 m=$(mark "$G")
 out RS_S xckpt restore --store "$STORE" --name "$G" imported || fail "xckpt restore of the import failed: $OUT_LAST"
-wait_ticks "$G" 3 90 "$m" || fail "workload not running after restoring the import"
-check_bad "$G" "$m" || fail "bad pages after restoring the import"
+verify_resumed "$G" "$m" "$LO" "$HI" "xckpt restore of the imported xl save file"
 destroy_guest "$G"
-pass "export_s=$EXPORT_S export_bytes=$EXPORT_BYTES xl_restore_s=$XLR_S import_s=$IMPORT_S import_restore_s=$RS_S bad=0"
+nums EXPORT_BYTES
+pass "export_s=$EXPORT_S export_bytes=$EXPORT_BYTES xl_restore_s=$XLR_S import_s=$IMPORT_S import_restore_s=$RS_S full_sweeps=$(sweep_cost) bad=0"
