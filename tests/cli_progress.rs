@@ -146,7 +146,7 @@ fn off_a_terminal_the_output_is_exactly_the_summary_line() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     for expect_kind in ["(Base)", "(Resync)"] {
-        let out = xckpt(&store, &["checkpoint", "--sim", "64M", "--no-compact", "g"])
+        let out = xckpt(&store, &["checkpoint", "--sim", "64M", "g"])
             .output()
             .unwrap();
         assert!(out.status.success());

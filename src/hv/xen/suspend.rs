@@ -24,6 +24,12 @@ use crate::hv::{Domain, HvError};
 /// How long a guest may take to suspend.
 pub const SUSPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a guest that took the suspend request (its drivers cleared `control/shutdown`)
+/// may still take to get there after `SUSPEND_TIMEOUT`: it is then resumed like any other.
+const SUSPEND_LATE: Duration = Duration::from_secs(60);
+/// After withdrawing an untaken request, how long to watch for a guest that took it meanwhile.
+const SUSPEND_RACE: Duration = Duration::from_secs(2);
+
 /// Whether `info` is of a domain shut down for suspend.
 pub fn is_suspended(info: &XcDomainInfo) -> bool {
     info.flags & XEN_DOMINF_SHUTDOWN != 0
@@ -48,8 +54,14 @@ impl XenDomain {
                 return Ok(());
             }
             if t0.elapsed() > SUSPEND_TIMEOUT {
+                // The guest's drivers clear the node when they take the request: one that took
+                // it is suspending and will get there, and must not be left suspended after we
+                // gave up, so wait for it (bounded) and go on as if it had been on time.
+                let taken = self
+                    .with_xs(|xs| xs.read(&path))
+                    .is_ok_and(|v| v.trim_end_matches('\0').is_empty());
                 let _ = self.with_xs(|xs| xs.write(&path, ""));
-                if is_suspended(&self.xc_info()?) {
+                if self.suspended_within(if taken { SUSPEND_LATE } else { SUSPEND_RACE })? {
                     self.suspended.store(true, Ordering::SeqCst);
                     return Ok(());
                 }
@@ -64,6 +76,20 @@ impl XenDomain {
                 ));
             }
             std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// Whether the guest is (or gets) suspended within `grace`.
+    fn suspended_within(&self, grace: Duration) -> Result<bool, HvError> {
+        let t0 = Instant::now();
+        loop {
+            if is_suspended(&self.xc_info()?) {
+                return Ok(true);
+            }
+            if t0.elapsed() > grace {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
