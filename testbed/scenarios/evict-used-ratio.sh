@@ -1,4 +1,4 @@
-# about: a PVH base with --evict zero,unpopulated,free is <= 1.05x the guest's used memory as the guest's own workload reads it (/proc/meminfo, which must agree with the agent's figure within 16 MiB); adding cache shrinks it and drops the guest's page cache; per policy the base's size beside the raw bytes it evicted and the xl save file
+# about: a PVH base with --evict zero,unpopulated,free is <= 1.05x the guest's used memory as the guest's own workload reads it (/proc/meminfo, which must agree with the agent's figure within 16 MiB); adding cache shrinks it and drops the guest's page cache; per policy the base's size beside the raw bytes it evicted and the xl save file (layers compressed with --compress 1, so the figure is the eviction's, not the encoder's choice)
 . /testbed/xckpt.sh
 . /testbed/evict.sh
 G=eur
@@ -16,7 +16,7 @@ for list in unpopulated zero,unpopulated zero,unpopulated,free; do
   # The workload's used_kib on the TICK just before the checkpoint: /proc/meminfo read inside
   # the guest, not by xckpt or its agent.
   WL_USED_KIB=$(guest_used_kib "$G")
-  ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
+  ck "$G" --full --compress 1 --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
   B=$(ck_bytes); R=$(evicted_raw); nums B R
   sizes="$sizes size[$list]=$B evicted_raw[$list]=$R"
 done
@@ -33,7 +33,7 @@ DIFF=$((AGENT_USED_KIB - WL_USED_KIB)); [ "$DIFF" -lt 0 ] && DIFF=$((-DIFF))
 timed SAVE_S xl save -c "$G" "$TBW/eur.save" || fail "xl save -c failed"
 XL=$(file_bytes "$TBW/eur.save"); rm -f "$TBW/eur.save"
 clear_store
-ck "$G" --full --evict zero,unpopulated,free,cache --agent-timeout-ms 20000; note "$CK_LINE"
+ck "$G" --full --compress 1 --evict zero,unpopulated,free,cache --agent-timeout-ms 20000; note "$CK_LINE"
 CACHE_BYTES=$(ck_bytes); CACHE_RAW=$(evicted_raw)
 sizes="$sizes size[zero,unpopulated,free,cache]=$CACHE_BYTES evicted_raw[zero,unpopulated,free,cache]=$CACHE_RAW size[xl_save]=$XL"
 USED_BEFORE=$(ck_used_kib) USED_AFTER=$(ck_used_after_kib)

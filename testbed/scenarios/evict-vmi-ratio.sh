@@ -8,7 +8,7 @@ used_ck() {
   clear_store
   USED=$(guest_used_kib "$g")
   [ -n "$USED" ] && [ "$USED" -gt 0 ] || fail "$g printed no used_kib on its console"
-  ck "$g" --full --evict "$list" "$@"; note "$CK_LINE"
+  ck "$g" --full --compress 1 --evict "$list" "$@"; note "$CK_LINE"
   SIZE=$(ck_bytes)
   [ -n "$SIZE" ] || fail "no layer size in: $CK_LINE"
 }
