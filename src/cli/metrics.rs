@@ -283,7 +283,7 @@ fn journal_to(socket: &Path, domain: &str, outcome: &Outcome<'_>, chain: Option<
     }
     if let Some(c) = chain {
         fields.push(("XCKPT_CHAIN_LAYERS", c.layers.len().to_string()));
-        let bytes: u64 = c.layers.iter().map(|l| l.bytes).sum();
+        let bytes: u64 = c.layers.iter().fold(0, |a, l| a.saturating_add(l.bytes));
         fields.push(("XCKPT_CHAIN_BYTES", bytes.to_string()));
     }
     if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {

@@ -206,7 +206,10 @@ impl ListCmd {
                 guest_type: dom.map(|d| d.guest_type),
                 layers: m.layers.len(),
                 head: m.layers.last().map(|l| l.id),
-                bytes: m.layers.iter().map(|l| l.bytes).sum(),
+                bytes: m
+                    .layers
+                    .iter()
+                    .fold(0, |a: u64, l| a.saturating_add(l.bytes)),
                 tracking: m.tracking.as_ref().is_some_and(|t| t.armed),
                 name,
             });

@@ -227,8 +227,14 @@ impl Chain {
                 .filter(|id| !keep.contains(id))
                 .collect(),
             rewritten: written.iter().map(RewrittenLayer::from).collect(),
-            bytes_before: m.layers.iter().map(|r| r.bytes).sum(),
-            bytes_after: new.layers.iter().map(|r| r.bytes).sum(),
+            bytes_before: m
+                .layers
+                .iter()
+                .fold(0, |a: u64, r| a.saturating_add(r.bytes)),
+            bytes_after: new
+                .layers
+                .iter()
+                .fold(0, |a: u64, r| a.saturating_add(r.bytes)),
         })
     }
 
