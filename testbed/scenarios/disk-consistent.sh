@@ -19,9 +19,11 @@ SNAP=$(grep -a '^  disk xvda: reflink snapshot ' "$TBW/.out" | sed 's/.* snapsho
 DOWN=$(ck_json '.layer.stats.downtime_us / 1000')
 sleep 3   # more records after the checkpoint
 AT_DESTROY=$(dlog_last gdisk 0)
+# The original guest writes its disk until it is destroyed: take the disk's sum after that.
+destroy_guest gdisk
 ORIG=$(md5sum "$IMG" | cut -d' ' -f1)
 m=$(mark gdisk)
-rs gdisk gdisk   # destroys gdisk first
+rs gdisk gdisk
 CLONE=$(grep -a '^gdisk: disk xvda restored from its snapshot as ' "$TBW/.out" | sed 's/.* as //')
 [ -n "$CLONE" ] && [ -f "$CLONE" ] || fail "the restore reported no disk clone: $OUT_LAST"
 sleep 3
