@@ -2,6 +2,8 @@
 //! instant every member is stopped), a failure of one member resumes all of them and commits
 //! nothing, and disks are snapshotted under the group stop.
 
+mod sim_util;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,30 +15,17 @@ use xckpt::group::{
     checkpoint_group, BarrierError, Coordinator, GroupDir, GroupError, LocalCoordinator, Member,
     Phase,
 };
-use xckpt::hv::sim::{AccessPattern, SimAgent, SimConfig, SimDomain, TruthMode, WorkloadSpec};
+use xckpt::hv::sim::{SimAgent, SimDomain, TruthMode};
 use xckpt::hv::Domain;
 use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;
 
 fn member(name: &str, seed: u64) -> Arc<SimDomain> {
-    let mut cfg = SimConfig::small(2048);
-    cfg.name = name.into();
-    cfg.seed = seed;
-    cfg.workload = WorkloadSpec {
-        pattern: AccessPattern::Uniform,
-        rate_mib_s: 30.0,
-    };
-    let sim = SimDomain::new(cfg).unwrap();
-    sim.start_workload().unwrap();
-    Arc::new(sim)
+    sim_util::uniform_sim(2048, name, seed, 30.0, None)
 }
 
 fn opts() -> CaptureOptions {
-    CaptureOptions {
-        threads: 2,
-        frame_pages: 16,
-        ..Default::default()
-    }
+    sim_util::small_capture_options()
 }
 
 /// At the `Stopped` barrier: checks every member is paused, and records each one's memory.

@@ -2,6 +2,8 @@
 //! `xl restore` that parses the stream from a pipe as the real one reads it, the group's undo
 //! when a member fails, and a damaged frame that leaves no domain.
 
+mod sim_util;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -9,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{FeedOptions, Image, PageSource, PageState};
 use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator, Member};
-use xckpt::hv::sim::{
-    page_digest, AccessPattern, SimConfig, SimDomain, Truth, TruthMode, WorkloadSpec,
-    UNPOPULATED_DIGEST,
-};
+use xckpt::hv::sim::{page_digest, SimDomain, Truth, TruthMode, UNPOPULATED_DIGEST};
 use xckpt::hv::{Domain, PageType, Pfn, StateBlob, PAGE_SIZE};
 use xckpt::layer::LayerReadError;
 use xckpt::restore::{
@@ -126,28 +125,12 @@ impl XlTool for FakeXl {
 }
 
 fn sim(name: &str, seed: u64, rate_mib_s: f64) -> Arc<SimDomain> {
-    let mut cfg = SimConfig::small(4096);
-    cfg.name = name.into();
-    cfg.seed = seed;
     // The truth of each checkpoint, recorded at its pause.
-    cfg.auto_truth = Some(TruthMode::Digest);
-    cfg.workload = WorkloadSpec {
-        pattern: AccessPattern::Uniform,
-        rate_mib_s,
-    };
-    let sim = SimDomain::new(cfg).unwrap();
-    if rate_mib_s > 0.0 {
-        sim.start_workload().unwrap();
-    }
-    Arc::new(sim)
+    sim_util::uniform_sim(4096, name, seed, rate_mib_s, Some(TruthMode::Digest))
 }
 
 fn opts() -> CaptureOptions {
-    CaptureOptions {
-        threads: 2,
-        frame_pages: 16,
-        ..Default::default()
-    }
+    sim_util::small_capture_options()
 }
 
 /// The restored domain's memory is the truth at the checkpoint's pause, pfn for pfn

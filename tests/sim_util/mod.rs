@@ -40,3 +40,37 @@ pub fn assert_restores_except_evicted(
         }
     }
 }
+
+/// A small simulated domain of `pages` pages, its workload writing uniformly at `rate_mib_s`
+/// (started unless 0), recording the truth at each pause when `truth` is given.
+pub fn uniform_sim(
+    pages: u64,
+    name: &str,
+    seed: u64,
+    rate_mib_s: f64,
+    truth: Option<xckpt::hv::sim::TruthMode>,
+) -> std::sync::Arc<xckpt::hv::sim::SimDomain> {
+    use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
+    let mut cfg = SimConfig::small(pages);
+    cfg.name = name.into();
+    cfg.seed = seed;
+    cfg.auto_truth = truth;
+    cfg.workload = WorkloadSpec {
+        pattern: AccessPattern::Uniform,
+        rate_mib_s,
+    };
+    let sim = SimDomain::new(cfg).unwrap();
+    if rate_mib_s > 0.0 {
+        sim.start_workload().unwrap();
+    }
+    std::sync::Arc::new(sim)
+}
+
+/// Capture options of the small sim tests: two workers, 16-page frames.
+pub fn small_capture_options() -> xckpt::capture::CaptureOptions {
+    xckpt::capture::CaptureOptions {
+        threads: 2,
+        frame_pages: 16,
+        ..Default::default()
+    }
+}
