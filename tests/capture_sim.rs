@@ -178,6 +178,28 @@ fn ballooned_pages_become_unpopulated_in_the_next_layer() {
     );
 }
 
+/// A balloon driver that gives frames back between the capture's page-type query and its map
+/// (as a guest still coming down to a balloon target does): the frames are recorded as
+/// unpopulated, where a copy of them would fail.
+#[test]
+fn frames_that_leave_between_type_query_and_map_are_unpopulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(1024, AccessPattern::Uniform, 0.0);
+    let weak = Arc::downgrade(&dom);
+    let once = std::sync::atomic::AtomicBool::new(false);
+    dom.faults().before_map(move || {
+        if let (false, Some(d)) = (once.swap(true, Ordering::SeqCst), weak.upgrade()) {
+            d.balloon_out(100..164).unwrap();
+        }
+    });
+    let base = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let image = chain.compose(Some(base.layer.id)).unwrap();
+    assert!((100..164).all(|p| image.page_state(p) == PageState::Unpopulated));
+    assert_restores(&chain, &dom, base.layer.id, 0);
+}
+
 #[test]
 fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
     let dir = tempfile::tempdir().unwrap();

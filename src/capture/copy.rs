@@ -150,6 +150,14 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
     Ok(())
 }
 
+/// Record `pfn` as unpopulated, unless the pass need not (see [`CopyRules`]).
+fn record_unpopulated(builder: &mut ChunkBuilder, pfn: Pfn, rules: CopyRules<'_>) {
+    let same = rules.baseline.is_some_and(|b| b.same(pfn, None));
+    if rules.record_unpopulated && !same {
+        builder.add_entry(pfn, PageEntry::Unpopulated);
+    }
+}
+
 fn copy_batch<D: GuestMemory + ?Sized>(
     dom: &D,
     batch: &[Pfn],
@@ -161,12 +169,7 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     let mut readable: Vec<Pfn> = Vec::with_capacity(batch.len());
     for (&pfn, &ty) in batch.iter().zip(types) {
         match ty {
-            PageType::Unpopulated | PageType::Broken => {
-                let same = rules.baseline.is_some_and(|b| b.same(pfn, None));
-                if rules.record_unpopulated && !same {
-                    builder.add_entry(pfn, PageEntry::Unpopulated);
-                }
-            }
+            PageType::Unpopulated | PageType::Broken => record_unpopulated(builder, pfn, rules),
             PageType::Normal => match rules.evict.and_then(|f| f.evicts(pfn)) {
                 Some(policy) => builder.add_entry(pfn, PageEntry::Evicted(policy)),
                 None => readable.push(pfn),
@@ -178,10 +181,21 @@ fn copy_batch<D: GuestMemory + ?Sized>(
         return Ok(());
     }
     let mapped = dom.map_batch(&readable)?;
-    let map_error = |pfn: Pfn, errno: i32| CaptureError::Map {
-        domain: dom.name(),
-        pfn,
-        reason: std::io::Error::from_raw_os_error(errno).to_string(),
+    // A frame that fails to map may have left the guest between the type query and the map
+    // (a balloon driver still giving memory back): asked again, the hypervisor says so, and the
+    // frame is recorded like any unpopulated one. Any other failure is the capture's.
+    let vanished = |builder: &mut ChunkBuilder, pfn: Pfn, errno: i32| {
+        let mut ty = [PageType::Normal];
+        dom.page_types(&[pfn], &mut ty)?;
+        if !matches!(ty[0], PageType::Unpopulated | PageType::Broken) {
+            return Err(CaptureError::Map {
+                domain: dom.name(),
+                pfn,
+                reason: std::io::Error::from_raw_os_error(errno).to_string(),
+            });
+        }
+        record_unpopulated(builder, pfn, rules);
+        Ok(())
     };
     // A resync compares every copied page with the chain (zero pages included); so does a
     // capture that keeps zero pages as data. Otherwise zero pages are found on the mapping,
@@ -189,8 +203,12 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     if rules.baseline.is_some() || builder.keeps_zero() {
         let t = thread_cpu();
         for (i, &pfn) in readable.iter().enumerate() {
-            let page = mapped.page(i).map_err(|e| map_error(pfn, e))?;
-            full.extend(builder.add_page(pfn, |dst| page.copy_to(dst), rules.baseline));
+            match mapped.page(i) {
+                Ok(page) => {
+                    full.extend(builder.add_page(pfn, |dst| page.copy_to(dst), rules.baseline))
+                }
+                Err(e) => vanished(builder, pfn, e)?,
+            }
         }
         builder
             .clock()
@@ -200,18 +218,19 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     let t = thread_cpu();
     let mut nonzero = Vec::with_capacity(readable.len());
     for (i, &pfn) in readable.iter().enumerate() {
-        let page = mapped.page(i).map_err(|e| map_error(pfn, e))?;
-        if page.is_zero() {
-            builder.add_entry(pfn, PageEntry::Zero);
-        } else {
-            nonzero.push(i);
+        match mapped.page(i) {
+            Ok(page) if page.is_zero() => builder.add_entry(pfn, PageEntry::Zero),
+            Ok(_) => nonzero.push((i, pfn)),
+            Err(e) => vanished(builder, pfn, e)?,
         }
     }
     let t1 = thread_cpu();
     builder.clock().add(Stage::Zero, t1.saturating_sub(t));
-    for i in nonzero {
-        let page = mapped.page(i).map_err(|e| map_error(readable[i], e))?;
-        full.extend(builder.add_copied(readable[i], |dst| page.copy_to(dst)));
+    for (i, pfn) in nonzero {
+        match mapped.page(i) {
+            Ok(page) => full.extend(builder.add_copied(pfn, |dst| page.copy_to(dst))),
+            Err(e) => vanished(builder, pfn, e)?,
+        }
     }
     builder
         .clock()

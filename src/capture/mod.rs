@@ -313,7 +313,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 .map(|i| i.populated_pages * 4)
                 .map_err(|e| e.to_string())
         };
-        let (_balloon, note) = crate::evict::balloon_for_capture(&self.opts.evict, &populated);
+        let (balloon, note) = crate::evict::balloon_for_capture(&self.opts.evict, &populated);
         self.evict_notes.extend((!note.is_empty()).then_some(note));
         // From the first fetch-and-clear until the bits are stored (or kept as pending), a kill
         // would lose them: say so in the manifest, so the next run resyncs.
@@ -393,6 +393,11 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                         "thread died",
                     ))
                 })?;
+                // Fetched while ballooned down: libxl reported the capture's target.
+                let config = match &balloon {
+                    Some(g) => g.unballooned_config(config),
+                    None => config,
+                };
                 self.commit(out, state, config, figures, why, started)
             });
             if written.is_err() {

@@ -61,6 +61,32 @@ impl Drop for BalloonGuard<'_> {
     }
 }
 
+impl BalloonGuard<'_> {
+    /// `config` (libxl JSON text and a NUL, as `xl list -l` gave it while the guest was
+    /// ballooned down) with `b_info.target_memkb` raised again by what the balloon took: libxl
+    /// reads the target from xenstore when it describes a domain, and a restored guest must get
+    /// its old target back, not the capture's. Text that is not such a config is left as is.
+    pub fn unballooned_config(&self, config: Vec<u8>) -> Vec<u8> {
+        let raise = self.old_kib.saturating_sub(self.new_kib);
+        let text = config.strip_suffix(&[0]).unwrap_or(&config);
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(text) else {
+            return config;
+        };
+        let Some(target) = v.pointer_mut("/b_info/target_memkb") else {
+            return config;
+        };
+        let Some(kib) = target.as_u64() else {
+            return config;
+        };
+        *target = (kib + raise).into();
+        let Ok(mut out) = serde_json::to_vec_pretty(&v) else {
+            return config;
+        };
+        out.push(0);
+        out
+    }
+}
+
 /// The target for a guest using `used_kib`.
 pub fn target_for(used_kib: u64) -> u64 {
     used_kib + (used_kib / 4).max(MIN_MARGIN_KIB)
@@ -103,5 +129,42 @@ pub fn balloon_down<'a>(
             });
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Target(Mutex<u64>);
+    impl BalloonTarget for Target {
+        fn target_kib(&self) -> std::io::Result<u64> {
+            Ok(*self.0.lock().unwrap())
+        }
+        fn set_target_kib(&self, kib: u64) -> std::io::Result<()> {
+            *self.0.lock().unwrap() = kib;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_config_fetched_while_ballooned_gets_the_old_target_back() {
+        let t = Target(Mutex::new(524288));
+        let g = balloon_down(&t, 300_000, &|| Ok(370_000), Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.new_kib, 375_000);
+        // libxl adds video memory to the xenstore target it reports.
+        let cfg = b"{\"b_info\": {\"target_memkb\": 172192, \"max_memkb\": 532480}}\0".to_vec();
+        let out = g.unballooned_config(cfg);
+        assert_eq!(out.last(), Some(&0));
+        let v: serde_json::Value = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
+        assert_eq!(v["b_info"]["target_memkb"], 172192 + 524288 - 375_000);
+        assert_eq!(v["b_info"]["max_memkb"], 532480);
+        // Not a libxl config (the sim's): left as it was.
+        assert_eq!(g.unballooned_config(b"{}\0".to_vec()), b"{}\0");
+        drop(g);
+        assert_eq!(t.target_kib().unwrap(), 524288);
     }
 }

@@ -158,6 +158,7 @@ impl GuestMemory for SimDomain {
 
     /// Unpopulated pfns fail with `ENOENT`, pfns beyond `pfn_count` with `EINVAL`, per frame.
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
+        self.faults.map_starts();
         if *lock(&self.inner.pauses) > 0 {
             SimFaults::check(&self.faults.fail_map_when_paused, self.name(), "map")?;
         }

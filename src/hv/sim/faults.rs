@@ -23,12 +23,25 @@ pub struct SimFaults {
     /// CLEANs so far (failed ones included).
     pub cleans: AtomicU64,
     after_clean: Mutex<Option<Hook>>,
+    before_map: Mutex<Option<Hook>>,
 }
 
 impl SimFaults {
     /// Run `hook` after every successful CLEAN (e.g. to clear a persisted copy of the bitmap).
     pub fn after_clean(&self, hook: impl Fn() + Send + Sync + 'static) {
         *lock(&self.after_clean) = Some(Box::new(hook));
+    }
+
+    /// Run `hook` at the start of every batched mapping, after the caller read the page
+    /// types (e.g. a balloon driver giving frames back in between).
+    pub fn before_map(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.before_map) = Some(Box::new(hook));
+    }
+
+    pub(super) fn map_starts(&self) {
+        if let Some(h) = &*lock(&self.before_map) {
+            h();
+        }
     }
 
     /// `Err` naming `domain` and `op` when `switch` is on.
