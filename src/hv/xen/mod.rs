@@ -27,7 +27,7 @@ pub mod watchdog;
 pub mod xl;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use xen_sys::{ForeignMemory, HypercallBitmap, XenCtrl, XenError};
@@ -91,6 +91,10 @@ pub struct XenDomain {
     watchdog: Mutex<Option<watchdog::Watchdog>>,
     /// Whether this handle suspended the guest (and has not resumed it yet).
     suspended: AtomicBool,
+    /// Pauses taken while the guest was already suspended by this handle: a suspend does not
+    /// nest in Xen as a vCPU pause does, so the count is kept here and the guest resumes at the
+    /// last matching unpause.
+    nested_stops: AtomicU32,
     /// PV guests: the p2m as last read (refreshed at each log-dirty CLEAN).
     p2m: Mutex<Option<std::sync::Arc<crate::pv::P2m>>>,
 }
@@ -192,6 +196,7 @@ impl XenDomain {
             qemu_dirty_on: AtomicBool::new(false),
             watchdog: Mutex::new(None),
             suspended: AtomicBool::new(false),
+            nested_stops: AtomicU32::new(0),
             p2m: Mutex::new(None),
         };
         if guest_type == GuestType::Pv {
@@ -282,13 +287,19 @@ impl Domain for XenDomain {
             pfn_count: self.pfn_count()?,
             vcpus: info.max_vcpu_id.wrapping_add(1),
             populated_pages: info.tot_pages,
-            paused: info.flags & xen_sys::abi::XEN_DOMINF_PAUSED != 0,
+            // Stopped by a suspend counts too: the guest runs no more than when paused.
+            paused: info.flags & xen_sys::abi::XEN_DOMINF_PAUSED != 0
+                || suspend::is_suspended(&info),
         })
     }
 
     /// Stops the guest at a consistent instant: a cooperative suspend (see `suspend.rs`), or
     /// a vCPU pause with `XenEnv::suspend` off. The watchdog is told first.
     fn pause(&self) -> Result<(), HvError> {
+        if self.suspended.load(Ordering::SeqCst) {
+            self.nested_stops.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
         self.check_no_concurrent_save()?;
         self.ensure_watchdog()?;
         let how = if self.env.suspend {
@@ -320,7 +331,13 @@ impl Domain for XenDomain {
     }
 
     fn unpause(&self) -> Result<(), HvError> {
-        if self.suspended.load(std::sync::atomic::Ordering::SeqCst) {
+        let nested = self
+            .nested_stops
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if nested.is_ok() {
+            return Ok(());
+        }
+        if self.suspended.load(Ordering::SeqCst) {
             self.resume_guest()?;
         } else {
             self.xc
