@@ -6,7 +6,10 @@ G=evc
 evict_guest "$G" 512 WL_DIRTY_FREE_MIB=64 BURST_MIB=32 BURST_EVERY_S=1
 i=0
 while ! after "$G" | grep -aq '^BURST n=' && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
-after "$G" | grep -aq '^BURST n=' || fail "the guest printed no BURST line"
+after "$G" | grep -aq '^BURST n=' || {
+  note "first console lines of $G: $(after "$G" | grep -av '^TICK\|^GAP' | head -n 20)"
+  fail "the guest printed no BURST line"
+}
 figs=""
 for n in 1; do
   clear_store
