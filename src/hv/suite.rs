@@ -98,12 +98,18 @@ pub fn check_pause<D: Domain + ?Sized>(d: &D) -> Result<SuiteReport, String> {
     Ok(r)
 }
 
+/// Xen's own pages in a guest's physmap (shared info, grant-table frames) are typed XTAB
+/// (`XEN_DOMCTL_getpageframeinfo3` answers so for every special page), yet a foreign map of
+/// them succeeds. The capture skips them by type as libxc's save does; the guest sets them up
+/// again when it resumes. A handful per guest: more than this many is a disagreement.
+pub const MAPPABLE_SPECIAL_MAX: u64 = 128;
+
 /// Page types cover the pfn space and agree with mapping: normal frames map and read,
-/// unpopulated ones fail with an errno.
+/// unpopulated ones fail with an errno (except at most [`MAPPABLE_SPECIAL_MAX`] special pages).
 pub fn check_map<D: GuestMemory + ?Sized>(d: &D) -> Result<SuiteReport, String> {
     let mut r = SuiteReport::new("map");
     let info = hv("info", d.info())?;
-    let (mut normal, mut holes, mut other) = (0u64, 0u64, 0u64);
+    let (mut normal, mut holes, mut other, mut special) = (0u64, 0u64, 0u64, Vec::new());
     let mut buf = vec![0u8; PAGE_SIZE];
     let mut types = vec![PageType::Unpopulated; BATCH];
     let mut start = 0;
@@ -132,7 +138,7 @@ pub fn check_map<D: GuestMemory + ?Sized>(d: &D) -> Result<SuiteReport, String> 
                 PageType::Unpopulated => {
                     holes += 1;
                     if page.is_ok() {
-                        return Err(format!("map: unpopulated pfn {:#x} mapped", pfns[i]));
+                        special.push(pfns[i]);
                     }
                 }
                 _ => other += 1,
@@ -140,9 +146,21 @@ pub fn check_map<D: GuestMemory + ?Sized>(d: &D) -> Result<SuiteReport, String> 
         }
         start += pfns.len() as u64;
     }
-    r.pass("every normal frame maps and reads; no unpopulated frame maps");
+    if special.len() as u64 > MAPPABLE_SPECIAL_MAX {
+        return Err(format!(
+            "map: {} frames typed unpopulated mapped (first {:#x}), more than the {} special \
+             pages a guest has",
+            special.len(),
+            special[0],
+            MAPPABLE_SPECIAL_MAX
+        ));
+    }
+    r.pass("every normal frame maps and reads; unpopulated frames do not map, but for special pages");
     r.notes.push(format!(
-        "{normal} normal, {holes} unpopulated, {other} other frames"
+        "{normal} normal, {holes} unpopulated, {other} other frames; {} typed unpopulated but \
+         mapped (Xen's special pages): {:x?}",
+        special.len(),
+        &special[..special.len().min(8)]
     ));
     r.notes
         .push(format!("info().populated_pages = {}", info.populated_pages));
