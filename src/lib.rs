@@ -7,7 +7,7 @@
 //!                              \-> evict (pages that need not be saved)
 //! ```
 //!
-//! * [`hv`] is the hypervisor trait ladder and its back-ends, with the pause guard.
+//! * [`hv`] is the hypervisor trait ladder (the vocabulary), with the pause guard.
 //! * [`guestmem`] is the one small module that reads guest memory changing under us.
 //! * [`capture`] runs live pre-copy on log-dirty, pauses briefly, and writes a layer after resume.
 //! * [`evict`] decides which pages need not be stored (zero, free in the guest, dropped cache).
@@ -22,6 +22,7 @@
 // `unsafe` lives in xen-sys and in `guestmem` only; everywhere else it is a compile error.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod capture;
 pub mod compose;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod guestmem;
 pub mod hv;
 pub mod import;
 pub mod layer;
+pub mod libxl;
 pub mod progress;
 pub mod pv;
 pub mod restore;

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
+use xckpt::backend::sim::{
+    AccessPattern, ContentSpec, SimConfig, SimDomain, TruthMode, WorkloadSpec,
+};
 use xckpt::capture::{CaptureReport, SoloStop};
-use xckpt::hv::sim::{AccessPattern, ContentSpec, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{GuestType, PAGE_SIZE};
 use xckpt::store::Store;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use xckpt::backend::xen::XenDomain;
 use xckpt::disk::{BackendKind, DiskOptions, DiskPlan};
 use xckpt::group::{checkpoint_group, GroupDir, GroupReport, LocalCoordinator, Member};
-use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{Domain, MachineState};
 use xckpt::store::{ChainLock, Store};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use xckpt::backend::xen::XenDomain;
 use xckpt::capture::{checkpoint_with, CaptureReport, SoloStop};
-use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{pause, DirtyLog, Domain};
 use xckpt::store::Store;
 use xckpt::stream::StreamOptions;
@@ -85,14 +85,14 @@ impl EvictArgs {
     /// The library's options for domain `domid`.
     pub(super) fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
         let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> = if self.evict.needs_agent() {
-            let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
+            let a = xckpt::backend::xen::agent::XenAgent::connect(domid)
                 .context("connecting to xenstored to reach the guest agent")?;
             Some(Arc::new(a))
         } else {
             None
         };
         let balloon: Option<Arc<dyn xckpt::evict::BalloonTarget>> = if self.evict.balloon {
-            let b = xckpt::hv::xen::agent::XenBalloon::connect(domid)
+            let b = xckpt::backend::xen::agent::XenBalloon::connect(domid)
                 .context("connecting to xenstored to reach the guest's balloon target")?;
             Some(Arc::new(b))
         } else {
@@ -160,7 +160,7 @@ impl CheckpointCmd {
 
     /// One checkpoint of a simulated domain of `bytes` named `name`, its workload writing.
     fn capture_sim(&self, bytes: u64, name: &str) -> anyhow::Result<CaptureReport> {
-        use xckpt::hv::sim::{SimConfig, SimDomain, WorkloadSpec};
+        use xckpt::backend::sim::{SimConfig, SimDomain, WorkloadSpec};
         let mut cfg = SimConfig::small(bytes / xckpt::hv::PAGE_SIZE as u64);
         cfg.name = name.to_string();
         cfg.workload = WorkloadSpec {
@@ -528,7 +528,7 @@ impl SelftestCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         pause::install_handlers()?;
         let dom = XenDomain::open(&self.domain)?;
-        let reports = xckpt::hv::suite::run_observe(&dom, self.rounds)
+        let reports = xckpt::backend::suite::run_observe(&dom, self.rounds)
             .map_err(|e| anyhow::anyhow!("domain {}: {e}", self.domain))?;
         for r in reports {
             println!("{r}");

@@ -8,14 +8,12 @@
 //! Checkpointable = DirtyLog + GuestMemory + MachineState
 //! ```
 //!
-//! Two back-ends implement it: [`sim`] (an in-process domain with real memory and writers) and
-//! `xen` (libxenctrl through `xen-sys`). Dirty state travels as plain data: a [`PfnBitmap`] with
+//! Two back-ends implement it, in [`crate::backend`]: `sim` (an in-process domain with real memory
+//! and writers) and `xen` (libxenctrl through `xen-sys`). This module is the vocabulary only and
+//! imports nothing above the ground floor. Dirty state travels as plain data: a [`PfnBitmap`] with
 //! bit `i` set when pfn `i` was written, the same layout as Xen's log-dirty bitmap.
 
 pub mod pause;
-pub mod sim;
-pub mod suite;
-pub mod xen;
 
 use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};

@@ -14,8 +14,9 @@ use serde_json::json;
 use xen_sys::abi::HVM_PARAMS_SAVED;
 use xen_sys::{cpuid_record, msr_record};
 
-use super::{op_err, qmp, xl, XenDomain};
+use super::{op_err, XenDomain};
 use crate::hv::{state_kind, Domain, GuestType, HvError, MachineState, StateBlob};
+use crate::libxl::{qmp, xl};
 
 /// The HVM_PARAMS record body: count u32, reserved u32, then (index u64, value u64) pairs,
 /// little-endian, for the non-zero params in libxc's order.
