@@ -1,4 +1,7 @@
 //! `checkpoint --group` / `restore --group`, and the disk flags of `checkpoint`.
+//!
+//! One idea with `xenverbs.rs`, split for length: those verbs hand `--group` here, and this
+//! file reuses their arguments and summary (modgraph: one idea with cli/xenverbs.rs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

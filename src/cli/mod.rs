@@ -10,6 +10,7 @@ mod metrics;
 mod progress;
 mod settings;
 mod show;
+mod size;
 mod target;
 mod xenverbs;
 

@@ -57,7 +57,7 @@ pub struct CheckpointCmd {
     pub(super) metrics_file: Option<PathBuf>,
     /// Checkpoint a simulated domain of this size (with a writing workload) instead of a Xen
     /// domain: for tests of the command itself.
-    #[arg(long, hide = true, value_name = "SIZE", value_parser = super::bench::parse_size)]
+    #[arg(long, hide = true, value_name = "SIZE", value_parser = super::size::parse_size)]
     pub(super) sim: Option<u64>,
 }
 

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::guestmem::GuestPage;
 
-/// Size of a guest page in bytes.
-pub const PAGE_SIZE: usize = 4096;
+/// Size of a guest page in bytes. Defined beside the guest-memory accessors (the ground under
+/// this vocabulary, which imports nothing of the crate); named here for every user of the traits.
+pub use crate::guestmem::PAGE_SIZE;
 
 /// A guest frame number (pfn for PV, gfn for PVH/HVM).
 pub type Pfn = u64;

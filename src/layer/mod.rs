@@ -63,6 +63,7 @@ pub mod format;
 pub mod frame;
 pub mod index;
 pub mod pipeline;
+mod read_error;
 pub mod reader;
 mod reader_frames;
 pub mod seal;

@@ -58,11 +58,7 @@ pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
     }
     // Layer files are named by id inside the chain directory: a name that could point
     // elsewhere (`../`, `/`) is refused.
-    if let Some(r) = m
-        .layers
-        .iter()
-        .find(|r| !super::chain::is_layer_name(&r.file))
-    {
+    if let Some(r) = m.layers.iter().find(|r| !super::is_layer_name(&r.file)) {
         return Err(StoreError::Manifest {
             path,
             reason: format!(

@@ -247,6 +247,21 @@ pub fn layer_file_name(id: u64) -> String {
     format!("layer-{id:06}.xcl")
 }
 
+/// `layer-<digits>.xcl`, or `layer-<digits>.r<digits>.xcl` (a layer rewritten by merge/prune).
+pub(crate) fn is_layer_name(name: &str) -> bool {
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name
+        .strip_prefix("layer-")
+        .and_then(|r| r.strip_suffix(".xcl"))
+    else {
+        return false;
+    };
+    match rest.split_once(".r") {
+        Some((id, rev)) => digits(id) && digits(rev),
+        None => digits(rest),
+    }
+}
+
 /// The sub-directories of `dir` whose names are valid chain (or group) names, sorted; none
 /// if `dir` does not exist.
 pub(crate) fn named_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
