@@ -29,6 +29,7 @@ pub mod config;
 pub mod disk;
 pub mod evict;
 pub mod failpoint;
+pub mod fileio;
 pub mod group;
 #[allow(unsafe_code)]
 pub mod guestmem;

@@ -390,7 +390,6 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
 
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        use std::os::unix::fs::OpenOptionsExt;
         let started = std::time::Instant::now();
         let point = open_point(&self.store, &self.target, &self.key)?;
         let id = point.id;
@@ -399,12 +398,7 @@ impl ExportCmd {
             ..Default::default()
         };
         let tmp = self.output.with_extension("partial");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
+        let file = xckpt::fileio::create_private(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         // write_save_file buffers; the pages go to the file with vectored writes, no copy.
         let mut out = file;

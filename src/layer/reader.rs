@@ -50,7 +50,7 @@ impl LayerReader {
     /// without one). Every section of an encrypted layer is authenticated here; each frame
     /// when it is decoded.
     pub fn open_with_key(path: &Path, key: Option<&LayerKey>) -> Result<Self, LayerReadError> {
-        let file = super::open_nofollow(path).map_err(|source| io(path, source))?;
+        let file = crate::fileio::open_nofollow(path).map_err(|source| io(path, source))?;
         let file_len = file.metadata().map_err(|source| io(path, source))?.len();
         let raw = open_sections(path, &file, file_len, key)?;
         let section = |k: SectionKind| {

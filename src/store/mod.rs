@@ -84,6 +84,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The manifest is not the JSON it should be (or could not be written as JSON).
+    #[error("manifest {path} is damaged: {source}")]
+    ManifestJson {
+        /// The manifest.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
     /// The manifest has a format this version does not read.
     #[error("manifest {path} has format {found}; this xckpt reads format {MANIFEST_FORMAT}")]
     ManifestFormat {
