@@ -165,14 +165,14 @@ pub enum HvError {
     #[error("{0}")]
     Unavailable(String),
     /// The hypervisor refused or failed an operation.
-    #[error("domain {domain}: {op} failed: {reason}")]
+    #[error("domain {domain}: {op} failed: {source}")]
     Op {
         /// Domain name or id.
         domain: String,
         /// The operation, e.g. "pause" or "log-dirty CLEAN".
         op: &'static str,
-        /// Errno text or back-end message.
-        reason: String,
+        /// The back-end's error (a message when there is no error value).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Log-dirty was turned off while this run relied on it (another tool such as `xl save`
     /// or `xl migrate` restarted or disabled it), so this run's dirty set is incomplete.
@@ -194,12 +194,16 @@ pub enum HvError {
 }
 
 impl HvError {
-    /// Build an [`HvError::Op`].
-    pub fn op(domain: impl Into<String>, op: &'static str, reason: impl std::fmt::Display) -> Self {
+    /// Build an [`HvError::Op`] from the back-end's error, or from a message (`&str`, `String`).
+    pub fn op(
+        domain: impl Into<String>,
+        op: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         HvError::Op {
             domain: domain.into(),
             op,
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 }

@@ -199,8 +199,10 @@ impl MachineState for XenDomain {
     }
 
     fn config(&self) -> Result<Vec<u8>, HvError> {
+        // As text: `XlError::Spawn` quotes its io cause mid-sentence, and the command's one-line
+        // message would print that cause a second time after it.
         xl::domain_config(&self.env.xl_command, self.domid)
-            .map_err(|e| HvError::op(self.name(), "domain config", e))
+            .map_err(|e| HvError::op(self.name(), "domain config", e.to_string()))
     }
 }
 
