@@ -151,7 +151,7 @@ pub struct ConfigRewrite {
     /// domain gets a fresh domid.
     pub preserve_domid: bool,
     /// New `disks[].pdev_path` per vdev (a restore from disk snapshots).
-    pub disk_paths: std::collections::BTreeMap<String, String>,
+    pub disk_paths: BTreeMap<String, String>,
 }
 
 /// The config bytes to embed: the JSON text (rewritten if needed) followed by one NUL, as
