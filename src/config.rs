@@ -60,14 +60,14 @@ pub enum ConfigError {
         reason: String,
     },
     /// A `[domain.NAME]` section names something that cannot be a chain.
-    #[error("config {path}: section [domain.{name}]: {reason}")]
+    #[error("config {path}: section [domain.{name}]: {source}")]
     BadDomain {
         /// The file.
         path: PathBuf,
         /// The section's name.
         name: String,
-        /// Why.
-        reason: String,
+        /// Why the name cannot be a chain's.
+        source: crate::store::StoreError,
     },
 }
 
@@ -145,10 +145,10 @@ impl Config {
             }
         })?;
         for name in config.domain.keys() {
-            crate::store::validate_name(name).map_err(|e| ConfigError::BadDomain {
+            crate::store::validate_name(name).map_err(|source| ConfigError::BadDomain {
                 path: path.to_path_buf(),
                 name: name.clone(),
-                reason: e.to_string(),
+                source,
             })?;
         }
         let sections = std::iter::once(("default", &config.default))

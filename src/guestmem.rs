@@ -5,7 +5,8 @@
 //! access is a volatile word read, as rust-vmm's volatile slices do. This is the only module of
 //! the `xckpt` crate allowed `unsafe` code (`src/lib.rs` denies it everywhere else).
 
-use crate::hv::PAGE_SIZE;
+/// Size of a guest page in bytes (also `hv::PAGE_SIZE`, the name the rest of the crate uses).
+pub const PAGE_SIZE: usize = 4096;
 
 const WORDS: usize = PAGE_SIZE / 8;
 

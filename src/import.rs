@@ -208,7 +208,7 @@ pub fn import_file(path: &Path, chain: &Chain, level: i32) -> Result<LayerRecord
 
 fn import_meta(h: &ParsedHeader, sink: &LayerSink, index: &LayerIndex, shown: &str) -> LayerMeta {
     let cfg: serde_json::Value =
-        serde_json::from_slice(crate::stream::config::strip_nul(&sink.config)).unwrap_or_default();
+        serde_json::from_slice(crate::libxl::config::strip_nul(&sink.config)).unwrap_or_default();
     let text = |ptr: &str| {
         cfg.pointer(ptr)
             .and_then(|v| v.as_str())

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use xckpt::backend::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::capture::{checkpoint, CaptureError, CaptureOptions};
 use xckpt::compose::{Image, PageState};
-use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
 use xckpt::hv::{DirtyLog, Domain, HvError, Pfn, PfnBitmap, PAGE_SIZE};
 use xckpt::layer::{LayerKind, PageEntry};
 use xckpt::store::Store;

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chain_util::{assert_no_leftovers, point, Point};
+use xckpt::backend::sim::{SimConfig, SimDomain};
 use xckpt::capture::{checkpoint, CaptureOptions};
-use xckpt::hv::sim::{SimConfig, SimDomain};
 use xckpt::hv::{DirtyLog, Pfn, PfnBitmap, PAGE_SIZE};
 use xckpt::store::{Chain, RetentionPolicy, Store};
 

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use chain_util::{assert_no_leftovers, lock_free, point, points, Point};
+use xckpt::backend::sim::{SimConfig, SimDomain};
 use xckpt::capture::{checkpoint, CaptureOptions};
-use xckpt::hv::sim::{SimConfig, SimDomain};
 use xckpt::hv::PAGE_SIZE;
 use xckpt::store::{Chain, RetentionPolicy, Store};
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chain_util::{assert_kept_points_equal, assert_no_leftovers, lock_free, points};
 use layer_util::{config, fill, meta, state, Put};
+use xckpt::backend::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
 use xckpt::capture::{checkpoint, CaptureOptions};
-use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
 use xckpt::layer::LayerKind;
 use xckpt::store::{Chain, RetentionPolicy, RewriteError, Store};
 

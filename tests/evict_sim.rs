@@ -6,10 +6,10 @@ mod sim_util;
 
 use std::sync::Arc;
 
+use xckpt::backend::sim::{SimAgent, SimConfig, SimDomain, TruthMode};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{Image, PageState};
 use xckpt::evict::{EvictOptions, GuestAgent};
-use xckpt::hv::sim::{SimAgent, SimConfig, SimDomain, TruthMode};
 use xckpt::hv::{Domain, PAGE_SIZE};
 use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;

@@ -286,10 +286,10 @@ mod sim {
     use std::sync::Arc;
 
     use super::*;
+    use xckpt::backend::sim::{SimConfig, SimDomain, TruthMode};
     use xckpt::capture::{checkpoint, CaptureOptions};
     use xckpt::compose::{Image, PageState};
     use xckpt::evict::EvictOptions;
-    use xckpt::hv::sim::{SimConfig, SimDomain, TruthMode};
     use xckpt::layer::EvictPolicy;
     use xckpt::store::Store;
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use xckpt::backend::sim::{SimAgent, SimDomain, TruthMode};
 use xckpt::capture::CaptureOptions;
 use xckpt::disk::{Backend, BackendKind, DiskPlan, DiskSnapshot, DiskSpec};
 use xckpt::evict::{EvictOptions, GuestAgent};
@@ -15,7 +16,6 @@ use xckpt::group::{
     checkpoint_group, BarrierError, Coordinator, GroupDir, GroupError, LocalCoordinator, Member,
     Phase,
 };
-use xckpt::hv::sim::{SimAgent, SimDomain, TruthMode};
 use xckpt::hv::Domain;
 use xckpt::layer::EvictPolicy;
 use xckpt::store::Store;

@@ -3,8 +3,8 @@
 mod sim_util;
 
 use sim_util::wait_for;
-use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
-use xckpt::hv::suite;
+use xckpt::backend::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
+use xckpt::backend::suite;
 
 fn sim(pages: u64) -> SimDomain {
     SimDomain::new(SimConfig::small(pages)).unwrap()

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::Value;
+use xckpt::backend::sim::{SimConfig, SimDomain};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::group::{GroupDir, GroupMember, GroupPoint};
-use xckpt::hv::sim::{SimConfig, SimDomain};
 use xckpt::store::{RetentionPolicy, Store};
 
 const PAGES: u64 = 64;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use xckpt::backend::sim::{SimConfig, SimDomain};
 use xckpt::hv::pause::{self, PauseGuard};
-use xckpt::hv::sim::{SimConfig, SimDomain};
 use xckpt::hv::{Domain, DomainInfo, HvError};
 
 fn sim() -> Arc<SimDomain> {

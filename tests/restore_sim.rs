@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+use xckpt::backend::sim::{page_digest, SimDomain, Truth, TruthMode, UNPOPULATED_DIGEST};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{FeedOptions, Image, PageSource, PageState};
 use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator, Member};
-use xckpt::hv::sim::{page_digest, SimDomain, Truth, TruthMode, UNPOPULATED_DIGEST};
 use xckpt::hv::{Domain, PageType, Pfn, StateBlob, PAGE_SIZE};
 use xckpt::layer::LayerReadError;
 use xckpt::restore::{

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sim_util::wait_for;
-use xckpt::compose::{Image, PageState};
-use xckpt::hv::sim::{
+use xckpt::backend::sim::{
     page_digest, AccessPattern, SimConfig, SimCpuState, SimDomain, TruthMode, WorkloadSpec,
     UNPOPULATED_DIGEST,
 };
+use xckpt::compose::{Image, PageState};
 use xckpt::hv::{
     state_kind, DirtyLog, Domain, GuestMemory, MachineState, PageType, Pfn, PfnBitmap, StateBlob,
     PAGE_SIZE,

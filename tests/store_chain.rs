@@ -168,7 +168,10 @@ fn manifest_records_layers_and_tracking() {
         Err(StoreError::NoSuchLayer { id: 3, .. })
     ));
     std::fs::write(chain.dir().join("manifest.json"), b"{not json").unwrap();
-    assert!(matches!(chain.manifest(), Err(StoreError::Manifest { .. })));
+    assert!(matches!(
+        chain.manifest(),
+        Err(StoreError::ManifestJson { .. })
+    ));
 }
 
 #[test]
@@ -349,7 +352,10 @@ fn damaged_manifest_deletes_nothing() {
     assert!(chain.dir().join("layer-000001.xcl").exists());
     let err = chain.verify(None).unwrap_err();
     assert!(
-        matches!(err, ChainVerifyError::Store(StoreError::Manifest { .. })),
+        matches!(
+            err,
+            ChainVerifyError::Store(StoreError::ManifestJson { .. })
+        ),
         "{err}"
     );
 }

@@ -299,7 +299,7 @@ fn rename_of_non_json_config_fails() {
         ..Default::default()
     };
     let err = write_save_file(&img, &opts, &mut Vec::new()).unwrap_err();
-    assert!(matches!(err, StreamWriteError::BadConfig(_)), "{err}");
+    assert!(matches!(err, StreamWriteError::Config(_)), "{err}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use xckpt::hv::xen::{XenDomain, XenEnv};
+use xckpt::backend::xen::{XenDomain, XenEnv};
 use xckpt::hv::{
     state_kind, DirtyLog, Domain, GuestMemory, GuestType, HvError, MachineState, PageType,
     PfnBitmap, PAGE_SIZE,

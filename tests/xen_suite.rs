@@ -1,11 +1,11 @@
-//! The generic hypervisor conformance checks (`hv::suite`) run against the Xen back-end on
+//! The generic hypervisor conformance checks (`backend::suite`) run against the Xen back-end on
 //! xen-sys's fake hypervisor, with a writer that writes pages the way the guest would.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use xckpt::hv::suite::{self, PageWriter};
-use xckpt::hv::xen::{XenDomain, XenEnv};
+use xckpt::backend::suite::{self, PageWriter};
+use xckpt::backend::xen::{XenDomain, XenEnv};
 use xckpt::hv::{
     DirtyLog, Domain, DomainInfo, GuestMemory, HvError, MappedBatch, PageType, Pfn, PfnBitmap,
 };

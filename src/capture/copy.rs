@@ -191,7 +191,7 @@ fn copy_batch<D: GuestMemory + ?Sized>(
             return Err(CaptureError::Map {
                 domain: dom.name(),
                 pfn,
-                reason: std::io::Error::from_raw_os_error(errno).to_string(),
+                source: std::io::Error::from_raw_os_error(errno),
             });
         }
         record_unpopulated(builder, pfn, rules);

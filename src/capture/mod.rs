@@ -147,14 +147,14 @@ pub enum CaptureError {
         domain: String,
     },
     /// A frame that Xen reports populated could not be mapped.
-    #[error("domain {domain}: cannot map pfn {pfn:#x}: {reason}")]
+    #[error("domain {domain}: cannot map pfn {pfn:#x}: {source}")]
     Map {
         /// Domain name.
         domain: String,
         /// The frame.
         pfn: u64,
-        /// Errno text.
-        reason: String,
+        /// The errno of the mapping.
+        source: std::io::Error,
     },
     /// The chain was taken of another domain.
     #[error("chain {chain} belongs to domain uuid {chain_uuid}, but domain {domain} has uuid {uuid}: use another --store, or start the chain again with --full")]

@@ -43,28 +43,22 @@ pub fn save(chain_dir: &Path, bits: &PfnBitmap) -> std::io::Result<()> {
     buf.extend_from_slice(&crc.to_le_bytes());
     let tmp = chain_dir.join(format!(".{FILE}.tmp"));
     {
-        use std::os::unix::fs::OpenOptionsExt;
         // A fresh file, so its mode is 0600 whatever a leftover had.
         match std::fs::remove_file(&tmp) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
+        let mut f = crate::fileio::create_private(&tmp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path(chain_dir))?;
-    crate::layer::sync_dir(chain_dir)
+    crate::fileio::sync_dir(chain_dir)
 }
 
 /// Read the pending bits for a domain of `pfn_count` pfns.
 pub fn load(chain_dir: &Path, pfn_count: u64) -> Pending {
-    let read = crate::layer::read_nofollow(&path(chain_dir));
+    let read = crate::fileio::read_nofollow(&path(chain_dir));
     let buf = match read {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Pending::None,

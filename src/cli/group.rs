@@ -1,4 +1,7 @@
 //! `checkpoint --group` / `restore --group`, and the disk flags of `checkpoint`.
+//!
+//! One idea with `xenverbs.rs`, split for length: those verbs hand `--group` here, and this
+//! file reuses their arguments and summary (modgraph: one idea with cli/xenverbs.rs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use xckpt::backend::xen::XenDomain;
 use xckpt::disk::{BackendKind, DiskOptions, DiskPlan};
 use xckpt::group::{checkpoint_group, GroupDir, GroupReport, LocalCoordinator, Member};
-use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{Domain, MachineState};
 use xckpt::store::{ChainLock, Store};
 

@@ -10,6 +10,7 @@ mod metrics;
 mod progress;
 mod settings;
 mod show;
+mod size;
 mod target;
 mod xenverbs;
 
@@ -167,8 +168,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Selftest(c) => c.run(),
         Command::Generate(c) => c.run(),
         Command::Watchdog { domid } => {
-            let undo = |how| xckpt::hv::xen::watchdog::undo_stop(domid, how);
-            let code = xckpt::hv::xen::watchdog::run(domid, std::io::stdin(), undo);
+            let undo = |how| xckpt::backend::xen::watchdog::undo_stop(domid, how);
+            let code = xckpt::backend::xen::watchdog::run(domid, std::io::stdin(), undo);
             Ok(ExitCode::from(code as u8))
         }
     }

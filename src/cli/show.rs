@@ -170,7 +170,7 @@ impl ListCmd {
         let (domains, offline) = if self.offline {
             (Vec::new(), true)
         } else {
-            match xckpt::hv::xen::list_domains() {
+            match xckpt::backend::xen::list_domains() {
                 Ok(d) => (d, false),
                 // A host that holds a copied store need not run Xen: list the store alone.
                 Err(e) => {

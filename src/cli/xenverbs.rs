@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use xckpt::backend::xen::XenDomain;
 use xckpt::capture::{checkpoint_with, CaptureReport, SoloStop};
-use xckpt::hv::xen::XenDomain;
 use xckpt::hv::{pause, DirtyLog, Domain};
 use xckpt::store::Store;
 use xckpt::stream::StreamOptions;
@@ -57,7 +57,7 @@ pub struct CheckpointCmd {
     pub(super) metrics_file: Option<PathBuf>,
     /// Checkpoint a simulated domain of this size (with a writing workload) instead of a Xen
     /// domain: for tests of the command itself.
-    #[arg(long, hide = true, value_name = "SIZE", value_parser = super::bench::parse_size)]
+    #[arg(long, hide = true, value_name = "SIZE", value_parser = super::size::parse_size)]
     pub(super) sim: Option<u64>,
 }
 
@@ -85,14 +85,14 @@ impl EvictArgs {
     /// The library's options for domain `domid`.
     pub(super) fn options(&self, domid: u32) -> anyhow::Result<xckpt::evict::EvictOptions> {
         let agent: Option<Arc<dyn xckpt::evict::GuestAgent>> = if self.evict.needs_agent() {
-            let a = xckpt::hv::xen::agent::XenAgent::connect(domid)
+            let a = xckpt::backend::xen::agent::XenAgent::connect(domid)
                 .context("connecting to xenstored to reach the guest agent")?;
             Some(Arc::new(a))
         } else {
             None
         };
         let balloon: Option<Arc<dyn xckpt::evict::BalloonTarget>> = if self.evict.balloon {
-            let b = xckpt::hv::xen::agent::XenBalloon::connect(domid)
+            let b = xckpt::backend::xen::agent::XenBalloon::connect(domid)
                 .context("connecting to xenstored to reach the guest's balloon target")?;
             Some(Arc::new(b))
         } else {
@@ -160,7 +160,7 @@ impl CheckpointCmd {
 
     /// One checkpoint of a simulated domain of `bytes` named `name`, its workload writing.
     fn capture_sim(&self, bytes: u64, name: &str) -> anyhow::Result<CaptureReport> {
-        use xckpt::hv::sim::{SimConfig, SimDomain, WorkloadSpec};
+        use xckpt::backend::sim::{SimConfig, SimDomain, WorkloadSpec};
         let mut cfg = SimConfig::small(bytes / xckpt::hv::PAGE_SIZE as u64);
         cfg.name = name.to_string();
         cfg.workload = WorkloadSpec {
@@ -390,7 +390,6 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
 
 impl ExportCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        use std::os::unix::fs::OpenOptionsExt;
         let started = std::time::Instant::now();
         let point = open_point(&self.store, &self.target, &self.key)?;
         let id = point.id;
@@ -399,12 +398,7 @@ impl ExportCmd {
             ..Default::default()
         };
         let tmp = self.output.with_extension("partial");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
+        let file = xckpt::fileio::create_private(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         // write_save_file buffers; the pages go to the file with vectored writes, no copy.
         let mut out = file;
@@ -528,7 +522,7 @@ impl SelftestCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         pause::install_handlers()?;
         let dom = XenDomain::open(&self.domain)?;
-        let reports = xckpt::hv::suite::run_observe(&dom, self.rounds)
+        let reports = xckpt::backend::suite::run_observe(&dom, self.rounds)
             .map_err(|e| anyhow::anyhow!("domain {}: {e}", self.domain))?;
         for r in reports {
             println!("{r}");

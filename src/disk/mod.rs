@@ -15,7 +15,6 @@
 //! image, through QMP), [`hook`] (a user script).
 
 pub mod command;
-pub mod config;
 pub mod hook;
 pub mod lvm;
 pub mod qcow2;
@@ -27,7 +26,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::DiskSpec;
+// The disk as libxl's config describes it: read out of that config in `libxl::config`.
+pub use crate::libxl::config::DiskSpec;
+use crate::libxl::config::{writable_disks, DiskConfigError};
 
 /// A snapshot back-end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -174,7 +175,7 @@ pub enum DiskError {
         /// Domain name.
         domain: String,
         /// The cause.
-        source: config::DiskConfigError,
+        source: DiskConfigError,
     },
     /// No back-end can snapshot a disk.
     #[error("domain {domain}: disk {vdev} ({path}) cannot be snapshotted: {reasons}; nothing was paused. Put it on XFS/btrfs, LVM or qcow2, give --disk-hook SCRIPT, or take a memory-only checkpoint with --no-disk")]
@@ -239,7 +240,7 @@ impl DiskPlan {
         domid: u32,
         opts: &DiskOptions,
     ) -> Result<DiskPlan, DiskError> {
-        let disks = config::writable_disks(config, domid).map_err(|source| DiskError::Config {
+        let disks = writable_disks(config, domid).map_err(|source| DiskError::Config {
             domain: domain.to_string(),
             source,
         })?;

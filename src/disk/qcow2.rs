@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::command::run;
 use super::{Backend, BackendKind, DiskSnapshot, DiskSpec};
-use crate::hv::xen::qmp;
+use crate::libxl::qmp;
 
 /// Talks to the device model over QMP.
 pub struct Qcow2 {

@@ -3,8 +3,7 @@
 //! until one side writes. The file system flushes the source's dirty page cache before it
 //! clones, so what blkback wrote before the stop is in the snapshot.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 
 use super::{Backend, BackendKind, DiskSnapshot, DiskSpec};
@@ -15,12 +14,7 @@ pub struct Reflink;
 /// Create `dst` (0600, must not exist) as a reflink clone of `src`, and make it durable.
 fn clone_file(src: &Path, dst: &Path) -> Result<(), String> {
     let from = File::open(src).map_err(|e| format!("cannot open {}: {e}", src.display()))?;
-    let to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dst)
+    let to = crate::fileio::create_private(dst)
         .map_err(|e| format!("cannot create {}: {e}", dst.display()))?;
     let cloned = rustix::fs::ioctl_ficlone(&to, &from)
         .map_err(|e| {

@@ -68,22 +68,7 @@ impl BalloonGuard<'_> {
     /// its old target back, not the capture's. Text that is not such a config is left as is.
     pub fn unballooned_config(&self, config: Vec<u8>) -> Vec<u8> {
         let raise = self.old_kib.saturating_sub(self.new_kib);
-        let text = config.strip_suffix(&[0]).unwrap_or(&config);
-        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(text) else {
-            return config;
-        };
-        let Some(target) = v.pointer_mut("/b_info/target_memkb") else {
-            return config;
-        };
-        let Some(kib) = target.as_u64() else {
-            return config;
-        };
-        *target = (kib + raise).into();
-        let Ok(mut out) = serde_json::to_vec_pretty(&v) else {
-            return config;
-        };
-        out.push(0);
-        out
+        crate::libxl::config::raise_target_memkb(config, raise)
     }
 }
 

@@ -145,31 +145,18 @@ impl GroupDir {
     /// The manifest (an empty one for a new group).
     pub fn manifest(&self) -> Result<GroupManifest, StoreError> {
         let path = self.dir.join(store::manifest::MANIFEST);
-        match crate::layer::read_nofollow(&path) {
-            Ok(b) => {
-                let m: GroupManifest =
-                    serde_json::from_slice(&b).map_err(|e| StoreError::Manifest {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if m.format != GROUP_FORMAT {
-                    return Err(StoreError::ManifestFormat {
-                        path,
-                        found: m.format,
-                    });
-                }
-                if let Some(reason) = m.fault() {
-                    return Err(StoreError::Manifest { path, reason });
-                }
-                Ok(m)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GroupManifest {
+        let read = store::manifest::read_json(&path, GROUP_FORMAT, |m: &GroupManifest| m.format)?;
+        let Some(m) = read else {
+            return Ok(GroupManifest {
                 format: GROUP_FORMAT,
                 name: self.name.clone(),
                 points: Vec::new(),
-            }),
-            Err(e) => Err(store::io(&path, e)),
+            });
+        };
+        if let Some(reason) = m.fault() {
+            return Err(StoreError::Manifest { path, reason });
         }
+        Ok(m)
     }
 
     /// The groups of the store at `root`, sorted.

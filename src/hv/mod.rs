@@ -8,22 +8,21 @@
 //! Checkpointable = DirtyLog + GuestMemory + MachineState
 //! ```
 //!
-//! Two back-ends implement it: [`sim`] (an in-process domain with real memory and writers) and
-//! `xen` (libxenctrl through `xen-sys`). Dirty state travels as plain data: a [`PfnBitmap`] with
+//! Two back-ends implement it, in [`crate::backend`]: `sim` (an in-process domain with real memory
+//! and writers) and `xen` (libxenctrl through `xen-sys`). This module is the vocabulary only and
+//! imports nothing above the ground floor. Dirty state travels as plain data: a [`PfnBitmap`] with
 //! bit `i` set when pfn `i` was written, the same layout as Xen's log-dirty bitmap.
 
 pub mod pause;
-pub mod sim;
-pub mod suite;
-pub mod xen;
 
 use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};
 
 use crate::guestmem::GuestPage;
 
-/// Size of a guest page in bytes.
-pub const PAGE_SIZE: usize = 4096;
+/// Size of a guest page in bytes. Defined beside the guest-memory accessors (the ground under
+/// this vocabulary, which imports nothing of the crate); named here for every user of the traits.
+pub use crate::guestmem::PAGE_SIZE;
 
 /// A guest frame number (pfn for PV, gfn for PVH/HVM).
 pub type Pfn = u64;
@@ -166,14 +165,14 @@ pub enum HvError {
     #[error("{0}")]
     Unavailable(String),
     /// The hypervisor refused or failed an operation.
-    #[error("domain {domain}: {op} failed: {reason}")]
+    #[error("domain {domain}: {op} failed: {source}")]
     Op {
         /// Domain name or id.
         domain: String,
         /// The operation, e.g. "pause" or "log-dirty CLEAN".
         op: &'static str,
-        /// Errno text or back-end message.
-        reason: String,
+        /// The back-end's error (a message when there is no error value).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Log-dirty was turned off while this run relied on it (another tool such as `xl save`
     /// or `xl migrate` restarted or disabled it), so this run's dirty set is incomplete.
@@ -195,12 +194,16 @@ pub enum HvError {
 }
 
 impl HvError {
-    /// Build an [`HvError::Op`].
-    pub fn op(domain: impl Into<String>, op: &'static str, reason: impl std::fmt::Display) -> Self {
+    /// Build an [`HvError::Op`] from the back-end's error, or from a message (`&str`, `String`).
+    pub fn op(
+        domain: impl Into<String>,
+        op: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         HvError::Op {
             domain: domain.into(),
             op,
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 }

@@ -12,7 +12,7 @@ use super::format::{
 };
 use super::frame::MAX_FRAME_PAGES;
 use super::index::MAX_PFN_COUNT;
-use super::reader::LayerReadError;
+use super::read_error::LayerReadError;
 use super::seal::{preamble_cipher_ok, FileSeal, LayerKey, OpenError, TAG_LEN};
 use super::{Codec, LayerIndex, LayerMeta};
 use crate::hv::PAGE_SIZE;

@@ -63,6 +63,7 @@ pub mod format;
 pub mod frame;
 pub mod index;
 pub mod pipeline;
+mod read_error;
 pub mod reader;
 mod reader_frames;
 pub mod seal;
@@ -80,29 +81,13 @@ pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};
 pub use seal::{KeyError, LayerKey};
-pub use writer::{sync_dir, LayerWriteError, LayerWriter, TEMP_PREFIX};
-
-/// Open a file for reading without following a symlink in its last component.
-pub fn open_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-/// Read a whole file without following a symlink in its last component.
-pub fn read_nofollow(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut open_nofollow(path)?, &mut bytes)?;
-    Ok(bytes)
-}
+pub use writer::{LayerWriteError, LayerWriter, TEMP_PREFIX};
 
 /// Whether the layer file at `path` is encrypted (format version 2), from its first 12 bytes.
 pub fn is_sealed_file(path: &std::path::Path) -> std::io::Result<bool> {
     use std::io::Read;
     let mut head = [0u8; 12];
-    open_nofollow(path)?.read_exact(&mut head)?;
+    crate::fileio::open_nofollow(path)?.read_exact(&mut head)?;
     Ok(format::u32_at(&head, 8) == format::VERSION_SEALED)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::checks::{read_at, sealed_err};
 use super::decode_cost::{Stage, StageClock};
 use super::frame::{decode_frame, page_digest};
-use super::reader::LayerReadError;
+use super::read_error::LayerReadError;
 use super::{Codec, LayerReader};
 use crate::hv::PAGE_SIZE;
 

@@ -1,9 +1,8 @@
 //! Writing a layer file: frames as they come, then sections, table and trailer, then an
 //! atomic rename into place.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{
@@ -14,6 +13,7 @@ use super::frame::MAX_FRAME_PAGES;
 use super::seal::{FileSeal, LayerKey, MAX_SEALED_FRAMES};
 use super::{Codec, Frame, LayerIndex, LayerMeta};
 use crate::failpoint::failpoint;
+use crate::fileio::{create_private, sync_dir};
 use crate::hv::{StateBlob, PAGE_SIZE};
 
 /// Prefix of temporary layer files; the store removes leftovers with this prefix.
@@ -408,13 +408,7 @@ fn create_temp(dir: &Path) -> Result<(File, PathBuf), LayerWriteError> {
             fastrand::u64(..)
         );
         let path = dir.join(name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
+        match create_private(&path) {
             Ok(f) => return Ok((f, path)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((e, path)),
             Err(source) => return Err(LayerWriteError::Io { path, source }),
@@ -423,15 +417,6 @@ fn create_temp(dir: &Path) -> Result<(File, PathBuf), LayerWriteError> {
     let (source, path) =
         last.unwrap_or_else(|| (std::io::Error::other("no name"), dir.to_path_buf()));
     Err(LayerWriteError::Io { path, source })
-}
-
-/// fsync a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)?
-        .sync_all()
 }
 
 /// Give the finished temp file its name. Link + unlink rather than rename: linking fails if

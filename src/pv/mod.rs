@@ -1,5 +1,5 @@
 //! PV guests: the machine-frame bookkeeping a checkpoint of a paravirtualised guest needs,
-//! as pure functions over bytes (no hypervisor calls here; `hv::xen::pv` feeds them).
+//! as pure functions over bytes (no hypervisor calls here; `backend::xen::pv` feeds them).
 //!
 //! A PV guest sees machine frame numbers (mfns): its page tables, its CR3 and GDT frames and
 //! its start-info pointer hold mfns, and its physical-to-machine map (p2m) says which mfn backs

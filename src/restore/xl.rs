@@ -40,7 +40,7 @@ const PIPE_BYTES: usize = 8 << 20;
 impl Xl {
     /// `xl` as a command: from `PATH`, else the loaded Xen release's tools directory.
     fn command(&self) -> Command {
-        Command::new(crate::hv::xen::xl::resolve(std::path::Path::new(
+        Command::new(crate::libxl::xl::resolve(std::path::Path::new(
             &self.command,
         )))
     }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::manifest::{self, MANIFEST_TEMP_PREFIX};
-use super::{ensure_private_dir, io, layer_file_name, lock, ChainLock, LayerRecord, Manifest};
+use super::{ensure_private_dir, io, is_layer_name, layer_file_name, lock, ChainLock};
+use super::{LayerRecord, Manifest};
 use super::{StoreError, TrackingState};
 use crate::compose::{ComposeError, ComposedImage};
 use crate::hv::StateBlob;
@@ -271,21 +272,6 @@ impl Chain {
 
 /// How often a reader retries after losing a race with `merge`/`prune`.
 const READ_TRIES: u32 = 3;
-
-/// `layer-<digits>.xcl`, or `layer-<digits>.r<digits>.xcl` (a layer rewritten by merge/prune).
-pub(crate) fn is_layer_name(name: &str) -> bool {
-    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-    let Some(rest) = name
-        .strip_prefix("layer-")
-        .and_then(|r| r.strip_suffix(".xcl"))
-    else {
-        return false;
-    };
-    match rest.split_once(".r") {
-        Some((id, rev)) => digits(id) && digits(rev),
-        None => digits(rest),
-    }
-}
 
 /// What a layer holds besides its frames: the page index, the VM state and the config.
 #[derive(Clone, Copy)]

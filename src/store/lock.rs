@@ -1,8 +1,7 @@
 //! The chain lock: an exclusive `flock` on the chain's `lock` file, held by the one process
 //! that writes the chain.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,15 +27,7 @@ impl ChainLock {
 }
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| io(path, e))?;
+    let file = crate::fileio::open_private(path).map_err(|e| io(path, e))?;
     // A lock file made by something else with looser bits is tightened (it holds nothing,
     // but every file of a chain is 0600).
     let st = rustix::fs::fstat(&file).map_err(|e| io(path, e.into()))?;

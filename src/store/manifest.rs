@@ -1,42 +1,52 @@
 //! Reading the manifest, and replacing it atomically.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{io, Manifest, StoreError, MANIFEST_FORMAT};
 use crate::failpoint::failpoint;
-use crate::layer::sync_dir;
+use crate::fileio::{create_private, read_nofollow, sync_dir};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
 /// Prefix of manifest temp files.
 pub const MANIFEST_TEMP_PREFIX: &str = ".tmp-manifest-";
 
+/// Read the versioned JSON file at `path` without following a symlink: None if there is none,
+/// an error if it does not parse or `format_of` it is not `format`.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    format: u32,
+    format_of: impl Fn(&T) -> u32,
+) -> Result<Option<T>, StoreError> {
+    let bytes = match read_nofollow(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path, e)),
+    };
+    let value: T = serde_json::from_slice(&bytes).map_err(|source| StoreError::ManifestJson {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let found = format_of(&value);
+    if found != format {
+        return Err(StoreError::ManifestFormat {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    Ok(Some(value))
+}
+
 /// Read `dir`'s manifest; an empty one if there is none yet.
 pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
     let path = dir.join(MANIFEST);
-    let bytes = match crate::layer::read_nofollow(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Manifest {
-                format: MANIFEST_FORMAT,
-                ..Manifest::default()
-            })
-        }
-        Err(e) => return Err(io(&path, e)),
-    };
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::Manifest {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    if m.format != MANIFEST_FORMAT {
-        return Err(StoreError::ManifestFormat {
-            path,
-            found: m.format,
+    let Some(m) = read_json(&path, MANIFEST_FORMAT, |m: &Manifest| m.format)? else {
+        return Ok(Manifest {
+            format: MANIFEST_FORMAT,
+            ..Manifest::default()
         });
-    }
+    };
     // Ids rise from one layer to the next (the newest is last, the next gets its id + 1, and
     // a parent is older), and the newest leaves room for a next id.
     let mut prev = 0u64;
@@ -58,11 +68,7 @@ pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
     }
     // Layer files are named by id inside the chain directory: a name that could point
     // elsewhere (`../`, `/`) is refused.
-    if let Some(r) = m
-        .layers
-        .iter()
-        .find(|r| !super::chain::is_layer_name(&r.file))
-    {
+    if let Some(r) = m.layers.iter().find(|r| !super::is_layer_name(&r.file)) {
         return Err(StoreError::Manifest {
             path,
             reason: format!(
@@ -86,9 +92,9 @@ pub(crate) fn write_json(
     name: &str,
     value: &impl serde::Serialize,
 ) -> Result<(), StoreError> {
-    let json = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Manifest {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| StoreError::ManifestJson {
         path: dir.join(name),
-        reason: e.to_string(),
+        source,
     })?;
     let tmp: PathBuf = dir.join(format!(
         "{MANIFEST_TEMP_PREFIX}{}-{:016x}",
@@ -109,13 +115,7 @@ pub(crate) fn write_json(
 }
 
 fn write_temp(tmp: &Path, json: &[u8]) -> Result<(), StoreError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
-        .map_err(|e| io(tmp, e))?;
+    let mut f = create_private(tmp).map_err(|e| io(tmp, e))?;
     let half = json.len() / 2;
     f.write_all(&json[..half]).map_err(|e| io(tmp, e))?;
     failpoint("manifest.temp");

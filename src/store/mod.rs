@@ -84,6 +84,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The manifest is not the JSON it should be (or could not be written as JSON).
+    #[error("manifest {path} is damaged: {source}")]
+    ManifestJson {
+        /// The manifest.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
     /// The manifest has a format this version does not read.
     #[error("manifest {path} has format {found}; this xckpt reads format {MANIFEST_FORMAT}")]
     ManifestFormat {
@@ -245,6 +253,21 @@ pub fn unix_ms() -> u64 {
 /// The file name of layer `id`.
 pub fn layer_file_name(id: u64) -> String {
     format!("layer-{id:06}.xcl")
+}
+
+/// `layer-<digits>.xcl`, or `layer-<digits>.r<digits>.xcl` (a layer rewritten by merge/prune).
+pub(crate) fn is_layer_name(name: &str) -> bool {
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name
+        .strip_prefix("layer-")
+        .and_then(|r| r.strip_suffix(".xcl"))
+    else {
+        return false;
+    };
+    match rest.split_once(".r") {
+        Some((id, rev)) => digits(id) && digits(rev),
+        None => digits(rest),
+    }
 }
 
 /// The sub-directories of `dir` whose names are valid chain (or group) names, sorted; none

@@ -23,7 +23,7 @@ use super::fold::{fold, run_of, Folded};
 use super::{io, manifest, ChainLock, StoreError};
 use super::{Chain, Manifest};
 use crate::failpoint::failpoint;
-use crate::layer::sync_dir;
+use crate::fileio::sync_dir;
 
 /// Errors of `merge` and `prune`. Nothing is lost on any of them: the chain is as it was, or
 /// (after the manifest was replaced) as asked.

@@ -23,9 +23,12 @@ pub enum StreamWriteError {
         /// What is wrong.
         reason: String,
     },
-    /// The domain config could not be rewritten.
+    /// The domain config does not fit the image.
     #[error("the domain config does not fit: {0}")]
     BadConfig(String),
+    /// The domain config could not be rewritten.
+    #[error("the domain config does not fit: {0}")]
+    Config(#[from] crate::libxl::config::ConfigRewriteError),
     /// Reading a page of the image failed.
     #[error("reading pfn {pfn:#x} of the image: {source}")]
     ReadPage {

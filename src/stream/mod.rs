@@ -7,10 +7,9 @@
 //! config, pages and state to a [`StreamSink`]. The layout is documented in `docs/stream.md`.
 //!
 //! Files: [`format`] (constants), [`records`] (record framing), [`state`] (state blobs),
-//! [`config`] (the embedded libxl JSON), `writer` / `libxc` (writing), `input` / `parser` /
+//! `writer` / `libxc` (writing), `input` / `parser` /
 //! `libxc_parse` (parsing), [`sink`] (what the parser delivers), [`error`].
 
-pub mod config;
 pub mod error;
 pub mod format;
 mod input;

@@ -4,7 +4,6 @@
 
 use std::io::{BufReader, Read};
 
-use super::config::{guest_type_of, strip_nul};
 use super::error::StreamParseError;
 use super::format::{
     libxl_rec, DHDR_TYPE_X86_PV, EMULATOR_HEADER_LEN, LIBXL_IDENT, LIBXL_OPT_BIG_ENDIAN,
@@ -14,6 +13,7 @@ use super::input::{Input, RecHeader};
 use super::libxc_parse::{parse_libxc, LibxcSummary};
 use super::sink::{ParsedHeader, StreamSink};
 use crate::hv::{state_kind, GuestType, StateBlob};
+use crate::libxl::config::{guest_type_of, strip_nul};
 
 /// Largest optional-data area we accept (the config is a few KiB; xl itself has no limit).
 pub const MAX_OPTIONAL_DATA: u32 = 64 << 20;

@@ -13,7 +13,6 @@
 
 use std::io::{BufWriter, Write};
 
-use super::config::{guest_type_of, prepare_config, ConfigRewrite};
 use super::error::StreamWriteError;
 use super::format::{
     libxl_rec, EMULATOR_QEMU_UPSTREAM, LIBXL_IDENT, LIBXL_VERSION, XL_BYTEORDER, XL_FLAG_JSON,
@@ -24,6 +23,7 @@ use super::records::{write_record, CountingWriter};
 use super::state::{collect, StreamState};
 use crate::compose::{Image, PageSource, PageState, ReadPages};
 use crate::hv::GuestType;
+use crate::libxl::config::{guest_type_of, prepare_config, ConfigRewrite};
 
 /// How to write a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

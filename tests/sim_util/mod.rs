@@ -18,7 +18,7 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 /// Every pfn of `layer` reads as the truth at its pause, except evicted ones, which read zero.
 pub fn assert_restores_except_evicted(
     chain: &xckpt::store::Chain,
-    dom: &xckpt::hv::sim::SimDomain,
+    dom: &xckpt::backend::sim::SimDomain,
     layer: u64,
     t: usize,
 ) {
@@ -48,9 +48,9 @@ pub fn uniform_sim(
     name: &str,
     seed: u64,
     rate_mib_s: f64,
-    truth: Option<xckpt::hv::sim::TruthMode>,
-) -> std::sync::Arc<xckpt::hv::sim::SimDomain> {
-    use xckpt::hv::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
+    truth: Option<xckpt::backend::sim::TruthMode>,
+) -> std::sync::Arc<xckpt::backend::sim::SimDomain> {
+    use xckpt::backend::sim::{AccessPattern, SimConfig, SimDomain, WorkloadSpec};
     let mut cfg = SimConfig::small(pages);
     cfg.name = name.into();
     cfg.seed = seed;

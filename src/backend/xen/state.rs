@@ -14,8 +14,9 @@ use serde_json::json;
 use xen_sys::abi::HVM_PARAMS_SAVED;
 use xen_sys::{cpuid_record, msr_record};
 
-use super::{op_err, qmp, xl, XenDomain};
+use super::{op_err, XenDomain};
 use crate::hv::{state_kind, Domain, GuestType, HvError, MachineState, StateBlob};
+use crate::libxl::{qmp, xl};
 
 /// The HVM_PARAMS record body: count u32, reserved u32, then (index u64, value u64) pairs,
 /// little-endian, for the non-zero params in libxc's order.
@@ -198,8 +199,10 @@ impl MachineState for XenDomain {
     }
 
     fn config(&self) -> Result<Vec<u8>, HvError> {
+        // As text: `XlError::Spawn` quotes its io cause mid-sentence, and the command's one-line
+        // message would print that cause a second time after it.
         xl::domain_config(&self.env.xl_command, self.domid)
-            .map_err(|e| HvError::op(self.name(), "domain config", e))
+            .map_err(|e| HvError::op(self.name(), "domain config", e.to_string()))
     }
 }
 

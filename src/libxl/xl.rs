@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use super::config::config_from_list;
 
 /// Why the configuration could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -81,40 +81,4 @@ pub fn domain_config(xl: &Path, domid: u32) -> Result<Vec<u8>, XlError> {
         return Err(XlError::Failed { cmd, domid, stderr });
     }
     config_from_list(&out.stdout, domid).ok_or(XlError::NoConfig { cmd, domid })
-}
-
-/// Pick `domid`'s `config` object out of `xl list -l` output; JSON text plus a trailing NUL.
-pub fn config_from_list(stdout: &[u8], domid: u32) -> Option<Vec<u8>> {
-    let v: Value = serde_json::from_slice(stdout).ok()?;
-    let entries = match v {
-        Value::Array(a) => a,
-        one @ Value::Object(_) => vec![one],
-        _ => return None,
-    };
-    let entry = entries
-        .into_iter()
-        .find(|e| e.get("domid").and_then(Value::as_u64) == Some(u64::from(domid)))?;
-    let config = entry.get("config").filter(|c| c.is_object())?;
-    let mut text = serde_json::to_vec_pretty(config).ok()?;
-    text.push(0);
-    Some(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn picks_the_right_domain() {
-        let out = br#"[
-    { "domid": 3, "config": { "c_info": { "name": "a" } } },
-    { "domid": 5, "config": { "c_info": { "type": "hvm", "name": "b" } } }
-]"#;
-        let c = config_from_list(out, 5).unwrap();
-        assert_eq!(c.last(), Some(&0));
-        let v: Value = serde_json::from_slice(&c[..c.len() - 1]).unwrap();
-        assert_eq!(v["c_info"]["name"], "b");
-        assert!(config_from_list(out, 4).is_none());
-        assert!(config_from_list(b"not json", 3).is_none());
-    }
 }

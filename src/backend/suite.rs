@@ -10,7 +10,7 @@
 //!
 //! Each returns a [`SuiteReport`] of what passed, or the first failure as text.
 
-use crate::hv::sim::{page_digest, SimDomain, UNPOPULATED_DIGEST};
+use crate::backend::sim::{page_digest, SimDomain, UNPOPULATED_DIGEST};
 use crate::hv::{DirtyLog, Domain, GuestMemory, PageType, Pfn, PfnBitmap, PAGE_SIZE};
 
 /// Pfns per page-types / map call.

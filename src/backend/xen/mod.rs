@@ -12,19 +12,17 @@
 //!   paging, without it [`crate::hv::HvError::LogDirtyUnsupported`] says so.
 //! * Log-dirty (`dirty.rs`): `xc_shadow_control` / `xc_logdirty_control` with a hypercall bitmap.
 //! * State (`state.rs`): the exact bodies of libxc's X86_TSC_INFO, HVM_CONTEXT, HVM_PARAMS,
-//!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`qmp`])
-//!   for HVM; the config is libxl's JSON as `xl list -l` prints it ([`xl`]).
+//!   X86_CPUID_POLICY and X86_MSR_POLICY records, plus QEMU's device state over QMP ([`crate::libxl::qmp`])
+//!   for HVM; the config is libxl's JSON as `xl list -l` prints it ([`crate::libxl::xl`]).
 
 pub mod agent;
 mod conflict;
 mod dirty;
 mod ident;
 mod pv;
-pub mod qmp;
 mod state;
 pub mod suspend;
 pub mod watchdog;
-pub mod xl;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -33,7 +31,7 @@ use std::sync::Mutex;
 use xen_sys::{ForeignMemory, HypercallBitmap, XenCtrl, XenError};
 use xenstore_rs::Xs;
 
-use super::{Domain, DomainIdentity, DomainInfo, GuestType, HvError};
+use crate::hv::{Domain, DomainIdentity, DomainInfo, GuestType, HvError};
 
 /// Where the back-end finds the tools around libxenctrl. [`Default`] is a stock Debian/Ubuntu
 /// dom0 of any supported release (`xl` from `PATH`, else the release's `/usr/lib/xen-4.NN/bin`).

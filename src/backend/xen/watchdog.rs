@@ -72,7 +72,11 @@ impl Drop for Watchdog {
 /// The watchdog process: read the pipe until xckpt exits; if xckpt died with the domain
 /// stopped, call `undo` once with how it was stopped ([`PAUSING`] or [`SUSPENDING`]). Returns
 /// the process exit code.
-pub fn run(domid: u32, mut input: impl Read, undo: impl FnOnce(u8) -> Result<(), String>) -> i32 {
+pub fn run<E: std::fmt::Display>(
+    domid: u32,
+    mut input: impl Read,
+    undo: impl FnOnce(u8) -> Result<(), E>,
+) -> i32 {
     // SIGINT/SIGTERM meant for xckpt must not end the watchdog before xckpt is gone.
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default());
     let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, Default::default());
@@ -105,31 +109,44 @@ pub fn run(domid: u32, mut input: impl Read, undo: impl FnOnce(u8) -> Result<(),
     }
 }
 
+/// Why a dead xckpt's stop could not be undone.
+#[derive(Debug, thiserror::Error)]
+pub enum UndoError {
+    /// A libxenctrl call failed.
+    #[error(transparent)]
+    Xen(#[from] xen_sys::XenError),
+    /// The domain no longer exists.
+    #[error("the domain is gone")]
+    Gone,
+    /// The guest runs again, but xenstored did not hear of it.
+    #[error("resumed, but xenstored was not told: {0}")]
+    NotTold(#[source] std::io::Error),
+    /// Withdrawing the suspend request through xenstore failed.
+    #[error(transparent)]
+    Xenstore(std::io::Error),
+}
+
 /// Undo a stop of `domid` left behind by a dead xckpt: unpause after [`PAUSING`]; after
 /// [`SUSPENDING`], wait for the guest to finish suspending and resume it in place (or withdraw
 /// the suspend request if it never suspends).
-pub fn undo_stop(domid: u32, how: u8) -> Result<(), String> {
+pub fn undo_stop(domid: u32, how: u8) -> Result<(), UndoError> {
     use xenstore_rs::Xs;
-    let xc = xen_sys::XenCtrl::open().map_err(|e| e.to_string())?;
+    let xc = xen_sys::XenCtrl::open()?;
     if how == PAUSING {
-        return xc.unpause(domid).map_err(|e| e.to_string());
+        return Ok(xc.unpause(domid)?);
     }
     let t0 = std::time::Instant::now();
     while t0.elapsed() < super::suspend::SUSPEND_TIMEOUT {
-        let info = xc
-            .domain_info(domid)
-            .map_err(|e| e.to_string())?
-            .ok_or("the domain is gone")?;
+        let info = xc.domain_info(domid)?.ok_or(UndoError::Gone)?;
         if super::suspend::is_suspended(&info) {
-            xc.resume_cancelled(domid).map_err(|e| e.to_string())?;
-            return super::suspend::tell_xenstored_resumed(domid)
-                .map_err(|e| format!("resumed, but xenstored was not told: {e}"));
+            xc.resume_cancelled(domid)?;
+            return super::suspend::tell_xenstored_resumed(domid).map_err(UndoError::NotTold);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| e.to_string())?;
+    let xs = xenstore_rs::unix::XsUnix::new().map_err(UndoError::Xenstore)?;
     xs.write(&format!("/local/domain/{domid}/control/shutdown"), "")
-        .map_err(|e| e.to_string())
+        .map_err(UndoError::Xenstore)
 }
 
 #[cfg(test)]
@@ -141,13 +158,13 @@ mod tests {
         let mut seen = Vec::new();
         let mut undo = |b| {
             seen.push(b);
-            Ok(())
+            Ok::<(), String>(())
         };
         assert_eq!(run(7, &b"PUSU"[..], &mut undo), 0);
         assert_eq!(run(7, &b"PUP"[..], &mut undo), 0);
         assert_eq!(run(7, &b"SUS"[..], &mut undo), 0);
         assert_eq!(run(7, &b""[..], &mut undo), 0);
         assert_eq!(seen, vec![PAUSING, SUSPENDING]);
-        assert_eq!(run(7, &b"P"[..], |_| Err("nope".into())), 1);
+        assert_eq!(run(7, &b"P"[..], |_| Err("nope")), 1);
     }
 }
