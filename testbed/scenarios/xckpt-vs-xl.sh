@@ -12,31 +12,9 @@ num() {
 # ratio A B: A / B, three decimals (both already checked by num).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b <= 0) print "x"; else printf "%.3f", a / b }'; }
 
-# sweep_after NAME MARK FROM TO WHAT: after a restore, the workload must print TICK lines, finish
-# one whole verification sweep (its `sweeps` counter grows past the first value seen after MARK)
-# with bad=0, and its first generation must lie in [FROM, TO] (the checkpoint's gen and the
-# gen when the original was stopped). Sets SW_GEN (first gen after MARK).
-sweep_after() {
-  local name=$1 m=$2 from=$3 to=$4 what=$5 s0 s t0
-  wait_ticks "$name" 1 120 "$m" || fail "$what: workload of $name not running"
-  SW_GEN=$(ticks "$name" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^gen=//p')
-  s0=$(ticks "$name" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^sweeps=//p')
-  num "$what first gen" "$SW_GEN"
-  num "$what first sweeps" "$s0"
-  t0=$(now)
-  while :; do
-    s=$(tick_field "$name" "$m" sweeps)
-    num "$what sweeps" "$s"
-    [ "$s" -gt "$s0" ] && break
-    awk -v a="$t0" -v b="$(now)" 'BEGIN{exit !(b-a > 120)}' &&
-      fail "$what: no full verification sweep of $name within 120 s (sweeps stayed $s0)"
-    sleep 1
-  done
-  check_bad "$name" "$m" || fail "$what: workload of $name saw bad pages"
-  [ "$SW_GEN" -ge "$from" ] && [ "$SW_GEN" -le "$to" ] ||
-    fail "$what: $name resumed at gen $SW_GEN, not between $from (checkpoint) and $to (stopped)"
-}
-
+# After each restore: verify_resumed (lib.sh), the shared check: the resume generation (its
+# GAP line, or the first TICK less one TICK's step) in [checkpoint, stop], then one whole
+# verification sweep that began after the restore, with bad=0.
 # one_type TYPE: the whole sequence on one guest of TYPE; appends TYPE_key=value to FIG.
 one_type() {
   local t=$1 g=xvx$1 img=$TBW/xvx.save m g0 g1 gen_ck gen_stop
@@ -50,7 +28,7 @@ one_type() {
   m=$(mark "$g")
   timed XR_S xl restore "$img" || fail "xl restore $g failed"
   rm -f "$img"
-  sweep_after "$g" "$m" "$g0" "$g1" "xl restore"
+  verify_resumed "$g" "$m" "$g0" "$g1" "xl restore"
   # xckpt: base, two incrementals 10 s apart.
   ck "$g"; note "$CK_LINE"; local base_s=$CK_S
   sleep 10
@@ -63,7 +41,7 @@ one_type() {
   m=$(mark "$g")
   destroy_guest "$g"
   out RS_S xckpt restore --store "$STORE" "$g" || fail "xckpt restore $g failed: $OUT_LAST"
-  sweep_after "$g" "$m" "$gen_ck" "$gen_stop" "xckpt restore"
+  verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xckpt restore"
   # Export of that point, restored by stock xl.
   timed EX_S xckpt export --store "$STORE" "$g" -o "$img" || fail "xckpt export $g failed"
   gen_stop=$(last_gen "$g")
@@ -72,7 +50,7 @@ one_type() {
   m=$(mark "$g")
   timed EXR_S xl restore "$img" || fail "xl restore of the export of $g failed"
   rm -f "$img"
-  sweep_after "$g" "$m" "$gen_ck" "$gen_stop" "xl restore of the export"
+  verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xl restore of the export"
   destroy_guest "$g"
   local k v kv
   for kv in "xl_save_s=$XS_S" "xl_restore_s=$XR_S" "base_s=$base_s" "incr1_s=$incr1_s" \
