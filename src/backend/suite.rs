@@ -155,7 +155,9 @@ pub fn check_map<D: GuestMemory + ?Sized>(d: &D) -> Result<SuiteReport, String> 
             MAPPABLE_SPECIAL_MAX
         ));
     }
-    r.pass("every normal frame maps and reads; unpopulated frames do not map, but for special pages");
+    r.pass(
+        "every normal frame maps and reads; unpopulated frames do not map, but for special pages",
+    );
     r.notes.push(format!(
         "{normal} normal, {holes} unpopulated, {other} other frames; {} typed unpopulated but \
          mapped (Xen's special pages): {:x?}",
