@@ -212,15 +212,28 @@ fn digest_pfns<D: GuestMemory + ?Sized>(
 ) -> Result<(), String> {
     let mut buf = vec![0u8; PAGE_SIZE];
     let mut types = vec![PageType::Unpopulated; BATCH];
+    let mut readable = Vec::with_capacity(BATCH);
     for chunk in pfns.chunks(BATCH) {
         let types = &mut types[..chunk.len()];
         hv("page types", d.page_types(chunk, types))?;
-        let batch = hv("map", d.map_batch(chunk))?;
-        for (i, &pfn) in chunk.iter().enumerate() {
-            out[pfn as usize] = match (types[i], batch.page(i)) {
-                (PageType::Unpopulated, _) => UNPOPULATED_DIGEST,
-                (PageType::Broken, _) | (_, Err(_)) => UNREADABLE_DIGEST,
-                (_, Ok(p)) => {
+        // Only frames with a page are mapped: most of an HVM guest's pfn space is holes, and
+        // mapping them (to be told they are not there) was most of the suite's time on Xen.
+        readable.clear();
+        for (&pfn, &t) in chunk.iter().zip(types.iter()) {
+            match t {
+                PageType::Unpopulated => out[pfn as usize] = UNPOPULATED_DIGEST,
+                PageType::Broken => out[pfn as usize] = UNREADABLE_DIGEST,
+                _ => readable.push(pfn),
+            }
+        }
+        if readable.is_empty() {
+            continue;
+        }
+        let batch = hv("map", d.map_batch(&readable))?;
+        for (i, &pfn) in readable.iter().enumerate() {
+            out[pfn as usize] = match batch.page(i) {
+                Err(_) => UNREADABLE_DIGEST,
+                Ok(p) => {
                     p.copy_to(&mut buf);
                     page_digest(&buf)
                 }
