@@ -38,9 +38,14 @@ pub fn config_from_list(stdout: &[u8], domid: u32) -> Option<Vec<u8>> {
         .into_iter()
         .find(|e| e.get("domid").and_then(Value::as_u64) == Some(u64::from(domid)))?;
     let config = entry.get("config").filter(|c| c.is_object())?;
-    let mut text = serde_json::to_vec_pretty(config).ok()?;
+    config_text(config).ok()
+}
+
+/// `v` as the embedded config: pretty JSON text and one NUL.
+fn config_text(v: &Value) -> serde_json::Result<Vec<u8>> {
+    let mut text = serde_json::to_vec_pretty(v)?;
     text.push(0);
-    Some(text)
+    Ok(text)
 }
 
 /// One disk as libxl describes it.
@@ -234,8 +239,7 @@ pub fn guest_type_of(config: &[u8]) -> Option<GuestType> {
 /// for its capture must get its old target back for a restore. Text that is not such a config
 /// (or a target that would overflow) is left as it is.
 pub fn raise_target_memkb(config: Vec<u8>, raise_kib: u64) -> Vec<u8> {
-    let text = config.strip_suffix(&[0]).unwrap_or(&config);
-    let Ok(mut v) = serde_json::from_slice::<Value>(text) else {
+    let Ok(mut v) = serde_json::from_slice::<Value>(strip_nul(&config)) else {
         return config;
     };
     let Some(target) = v.pointer_mut("/b_info/target_memkb") else {
@@ -245,11 +249,7 @@ pub fn raise_target_memkb(config: Vec<u8>, raise_kib: u64) -> Vec<u8> {
         return config;
     };
     *target = kib.into();
-    let Ok(mut out) = serde_json::to_vec_pretty(&v) else {
-        return config;
-    };
-    out.push(0);
-    out
+    config_text(&v).unwrap_or(config)
 }
 
 #[cfg(test)]
