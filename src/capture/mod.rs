@@ -25,171 +25,24 @@ pub mod spot;
 pub mod stop;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::hv::pause;
 use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::progress::{self as report, emit, Event, Task};
-use crate::store::{Chain, LayerRecord, StoreError, TrackingState};
+use crate::store::{Chain, TrackingState};
 use copy::{copy_pfns, ChunkSink, CopyFigures, CopyRules, SkipSet};
 use holdback::Holdback;
 pub use plan::Plan;
-use policy::{Decision, PrecopyPolicy, Progress, StopReason};
+use policy::{Decision, Progress, StopReason};
 pub use stop::{SoloStop, StopControl, StopFigures};
 
-/// Options of one checkpoint.
-#[derive(Debug, Clone)]
-pub struct CaptureOptions {
-    /// Take a base layer even if the chain could take an incremental.
-    pub full: bool,
-    /// Pre-copy while the guest runs (false: pause for the whole capture, like `xl save -c`).
-    pub live: bool,
-    /// When to stop pre-copy.
-    pub policy: PrecopyPolicy,
-    /// zstd level (0: store pages raw), unless `compress` says otherwise.
-    pub compress_level: i32,
-    /// How to encode frames (`--compress auto|none|LEVEL`); `None`: at `compress_level`.
-    pub compress: Option<crate::layer::Encoding>,
-    /// Compress worker threads.
-    pub threads: usize,
-    /// Pages per frame.
-    pub frame_pages: u32,
-    /// Which pages need not be stored ([`crate::evict`]).
-    pub evict: crate::evict::EvictOptions,
-}
-
-impl Default for CaptureOptions {
-    fn default() -> Self {
-        CaptureOptions {
-            full: false,
-            live: true,
-            policy: PrecopyPolicy::default(),
-            compress_level: 1,
-            compress: None,
-            threads: crate::layer::pipeline::default_workers(),
-            frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
-            evict: Default::default(),
-        }
-    }
-}
-
-impl CaptureOptions {
-    /// How frames are encoded.
-    pub fn encoding(&self) -> crate::layer::Encoding {
-        self.compress
-            .unwrap_or(crate::layer::Encoding::Level(self.compress_level.max(0)))
-    }
-}
-
-/// One round of a capture.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RoundReport {
-    /// 0-based round; the paused final round is marked `paused`.
-    pub round: u32,
-    /// Whether the round ran under pause.
-    pub paused: bool,
-    /// Pages read.
-    pub pages: u64,
-    /// Wall time of the round, ms.
-    pub ms: f64,
-}
-
-/// The result of a checkpoint.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CaptureReport {
-    /// The committed layer.
-    pub layer: LayerRecord,
-    /// Why the layer is a resync, if it is one.
-    pub resync_reason: Option<String>,
-    /// Why pre-copy stopped.
-    pub stop: StopReason,
-    /// Rounds, the paused one last.
-    pub rounds: Vec<RoundReport>,
-    /// Pause to resume, measured.
-    pub downtime: Duration,
-    /// Page copies written and their sizes.
-    pub raw_bytes: u64,
-    /// Encoded bytes of the frames written.
-    pub stored_bytes: u64,
-    /// Disk snapshots recorded in the layer.
-    pub disks: Vec<crate::disk::DiskSnapshot>,
-    /// Time per stage of the pipeline (copy, zero check, digest, compress, write).
-    pub stages: crate::layer::StageTimes,
-    /// Page copies dropped before encoding because a later round re-sent them.
-    pub superseded_pages: u64,
-}
-
-/// Errors of a checkpoint. Each names the domain; none leaves the domain paused.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    /// A hypervisor operation failed.
-    #[error(transparent)]
-    Hv(#[from] HvError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Writing the layer failed after the domain resumed.
-    #[error("domain {domain}: writing the layer failed: {source}; the domain is running, the chain is unchanged and this run's dirty pages are kept for the next checkpoint")]
-    Write {
-        /// Domain name.
-        domain: String,
-        /// The cause.
-        source: LayerWriteError,
-    },
-    /// SIGINT/SIGTERM arrived.
-    #[error(
-        "domain {domain}: checkpoint interrupted; the domain is running and the chain is unchanged"
-    )]
-    Interrupted {
-        /// Domain name.
-        domain: String,
-    },
-    /// A frame that Xen reports populated could not be mapped.
-    #[error("domain {domain}: cannot map pfn {pfn:#x}: {source}")]
-    Map {
-        /// Domain name.
-        domain: String,
-        /// The frame.
-        pfn: u64,
-        /// The errno of the mapping.
-        source: std::io::Error,
-    },
-    /// The chain was taken of another domain.
-    #[error("chain {chain} belongs to domain uuid {chain_uuid}, but domain {domain} has uuid {uuid}: use another --store, or start the chain again with --full")]
-    ForeignChain {
-        /// Chain name.
-        chain: String,
-        /// uuid recorded in the chain.
-        chain_uuid: String,
-        /// Domain name.
-        domain: String,
-        /// uuid of the domain now.
-        uuid: String,
-    },
-    /// Taking a disk snapshot failed (the domain was resumed).
-    #[error(transparent)]
-    Disk(#[from] crate::disk::DiskError),
-    /// Another member of the group failed, so this member's checkpoint was abandoned.
-    #[error("domain {domain}: group checkpoint abandoned: {reason}; the domain is running and its chain is unchanged")]
-    GroupAborted {
-        /// Domain name.
-        domain: String,
-        /// What happened elsewhere in the group.
-        reason: String,
-    },
-    /// Saving this run's dirty bits failed too: the next run must resync.
-    #[error("domain {domain}: {first}; also could not keep this run's dirty pages ({second}), so the next checkpoint will be a resync")]
-    Unrecoverable {
-        /// Domain name.
-        domain: String,
-        /// The original failure.
-        first: Box<CaptureError>,
-        /// Why the bits could not be kept.
-        second: String,
-    },
-}
+mod error;
+mod options;
+pub use error::CaptureError;
+pub use options::{CaptureOptions, CaptureReport, RoundReport};
 
 /// Take one checkpoint of `dom` into `chain` (memory only: no disk snapshots).
 pub fn checkpoint<D: Checkpointable + 'static>(

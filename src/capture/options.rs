@@ -1,0 +1,88 @@
+//! What a checkpoint is asked to do ([`CaptureOptions`]) and what it reports.
+
+use std::time::Duration;
+
+use super::policy::{PrecopyPolicy, StopReason};
+use crate::store::LayerRecord;
+
+/// Options of one checkpoint.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Take a base layer even if the chain could take an incremental.
+    pub full: bool,
+    /// Pre-copy while the guest runs (false: pause for the whole capture, like `xl save -c`).
+    pub live: bool,
+    /// When to stop pre-copy.
+    pub policy: PrecopyPolicy,
+    /// zstd level (0: store pages raw), unless `compress` says otherwise.
+    pub compress_level: i32,
+    /// How to encode frames (`--compress auto|none|LEVEL`); `None`: at `compress_level`.
+    pub compress: Option<crate::layer::Encoding>,
+    /// Compress worker threads.
+    pub threads: usize,
+    /// Pages per frame.
+    pub frame_pages: u32,
+    /// Which pages need not be stored ([`crate::evict`]).
+    pub evict: crate::evict::EvictOptions,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            full: false,
+            live: true,
+            policy: PrecopyPolicy::default(),
+            compress_level: 1,
+            compress: None,
+            threads: crate::layer::pipeline::default_workers(),
+            frame_pages: crate::layer::DEFAULT_FRAME_PAGES,
+            evict: Default::default(),
+        }
+    }
+}
+
+impl CaptureOptions {
+    /// How frames are encoded.
+    pub fn encoding(&self) -> crate::layer::Encoding {
+        self.compress
+            .unwrap_or(crate::layer::Encoding::Level(self.compress_level.max(0)))
+    }
+}
+
+/// One round of a capture.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundReport {
+    /// 0-based round; the paused final round is marked `paused`.
+    pub round: u32,
+    /// Whether the round ran under pause.
+    pub paused: bool,
+    /// Pages read.
+    pub pages: u64,
+    /// Wall time of the round, ms.
+    pub ms: f64,
+}
+
+/// The result of a checkpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaptureReport {
+    /// The committed layer.
+    pub layer: LayerRecord,
+    /// Why the layer is a resync, if it is one.
+    pub resync_reason: Option<String>,
+    /// Why pre-copy stopped.
+    pub stop: StopReason,
+    /// Rounds, the paused one last.
+    pub rounds: Vec<RoundReport>,
+    /// Pause to resume, measured.
+    pub downtime: Duration,
+    /// Page copies written and their sizes.
+    pub raw_bytes: u64,
+    /// Encoded bytes of the frames written.
+    pub stored_bytes: u64,
+    /// Disk snapshots recorded in the layer.
+    pub disks: Vec<crate::disk::DiskSnapshot>,
+    /// Time per stage of the pipeline (copy, zero check, digest, compress, write).
+    pub stages: crate::layer::StageTimes,
+    /// Page copies dropped before encoding because a later round re-sent them.
+    pub superseded_pages: u64,
+}
