@@ -6,7 +6,6 @@ use std::path::Path;
 use super::{disk_clones, open_point, stream_into_xl, KeyOf, RestoreError, Restored, XlTool};
 use crate::group::{GroupDir, GroupPoint};
 use crate::store::Store;
-use crate::stream::StreamOptions;
 
 /// A restored group checkpoint.
 #[derive(Debug, Clone)]
@@ -77,10 +76,7 @@ fn restore_member(
     })?;
     let point = open_point(store, chain, Some(layer), key)?;
     let disks = disk_clones(&point.image.top().meta().disks, chain)?;
-    let opts = StreamOptions {
-        disk_paths: disks.clone(),
-        ..Default::default()
-    };
+    let opts = super::host_stream_options(None, disks.clone());
     let stats = stream_into_xl(&point, &opts, true, xl)?;
     Ok(Restored {
         chain: chain.to_string(),

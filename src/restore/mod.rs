@@ -293,6 +293,23 @@ pub struct Restored {
     pub stats: StreamStats,
 }
 
+/// The options of a stream this host writes into its own `xl restore`: the libxc domain header
+/// names the Xen it runs on (`xl restore` logs it as "domain from Xen 4.NN"), where known.
+fn host_stream_options(
+    rename: Option<String>,
+    disk_paths: BTreeMap<String, String>,
+) -> StreamOptions {
+    let mut opts = StreamOptions {
+        rename,
+        disk_paths,
+        ..Default::default()
+    };
+    if let Some(v) = xen_sys::version::hypervisor_version() {
+        opts.xen_version = (v.major, v.minor);
+    }
+    opts
+}
+
 /// `xckpt restore CHAIN[@N]`: open the point, clone its disks, stream it into `xl restore`.
 pub fn restore_point(
     store: &Store,
@@ -304,11 +321,7 @@ pub fn restore_point(
 ) -> Result<Restored, RestoreError> {
     let point = open_point(store, chain, layer, key)?;
     let disks = disk_clones(&point.image.top().meta().disks, chain)?;
-    let stream = StreamOptions {
-        rename: opts.rename.clone(),
-        disk_paths: disks.clone(),
-        ..Default::default()
-    };
+    let stream = host_stream_options(opts.rename.clone(), disks.clone());
     let stats = stream_into_xl(&point, &stream, opts.paused, xl)?;
     Ok(Restored {
         chain: chain.to_string(),

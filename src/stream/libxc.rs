@@ -98,7 +98,9 @@ pub fn write_libxc_stream(
         &[&p[..4], &[0; 4], &p[8..]],
         stats,
     )?;
-    rec(w, libxc_rec::HVM_CONTEXT, st.context, stats)?;
+    // In the form every supported Xen loads (a chain taken on 4.20 restores on 4.17).
+    let context = super::hvm_context::portable_context(st.context);
+    rec(w, libxc_rec::HVM_CONTEXT, &context, stats)?;
     rec(w, libxc_rec::END, &[], stats)
 }
 

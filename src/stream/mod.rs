@@ -7,11 +7,12 @@
 //! config, pages and state to a [`StreamSink`]. The layout is documented in `docs/stream.md`.
 //!
 //! Files: [`format`] (constants), [`records`] (record framing), [`state`] (state blobs),
-//! `writer` / `libxc` (writing), `input` / `parser` /
+//! `writer` / `libxc` / `hvm_context` (writing), `input` / `parser` /
 //! `libxc_parse` (parsing), [`sink`] (what the parser delivers), [`error`].
 
 pub mod error;
 pub mod format;
+mod hvm_context;
 mod input;
 mod libxc;
 mod libxc_parse;

@@ -33,7 +33,8 @@ pub struct StreamOptions {
     /// Keep `c_info.domid` as captured (`xl save -D`). Off by default: the domid is set to 0
     /// so `xl restore` picks a free one, as a plain `xl save` does.
     pub preserve_domid: bool,
-    /// Xen (major, minor) written in the libxc domain header; informational only.
+    /// Xen (major, minor) written in the libxc domain header, informational only (`xl restore`
+    /// logs it): the restore sets the Xen it runs on; the default is the oldest supported.
     pub xen_version: (u32, u32),
     /// Point these disks (vdev -> path) elsewhere in the embedded config.
     pub disk_paths: std::collections::BTreeMap<String, String>,
@@ -69,7 +70,8 @@ pub struct StreamStats {
     pub records: u64,
 }
 
-/// Write `image` as a Xen 4.17 `xl` save file that stock `xl restore` accepts.
+/// Write `image` as an `xl` save file (libxl stream v2, libxc v3: Xen 4.17 to 4.22) that stock
+/// `xl restore` accepts.
 ///
 /// Pages are taken in pfn order from [`Image::pages`] (for a composed image: each needed frame
 /// decoded and checked once, by worker threads reading ahead) and written as they come, so
