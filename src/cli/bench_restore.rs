@@ -26,7 +26,9 @@ pub struct RestoreFigures {
     /// `restore_s / xl_like_restore_s`.
     pub restore_over_xl_like: f64,
     /// CPU seconds per GB of guest memory of each restore stage: read, decompress, check
-    /// (the decode workers) and stream (the thread writing the stream into the pipe).
+    /// (the decode workers) and stream (the thread writing the stream into the pipe). Its
+    /// own key: the capture's stages are `cpu_s_per_gb` in the same (flattened) object.
+    #[serde(rename = "restore_cpu_s_per_gb")]
     pub cpu_s_per_gb: RestoreCpu,
     /// Bytes of the stream.
     pub stream_bytes: u64,
