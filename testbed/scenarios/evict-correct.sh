@@ -6,28 +6,39 @@ WL_MIB=${ECR_WL_MIB:-100}
 cache_disk 48
 evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=48 BURST_MIB=32
 figs=""
+# A policy's base is taken again, once, if the agent's report reached the burst only after the
+# pause (the restored guest then runs that burst itself): that run did not race the capture.
+# Every attempt's restore is still checked (rs: full sweep, bad=0); the count is printed.
+late=0
 for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; do
-  clear_store
-  m=$(mark "$G")
-  ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
-  sleep 1
-  burst=$(after "$G" "$m" | grep -a '^BURST n=' | tail -n 1 | sed -n 's/.*hash=\([0-9a-f]*\).*/\1/p')
-  case $list in *free*)
-    [ -n "$burst" ] || fail "$list: the guest printed no BURST line after the agent's report"
-    ev=$(ck_evicted free); nums ev
-    [ "$ev" -gt 0 ] || fail "$list: nothing evicted as free: $CK_LINE" ;;
-  esac
-  # r before rs: the restored guest may print BURST-CHECK during rs's full sweep.
-  r=$(mark "$G")
-  rs "$G" "$G"
-  if [ -n "$burst" ]; then
+  for attempt in 1 2; do
+    clear_store
+    m=$(mark "$G")
+    ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
+    sleep 1
+    burst=$(after "$G" "$m" | grep -a '^BURST n=' | tail -n 1 | sed -n 's/.*hash=\([0-9a-f]*\).*/\1/p')
+    case $list in *free*)
+      [ -n "$burst" ] || fail "$list: the guest printed no BURST line after the agent's report"
+      ev=$(ck_evicted free); nums ev
+      [ "$ev" -gt 0 ] || fail "$list: nothing evicted as free: $CK_LINE" ;;
+    esac
+    # r before rs: the restored guest may print BURST-CHECK during rs's full sweep.
+    r=$(mark "$G")
+    rs "$G" "$G"
+    [ -n "$burst" ] || break
     i=0
     while ! after "$G" "$r" | grep -aq '^BURST-CHECK' && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
-    after "$G" "$r" | grep -aq '^BURST n=' && fail "$list: the burst ran again after restore (it came after the pause)"
+    if after "$G" "$r" | grep -aq '^BURST n='; then
+      [ "$attempt" = 1 ] || fail "$list: the burst ran again after restore twice (it came after the pause)"
+      note "$list: the burst came after the pause (the restored guest ran it): taking this base again"
+      late=$((late + 1))
+      continue
+    fi
     check=$(after "$G" "$r" | grep -a '^BURST-CHECK' | head -n 1 | sed -n 's/.*hash=\([0-9a-f]*\).*/\1/p')
     [ "$check" = "$burst" ] || fail "$list: burst pages hash $check after restore, $burst before the pause"
-  fi
+    break
+  done
   figs="$figs ${list##*,}:evicted_free=$(ck_evicted free),evicted_cache=$(ck_evicted cache),burst=${burst:-none}"
 done
 destroy_guest "$G"
-pass "bad=0 burst_mib=32$figs full_sweeps=$(sweep_cost)"
+pass "bad=0 burst_mib=32$figs burst_after_pause_retakes=$late full_sweeps=$(sweep_cost)"

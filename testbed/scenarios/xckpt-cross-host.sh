@@ -7,7 +7,9 @@
 # and writes the store there; boot 2 finds the archive and restores the latest point with
 # `xckpt restore`, checking the resumed generation and the workload's full sweep (bad=0).
 # A restore onto an older Xen passes too if it is refused with one line before any domain
-# exists.
+# exists. Boot 2 clears the disk once its restore has passed (not before: a retry must find the
+# archive again, not take a new chain), so a third boot takes a chain again (`testbed/run
+# full`: 4.17 -> 4.20, then 4.20 -> 4.17).
 . /testbed/xckpt.sh
 DISK=/dev/vdb
 G=xcross
@@ -37,6 +39,8 @@ if ! tar -tf "$DISK" ./cross.env >/dev/null 2>&1; then
 fi
 
 # ---- boot 2: restore it here
+# consumed: clear the disk, so that the next boot of the run on it takes a chain again.
+consumed() { { dd if=/dev/zero of="$DISK" bs=1M count=1 2>/dev/null && sync; } || fail "cannot clear $DISK"; }
 clear_store
 tar -C "$STORE" -xf "$DISK" || fail "cannot read the store from $DISK"
 . "$STORE/cross.env"
@@ -50,6 +54,7 @@ if ! out RS_S xckpt restore --store "$STORE" "$G"; then
   older=$(awk -v a="$xen_here" -v b="$xen_from" 'BEGIN {split(a, x, "."); split(b, y, ".");
             print (x[1] * 100 + x[2] < y[1] * 100 + y[2]) ? 1 : 0}')
   if [ "$older" = 1 ] && [ "$lines" = 1 ] && [ -z "$(domid "$G")" ]; then
+    consumed
     pass "phase=restore xen_from=$xen_from refused=1 domains_created=0 reason=\"$OUT_LAST\""
     exit 0
   fi
@@ -61,4 +66,5 @@ gen=$(ticks "$G" "$m" | head -n 1 | tr ' ' '\n' | sed -n 's/^gen=//p')
 [ "$gen" -ge "$gen_last" ] && [ "$gen" -le "$gen_end" ] ||
   fail "restored workload resumed at gen $gen, not between $gen_last and $gen_end"
 destroy_guest "$G"
+consumed
 pass "phase=restore xen_from=$xen_from restore_s=$RS_S gen=$gen gen_last=$gen_last gen_end=$gen_end bad=0"
