@@ -17,12 +17,12 @@ figs=""
 for k in full_capture_s xl_like_save_s restore_s xl_like_restore_s two_pass_restore_s \
          cpu_s_per_gb.copy cpu_s_per_gb.zero_check cpu_s_per_gb.digest cpu_s_per_gb.compress \
          cpu_s_per_gb.write; do
-  v=$(json "$B" ".$k"); nums v
-  figs="$figs $k=$v"
+  val=$(json "$B" ".$k"); nums val
+  figs="$figs $k=$val"
 done
 for k in read decompress check stream; do
-  v=$(json "$B" ".restore_cpu_s_per_gb.$k"); nums v
-  figs="$figs restore_cpu_$k=$v"
+  val=$(json "$B" ".restore_cpu_s_per_gb.$k"); nums val
+  figs="$figs restore_cpu_$k=$val"
 done
 [ "$(json "$B" .verified)" = true ] || fail "the bench's restore was not verified:$figs"
 pass "${figs# } bench_exit=$rc verified=true"
