@@ -45,7 +45,10 @@ impl Default for StreamOptions {
         StreamOptions {
             rename: None,
             preserve_domid: false,
-            xen_version: (4, 17),
+            xen_version: {
+                let oldest = xen_sys::version::SUPPORTED[0].version;
+                (oldest.major, oldest.minor)
+            },
             disk_paths: Default::default(),
         }
     }
