@@ -70,11 +70,23 @@ pub(super) fn read_at(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, LayerReadError> {
-    let len = usize::try_from(len).map_err(|_| layout(path, "length overflows"))?;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|source| io(path, source))?;
+    let mut buf = Vec::new();
+    read_into(path, file, offset, len, &mut buf)?;
     Ok(buf)
+}
+
+/// [`read_at`] into `buf` (resized to `len`; its memory is reused when large enough).
+pub(super) fn read_into(
+    path: &Path,
+    file: &File,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), LayerReadError> {
+    let len = usize::try_from(len).map_err(|_| layout(path, "length overflows"))?;
+    buf.resize(len, 0);
+    file.read_exact_at(buf, offset)
+        .map_err(|source| io(path, source))
 }
 
 /// Steps up to and including the section checksums (and, for a sealed layer, the key check

@@ -80,6 +80,7 @@ pub use encode::{Encoding, EncodingUsed, StageTimes};
 pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};
+pub use reader_frames::FrameCheck;
 pub use seal::{KeyError, LayerKey};
 pub use writer::{LayerWriteError, LayerWriter, TEMP_PREFIX};
 

@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::checks::{read_at, sealed_err};
+use super::checks::{read_into, sealed_err};
 use super::decode_cost::{Stage, StageClock};
 use super::frame::{decode_frame, page_digest};
 use super::read_error::LayerReadError;
@@ -13,6 +13,17 @@ use crate::hv::PAGE_SIZE;
 
 /// Decoded frames kept per reader.
 const CACHE_FRAMES: usize = 8;
+
+/// What [`LayerReader::decode_into`] checks besides every page's digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCheck {
+    /// The frame's crc32c too: `verify` and the page reader, which name a damaged frame.
+    Full,
+    /// Only the page digests, which prove every page handed out is the captured one (a
+    /// damaged frame fails them, or fails to decode, and the error names the layer and the
+    /// slot): the one pass over the data of a restore or an export.
+    Pages,
+}
 
 /// Figures of a layer, for `inspect` and `verify`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,6 +130,22 @@ impl LayerReader {
     /// authenticated; then decoded (zstd checks its own content checksum); then every page
     /// against its recorded digest. A raw frame is returned as read, without a copy.
     pub fn decode(&self, k: usize) -> Result<Vec<u8>, LayerReadError> {
+        let mut out = Vec::new();
+        self.decode_into(k, FrameCheck::Full, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decode`] into `out`, reusing `out` and `encoded` (the encoded bytes of a
+    /// compressed frame) from earlier frames, so a reader that decodes many frames allocates
+    /// and faults in its buffers once. `check` says whether a plain frame's crc32c is checked
+    /// too; every page's digest always is, and a sealed frame is always authenticated.
+    pub fn decode_into(
+        &self,
+        k: usize,
+        check: FrameCheck,
+        encoded: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), LayerReadError> {
         let mut clock = StageClock::start();
         let f = self
             .frames
@@ -129,45 +156,60 @@ impl LayerReader {
                 frame: k as u64,
                 reason: format!("no frame {k}; the layer has {}", self.frames.len()),
             })?;
-        let bytes = read_at(&self.path, &self.file, f.offset, f.len as u64)?;
-        clock.mark(Stage::Read);
-        let bytes = self.check_encoded(k, &f, bytes)?;
-        clock.mark(Stage::Check);
         let codec = Codec::from_code(f.codec).unwrap_or(Codec::Raw);
-        let decode_err = |reason| LayerReadError::FrameDecode {
-            path: self.path.clone(),
-            frame: k as u64,
-            reason,
-        };
-        let whole = (1..=super::MAX_FRAME_PAGES).contains(&f.pages)
-            && bytes.len() == f.pages as usize * PAGE_SIZE;
-        let out = if codec == Codec::Raw && whole {
-            bytes
+        // A plain raw frame is read straight into `out`: its bytes are the pages.
+        let direct = codec == Codec::Raw
+            && self.seal.is_none()
+            && (1..=super::MAX_FRAME_PAGES).contains(&f.pages)
+            && f.len as u64 == u64::from(f.pages) * PAGE_SIZE as u64;
+        if direct {
+            read_into(&self.path, &self.file, f.offset, f.len as u64, out)?;
+            clock.mark(Stage::Read);
+            if check == FrameCheck::Full {
+                self.check_crc(k, &f, out)?;
+            }
+            clock.mark(Stage::Check);
         } else {
-            let mut out = Vec::new();
-            decode_frame(codec, &bytes, f.pages, &mut out).map_err(decode_err)?;
-            out
-        };
-        clock.mark(Stage::Decompress);
-        self.check_pages(k, &out)?;
+            read_into(&self.path, &self.file, f.offset, f.len as u64, encoded)?;
+            clock.mark(Stage::Read);
+            let opened;
+            let bytes: &[u8] = match &self.seal {
+                Some(seal) => {
+                    opened = seal
+                        .open_frame(k as u64, f.pages, f.codec, encoded)
+                        .map_err(|e| sealed_err(&self.path, format!("frame {k}"), e))?;
+                    &opened
+                }
+                None => {
+                    if check == FrameCheck::Full {
+                        self.check_crc(k, &f, encoded)?;
+                    }
+                    encoded
+                }
+            };
+            clock.mark(Stage::Check);
+            decode_frame(codec, bytes, f.pages, out).map_err(|reason| {
+                LayerReadError::FrameDecode {
+                    path: self.path.clone(),
+                    frame: k as u64,
+                    reason,
+                }
+            })?;
+            clock.mark(Stage::Decompress);
+        }
+        self.check_pages(k, out)?;
         clock.mark(Stage::Check);
-        Ok(out)
+        Ok(())
     }
 
-    /// The encoded bytes of frame `k`: authenticated and opened if sealed (its crc, in the
-    /// sealed FRAMETAB, adds nothing to the tag), else checked against its crc32c.
-    fn check_encoded(
+    /// A plain frame's encoded bytes against its crc32c.
+    fn check_crc(
         &self,
         k: usize,
         f: &super::format::FrameEntry,
-        bytes: Vec<u8>,
-    ) -> Result<Vec<u8>, LayerReadError> {
-        if let Some(seal) = &self.seal {
-            return seal
-                .open_frame(k as u64, f.pages, f.codec, &bytes)
-                .map_err(|e| sealed_err(&self.path, format!("frame {k}"), e));
-        }
-        let found = crc32c::crc32c(&bytes);
+        bytes: &[u8],
+    ) -> Result<(), LayerReadError> {
+        let found = crc32c::crc32c(bytes);
         if found != f.crc {
             return Err(LayerReadError::FrameChecksum {
                 path: self.path.clone(),
@@ -176,7 +218,7 @@ impl LayerReader {
                 found,
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Every decoded page of frame `k` against the digest recorded for its slot.
