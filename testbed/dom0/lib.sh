@@ -19,7 +19,10 @@ clog() { echo "/var/log/xen/console/guest-$1.log"; }
 pass() { echo "PASS $SCN $*" > "$RESULT"; note "verdict: PASS $*"; }
 fail() {
   local cause; cause=$(cat "$RESULT.cause" 2>/dev/null)
-  echo "FAIL $SCN $* cause=${cause:-scenario}" > "$RESULT"
+  # A guest that did not boot says why (start_guest's BOOT_WHY).
+  local why=
+  [ "$cause" = tb:guest-boot ] && [ -n "${BOOT_WHY:-}" ] && why=" boot_why=\"$BOOT_WHY\""
+  echo "FAIL $SCN $*$why cause=${cause:-scenario}" > "$RESULT"
   note "verdict: FAIL $* (cause ${cause:-scenario})"
   diagnostics
   exit 1
@@ -255,7 +258,7 @@ name="$name"
 type="$type"
 kernel="/guest/vmlinuz"
 ramdisk="/guest/domu.cpio.gz"
-extra="console=hvc0 loglevel=4 noxsave WL_MIB=$WL_MIB WL_RATE=$WL_RATE WL_PATTERN=$WL_PATTERN $*"
+extra="console=hvc0 loglevel=4 noxsave ${GUEST_EXTRA:-} WL_MIB=$WL_MIB WL_RATE=$WL_RATE WL_PATTERN=$WL_PATTERN $*"
 memory=$mem
 vcpus=1
 on_crash="preserve"
@@ -278,9 +281,17 @@ start_guest() {
   rm -f "$(clog "$name")"
   # Until the workload's first TICK, a failure is the test bed's (cause tb:guest-boot).
   set_cause tb:guest-boot
-  timed CREATE_S xl create "$cfg" || { note "xl create $name failed"; return 1; }
+  BOOT_WHY=
+  out CREATE_S xl create "$cfg" || {
+    # What xl said (its last error line) goes into the FAIL line: CI shows only those.
+    BOOT_WHY="xl create: $(grep -ai 'error\|fail\|cannot\|invalid' "$TBW/.out" | tail -n 1 |
+      tr -d '"' | cut -c1-200)"
+    [ "$BOOT_WHY" != "xl create: " ] || BOOT_WHY="xl create: $(echo "$OUT_LAST" | tr -d '"')"
+    note "xl create $name failed"; return 1; }
   t0=$(now)
-  wait_ticks "$name" 1 "$BOOT_TIMEOUT" 0 || return 1
+  wait_ticks "$name" 1 "$BOOT_TIMEOUT" 0 || {
+    BOOT_WHY="no TICK from $name within ${BOOT_TIMEOUT}s (xl list state $(guest_state "$name"))"
+    return 1; }
   set_cause ""
   BOOT_S=$(since "$t0")
   note "$name ($type) up: create ${CREATE_S}s, boot to first TICK ${BOOT_S}s"

@@ -27,6 +27,8 @@ GUEST_CPUS=${GUEST_CPUS:-1}
 TIMEOUT=${TIMEOUT:-1800}         # seconds for one QEMU run (hard bound, `timeout`)
 XEN_LOGLVL=${XEN_LOGLVL:-warning}
 XEN_EXTRA=${XEN_EXTRA:-}         # appended to the Xen command line
+DOM0_EXTRA=${DOM0_EXTRA:-}       # appended to the dom0 kernel command line
+GUEST_EXTRA=${GUEST_EXTRA:-}     # appended to every test guest's kernel command line
 XENSTORED=${XENSTORED:-xenstored}
 NOREBOOT=${NOREBOOT:-}           # "noreboot": keep Xen up after a dom0 crash (debug only)
 

@@ -156,7 +156,7 @@ build_dom0_run() {
     echo "TB_SCENARIOS=\"$*\""
     local k
     for k in RETRIES SCENARIO_TIMEOUT BOOT_TIMEOUT DOMU_MEM WL_MIB WL_RATE WL_PATTERN XENSTORED \
-             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS TB_BOOT; do
+             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS GUEST_EXTRA TB_BOOT; do
       echo "$k=\"${!k}\""
     done
   } > "$d/etc/testbed.env"

@@ -15,7 +15,7 @@ qemu_cmd() {
   QEMU=(qemu-system-x86_64 -accel tcg,thread=multi -cpu "$CPU" -smp "$SMP" -m "$MEM"
         -nographic -no-reboot -nodefaults -vga none "$@"
         -kernel "$xen" -append "$(xen_cmdline)"
-        -initrd "$STAGE/boot/vmlinuz-$KVER console=hvc0 earlyprintk=xen loglevel=4,$WORK/dom0.cpio.gz")
+        -initrd "$STAGE/boot/vmlinuz-$KVER console=hvc0 earlyprintk=xen loglevel=4 $DOM0_EXTRA,$WORK/dom0.cpio.gz")
 }
 
 # Runs scenarios "$@" on variant $1 in one QEMU boot; results go to $2/results.txt.
@@ -51,7 +51,7 @@ boot_scenarios() {
   collect_results "$dir" "$@" > "$dir/results.txt"
   {
     echo "variant=$variant qemu_rc=$rc qemu_wall_s=$secs"
-    grep -aoE 'TB-DOM0 ready uptime=[0-9.]+' "$dir/serial.log" | head -1 | sed 's/^/dom0 /'
+    grep -aoE 'TB-DOM0 ready uptime=[0-9.]+.*' "$dir/serial.log" | tr -d '\r' | head -1 | sed 's/^/dom0 /'
     grep -aE '^\[H *[0-9.]+\] TB-DOM0 ready' "$dir/serial.log" | head -1 |
       sed -E 's/^\[H *([0-9.]+)\].*/boot_to_dom0_ready_s=\1/'
     grep -E 'Maximum resident' "$dir/qemu-time.txt" || true
