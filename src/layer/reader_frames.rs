@@ -172,29 +172,38 @@ impl LayerReader {
         } else {
             read_into(&self.path, &self.file, f.offset, f.len as u64, encoded)?;
             clock.mark(Stage::Read);
-            let opened;
-            let bytes: &[u8] = match &self.seal {
+            let decode = |bytes: &[u8], out: &mut Vec<u8>| {
+                decode_frame(codec, bytes, f.pages, out).map_err(|reason| {
+                    LayerReadError::FrameDecode {
+                        path: self.path.clone(),
+                        frame: k as u64,
+                        reason,
+                    }
+                })
+            };
+            match &self.seal {
                 Some(seal) => {
-                    opened = seal
+                    let opened = seal
                         .open_frame(k as u64, f.pages, f.codec, encoded)
                         .map_err(|e| sealed_err(&self.path, format!("frame {k}"), e))?;
-                    &opened
+                    clock.mark(Stage::Check);
+                    let whole = (1..=super::MAX_FRAME_PAGES).contains(&f.pages)
+                        && opened.len() == f.pages as usize * PAGE_SIZE;
+                    if codec == Codec::Raw && whole {
+                        // A sealed raw frame's opened bytes are the pages: taken, not copied.
+                        *out = opened;
+                    } else {
+                        decode(&opened, out)?;
+                    }
                 }
                 None => {
                     if check == FrameCheck::Full {
                         self.check_crc(k, &f, encoded)?;
                     }
-                    encoded
+                    clock.mark(Stage::Check);
+                    decode(encoded, out)?;
                 }
-            };
-            clock.mark(Stage::Check);
-            decode_frame(codec, bytes, f.pages, out).map_err(|reason| {
-                LayerReadError::FrameDecode {
-                    path: self.path.clone(),
-                    frame: k as u64,
-                    reason,
-                }
-            })?;
+            }
             clock.mark(Stage::Decompress);
         }
         self.check_pages(k, out)?;
