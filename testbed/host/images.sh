@@ -39,7 +39,9 @@ build_xckpt() {
 # trixie's loader over $ROOTFS; dlopen()ed ones are extra), at their paths inside the image.
 copy_libs() {
   local root=$1 l dst; shift
-  { lib_list "$@" 2>/dev/null || true; } | awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u |
+  # A loader line names the loader once: "/lib64/ld-linux-x86-64.so.2 => $ROOTFS/..." under
+  # trixie's loader (take the ROOTFS file, not the host's /lib64 one), a bare path under ldd.
+  { lib_list "$@" 2>/dev/null || true; } | awk '/=> \//{print $3; next} /^\t\/lib64/{print $1}' | sort -u |
     while read -r l; do
       dst=${l#"$ROOTFS"}
       mkdir -p "$root$(dirname "$dst")"
@@ -136,7 +138,22 @@ build_dom0_base() {
   cp -r "$ROOTFS/usr/share/qemu/keymaps" "$d/usr/share/qemu/"
   cp "$STAGE/boot/vmlinuz-$KVER" "$d/guest/vmlinuz"
   cp "$WORK/domu.cpio.gz" "$d/guest/"
+  check_dom0_userspace "$d"
   pack "$d" "$WORK/dom0-base.cpio.gz"
+}
+
+# The image's own loader and libraries run its programs (chroot, so nothing of the host's
+# leaks in): a mixed loader and libc fails here, not as every `xl create` in the boot.
+check_dom0_userspace() {
+  local d=$1 p out
+  if [ "$(id -u)" != 0 ]; then log "not root: the dom0 image's programs are not test-run"; return; fi
+  for p in "/usr/lib/xen-$XENV/bin/xl help" "/usr/local/bin/xckpt --version" "/usr/bin/jq --version" \
+           "/usr/bin/xenstore-read --help" "/usr/sbin/e2fsck -V"; do
+    out=$(chroot "$d" ${p} 2>&1 >/dev/null) && continue
+    case $out in *"symbol lookup error"*|*"error while loading shared libraries"*|*"failed to run command"*)
+      die "dom0 image $d: '${p}' does not run with the image's libraries: $(printf %s "$out" | head -1) (a host library got into the image: see copy_libs)" ;;
+    esac
+  done
 }
 
 # Per-run part: scripts, scenarios and settings. $1 = mode (run | shell), $2.. = scenarios.
