@@ -15,11 +15,22 @@ pub struct Found {
     pub generation: u64,
 }
 
+/// What a scan found: whole workload pages, and torn ones.
+#[derive(Default)]
+pub struct Pages {
+    /// Self-consistent pages.
+    pub whole: Vec<Found>,
+    /// Header indexes of pages that start with [`page::MAGIC`] but do not verify: a page the
+    /// guest was rewriting when it was paused (the body is written before the header), one per
+    /// writer at most in a consistent image.
+    pub torn: Vec<u64>,
+}
+
 /// Finds every workload page in `bytes` (pages may sit at any byte offset: the libxc stream
 /// follows the xl header, whose length varies).
-pub fn find_pages(bytes: &[u8]) -> Vec<Found> {
+pub fn find_pages(bytes: &[u8]) -> Pages {
     let magic = page::MAGIC.to_le_bytes();
-    let mut found = Vec::new();
+    let mut pages = Pages::default();
     let mut i = 0;
     while i + PAGE_BYTES <= bytes.len() {
         match bytes[i..].iter().position(|&b| b == magic[0]) {
@@ -28,27 +39,30 @@ pub fn find_pages(bytes: &[u8]) -> Vec<Found> {
         }
         if bytes[i..].starts_with(&magic) {
             if let Some((index, generation)) = page::is_workload_page(&bytes[i..]) {
-                found.push(Found {
+                pages.whole.push(Found {
                     offset: i as u64,
                     index,
                     generation,
                 });
-                i += PAGE_BYTES;
-                continue;
+            } else {
+                let index = u64::from_le_bytes(bytes[i + 8..i + 16].try_into().expect("8 bytes"));
+                pages.torn.push(index);
             }
+            i += PAGE_BYTES;
+            continue;
         }
         i += 1;
     }
-    found
+    pages
 }
 
 /// Scans the file at `path` (memory-mapped read-only) and returns every workload page in it.
-pub fn scan(path: &str) -> std::io::Result<Vec<Found>> {
+pub fn scan(path: &str) -> std::io::Result<Pages> {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len() as usize;
     if len == 0 {
-        return Ok(Vec::new());
+        return Ok(Pages::default());
     }
     // SAFETY: a fresh read-only private mapping of `len` bytes of an open file; the result is
     // checked for MAP_FAILED before use.
@@ -74,15 +88,24 @@ pub fn scan(path: &str) -> std::io::Result<Vec<Found>> {
     Ok(found)
 }
 
-/// `workload scan FILE`: prints how many workload pages the file holds.
+/// `workload scan FILE`: prints how many workload pages the file holds (`distinct` whole
+/// pages by index, and `torn`: pages caught mid-write whose index has no whole copy).
 pub fn scan_cmd(path: &str) -> i32 {
     match scan(path) {
-        Ok(found) => {
-            let distinct: std::collections::BTreeSet<u64> = found.iter().map(|f| f.index).collect();
+        Ok(pages) => {
+            let distinct: std::collections::BTreeSet<u64> =
+                pages.whole.iter().map(|f| f.index).collect();
+            let torn: std::collections::BTreeSet<u64> = pages
+                .torn
+                .iter()
+                .copied()
+                .filter(|i| !distinct.contains(i))
+                .collect();
             println!(
-                "SCAN file={path} pages={} distinct={}",
-                found.len(),
-                distinct.len()
+                "SCAN file={path} pages={} distinct={} torn={}",
+                pages.whole.len(),
+                distinct.len(),
+                torn.len()
             );
             0
         }
@@ -96,7 +119,7 @@ pub fn scan_cmd(path: &str) -> i32 {
 /// `workload corrupt FILE [NTH]`: flips one body byte of the NTH workload page in FILE.
 pub fn corrupt_cmd(path: &str, nth: usize) -> i32 {
     let found = match scan(path) {
-        Ok(f) => f,
+        Ok(pages) => pages.whole,
         Err(e) => {
             eprintln!("workload corrupt: cannot read {path}: {e}");
             return 1;
@@ -140,7 +163,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_pages_at_odd_offsets_and_ignores_damaged_ones() {
+    fn finds_pages_at_odd_offsets_and_counts_damaged_ones_as_torn() {
         let mut image = vec![0u8; 37];
         for (index, generation) in [(3u64, 1u64), (9, 4), (12, 2)] {
             let mut words = vec![0u64; page::WORDS];
@@ -150,8 +173,10 @@ mod tests {
         }
         let damaged = 37 + 2 * (PAGE_BYTES + 5) + 999;
         image[damaged] ^= 1;
-        let found = find_pages(&image);
-        let got: Vec<(u64, u64, u64)> = found
+        let pages = find_pages(&image);
+        assert_eq!(pages.torn, vec![12]);
+        let got: Vec<(u64, u64, u64)> = pages
+            .whole
             .iter()
             .map(|f| (f.offset, f.index, f.generation))
             .collect();
