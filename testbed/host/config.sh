@@ -15,7 +15,7 @@ XENV=$PIN_XENV
 STAGE=$CACHE/stage               # dpkg -x of the downloaded .debs
 
 # QEMU / Xen knobs
-CPU=${CPU:-max,-smap}            # SMAP under TCG crashes the PV dom0 (REPORT pitfall 1)
+CPU=${CPU:-max,-smap,-erms,-fsrm} # SMAP under TCG crashes the PV dom0 (REPORT pitfall 1); ERMS/FSRM: docs/testbed.md pitfalls
 SMP=${SMP:-2}
 MEM=${MEM:-4G}
 DOM0_MEM=${DOM0_MEM:-1536M}

@@ -1,7 +1,9 @@
-# about: an exported layer restores with plain xl restore (bad=0); an xl save file imported and restored with xckpt (bad=0)
+# about: HVM guest (qemu-xen): base + incremental, the incremental exported restores with plain xl restore (bad=0); an xl save file imported and restored with xckpt (bad=0)
 . /testbed/xckpt.sh
+# HVM: the export carries qemu-xen's device state, the richest stream xl restore reads back
+# (PVH takes the same stream path without it; PV exports are in xckpt-pv-chain).
 G=xex
-fresh_guest pvh "$G"
+fresh_guest hvm "$G"
 ck "$G"; sleep 2; ck "$G"
 timed EXPORT_S xckpt export --store "$STORE" "$G@2" -o "$TBW/x.save" || fail "xckpt export failed"
 EXPORT_BYTES=$(file_bytes "$TBW/x.save")
