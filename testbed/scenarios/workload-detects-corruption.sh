@@ -3,7 +3,7 @@ start_guest pvh corrupt "$DOMU_MEM" WL_SWEEP_S=3 || fail "guest corrupt did not 
 wait_ticks corrupt 3 60 || fail "workload in corrupt stopped ticking"
 img=$TBW/corrupt.save
 timed SAVE_S xl save corrupt "$img" || fail "xl save failed"
-out SCAN_S workload scan "$img" || fail "workload scan of the save image failed"
+out SCAN_S workload scan "$img" $((WL_MIB * 256)) || fail "workload scan of the save image failed"
 found=$(echo "$OUT_LAST" | sed -n 's/.* distinct=\([0-9]*\).*/\1/p')
 torn=$(echo "$OUT_LAST" | sed -n 's/.* torn=\([0-9]*\).*/\1/p')
 nums found torn

@@ -26,6 +26,33 @@ pub struct Pages {
     pub torn: Vec<u64>,
 }
 
+/// What [`Pages::counts`] reports for a buffer of a given size.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Counts {
+    /// Indices with a whole copy (any index: the buffer's own pages are all below its size).
+    pub distinct: usize,
+    /// Indices below the buffer size with a torn copy and no whole one.
+    pub torn: usize,
+}
+
+impl Pages {
+    /// Counts for a workload buffer of `buffer_pages` pages.
+    pub fn counts(&self, buffer_pages: u64) -> Counts {
+        use std::collections::BTreeSet;
+        let distinct: BTreeSet<u64> = self.whole.iter().map(|f| f.index).collect();
+        let torn: BTreeSet<u64> = self
+            .torn
+            .iter()
+            .copied()
+            .filter(|i| *i < buffer_pages && !distinct.contains(i))
+            .collect();
+        Counts {
+            distinct: distinct.len(),
+            torn: torn.len(),
+        }
+    }
+}
+
 /// Finds every workload page in `bytes` (pages may sit at any byte offset: the libxc stream
 /// follows the xl header, whose length varies).
 pub fn find_pages(bytes: &[u8]) -> Pages {
@@ -88,24 +115,19 @@ pub fn scan(path: &str) -> std::io::Result<Pages> {
     Ok(found)
 }
 
-/// `workload scan FILE`: prints how many workload pages the file holds (`distinct` whole
-/// pages by index, and `torn`: pages caught mid-write whose index has no whole copy).
-pub fn scan_cmd(path: &str) -> i32 {
+/// `workload scan FILE PAGES`: prints how many pages of a PAGES-page workload buffer the file
+/// holds: `distinct` whole pages by index, and `torn` indices below PAGES that appear only
+/// torn (the page the writer was rewriting at the pause). Stale partial copies elsewhere in
+/// guest memory (freed frames, other indices) are not counted as torn.
+pub fn scan_cmd(path: &str, buffer_pages: u64) -> i32 {
     match scan(path) {
         Ok(pages) => {
-            let distinct: std::collections::BTreeSet<u64> =
-                pages.whole.iter().map(|f| f.index).collect();
-            let torn: std::collections::BTreeSet<u64> = pages
-                .torn
-                .iter()
-                .copied()
-                .filter(|i| !distinct.contains(i))
-                .collect();
+            let counts = pages.counts(buffer_pages);
             println!(
                 "SCAN file={path} pages={} distinct={} torn={}",
                 pages.whole.len(),
-                distinct.len(),
-                torn.len()
+                counts.distinct,
+                counts.torn
             );
             0
         }
@@ -175,6 +197,22 @@ mod tests {
         image[damaged] ^= 1;
         let pages = find_pages(&image);
         assert_eq!(pages.torn, vec![12]);
+        // Page 12 is torn and has no whole copy: torn within a 13-page buffer, a stale copy
+        // outside a 12-page one.
+        assert_eq!(
+            pages.counts(13),
+            Counts {
+                distinct: 2,
+                torn: 1
+            }
+        );
+        assert_eq!(
+            pages.counts(12),
+            Counts {
+                distinct: 2,
+                torn: 0
+            }
+        );
         let got: Vec<(u64, u64, u64)> = pages
             .whole
             .iter()

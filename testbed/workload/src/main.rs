@@ -16,7 +16,7 @@
 //! With `WL_PP_ROLE` it also plays ping-pong with a peer guest ([`pingpong`]); with `WL_DLOG`
 //! it appends checksummed records to a file on a disk ([`dlog`]).
 //!
-//! `workload scan FILE` counts workload pages in a save image; `workload corrupt FILE [NTH]`
+//! `workload scan FILE PAGES` counts workload pages in a save image; `workload corrupt FILE [NTH]`
 //! flips one byte of one of them (the test bed's corrupted-restore self-test). `workload burst`
 //! allocates memory right after each xckpt-agent report (see burst.rs).
 
@@ -31,7 +31,7 @@ mod run;
 
 fn usage() -> i32 {
     eprintln!(
-        "usage: workload [run] | scan FILE | corrupt FILE [NTH] | dlog-check FILE | meminfo | burst FILE MIB"
+        "usage: workload [run] | scan FILE PAGES | corrupt FILE [NTH] | dlog-check FILE | meminfo | burst FILE MIB"
     );
     2
 }
@@ -50,7 +50,10 @@ fn main() {
             run::run(config::Config::from_env())
         }
         ["dlog-check", file] => dlog::check_cmd(file),
-        ["scan", file] => corrupt::scan_cmd(file),
+        ["scan", file, pages] => match pages.parse() {
+            Ok(n) => corrupt::scan_cmd(file, n),
+            Err(_) => usage(),
+        },
         ["corrupt", file] => corrupt::corrupt_cmd(file, 0),
         ["corrupt", file, nth] => match nth.parse() {
             Ok(n) => corrupt::corrupt_cmd(file, n),
