@@ -71,12 +71,13 @@ pub fn find_pages(bytes: &[u8]) -> Pages {
                     index,
                     generation,
                 });
-            } else {
-                let index = u64::from_le_bytes(bytes[i + 8..i + 16].try_into().expect("8 bytes"));
-                pages.torn.push(index);
+                i += PAGE_BYTES;
+                continue;
             }
-            i += PAGE_BYTES;
-            continue;
+            // Not whole: record it, but keep looking from the next byte (a stray MAGIC must
+            // not hide a whole page that starts within the next 4 KiB).
+            let index = u64::from_le_bytes(bytes[i + 8..i + 16].try_into().expect("8 bytes"));
+            pages.torn.push(index);
         }
         i += 1;
     }
