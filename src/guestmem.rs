@@ -1,14 +1,21 @@
 //! Reading guest memory that changes under us.
 //!
 //! Guest frames are mapped from another agent (the guest's vCPUs, or the simulator's writer
-//! threads), which may write them at any moment. They are therefore never seen as `&[u8]`: every
-//! access is a volatile word read, as rust-vmm's volatile slices do. This is the only module of
-//! the `xckpt` crate allowed `unsafe` code (`src/lib.rs` denies it everywhere else).
+//! threads), which may write them at any moment. They are therefore never seen as `&[u8]`: they
+//! are reached only through raw pointers, as rust-vmm's volatile slices are. Like those, a whole
+//! page moves with one `copy_nonoverlapping` (the C library's `memcpy`: vector moves, a fraction
+//! of the instructions of a word loop, and instructions are what a one-vCPU dom0 under emulation
+//! pays for), and single words are read volatilely. A copy taken while the guest writes may mix
+//! old and new bytes; the capture never relies on it, since log-dirty sends such a page again.
+//! This is the only module of the `xckpt` crate allowed `unsafe` code (`src/lib.rs` denies it
+//! everywhere else).
 
 /// Size of a guest page in bytes (also `hv::PAGE_SIZE`, the name the rest of the crate uses).
 pub const PAGE_SIZE: usize = 4096;
 
 const WORDS: usize = PAGE_SIZE / 8;
+/// Words `is_zero` ORs together before it tests them.
+const ZERO_BLOCK: usize = 8;
 
 /// A read-only view of one mapped guest page, valid for `'a`.
 #[derive(Clone, Copy)]
@@ -41,22 +48,28 @@ impl<'a> GuestPage<'a> {
         Ok(unsafe { GuestPage::new(ptr.as_ptr()) })
     }
 
-    /// Copy the page into `dst`. The copy is a snapshot of each word at some instant.
+    /// Copy the page into `dst`: a bulk copy, as rust-vmm's `VolatileSlice` makes for anything
+    /// longer than a word. Bytes the guest writes meanwhile may be old or new.
     pub fn copy_to(&self, dst: &mut [u8]) {
         assert_eq!(dst.len(), PAGE_SIZE);
-        for (i, chunk) in dst.chunks_exact_mut(8).enumerate() {
-            // SAFETY: `i < WORDS`, so the read stays inside the page that `new`'s contract keeps
-            // mapped and readable for 'a; the pointer is page-aligned so every word is aligned.
-            let w = unsafe { self.ptr.add(i).read_volatile() };
-            chunk.copy_from_slice(&w.to_ne_bytes());
-        }
+        // SAFETY: `new`'s contract keeps PAGE_SIZE bytes at `ptr` mapped and readable for 'a;
+        // `dst` is PAGE_SIZE bytes of our own memory (checked above), which cannot overlap a
+        // mapping of guest memory. No reference to the guest page is formed: only raw reads.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.cast::<u8>(), dst.as_mut_ptr(), PAGE_SIZE)
+        };
     }
 
-    /// Whether every byte of the page is zero now.
+    /// Whether every byte of the page is zero now. Words are read volatilely, eight at a time
+    /// between tests, and the scan ends at the first block holding a set bit.
     pub fn is_zero(&self) -> bool {
-        (0..WORDS).all(|i| {
-            // SAFETY: as in `copy_to`: `i < WORDS`, aligned, mapped for 'a.
-            unsafe { self.ptr.add(i).read_volatile() == 0 }
+        (0..WORDS).step_by(ZERO_BLOCK).all(|b| {
+            (b..b + ZERO_BLOCK).fold(0u64, |acc, i| {
+                // SAFETY: `i < WORDS` (WORDS is a multiple of ZERO_BLOCK), so the read stays
+                // inside the page that `new`'s contract keeps mapped and readable for 'a; the
+                // pointer is page-aligned, so every word is aligned.
+                acc | unsafe { self.ptr.add(i).read_volatile() }
+            }) == 0
         })
     }
 }
@@ -89,15 +102,13 @@ impl<'a> SharedPageMut<'a> {
         }
     }
 
-    /// Overwrite the page with `src`, word by word.
+    /// Overwrite the page with `src` (a bulk copy; readers may see old and new bytes mixed).
     pub fn write_from(&self, src: &[u8]) {
         assert_eq!(src.len(), PAGE_SIZE);
-        for (i, chunk) in src.chunks_exact(8).enumerate() {
-            let w = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
-            // SAFETY: `i < WORDS`, aligned, and `new`'s contract keeps the page mapped and
-            // writable; concurrent readers only use volatile reads.
-            unsafe { self.ptr.add(i).write_volatile(w) };
-        }
+        // SAFETY: `new`'s contract keeps PAGE_SIZE bytes at `ptr` mapped and writable for 'a;
+        // `src` is PAGE_SIZE bytes (checked above) of other memory, borrowed immutably, so the
+        // two cannot overlap. Readers of the page never form references to it.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.cast::<u8>(), PAGE_SIZE) };
     }
 
     /// A read view of the same page.
