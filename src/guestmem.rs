@@ -16,6 +16,8 @@ pub const PAGE_SIZE: usize = 4096;
 const WORDS: usize = PAGE_SIZE / 8;
 /// Words `is_zero` ORs together before it tests them.
 const ZERO_BLOCK: usize = 8;
+// `is_zero` reads whole blocks: a partial last block would read past the page.
+const _: () = assert!(WORDS % ZERO_BLOCK == 0);
 
 /// A read-only view of one mapped guest page, valid for `'a`.
 #[derive(Clone, Copy)]
@@ -65,7 +67,7 @@ impl<'a> GuestPage<'a> {
     pub fn is_zero(&self) -> bool {
         (0..WORDS).step_by(ZERO_BLOCK).all(|b| {
             (b..b + ZERO_BLOCK).fold(0u64, |acc, i| {
-                // SAFETY: `i < WORDS` (WORDS is a multiple of ZERO_BLOCK), so the read stays
+                // SAFETY: `i < WORDS` (WORDS is a multiple of ZERO_BLOCK, asserted above), so the read stays
                 // inside the page that `new`'s contract keeps mapped and readable for 'a; the
                 // pointer is page-aligned, so every word is aligned.
                 acc | unsafe { self.ptr.add(i).read_volatile() }
