@@ -70,6 +70,7 @@ fn template() -> &'static Template {
                     layer: id,
                     downtime_us: 100,
                     disks: 0,
+                    slot: Some(1),
                 }],
             })
             .unwrap();

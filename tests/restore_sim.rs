@@ -15,7 +15,8 @@ use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator, Member};
 use xckpt::hv::{Domain, PageType, Pfn, StateBlob, PAGE_SIZE};
 use xckpt::layer::LayerReadError;
 use xckpt::restore::{
-    restore_group, restore_point, RestoreError, RestoreOptions, WriteStream, XlTool,
+    restore_group, restore_group_across, restore_point, RestoreError, RestoreOptions, WriteStream,
+    XlTool,
 };
 use xckpt::store::Store;
 use xckpt::stream::{parse_save_file, SinkError, StreamSink, StreamStats, StreamWriteError};
@@ -370,4 +371,72 @@ fn a_failed_member_destroys_the_members_made_before_it() {
         matches!(err, RestoreError::NoGroupPoint { id: 9, .. }),
         "{err:?}"
     );
+}
+
+/// Record point 2 of group `job` at `root`: point 1 as a group across two hosts records it
+/// (`ga` on slot 0, `gb` on slot 1).
+fn place_on_two_hosts(root: &std::path::Path) {
+    let g = GroupDir::open(root, "job").unwrap();
+    let mut p = g.manifest().unwrap().points[0].clone();
+    p.id = 2;
+    p.members[0].slot = Some(0);
+    p.members[1].slot = Some(1);
+    g.record(p).unwrap();
+}
+
+/// Restore `job` on two hosts at once, the hub being slot 1 (the hosts swapped).
+fn restore_on_two_hosts(
+    root: &std::path::Path,
+    xl0: &FakeXl,
+    xl1: &FakeXl,
+) -> (
+    Result<xckpt::restore::GroupRestored, RestoreError>,
+    Result<xckpt::restore::GroupRestored, RestoreError>,
+) {
+    let port = sim_util::free_port();
+    let t = std::time::Duration::from_secs(5);
+    std::thread::scope(|s| {
+        let h0 = s.spawn(|| {
+            let r = sim_util::rendezvous(port, 0, 2, false, t);
+            restore_group_across(root, "job", None, &mut no_key, xl0, &r)
+        });
+        let h1 = s.spawn(|| {
+            let r = sim_util::rendezvous(port, 1, 2, true, t);
+            restore_group_across(root, "job", None, &mut no_key, xl1, &r)
+        });
+        (h0.join().unwrap(), h1.join().unwrap())
+    })
+}
+
+#[test]
+fn a_group_across_hosts_restores_each_member_on_the_host_of_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (_doms, truths) = group_of_two(&store, dir.path());
+    place_on_two_hosts(dir.path());
+    let (xl0, xl1) = (FakeXl::default(), FakeXl::default());
+    let (r0, r1) = restore_on_two_hosts(dir.path(), &xl0, &xl1);
+    let (r0, r1) = (r0.unwrap(), r1.unwrap());
+    assert_eq!((r0.id, r1.id), (2, 2));
+    for (xl, name, truth) in [(&xl0, "ga", &truths[0]), (&xl1, "gb", &truths[1])] {
+        let doms = xl.domains.lock().unwrap();
+        assert_eq!(doms.keys().collect::<Vec<_>>(), [name], "placed by slot");
+        assert!(!doms[name].paused, "{name} left paused");
+        assert_equal(truth, &doms[name], name);
+    }
+    // One host's member fails: the other host destroys its own, and says why.
+    let xl0 = FakeXl {
+        fail: Some("ga".into()),
+        ..Default::default()
+    };
+    let xl1 = FakeXl::default();
+    let (r0, r1) = restore_on_two_hosts(dir.path(), &xl0, &xl1);
+    assert!(matches!(r0, Err(RestoreError::Member { .. })), "{r0:?}");
+    let err = r1.unwrap_err().to_string();
+    assert!(
+        err.contains("h0 (slot 0)") && err.contains("destroyed"),
+        "{err}"
+    );
+    assert!(xl1.domains.lock().unwrap().is_empty(), "a member was left");
+    assert_eq!(*xl1.destroyed.lock().unwrap(), ["gb"]);
 }

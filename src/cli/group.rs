@@ -13,8 +13,13 @@ use anyhow::Context;
 use clap::Args;
 use xckpt::backend::xen::XenDomain;
 use xckpt::disk::{BackendKind, DiskOptions, DiskPlan};
-use xckpt::group::{checkpoint_group, GroupDir, GroupReport, LocalCoordinator, Member};
-use xckpt::hv::{Domain, MachineState};
+use xckpt::group::across::meet_checkpoint;
+use xckpt::group::rendezvous::Rendezvous;
+use xckpt::group::slurm::SlurmStep;
+use xckpt::group::{
+    checkpoint_group, Coordinator, GroupDir, GroupReport, LocalCoordinator, Member, Phase,
+};
+use xckpt::hv::{Domain, HvError, MachineState};
 use xckpt::store::{ChainLock, Store};
 
 use super::print_json;
@@ -74,6 +79,43 @@ impl DiskArgs {
     }
 }
 
+/// A group across hosts: one xckpt per node of a Slurm job step.
+#[derive(Debug, Clone, Args)]
+pub struct HostsArgs {
+    /// Run as one task of a Slurm job step with one task per node (`srun -N NODES
+    /// --ntasks-per-node=1 xckpt ... --slurm`): the hosts meet and act as one group. A checkpoint
+    /// takes the named domains that run on this node; a restore places each member on the
+    /// node whose task rank the member's host had. The store must be shared by every node.
+    #[arg(long, requires = "group")]
+    pub slurm: bool,
+    /// Where the hosts meet, HOST:PORT (default: the step's first node, on a port derived
+    /// from the job and step ids).
+    #[arg(long, requires = "slurm", value_name = "HOST:PORT")]
+    pub rendezvous: Option<String>,
+    /// Seconds to wait for the other hosts to meet, to converge and to commit.
+    #[arg(long, default_value_t = 600, requires = "slurm")]
+    pub group_timeout: u64,
+    /// Seconds to wait for the other hosts while members are stopped (pause, disk snapshots,
+    /// final round); past it, every host resumes its members.
+    #[arg(long, default_value_t = 10, requires = "slurm")]
+    pub group_stop_timeout: u64,
+}
+
+impl HostsArgs {
+    /// Where this host meets the others (None: one host).
+    pub fn rendezvous(&self) -> anyhow::Result<Option<Rendezvous>> {
+        if !self.slurm {
+            return Ok(None);
+        }
+        let step = SlurmStep::from_env(|k| std::env::var(k).ok())?;
+        Ok(Some(step.rendezvous(
+            self.rendezvous.as_deref(),
+            Duration::from_secs(self.group_timeout),
+            Duration::from_secs(self.group_stop_timeout),
+        )?))
+    }
+}
+
 /// The members of a group: the domains given, and those listed in `file` (one per line, `#`
 /// comments).
 pub fn group_members(domains: &[String], file: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
@@ -100,11 +142,60 @@ pub fn checkpoint(cmd: &CheckpointCmd, group: &str) -> anyhow::Result<ExitCode> 
     let store_root = &cmd.store.store;
     let store = Store::open(store_root)?;
     let gdir = GroupDir::open(store_root, group)?;
-    let _glock = gdir.lock(wait)?;
-    let mut members = Vec::new();
-    let mut locks: Vec<ChainLock> = Vec::new();
+    let hosts = cmd.hosts.rendezvous()?;
+    // The host that records the group point holds the group's lock.
+    let _glock = match &hosts {
+        Some(r) if !r.hub => None,
+        _ => Some(gdir.lock(wait)?),
+    };
+    let mut doms = Vec::new();
     for d in &domains {
-        let dom = Arc::new(XenDomain::open(d)?);
+        match XenDomain::open(d) {
+            Ok(dom) => doms.push((d.clone(), Arc::new(dom))),
+            // Across hosts, each host takes the group's domains that run on it.
+            Err(HvError::NoSuchDomain(_)) if hosts.is_some() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (id, mut coord): (u64, Box<dyn Coordinator>) = match &hosts {
+        Some(r) => {
+            let here = doms.iter().map(|(d, _)| d.clone()).collect();
+            let c = meet_checkpoint(r, &gdir, &domains, here)?;
+            (c.welcome().id, Box::new(c))
+        }
+        None => (gdir.manifest()?.next_id(), Box::new(LocalCoordinator)),
+    };
+    let mut locks: Vec<ChainLock> = Vec::new();
+    let members = match prepare(cmd, &store, doms, wait, &mut locks) {
+        Ok(m) => m,
+        Err(e) => {
+            // Tell the other hosts: they resume and record nothing.
+            let _ = coord.barrier(Phase::Converged, false);
+            return Err(e);
+        }
+    };
+    let report = checkpoint_group(group, id, &members, &cmd.capture.options(), &mut *coord)?;
+    if let Some(point) = &report.record {
+        gdir.record(point.clone())?;
+    }
+    if cmd.json {
+        print_json(&report)?;
+    } else {
+        print_group(&report, hosts.as_ref());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lock each member's chain and plan its disks (refusing before any pause).
+fn prepare(
+    cmd: &CheckpointCmd,
+    store: &Store,
+    doms: Vec<(String, Arc<XenDomain>)>,
+    wait: Duration,
+    locks: &mut Vec<ChainLock>,
+) -> anyhow::Result<Vec<Member<XenDomain>>> {
+    let mut members = Vec::new();
+    for (_, dom) in doms {
         let name = dom.name();
         let chain = store.chain(&name)?.with_key(cmd.key.key(&name)?);
         locks.push(chain.lock_exclusive(wait)?);
@@ -117,24 +208,10 @@ pub fn checkpoint(cmd: &CheckpointCmd, group: &str) -> anyhow::Result<ExitCode> 
             evict,
         });
     }
-    let id = gdir.manifest()?.next_id();
-    let report = checkpoint_group(
-        group,
-        id,
-        &members,
-        &cmd.capture.options(),
-        &mut LocalCoordinator,
-    )?;
-    gdir.record(report.point())?;
-    if cmd.json {
-        print_json(&report)?;
-    } else {
-        print_group(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(members)
 }
 
-fn print_group(r: &GroupReport) {
+fn print_group(r: &GroupReport, hosts: Option<&Rendezvous>) {
     for m in &r.members {
         super::xenverbs::print_summary(&m.domain, &m.capture);
         for d in &m.capture.disks {
@@ -146,11 +223,25 @@ fn print_group(r: &GroupReport) {
         .iter()
         .map(|m| format!("{}={:.2}", m.domain, m.capture.downtime.as_secs_f64() * 1e3))
         .collect();
+    let members = match (hosts, &r.record) {
+        (None, _) => format!("{} members", r.members.len()),
+        (Some(h), Some(p)) => format!(
+            "{} members on {} hosts (here: {} on {})",
+            p.members.len(),
+            h.size,
+            r.members.len(),
+            h.host
+        ),
+        (Some(h), None) => format!(
+            "{} members on {} (recorded by the hub)",
+            r.members.len(),
+            h.host
+        ),
+    };
     println!(
-        "group {}@{}: {} members at one instant; pause skew {:.2} ms; downtime ms {}",
+        "group {}@{}: {members} at one instant; pause skew {:.2} ms; downtime ms {}",
         r.tag.name,
         r.tag.id,
-        r.members.len(),
         r.skew.as_secs_f64() * 1e3,
         downtimes.join(" ")
     );
@@ -172,9 +263,14 @@ pub fn restore(
     target: &Target,
     xl: &xckpt::restore::Xl,
     key: &super::settings::KeyArg,
+    hosts: &HostsArgs,
 ) -> anyhow::Result<ExitCode> {
     let mut key_of = |chain: &str| key.key(chain).map_err(Into::into);
-    let g = xckpt::restore::restore_group(store_root, &target.name, target.layer, &mut key_of, xl)?;
+    let (name, id) = (&target.name, target.layer);
+    let g = match hosts.rendezvous()? {
+        Some(r) => xckpt::restore::restore_group_across(store_root, name, id, &mut key_of, xl, &r)?,
+        None => xckpt::restore::restore_group(store_root, name, id, &mut key_of, xl)?,
+    };
     for r in &g.members {
         print_disks(r);
     }

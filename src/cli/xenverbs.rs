@@ -43,6 +43,8 @@ pub struct CheckpointCmd {
     #[command(flatten)]
     pub(super) disks: super::group::DiskArgs,
     #[command(flatten)]
+    pub(super) hosts: super::group::HostsArgs,
+    #[command(flatten)]
     pub(super) wait: WaitArg,
     #[command(flatten)]
     pub(super) evict: EvictArgs,
@@ -302,6 +304,8 @@ pub struct RestoreCmd {
     xl: String,
     #[command(flatten)]
     key: KeyArg,
+    #[command(flatten)]
+    hosts: super::group::HostsArgs,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -329,7 +333,7 @@ impl RestoreCmd {
             command: self.xl.clone(),
         };
         if let Some(group) = &self.group {
-            return super::group::restore(&self.store.store, group, &xl, &self.key);
+            return super::group::restore(&self.store.store, group, &xl, &self.key, &self.hosts);
         }
         let target = self
             .target

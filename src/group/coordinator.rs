@@ -14,8 +14,13 @@
 //! host is stopped (barrier `Stopped`), or a message sent after the instant by a resumed
 //! member could reach a member not yet stopped.
 
+use std::time::Duration;
+
+use super::manifest::GroupMember;
+
 /// A phase boundary of the group protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Every member's pre-copy converged: stop them.
     Converged,
@@ -25,6 +30,17 @@ pub enum Phase {
     Copied,
     /// Every member's layer is committed: record the group checkpoint.
     Committed,
+    /// A restore: every member exists, paused; unpause them.
+    Restored,
+}
+
+/// When a host's members were paused: its first and last pause, µs since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PauseWindow {
+    /// The first member paused.
+    pub first_unix_us: u64,
+    /// The last member paused.
+    pub last_unix_us: u64,
 }
 
 /// Why a barrier failed.
@@ -44,6 +60,30 @@ pub trait Coordinator: Send {
     /// `Ok(false)` if one failed (abort). Called with the local members stopped at
     /// [`Phase::Stopped`], so it must not wait long.
     fn barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError>;
+
+    /// This host's pause window, told before [`Phase::Stopped`] (carried with it).
+    fn paused(&mut self, _window: PauseWindow) {}
+
+    /// Once [`Phase::Stopped`] passed across hosts: the group instant (ms since the Unix
+    /// epoch, one clock for every host) and the pause skew over every host. `None`: one
+    /// host, whose own figures stand.
+    fn instant(&self) -> Option<(u64, Duration)> {
+        None
+    }
+
+    /// This host's committed members, told before [`Phase::Committed`] (carried with it).
+    fn share(&mut self, _local: &[GroupMember]) {}
+
+    /// After [`Phase::Committed`] passed: every host's members, on the one host that records
+    /// the group point (`None` on the others).
+    fn gather(&mut self, local: Vec<GroupMember>) -> Option<Vec<GroupMember>> {
+        Some(local)
+    }
+
+    /// Why the group failed, if another host said so.
+    fn why_failed(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One host: every member is in this process, so each barrier is passed when it is called.

@@ -30,6 +30,10 @@ pub struct GroupMember {
     pub downtime_us: u64,
     /// Disk snapshots in the layer.
     pub disks: usize,
+    /// The slot (Slurm task rank) of the host that ran it, in a group across hosts; a restore
+    /// across hosts places it on the host of the same slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 /// One group checkpoint.
@@ -192,6 +196,7 @@ mod tests {
                 layer: id,
                 downtime_us: 10,
                 disks: 0,
+                slot: None,
             }],
         };
         g.record(point(1)).unwrap();

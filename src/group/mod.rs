@@ -18,16 +18,19 @@
 //! RAM, every member is resumed and no member commits. The pause skew is the time between the
 //! first and the last member's pause.
 
+pub mod across;
 mod barrier;
 pub mod coordinator;
 pub mod manifest;
+pub mod rendezvous;
+pub mod slurm;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use barrier::{MemberStop, Shared, Stage};
-pub use coordinator::{BarrierError, Coordinator, LocalCoordinator, Phase};
+pub use coordinator::{BarrierError, Coordinator, LocalCoordinator, PauseWindow, Phase};
 pub use manifest::{GroupDir, GroupManifest, GroupMember, GroupPoint};
 
 use crate::capture::{checkpoint_with, CaptureError, CaptureOptions, CaptureReport};
@@ -65,10 +68,14 @@ pub struct MemberReport {
 pub struct GroupReport {
     /// The group's tag, as every member's layer records it.
     pub tag: GroupTag,
-    /// First to last member paused.
+    /// First to last member paused (across every host of a group that spans hosts).
     pub skew: Duration,
-    /// Per member, in the order given.
+    /// Per member of this host, in the order given.
     pub members: Vec<MemberReport>,
+    /// The group point this host records: every host's members (`None` on a host whose
+    /// group point another host records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<GroupPoint>,
 }
 
 /// Errors of a group checkpoint. None leaves a member paused.
@@ -194,13 +201,14 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
         let _ = coord.barrier(Phase::Committed, false);
         return Err(failed(reason));
     }
-    match coord.barrier(Phase::Committed, true) {
-        Ok(true) => {}
-        Ok(false) => return Err(failed("another host's member failed to commit".into())),
-        Err(e) => return Err(failed(e.to_string())),
-    }
-    let members = names
-        .into_iter()
+    let layers_kept = |reason: String| GroupError::Failed {
+        group: group.to_string(),
+        reason,
+        committed: names.clone(),
+    };
+    let members: Vec<MemberReport> = names
+        .iter()
+        .cloned()
         .zip(results)
         .zip(members)
         .map(|((domain, r), m)| MemberReport {
@@ -209,7 +217,28 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
             capture: r.expect("all members committed"),
         })
         .collect();
-    Ok(GroupReport { tag, skew, members })
+    let mut report = GroupReport {
+        tag,
+        skew,
+        members,
+        record: None,
+    };
+    let local = report.point().members;
+    coord.share(&local);
+    match coord.barrier(Phase::Committed, true) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(layers_kept(coord.why_failed().unwrap_or_else(|| {
+                "another host's member failed to commit".into()
+            })))
+        }
+        Err(e) => return Err(layers_kept(e.to_string())),
+    }
+    report.record = coord.gather(local).map(|members| GroupPoint {
+        members,
+        ..report.point()
+    });
+    Ok(report)
 }
 
 fn first_failure(shared: &Shared, fallback: String) -> String {
@@ -254,6 +283,7 @@ impl GroupReport {
                     layer: m.capture.layer.id,
                     downtime_us: m.capture.downtime.as_micros() as u64,
                     disks: m.capture.disks.len(),
+                    slot: None,
                 })
                 .collect(),
         }
@@ -276,17 +306,21 @@ fn drive<D: Checkpointable + 'static>(
     drop(s);
     pass(coord, Phase::Converged, local_ok)?;
     let guards = pause_all(members)?;
-    let skew = skew(&guards);
+    let (skew, window) = skew(&guards);
     let disks = snapshot_all(members, &stops)?;
-    let tag = GroupTag {
-        name: group.to_string(),
-        id,
-        instant_unix_ms: crate::store::unix_ms(),
-    };
+    let local_instant = crate::store::unix_ms();
+    coord.paused(window);
     if let Err(e) = pass(coord, Phase::Stopped, true) {
         crate::disk::discard_all(disks.into_iter().flatten().collect());
         return Err(e);
     }
+    // Across hosts, the hub's clock fixes the instant and the skew covers every host.
+    let (instant_unix_ms, skew) = coord.instant().unwrap_or((local_instant, skew));
+    let tag = GroupTag {
+        name: group.to_string(),
+        id,
+        instant_unix_ms,
+    };
     shared.update(|s| s.stage = Stage::Stopped);
     let s = shared.wait(|s| s.failure.is_some() || s.copied.iter().all(Option::is_some));
     let copied = s.failure.is_none() && s.copied.iter().all(|c| *c == Some(true));
@@ -324,7 +358,9 @@ fn drive<D: Checkpointable + 'static>(
 fn pass(coord: &mut dyn Coordinator, phase: Phase, ok: bool) -> Result<(), String> {
     match coord.barrier(phase, ok) {
         Ok(true) => Ok(()),
-        Ok(false) if ok => Err(format!("a member on another host failed before {phase:?}")),
+        Ok(false) if ok => Err(coord
+            .why_failed()
+            .unwrap_or_else(|| format!("a member on another host failed before {phase:?}"))),
         Ok(false) => Err(format!("a member failed before {phase:?}")),
         Err(e) => Err(e.to_string()),
     }
@@ -355,12 +391,28 @@ fn pause_all<D: Checkpointable + 'static>(
     }
 }
 
-/// First to last pause.
-fn skew(guards: &[PauseGuard]) -> Duration {
+/// First to last pause, and the same window in µs since the Unix epoch.
+fn skew(guards: &[PauseGuard]) -> (Duration, PauseWindow) {
     let at = guards.iter().map(PauseGuard::paused_at);
+    let now = std::time::Instant::now();
+    let now_us = crate::store::unix_us();
+    let unix_us =
+        |t: std::time::Instant| now_us.saturating_sub(now.duration_since(t).as_micros() as u64);
     match (at.clone().min(), at.max()) {
-        (Some(a), Some(b)) => b.duration_since(a),
-        _ => Duration::ZERO,
+        (Some(a), Some(b)) => (
+            b.duration_since(a),
+            PauseWindow {
+                first_unix_us: unix_us(a),
+                last_unix_us: unix_us(b),
+            },
+        ),
+        _ => (
+            Duration::ZERO,
+            PauseWindow {
+                first_unix_us: now_us,
+                last_unix_us: now_us,
+            },
+        ),
     }
 }
 

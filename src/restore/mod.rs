@@ -25,7 +25,7 @@ use crate::layer::LayerKey;
 use crate::store::{ChainVerifyError, Store, StoreError};
 use crate::stream::{write_save_file, StreamOptions, StreamStats, StreamWriteError};
 
-pub use group::{restore_group, GroupRestored};
+pub use group::{restore_group, restore_group_across, GroupRestored};
 pub use xl::{size_pipe, Xl, XlTool};
 
 /// Errors of a restore, each naming the chain or group and what to do.
@@ -184,6 +184,20 @@ pub enum RestoreError {
         #[source]
         source: Box<RestoreError>,
     },
+    /// Another host of a group restore failed (or could not be reached); this host's
+    /// members were destroyed.
+    #[error("group {group}@{id}: {reason}; this host's members were destroyed, none runs")]
+    GroupAborted {
+        /// The group.
+        group: String,
+        /// The group checkpoint.
+        id: u64,
+        /// What happened, naming the host.
+        reason: String,
+    },
+    /// The hosts of a group restore could not meet.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::group::rendezvous::RendezvousError),
     /// Every member exists but unpausing them failed.
     #[error("group {group}@{id}: the members were restored but not all run")]
     GroupUnpause {

@@ -243,11 +243,16 @@ impl Manifest {
     }
 }
 
-/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_ms() -> u64 {
+/// Now, in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    unix_us() / 1000
 }
 
 /// The file name of layer `id`.

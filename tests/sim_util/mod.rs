@@ -74,3 +74,30 @@ pub fn small_capture_options() -> xckpt::capture::CaptureOptions {
         ..Default::default()
     }
 }
+
+/// A port free on the loopback now (for a hub that must bind a known port).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Host `slot` of a group of `size` hosts meeting on the loopback at `port`.
+pub fn rendezvous(
+    port: u16,
+    slot: u32,
+    size: u32,
+    hub: bool,
+    stop_timeout: Duration,
+) -> xckpt::group::rendezvous::Rendezvous {
+    xckpt::group::rendezvous::Rendezvous {
+        job: "7.0".into(),
+        slot,
+        size,
+        hub,
+        hub_addr: format!("127.0.0.1:{port}"),
+        listen_addr: format!("127.0.0.1:{port}"),
+        host: format!("h{slot}"),
+        timeout: Duration::from_secs(30),
+        stop_timeout,
+    }
+}
