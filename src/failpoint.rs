@@ -27,6 +27,7 @@
 //! | `manifest.rename.before`  | manifest temp file synced, before rename                |
 //! | `manifest.rename.after`   | manifest renamed, before the directory sync             |
 //! | `capture.paused`          | a capture just paused the domain (the watchdog must act)  |
+//! | `group.paused`            | a group's host paused its members, before the `Stopped` barrier (the other hosts must resume theirs) |
 //! | `fold.written`            | merge/prune: a rewritten layer is in place, not yet listed |
 //! | `rewrite.remove`          | merge/prune: manifest swapped, before removing each old file |
 

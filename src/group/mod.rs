@@ -308,6 +308,7 @@ fn drive<D: Checkpointable + 'static>(
     let guards = pause_all(members)?;
     let (skew, window) = skew(&guards);
     let disks = snapshot_all(members, &stops)?;
+    crate::failpoint::failpoint("group.paused");
     let local_instant = crate::store::unix_ms();
     coord.paused(window);
     if let Err(e) = pass(coord, Phase::Stopped, true) {

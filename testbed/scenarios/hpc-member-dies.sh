@@ -1,0 +1,54 @@
+# about: two hosts (testbed/run pair): host 2's xckpt is killed in the middle of a group checkpoint through Slurm (failpoint group.paused: its member paused, before the Stopped barrier): both guests run again within a second as they see it, neither is left paused (xl list on each host), no chain or group manifest changed (file listing and checksum), and the next group checkpoint succeeds
+. /testbed/xckpt.sh
+. /testbed/group.sh
+. /testbed/hpc.sh
+hpc_start_pair
+
+# A first group checkpoint, so that there is a chain to keep unchanged.
+hpc_ckpt G1_S || fail "group checkpoint 1 failed: $OUT_LAST"
+# What the store holds: each layer file's checksum, each chain's list of layers, the group
+# manifest's checksum (read with md5sum and jq, not with xckpt).
+store_state() {
+  (cd "$HPC_STORE" && find . -type f -name 'layer-*.xcl' | sort | xargs md5sum &&
+    for c in hping hpong; do echo "$c $(jq -c .layers "$c/manifest.json")"; done &&
+    md5sum .groups/hjob/manifest.json)
+}
+BEFORE=$(store_state)
+m1=$(mark hping)
+set -- $(on2lib 'echo "H2 $(mark hpong)"' | grep '^H2 ')
+m2=${2:-}
+nums m1 m2
+
+# Host 2's xckpt aborts (as kill -9) right after pausing hpong.
+hpc_ckpt KILL_S XCKPT_FAILPOINT=group.paused && fail "the group checkpoint with a killed member succeeded: $OUT_LAST"
+grep -a 'slot 1) is gone' "$TBW/.out" > "$TBW/.why" ||
+  fail "the hub did not say host 2's member is gone: $OUT_LAST"
+note "hub: $(head -n 1 "$TBW/.why")"
+# Both guests run again: each prints TICKs, and xl on each host shows it running.
+wait_ticks hping 2 60 "$m1" || fail "hping did not run again after host 2's xckpt died"
+check_running hping || fail_verdict "hping is left $(guest_state hping) after host 2's xckpt died"
+R2=$(on2lib "wait_ticks hpong 2 60 $m2 && check_running hpong && echo RUNNING")
+echo "$R2" | grep -q '^RUNNING' || {
+  set_cause verdict
+  fail "hpong on host 2 is not running after its xckpt died: $(on2 'xl list hpong' | tail -n 1)"
+}
+# The guests' own view of the stop (longest gap after the mark, ms).
+GAP1=$(guest_gap hping "$m1"); GAP2=$(on2lib "guest_gap hpong $m2" | tail -n 1)
+nums KILL_S GAP1 GAP2
+[ "$GAP1" -le 1000 ] && [ "$GAP2" -le 1000 ] ||
+  fail_verdict "a guest was stopped longer than a second: hping ${GAP1} ms, hpong ${GAP2} ms"
+check_bad hping "$m1" || fail_verdict "bad pages in hping after the aborted group checkpoint"
+AFTER=$(store_state)
+[ "$BEFORE" = "$AFTER" ] ||
+  fail "the store changed in the aborted group checkpoint: $(echo "$BEFORE" > "$TBW/b"; echo "$AFTER" | diff "$TBW/b" - | grep '^[-+][^-+]' | head -n 3 | tr '\n' ' ')"
+FILES=$(echo "$AFTER" | grep -c .)
+hpc_no_trouble "after the aborted group checkpoint"
+
+# The next group checkpoint succeeds.
+hpc_ckpt G2_S || fail "the group checkpoint after the aborted one failed: $OUT_LAST"
+GLINE=$(grep -a '^group hjob@2: 2 members on 2 hosts' "$TBW/.out")
+[ -n "$GLINE" ] || fail "no summary line of the hub for group hjob@2: $OUT_LAST"
+SKEW=$(echo "$GLINE" | sed -n 's/.*pause skew \([0-9.]*\) ms.*/\1/p')
+nums SKEW G1_S G2_S
+destroy_guest hping; on2 "xl destroy hpong" || true
+pass "gap_ms_hping=$GAP1 gap_ms_hpong=$GAP2 killed_ckpt_s=$KILL_S store_entries_unchanged=$FILES next_ckpt_s=$G2_S next_skew_ms=$SKEW paused=0 bad=0"
