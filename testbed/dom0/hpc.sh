@@ -17,31 +17,57 @@ on2lib() {
 step() { note "step: $*"; echo "TB-STEP $SCN $* uptime=$(now)" > /dev/console; }
 
 # hpc_start_pair: the job: guest hpong on host 2, hping on host 1, bridged to the link,
-# playing ping-pong across the hosts; an empty store on /shared.
+# playing ping-pong across the hosts (their boot times in PONG_BOOT, PING_BOOT); an empty
+# store on /shared.
 hpc_start_pair() {
+  # A retried scenario starts clean on both hosts.
+  destroy_guest hping > /dev/null; destroy_guest hpong > /dev/null
+  on2 "xl destroy hpong; xl destroy hping" > /dev/null 2>&1 || true
   rm -rf "$HPC_STORE" /shared/hostfile /shared/*-before.log
   step "guest hpong on host 2"
   setup_bridge
   out PONG_S on2 "sh /testbed/pair.sh guest hpong 00:16:3e:77:00:02 10.9.0.2 pong" ||
     fail "guest hpong on host 2 did not start: $OUT_LAST"
+  PONG_BOOT=$(sed -n 's/^guest hpong up boot_s=//p' "$TBW/.out")
   step "guest hping on host 1"
   CFG_EXTRA="vif=['mac=00:16:3e:77:00:03,bridge=xenbr0,script=$VIF_SCRIPT']"
   start_guest pvh hping "$DOMU_MEM" WL_MODS=xen-netfront WL_IP=10.9.0.3 WL_PP_ROLE=ping WL_PP_PEER=10.9.0.2 ||
     fail "guest hping did not start"
   CFG_EXTRA=""
+  PING_BOOT=$BOOT_S
   wait_pp hping 3 180 0 ||
     fail "ping-pong across the hosts did not start (hping: $(after hping 0 | grep -a '^PP' | tail -n 2 | tr '\n' ' '))"
 }
 
 # hpc_ckpt VAR [ENV=VALUE on host 2...]: a group checkpoint of hping and hpong through Slurm,
-# one xckpt per host; its time in VAR. Host 2's task gets the extra environment.
+# one xckpt per host (testbed/dom0/hpc-task.sh, which also has xl watch the guests' pause);
+# its time in VAR. Host 2's task gets the extra environment.
 hpc_ckpt() {
   local var=$1; shift
   step "group checkpoint through srun"
   # --kill-on-bad-exit=0: a task that dies must not make Slurm kill the others; xckpt's own
   # protocol handles it.
-  out "$var" sr -N2 --ntasks-per-node=1 --kill-on-bad-exit=0 sh -c \
-    "[ \"\$SLURM_NODEID\" = 1 ] && export $* XCKPT_ON2=1; exec xckpt checkpoint --store $HPC_STORE --group hjob --slurm --no-disk -q hping hpong"
+  out "$var" sr -N2 --ntasks-per-node=1 --kill-on-bad-exit=0 sh /testbed/hpc-task.sh "$@" -- \
+    xckpt checkpoint --store "$HPC_STORE" --group hjob --slurm --no-disk -q hping hpong
+}
+
+# paused_ms NAME: the longest time NAME stayed paused during the last hpc_ckpt, as xentop
+# on its host saw it: from the last sample that showed it running before the pause to the
+# first one after (an upper bound: up to two sample intervals more than the pause). 0 if no
+# sample showed it paused; "still-paused" if the last one did.
+paused_ms() {
+  cat /shared/pw-xhost1.txt /shared/pw-xhost2.txt 2>/dev/null | awk -v d="$1" '
+    $2 != d {next}
+    !seen {seen = 1; run = $1}
+    $3 ~ /p/ {if (!inp) {inp = 1; start = run}; next}
+    {if (inp && $1 - start > max) max = $1 - start; inp = 0; run = $1}
+    END {if (inp) print "still-paused"; else printf "%d\n", max * 1000 + 0.5}'
+}
+# sample_ms: the median interval between two of xentop's samples of hping (the
+# resolution of paused_ms).
+sample_ms() {
+  awk '$2 == "hping" {if (p) print ($1 - p) * 1000; p = $1}' /shared/pw-xhost1.txt 2>/dev/null |
+    sort -n | awk '{a[NR] = $1} END {printf "%d\n", (NR ? a[int((NR + 1) / 2)] : -1) + 0.5}'
 }
 
 # hpc_no_trouble WHEN: no reconnect, error or bad message on either side after the first

@@ -176,6 +176,8 @@ build_dom0_run() {
              DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS GUEST_EXTRA TB_BOOT; do
       echo "$k=\"${!k}\""
     done
+    # Extra settings of one boot (testbed/run pair: TB_PAIR_HOST=1 or 2).
+    [ -z "${TB_ENV_EXTRA:-}" ] || printf '%s\n' "$TB_ENV_EXTRA"
   } > "$d/etc/testbed.env"
   pack "$d" "$WORK/dom0-run.cpio.gz"
   cat "$WORK/dom0-base.cpio.gz" "$WORK/dom0-run.cpio.gz" > "$WORK/dom0.cpio.gz"
@@ -190,5 +192,7 @@ build_images() {
   build_xckpt
   build_domu
   build_dom0_base
-  log "images: $(cd "$WORK" && du -h domu.cpio.gz dom0-base.cpio.gz | awk '{print $2"="$1}' | tr '\n' ' ')"
+  # Bookworm: the HPC part (munge, Slurm, NFS) that two-host runs append (host/pair.sh).
+  if [ "$SUITE" = bookworm ]; then build_dom0_hpc; fi
+  log "images: $(cd "$WORK" && du -h domu.cpio.gz dom0-base.cpio.gz $([ "$SUITE" = bookworm ] && echo dom0-hpc.cpio.gz) | awk '{print $2"="$1}' | tr '\n' ' ')"
 }

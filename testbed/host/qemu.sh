@@ -15,7 +15,7 @@ qemu_cmd() {
   QEMU=(qemu-system-x86_64 -accel tcg,thread=multi -cpu "$CPU" -smp "$SMP" -m "$MEM"
         -nographic -no-reboot -nodefaults -vga none "$@"
         -kernel "$xen" -append "$(xen_cmdline)"
-        -initrd "$STAGE/boot/vmlinuz-$KVER console=hvc0 earlyprintk=xen loglevel=4 $DOM0_EXTRA,$WORK/dom0.cpio.gz")
+        -initrd "$STAGE/boot/vmlinuz-$KVER console=hvc0 earlyprintk=xen loglevel=4 $DOM0_EXTRA,${DOM0_IMG:-$WORK/dom0.cpio.gz}")
 }
 
 # Runs scenarios "$@" on variant $1 in one QEMU boot; results go to $2/results.txt.

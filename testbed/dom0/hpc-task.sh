@@ -1,0 +1,26 @@
+#!/bin/sh
+# One Slurm task of a two-host group checkpoint (hpc.sh, hpc_ckpt), on each host:
+#   hpc-task.sh [VAR=VALUE...] -- xckpt ARGS...
+# Runs xckpt (with the VAR=VALUE environment on host 2 only) while xentop watches whether
+# this host's test guests are paused: lines "UPTIME NAME STATE" into /shared/pw-HOST.txt, one
+# per xentop sample (batch mode, no delay between samples: `xl list` takes ~2 s per call
+# under TCG, too coarse), until 2 s after xckpt ended. Stock xentop, not xckpt, is the
+# observer of how long a guest stayed paused (hpc.sh, paused_ms).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:$(echo /usr/lib/xen-4.*/bin)
+W=/shared/pw-$(hostname).txt
+: > "$W"
+nice -n 5 xentop -b -d 0 2>/dev/null | awk '$1 == "hping" || $1 == "hpong" {
+    getline u < "/proc/uptime"; close("/proc/uptime"); split(u, a, " ")
+    print a[1], $1, $2; fflush() }' >> "$W" &
+watch=$!   # awk: once it is gone, xentop dies of SIGPIPE at its next sample
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+  [ "$SLURM_NODEID" = 1 ] && export "$1"
+  shift
+done
+shift
+"$@"
+rc=$?
+sleep 2
+kill "$watch" 2>/dev/null
+wait 2>/dev/null
+exit "$rc"
