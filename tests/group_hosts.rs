@@ -15,7 +15,7 @@ use xckpt::group::across::meet_checkpoint;
 use xckpt::group::rendezvous::{Rendezvous, TcpCoordinator};
 use xckpt::group::{
     checkpoint_group, BarrierError, Coordinator, GroupDir, GroupError, GroupMember, GroupReport,
-    Member, PauseWindow, Phase,
+    PauseWindow, Phase,
 };
 use xckpt::hv::Domain;
 use xckpt::store::Store;
@@ -124,16 +124,10 @@ fn host(
     let id = coord.welcome().id;
     let mut watch = Watch::new(coord, all);
     set(&mut watch);
-    let members: Vec<Member<SimDomain>> = all
-        .iter()
-        .filter(|d| mine.contains(&d.name().as_str()))
-        .map(|d| Member {
-            dom: d.clone(),
-            chain: store.chain(&d.name()).unwrap(),
-            disks: Default::default(),
-            evict: Default::default(),
-        })
-        .collect();
+    let members = sim_util::group_members(
+        &store,
+        all.iter().filter(|d| mine.contains(&d.name().as_str())),
+    );
     let report = checkpoint_group(
         "job",
         id,

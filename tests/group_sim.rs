@@ -49,14 +49,7 @@ impl Coordinator for Recorder {
 }
 
 fn members(store: &Store, doms: &[Arc<SimDomain>]) -> Vec<Member<SimDomain>> {
-    doms.iter()
-        .map(|d| Member {
-            dom: d.clone(),
-            chain: store.chain(&d.name()).unwrap(),
-            disks: DiskPlan::default(),
-            evict: Default::default(),
-        })
-        .collect()
+    sim_util::group_members(store, doms)
 }
 
 #[test]

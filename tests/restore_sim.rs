@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use xckpt::backend::sim::{page_digest, SimDomain, Truth, TruthMode, UNPOPULATED_DIGEST};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{FeedOptions, Image, PageSource, PageState};
-use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator, Member};
-use xckpt::hv::{Domain, PageType, Pfn, StateBlob, PAGE_SIZE};
+use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator};
+use xckpt::hv::{PageType, Pfn, StateBlob, PAGE_SIZE};
 use xckpt::layer::LayerReadError;
 use xckpt::restore::{
     restore_group, restore_group_across, restore_point, RestoreError, RestoreOptions, WriteStream,
@@ -288,15 +288,7 @@ fn a_damaged_frame_stops_the_stream_and_leaves_no_domain() {
 
 fn group_of_two(store: &Store, root: &std::path::Path) -> (Vec<Arc<SimDomain>>, Vec<Truth>) {
     let doms = vec![sim("ga", 11, 30.0), sim("gb", 12, 30.0)];
-    let members: Vec<Member<SimDomain>> = doms
-        .iter()
-        .map(|d| Member {
-            dom: d.clone(),
-            chain: store.chain(&d.name()).unwrap(),
-            disks: Default::default(),
-            evict: Default::default(),
-        })
-        .collect();
+    let members = sim_util::group_members(store, &doms);
     let report = checkpoint_group("job", 1, &members, &opts(), &mut LocalCoordinator).unwrap();
     GroupDir::open(root, "job")
         .unwrap()

@@ -101,3 +101,19 @@ pub fn rendezvous(
         stop_timeout,
     }
 }
+
+/// Group members of `doms`, memory only, each with its chain in `store` (created on first use).
+pub fn group_members<'a>(
+    store: &xckpt::store::Store,
+    doms: impl IntoIterator<Item = &'a std::sync::Arc<xckpt::backend::sim::SimDomain>>,
+) -> Vec<xckpt::group::Member<xckpt::backend::sim::SimDomain>> {
+    use xckpt::hv::Domain;
+    doms.into_iter()
+        .map(|d| xckpt::group::Member {
+            dom: d.clone(),
+            chain: store.chain(&d.name()).unwrap(),
+            disks: Default::default(),
+            evict: Default::default(),
+        })
+        .collect()
+}
