@@ -3,7 +3,7 @@
 //! ```text
 //! the hub (one host's xckpt)                   every other host's xckpt
 //!   listen HOST:PORT                             connect (retried until the deadline)
-//!                                   <- hello     {job, group, slot, host, domains, clock}
+//!                                   <- hello     {job, group, slot, host, domains}
 //!   check: one per slot, same job and group,
 //!   every domain found once; fix the id
 //!                                   -> welcome   {id, clock, assign}   (or refuse {why})
@@ -78,8 +78,6 @@ pub struct Hello {
     pub host: String,
     /// The group's domains found on this host (a checkpoint; empty for a restore).
     pub domains: Vec<String>,
-    /// Its clock, µs since the Unix epoch, when it sent this.
-    clock_us: u64,
 }
 
 /// The hub's answer to a hello, the same for every host except `assign`.
@@ -245,7 +243,6 @@ impl Listening {
             slot: r.slot,
             host: r.host.clone(),
             domains,
-            clock_us: crate::store::unix_us(),
         };
         let mut peers = accept_hellos(&listener, &r, &own).map_err(meeting)?;
         let mut hellos: Vec<Hello> = peers.iter().map(|p| p.hello.clone()).collect();
@@ -403,7 +400,6 @@ impl TcpCoordinator {
             slot: r.slot,
             host: r.host.clone(),
             domains,
-            clock_us: t0,
         };
         send(&mut stream, &Msg::Hello(hello)).map_err(|e| net("cannot talk to the hub", e))?;
         let clone = stream
@@ -542,7 +538,11 @@ impl TcpCoordinator {
                     ));
                     break;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    g.ok = false;
+                    g.why = Some("every other host's connection is gone".into());
+                    break;
+                }
             };
             let who = format!("{} (slot {})", peers[i].hello.host, peers[i].hello.slot);
             match m {
