@@ -39,7 +39,7 @@ P1=$(paused_ms hping); P2=$(paused_ms hpong); SAMPLE_MS=$(sample_ms)
 GAP1=$(guest_gap hping "$m1"); GAP2=$(on2lib "guest_gap hpong $m2" | tail -n 1)
 [ "$P1" != still-paused ] && [ "$P2" != still-paused ] || fail_verdict "xentop still saw a guest paused 2 s after xckpt ended: hping $P1, hpong $P2"
 nums KILL_S P1 P2 SAMPLE_MS GAP1 GAP2
-[ "$P1" -gt 0 ] && [ "$P2" -gt 0 ] || fail "xentop never saw a guest paused (hping $P1 ms, hpong $P2 ms; a sample every $SAMPLE_MS ms): the kill came before the pause?"
+[ "$P1" -gt 0 ] && [ "$P2" -gt 0 ] || fail "xentop never saw a guest paused (its samples: $(head -c 300 /shared/pw-xhost1.txt | tr '\n' ' '); its errors: $(head -c 300 /shared/pw-xhost1.err | tr '\n' ' ')) (hping $P1 ms, hpong $P2 ms; a sample every $SAMPLE_MS ms): the kill came before the pause?"
 [ "$P1" -le 1000 ] && [ "$P2" -le 1000 ] ||
   fail_verdict "a guest stayed paused longer than a second after host 2's xckpt died: hping $P1 ms, hpong $P2 ms (xentop, a sample every $SAMPLE_MS ms)"
 check_bad hping "$m1" || fail_verdict "bad pages in hping after the aborted group checkpoint"

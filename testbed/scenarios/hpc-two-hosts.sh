@@ -16,7 +16,6 @@ m2=${2:-}; LO2=${3:-}
 N_LO=$(pp_ns hping 0 | tail -n 1)
 hpc_ckpt G2_S || fail "group checkpoint 2 failed: $OUT_LAST"
 a1=$(mark hping)
-P1=$(paused_ms hping); P2=$(paused_ms hpong); SAMPLE_MS=$(sample_ms)
 GLINE=$(grep -a '^group hjob@2: 2 members on 2 hosts' "$TBW/.out")
 [ -n "$GLINE" ] || fail "no summary line of the hub for group hjob@2: $OUT_LAST"
 note "$GLINE"
@@ -27,7 +26,7 @@ N_HI=$(pp_ns hping "$a1" | head -n 1)
 # The guests' own view of the stop (longest gap after the mark, ms).
 nums m2
 GAP1=$(guest_gap hping "$m1"); GAP2=$(on2lib "guest_gap hpong $m2" | tail -n 1)
-nums SKEW LO1 LO2 HI1 HI2 N_LO N_HI GAP1 GAP2 P1 P2 SAMPLE_MS
+nums SKEW LO1 LO2 HI1 HI2 N_LO N_HI GAP1 GAP2
 check_bad hping "$m1" || fail_verdict "bad pages in hping after the group checkpoints"
 hpc_no_trouble "before the restore"
 
@@ -63,4 +62,4 @@ nums R1 R2 FIRST
 T=$(on2lib "after hping 0 | grep -aE '^(PPUP|PPERR|PPBAD)|bad=[1-9]'"; after hpong 0 | grep -aE '^(PPUP|PPERR|PPBAD)|bad=[1-9]')
 [ -z "$T" ] || fail "ping-pong reconnected or failed after the restore: $(echo "$T" | head -n 2 | tr '\n' ' ')"
 destroy_guest hpong; on2 "xl destroy hping" || true
-pass "skew_ms=$SKEW paused_ms_hping=$P1 paused_ms_hpong=$P2 sample_ms=$SAMPLE_MS gap_ms_hping=$GAP1 gap_ms_hpong=$GAP2 group_ckpt_s=$G2_S restore_s=$RS_S pp_before=$N_LO pp_first_after_restore=$FIRST pp_after_ckpt=$N_HI gen_hping=$R1 gen_hpong=$R2 hosts_swapped=1 reconnects=0 pp_bad=0 bad=0"
+pass "skew_ms=$SKEW gap_ms_hping=$GAP1 gap_ms_hpong=$GAP2 group_ckpt_s=$G2_S restore_s=$RS_S pp_before=$N_LO pp_first_after_restore=$FIRST pp_after_ckpt=$N_HI gen_hping=$R1 gen_hpong=$R2 hosts_swapped=1 reconnects=0 pp_bad=0 bad=0"
