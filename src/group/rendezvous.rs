@@ -226,7 +226,7 @@ impl Listening {
     }
 
     /// Wait for every other host's hello (until `timeout`), decide with `welcome` (given
-    /// every hello, the hub's own first, in slot order), and answer each host.
+    /// every hello, the hub's own too, in slot order), and answer each host.
     pub fn meet(
         self,
         domains: Vec<String>,
