@@ -24,6 +24,7 @@ pub mod coordinator;
 pub mod manifest;
 pub mod rendezvous;
 pub mod slurm;
+mod wire;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -223,8 +224,8 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
         members,
         record: None,
     };
-    let local = report.point().members;
-    coord.share(&local);
+    let local = report.point();
+    coord.share(&local.members);
     match coord.barrier(Phase::Committed, true) {
         Ok(true) => {}
         Ok(false) => {
@@ -234,10 +235,9 @@ pub fn checkpoint_group<D: Checkpointable + 'static>(
         }
         Err(e) => return Err(layers_kept(e.to_string())),
     }
-    report.record = coord.gather(local).map(|members| GroupPoint {
-        members,
-        ..report.point()
-    });
+    report.record = coord
+        .gather(local.members.clone())
+        .map(|members| GroupPoint { members, ..local });
     Ok(report)
 }
 

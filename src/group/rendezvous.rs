@@ -26,18 +26,18 @@
 //! The network is trusted as a batch system's is (PMI's rendezvous is plain TCP too): a
 //! hello must name the job, the group and an unused slot, and lines are bounded in size.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use super::coordinator::{BarrierError, Coordinator, PauseWindow, Phase};
+use super::coordinator::{BarrierError, PauseWindow, Phase};
 use super::manifest::GroupMember;
+mod barriers;
 
-/// The longest protocol line accepted.
-const MAX_LINE: usize = 1 << 20;
+pub use super::wire::Hello;
+use super::wire::{recv, send, Msg};
+
 /// How much longer a host waits for the hub's answer than the hub waits for the hosts.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -65,21 +65,6 @@ pub struct Rendezvous {
     pub stop_timeout: Duration,
 }
 
-/// What a host says when it joins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The job.
-    pub job: String,
-    /// The group.
-    pub group: String,
-    /// The host's slot.
-    pub slot: u32,
-    /// The host's name.
-    pub host: String,
-    /// The group's domains found on this host (a checkpoint; empty for a restore).
-    pub domains: Vec<String>,
-}
-
 /// The hub's answer to a hello, the same for every host except `assign`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Welcome {
@@ -87,34 +72,6 @@ pub struct Welcome {
     pub id: u64,
     /// Per slot: what that host works on (a restore's members; empty for a checkpoint).
     pub assign: Vec<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "msg", rename_all = "snake_case")]
-enum Msg {
-    Hello(Hello),
-    Welcome {
-        id: u64,
-        clock_us: u64,
-        assign: Vec<String>,
-    },
-    Refuse {
-        why: String,
-    },
-    Arrive {
-        phase: Phase,
-        ok: bool,
-        why: Option<String>,
-        pause: Option<PauseWindow>,
-        members: Vec<GroupMember>,
-    },
-    Pass {
-        phase: Phase,
-        ok: bool,
-        why: Option<String>,
-        instant_unix_ms: Option<u64>,
-        skew_us: Option<u64>,
-    },
 }
 
 /// Why meeting the other hosts failed.
@@ -140,37 +97,6 @@ pub enum RendezvousError {
         /// What went wrong, naming the host.
         why: String,
     },
-}
-
-fn send(stream: &mut TcpStream, msg: &Msg) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line)
-}
-
-/// Read one message, waiting until `deadline` (None: as long as it takes).
-fn recv(reader: &mut BufReader<TcpStream>, deadline: Option<Instant>) -> Result<Msg, String> {
-    let mut buf = Vec::new();
-    loop {
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("no answer before the deadline".into());
-            }
-            let _ = reader.get_ref().set_read_timeout(Some(left));
-        }
-        let limit = (MAX_LINE - buf.len()) as u64;
-        match std::io::Read::take(&mut *reader, limit).read_until(b'\n', &mut buf) {
-            Ok(0) if buf.len() >= MAX_LINE => return Err("a line over 1 MiB".into()),
-            Ok(0) => return Err("the connection closed".into()),
-            Ok(_) if buf.ends_with(b"\n") => break,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    serde_json::from_slice(&buf).map_err(|e| format!("a malformed message: {e}"))
 }
 
 /// A connected host, as the hub sees it.
@@ -487,252 +413,4 @@ fn connect_once(addr: &str) -> std::io::Result<TcpStream> {
         }
     }
     Err(last)
-}
-
-/// What the hub gathered at one barrier.
-#[derive(Default)]
-struct Gathered {
-    ok: bool,
-    why: Option<String>,
-    windows: Vec<PauseWindow>,
-    members: Vec<(u32, Vec<GroupMember>)>,
-}
-
-impl TcpCoordinator {
-    fn hub_barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
-        let limit = self.deadline(phase);
-        let Role::Hub {
-            peers,
-            events,
-            pause,
-            members,
-            ..
-        } = &mut self.role
-        else {
-            unreachable!("hub_barrier on a host");
-        };
-        let mut g = Gathered {
-            ok,
-            why: (!ok).then(|| "a member on the hub's host failed".to_string()),
-            windows: pause.iter().copied().collect(),
-            members: Vec::new(),
-        };
-        let deadline = Instant::now() + limit;
-        let mut arrived = vec![false; peers.len()];
-        while g.ok && arrived.iter().any(|a| !a) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (i, m) = match events.recv_timeout(left) {
-                Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) => {
-                    let late: Vec<String> = peers
-                        .iter()
-                        .zip(&arrived)
-                        .filter(|(_, a)| !**a)
-                        .map(|(p, _)| format!("{} (slot {})", p.hello.host, p.hello.slot))
-                        .collect();
-                    g.ok = false;
-                    g.why = Some(format!(
-                        "{} did not reach {phase:?} within {} s",
-                        late.join(", "),
-                        limit.as_secs_f64()
-                    ));
-                    break;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    g.ok = false;
-                    g.why = Some("every other host's connection is gone".into());
-                    break;
-                }
-            };
-            let who = format!("{} (slot {})", peers[i].hello.host, peers[i].hello.slot);
-            match m {
-                Ok(Msg::Arrive {
-                    phase: p,
-                    ok,
-                    why,
-                    pause,
-                    members: ms,
-                }) if p == phase => {
-                    arrived[i] = true;
-                    if !ok {
-                        g.ok = false;
-                        g.why = Some(why.unwrap_or_else(|| format!("a member on {who} failed")));
-                    }
-                    g.windows.extend(pause);
-                    g.members.push((peers[i].hello.slot, ms));
-                }
-                Ok(other) => {
-                    g.ok = false;
-                    g.why = Some(format!("{who} sent {other:?} at {phase:?}"));
-                }
-                Err(e) => {
-                    g.ok = false;
-                    g.why = Some(format!(
-                        "{who} is gone ({e}): its xckpt died or lost the network"
-                    ));
-                }
-            }
-        }
-        let (instant, skew) = if g.ok && phase == Phase::Stopped {
-            let first = g.windows.iter().map(|w| w.first_unix_us).min();
-            let last = g.windows.iter().map(|w| w.last_unix_us).max();
-            let skew = match (first, last) {
-                (Some(a), Some(b)) => Duration::from_micros(b.saturating_sub(a)),
-                _ => Duration::ZERO,
-            };
-            (Some(crate::store::unix_us() / 1000), Some(skew))
-        } else {
-            (None, None)
-        };
-        let pass = Msg::Pass {
-            phase,
-            ok: g.ok,
-            why: g.why.clone(),
-            instant_unix_ms: instant,
-            skew_us: skew.map(|s| s.as_micros() as u64),
-        };
-        for p in peers.iter_mut() {
-            let _ = p.stream.set_write_timeout(Some(Duration::from_secs(2)));
-            let _ = send(&mut p.stream, &pass);
-        }
-        if phase == Phase::Committed {
-            *members = g.members;
-        }
-        if let (Some(i), Some(s)) = (instant, skew) {
-            self.instant = Some((i, s));
-        }
-        if !g.ok {
-            self.failed = g.why.or_else(|| Some("the group failed".into()));
-        }
-        Ok(g.ok)
-    }
-
-    fn host_barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
-        let deadline = Instant::now() + self.deadline(phase) + GRACE;
-        let Role::Host {
-            reader,
-            stream,
-            offset_us,
-            pause,
-            members,
-        } = &mut self.role
-        else {
-            unreachable!("host_barrier on the hub");
-        };
-        let shift = |t: u64| (t as i64 + *offset_us).max(0) as u64;
-        let arrive = Msg::Arrive {
-            phase,
-            ok,
-            why: None,
-            pause: pause.take().map(|w| PauseWindow {
-                first_unix_us: shift(w.first_unix_us),
-                last_unix_us: shift(w.last_unix_us),
-            }),
-            members: if phase == Phase::Committed {
-                std::mem::take(members)
-            } else {
-                Vec::new()
-            },
-        };
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let answer = match send(stream, &arrive) {
-            Ok(()) => recv(reader, Some(deadline)),
-            Err(e) => Err(e.to_string()),
-        };
-        match answer {
-            Ok(Msg::Pass {
-                phase: p,
-                ok,
-                why,
-                instant_unix_ms,
-                skew_us,
-            }) if p == phase => {
-                if let (Some(i), Some(s)) = (instant_unix_ms, skew_us) {
-                    self.instant = Some((i, Duration::from_micros(s)));
-                }
-                if !ok {
-                    self.failed = Some(why.unwrap_or_else(|| "another host failed".into()));
-                }
-                Ok(ok)
-            }
-            Ok(other) => Err(self.barrier_error(phase, format!("the hub sent {other:?}"))),
-            Err(e) => {
-                self.failed = Some(format!("lost the hub: {e}"));
-                Err(self.barrier_error(
-                    phase,
-                    format!("lost the hub ({e}): its xckpt died or the network failed"),
-                ))
-            }
-        }
-    }
-
-    /// Why the group failed, once a barrier failed.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
-    }
-}
-
-impl Coordinator for TcpCoordinator {
-    fn barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
-        if self.failed.is_some() {
-            return Ok(false);
-        }
-        match self.role {
-            Role::Hub { .. } => self.hub_barrier(phase, ok),
-            Role::Host { .. } => self.host_barrier(phase, ok),
-        }
-    }
-
-    fn paused(&mut self, window: PauseWindow) {
-        match &mut self.role {
-            Role::Hub { pause, .. } | Role::Host { pause, .. } => *pause = Some(window),
-        }
-    }
-
-    fn instant(&self) -> Option<(u64, Duration)> {
-        self.instant
-    }
-
-    fn share(&mut self, local: &[GroupMember]) {
-        if let Role::Host { members, .. } = &mut self.role {
-            *members = local.to_vec();
-        }
-    }
-
-    fn gather(&mut self, local: Vec<GroupMember>) -> Option<Vec<GroupMember>> {
-        match &mut self.role {
-            Role::Hub { members, slot, .. } => {
-                let mut all = std::mem::take(members);
-                all.push((*slot, local));
-                all.sort_by_key(|(s, _)| *s);
-                let placed = all.into_iter().flat_map(|(s, ms)| {
-                    ms.into_iter()
-                        .map(move |m| GroupMember { slot: Some(s), ..m })
-                });
-                Some(placed.collect())
-            }
-            Role::Host { .. } => None,
-        }
-    }
-
-    fn why_failed(&self) -> Option<String> {
-        self.failed.clone()
-    }
-}
-
-impl Drop for TcpCoordinator {
-    fn drop(&mut self) {
-        // Close every connection: the peers' reader threads end, and a host still waiting
-        // sees the hub gone.
-        match &self.role {
-            Role::Hub { peers, .. } => {
-                for p in peers {
-                    let _ = p.stream.shutdown(std::net::Shutdown::Both);
-                }
-            }
-            Role::Host { stream, .. } => {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            }
-        }
-    }
 }
