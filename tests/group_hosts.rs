@@ -7,6 +7,7 @@
 mod sim_util;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,10 @@ struct Watch {
     die_at: Option<Phase>,
     hang_at: Option<(Phase, Duration)>,
     died: Option<Instant>,
+    /// This host's members.
+    mine: Vec<String>,
+    /// Set when this host abandoned a barrier: whether its own members ran by then.
+    abandoned: Option<bool>,
 }
 
 impl Watch {
@@ -48,6 +53,8 @@ impl Watch {
             die_at: None,
             hang_at: None,
             died: None,
+            mine: Vec::new(),
+            abandoned: None,
         }
     }
     fn inner(&mut self) -> &mut TcpCoordinator {
@@ -98,12 +105,25 @@ impl Coordinator for Watch {
     fn why_failed(&self) -> Option<String> {
         self.inner.as_ref().and_then(|i| i.why_failed())
     }
+    fn abandon(&mut self, phase: Phase, why: &str) {
+        let own: Vec<_> = self
+            .all
+            .iter()
+            .filter(|d| self.mine.contains(&d.name()))
+            .cloned()
+            .collect();
+        self.abandoned = Some(all_running(&own));
+        if let Some(i) = self.inner.as_mut() {
+            i.abandon(phase, why)
+        }
+    }
 }
 
 struct Host {
     report: Result<GroupReport, GroupError>,
     all_paused_at_stop: bool,
     died: Option<Instant>,
+    abandoned: Option<bool>,
     returned: Instant,
 }
 
@@ -123,6 +143,7 @@ fn host(
     let coord = meet_checkpoint(r, &gdir, &names, here).unwrap();
     let id = coord.welcome().id;
     let mut watch = Watch::new(coord, all);
+    watch.mine = mine.iter().map(|s| s.to_string()).collect();
     set(&mut watch);
     let members = sim_util::group_members(
         &store,
@@ -146,6 +167,7 @@ fn host(
         report,
         all_paused_at_stop: watch.all_paused_at_stop,
         died: watch.died,
+        abandoned: watch.abandoned,
         returned,
     }
 }
@@ -176,6 +198,10 @@ fn two_hosts(
 fn layers(root: &Path, chain: &str) -> usize {
     let store = Store::open(root).unwrap();
     store.chain(chain).unwrap().manifest().unwrap().layers.len()
+}
+
+fn all_running(doms: &[Arc<SimDomain>]) -> bool {
+    doms.iter().all(|d| !d.info().unwrap().paused)
 }
 
 fn assert_running(all: &[Arc<SimDomain>]) {
@@ -254,6 +280,28 @@ fn a_host_that_dies_at_the_instant_resumes_every_host_within_a_second_and_commit
     assert_eq!(hub.report.unwrap().tag.id, 1);
     assert!(other.report.is_ok());
     assert_eq!((layers(dir.path(), "a"), layers(dir.path(), "b")), (1, 1));
+}
+
+#[test]
+fn a_host_whose_pause_fails_resumes_its_own_then_fails_the_stop_barrier_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = vec![sim("a", 7), sim("b", 8)];
+    all[1].faults().fail_pause.store(true, Ordering::SeqCst);
+    // A stop timeout far beyond the test: the hub must hear of the failure, not wait it out.
+    let (hub, other) = two_hosts(dir.path(), &all, Duration::from_secs(120), |_| ());
+    let err = hub.report.unwrap_err().to_string();
+    assert!(
+        err.contains("h1 (slot 1) failed: ") && err.contains("pause"),
+        "the hub hears which host failed and why: {err}"
+    );
+    assert_eq!(
+        other.abandoned,
+        Some(true),
+        "host 1 told the others only once its own members ran again"
+    );
+    assert!(other.report.is_err());
+    assert_running(&all);
+    assert_eq!((layers(dir.path(), "a"), layers(dir.path(), "b")), (0, 0));
 }
 
 #[test]

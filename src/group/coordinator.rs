@@ -84,6 +84,13 @@ pub trait Coordinator: Send {
     fn why_failed(&self) -> Option<String> {
         None
     }
+
+    /// This host failed before `phase` (`why`) and its members run again: fail the barrier
+    /// at once, so that no other host stays stopped waiting for this one.
+    fn abandon(&mut self, phase: Phase, why: &str) {
+        let _ = why;
+        let _ = self.barrier(phase, false);
+    }
 }
 
 /// One host: every member is in this process, so each barrier is passed when it is called.

@@ -305,9 +305,20 @@ fn drive<D: Checkpointable + 'static>(
     let stops: Vec<(String, u64)> = s.converged.iter().flatten().cloned().collect();
     drop(s);
     pass(coord, Phase::Converged, local_ok)?;
-    let guards = pause_all(members)?;
+    // A local failure from here on resumes the local members first, then fails the barrier
+    // at once: the other hosts are stopped, waiting for this one.
+    let guards = match pause_all(members) {
+        Ok(g) => g,
+        Err(e) => return Err(abandon(coord, Phase::Stopped, e)),
+    };
     let (skew, window) = skew(&guards);
-    let disks = snapshot_all(members, &stops)?;
+    let disks = match snapshot_all(members, &stops) {
+        Ok(d) => d,
+        Err(e) => {
+            drop(guards);
+            return Err(abandon(coord, Phase::Stopped, e));
+        }
+    };
     crate::failpoint::failpoint("group.paused");
     let local_instant = crate::store::unix_ms();
     coord.paused(window);
@@ -353,6 +364,12 @@ fn drive<D: Checkpointable + 'static>(
         s.stage = Stage::Resumed { ok: true };
     });
     Ok((tag, skew))
+}
+
+/// Fail barrier `phase` for `why` (this host's members run again); returns `why`.
+fn abandon(coord: &mut dyn Coordinator, phase: Phase, why: String) -> String {
+    coord.abandon(phase, &why);
+    why
 }
 
 /// Pass barrier `phase`; `Err` (with why) unless every participant succeeded.

@@ -135,6 +135,8 @@ pub struct TcpCoordinator {
     stop_timeout: Duration,
     /// Set when a barrier failed: the group is over.
     failed: Option<String>,
+    /// Why this host fails the next barrier ([`Coordinator::abandon`]).
+    local_why: Option<String>,
     instant: Option<(u64, Duration)>,
 }
 
@@ -219,6 +221,7 @@ impl Listening {
             timeout: r.timeout,
             stop_timeout: r.stop_timeout,
             failed: None,
+            local_why: None,
             instant: None,
         })
     }
@@ -361,6 +364,7 @@ impl TcpCoordinator {
                     timeout: r.timeout,
                     stop_timeout: r.stop_timeout,
                     failed: None,
+                    local_why: None,
                     instant: None,
                 })
             }

@@ -21,6 +21,7 @@ struct Gathered {
 impl TcpCoordinator {
     fn hub_barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
         let limit = self.deadline(phase);
+        let local_why = self.local_why.take();
         let Role::Hub {
             peers,
             events,
@@ -33,7 +34,9 @@ impl TcpCoordinator {
         };
         let mut g = Gathered {
             ok,
-            why: (!ok).then(|| "a member on the hub's host failed".to_string()),
+            why: (!ok).then(|| {
+                local_why.unwrap_or_else(|| "a member on the hub's host failed".to_string())
+            }),
             windows: pause.iter().copied().collect(),
             members: Vec::new(),
         };
@@ -76,7 +79,10 @@ impl TcpCoordinator {
                     arrived[i] = true;
                     if !ok {
                         g.ok = false;
-                        g.why = Some(why.unwrap_or_else(|| format!("a member on {who} failed")));
+                        g.why = Some(match why {
+                            Some(w) => format!("{who} failed: {w}"),
+                            None => format!("a member on {who} failed"),
+                        });
                     }
                     g.windows.extend(pause);
                     g.members.push((peers[i].hello.slot, ms));
@@ -129,6 +135,7 @@ impl TcpCoordinator {
 
     fn host_barrier(&mut self, phase: Phase, ok: bool) -> Result<bool, BarrierError> {
         let deadline = Instant::now() + self.deadline(phase) + GRACE;
+        let why = self.local_why.take().filter(|_| !ok);
         let Role::Host {
             reader,
             stream,
@@ -143,7 +150,7 @@ impl TcpCoordinator {
         let arrive = Msg::Arrive {
             phase,
             ok,
-            why: None,
+            why,
             pause: pause.take().map(|w| PauseWindow {
                 first_unix_us: shift(w.first_unix_us),
                 last_unix_us: shift(w.last_unix_us),
@@ -196,6 +203,11 @@ impl Coordinator for TcpCoordinator {
             Role::Hub { .. } => self.hub_barrier(phase, ok),
             Role::Host { .. } => self.host_barrier(phase, ok),
         }
+    }
+
+    fn abandon(&mut self, phase: Phase, why: &str) {
+        self.local_why = Some(why.to_string());
+        let _ = self.barrier(phase, false);
     }
 
     fn paused(&mut self, window: PauseWindow) {
