@@ -17,6 +17,7 @@
 pub mod command;
 pub mod hook;
 pub mod lvm;
+pub mod nbd;
 pub mod qcow2;
 pub mod reflink;
 

@@ -9,7 +9,7 @@
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:$(echo /usr/lib/xen-4.*/bin)
 W=/shared/pw-$(hostname).txt
 : > "$W"
-nice -n 5 xentop -b -d 0 2> "${W%.txt}.err" | awk '$1 == "hping" || $1 == "hpong" {
+xentop -b -d 0 2> "${W%.txt}.err" | awk '$1 == "hping" || $1 == "hpong" {
     getline u < "/proc/uptime"; close("/proc/uptime"); split(u, a, " ")
     print a[1], $1, $2; fflush() }' >> "$W" &
 watch=$!   # awk: once it is gone, xentop dies of SIGPIPE at its next sample

@@ -5,7 +5,8 @@
 # Packages installed on the host. qemu-system-xen only supplies the HVM device model that is
 # copied into dom0; libxen-dev supplies the libxen* libraries xl and xckpt need;
 # xenstore-utils the xenstore-read/-write the test bed's disk hotplug script uses in dom0.
-HOST_PKGS="qemu-system-x86 qemu-system-xen libxen-dev cpio gzip perl time curl jq
+# qemu-utils: qemu-nbd and qemu-img for tests/disk_nbd.rs.
+HOST_PKGS="qemu-system-x86 qemu-utils qemu-system-xen libxen-dev cpio gzip perl time curl jq
   ca-certificates gcc libc6-dev xz-utils xfsprogs e2fsprogs
   xenstore-utils"
 # Extra host packages for the shadow-paging hypervisor rebuild.
