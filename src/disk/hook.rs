@@ -102,6 +102,8 @@ mod tests {
             backend: BackendKind::Hook,
             snapshot: "snap:s1".into(),
             hook: Some(hook.script.display().to_string()),
+            host: None,
+            format: None,
         };
         assert_eq!(hook.clone_writable(&record, "c1").unwrap(), "/dev/clone");
         let calls = std::fs::read_to_string(&log).unwrap();

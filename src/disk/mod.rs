@@ -90,6 +90,32 @@ pub struct DiskSnapshot {
     /// The hook script, for `hook` snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<String>,
+    /// The host that holds the snapshot (its host name), where the back-end keeps it on that
+    /// host: a restore on another host fetches it from there ([`nbd`]). None: layers from
+    /// before this field, or a `hook` snapshot, which any host reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The snapshot's image format (`raw`, `qcow2`), as `qemu-nbd` opens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+impl DiskSnapshot {
+    /// The snapshot's image format: as recorded, else what its back-end makes.
+    pub fn image_format(&self) -> &str {
+        match (&self.format, self.backend) {
+            (Some(f), _) => f,
+            (None, BackendKind::Qcow2) => "qcow2",
+            (None, _) => "raw",
+        }
+    }
+}
+
+/// This host's name (the kernel's), as the other hosts of a cluster reach it.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// A snapshot back-end. Errors are one line saying why.
@@ -318,6 +344,12 @@ impl DiskPlan {
                     backend: b.kind(),
                     snapshot,
                     hook: b.script(),
+                    host: (b.kind() != BackendKind::Hook).then(this_host),
+                    format: Some(match b.kind() {
+                        BackendKind::Qcow2 => "qcow2".to_string(),
+                        BackendKind::Lvm => "raw".to_string(),
+                        _ => disk.format.clone(),
+                    }),
                 }),
                 Err(reason) => {
                     for (s, (_, b)) in taken.iter().zip(&self.disks) {
@@ -513,6 +545,15 @@ mod tests {
             json.contains("\"backend\":\"reflink\"") && !json.contains("hook"),
             "{json}"
         );
+        // Where it is and how qemu-nbd opens it, for a restore on another host.
+        assert_eq!(snaps[0].host.as_deref(), Some(this_host().as_str()));
+        assert_eq!(snaps[0].image_format(), "raw");
+        // A record from before these fields reads back, its format from its back-end.
+        let old: DiskSnapshot = serde_json::from_str(
+            r#"{"vdev":"xvdb","source":"/q/b.qcow2","backend":"qcow2","snapshot":"/q/b.qcow2"}"#,
+        )
+        .unwrap();
+        assert_eq!((old.host.as_deref(), old.image_format()), (None, "qcow2"));
         assert_eq!("qcow2".parse::<BackendKind>(), Ok(BackendKind::Qcow2));
         assert!("zfs".parse::<BackendKind>().is_err());
     }

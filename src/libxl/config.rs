@@ -14,7 +14,7 @@
 //! The JSON is re-serialised when edited (key order may differ from libxl's); libxl parses it by
 //! key, so restore sees the same configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -110,10 +110,13 @@ pub fn writable_disks(config: &[u8], domid: u32) -> Result<Vec<DiskSpec>, DiskCo
 }
 
 /// Point `disks[].pdev_path` of a parsed libxl config at `paths` (vdev -> path). Every vdev
-/// of `paths` must be in the config.
+/// of `paths` must be in the config. The vdevs in `overlays` now name a local qcow2 overlay
+/// of a disk fetched from another host (`disk::nbd`): QEMU's qdisk back-end serves them,
+/// whatever back-end and format the disk had.
 pub fn point_disks_at(
     root: &mut Value,
     paths: &BTreeMap<String, String>,
+    overlays: &BTreeSet<String>,
 ) -> Result<(), DiskConfigError> {
     let disks = root.get_mut("disks").and_then(Value::as_array_mut);
     let mut seen = Vec::new();
@@ -121,6 +124,10 @@ pub fn point_disks_at(
         let vdev = d.get("vdev").and_then(Value::as_str).map(str::to_string);
         if let Some(path) = vdev.as_ref().and_then(|v| paths.get(v)) {
             d["pdev_path"] = Value::String(path.clone());
+            if vdev.as_ref().is_some_and(|v| overlays.contains(v)) {
+                d["backend"] = Value::from("qdisk");
+                d["format"] = Value::from("qcow2");
+            }
             seen.extend(vdev);
         }
     }
@@ -157,6 +164,8 @@ pub struct ConfigRewrite {
     pub preserve_domid: bool,
     /// New `disks[].pdev_path` per vdev (a restore from disk snapshots).
     pub disk_paths: BTreeMap<String, String>,
+    /// The vdevs of `disk_paths` that are qcow2 overlays of a disk on another host.
+    pub overlays: BTreeSet<String>,
 }
 
 /// The config bytes to embed: the JSON text (rewritten if needed) followed by one NUL, as
@@ -203,7 +212,7 @@ fn rewrite(text: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, ConfigRewriteErro
     if !rw.preserve_domid && c_info.contains_key("domid") {
         c_info.insert("domid".into(), Value::from(0u32));
     }
-    point_disks_at(&mut root, &rw.disk_paths)?;
+    point_disks_at(&mut root, &rw.disk_paths, &rw.overlays)?;
     serde_json::to_vec_pretty(&root).map_err(ConfigRewriteError::Serialize)
 }
 
@@ -294,13 +303,13 @@ mod tests {
     fn points_disks_at_clones_and_refuses_unknown_vdevs() {
         let paths = BTreeMap::from([("xvdb".to_string(), "/data/clone.qcow2".to_string())]);
         let mut v: Value = serde_json::from_slice(CONFIG).unwrap();
-        point_disks_at(&mut v, &paths).unwrap();
+        point_disks_at(&mut v, &paths, &BTreeSet::new()).unwrap();
         let d = writable_disks(&serde_json::to_vec(&v).unwrap(), 0).unwrap();
         assert_eq!(d[0].pdev_path, "/data/a.img");
         assert_eq!(d[1].pdev_path, "/data/clone.qcow2");
         let bad = BTreeMap::from([("xvdz".to_string(), "/x".to_string())]);
         assert!(matches!(
-            point_disks_at(&mut v, &bad),
+            point_disks_at(&mut v, &bad, &BTreeSet::new()),
             Err(DiskConfigError::NoSuchDisk(v)) if v == "xvdz"
         ));
     }
@@ -355,6 +364,23 @@ mod tests {
         let out = prepare_config(raw, &rw).unwrap();
         let v: Value = serde_json::from_slice(strip_nul(&out)).unwrap();
         assert_eq!(v["disks"][0]["pdev_path"], "/d/a.img.clone");
+        assert!(
+            v["disks"][0].get("backend").is_none(),
+            "only the path changes"
+        );
+        // A disk fetched from another host: its local overlay, on qdisk.
+        let fetched = ConfigRewrite {
+            disk_paths: [("xvda".to_string(), "/l/a.qcow2".to_string())].into(),
+            overlays: ["xvda".to_string()].into(),
+            ..Default::default()
+        };
+        let out = prepare_config(raw, &fetched).unwrap();
+        let v: Value = serde_json::from_slice(strip_nul(&out)).unwrap();
+        let d = &v["disks"][0];
+        assert_eq!(
+            (&d["pdev_path"], &d["backend"], &d["format"]),
+            (&"/l/a.qcow2".into(), &"qdisk".into(), &"qcow2".into())
+        );
         let missing = ConfigRewrite {
             disk_paths: [("xvdz".to_string(), "/x".to_string())].into(),
             ..Default::default()

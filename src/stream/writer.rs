@@ -38,6 +38,9 @@ pub struct StreamOptions {
     pub xen_version: (u32, u32),
     /// Point these disks (vdev -> path) elsewhere in the embedded config.
     pub disk_paths: std::collections::BTreeMap<String, String>,
+    /// The vdevs of `disk_paths` that are local qcow2 overlays of a disk on another host
+    /// (served by qdisk).
+    pub overlays: std::collections::BTreeSet<String>,
 }
 
 impl Default for StreamOptions {
@@ -50,6 +53,7 @@ impl Default for StreamOptions {
                 (oldest.major, oldest.minor)
             },
             disk_paths: Default::default(),
+            overlays: Default::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ pub fn write_save_file(
     let rewrite = ConfigRewrite {
         rename: opts.rename.clone(),
         disk_paths: opts.disk_paths.clone(),
+        overlays: opts.overlays.clone(),
         preserve_domid: opts.preserve_domid,
     };
     let config = prepare_config(image.config(), &rewrite)?;
