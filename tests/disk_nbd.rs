@@ -137,8 +137,14 @@ fn a_complete_copy_holds_the_whole_disk_once_the_source_is_gone() {
     if let Some(CopyState::Copying { len, .. }) = seen.last() {
         assert_eq!(*len, 32 * MIB as u64, "the job copies the whole disk");
     }
-    // The source goes away; the domain's device model no longer needs it.
+    // The source goes away; the domain's device model no longer needs it, and has said so by
+    // closing its connection.
     assert!(server.running());
+    assert_eq!(
+        server.clients(),
+        0,
+        "the device model still reads the export"
+    );
     drop(server);
     drop(dm);
     assert!(
@@ -170,6 +176,7 @@ fn a_source_lost_in_the_middle_fails_the_copy_and_says_so() {
     };
     copy.start().unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.clients(), 1, "the copy reads the export");
     drop(server);
     let (end, _) = follow(&copy);
     match end {

@@ -8,12 +8,16 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+use xckpt::backend::sim::SimConfig;
 use xckpt::backend::sim::{page_digest, SimDomain, Truth, TruthMode, UNPOPULATED_DIGEST};
 use xckpt::capture::{checkpoint, CaptureOptions};
 use xckpt::compose::{FeedOptions, Image, PageSource, PageState};
+use xckpt::disk::nbd::{CopyState, Export};
+use xckpt::disk::{Backend, BackendKind, DiskPlan, DiskSnapshot, DiskSpec};
 use xckpt::group::{checkpoint_group, GroupDir, LocalCoordinator};
 use xckpt::hv::{PageType, Pfn, StateBlob, PAGE_SIZE};
 use xckpt::layer::LayerReadError;
+use xckpt::restore::fetch::{Copying, Mover, Serving};
 use xckpt::restore::{
     restore_group, restore_group_across, restore_point, RestoreError, RestoreOptions, WriteStream,
     XlTool,
@@ -26,6 +30,8 @@ use xckpt::stream::{parse_save_file, SinkError, StreamSink, StreamStats, StreamW
 struct FakeDomain {
     paused: bool,
     digests: Vec<u64>,
+    /// The config's disks, as the stream carried them.
+    disks: serde_json::Value,
 }
 
 /// `xl` in a test: `restore` parses the stream from a pipe on its own thread and makes a
@@ -43,6 +49,7 @@ struct FakeXl {
 struct Loaded {
     name: String,
     pages: BTreeMap<Pfn, u64>,
+    disks: serde_json::Value,
 }
 
 impl StreamSink for Loaded {
@@ -51,6 +58,7 @@ impl StreamSink for Loaded {
         // libxl JSON names the domain in c_info; a sim's config (SimConfig) at the top.
         let name = v["c_info"]["name"].as_str().or(v["name"].as_str());
         self.name = name.unwrap_or_default().to_string();
+        self.disks = v["disks"].clone();
         Ok(())
     }
     fn page(&mut self, pfn: Pfn, _ty: PageType, data: Option<&[u8]>) -> Result<(), SinkError> {
@@ -105,7 +113,15 @@ impl XlTool for FakeXl {
             "domain {} exists",
             loaded.name
         );
-        doms.insert(loaded.name, FakeDomain { paused, digests });
+        let disks = loaded.disks;
+        doms.insert(
+            loaded.name,
+            FakeDomain {
+                paused,
+                digests,
+                disks,
+            },
+        );
         Ok(stats)
     }
 
@@ -385,16 +401,31 @@ fn restore_on_two_hosts(
     Result<xckpt::restore::GroupRestored, RestoreError>,
     Result<xckpt::restore::GroupRestored, RestoreError>,
 ) {
+    let clients = Clients::default();
+    let m0 = FakeMover::new("h0", &clients);
+    let m1 = FakeMover::new("h1", &clients);
+    restore_moving(root, (xl0, &m0), (xl1, &m1))
+}
+
+/// Restore `job` on two hosts at once (the hub on slot 1), each with its `xl` and mover.
+fn restore_moving(
+    root: &std::path::Path,
+    (xl0, m0): (&FakeXl, &FakeMover),
+    (xl1, m1): (&FakeXl, &FakeMover),
+) -> (
+    Result<xckpt::restore::GroupRestored, RestoreError>,
+    Result<xckpt::restore::GroupRestored, RestoreError>,
+) {
     let port = sim_util::free_port();
     let t = std::time::Duration::from_secs(5);
     std::thread::scope(|s| {
         let h0 = s.spawn(|| {
             let r = sim_util::rendezvous(port, 0, 2, false, t);
-            restore_group_across(root, "job", None, &mut no_key, xl0, &r)
+            restore_group_across(root, "job", None, &mut no_key, xl0, &r, m0)
         });
         let h1 = s.spawn(|| {
             let r = sim_util::rendezvous(port, 1, 2, true, t);
-            restore_group_across(root, "job", None, &mut no_key, xl1, &r)
+            restore_group_across(root, "job", None, &mut no_key, xl1, &r, m1)
         });
         (h0.join().unwrap(), h1.join().unwrap())
     })
@@ -431,4 +462,234 @@ fn a_group_across_hosts_restores_each_member_on_the_host_of_its_slot() {
     );
     assert!(xl1.domains.lock().unwrap().is_empty(), "a member was left");
     assert_eq!(*xl1.destroyed.lock().unwrap(), ["gb"]);
+}
+
+/// The NBD clients of each export (by name), shared by every fake host.
+type Clients = Arc<Mutex<BTreeMap<String, usize>>>;
+
+/// A host's disk mover in a test: serving records its export, an overlay is a name, and a
+/// copy reads its export (a client) for a few polls, then completes.
+struct FakeMover {
+    name: &'static str,
+    clients: Clients,
+}
+
+impl FakeMover {
+    fn new(name: &'static str, clients: &Clients) -> FakeMover {
+        FakeMover {
+            name,
+            clients: clients.clone(),
+        }
+    }
+}
+
+struct FakeServing(Export, Clients);
+
+impl Serving for FakeServing {
+    fn export(&self) -> &Export {
+        &self.0
+    }
+    fn clients(&self) -> usize {
+        self.1
+            .lock()
+            .unwrap()
+            .get(&self.0.name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+struct FakeCopy {
+    export: String,
+    left: Mutex<u64>,
+    clients: Clients,
+}
+
+impl Copying for FakeCopy {
+    fn progress(&self) -> Result<CopyState, String> {
+        let mut left = self.left.lock().unwrap();
+        if *left == 0 {
+            return Ok(CopyState::Complete);
+        }
+        *left -= 1;
+        if *left == 0 {
+            // The overlay drops its backing file: the device model disconnects.
+            *self.clients.lock().unwrap().get_mut(&self.export).unwrap() -= 1;
+            return Ok(CopyState::Complete);
+        }
+        Ok(CopyState::Copying {
+            done: (3 - *left) << 20,
+            len: 3 << 20,
+        })
+    }
+}
+
+impl Mover for FakeMover {
+    fn host(&self) -> String {
+        self.name.to_string()
+    }
+    fn serve(&self, snap: &DiskSnapshot, name: &str) -> Result<Box<dyn Serving>, String> {
+        assert_eq!(snap.host.as_deref(), Some(self.name), "serves only its own");
+        let export = Export {
+            host: self.name.into(),
+            port: 10809,
+            name: name.into(),
+        };
+        Ok(Box::new(FakeServing(export, self.clients.clone())))
+    }
+    fn overlay(&self, export: &Export, chain: &str, vdev: &str) -> Result<String, String> {
+        assert_ne!(export.host, self.name, "fetches only from another host");
+        Ok(format!("/local/{}/{chain}-{vdev}.qcow2", self.name))
+    }
+    fn copy(&self, domain: &str, _overlay: &str, vdev: &str) -> Result<Box<dyn Copying>, String> {
+        let export = format!("{domain}-{vdev}");
+        *self
+            .clients
+            .lock()
+            .unwrap()
+            .entry(export.clone())
+            .or_default() += 1;
+        Ok(Box::new(FakeCopy {
+            export,
+            left: Mutex::new(3),
+            clients: self.clients.clone(),
+        }))
+    }
+}
+
+/// A disk back-end that takes a snapshot by naming it.
+struct NamedSnapshots;
+
+impl Backend for NamedSnapshots {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Reflink
+    }
+    fn check(&self, _disk: &DiskSpec) -> Result<(), String> {
+        Ok(())
+    }
+    fn snapshot(&self, _disk: &DiskSpec, name: &str) -> Result<String, String> {
+        Ok(format!("/snap/{name}"))
+    }
+    fn clone_writable(&self, _s: &DiskSnapshot, name: &str) -> Result<String, String> {
+        Ok(format!("/clone/{name}"))
+    }
+    fn discard(&self, _s: &DiskSnapshot) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Group `job`@1 of `ga` (slot 0) and `gb` (slot 1), each with disk xvda held by `holders`.
+fn group_with_disks(root: &std::path::Path, holders: [&str; 2]) -> Vec<Truth> {
+    let store = Store::open(root).unwrap();
+    let doms: Vec<Arc<SimDomain>> = [("ga", 21), ("gb", 22)]
+        .into_iter()
+        .map(|(name, seed)| {
+            let mut cfg = SimConfig::small(4096);
+            cfg.name = name.into();
+            cfg.seed = seed;
+            cfg.auto_truth = Some(TruthMode::Digest);
+            cfg.disks = vec![serde_json::json!({ "vdev": "xvda",
+                "pdev_path": format!("/d/{name}.img"), "backend": "phy", "format": "raw" })];
+            Arc::new(SimDomain::new(cfg).unwrap())
+        })
+        .collect();
+    let mut members = sim_util::group_members(&store, &doms);
+    for (m, holder) in members.iter_mut().zip(holders) {
+        let spec = DiskSpec {
+            vdev: "xvda".into(),
+            pdev_path: format!("/d/{}.img", m.chain.name()),
+            backend: "phy".into(),
+            format: "raw".into(),
+            domid: 1,
+        };
+        let plan = DiskPlan::choose(m.chain.name(), vec![spec], &BTreeMap::new(), |_| {
+            Some(Box::new(NamedSnapshots) as Box<dyn Backend>)
+        });
+        m.disks = plan.unwrap().held_by(holder);
+    }
+    let report = checkpoint_group("job", 1, &members, &opts(), &mut LocalCoordinator).unwrap();
+    let mut point = report.point();
+    point.members[0].slot = Some(0);
+    point.members[1].slot = Some(1);
+    GroupDir::open(root, "job").unwrap().record(point).unwrap();
+    doms.iter()
+        .map(|d| d.truths().last().unwrap().clone())
+        .collect()
+}
+
+#[test]
+fn across_hosts_each_disk_follows_its_domain_and_its_source_serves_until_the_copy_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    // ga's disk is held by h0, gb's by h1; the restore puts ga (slot 0) on the host named h1
+    // and gb on h0: the hosts swapped, each disk comes from the other host.
+    let truths = group_with_disks(dir.path(), ["h0", "h1"]);
+    let clients = Clients::default();
+    let (m0, m1) = (
+        FakeMover::new("h1", &clients),
+        FakeMover::new("h0", &clients),
+    );
+    let (xl0, xl1) = (FakeXl::default(), FakeXl::default());
+    let (r0, r1) = restore_moving(dir.path(), (&xl0, &m0), (&xl1, &m1));
+    let (r0, r1) = (r0.unwrap(), r1.unwrap());
+    for (r, xl, name, here, from, truth) in [
+        (&r0, &xl0, "ga", "h1", "h0", &truths[0]),
+        (&r1, &xl1, "gb", "h0", "h1", &truths[1]),
+    ] {
+        let doms = xl.domains.lock().unwrap();
+        assert!(!doms[name].paused, "{name} left paused");
+        assert_equal(truth, &doms[name], name);
+        // The domain's disk is the local overlay of the other host's export, on qdisk.
+        let disk = &doms[name].disks[0];
+        assert_eq!(
+            disk["pdev_path"],
+            format!("/local/{here}/{name}-xvda.qcow2")
+        );
+        assert_eq!(
+            (&disk["backend"], &disk["format"]),
+            (&"qdisk".into(), &"qcow2".into())
+        );
+        let [c] = r.copies.as_slice() else {
+            panic!("{name}: copies {:?}", r.copies)
+        };
+        assert_eq!((c.chain.as_str(), c.from.as_str()), (name, from));
+        assert_eq!(c.to.as_deref(), Some(here));
+        assert_eq!(c.state, Some(CopyState::Complete));
+        assert!(r.local_after.unwrap() >= r.running_after);
+    }
+    // Every copy is complete in the shared store, and no export has a client left.
+    let records = GroupDir::open(dir.path(), "job").unwrap().copies().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|c| c.state == Some(CopyState::Complete)));
+    assert!(clients.lock().unwrap().values().all(|n| *n == 0));
+}
+
+#[test]
+fn across_hosts_a_disk_whose_holder_serves_no_one_is_refused_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // ga's disk is on host gone, which takes no part in the restore; gb's on h0, which
+    // serves it to h1.
+    group_with_disks(dir.path(), ["gone", "h0"]);
+    let clients = Clients::default();
+    let (m0, m1) = (
+        FakeMover::new("h0", &clients),
+        FakeMover::new("h1", &clients),
+    );
+    let (xl0, xl1) = (FakeXl::default(), FakeXl::default());
+    let (r0, r1) = restore_moving(dir.path(), (&xl0, &m0), (&xl1, &m1));
+    let Err(RestoreError::Member { member, source, .. }) = r0 else {
+        panic!("{r0:?}")
+    };
+    assert_eq!(member, "ga");
+    let why = source.to_string();
+    assert!(
+        why.contains("disk xvda of ga")
+            && why.contains("on host gone")
+            && why.contains("task on gone"),
+        "{why}"
+    );
+    assert!(
+        matches!(&r1, Err(RestoreError::GroupAborted { reason, .. }) if reason.contains("h0 (slot 0) failed") && reason.contains("on host gone")),
+        "{r1:?}"
+    );
+    assert!(xl0.domains.lock().unwrap().is_empty() && xl1.domains.lock().unwrap().is_empty());
 }

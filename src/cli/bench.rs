@@ -251,6 +251,7 @@ impl BenchCmd {
             content: ContentSpec::default(),
             seed: 42,
             auto_truth: Some(TruthMode::Digest),
+            disks: Vec::new(),
         }
     }
 

@@ -101,6 +101,34 @@ pub struct HostsArgs {
     pub group_stop_timeout: u64,
 }
 
+/// Disks that follow their domain to another host (restore across hosts).
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// Where a restore across hosts puts the local copy (a qcow2 overlay) of each disk whose
+    /// snapshot another host holds; that host serves it over NBD until the copy is complete.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/xckpt/disks",
+        requires = "slurm"
+    )]
+    pub disk_dir: PathBuf,
+    /// Bound each disk copy to this many MiB/s (default: as fast as it goes).
+    #[arg(long, value_name = "MIB_PER_S", requires = "slurm")]
+    pub disk_copy_rate: Option<u64>,
+}
+
+impl FetchArgs {
+    /// The mover that serves, fetches and copies disks.
+    pub fn mover(&self) -> xckpt::restore::fetch::Nbd {
+        xckpt::restore::fetch::Nbd {
+            overlay_dir: self.disk_dir.clone(),
+            rate: self.disk_copy_rate.map(|m| m << 20),
+            ..Default::default()
+        }
+    }
+}
+
 impl HostsArgs {
     /// Where this host meets the others (None: one host).
     pub fn rendezvous(&self) -> anyhow::Result<Option<Rendezvous>> {
@@ -264,11 +292,15 @@ pub fn restore(
     xl: &xckpt::restore::Xl,
     key: &super::settings::KeyArg,
     hosts: &HostsArgs,
+    fetch: &FetchArgs,
 ) -> anyhow::Result<ExitCode> {
     let mut key_of = |chain: &str| key.key(chain).map_err(Into::into);
     let (name, id) = (&target.name, target.layer);
     let g = match hosts.rendezvous()? {
-        Some(r) => xckpt::restore::restore_group_across(store_root, name, id, &mut key_of, xl, &r)?,
+        Some(r) => {
+            let mover = fetch.mover();
+            xckpt::restore::restore_group_across(store_root, name, id, &mut key_of, xl, &r, &mover)?
+        }
         None => xckpt::restore::restore_group(store_root, name, id, &mut key_of, xl)?,
     };
     for r in &g.members {
@@ -276,11 +308,23 @@ pub fn restore(
     }
     let names: Vec<&str> = g.members.iter().map(|r| r.name.as_str()).collect();
     println!(
-        "restored group {}@{} ({} members: {}), unpaused together",
+        "restored group {}@{} ({} members: {}), unpaused together; running after {:.2} s",
         g.group,
         g.id,
         names.len(),
-        names.join(" ")
+        names.join(" "),
+        g.running_after.as_secs_f64()
     );
+    for c in &g.copies {
+        println!("{}", c.describe());
+    }
+    if let Some(t) = g.local_after.filter(|_| !g.copies.is_empty()) {
+        println!(
+            "every disk of group {}@{} local after {:.2} s",
+            g.group,
+            g.id,
+            t.as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

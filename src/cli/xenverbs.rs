@@ -306,6 +306,8 @@ pub struct RestoreCmd {
     key: KeyArg,
     #[command(flatten)]
     hosts: super::group::HostsArgs,
+    #[command(flatten)]
+    fetch: super::group::FetchArgs,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -333,7 +335,14 @@ impl RestoreCmd {
             command: self.xl.clone(),
         };
         if let Some(group) = &self.group {
-            return super::group::restore(&self.store.store, group, &xl, &self.key, &self.hosts);
+            return super::group::restore(
+                &self.store.store,
+                group,
+                &xl,
+                &self.key,
+                &self.hosts,
+                &self.fetch,
+            );
         }
         let target = self
             .target

@@ -248,6 +248,8 @@ pub enum DiskError {
 #[derive(Default)]
 pub struct DiskPlan {
     disks: Vec<(DiskSpec, Box<dyn Backend>)>,
+    /// The host recorded as holding the snapshots (None: this one, by its name).
+    host: Option<String>,
 }
 
 impl std::fmt::Debug for DiskPlan {
@@ -316,6 +318,12 @@ impl DiskPlan {
         Ok(plan)
     }
 
+    /// Record `host` as the holder of the snapshots (tests that play several hosts).
+    pub fn held_by(mut self, host: &str) -> DiskPlan {
+        self.host = Some(host.to_string());
+        self
+    }
+
     /// The planned disks and their back-ends.
     pub fn disks(&self) -> impl Iterator<Item = (&DiskSpec, BackendKind)> {
         self.disks.iter().map(|(d, b)| (d, b.kind()))
@@ -335,6 +343,7 @@ impl DiskPlan {
         layer: u64,
     ) -> Result<Vec<DiskSnapshot>, DiskError> {
         let mut taken = Vec::new();
+        let host = self.host.clone().unwrap_or_else(this_host);
         for (disk, b) in &self.disks {
             let name = format!("xckpt-{chain}-{layer:06}-{}", disk.vdev);
             match b.snapshot(disk, &name) {
@@ -344,7 +353,7 @@ impl DiskPlan {
                     backend: b.kind(),
                     snapshot,
                     hook: b.script(),
-                    host: (b.kind() != BackendKind::Hook).then(this_host),
+                    host: (b.kind() != BackendKind::Hook).then(|| host.clone()),
                     format: Some(match b.kind() {
                         BackendKind::Qcow2 => "qcow2".to_string(),
                         BackendKind::Lvm => "raw".to_string(),

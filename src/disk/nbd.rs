@@ -135,6 +135,32 @@ impl Server {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// How many clients are connected to it now (a copy that still reads the snapshot keeps
+    /// its connection until its overlay no longer has the export as backing file).
+    pub fn clients(&self) -> usize {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|t| established_on(&t, self.export.port))
+            .sum()
+    }
+}
+
+/// The connections in `/proc/net/tcp{,6}` text that are established on local port `port`.
+fn established_on(table: &str, port: u16) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && f.get(3) == Some(&"01")
+        })
+        .count()
 }
 
 impl Drop for Server {
@@ -316,6 +342,19 @@ mod tests {
             ..e
         };
         assert_eq!(e.uri(), "nbd://[fd00::1]:10809/hping-xvda");
+    }
+
+    #[test]
+    fn counts_the_established_connections_on_a_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue
+   0: 00000000:2A39 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   1: 0100007F:2A39 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0
+   2: 0100007F:9C40 0100007F:2A39 01 00000000:00000000 00:00000000 00000000     0
+   3: 0100007F:2A39 0100007F:9C41 06 00000000:00000000 00:00000000 00000000     0
+";
+        // 0x2A39 = 10809: the listener (0A) and a closing one (06) are not clients.
+        assert_eq!(established_on(table, 10809), 1);
+        assert_eq!(established_on(table, 80), 0);
     }
 
     #[test]

@@ -30,8 +30,14 @@ pub enum Phase {
     Copied,
     /// Every member's layer is committed: record the group checkpoint.
     Committed,
+    /// A restore across hosts: every host serves the disk snapshots it holds for members
+    /// restored on other hosts (`disk::nbd`); fetch them.
+    Served,
     /// A restore: every member exists, paused; unpause them.
     Restored,
+    /// A restore across hosts: every disk fetched from another host is local; the hosts that
+    /// serve them may stop (once no copy reads them).
+    DisksLocal,
 }
 
 /// When a host's members were paused: its first and last pause, µs since the Unix epoch.

@@ -140,6 +140,11 @@ impl GroupDir {
         &self.name
     }
 
+    /// The group's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Lock the group against another group checkpoint of it (creating the directory 0700).
     pub fn lock(&self, wait: Duration) -> Result<ChainLock, StoreError> {
         store::ensure_private_dir(&self.dir)?;

@@ -21,6 +21,7 @@
 pub mod across;
 mod barrier;
 pub mod coordinator;
+pub mod copies;
 pub mod manifest;
 pub mod rendezvous;
 pub mod slurm;

@@ -126,6 +126,9 @@ enum Role {
     },
 }
 
+/// How long the hosts wait for every disk copy of a restore to complete.
+const COPY_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A [`Coordinator`] whose barriers are passed by every host of the group.
 pub struct TcpCoordinator {
     group: String,
@@ -394,8 +397,11 @@ impl TcpCoordinator {
 
     fn deadline(&self, phase: Phase) -> Duration {
         match phase {
-            Phase::Converged | Phase::Committed => self.timeout,
+            Phase::Converged | Phase::Committed | Phase::Served => self.timeout,
             Phase::Stopped | Phase::Copied | Phase::Restored => self.stop_timeout,
+            // The copies take as long as the disks need; the domains run meanwhile. A host
+            // that dies still ends the barrier.
+            Phase::DisksLocal => COPY_TIMEOUT,
         }
     }
 

@@ -201,16 +201,19 @@ fn has_nonzero_domid(text: &[u8]) -> bool {
 
 fn rewrite(text: &[u8], rw: &ConfigRewrite) -> Result<Vec<u8>, ConfigRewriteError> {
     let mut root: Value = serde_json::from_slice(text).map_err(ConfigRewriteError::NotJson)?;
-    let c_info = root
-        .get_mut("c_info")
-        .and_then(Value::as_object_mut)
-        .ok_or(ConfigRewriteError::NoCInfo)?;
-    if let Some(name) = &rw.rename {
-        c_info.insert("name".into(), Value::String(name.clone()));
-        c_info.insert("uuid".into(), Value::String(random_uuid()));
-    }
-    if !rw.preserve_domid && c_info.contains_key("domid") {
-        c_info.insert("domid".into(), Value::from(0u32));
+    // Only a rename needs c_info; disks are pointed elsewhere without it.
+    match root.get_mut("c_info").and_then(Value::as_object_mut) {
+        Some(c_info) => {
+            if let Some(name) = &rw.rename {
+                c_info.insert("name".into(), Value::String(name.clone()));
+                c_info.insert("uuid".into(), Value::String(random_uuid()));
+            }
+            if !rw.preserve_domid && c_info.contains_key("domid") {
+                c_info.insert("domid".into(), Value::from(0u32));
+            }
+        }
+        None if rw.rename.is_some() => return Err(ConfigRewriteError::NoCInfo),
+        None => {}
     }
     point_disks_at(&mut root, &rw.disk_paths, &rw.overlays)?;
     serde_json::to_vec_pretty(&root).map_err(ConfigRewriteError::Serialize)

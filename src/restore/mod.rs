@@ -13,6 +13,7 @@
 //! `xl` is reached through [`XlTool`] ([`Xl`] runs the real command), so all of this runs
 //! on the sim with a consumer that parses the stream instead.
 
+pub mod fetch;
 mod group;
 mod xl;
 
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::error::Error as StdError;
 
 use crate::compose::ComposedImage;
-use crate::disk::{DiskError, DiskOptions, DiskSnapshot};
+use crate::disk::{DiskError, DiskSnapshot};
 use crate::layer::LayerKey;
 use crate::store::{ChainVerifyError, Store, StoreError};
 use crate::stream::{write_save_file, StreamOptions, StreamStats, StreamWriteError};
@@ -70,6 +71,16 @@ pub enum RestoreError {
         /// Why.
         #[source]
         source: Box<DiskError>,
+    },
+    /// A disk on another host could not be fetched (or has no source).
+    #[error("disk {vdev} of {chain}: {reason}; nothing was restored")]
+    DiskFetch {
+        /// The chain.
+        chain: String,
+        /// The guest device.
+        vdev: String,
+        /// Why.
+        reason: String,
     },
     /// `xl` could not be run.
     #[error("cannot run {xl:?}: is this a Xen dom0 with xen-utils installed?")]
@@ -198,6 +209,17 @@ pub enum RestoreError {
     /// The hosts of a group restore could not meet.
     #[error(transparent)]
     Rendezvous(#[from] crate::group::rendezvous::RendezvousError),
+    /// The members run but a disk could not be made local (its domain still reads the
+    /// host that serves it, which keeps serving).
+    #[error("group {group}@{id}: the members run, but {reason}")]
+    GroupDisks {
+        /// The group.
+        group: String,
+        /// The group checkpoint.
+        id: u64,
+        /// Which disk and why.
+        reason: String,
+    },
     /// Every member exists but unpausing them failed.
     #[error("group {group}@{id}: the members were restored but not all run")]
     GroupUnpause {
@@ -269,18 +291,13 @@ pub fn open_point(
     })
 }
 
-/// Writable clones of the point's disk snapshots, for its restore (vdev -> path).
+/// Writable clones of the point's disk snapshots, for its restore (vdev -> path); a snapshot
+/// held by another host is refused (only a group restore across hosts fetches it).
 pub fn disk_clones(
     disks: &[DiskSnapshot],
     chain: &str,
 ) -> Result<BTreeMap<String, String>, RestoreError> {
-    let tag = format!("restore-{}", crate::store::unix_ms());
-    crate::disk::clone_for_restore(disks, &tag, &DiskOptions::default()).map_err(|source| {
-        RestoreError::Disks {
-            chain: chain.to_string(),
-            source: Box::new(source),
-        }
-    })
+    fetch::member_disks(disks, chain, None).map(|(paths, _)| paths)
 }
 
 /// How to restore one point.

@@ -31,6 +31,10 @@ pub struct SimConfig {
     /// Record a ground-truth snapshot automatically at each outermost pause.
     #[serde(default)]
     pub auto_truth: Option<TruthMode>,
+    /// Disks, as libxl's config lists them (`vdev`, `pdev_path`, ...): a restore points them
+    /// at their clones or overlays as it does a real config's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<serde_json::Value>,
 }
 
 /// Which pages writers pick, and how fast they write.
@@ -119,6 +123,7 @@ impl SimConfig {
             content: ContentSpec::default(),
             seed: 1,
             auto_truth: None,
+            disks: Vec::new(),
         }
     }
 
