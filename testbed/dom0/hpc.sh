@@ -63,6 +63,20 @@ paused_ms() {
     {if (inp && $1 - start > max) max = $1 - start; inp = 0; run = $1}
     END {if (inp) print "still-paused"; else printf "%d\n", max * 1000 + 0.5}'
 }
+# pause_bound_ms NAME HOST: an upper bound on any pause of NAME that ended in the last 5 s
+# before HOST's xckpt exited (a pause xentop's samples may have missed): the longest span
+# between two consecutive samples showing NAME not paused, among those spans that end in that
+# window or at the first sample after it. -1 without samples or the exit time.
+pause_bound_ms() {
+  local end
+  end=$(cat "/shared/end-$2.txt" 2>/dev/null)
+  [ -n "$end" ] || { echo -1; return; }
+  awk -v d="$1" -v e="$end" '
+    $2 != d || $3 ~ /p/ {next}
+    {if (p != "" && $1 > e - 5 && !done) {if ($1 - p > max) max = $1 - p; seen = 1}
+     if ($1 > e) done = 1; p = $1}
+    END {if (seen) printf "%d\n", max * 1000 + 0.5; else print -1}' "/shared/pw-$2.txt"
+}
 # sample_ms: the median interval between two of xentop's samples of hping (the
 # resolution of paused_ms).
 sample_ms() {
