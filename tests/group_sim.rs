@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use xckpt::backend::sim::{SimAgent, SimDomain, TruthMode};
 use xckpt::capture::CaptureOptions;
+use xckpt::disk::nbd::CopyState;
 use xckpt::disk::{Backend, BackendKind, DiskPlan, DiskSnapshot, DiskSpec};
 use xckpt::evict::{EvictOptions, GuestAgent};
+use xckpt::group::copies::CopyRecord;
 use xckpt::group::{
     checkpoint_group, BarrierError, Coordinator, GroupDir, GroupError, LocalCoordinator, Member,
     Phase,
@@ -186,6 +188,27 @@ fn a_prune_that_drops_a_member_layer_breaks_that_group_point_and_says_so() {
         "{out}"
     );
     assert!(rows[1].contains(" yes "), "{out}");
+    // A restore across hosts copying a disk: list shows how far it is, JSON too.
+    let export = xckpt::disk::nbd::Export {
+        host: "xhost1".into(),
+        port: 10809,
+        name: "b-xvda".into(),
+    };
+    let mut copy = CopyRecord::served("7.0", "b", "xvda", "xhost1", export);
+    copy.to = Some("xhost2".into());
+    copy.state = Some(CopyState::Copying {
+        done: 64 << 20,
+        len: 256 << 20,
+    });
+    gdir.write_copy(&copy).unwrap();
+    let (_, out, _) = xckpt(&["list", "--store", root, "--group", "job"]);
+    assert!(
+        out.contains("disk xvda of b: xhost1 -> xhost2: copying 25% (64 of 256 MiB)"),
+        "{out}"
+    );
+    let (_, out, _) = xckpt(&["list", "--store", root, "--group", "job", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["disk_copies"][0]["state"]["done"], 64 << 20);
 
     // Restoring the broken point is refused before anything is created (no Xen needed).
     let (rc, _, err) = xckpt(&["restore", "--store", root, "--group", "job@1"]);

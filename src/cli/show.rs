@@ -115,9 +115,12 @@ impl ListCmd {
         }
     }
 
-    /// The points of group `name`, each with the members that are gone.
+    /// The points of group `name`, each with the members that are gone; then the disks of its
+    /// last restore across hosts and how far their copies are.
     fn list_group(&self, store: &Store, name: &str) -> anyhow::Result<ExitCode> {
-        let m = GroupDir::open(store.root(), name)?.manifest()?;
+        let gdir = GroupDir::open(store.root(), name)?;
+        let m = gdir.manifest()?;
+        let copies = gdir.copies()?;
         if m.points.is_empty() && !GroupDir::list(store.root())?.contains(&m.name) {
             bail!(
                 "no group {name} in {}: take one with `xckpt checkpoint --group {name} DOM...`",
@@ -136,7 +139,8 @@ impl ListCmd {
             });
         }
         if self.json {
-            print_json(&serde_json::json!({ "group": name, "points": rows }))?;
+            let doc = serde_json::json!({ "group": name, "points": rows, "disk_copies": copies });
+            print_json(&doc)?;
             return Ok(ExitCode::SUCCESS);
         }
         let now_ms = xckpt::store::unix_ms();
@@ -161,6 +165,9 @@ impl ListCmd {
                 ok,
                 r.members.join(" ")
             );
+        }
+        for c in &copies {
+            println!("{}", c.describe());
         }
         Ok(ExitCode::SUCCESS)
     }
