@@ -66,6 +66,16 @@ impl Dm {
         }
         Dm(child, qmp)
     }
+
+    /// The copy of `overlay` in this device model, at `mib_s` MiB/s.
+    fn copy(&self, overlay: &Path, mib_s: u64) -> DiskCopy {
+        DiskCopy {
+            qmp: self.1.clone(),
+            overlay: overlay.to_str().unwrap().to_string(),
+            job: "xckpt-xvda".into(),
+            rate: Some(mib_s << 20),
+        }
+    }
 }
 
 impl Drop for Dm {
@@ -125,12 +135,7 @@ fn a_complete_copy_holds_the_whole_disk_once_the_source_is_gone() {
     let (dir, src, mut server, overlay) = setup(32);
     assert!(server.export().uri().starts_with("nbd://127.0.0.1:"));
     let dm = Dm::start(dir.path(), &overlay);
-    let copy = DiskCopy {
-        qmp: dm.1.clone(),
-        overlay: overlay.to_str().unwrap().to_string(),
-        job: "xckpt-xvda".into(),
-        rate: Some(64 * MIB as u64),
-    };
+    let copy = dm.copy(&overlay, 64);
     copy.start().unwrap();
     let (end, seen) = follow(&copy);
     assert_eq!(end, CopyState::Complete, "after {seen:?}");
@@ -167,13 +172,8 @@ fn a_complete_copy_holds_the_whole_disk_once_the_source_is_gone() {
 fn a_source_lost_in_the_middle_fails_the_copy_and_says_so() {
     let (dir, _src, server, overlay) = setup(16);
     let dm = Dm::start(dir.path(), &overlay);
-    let copy = DiskCopy {
-        qmp: dm.1.clone(),
-        overlay: overlay.to_str().unwrap().to_string(),
-        job: "xckpt-xvda".into(),
-        // 4 MiB/s: the 16 MiB copy takes seconds, the source dies in its first.
-        rate: Some(4 * MIB as u64),
-    };
+    // 4 MiB/s: the 16 MiB copy takes seconds, the source dies in its first.
+    let copy = dm.copy(&overlay, 4);
     copy.start().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.clients(), 1, "the copy reads the export");
