@@ -337,17 +337,17 @@ pub fn copy_all(overlays: &[Overlay], fetch: &Fetch<'_>) -> (Vec<CopyRecord>, Op
 /// Stop serving: each server once no client reads it any more (a domain whose copy failed
 /// still does, and keeps its source). Says so on stderr while it waits.
 pub fn release(servers: Vec<Box<dyn Serving>>, poll: Duration) {
-    let mut told = Instant::now() - Duration::from_secs(3600);
+    let mut told: Option<Instant> = None;
     for s in servers {
         while s.clients() > 0 {
-            if told.elapsed() >= Duration::from_secs(60) {
+            if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 eprintln!(
                     "xckpt: still serving {} to {} client(s): a restored domain reads it; not \
                      stopping until it is done",
                     s.export().uri(),
                     s.clients()
                 );
-                told = Instant::now();
+                told = Some(Instant::now());
             }
             std::thread::sleep(poll);
         }
@@ -369,6 +369,36 @@ mod tests {
             host: host.map(str::to_string),
             format: Some("raw".into()),
         }
+    }
+
+    /// A server whose last client leaves after a few polls.
+    struct Leaving(Export, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Serving for Leaving {
+        fn export(&self) -> &Export {
+            &self.0
+        }
+        fn clients(&self) -> usize {
+            use std::sync::atomic::Ordering::SeqCst;
+            let left = self.1.load(SeqCst);
+            self.1.store(left.saturating_sub(1), SeqCst);
+            usize::from(left > 0)
+        }
+    }
+
+    #[test]
+    fn a_server_stops_only_once_no_client_reads_it() {
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(3));
+        let export = Export {
+            host: "h".into(),
+            port: 1,
+            name: "a-xvda".into(),
+        };
+        release(
+            vec![Box::new(Leaving(export, polls.clone()))],
+            Duration::from_millis(1),
+        );
+        assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

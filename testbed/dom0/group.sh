@@ -54,6 +54,8 @@ wait_pp() {
     sleep 0.5
   done
 }
+# The guest modules of the write log on ext4 (WL_DLOG).
+DLOG_MODS=xen-blkfront,crc32c_generic,crc16,mbcache,jbd2,ext4
 # dlog_first NAME MARK / dlog_last NAME MARK: first / last record NAME wrote after MARK.
 dlog_first() { after "$1" "$2" | sed -n 's/^DLOG wrote=//p' | head -n 1; }
 dlog_last() { after "$1" "$2" | sed -n 's/^DLOG wrote=//p' | tail -n 1; }

@@ -18,22 +18,39 @@ step() { note "step: $*"; echo "TB-STEP $SCN $* uptime=$(now)" > /dev/console; }
 
 # hpc_start_pair: the job: guest hpong on host 2, hping on host 1, bridged to the link,
 # playing ping-pong across the hosts (their boot times in PONG_BOOT, PING_BOOT); an empty
-# store on /shared.
+# store on /shared. With HPC_DISK1 / HPC_DISK2 (ext4 images, made here on host 1 / host 2),
+# each guest also writes its log to its disk.
 hpc_start_pair() {
   # A retried scenario starts clean on both hosts.
   destroy_guest hping > /dev/null; destroy_guest hpong > /dev/null
   on2 "xl destroy hpong; xl destroy hping" > /dev/null 2>&1 || true
   rm -rf "$HPC_STORE" /shared/hostfile /shared/*-before.log
+  if [ -n "${HPC_DISK1:-}" ]; then
+    mkdir -p "$(dirname "$HPC_DISK1")" && rm -f "$(dirname "$HPC_DISK1")"/* &&
+      truncate -s 64M "$HPC_DISK1" && /usr/sbin/mke2fs -q -t ext4 -F "$HPC_DISK1" ||
+      fail "cannot make $HPC_DISK1 on host 1"
+  fi
+  if [ -n "${HPC_DISK2:-}" ]; then
+    on2lib "setup_xfs && truncate -s 64M $HPC_DISK2 && /usr/sbin/mke2fs -q -t ext4 -F $HPC_DISK2 && echo DISK2-OK" |
+      grep -q DISK2-OK || fail "cannot make $HPC_DISK2 on host 2 (XFS on its /dev/vda): $(on2 'dmesg | tail -n 3' | tr '\n' ' ')"
+  fi
   step "guest hpong on host 2"
   setup_bridge
-  out PONG_S on2 "sh /testbed/pair.sh guest hpong 00:16:3e:77:00:02 10.9.0.2 pong" ||
+  out PONG_S on2 "sh /testbed/pair.sh guest hpong 00:16:3e:77:00:02 10.9.0.2 pong '' ${HPC_DISK2:-}" ||
     fail "guest hpong on host 2 did not start: $OUT_LAST"
   PONG_BOOT=$(sed -n 's/^guest hpong up boot_s=//p' "$TBW/.out")
   step "guest hping on host 1"
   CFG_EXTRA="vif=['mac=00:16:3e:77:00:03,bridge=xenbr0,script=$VIF_SCRIPT']"
-  start_guest pvh hping "$DOMU_MEM" WL_MODS=xen-netfront WL_IP=10.9.0.3 WL_PP_ROLE=ping WL_PP_PEER=10.9.0.2 ||
+  local mods=xen-netfront dlog=""
+  if [ -n "${HPC_DISK1:-}" ]; then
+    CFG_EXTRA="$CFG_EXTRA
+disk=['format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=$HPC_DISK1']"
+    mods=xen-netfront,$DLOG_MODS dlog="WL_MOUNT=/dev/xvda WL_DLOG=/mnt/log WL_DLOG_MS=50"
+  fi
+  # shellcheck disable=SC2086 # $dlog is words
+  start_guest pvh hping "$DOMU_MEM" WL_MODS="$mods" WL_IP=10.9.0.3 WL_PP_ROLE=ping WL_PP_PEER=10.9.0.2 $dlog ||
     fail "guest hping did not start"
-  CFG_EXTRA=""
+  CFG_EXTRA=""""
   PING_BOOT=$BOOT_S
   wait_pp hping 3 180 0 ||
     fail "ping-pong across the hosts did not start (hping: $(after hping 0 | grep -a '^PP' | tail -n 2 | tr '\n' ' '))"
@@ -47,8 +64,9 @@ hpc_ckpt() {
   step "group checkpoint through srun"
   # --kill-on-bad-exit=0: a task that dies must not make Slurm kill the others; xckpt's own
   # protocol handles it.
+  # shellcheck disable=SC2086 # HPC_CKPT_DISK is words
   out "$var" sr -N2 --ntasks-per-node=1 --kill-on-bad-exit=0 sh /testbed/hpc-task.sh "$@" -- \
-    xckpt checkpoint --store "$HPC_STORE" --group hjob --slurm --no-disk -q hping hpong
+    xckpt checkpoint --store "$HPC_STORE" --group hjob --slurm ${HPC_CKPT_DISK---no-disk} -q hping hpong
 }
 
 # paused_ms NAME: the longest time NAME stayed paused during the last hpc_ckpt, as xentop

@@ -7,8 +7,9 @@
 #                   host 2 has written /shared/.ready-2).
 #   pair.sh serve   host 2: wait until host 1 is done (/shared/.pair-done), then return.
 #   pair.sh done    host 1: after its scenarios, tell host 2 to power off.
-#   pair.sh guest NAME MAC IP ROLE [PEER]   start a ping-pong PVH guest here, bridged to the
-#                   link (hpc scenarios run it on host 2 through srun).
+#   pair.sh guest NAME MAC IP ROLE [PEER [DISK]]   start a ping-pong PVH guest here, bridged
+#                   to the link (hpc scenarios run it on host 2 through srun); with DISK, its
+#                   write log goes to the ext4 image DISK too.
 # Every step that fails prints one "TB-PAIR FAILED ..." line and the bring-up goes on: the
 # scenarios then fail with the reason (hpc-smoke checks each part).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:$(echo /usr/lib/xen-4.*/bin)
@@ -147,7 +148,8 @@ case ${1:-} in
     within 60 test -f /shared/.pair-bye || failed "host 2 did not answer .pair-done"
     say "done host=1" ;;
   guest)
-    # guest NAME MAC IP ROLE [PEER]: a ping-pong guest bridged to the link.
+    # guest NAME MAC IP ROLE [PEER [DISK]]: a ping-pong guest bridged to the link; with DISK
+    # (an ext4 image), it also appends its write log there (xvda, on qdisk).
     shift
     export SCN=pair-guest RESULT=/tmp/tb/pair-guest.result
     mkdir -p /tmp/tb
@@ -155,8 +157,15 @@ case ${1:-} in
     . /testbed/group.sh
     setup_bridge
     CFG_EXTRA="vif=['mac=$2,bridge=xenbr0,script=$VIF_SCRIPT']"
-    start_guest pvh "$1" "$DOMU_MEM" WL_MODS=xen-netfront WL_IP="$3" WL_PP_ROLE="$4" ${5:+WL_PP_PEER=$5} ||
+    mods=xen-netfront dlog=""
+    if [ -n "${6:-}" ]; then
+      CFG_EXTRA="$CFG_EXTRA
+disk=['format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=$6']"
+      mods=xen-netfront,$DLOG_MODS dlog="WL_MOUNT=/dev/xvda WL_DLOG=/mnt/log WL_DLOG_MS=50"
+    fi
+    # shellcheck disable=SC2086 # $dlog is words
+    start_guest pvh "$1" "$DOMU_MEM" WL_MODS="$mods" WL_IP="$3" WL_PP_ROLE="$4" ${5:+WL_PP_PEER=$5} $dlog ||
       { echo "guest $1 did not start: ${BOOT_WHY:-}"; exit 1; }
     echo "guest $1 up boot_s=$BOOT_S" ;;
-  *) echo "usage: pair.sh up | serve | done | guest NAME MAC IP ROLE [PEER]" >&2; exit 2 ;;
+  *) echo "usage: pair.sh up | serve | done | guest NAME MAC IP ROLE [PEER [DISK]]" >&2; exit 2 ;;
 esac

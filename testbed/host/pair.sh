@@ -51,7 +51,8 @@ copy_hpc_libs() {
 }
 
 # The HPC part of the dom0 image, $WORK/dom0-hpc.cpio.gz: munge, Slurm, the NFS server and
-# client, their libraries and modules. Only pair boots append it to the dom0 image.
+# client, qemu-nbd and qemu-img, their libraries and modules. Only pair boots append it to the
+# dom0 image.
 build_dom0_hpc() {
   fetch_hpc
   local d=$WORK/dom0-hpc s=$HPC/stage x
@@ -63,6 +64,10 @@ build_dom0_hpc() {
   done
   for x in srun scontrol sinfo squeue scancel sbatch salloc; do cp "$s/usr/bin/$x" "$d/usr/bin/"; done
   cp "$s"/sbin/{mount.nfs,rpcbind} "$d/sbin/" && ln -s mount.nfs "$d/sbin/mount.nfs4"
+  # Disks that follow their domain (restore across hosts): the host's own qemu-nbd and
+  # qemu-img (qemu-utils, a host package).
+  cp "$(command -v qemu-nbd)" "$(command -v qemu-img)" "$d/usr/bin/" ||
+    die "HPC image: no qemu-nbd/qemu-img on the host (install qemu-utils)"
   cp -a "$s/usr/lib/x86_64-linux-gnu/slurm-wlm" "$d/usr/lib/x86_64-linux-gnu/"
   # PMIx is not in the closure (slurm-wlm-basic-plugins only recommends it); without these
   # two plugins slurmd does not log an MPI error at every start.
