@@ -4,14 +4,16 @@
 # Runs xckpt (with the VAR=VALUE environment on host 2 only) while xentop watches whether
 # this host's test guests are paused: lines "UPTIME NAME STATE" into /shared/pw-HOST.txt, one
 # per xentop sample (batch mode, no delay between samples: `xl list` takes ~2 s per call
-# under TCG, too coarse), until 2 s after xckpt ended. Stock xentop, not xckpt, is the
+# under TCG, too coarse), until 2 s after xckpt ended. At nice 19: without it, xentop's
+# samples (~0.45 s of CPU each) took dom0's one vCPU from xckpt, and a group checkpoint ran
+# past srun's 300 s. Stock xentop, not xckpt, is the
 # observer of how long a guest stayed paused (hpc.sh, paused_ms, pause_bound_ms); the moment
 # xckpt exited (this host's uptime, as the shell saw it) goes to /shared/end-HOST.txt.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:$(echo /usr/lib/xen-4.*/bin)
 W=/shared/pw-$(hostname).txt
 E=/shared/end-$(hostname).txt
 : > "$W"; : > "$E"
-xentop -b -d 0 2> "${W%.txt}.err" | awk '$1 == "hping" || $1 == "hpong" {
+nice -n 19 xentop -b -d 0 2> "${W%.txt}.err" | awk '$1 == "hping" || $1 == "hpong" {
     getline u < "/proc/uptime"; close("/proc/uptime"); split(u, a, " ")
     print a[1], $1, $2; fflush() }' >> "$W" &
 watch=$!   # awk: once it is gone, xentop dies of SIGPIPE at its next sample

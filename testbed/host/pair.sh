@@ -68,6 +68,8 @@ build_dom0_hpc() {
   # qemu-img (qemu-utils, a host package).
   cp "$(command -v qemu-nbd)" "$(command -v qemu-img)" "$d/usr/bin/" ||
     die "HPC image: no qemu-nbd/qemu-img on the host (install qemu-utils)"
+  # The hpc scenarios' xentop sampler runs under nice (dom0's busybox has none).
+  cp /usr/bin/nice "$d/usr/bin/"
   cp -a "$s/usr/lib/x86_64-linux-gnu/slurm-wlm" "$d/usr/lib/x86_64-linux-gnu/"
   # PMIx is not in the closure (slurm-wlm-basic-plugins only recommends it); without these
   # two plugins slurmd does not log an MPI error at every start.
