@@ -1,7 +1,7 @@
 # about: two hosts (testbed/run pair): a job of two PVH guests, one per host, playing TCP ping-pong across the hosts; two group checkpoints through Slurm (srun -N2 xckpt checkpoint --group --slurm) onto the NFS store, destroy both, restore through Slurm with the hosts swapped (srun -m arbitrary): the same connection goes on (no reconnect, counters continue from the instant), a full sweep with bad=0 on both, each resumed at a generation in its window
 #
 # Runs on host 1's dom0; host 2 is reached through Slurm. Memory only (--no-disk): disks that
-# follow a domain to another host are not built yet (docs/design-group.md, "Storage").
+# follow their domain to another host are hpc-source-lost's.
 . /testbed/xckpt.sh
 . /testbed/group.sh
 . /testbed/hpc.sh
