@@ -13,8 +13,8 @@ sleep 3
 [ -n "$(dlog_last hping 0)" ] || fail "hping writes no log records: $(after hping 0 | grep -a 'DLOG\|DOMU' | tail -n 3 | tr '\n' ' ')"
 
 hpc_ckpt G1_S || fail "the group checkpoint with disks failed: $OUT_LAST"
-SNAP1=$(ls /shared/h1/xckpt-hping-* 2>/dev/null | head -n 1)
-SNAP2=$(on2 "ls /mnt/xfs/xckpt-hpong-*" 2>/dev/null | head -n 1)
+SNAP1=$(ls /shared/h1/hping.img.xckpt-hping-* 2>/dev/null | head -n 1)
+SNAP2=$(on2 "ls /mnt/xfs/hpong.img.xckpt-hpong-*" 2>/dev/null | head -n 1)
 [ -n "$SNAP1" ] && [ -n "$SNAP2" ] ||
   fail "no reflink snapshot next to each disk (host 1: '$SNAP1', host 2: '$SNAP2'): $OUT_LAST"
 sleep 2
