@@ -200,7 +200,7 @@ fn a_prune_that_drops_a_member_layer_breaks_that_group_point_and_says_so() {
         done: 64 << 20,
         len: 256 << 20,
     });
-    gdir.write_copy(&copy).unwrap();
+    gdir.write_copy(&mut copy).unwrap();
     let (_, out, _) = xckpt(&["list", "--store", root, "--group", "job"]);
     assert!(
         out.contains("disk xvda of b: xhost1 -> xhost2: copying 25% (64 of 256 MiB)"),

@@ -654,6 +654,10 @@ fn across_hosts_each_disk_follows_its_domain_and_its_source_serves_until_the_cop
         assert_eq!((c.chain.as_str(), c.from.as_str()), (name, from));
         assert_eq!(c.to.as_deref(), Some(here));
         assert_eq!(c.state, Some(CopyState::Complete));
+        assert!(
+            c.updated_unix_ms >= c.since_unix_ms + 1000,
+            "the copy took three polls: {c:?}"
+        );
         assert!(r.local_after.unwrap() >= r.running_after);
     }
     // Every copy is complete in the shared store, and no export has a client left.

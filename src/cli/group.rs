@@ -304,7 +304,22 @@ pub fn restore(
         None => xckpt::restore::restore_group(store_root, name, id, &mut key_of, xl)?,
     };
     for r in &g.members {
-        print_disks(r);
+        for (vdev, path) in &r.disks {
+            match g
+                .copies
+                .iter()
+                .find(|c| c.chain == r.chain && &c.vdev == vdev)
+            {
+                Some(c) => println!(
+                    "{}: disk {vdev} fetched from {} into the local overlay {path}",
+                    r.chain, c.from
+                ),
+                None => println!(
+                    "{}: disk {vdev} restored from its snapshot as {path}",
+                    r.chain
+                ),
+            }
+        }
     }
     let names: Vec<&str> = g.members.iter().map(|r| r.name.as_str()).collect();
     println!(

@@ -104,14 +104,13 @@ impl GroupDir {
         self.dir().join("copies")
     }
 
-    /// Write (or replace) the record of `r.chain`'s `r.vdev`.
-    pub fn write_copy(&self, r: &CopyRecord) -> Result<(), StoreError> {
+    /// Write (or replace) the record of `r.chain`'s `r.vdev`, stamped with the time now.
+    pub fn write_copy(&self, r: &mut CopyRecord) -> Result<(), StoreError> {
         let dir = self.copies_dir();
         store::ensure_private_dir(self.dir())?;
         store::ensure_private_dir(&dir)?;
-        let mut r = r.clone();
         r.updated_unix_ms = store::unix_ms();
-        store::manifest::write_json(&dir, &copy_file(&r.chain, &r.vdev), &r)
+        store::manifest::write_json(&dir, &copy_file(&r.chain, &r.vdev), r)
     }
 
     /// The record of `chain`'s `vdev`, if any.
@@ -164,7 +163,7 @@ mod tests {
             name: "hping-xvda".into(),
         };
         let mut r = CopyRecord::served("7.0", "hping", "xvda", "xhost1", export);
-        g.write_copy(&r).unwrap();
+        g.write_copy(&mut r).unwrap();
         assert!(g.copy("hping", "xvda").unwrap().unwrap().state.is_none());
         assert!(r.describe().contains("served, not copying yet"));
         r.to = Some("xhost2".into());
@@ -172,7 +171,7 @@ mod tests {
             done: 96 << 20,
             len: 256 << 20,
         });
-        g.write_copy(&r).unwrap();
+        g.write_copy(&mut r).unwrap();
         let all = g.copies().unwrap();
         assert_eq!(all.len(), 1);
         let line = all[0].describe();
@@ -180,8 +179,14 @@ mod tests {
             line.contains("xhost1 -> xhost2") && line.contains("38% (96 of 256 MiB)"),
             "{line}"
         );
+        r.since_unix_ms -= 2500; // the copy started 2.5 s ago
         r.state = Some(CopyState::Complete);
-        g.write_copy(&r).unwrap();
+        g.write_copy(&mut r).unwrap();
+        assert!(
+            r.describe().contains("local after 2.5 s"),
+            "{}",
+            r.describe()
+        );
         assert!(g.copies().unwrap()[0]
             .describe()
             .contains("xhost1 is no longer needed"));

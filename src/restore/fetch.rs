@@ -198,14 +198,14 @@ pub fn serve_for_others(
                 .mover
                 .serve(&s, &format!("{}-{}", m.chain, s.vdev))
                 .map_err(|e| fetch_error(&m.chain, &s.vdev, e))?;
-            let record = CopyRecord::served(
+            let mut record = CopyRecord::served(
                 fetch.restore,
                 &m.chain,
                 &s.vdev,
                 &here,
                 server.export().clone(),
             );
-            fetch.gdir.write_copy(&record)?;
+            fetch.gdir.write_copy(&mut record)?;
             servers.push(server);
         }
     }
@@ -256,7 +256,7 @@ pub fn member_disks(
             .overlay(&record.export, chain, &s.vdev)
             .map_err(|e| fetch_error(chain, &s.vdev, e))?;
         record.to = Some(here.clone());
-        f.gdir.write_copy(&record)?;
+        f.gdir.write_copy(&mut record)?;
         paths.insert(s.vdev.clone(), path);
         overlays.insert(s.vdev.clone());
     }
@@ -307,7 +307,7 @@ pub fn copy_all(overlays: &[Overlay], fetch: &Fetch<'_>) -> (Vec<CopyRecord>, Op
                 failure.get_or_insert(format!("disk {} of {}: {e}", o.vdev, o.domain));
             }
         }
-        let _ = fetch.gdir.write_copy(&record);
+        let _ = fetch.gdir.write_copy(&mut record);
         records.push(record);
     }
     while !running.is_empty() {
