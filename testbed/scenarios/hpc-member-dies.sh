@@ -3,6 +3,8 @@
 . /testbed/group.sh
 . /testbed/hpc.sh
 hpc_start_pair
+# xentop watches each host during the checkpoints (hpc-task.sh).
+export HPC_WATCH=1
 
 # A first group checkpoint, so that there is a chain to keep unchanged.
 hpc_ckpt G1_S || fail "group checkpoint 1 failed: $OUT_LAST"
