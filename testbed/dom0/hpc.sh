@@ -24,6 +24,10 @@ hpc_start_pair() {
   # A retried scenario starts clean on both hosts.
   destroy_guest hping > /dev/null; destroy_guest hpong > /dev/null
   on2 "xl destroy hpong; xl destroy hping" > /dev/null 2>&1 || true
+  # A scenario before this one may have run either guest on either host (a swapped
+  # restore): its console log there would read as this scenario's.
+  local logs="/var/log/xen/console/guest-hping.log /var/log/xen/console/guest-hpong.log"
+  rm -f $logs; on2 "rm -f $logs" > /dev/null 2>&1 || true
   rm -rf "$HPC_STORE" /shared/hostfile /shared/*-before.log
   if [ -n "${HPC_DISK1:-}" ]; then
     mkdir -p "$(dirname "$HPC_DISK1")" && rm -f "$(dirname "$HPC_DISK1")"/* &&
