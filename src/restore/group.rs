@@ -99,7 +99,7 @@ pub fn restore_group_across(
     let (point, servers) = match served {
         Ok(s) => s,
         Err(e) => {
-            coord.abandon(Phase::Served, &e.to_string());
+            coord.abandon(Phase::Served, &error_chain(&e));
             return Err(e);
         }
     };
@@ -130,7 +130,9 @@ pub fn restore_group_across(
         return Err(RestoreError::GroupDisks {
             group: group.to_string(),
             id,
-            reason: aborted(group, id, &coord).to_string(),
+            reason: coord
+                .why_failed()
+                .unwrap_or_else(|| "another host's disk copy failed".into()),
         });
     }
     g.copies = copies;
