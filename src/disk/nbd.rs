@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::command::run;
-use super::qcow2::find_device;
+use super::qcow2::query_device;
 use crate::libxl::qmp;
 
 /// One NBD export of a disk snapshot.
@@ -224,16 +224,7 @@ pub struct DiskCopy {
 
 impl DiskCopy {
     fn device(&self) -> Result<(String, Value), String> {
-        let blocks =
-            qmp::execute(&self.qmp, "query-block", json!({})).map_err(|e| e.to_string())?;
-        let (device, _) = find_device(&blocks, &self.overlay).ok_or_else(|| {
-            format!(
-                "the device model ({}) serves no image {}",
-                self.qmp.display(),
-                self.overlay
-            )
-        })?;
-        Ok((device, blocks))
+        query_device(&self.qmp, &self.overlay).map(|((device, _), blocks)| (device, blocks))
     }
 
     /// Start copying: `block-stream` of the overlay's whole backing chain into it.

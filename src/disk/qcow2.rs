@@ -4,7 +4,7 @@
 //! one more overlay on top of the snapshot (`qemu-img create -b`), so the snapshot is never
 //! written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -50,16 +50,21 @@ impl Qcow2 {
     }
 
     fn device(&self, disk: &DiskSpec) -> Result<(String, String), String> {
-        let sock = self.socket(disk);
-        let blocks = qmp::execute(&sock, "query-block", json!({})).map_err(|e| e.to_string())?;
-        find_device(&blocks, &disk.pdev_path).ok_or_else(|| {
-            format!(
-                "the device model ({}) serves no image {}",
-                sock.display(),
-                disk.pdev_path
-            )
-        })
+        query_device(&self.socket(disk), &disk.pdev_path).map(|(found, _)| found)
     }
+}
+
+/// `query-block` on the device model's QMP socket `sock`: the device whose image chain holds
+/// `path` and the file it writes to now ([`find_device`]), with the whole answer.
+pub fn query_device(sock: &Path, path: &str) -> Result<((String, String), Value), String> {
+    let blocks = qmp::execute(sock, "query-block", json!({})).map_err(|e| e.to_string())?;
+    let found = find_device(&blocks, path).ok_or_else(|| {
+        format!(
+            "the device model ({}) serves no image {path}",
+            sock.display()
+        )
+    })?;
+    Ok((found, blocks))
 }
 
 impl Backend for Qcow2 {
