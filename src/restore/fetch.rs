@@ -300,7 +300,7 @@ pub fn copy_all(overlays: &[Overlay], fetch: &Fetch<'_>) -> (Vec<CopyRecord>, Op
         match fetch.mover.copy(&o.domain, &o.path, &o.vdev) {
             Ok(c) => {
                 record.state = Some(CopyState::Copying { done: 0, len: 0 });
-                running.push((c, record.clone()));
+                running.push((c, records.len()));
             }
             Err(e) => {
                 record.state = Some(CopyState::Failed { why: e.clone() });
@@ -310,9 +310,11 @@ pub fn copy_all(overlays: &[Overlay], fetch: &Fetch<'_>) -> (Vec<CopyRecord>, Op
         let _ = fetch.gdir.write_copy(&mut record);
         records.push(record);
     }
+    // Each running copy updates its own record (by index) until it is no longer copying.
     while !running.is_empty() {
         std::thread::sleep(Duration::from_millis(500));
-        running.retain_mut(|(c, record)| {
+        running.retain(|(c, i)| {
+            let record = &mut records[*i];
             let state = c.progress().unwrap_or_else(|why| CopyState::Failed { why });
             let done = !matches!(state, CopyState::Copying { .. });
             if let CopyState::Failed { why } = &state {
@@ -320,14 +322,6 @@ pub fn copy_all(overlays: &[Overlay], fetch: &Fetch<'_>) -> (Vec<CopyRecord>, Op
             }
             record.state = Some(state);
             let _ = fetch.gdir.write_copy(record);
-            if done {
-                if let Some(r) = records
-                    .iter_mut()
-                    .find(|r| (&r.chain, &r.vdev) == (&record.chain, &record.vdev))
-                {
-                    *r = record.clone();
-                }
-            }
             !done
         });
     }
