@@ -42,6 +42,8 @@ struct FakeXl {
     domains: Mutex<BTreeMap<String, FakeDomain>>,
     fail: Option<String>,
     destroyed: Mutex<Vec<String>>,
+    /// How long each restore takes beyond its stream (a slow host).
+    slow: std::time::Duration,
 }
 
 /// Collects what `xl restore` would load.
@@ -97,6 +99,7 @@ impl XlTool for FakeXl {
             source: Box::new(source),
         })?;
         let (header, loaded) = parsed.expect("a whole stream parses");
+        std::thread::sleep(self.slow);
         if self.fail.as_deref() == Some(loaded.name.as_str()) {
             return Err(RestoreError::XlFailed {
                 what: what.to_string(),
@@ -417,7 +420,9 @@ fn restore_moving(
     Result<xckpt::restore::GroupRestored, RestoreError>,
 ) {
     let port = sim_util::free_port();
-    let t = std::time::Duration::from_secs(5);
+    // Far shorter than a member's restore: a restore has no barrier with running members
+    // stopped, so the hosts wait for each other by the group timeout.
+    let t = std::time::Duration::from_millis(50);
     std::thread::scope(|s| {
         let h0 = s.spawn(|| {
             let r = sim_util::rendezvous(port, 0, 2, false, t);
@@ -437,7 +442,12 @@ fn a_group_across_hosts_restores_each_member_on_the_host_of_its_slot() {
     let store = Store::open(dir.path()).unwrap();
     let (_doms, truths) = group_of_two(&store, dir.path());
     place_on_two_hosts(dir.path());
-    let (xl0, xl1) = (FakeXl::default(), FakeXl::default());
+    // Host 0 restores its member long after the hub has: the hub waits for it.
+    let xl0 = FakeXl {
+        slow: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let xl1 = FakeXl::default();
     let (r0, r1) = restore_on_two_hosts(dir.path(), &xl0, &xl1);
     let (r0, r1) = (r0.unwrap(), r1.unwrap());
     assert_eq!((r0.id, r1.id), (2, 2));

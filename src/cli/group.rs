@@ -92,7 +92,8 @@ pub struct HostsArgs {
     /// from the job and step ids).
     #[arg(long, requires = "slurm", value_name = "HOST:PORT")]
     pub rendezvous: Option<String>,
-    /// Seconds to wait for the other hosts to meet, to converge and to commit.
+    /// Seconds to wait for the other hosts to meet, to converge, to commit, and in a restore
+    /// to create their members.
     #[arg(long, default_value_t = 600, requires = "slurm")]
     pub group_timeout: u64,
     /// Seconds to wait for the other hosts while members are stopped (pause, disk snapshots,

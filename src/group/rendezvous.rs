@@ -16,8 +16,9 @@
 //! failed, closed its connection (its xckpt died) or missed the barrier's deadline. A failed
 //! barrier ends the group: every later barrier of every host fails at once, so every host
 //! resumes its members (their watchdogs cover an xckpt that dies). A host that loses the hub
-//! fails its barrier the same way. Deadlines: `timeout` for the phases that wait on pre-copy
-//! or write-behind, `stop_timeout` for those reached with the members stopped.
+//! fails its barrier the same way. Deadlines: `timeout` for the phases that wait on pre-copy,
+//! write-behind or a restore's streaming, `stop_timeout` for those reached with running
+//! members stopped.
 //!
 //! Clocks: each host measures its offset to the hub's clock at the hello (half the round
 //! trip is the error bound) and reports its pause window in the hub's clock, so the pause skew
@@ -397,8 +398,11 @@ impl TcpCoordinator {
 
     fn deadline(&self, phase: Phase) -> Duration {
         match phase {
-            Phase::Converged | Phase::Committed | Phase::Served => self.timeout,
-            Phase::Stopped | Phase::Copied | Phase::Restored => self.stop_timeout,
+            // A restore's `Restored` waits on the slowest host's streaming of its members'
+            // pages (tens of seconds each under TCG): work, like pre-copy. Its paused domains
+            // are new; no running guest waits on it.
+            Phase::Converged | Phase::Committed | Phase::Served | Phase::Restored => self.timeout,
+            Phase::Stopped | Phase::Copied => self.stop_timeout,
             // The copies take as long as the disks need; the domains run meanwhile. A host
             // that dies still ends the barrier.
             Phase::DisksLocal => COPY_TIMEOUT,

@@ -87,9 +87,11 @@ timed() {
   return "$rc"
 }
 
-# out VAR cmd...: like timed, but also keeps cmd's output (last non-empty line) in OUT_LAST.
+# out VAR cmd...: like timed, but also keeps cmd's output (last non-empty line) in OUT_LAST;
+# if cmd failed and xckpt said why (through srun too, whose own last line only names the
+# task), xckpt's last two error lines instead.
 out() {
-  local var=$1 t0 rc; shift
+  local var=$1 t0 rc why; shift
   t0=$(now)
   note "+ $*"
   { "$@"; echo $? > "$TBW/.rc"; } > "$TBW/.out" 2>&1
@@ -97,6 +99,8 @@ out() {
   eval "$var=$(since "$t0")"
   tr '\r' '\n' < "$TBW/.out" | grep -av '%$'
   OUT_LAST=$(tr '\r' '\n' < "$TBW/.out" | grep -av '%$' | grep -av '^ *$' | tail -n 1)
+  why=$(grep -a 'xckpt: ' "$TBW/.out" | tail -n 2 | paste -sd '|')
+  [ "$rc" = 0 ] || [ -z "$why" ] || OUT_LAST="$why | $OUT_LAST"
   note "  (rc=$rc, $(eval echo \$$var) s)"
   return "$rc"
 }
