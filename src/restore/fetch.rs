@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{KeyOf, RestoreError};
@@ -121,13 +120,13 @@ impl Mover for Nbd {
     }
 
     fn copy(&self, domain: &str, overlay: &str, vdev: &str) -> Result<Box<dyn Copying>, String> {
-        let mut c = Command::new("xl");
-        c.args(["domid", domain]);
-        let out = crate::disk::command::run(c, self.limit)?;
-        let domid: u32 = out
-            .trim()
-            .parse()
-            .map_err(|_| format!("`xl domid {domain}` printed {:?}", out.trim()))?;
+        // The domain was just restored under its name; its QMP socket is named by its id.
+        let domid = crate::backend::xen::list_domains()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|d| d.identity.name == domain)
+            .map(|d| d.identity.domid)
+            .ok_or_else(|| format!("domain {domain} is not running here"))?;
         let copy = DiskCopy {
             qmp: qmp::socket_path(&self.qmp_dir, domid),
             overlay: overlay.to_string(),

@@ -29,6 +29,8 @@ hpc_start_pair() {
   local logs="/var/log/xen/console/guest-hping.log /var/log/xen/console/guest-hpong.log"
   rm -f $logs; on2 "rm -f $logs" > /dev/null 2>&1 || true
   rm -rf "$HPC_STORE" /shared/hostfile /shared/*-before.log
+  # An earlier scenario's overlays would read as this one's.
+  rm -rf /mnt/xfs/disks; on2 "rm -rf /mnt/xfs/disks" > /dev/null 2>&1 || true
   if [ -n "${HPC_DISK1:-}" ]; then
     mkdir -p "$(dirname "$HPC_DISK1")" && rm -f "$(dirname "$HPC_DISK1")"/* &&
       truncate -s 64M "$HPC_DISK1" && /usr/sbin/mke2fs -q -t ext4 -F "$HPC_DISK1" ||
@@ -115,4 +117,95 @@ hpc_no_trouble() {
       on2lib "u=\$(after hpong 0 | grep -an -m 1 '^PPUP' | cut -d: -f1); after hpong \${u:-0} | grep -aE '^(PPERR|PPBAD)|bad=[1-9]'")
   [ -z "$t" ] || fail "ping-pong saw errors $1: $(echo "$t" | head -n 2 | tr '\n' ' ')"
   [ "$(after hping 0 | grep -ac '^PPUP')" = 1 ] || fail "ping reconnected $1"
+}
+
+# The disks of the two-host scenarios: each guest writes its log to ext4 on a disk local to
+# its host (hping's on host 1's XFS under /shared, which xckpt reaches only through qemu-nbd;
+# hpong's on host 2's own disk), snapshotted by reflink with each group checkpoint.
+hpc_with_disks() {
+  HPC_DISK1=/shared/h1/hping.img
+  HPC_DISK2=/mnt/xfs/hpong.img
+  HPC_CKPT_DISK=""
+}
+
+# hpc_snapshot_logs: each disk's newest snapshot (SNAP1 on host 1, SNAP2 on host 2), checked
+# before its host lets it go, and the last record of its log (SNAP1_LAST, SNAP2_LAST): where
+# the restored guest must go on.
+hpc_snapshot_logs() {
+  SNAP1=$(ls /shared/h1/hping.img.xckpt-hping-* 2>/dev/null | sort -V | tail -n 1)
+  SNAP2=$(on2 "ls /mnt/xfs/hpong.img.xckpt-hpong-*" 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$SNAP1" ] && [ -n "$SNAP2" ] ||
+    fail "no reflink snapshot next to each disk (host 1: '$SNAP1', host 2: '$SNAP2')"
+  mkdir -p /mnt/xfs
+  check_ext4_log "$SNAP1"; SNAP1_LAST=$LOG_LAST
+  [ "$LOG_BAD" = 0 ] || fail "the snapshot of hping's disk has $LOG_BAD damaged records"
+  SNAP2_LAST=$(on2lib "check_ext4_log $SNAP2 && [ \$LOG_BAD = 0 ] && echo SNAPLAST \$LOG_LAST" | sed -n 's/^SNAPLAST //p')
+  nums SNAP1_LAST SNAP2_LAST
+}
+
+# hpc_restore_swapped SPEC [ARG...]: restore group SPEC through srun with the hosts swapped
+# (task 0 on host 2, task 1 on host 1), so each member goes to the other host, its disk with
+# it over NBD (qemu-nbd on the holder, a qcow2 overlay on the new host, QMP block-stream).
+# Its time in RS_S; from the hub's report, RUN_S (every member running) and, with disks,
+# LOCAL_S (every disk local), each disk's copy time (COPY_HPING_S, COPY_HPONG_S) and its
+# overlay (OVL_HPING on host 2, OVL_HPONG on host 1).
+hpc_restore_swapped() {
+  local spec=$1 d t; shift
+  printf 'xhost2\nxhost1\n' > /shared/hostfile
+  step "restore through srun, hosts swapped${HPC_DISK1:+, disks over NBD}"
+  out RS_S env SLURM_HOSTFILE=/shared/hostfile timeout "$SRUN_TIMEOUT" srun -N2 -n2 -m arbitrary \
+    xckpt restore --store "$HPC_STORE" --group "$spec" --slurm "$@" < /dev/null ||
+    fail "restore --group $spec --slurm failed: $OUT_LAST"
+  grep -a 'disk xvda of \|local after\|running after' "$TBW/.out" | while read -r l; do note "$l"; done
+  RUN_S=$(grep -a 'unpaused together; running after ' "$TBW/.out" | head -n 1 | sed 's/.* running after \([0-9.]*\) s$/\1/')
+  nums RUN_S
+  [ -n "${HPC_DISK1:-}" ] || return 0
+  for d in hping hpong; do
+    t=$(grep -a "^disk xvda of $d: .*: local after " "$TBW/.out" | head -n 1 | sed 's/.*: local after \([0-9.]*\) s;.*/\1/')
+    [ -n "$t" ] || fail "the restore did not report $d's disk local: $OUT_LAST"
+    eval "COPY_$(echo "$d" | tr a-z A-Z)_S=\$t"
+    t=$(grep -a "^$d: disk xvda fetched from .* into the local overlay /mnt/xfs/disks/" "$TBW/.out" | head -n 1 | sed 's/.* into the local overlay //')
+    [ -n "$t" ] || fail "the restore did not report $d's local overlay: $OUT_LAST"
+    eval "OVL_$(echo "$d" | tr a-z A-Z)=\$t"
+  done
+  LOCAL_S=$(grep -a '^every disk of group hjob@[0-9]* local after ' "$TBW/.out" | head -n 1 | sed 's/.* after \([0-9.]*\) s$/\1/')
+  nums LOCAL_S COPY_HPING_S COPY_HPONG_S
+}
+
+# hpc_logs_go_on M1: both restored guests (hping on host 2, hpong on host 1, console mark M1)
+# keep writing their logs without an error for 5 s, their first record after the restore
+# following their snapshot's last (or repeating it, if its write was in flight at the stop).
+# Sets FIRST1/LAST1 (hping) and FIRST2/LAST2 (hpong).
+hpc_logs_go_on() {
+  local m=$1 a
+  a=$(mark hpong)
+  sleep 5
+  FIRST2=$(dlog_first hpong "$m"); LAST2=$(dlog_last hpong "$a")
+  set -- $(on2lib "echo H2 \$(dlog_first hping 0) \$(dlog_last hping 0) \$(after hping 0 | grep -ac '^DLOGERR')" | grep '^H2 ')
+  FIRST1=${2:-}; LAST1=${3:-}
+  nums FIRST1 LAST1 FIRST2 LAST2
+  [ "${4:-}" = 0 ] && [ "$(after hpong "$m" | grep -ac '^DLOGERR')" = 0 ] ||
+    fail "a restored guest's log writes fail: $(after hpong "$m" | grep -a DLOGERR | head -n 1) (hping: ${4:-?} errors)"
+  [ "$LAST2" -gt "$FIRST2" ] && [ "$LAST1" -gt "$FIRST1" ] ||
+    fail "a restored guest stopped writing its log (hping $FIRST1..$LAST1, hpong $FIRST2..$LAST2)"
+  [ "$FIRST1" = $((SNAP1_LAST + 1)) ] || [ "$FIRST1" = "$SNAP1_LAST" ] ||
+    fail "hping's log went on at $FIRST1, but its snapshot ends at $SNAP1_LAST"
+  [ "$FIRST2" = $((SNAP2_LAST + 1)) ] || [ "$FIRST2" = "$SNAP2_LAST" ] ||
+    fail "hpong's log went on at $FIRST2, but its snapshot ends at $SNAP2_LAST"
+}
+
+# hpc_overlays_clean: with both guests destroyed, each overlay the restore named alone (no
+# backing file left) is a clean ext4 holding the whole log the guest wrote (O1_LAST: hping's
+# on host 2, O2_LAST: hpong's on host 1).
+hpc_overlays_clean() {
+  [ -f "$OVL_HPONG" ] || fail "hpong's overlay $OVL_HPONG is not on host 1"
+  qemu-img info "$OVL_HPONG" | grep -q '^backing file' && fail "hpong's overlay still has a backing file"
+  qemu-img convert -f qcow2 -O raw "$OVL_HPONG" /mnt/xfs/hpong-final.raw || fail "cannot read hpong's overlay $OVL_HPONG"
+  check_ext4_log /mnt/xfs/hpong-final.raw; O2_LAST=$LOG_LAST
+  rm -f /mnt/xfs/hpong-final.raw
+  [ "$LOG_BAD" = 0 ] && [ "$O2_LAST" -ge "$LAST2" ] ||
+    fail "hpong's overlay: $LOG_BAD damaged records, last $O2_LAST (the guest wrote up to $LAST2)"
+  O1_LAST=$(on2lib "o=$OVL_HPING; qemu-img info \$o | grep -q '^backing file' && fail 'backing file left'; qemu-img convert -f qcow2 -O raw \$o /mnt/xfs/hping-final.raw && check_ext4_log /mnt/xfs/hping-final.raw && [ \$LOG_BAD = 0 ] && echo O1LAST \$LOG_LAST; rm -f /mnt/xfs/hping-final.raw" | sed -n 's/^O1LAST //p')
+  nums O1_LAST
+  [ "$O1_LAST" -ge "$LAST1" ] || fail "hping's overlay ends at record $O1_LAST, but the guest wrote up to $LAST1"
 }

@@ -1,10 +1,11 @@
-# about: two hosts (testbed/run pair): a job of two PVH guests, one per host, playing TCP ping-pong across the hosts; two group checkpoints through Slurm (srun -N2 xckpt checkpoint --group --slurm) onto the NFS store, destroy both, restore through Slurm with the hosts swapped (srun -m arbitrary): the same connection goes on (no reconnect, counters continue from the instant), a full sweep with bad=0 on both, each resumed at a generation in its window
+# about: two hosts (testbed/run pair): a job of two PVH guests, one per host, playing TCP ping-pong across the hosts, each writing a checksummed log to ext4 on a disk local to its host; two group checkpoints through Slurm (srun -N2 xckpt checkpoint --group --slurm) with the disks onto the NFS store, destroy both, restore through Slurm with the hosts swapped (srun -m arbitrary), each disk following its domain over NBD: the same connection goes on (no reconnect, counters continue from the instant), each log goes on from its snapshot, a full sweep with bad=0 on both, each resumed at a generation in its window, each overlay alone a clean ext4 once its copy completed
 #
-# Runs on host 1's dom0; host 2 is reached through Slurm. Memory only (--no-disk): disks that
-# follow their domain to another host are hpc-source-lost's.
+# Runs on host 1's dom0; host 2 is reached through Slurm. What happens once the holders stop
+# serving (the source lost) is hpc-source-lost's.
 . /testbed/xckpt.sh
 . /testbed/group.sh
 . /testbed/hpc.sh
+hpc_with_disks
 hpc_start_pair
 
 # A base group checkpoint, then an incremental one under load.
@@ -36,12 +37,8 @@ on2 "cp /var/log/xen/console/guest-hpong.log /shared/hpong-before.log; xl destro
   fail "cannot destroy hpong on host 2: $OUT_LAST"
 cp /shared/hpong-before.log "$(clog hpong-h2)"
 cp "$(clog hping)" /shared/hping-before.log
-# Task 0 on host 2, task 1 on host 1: each member goes to the host its task rank had.
-printf 'xhost2\nxhost1\n' > /shared/hostfile
-step "restore through srun, hosts swapped"
-out RS_S env SLURM_HOSTFILE=/shared/hostfile timeout "$SRUN_TIMEOUT" srun -N2 -n2 -m arbitrary \
-  xckpt restore --store "$HPC_STORE" --group hjob@2 --slurm < /dev/null ||
-  fail "restore --group hjob@2 --slurm failed: $OUT_LAST"
+hpc_snapshot_logs
+hpc_restore_swapped hjob@2 --disk-dir /mnt/xfs/disks
 on2 "xl list hping" > /dev/null || fail "hping was not restored on host 2: $(on2 'xl list' | tr '\n' ' ')"
 xl list hpong > /dev/null 2>&1 || fail "hpong was not restored on host 1: $(xl list | tr '\n' ' ')"
 TB_GUESTS="hpong"
@@ -61,5 +58,8 @@ nums R1 R2 FIRST
   fail "ping's first number after the restore is $FIRST, not in $((N_LO + 1))..$N_HI (the checkpoint's instant)"
 T=$(on2lib "after hping 0 | grep -aE '^(PPUP|PPERR|PPBAD)|bad=[1-9]'"; after hpong 0 | grep -aE '^(PPUP|PPERR|PPBAD)|bad=[1-9]')
 [ -z "$T" ] || fail "ping-pong reconnected or failed after the restore: $(echo "$T" | head -n 2 | tr '\n' ' ')"
+# Each log goes on from its snapshot; once the copies completed, each overlay alone holds it.
+hpc_logs_go_on 0
 destroy_guest hpong; on2 "xl destroy hping" || true
-pass "skew_ms=$SKEW gap_ms_hping=$GAP1 gap_ms_hpong=$GAP2 group_ckpt_s=$G2_S restore_s=$RS_S pp_before=$N_LO pp_first_after_restore=$FIRST pp_after_ckpt=$N_HI gen_hping=$R1 gen_hpong=$R2 hosts_swapped=1 reconnects=0 pp_bad=0 bad=0"
+hpc_overlays_clean
+pass "skew_ms=$SKEW gap_ms_hping=$GAP1 gap_ms_hpong=$GAP2 group_ckpt_s=$G2_S restore_s=$RS_S running_after_s=$RUN_S disk_copy_s_hping=$COPY_HPING_S disk_copy_s_hpong=$COPY_HPONG_S disks_local_after_s=$LOCAL_S pp_before=$N_LO pp_first_after_restore=$FIRST pp_after_ckpt=$N_HI gen_hping=$R1 gen_hpong=$R2 snapshot_last_hping=$SNAP1_LAST first_after_hping=$FIRST1 snapshot_last_hpong=$SNAP2_LAST first_after_hpong=$FIRST2 overlay_last_hping=$O1_LAST overlay_last_hpong=$O2_LAST hosts_swapped=1 reconnects=0 pp_bad=0 fsck=clean bad=0"
