@@ -54,7 +54,8 @@ pub struct RestoreCpu {
 /// The check of the restore half: within 1.5x of the xl-like read-back.
 pub const RESTORE_OVER_XL_LIKE_MAX: f64 = 1.5;
 
-/// How much the stand-in for `xl restore` reads at once (libxc: one record, up to 2 MiB).
+/// How much the stand-in for `xl restore` and the xl-like read-back read at once (libxc: one
+/// record, up to 2 MiB).
 const XL_READ_BYTES: usize = 1 << 20;
 
 /// Stands for `xl restore`: a thread reads the stream from a pipe and discards it.
@@ -184,7 +185,7 @@ fn xl_like_read_back(dir: &Path, mem_bytes: u64) -> anyhow::Result<f64> {
     drop_cache(&path);
     let t = Instant::now();
     let mut f = std::fs::File::open(&path)?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; XL_READ_BYTES];
     while f.read(&mut buf)? > 0 {}
     let s = t.elapsed().as_secs_f64();
     std::fs::remove_file(&path)?;

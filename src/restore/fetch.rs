@@ -121,12 +121,7 @@ impl Mover for Nbd {
 
     fn copy(&self, domain: &str, overlay: &str, vdev: &str) -> Result<Box<dyn Copying>, String> {
         // The domain was just restored under its name; its QMP socket is named by its id.
-        let domid = crate::backend::xen::list_domains()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|d| d.identity.name == domain)
-            .map(|d| d.identity.domid)
-            .ok_or_else(|| format!("domain {domain} is not running here"))?;
+        let domid = crate::backend::xen::domid_of(domain).map_err(|e| e.to_string())?;
         let copy = DiskCopy {
             qmp: qmp::socket_path(&self.qmp_dir, domid),
             overlay: overlay.to_string(),

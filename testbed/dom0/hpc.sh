@@ -158,7 +158,7 @@ hpc_restore_swapped() {
     fail "restore --group $spec --slurm failed: $OUT_LAST"
   grep -a 'disk xvda of \|local after\|running after' "$TBW/.out" | while read -r l; do note "$l"; done
   RUN_S=$(grep -a 'unpaused together; running after ' "$TBW/.out" | head -n 1 | sed 's/.* running after \([0-9.]*\) s$/\1/')
-  nums RUN_S
+  nums RS_S RUN_S
   [ -n "${HPC_DISK1:-}" ] || return 0
   for d in hping hpong; do
     t=$(grep -a "^disk xvda of $d: .*: local after " "$TBW/.out" | head -n 1 | sed 's/.*: local after \([0-9.]*\) s;.*/\1/')

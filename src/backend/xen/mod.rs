@@ -126,14 +126,27 @@ pub struct DomainSummary {
     pub tot_pages: u64,
 }
 
-/// Every domain but dom0 on this host.
-pub fn list_domains() -> Result<Vec<DomainSummary>, HvError> {
+/// This host's libxenctrl and xenstore, or one line saying which is missing.
+fn host_handles() -> Result<(XenCtrl, xenstore_rs::unix::XsUnix), HvError> {
     let xc = XenCtrl::open().map_err(|e| HvError::Unavailable(e.to_string()))?;
     let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| {
         HvError::Unavailable(format!(
-            "cannot connect to xenstore: {e}; is xenstored running?"
+            "cannot connect to xenstore (/run/xenstored/socket or /dev/xen/xenbus): {e}; \
+             is xenstored running?"
         ))
     })?;
+    Ok((xc, xs))
+}
+
+/// The domid of the live domain `spec` names (a name, a domid or a uuid) on this host.
+pub fn domid_of(spec: &str) -> Result<u32, HvError> {
+    let (xc, xs) = host_handles()?;
+    ident::resolve(&xc, &xs, spec)
+}
+
+/// Every domain but dom0 on this host.
+pub fn list_domains() -> Result<Vec<DomainSummary>, HvError> {
+    let (xc, xs) = host_handles()?;
     let infos = xc
         .all_domains()
         .map_err(|e| HvError::op("*", "domain list", e))?;
@@ -154,14 +167,8 @@ impl XenDomain {
     /// Fails with [`HvError::Unavailable`] (one line) when the Xen libraries are missing or this
     /// host is not a Xen dom0, and with [`HvError::NoSuchDomain`] when nothing matches.
     pub fn open(spec: &str) -> Result<Self, HvError> {
-        let xc = XenCtrl::open().map_err(|e| HvError::Unavailable(e.to_string()))?;
+        let (xc, xs) = host_handles()?;
         let fm = ForeignMemory::open().map_err(|e| HvError::Unavailable(e.to_string()))?;
-        let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| {
-            HvError::Unavailable(format!(
-                "cannot connect to xenstore (/run/xenstored/socket or /dev/xen/xenbus): {e}; \
-                 is xenstored running?"
-            ))
-        })?;
         Self::open_with(xc, fm, Box::new(xs), XenEnv::default(), spec)
     }
 
