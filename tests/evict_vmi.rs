@@ -437,3 +437,78 @@ fn a_real_kernels_btf_if_given() {
         assert_eq!(want, format!("{},{},{}", l.size, l.private, l.mapcount));
     }
 }
+
+/// The kernel image of a vmlinux ELF as it sits in memory: every PT_LOAD at its kernel
+/// address (the per-cpu segment, linked at 0, at its load address in the image), gaps zero.
+fn vmlinux_image(elf: &[u8]) -> (Vec<u8>, u64) {
+    const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not a 64-bit ELF");
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    // (address, file offset, file size, memory size)
+    let mut loads = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) != 1 {
+            continue;
+        }
+        let (vaddr, paddr) = (u64_at(ph + 16), u64_at(ph + 24));
+        let addr = if vaddr >= KERNEL_MAP {
+            vaddr
+        } else {
+            paddr + KERNEL_MAP
+        };
+        loads.push((addr, u64_at(ph + 8), u64_at(ph + 32), u64_at(ph + 40)));
+    }
+    let start = loads.iter().map(|l| l.0).min().unwrap();
+    let end = loads.iter().map(|l| l.0 + l.3).max().unwrap();
+    let mut img = vec![0u8; (end - start) as usize];
+    for (addr, off, filesz, _) in loads {
+        let at = (addr - start) as usize;
+        img[at..at + filesz as usize].copy_from_slice(&elf[off as usize..(off + filesz) as usize]);
+    }
+    (img, start)
+}
+
+/// The guest-kallsyms reader on a real kernel (`XCKPT_TEST_VMLINUX`: a vmlinux ELF, e.g.
+/// extracted from a vmlinuz with the kernel's scripts/extract-vmlinux), against a System.map
+/// excerpt (`XCKPT_TEST_SYSTEM_MAP`, e.g. testbed/profiles/System.map-6.1.0-56-amd64): every
+/// symbol of the excerpt must be found at its address.
+#[test]
+fn a_real_kernels_kallsyms_if_given() {
+    use xckpt::evict::vmi::kallsyms;
+    let Ok(path) = std::env::var("XCKPT_TEST_VMLINUX") else {
+        eprintln!("skipped: XCKPT_TEST_VMLINUX names no vmlinux");
+        return;
+    };
+    let elf = std::fs::read(path).unwrap();
+    let (img, vaddr) = vmlinux_image(&elf);
+    let map = std::env::var("XCKPT_TEST_SYSTEM_MAP")
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_default();
+    let want: Vec<(String, u64)> = map
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[2].to_string(), u64::from_str_radix(f[0], 16).unwrap())
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let image = kallsyms::Image { bytes: &img, vaddr };
+    let k = kallsyms::find(&image).unwrap();
+    let names: Vec<&str> = want.iter().map(|w| w.0.as_str()).collect();
+    let got = k.lookup(&names);
+    eprintln!(
+        "{} ({} MiB image at {vaddr:#x}, {:?}); {} of {} System.map symbols found",
+        k.info(),
+        img.len() >> 20,
+        t0.elapsed(),
+        got.len(),
+        want.len()
+    );
+    for (name, addr) in &want {
+        assert_eq!(got.get(name), Some(addr), "{name}");
+    }
+}

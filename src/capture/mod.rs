@@ -187,7 +187,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         };
         self.clean(&mut dirty)?;
         // Tracking is armed: only now may the guest agent be asked (crate::evict).
-        let (free, note) = crate::evict::free_pages(&self.opts.evict, &self.info, &*self.dom);
+        let (free, note) =
+            crate::evict::free_pages(&self.opts.evict, &self.info, &*self.dom, &*self.dom);
         self.free = free;
         self.evict_notes.extend((!note.is_empty()).then_some(note));
         // Pages a failed run kept are round 0 too: they explain a sampled difference.

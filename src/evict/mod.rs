@@ -30,6 +30,8 @@ pub use balloon::{BalloonError, BalloonGuard, BalloonTarget};
 pub use filter::FreeFilter;
 pub use policy::{EvictSet, ParseEvictError};
 
+use crate::hv::{hvm_save, state_kind};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,16 +143,17 @@ fn agent_report(opts: &EvictOptions, pfn_count: u64) -> Result<(FreeFilter, Stri
 
 /// The free pages for the copy path, right after log-dirty was armed: the agent's report if it
 /// answers (first choice: the guest's own view, with its memory figures), otherwise, for
-/// `free`, the introspection of the guest's memory with `--guest-profile` ([`vmi`]). Never
-/// fails the capture.
+/// `free`, the introspection of the guest's memory ([`vmi`]), with the kernel's symbols from
+/// `--guest-profile` or else from the guest's own kallsyms. Never fails the capture.
 pub fn free_pages(
     opts: &EvictOptions,
     info: &crate::hv::DomainInfo,
     mem: &dyn crate::hv::GuestMemory,
+    state: &dyn crate::hv::MachineState,
 ) -> (Option<FreeFilter>, String) {
-    let (Some(profile), true) = (opts.guest_profile.as_deref(), opts.set.free) else {
+    if !opts.set.free {
         return ask_agent(opts, info.pfn_count);
-    };
+    }
     let why = match agent_report(opts, info.pfn_count) {
         Ok((filter, note)) => return (Some(filter), note),
         Err(why) => why,
@@ -160,14 +163,22 @@ pub fn free_pages(
     } else {
         ""
     };
+    let how = match opts.guest_profile.as_deref() {
+        Some(p) => format!("introspection with {}", p.source),
+        None => "introspection".to_string(),
+    };
     let found = if info.guest_type == crate::hv::GuestType::Pv {
-        Err("introspection reads PVH and HVM guests only".to_string())
+        Err("it reads PVH and HVM guests only".to_string())
     } else {
+        let symbols = match opts.guest_profile.as_deref() {
+            Some(p) => Ok(vmi::Symbols::Profile(p)),
+            None => vcpu0_cr3(state).map(|cr3| vmi::Symbols::Guest { cr3 }),
+        };
         let phys = vmi::HvMem {
             dom: mem,
             frames: info.pfn_count,
         };
-        vmi::find_free(&phys, profile, opts.vmi_limits).map_err(|e| e.to_string())
+        symbols.and_then(|s| vmi::find_free(&phys, s, opts.vmi_limits).map_err(|e| e.to_string()))
     };
     match found {
         Ok(f) => {
@@ -178,7 +189,7 @@ pub fn free_pages(
             let note = format!(
                 "free: by introspection of {} ({}): {} free pages in {} blocks ({} cut to their head, {} changing while read), {} guest pages read in {} ms (agent: {why}){cache}",
                 f.kernel,
-                profile.source,
+                f.source,
                 f.scan.pages,
                 f.scan.blocks,
                 f.scan.cut,
@@ -190,10 +201,7 @@ pub fn free_pages(
         }
         Err(e) => (
             None,
-            format!(
-                "free: skipped, {why}; introspection with {}: {e}; every page stored{cache}",
-                profile.source
-            ),
+            format!("free: skipped, {why}; {how}: {e}; every page stored{cache}"),
         ),
     }
 }
@@ -241,4 +249,16 @@ pub fn balloon_for_capture<'a>(
         ),
         Err(e) => (None, format!("balloon: aborted, {e}")),
     }
+}
+
+/// vCPU 0's `cr3`, from the domain's HVM save area.
+fn vcpu0_cr3(state: &dyn crate::hv::MachineState) -> Result<u64, String> {
+    let blobs = state
+        .save_state()
+        .map_err(|e| format!("reading vCPU state: {e}"))?;
+    blobs
+        .iter()
+        .find(|b| b.kind == state_kind::HVM_CONTEXT)
+        .and_then(|b| hvm_save::cpu_cr3(&b.data, 0))
+        .ok_or_else(|| "the domain's state has no vCPU 0 cr3 to find the kernel by".to_string())
 }

@@ -13,6 +13,7 @@
 //! imports nothing above the ground floor. Dirty state travels as plain data: a [`PfnBitmap`] with
 //! bit `i` set when pfn `i` was written, the same layout as Xen's log-dirty bitmap.
 
+pub mod hvm_save;
 pub mod pause;
 
 use bitvec::prelude::{BitVec, Lsb0};

@@ -13,12 +13,12 @@
 
 use std::borrow::Cow;
 
+use crate::hv::hvm_save::{records, Record};
+
 /// `HVM_SAVE_CODE(LAPIC)`.
 const LAPIC: u16 = 5;
 /// `sizeof(struct hvm_hw_lapic)` before `pending_esr`.
 const LAPIC_SHORT: usize = 24;
-/// The descriptor before each record's data.
-const DESC: usize = 8;
 
 /// `ctx` with every LAPIC record that can be shortened without loss written in its short
 /// form; `ctx` itself if there is none (or if it is not a well-formed save area: Xen's own
@@ -50,41 +50,6 @@ pub fn portable_context(ctx: &[u8]) -> Cow<'_, [u8]> {
     // Whatever follows the END record, as it was.
     out.extend_from_slice(&ctx[records.last().map_or(0, |r| r.end)..]);
     Cow::Owned(out)
-}
-
-/// One record of the save area.
-struct Record<'a> {
-    typecode: u16,
-    instance: u16,
-    data: &'a [u8],
-    /// Offset just past the data.
-    end: usize,
-}
-
-/// The records up to and including the END record (typecode 0), or None if a descriptor or a
-/// length runs past the body or there is no END record.
-fn records(ctx: &[u8]) -> Option<Vec<Record<'_>>> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    loop {
-        let desc = ctx.get(at..at.checked_add(DESC)?)?;
-        let typecode = u16::from_le_bytes([desc[0], desc[1]]);
-        let instance = u16::from_le_bytes([desc[2], desc[3]]);
-        let len = u32::from_le_bytes([desc[4], desc[5], desc[6], desc[7]]) as usize;
-        let start = at + DESC;
-        let end = start.checked_add(len)?;
-        let data = ctx.get(start..end)?;
-        out.push(Record {
-            typecode,
-            instance,
-            data,
-            end,
-        });
-        if typecode == 0 {
-            return Some(out);
-        }
-        at = end;
-    }
 }
 
 #[cfg(test)]

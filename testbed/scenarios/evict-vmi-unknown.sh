@@ -5,7 +5,7 @@ G=evu
 # The System.map with linux_banner moved: parses, but matches no kernel in the guest.
 sed 's/^[0-9a-f]* \(.\) linux_banner$/ffffffff81000800 \1 linux_banner/' "$GUEST_PROFILE" > "$TBW/wrong.map"
 grep -q '^ffffffff81000800 . linux_banner$' "$TBW/wrong.map" || fail "cannot make the wrong profile"
-evict_guest "$G" 512 WL_DIRTY_FREE_MIB=64
+evict_guest "$G" 256 WL_DIRTY_FREE_MIB=32
 ck "$G" --full --evict zero,unpopulated,free --guest-profile "$TBW/wrong.map"; note "$CK_LINE"
 why=$(ck_note "introspection")
 [ -n "$why" ] || fail "no note about the introspection: $(grep -a 'note:' "$TBW/.out")"

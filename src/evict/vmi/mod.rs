@@ -2,11 +2,13 @@
 //! introspection of its memory (PVH and HVM guests, whose Linux pfns are xckpt's pfns).
 //!
 //! ```text
-//! profile (--guest-profile: System.map or ISF)      symbols: linux_banner, __start_BTF,
-//!   |                                                __stop_BTF, init_top_pgt, vmemmap_base,
-//!   v                                                page_offset_base, max_pfn, ...
-//! kernel image in guest memory (translate)          the 2 MiB step where the banner and the
-//!   |                                                BTF magic are; exactly one
+//! symbols: the guest's own kallsyms (discover),     linux_banner, __start_BTF, __stop_BTF,
+//!   or a profile (--guest-profile: System.map/ISF)  init_top_pgt, vmemmap_base,
+//!   |                                                page_offset_base, max_pfn, ...
+//!   v
+//! kernel image in guest memory (translate)          kallsyms: where the vCPU's page tables
+//!   |                                                map it; a profile: the 2 MiB step where
+//!   |                                                the banner and the BTF magic are (one)
 //!   v
 //! version (banner) -> marking (layout::MARKINGS)     one table per kernel version
 //! struct page (btf, from the guest's .BTF; or ISF)  size and field offsets
@@ -24,6 +26,8 @@
 
 pub mod btf;
 pub mod classify;
+pub mod discover;
+pub mod kallsyms;
 pub mod layout;
 pub mod reader;
 pub mod symbols;
@@ -45,8 +49,8 @@ pub enum VmiError {
     /// The profile lacks a symbol the introspection needs.
     #[error("the guest profile has no symbol {0}")]
     MissingSymbol(&'static str),
-    /// The profile's kernel was not found in guest memory.
-    #[error("the profile's kernel is not in guest memory (no \"Linux version\" banner with BTF at any 2 MiB offset): wrong profile, or not Linux")]
+    /// The kernel was not found in guest memory where the symbols put it.
+    #[error("no Linux kernel in guest memory where the symbols put it (no \"Linux version\" banner with BTF): a profile of another kernel, or not Linux")]
     NoImage,
     /// The guest's kernel version has no known free-page marking.
     #[error("guest kernel {0:?}: no known free-page marking for this version")]
@@ -68,11 +72,31 @@ pub enum VmiError {
     Hv(#[from] crate::hv::HvError),
 }
 
+/// Where the introspection takes the guest kernel's symbols from.
+#[derive(Debug, Clone, Copy)]
+pub enum Symbols<'p> {
+    /// The operator's profile (`--guest-profile`).
+    Profile(&'p Profile),
+    /// The guest's own kallsyms, found through the page tables of a vCPU's `cr3`.
+    Guest {
+        /// vCPU 0's `cr3`.
+        cr3: u64,
+    },
+}
+
+impl<'p> From<&'p Profile> for Symbols<'p> {
+    fn from(p: &'p Profile) -> Self {
+        Symbols::Profile(p)
+    }
+}
+
 /// The introspection's answer.
 #[derive(Debug, Clone)]
 pub struct FreeScan {
     /// The free blocks.
     pub scan: Scan,
+    /// Where the symbols came from (the profile's path, or the guest's kallsyms).
+    pub source: String,
     /// The guest's banner, up to the first '(' (e.g. "Linux version 6.1.0-56-amd64").
     pub kernel: String,
     /// Wall time.
@@ -84,6 +108,8 @@ pub struct FreeScan {
 /// Defaults of the randomised bases when the kernel has no variable for them.
 const VMEMMAP_DEFAULT: u64 = 0xffff_ea00_0000_0000;
 const PAGE_OFFSET_DEFAULT: u64 = 0xffff_8880_0000_0000;
+/// What `linux_banner` starts with.
+const BANNER: &[u8] = b"Linux version ";
 /// The largest `.BTF` section read.
 const MAX_BTF_BYTES: u64 = 64 << 20;
 
@@ -91,29 +117,49 @@ fn sym(p: &Profile, name: &'static str) -> Result<u64, VmiError> {
     p.get(name).ok_or(VmiError::MissingSymbol(name))
 }
 
-/// Find the free frames of the guest in `mem` described by `profile`.
-pub fn find_free(
+/// Find the free frames of the guest in `mem`, with the kernel's symbols from `symbols`.
+pub fn find_free<'p>(
     mem: &dyn PhysMem,
-    profile: &Profile,
+    symbols: impl Into<Symbols<'p>>,
     limits: Limits,
 ) -> Result<FreeScan, VmiError> {
     let t0 = Instant::now();
+    let symbols = symbols.into();
     let mut r = Reader::new(mem, limits);
+    let found;
+    let (profile, known) = match symbols {
+        Symbols::Profile(p) => (p, None),
+        Symbols::Guest { cr3 } => {
+            found = discover::from_guest(&mut r, cr3)?;
+            (&found.profile, Some(&found))
+        }
+    };
+    let source = match known {
+        Some(f) => format!(
+            "the guest's kallsyms: {} symbols in a {} MiB image",
+            f.symbols,
+            f.image_bytes >> 20
+        ),
+        None => profile.source.clone(),
+    };
     let banner_at = sym(profile, "linux_banner")?;
     let btf_range = (profile.get("__start_BTF"), profile.get("__stop_BTF"));
     if profile.layout.is_none() && btf_range.0.is_none() {
         return Err(VmiError::MissingSymbol("__start_BTF"));
     }
-    let delta = translate::find_image_delta(&mut r, banner_at, b"Linux version ", &mut |r, d| {
-        match btf_range.0 {
-            Some(s) => Ok(image_phys(s, d)
-                .map(|p| r.bytes(p, 2))
-                .transpose()?
-                .flatten()
-                == Some(vec![0x9f, 0xeb])),
-            None => Ok(true),
+    let delta = match known {
+        Some(f) => f.delta,
+        None => {
+            translate::find_image_delta(&mut r, banner_at, BANNER, &mut |r, d| match btf_range.0 {
+                Some(s) => Ok(image_phys(s, d)
+                    .map(|p| r.bytes(p, 2))
+                    .transpose()?
+                    .flatten()
+                    == Some(vec![0x9f, 0xeb])),
+                None => Ok(true),
+            })?
         }
-    })?;
+    };
     let at = |a: u64| {
         image_phys(a, delta).ok_or(VmiError::Inconsistent(format!(
             "{a:#x} is outside the kernel image"
@@ -121,6 +167,9 @@ pub fn find_free(
     };
     let banner_phys = at(banner_at)?;
     let banner = r.bytes(banner_phys, 160)?.unwrap_or_default();
+    if !banner.starts_with(BANNER) {
+        return Err(VmiError::NoImage);
+    }
     let banner = String::from_utf8_lossy(
         &banner[..banner.iter().position(|&c| c == 0).unwrap_or(banner.len())],
     )
@@ -157,7 +206,12 @@ pub fn find_free(
             )));
         }
     }
-    let mut tables = PageTables::new(at(sym(profile, "init_top_pgt")?)?);
+    let root = match (profile.get("init_top_pgt"), known) {
+        (Some(a), _) => at(a)?,
+        (None, Some(f)) => f.root,
+        (None, None) => return Err(VmiError::MissingSymbol("init_top_pgt")),
+    };
+    let mut tables = PageTables::new(root);
     // The page tables must map the direct map onto the banner: proves root, delta and base.
     let direct = page_offset
         .checked_add(banner_phys)
@@ -182,6 +236,7 @@ pub fn find_free(
     let scan = classify::scan(&mut r, &mut target)?;
     Ok(FreeScan {
         scan,
+        source,
         kernel,
         took: t0.elapsed(),
         pages_read: r.pages_read,

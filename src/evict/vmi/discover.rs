@@ -1,0 +1,306 @@
+//! No profile: the guest kernel's own symbols, read from its memory.
+//!
+//! ```text
+//! vCPU 0's cr3 (HVM save area)     the page tables the vCPU runs on; with page-table isolation
+//!   |                              the kernel's half of an 8 KiB pair is the even page
+//!   v
+//! PML4[511] / PUD[510]             the kernel image's 1 GiB (__START_KERNEL_map, KASLR or not):
+//!   |                              from its first to its last mapped 2 MiB step: [_text, _end)
+//!   v
+//! the image, read once             physically contiguous: one delta maps it (checked per page)
+//!   |
+//!   v
+//! kallsyms (the guest's tables)    run-time addresses of the symbols a profile would give
+//! .BTF (its header, if kallsyms    where kallsyms lacks __start_BTF / __stop_BTF
+//!       lacks the section bounds)
+//! ```
+//!
+//! The result is a [`Profile`] of run-time addresses and the image's delta, so the scan goes on
+//! exactly as with an operator's profile (and every check it makes still applies).
+
+use std::collections::HashMap;
+
+use crate::hv::PAGE_SIZE;
+
+use super::kallsyms;
+use super::reader::Reader;
+use super::symbols::Profile;
+use super::translate::{PageTables, START_KERNEL_MAP};
+use super::VmiError;
+
+/// The symbols the scan uses (see [`super::find_free`]).
+pub const NEEDED: &[&str] = &[
+    "linux_banner",
+    "__start_BTF",
+    "__stop_BTF",
+    "init_top_pgt",
+    "vmemmap_base",
+    "page_offset_base",
+    "max_pfn",
+    "__pgtable_l5_enabled",
+];
+/// The kernel image's virtual span (KERNEL_IMAGE_SIZE with KASLR).
+const IMAGE_SPAN: u64 = 1 << 30;
+/// The largest image read (Debian's 6.1 and 6.12 images are about 50 MiB with their bss).
+const MAX_IMAGE_BYTES: u64 = 192 << 20;
+const STEP: u64 = 2 << 20;
+/// `.BTF` header: magic 0xeb9f, version 1, flags 0, hdr_len 24.
+const BTF_HEADER: [u8; 8] = [0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
+
+/// The guest's own profile.
+#[derive(Debug)]
+pub struct Found {
+    /// Run-time addresses from the guest's kallsyms (and `.BTF` bounds).
+    pub profile: Profile,
+    /// `phys = addr - __START_KERNEL_map + delta` for the image.
+    pub delta: i64,
+    /// The page-table root the image was found through (physical).
+    pub root: u64,
+    /// Symbols in the guest's kallsyms.
+    pub symbols: usize,
+    /// Bytes of the image read.
+    pub image_bytes: u64,
+}
+
+/// Read the guest kernel's symbols from its memory, starting from a vCPU's `cr3`.
+pub fn from_guest(r: &mut Reader<'_>, cr3: u64) -> Result<Found, VmiError> {
+    let base = cr3 & 0x000f_ffff_ffff_f000;
+    // With page-table isolation the kernel's tables are the even page of the pair (its user
+    // half maps little of the image); without it, the page itself.
+    let roots = if base & 0x1000 != 0 {
+        vec![base & !0x1fff, base]
+    } else {
+        vec![base]
+    };
+    let mut why = None;
+    for root in roots {
+        match image_at(r, root) {
+            Ok(f) => return Ok(f),
+            Err(e @ VmiError::Budget(_)) => return Err(e),
+            Err(e) => why = Some(e),
+        }
+    }
+    Err(why.unwrap_or_else(|| VmiError::Unsupported("no page-table root".into())))
+}
+
+fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
+    let mut tables = PageTables::new(root);
+    // The image is the span from the first to the last mapped 2 MiB step; pages in between
+    // may be unmapped (freed init memory, the gaps around read-only data) and read as zero.
+    let mut mapped = Vec::with_capacity((IMAGE_SPAN / STEP) as usize);
+    for i in 0..IMAGE_SPAN / STEP {
+        mapped.push(tables.translate(r, START_KERNEL_MAP + i * STEP)?.is_some());
+    }
+    let first = mapped.iter().position(|&m| m).ok_or_else(|| {
+        VmiError::Unsupported(format!(
+            "the page tables at {root:#x} (vCPU 0's cr3) map no kernel image at {START_KERNEL_MAP:#x}: not a 64-bit Linux kernel"
+        ))
+    })? as u64;
+    let last = mapped.iter().rposition(|&m| m).unwrap_or(0) as u64;
+    let steps = last - first + 1;
+    let vaddr = START_KERNEL_MAP + first * STEP;
+    let len = steps * STEP;
+    if len > MAX_IMAGE_BYTES {
+        return Err(VmiError::Unsupported(format!(
+            "the kernel image maps {} MiB, more than {}",
+            len >> 20,
+            MAX_IMAGE_BYTES >> 20
+        )));
+    }
+    // Physical frame of every page; the image is physically contiguous.
+    let pages = len / PAGE_SIZE as u64;
+    let phys0 = tables
+        .translate(r, vaddr)?
+        .ok_or_else(|| VmiError::Inconsistent(format!("{vaddr:#x} stopped being mapped")))?;
+    let delta = phys0 as i64 - (vaddr - START_KERNEL_MAP) as i64;
+    let mut pfns = Vec::with_capacity(pages as usize);
+    for k in 0..pages {
+        let va = vaddr + k * PAGE_SIZE as u64;
+        pfns.push(match tables.translate(r, va)? {
+            Some(p) if p as i64 - (va - START_KERNEL_MAP) as i64 == delta => p / PAGE_SIZE as u64,
+            Some(p) => {
+                return Err(VmiError::Inconsistent(format!(
+                    "the kernel image is not physically contiguous ({va:#x} -> {p:#x})"
+                )))
+            }
+            None => u64::MAX,
+        });
+    }
+    let mut bytes = vec![0u8; len as usize];
+    for (pfns, out) in pfns.chunks(1024).zip(bytes.chunks_mut(1024 * PAGE_SIZE)) {
+        let ok = r.frames_into(pfns, out, None)?;
+        for (good, page) in ok.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            if !good {
+                page.fill(0);
+            }
+        }
+    }
+    let image = kallsyms::Image {
+        bytes: &bytes,
+        vaddr,
+    };
+    let tables = kallsyms::find(&image)
+        .map_err(|e| VmiError::Unsupported(format!("the guest's kallsyms: {e}")))?;
+    let count = tables.info().num_syms;
+    let mut symbols: HashMap<String, u64> = tables.lookup(NEEDED);
+    if !symbols.contains_key("__start_BTF") || !symbols.contains_key("__stop_BTF") {
+        if let Some((s, e)) = btf_section(&bytes) {
+            symbols.insert("__start_BTF".into(), vaddr + s as u64);
+            symbols.insert("__stop_BTF".into(), vaddr + e as u64);
+        }
+    }
+    Ok(Found {
+        profile: Profile {
+            symbols,
+            layout: None,
+            source: "the guest's kallsyms".into(),
+        },
+        delta,
+        root,
+        symbols: count,
+        image_bytes: len,
+    })
+}
+
+/// The one `.BTF` section of the image, `[start, end)` in `bytes`: its header names the
+/// lengths. None unless exactly one header fits.
+fn btf_section(bytes: &[u8]) -> Option<(usize, usize)> {
+    let u32_at = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let mut found = None;
+    for s in memchr::memmem::find_iter(bytes, &BTF_HEADER) {
+        // type_off, type_len, str_off, str_len after the 8-byte header start.
+        let (Some(type_off), Some(type_len), Some(str_off), Some(str_len)) = (
+            u32_at(bytes, s + 8),
+            u32_at(bytes, s + 12),
+            u32_at(bytes, s + 16),
+            u32_at(bytes, s + 20),
+        ) else {
+            continue;
+        };
+        let body = (type_off as u64 + type_len as u64).max(str_off as u64 + str_len as u64);
+        let end = s as u64 + 24 + body;
+        if type_len == 0 || str_len == 0 || end > bytes.len() as u64 {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some((s, end as usize));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evict::vmi::kallsyms::tests::{sym, tables};
+    use crate::evict::vmi::kallsyms::Layout;
+    use crate::evict::vmi::reader::{ImageMem, Limits};
+
+    /// The image's (KASLR-moved) virtual and physical places, and the tables' page pair.
+    const V: u64 = START_KERNEL_MAP + 0x300_0000;
+    const P: u64 = 0x100_0000;
+    const PGD: u64 = 0x80_0000;
+
+    fn put(m: &mut [u8], at: u64, b: &[u8]) {
+        m[at as usize..][..b.len()].copy_from_slice(b);
+    }
+
+    fn btf_header() -> Vec<u8> {
+        let mut h = BTF_HEADER.to_vec();
+        for v in [0u32, 100, 100, 50] {
+            h.extend(v.to_le_bytes());
+        }
+        h
+    }
+
+    /// A 32 MiB guest: the image one 2 MiB step at V -> P, mapped through the kernel half of
+    /// a PTI pair of PGDs; kallsyms (with or without the BTF bounds) and a BTF header in it.
+    fn guest(btf_symbols: bool) -> ImageMem {
+        let mut m = vec![0u8; 32 << 20];
+        let (pud, pmd) = (PGD + 0x2000, PGD + 0x3000);
+        put(&mut m, PGD + 8 * 511, &(pud | 0x63).to_le_bytes());
+        put(&mut m, pud + 8 * 510, &(pmd | 0x63).to_le_bytes());
+        put(
+            &mut m,
+            pmd + 8 * ((V >> 21) & 511),
+            &(P | 0xe3).to_le_bytes(),
+        );
+        let mut syms = vec![
+            sym("_text", b'T', V, false),
+            sym("startup_64", b'T', V, false),
+        ];
+        for i in 0..300u64 {
+            syms.push(sym(&format!("f{i}"), b't', V + 0x100 + 16 * i, false));
+        }
+        syms.push(sym("linux_banner", b'D', V + 0x8000, false));
+        if btf_symbols {
+            syms.push(sym("__start_BTF", b'R', V + 0x9000, false));
+            syms.push(sym("__stop_BTF", b'R', V + 0x9000 + 174, false));
+        }
+        syms.push(sym("vmemmap_base", b'D', V + 0xa000, false));
+        syms.push(sym("max_pfn", b'B', V + 0xb000, false));
+        put(&mut m, P + 0x9000, &btf_header());
+        put(
+            &mut m,
+            P + 0x10000,
+            &tables(&syms, Layout::NamesFirst, true),
+        );
+        ImageMem(m)
+    }
+
+    #[test]
+    fn the_guests_kallsyms_give_run_time_addresses_and_the_delta() {
+        let mem = guest(true);
+        let mut r = Reader::new(&mem, Limits::default());
+        // The user half of the pair, a PCID and the no-flush bit, as a vCPU in user mode has.
+        let f = from_guest(&mut r, (1 << 63) | (PGD + 0x1000) | 0x5).unwrap();
+        assert_eq!(f.root, PGD);
+        assert_eq!(f.delta, P as i64 - (V - START_KERNEL_MAP) as i64);
+        assert_eq!(f.profile.get("linux_banner"), Some(V + 0x8000));
+        assert_eq!(f.profile.get("__stop_BTF"), Some(V + 0x9000 + 174));
+        assert_eq!(f.profile.get("init_top_pgt"), None);
+        assert_eq!(f.image_bytes, STEP);
+        assert!(f.symbols > 300);
+    }
+
+    #[test]
+    fn without_the_btf_symbols_the_section_is_found_by_its_header() {
+        let mem = guest(false);
+        let mut r = Reader::new(&mem, Limits::default());
+        let f = from_guest(&mut r, PGD).unwrap();
+        assert_eq!(f.profile.get("__start_BTF"), Some(V + 0x9000));
+        assert_eq!(f.profile.get("__stop_BTF"), Some(V + 0x9000 + 24 + 150));
+    }
+
+    #[test]
+    fn no_image_or_no_kallsyms_is_an_error_not_a_guess() {
+        // A root that maps nothing.
+        let mem = guest(true);
+        let mut r = Reader::new(&mem, Limits::default());
+        let e = from_guest(&mut r, 0x40_0000).unwrap_err();
+        assert!(e.to_string().contains("map no kernel image"), "{e}");
+        // The image without its tables.
+        let mut bare = guest(true);
+        bare.0[(P + 0x10000) as usize..(P + 0x80000) as usize].fill(0);
+        let mut r = Reader::new(&bare, Limits::default());
+        let e = from_guest(&mut r, PGD).unwrap_err();
+        assert!(e.to_string().contains("kallsyms"), "{e}");
+    }
+
+    #[test]
+    fn the_btf_section_is_bounded_by_its_header() {
+        let mut img = vec![0u8; 4096];
+        let h = btf_header();
+        img[1000..1000 + h.len()].copy_from_slice(&h);
+        assert_eq!(btf_section(&img), Some((1000, 1000 + 24 + 150)));
+        // A length past the image is no section; two sections are refused.
+        let mut long = img.clone();
+        long[1000 + 20..1000 + 24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(btf_section(&long), None);
+        img[3000..3000 + h.len()].copy_from_slice(&h);
+        assert_eq!(btf_section(&img), None);
+    }
+}
