@@ -66,9 +66,9 @@ pub struct CheckpointCmd {
 /// Which pages a checkpoint need not store (docs/eviction.md).
 #[derive(Debug, Args)]
 pub struct EvictArgs {
-    /// Eviction policies: zero, unpopulated, free, cache, balloon (comma-separated). `free`,
-    /// `cache` and `balloon` need xckpt-agent in the guest; without an answer they are skipped
-    /// and the summary says why.
+    /// Eviction policies: zero, unpopulated, free, cache, balloon (comma-separated). `cache`
+    /// and `balloon` need xckpt-agent in the guest; `free` asks it first and otherwise reads a
+    /// Linux PVH/HVM guest's memory. What cannot be done is skipped and the summary says why.
     #[arg(long, default_value = "zero,unpopulated,free")]
     evict: xckpt::evict::EvictSet,
     /// Milliseconds to wait for the guest agent's report.
@@ -77,8 +77,9 @@ pub struct EvictArgs {
     /// Seconds the guest may take to balloon down (`balloon`) before the old target is put back.
     #[arg(long, default_value_t = 20)]
     balloon_timeout_s: u64,
-    /// The guest kernel's System.map or ISF JSON profile: without an agent, `free` reads the
-    /// guest's free pages from its memory (PVH/HVM Linux guests; docs/eviction.md).
+    /// The guest kernel's System.map or ISF JSON profile. Without an agent, `free` reads a
+    /// PVH/HVM Linux guest's free pages from its memory, with the symbols of the guest's own
+    /// kallsyms, or of this file if given (docs/eviction.md).
     #[arg(long, value_name = "FILE")]
     guest_profile: Option<std::path::PathBuf>,
 }
