@@ -18,8 +18,6 @@
 //! The result is a [`Profile`] of run-time addresses and the image's delta, so the scan goes on
 //! exactly as with an operator's profile (and every check it makes still applies).
 
-use std::collections::HashMap;
-
 use crate::hv::PAGE_SIZE;
 
 use super::kallsyms;
@@ -58,8 +56,10 @@ pub struct Found {
     pub root: u64,
     /// Symbols in the guest's kallsyms.
     pub symbols: usize,
-    /// Bytes of the image read.
+    /// Bytes the image spans.
     pub image_bytes: u64,
+    /// Bytes of it read (its read-only data, or all of it).
+    pub read_bytes: u64,
 }
 
 /// Read the guest kernel's symbols from its memory, starting from a vCPU's `cr3`.
@@ -113,36 +113,43 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
         .translate(r, vaddr)?
         .ok_or_else(|| VmiError::Inconsistent(format!("{vaddr:#x} stopped being mapped")))?;
     let delta = phys0 as i64 - (vaddr - START_KERNEL_MAP) as i64;
+    // Frame of every page, and whether it is read-only data (not writable, not executable):
+    // .rodata, where scripts/kallsyms puts its tables, and .BTF.
     let mut pfns = Vec::with_capacity(pages as usize);
+    let mut rodata = Vec::with_capacity(pages as usize);
     for k in 0..pages {
         let va = vaddr + k * PAGE_SIZE as u64;
-        pfns.push(match tables.translate(r, va)? {
-            Some(p) if p as i64 - (va - START_KERNEL_MAP) as i64 == delta => p / PAGE_SIZE as u64,
-            Some(p) => {
+        let m = tables.walk(r, va)?;
+        pfns.push(match m {
+            Some(m) if m.phys as i64 - (va - START_KERNEL_MAP) as i64 == delta => {
+                m.phys / PAGE_SIZE as u64
+            }
+            Some(m) => {
                 return Err(VmiError::Inconsistent(format!(
-                    "the kernel image is not physically contiguous ({va:#x} -> {p:#x})"
+                    "the kernel image is not physically contiguous ({va:#x} -> {:#x})",
+                    m.phys
                 )))
             }
             None => u64::MAX,
         });
+        rodata.push(m.is_some_and(|m| !m.writable && m.no_exec));
     }
+    // Read-only data first; the rest of the image only if the tables are not found there
+    // (a kernel that maps its read-only data writable or executable).
     let mut bytes = vec![0u8; len as usize];
-    for (pfns, out) in pfns.chunks(1024).zip(bytes.chunks_mut(1024 * PAGE_SIZE)) {
-        let ok = r.frames_into(pfns, out, None)?;
-        for (good, page) in ok.iter().zip(out.chunks_mut(PAGE_SIZE)) {
-            if !good {
-                page.fill(0);
-            }
-        }
-    }
-    let image = kallsyms::Image {
-        bytes: &bytes,
-        vaddr,
+    let mut read = read_pages(r, &pfns, &mut bytes, |k| rodata[k])?;
+    let search = |bytes: &[u8]| {
+        kallsyms::find(&kallsyms::Image { bytes, vaddr })
+            .map(|k| (k.info().num_syms, k.lookup(NEEDED)))
     };
-    let tables = kallsyms::find(&image)
-        .map_err(|e| VmiError::Unsupported(format!("the guest's kallsyms: {e}")))?;
-    let count = tables.info().num_syms;
-    let mut symbols: HashMap<String, u64> = tables.lookup(NEEDED);
+    let (count, mut symbols) = match search(&bytes) {
+        Ok(found) => found,
+        Err(_) => {
+            read += read_pages(r, &pfns, &mut bytes, |k| !rodata[k])?;
+            search(&bytes)
+                .map_err(|e| VmiError::Unsupported(format!("the guest's kallsyms: {e}")))?
+        }
+    };
     if !symbols.contains_key("__start_BTF") || !symbols.contains_key("__stop_BTF") {
         if let Some((s, e)) = btf_section(&bytes) {
             symbols.insert("__start_BTF".into(), vaddr + s as u64);
@@ -159,7 +166,31 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
         root,
         symbols: count,
         image_bytes: len,
+        read_bytes: read * PAGE_SIZE as u64,
     })
+}
+
+/// Read the pages `k` of the image with `pick(k)` into `bytes` (a page that cannot be read
+/// stays zero). Returns how many were read.
+fn read_pages(
+    r: &mut Reader<'_>,
+    pfns: &[u64],
+    bytes: &mut [u8],
+    pick: impl Fn(usize) -> bool,
+) -> Result<u64, VmiError> {
+    let want: Vec<usize> = (0..pfns.len()).filter(|&k| pick(k)).collect();
+    let mut buf = vec![0u8; 1024 * PAGE_SIZE];
+    for batch in want.chunks(1024) {
+        let frames: Vec<u64> = batch.iter().map(|&k| pfns[k]).collect();
+        let out = &mut buf[..batch.len() * PAGE_SIZE];
+        let ok = r.frames_into(&frames, out, None)?;
+        for ((&k, good), page) in batch.iter().zip(ok).zip(out.chunks(PAGE_SIZE)) {
+            if good {
+                bytes[k * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(page);
+            }
+        }
+    }
+    Ok(want.len() as u64)
 }
 
 /// The one `.BTF` section of the image, `[start, end)` in `bytes`: its header names the
@@ -228,6 +259,41 @@ mod tests {
             pmd + 8 * ((V >> 21) & 511),
             &(P | 0xe3).to_le_bytes(),
         );
+        kernel(&mut m, btf_symbols);
+        ImageMem(m)
+    }
+
+    /// The same image mapped in 4 KiB pages as a kernel maps itself: text (read-only,
+    /// executable) in its first 8 pages, read-only data (not executable) up to page 256, data
+    /// (writable, not executable) after.
+    fn guest_with_rights() -> ImageMem {
+        let mut m = vec![0u8; 32 << 20];
+        let (pud, pmd, pt) = (PGD + 0x2000, PGD + 0x3000, PGD + 0x4000);
+        put(&mut m, PGD + 8 * 511, &(pud | 0x63).to_le_bytes());
+        put(&mut m, pud + 8 * 510, &(pmd | 0x63).to_le_bytes());
+        put(
+            &mut m,
+            pmd + 8 * ((V >> 21) & 511),
+            &(pt | 0x63).to_le_bytes(),
+        );
+        for k in 0..512u64 {
+            let rights: u64 = match k {
+                0..8 => 0x61,
+                8..256 => 0x8000_0000_0000_0061,
+                _ => 0x8000_0000_0000_0063,
+            };
+            put(
+                &mut m,
+                pt + 8 * k,
+                &((P + k * 0x1000) | rights).to_le_bytes(),
+            );
+        }
+        kernel(&mut m, true);
+        ImageMem(m)
+    }
+
+    /// The kernel's kallsyms and BTF header in the image at P.
+    fn kernel(m: &mut [u8], btf_symbols: bool) {
         let mut syms = vec![
             sym("_text", b'T', V, false),
             sym("startup_64", b'T', V, false),
@@ -242,13 +308,19 @@ mod tests {
         }
         syms.push(sym("vmemmap_base", b'D', V + 0xa000, false));
         syms.push(sym("max_pfn", b'B', V + 0xb000, false));
-        put(&mut m, P + 0x9000, &btf_header());
-        put(
-            &mut m,
-            P + 0x10000,
-            &tables(&syms, Layout::NamesFirst, true),
-        );
-        ImageMem(m)
+        put(m, P + 0x9000, &btf_header());
+        put(m, P + 0x10000, &tables(&syms, Layout::NamesFirst, true));
+    }
+
+    #[test]
+    fn only_the_read_only_data_is_read_when_the_tables_are_there() {
+        let mem = guest_with_rights();
+        let mut r = Reader::new(&mem, Limits::default());
+        let f = from_guest(&mut r, PGD).unwrap();
+        assert_eq!(f.read_bytes, 248 * 4096);
+        assert_eq!(f.image_bytes, STEP);
+        assert_eq!(f.profile.get("linux_banner"), Some(V + 0x8000));
+        assert_eq!(f.profile.get("__start_BTF"), Some(V + 0x9000));
     }
 
     #[test]
@@ -263,6 +335,8 @@ mod tests {
         assert_eq!(f.profile.get("__stop_BTF"), Some(V + 0x9000 + 174));
         assert_eq!(f.profile.get("init_top_pgt"), None);
         assert_eq!(f.image_bytes, STEP);
+        // Mapped writable and executable: nothing is read-only data, so all of it was read.
+        assert_eq!(f.read_bytes, STEP);
         assert!(f.symbols > 300);
     }
 

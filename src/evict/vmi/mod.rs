@@ -136,8 +136,9 @@ pub fn find_free<'p>(
     };
     let source = match known {
         Some(f) => format!(
-            "the guest's kallsyms: {} symbols in a {} MiB image",
+            "the guest's kallsyms: {} symbols; {} MiB of a {} MiB image read",
             f.symbols,
+            f.read_bytes >> 20,
             f.image_bytes >> 20
         ),
         None => profile.source.clone(),

@@ -122,7 +122,13 @@ impl PageTables {
     /// The physical address of virtual `va`, None if it is not mapped (or its tables are
     /// outside the guest).
     pub fn translate(&mut self, r: &mut Reader<'_>, va: u64) -> Result<Option<u64>, VmiError> {
+        Ok(self.walk(r, va)?.map(|m| m.phys))
+    }
+
+    /// The mapping of virtual `va` with its access rights, None if it is not mapped.
+    pub fn walk(&mut self, r: &mut Reader<'_>, va: u64) -> Result<Option<Mapping>, VmiError> {
         let mut table = self.root;
+        let (mut writable, mut no_exec) = (true, false);
         // (shift, whether a large page can end the walk here)
         for (shift, large) in [(39u32, false), (30, true), (21, true), (12, false)] {
             let idx = (va >> shift) & 511;
@@ -132,13 +138,31 @@ impl PageTables {
             if e & 1 == 0 {
                 return Ok(None);
             }
+            // Rights are the most restrictive of every level's.
+            writable &= e & 2 != 0;
+            no_exec |= e >> 63 != 0;
             if shift == 12 || (large && e & 0x80 != 0) {
                 let size = 1u64 << shift;
                 let base = e & ADDR_MASK & !(size - 1);
-                return Ok(Some(base | (va & (size - 1))));
+                return Ok(Some(Mapping {
+                    phys: base | (va & (size - 1)),
+                    writable,
+                    no_exec,
+                }));
             }
             table = e & ADDR_MASK;
         }
         Ok(None)
     }
+}
+
+/// Where a virtual address is mapped, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The physical address.
+    pub phys: u64,
+    /// Writable (every level's RW bit set).
+    pub writable: bool,
+    /// Not executable (an NX bit at some level).
+    pub no_exec: bool,
 }
