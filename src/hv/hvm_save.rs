@@ -55,6 +55,14 @@ pub fn records(ctx: &[u8]) -> Option<Vec<Record<'_>>> {
     }
 }
 
+/// Append one record (descriptor and data) to `out`.
+pub fn put_record(out: &mut Vec<u8>, typecode: u16, instance: u16, data: &[u8]) {
+    out.extend_from_slice(&typecode.to_le_bytes());
+    out.extend_from_slice(&instance.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+}
+
 /// vCPU `vcpu`'s `cr3` in the save area `ctx`, if the area has its CPU record.
 pub fn cpu_cr3(ctx: &[u8], vcpu: u16) -> Option<u64> {
     let recs = records(ctx)?;
@@ -70,10 +78,8 @@ mod tests {
     use super::*;
 
     fn rec(ty: u16, inst: u16, data: &[u8]) -> Vec<u8> {
-        let mut v = ty.to_le_bytes().to_vec();
-        v.extend_from_slice(&inst.to_le_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        v.extend_from_slice(data);
+        let mut v = Vec::new();
+        put_record(&mut v, ty, inst, data);
         v
     }
 

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use crate::hv::hvm_save::{records, Record};
+use crate::hv::hvm_save::{put_record, records, Record};
 
 /// `HVM_SAVE_CODE(LAPIC)`.
 const LAPIC: u16 = 5;
@@ -42,10 +42,7 @@ pub fn portable_context(ctx: &[u8]) -> Cow<'_, [u8]> {
         } else {
             r.data
         };
-        out.extend_from_slice(&r.typecode.to_le_bytes());
-        out.extend_from_slice(&r.instance.to_le_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
+        put_record(&mut out, r.typecode, r.instance, data);
     }
     // Whatever follows the END record, as it was.
     out.extend_from_slice(&ctx[records.last().map_or(0, |r| r.end)..]);
@@ -57,10 +54,8 @@ mod tests {
     use super::*;
 
     fn rec(ty: u16, inst: u16, data: &[u8]) -> Vec<u8> {
-        let mut v = ty.to_le_bytes().to_vec();
-        v.extend_from_slice(&inst.to_le_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        v.extend_from_slice(data);
+        let mut v = Vec::new();
+        put_record(&mut v, ty, inst, data);
         v
     }
 

@@ -250,6 +250,13 @@ mod tests {
     /// A 32 MiB guest: the image one 2 MiB step at V -> P, mapped through the kernel half of
     /// a PTI pair of PGDs; kallsyms (with or without the BTF bounds) and a BTF header in it.
     fn guest(btf_symbols: bool) -> ImageMem {
+        let mut m = image_step(P | 0xe3);
+        kernel(&mut m, btf_symbols);
+        ImageMem(m)
+    }
+
+    /// 32 MiB whose page tables (at PGD) map the 2 MiB step at V by the PMD entry `pmd_entry`.
+    fn image_step(pmd_entry: u64) -> Vec<u8> {
         let mut m = vec![0u8; 32 << 20];
         let (pud, pmd) = (PGD + 0x2000, PGD + 0x3000);
         put(&mut m, PGD + 8 * 511, &(pud | 0x63).to_le_bytes());
@@ -257,25 +264,17 @@ mod tests {
         put(
             &mut m,
             pmd + 8 * ((V >> 21) & 511),
-            &(P | 0xe3).to_le_bytes(),
+            &pmd_entry.to_le_bytes(),
         );
-        kernel(&mut m, btf_symbols);
-        ImageMem(m)
+        m
     }
 
     /// The same image mapped in 4 KiB pages as a kernel maps itself: text (read-only,
     /// executable) in its first 8 pages, read-only data (not executable) up to page 256, data
     /// (writable, not executable) after.
     fn guest_with_rights() -> ImageMem {
-        let mut m = vec![0u8; 32 << 20];
-        let (pud, pmd, pt) = (PGD + 0x2000, PGD + 0x3000, PGD + 0x4000);
-        put(&mut m, PGD + 8 * 511, &(pud | 0x63).to_le_bytes());
-        put(&mut m, pud + 8 * 510, &(pmd | 0x63).to_le_bytes());
-        put(
-            &mut m,
-            pmd + 8 * ((V >> 21) & 511),
-            &(pt | 0x63).to_le_bytes(),
-        );
+        let pt = PGD + 0x4000;
+        let mut m = image_step(pt | 0x63);
         for k in 0..512u64 {
             let rights: u64 = match k {
                 0..8 => 0x61,
