@@ -46,8 +46,8 @@ use translate::{image_phys, PageTables};
 /// Why the introspection gave no answer. None fails a checkpoint: every page is stored.
 #[derive(Debug, thiserror::Error)]
 pub enum VmiError {
-    /// The profile lacks a symbol the introspection needs.
-    #[error("the guest profile has no symbol {0}")]
+    /// The symbols (the profile, or the guest's kallsyms) lack one the introspection needs.
+    #[error("the kernel's symbols lack {0}")]
     MissingSymbol(&'static str),
     /// The kernel was not found in guest memory where the symbols put it.
     #[error("no Linux kernel in guest memory where the symbols put it (no \"Linux version\" banner with BTF): a profile of another kernel, or not Linux")]
