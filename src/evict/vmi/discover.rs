@@ -170,27 +170,35 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
     })
 }
 
-/// Read the pages `k` of the image with `pick(k)` into `bytes` (a page that cannot be read
-/// stays zero). Returns how many were read.
+/// Read the pages `k` of the image with `pick(k)` into their place in `bytes`, runs of
+/// consecutive pages at once (a page that cannot be read stays zero). Returns how many were read.
 fn read_pages(
     r: &mut Reader<'_>,
     pfns: &[u64],
     bytes: &mut [u8],
     pick: impl Fn(usize) -> bool,
 ) -> Result<u64, VmiError> {
-    let want: Vec<usize> = (0..pfns.len()).filter(|&k| pick(k)).collect();
-    let mut buf = vec![0u8; 1024 * PAGE_SIZE];
-    for batch in want.chunks(1024) {
-        let frames: Vec<u64> = batch.iter().map(|&k| pfns[k]).collect();
-        let out = &mut buf[..batch.len() * PAGE_SIZE];
-        let ok = r.frames_into(&frames, out, None)?;
-        for ((&k, good), page) in batch.iter().zip(ok).zip(out.chunks(PAGE_SIZE)) {
-            if good {
-                bytes[k * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(page);
+    let mut read = 0;
+    let mut k = 0;
+    while k < pfns.len() {
+        if !pick(k) {
+            k += 1;
+            continue;
+        }
+        let n = (k..pfns.len().min(k + 1024))
+            .take_while(|&j| pick(j))
+            .count();
+        let out = &mut bytes[k * PAGE_SIZE..(k + n) * PAGE_SIZE];
+        let ok = r.frames_into(&pfns[k..k + n], out, None)?;
+        for (good, page) in ok.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            if !good {
+                page.fill(0);
             }
         }
+        read += n as u64;
+        k += n;
     }
-    Ok(want.len() as u64)
+    Ok(read)
 }
 
 /// The one `.BTF` section of the image, `[start, end)` in `bytes`: its header names the

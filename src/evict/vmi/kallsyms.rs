@@ -133,13 +133,6 @@ pub struct Kallsyms<'a> {
     info: Info,
 }
 
-/// The run-time addresses of those of `names` that the guest's kallsyms holds (a name it
-/// lacks is simply absent from the map). Err(reason) when no consistent kallsyms tables are
-/// found.
-pub fn lookup(image: &Image<'_>, names: &[&str]) -> Result<HashMap<String, u64>, String> {
-    Ok(find(image)?.lookup(names))
-}
-
 /// Find and check the kallsyms tables of `image`: exactly one consistent set, or Err(reason).
 pub fn find<'a>(image: &Image<'a>) -> Result<Kallsyms<'a>, String> {
     let m = Mem {
