@@ -80,6 +80,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         // The layer covers every fetched bit now: the pending bits are consumed (left over
         // after a crash here, the next run only sends them again).
         let _ = pending::clear(self.chain.dir());
+        self.phases.precopy_ms = precopy_ms;
         Ok(CaptureReport {
             layer,
             resync_reason: self.plan.resync_reason(),
@@ -91,6 +92,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             disks: figures.disks,
             stages: out.stages,
             superseded_pages: self.hold.dropped,
+            phases: self.phases.clone(),
         })
     }
 

@@ -42,7 +42,7 @@ pub use stop::{SoloStop, StopControl, StopFigures};
 mod error;
 mod options;
 pub use error::CaptureError;
-pub use options::{CaptureOptions, CaptureReport, RoundReport};
+pub use options::{CaptureOptions, CaptureReport, PhaseTimes, RoundReport};
 
 /// Take one checkpoint of `dom` into `chain` (memory only: no disk snapshots).
 pub fn checkpoint<D: Checkpointable + 'static>(
@@ -102,6 +102,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     untracked: bool,
     /// Copies not yet encoded; superseded ones are dropped.
     hold: Holdback,
+    /// Where the run's time went.
+    phases: PhaseTimes,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -129,6 +131,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             evict_notes: Vec::new(),
             untracked: false,
             hold,
+            phases: PhaseTimes::default(),
         }
     }
 
@@ -187,8 +190,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         };
         self.clean(&mut dirty)?;
         // Tracking is armed: only now may the guest agent be asked (crate::evict).
+        let t = Instant::now();
         let (free, note) =
             crate::evict::free_pages(&self.opts.evict, &self.info, &*self.dom, &*self.dom);
+        self.phases.free_ms = ms_since(t);
         self.free = free;
         self.evict_notes.extend((!note.is_empty()).then_some(note));
         // Pages a failed run kept are round 0 too: they explain a sampled difference.
@@ -217,6 +222,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let writer = self.chain.begin_layer()?;
         let index = LayerIndex::new(self.info.pfn_count);
         let opts = self.opts;
+        self.phases.arm_ms = ms_since(started) - self.phases.free_ms;
         std::thread::scope(|s| {
             // The domain's config (`xl list -l` on Xen, slow there) is only needed at commit:
             // fetch it while round 0 runs.
@@ -239,7 +245,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 stop,
             )?;
             let (chunks, state, figures, why) = held;
+            let t = Instant::now();
             let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
+                self.phases.write_behind_ms = ms_since(t);
+                let t = Instant::now();
                 let config = config_job.join().unwrap_or_else(|_| {
                     Err(HvError::op(
                         self.chain.name(),
@@ -252,7 +261,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                     Some(g) => g.unballooned_config(config),
                     None => config,
                 };
-                self.commit(out, state, config, figures, why, started)
+                let mut report = self.commit(out, state, config, figures, why, started)?;
+                report.phases.commit_ms = ms_since(t);
+                Ok(report)
             });
             if written.is_err() {
                 stop.abandon();
@@ -311,6 +322,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         control: &mut dyn StopControl,
     ) -> Result<(Vec<Chunk>, Vec<StateBlob>, StopFigures, StopReason), CaptureError> {
         let (first, stop) = self.precopy(pipe, builder, dirty, baseline, &*control)?;
+        let since_precopy = Instant::now();
         // Buffers for the paused copy are faulted in while the guest still runs; the margin
         // covers what is dirtied between the last live fetch and the pause.
         let expect = if first && self.plan.full_scan() {
@@ -333,6 +345,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 downtime: f.downtime,
             });
         }
+        self.phases.stopped_ms = ms_since(since_precopy);
         let (held, state, pages, fetched) = last?;
         let figures = figures?;
         // Running again: the backlog's copies of what the paused round re-read are dead.
@@ -510,6 +523,11 @@ impl ChunkSink for HeldSink<'_, '_> {
     fn superseded(&mut self, fetched: &PfnBitmap) {
         self.hold.superseded(fetched);
     }
+}
+
+/// Milliseconds since `t`.
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// The pfns a round copies: all of them (the first round of a base or resync), or the dirty set.

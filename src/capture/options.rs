@@ -85,4 +85,26 @@ pub struct CaptureReport {
     pub stages: crate::layer::StageTimes,
     /// Page copies dropped before encoding because a later round re-sent them.
     pub superseded_pages: u64,
+    /// Wall time of each phase of the run.
+    pub phases: PhaseTimes,
+}
+
+/// Wall time of each phase of one run, ms, in the order they run: where a checkpoint's time
+/// goes (`checkpoint --json`'s `phases`; the test bed prints them beside `xl save`'s time).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseTimes {
+    /// From the call to round 0: the plan, arming log-dirty, the spot check, the first fetch
+    /// of the dirty log, the layer's file (the free-page search not included).
+    pub arm_ms: f64,
+    /// Finding free pages: the agent's answer or the introspection (0 without `free`).
+    pub free_ms: f64,
+    /// The live pre-copy rounds.
+    pub precopy_ms: f64,
+    /// From the end of pre-copy to the resume: the final round's buffers faulted in, the
+    /// stop, the final round, the state.
+    pub stopped_ms: f64,
+    /// After the resume: the backlog and the held pages encoded and written, the file synced.
+    pub write_behind_ms: f64,
+    /// The domain's config awaited and the layer committed (index, state, manifest).
+    pub commit_ms: f64,
 }

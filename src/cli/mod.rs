@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_restore;
+mod cputime;
 mod chainverbs;
 mod generate;
 mod group;

@@ -139,6 +139,7 @@ impl CheckpointCmd {
             print_json(&CheckpointJson {
                 domain: &name,
                 downtime_ms: report.downtime.as_secs_f64() * 1e3,
+                cpu_s: super::cputime::cpu_json(),
                 report: &report,
             })?;
         } else {
@@ -230,6 +231,8 @@ impl CheckpointCmd {
 struct CheckpointJson<'a> {
     domain: &'a str,
     downtime_ms: f64,
+    /// CPU seconds of xckpt and of the commands it ran.
+    cpu_s: Option<serde_json::Value>,
     #[serde(flatten)]
     report: &'a CaptureReport,
 }
@@ -361,6 +364,7 @@ impl RestoreCmd {
             print_json(&serde_json::json!({
                 "chain": r.chain, "layer": r.id, "domain": r.name, "paused": self.paused,
                 "stream": stream_json(&r.stats), "seconds": started.elapsed().as_secs_f64(),
+                "cpu_s": super::cputime::cpu_json(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -435,6 +439,7 @@ impl ExportCmd {
                 "chain": self.target.name, "layer": id, "file": self.output,
                 "bytes": stats.bytes, "stream": stream_json(&stats),
                 "seconds": started.elapsed().as_secs_f64(),
+                "cpu_s": super::cputime::cpu_json(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }

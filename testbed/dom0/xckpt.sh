@@ -42,7 +42,10 @@ ck() {
   fi
   CK_ID=$(ck_json .layer.id); nums CK_ID
   CK_LINE=$(ck_summary "$name")
-  { echo "$CK_LINE"; jq -r '.layer.stats.notes[] | "  note: " + .' "$CK_JSON"
+  # Where the run's time went, ms per phase (capture::PhaseTimes), beside the wall time seen here.
+  CK_PHASES="phases_ms: $(jq -r '.phases | to_entries | map("\(.key | rtrimstr("_ms"))=\(.value | floor)") | join(" ")' "$CK_JSON") total=$(jq -r '.layer.stats.total_ms' "$CK_JSON") wall=$CK_S s"
+  { echo "$CK_LINE"; echo "  $CK_PHASES"
+    jq -r '.layer.stats.notes[] | "  note: " + .' "$CK_JSON"
     jq -r '.disks[] | "  disk \(.vdev): \(.backend) snapshot \(.snapshot)"' "$CK_JSON"; } > "$TBW/.out"
   wait_ticks "$name" 2 60 "$m" || fail "workload of $name stopped after xckpt checkpoint"
   check_bad "$name" "$m" || fail "workload of $name saw bad pages after xckpt checkpoint"

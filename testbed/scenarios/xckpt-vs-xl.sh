@@ -30,17 +30,19 @@ one_type() {
   rm -f "$img"
   verify_resumed "$g" "$m" "$g0" "$g1" "xl restore"
   # xckpt: base, two incrementals 10 s apart.
-  ck "$g"; note "$CK_LINE"; local base_s=$CK_S
+  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local base_s=$CK_S
   sleep 10
-  ck "$g"; note "$CK_LINE"; local incr1_s=$CK_S
+  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local incr1_s=$CK_S
   sleep 10
-  ck "$g"; note "$CK_LINE"; local incr_s=$CK_S
+  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local incr_s=$CK_S
   gen_ck=$CK_GEN
   # Restore of the latest point.
   gen_stop=$(last_gen "$g")
   m=$(mark "$g")
   destroy_guest "$g"
-  out RS_S xckpt restore --store "$STORE" "$g" || fail "xckpt restore $g failed: $OUT_LAST"
+  out RS_S xckpt restore --json --store "$STORE" "$g" || fail "xckpt restore $g failed: $OUT_LAST"
+  # Its own report: CPU seconds of xckpt and of the xl restore it fed (cpu_s).
+  note "  restore: $OUT_LAST"
   verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xckpt restore"
   # Export of that point, restored by stock xl.
   timed EX_S xckpt export --store "$STORE" "$g" -o "$img" || fail "xckpt export $g failed"
