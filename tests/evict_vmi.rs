@@ -8,7 +8,7 @@ mod vmi_util;
 use std::time::Duration;
 
 use vmi_util::*;
-use xckpt::evict::vmi::{find_free, ImageMem, Limits, PhysMem, VmiError};
+use xckpt::evict::vmi::{find_free, ImageMem, KnownKernel, Limits, PhysMem, Symbols, VmiError};
 
 const PAGES: u64 = 8192;
 const MIB2: u64 = 2 << 20;
@@ -22,7 +22,7 @@ fn blocks(s: &mut Synth) {
 }
 
 fn scan(s: &Synth) -> Result<Vec<(u64, u64)>, VmiError> {
-    find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default()).map(|f| f.scan.runs)
+    find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default(), None).map(|f| f.scan.runs)
 }
 
 #[test]
@@ -46,6 +46,65 @@ fn every_version_marking_finds_exactly_the_free_blocks() {
 }
 
 #[test]
+fn the_kernel_found_once_is_proved_again_in_a_few_reads() {
+    let mut s = Synth::new(PAGES, &K6_1, 2 * MIB2);
+    blocks(&mut s);
+    let mem = ImageMem(s.img.clone());
+    let first = find_free(&mem, &s.profile(), Limits::default(), None).unwrap();
+    let again = find_free(&mem, Symbols::Known(&first.known), Limits::default(), None).unwrap();
+    assert_eq!(again.scan, first.scan);
+    assert_eq!(again.known, first.known);
+    assert!(again.source.ends_with("kept from an earlier checkpoint"), "{}", again.source);
+    // No delta search and no BTF: the reads left are the struct pages and a few tables.
+    assert!(
+        again.pages_read + 16 < first.pages_read,
+        "{} then {}",
+        first.pages_read,
+        again.pages_read
+    );
+    // The kept kernel is what a memo holds: it survives JSON.
+    let json = serde_json::to_string(&first.known).unwrap();
+    let back: KnownKernel = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, first.known);
+    // A guest that rebooted: another banner, or another KASLR step, where it was.
+    let mut other = s.img.clone();
+    let at = first.known.symbols["linux_banner"] - 0xffff_ffff_8000_0000 + 2 * MIB2;
+    other[at as usize + 14] ^= 1;
+    let e = find_free(&ImageMem(other), Symbols::Known(&first.known), Limits::default(), None)
+        .unwrap_err();
+    assert!(matches!(e, VmiError::Moved), "{e}");
+    let moved = Synth::new(PAGES, &K6_1, MIB2);
+    let e = find_free(
+        &ImageMem(moved.img.clone()),
+        Symbols::Known(&first.known),
+        Limits::default(),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(e, VmiError::Moved), "{e}");
+}
+
+#[test]
+fn only_the_chunks_of_the_pfns_asked_for_are_read() {
+    let mut s = Synth::new(PAGES, &K6_1, 0);
+    blocks(&mut s);
+    let mem = ImageMem(s.img.clone());
+    let all = find_free(&mem, &s.profile(), Limits::default(), None).unwrap();
+    // One pfn in the second chunk of 4096: only that chunk is classified, and all of it.
+    let mut only = xckpt::hv::PfnBitmap::repeat(false, PAGES as usize);
+    only.set(5000, true);
+    let part = find_free(&mem, &s.profile(), Limits::default(), Some(&only)).unwrap();
+    assert_eq!(part.scan.runs, vec![(4097, 3)]);
+    assert_eq!(part.scan.skipped, 4096);
+    assert!(part.pages_read < all.pages_read);
+    // Nothing asked: nothing classified, no error.
+    only.set(5000, false);
+    let none = find_free(&mem, &s.profile(), Limits::default(), Some(&only)).unwrap();
+    assert_eq!(none.scan.runs, vec![]);
+    assert_eq!(none.scan.skipped, PAGES);
+}
+
+#[test]
 fn a_block_whose_tail_is_busy_is_cut_to_its_head() {
     let mut s = Synth::new(PAGES, &K6_1, 0);
     s.free_block(256, 3);
@@ -54,7 +113,7 @@ fn a_block_whose_tail_is_busy_is_cut_to_its_head() {
     s.set_page(513, 1 << 12, 0, 0, u32::MAX, 0); // PG_reserved
     s.free_block(520, 2);
     s.set_page(521, 0, 0x1234 | 1, 0, u32::MAX, 0); // a compound tail
-    let f = find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default()).unwrap();
+    let f = find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default(), None).unwrap();
     assert_eq!(f.scan.runs, vec![(256, 1), (512, 1), (520, 1)]);
     assert_eq!(f.scan.cut, 3);
 }
@@ -111,13 +170,14 @@ fn a_profile_that_does_not_match_the_guest_is_refused() {
         "ffffffff81000800 D linux_banner",
     );
     let p = xckpt::evict::vmi::Profile::from_system_map(&map).unwrap();
-    let e = find_free(&ImageMem(s.img.clone()), &p, Limits::default()).unwrap_err();
+    let e = find_free(&ImageMem(s.img.clone()), &p, Limits::default(), None).unwrap_err();
     assert!(matches!(e, VmiError::NoImage), "{e}");
     // Not Linux at all: zeros.
     let e = find_free(
         &ImageMem(vec![0; PAGES as usize * PAGE]),
         &s.profile(),
         Limits::default(),
+        None,
     )
     .unwrap_err();
     assert!(matches!(e, VmiError::NoImage), "{e}");
@@ -160,7 +220,7 @@ fn page_tables_pointing_outside_or_at_themselves_evict_nothing_there() {
     let pt = 0x103_4000u64;
     s.put64(pt, 0x7fff_ffff_f000 | 0x63);
     s.put64(pt + 8, pt | 0x63);
-    let f = find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default()).unwrap();
+    let f = find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default(), None).unwrap();
     assert_eq!(f.scan.runs, vec![(1024, 1024), (4097, 3)]);
     assert!(f.scan.unread >= 64);
 }
@@ -175,7 +235,7 @@ fn the_budget_bounds_reads_and_time() {
         pages: 50,
     };
     assert!(matches!(
-        find_free(&mem, &s.profile(), small),
+        find_free(&mem, &s.profile(), small, None),
         Err(VmiError::Budget(_))
     ));
     let none = Limits {
@@ -184,7 +244,7 @@ fn the_budget_bounds_reads_and_time() {
     };
     std::thread::sleep(Duration::from_millis(2));
     assert!(matches!(
-        find_free(&mem, &s.profile(), none),
+        find_free(&mem, &s.profile(), none, None),
         Err(VmiError::Budget(_))
     ));
 }
@@ -227,6 +287,7 @@ fn a_struct_page_that_changes_between_the_two_reads_is_not_trusted() {
         &Torn(ImageMem(s.img.clone()), at),
         &s.profile(),
         Limits::default(),
+        None,
     )
     .unwrap();
     assert_eq!(f.scan.runs, vec![(16, 16), (1024, 1024), (4097, 3)]);
@@ -254,7 +315,7 @@ fn random_corruption_never_panics_and_never_frees_a_busy_page() {
             let at = kernel.start * PAGE as u64 + rnd() % span;
             img[at as usize] = rnd() as u8;
         }
-        let Ok(f) = find_free(&ImageMem(img.clone()), &profile, Limits::default()) else {
+        let Ok(f) = find_free(&ImageMem(img.clone()), &profile, Limits::default(), None) else {
             continue;
         };
         // Every page called free has, in the image read, a struct page that proves it.

@@ -189,13 +189,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             _ => Vec::new(),
         };
         self.clean(&mut dirty)?;
-        // Tracking is armed: only now may the guest agent be asked (crate::evict).
-        let t = Instant::now();
-        let (free, note) =
-            crate::evict::free_pages(&self.opts.evict, &self.info, &*self.dom, &*self.dom);
-        self.phases.free_ms = ms_since(t);
-        self.free = free;
-        self.evict_notes.extend((!note.is_empty()).then_some(note));
         // Pages a failed run kept are round 0 too: they explain a sampled difference.
         if let Plan::Incremental {
             pending: Some(bits),
@@ -218,8 +211,23 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 reason,
             };
         }
-        let baseline = self.plan.baseline(self.chain)?;
+        // The layer's file (and the chain's directory, for a first layer); a plain layer on an
+        // encrypted chain is refused here, before anything is kept in the directory.
         let writer = self.chain.begin_layer()?;
+        // Tracking is armed: only now may the guest agent be asked (crate::evict). An
+        // incremental copies at most round 0's set and what is dirtied later (never evicted):
+        // the introspection need not look further.
+        let t = Instant::now();
+        let scope = crate::evict::ScanScope {
+            memo_dir: self.chain.key().is_none().then(|| self.chain.dir()),
+            only: matches!(self.plan, Plan::Incremental { .. }).then_some(&dirty),
+        };
+        let (free, note) =
+            crate::evict::free_pages(&self.opts.evict, &self.info, &*self.dom, &*self.dom, scope);
+        self.phases.free_ms = ms_since(t);
+        self.free = free;
+        self.evict_notes.extend((!note.is_empty()).then_some(note));
+        let baseline = self.plan.baseline(self.chain)?;
         let index = LayerIndex::new(self.info.pfn_count);
         let opts = self.opts;
         self.phases.arm_ms = ms_since(started) - self.phases.free_ms;

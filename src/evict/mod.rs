@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod balloon;
 pub mod filter;
+pub mod memo;
 pub mod policy;
 pub mod runs;
 pub mod vmi;
@@ -141,15 +142,28 @@ fn agent_report(opts: &EvictOptions, pfn_count: u64) -> Result<(FreeFilter, Stri
     Ok((filter, note))
 }
 
+/// What one capture's introspection may reuse and needs to cover.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanScope<'a> {
+    /// Where the kernel found is kept between checkpoints ([`memo`]; the chain's directory),
+    /// if anywhere.
+    pub memo_dir: Option<&'a std::path::Path>,
+    /// The pfns the capture can copy, if not all of them (an incremental's first dirty set:
+    /// a page dirtied later is not evicted anyway, [`FreeFilter::note_dirty`]).
+    pub only: Option<&'a crate::hv::PfnBitmap>,
+}
+
 /// The free pages for the copy path, right after log-dirty was armed: the agent's report if it
 /// answers (first choice: the guest's own view, with its memory figures), otherwise, for
 /// `free`, the introspection of the guest's memory ([`vmi`]), with the kernel's symbols from
-/// `--guest-profile` or else from the guest's own kallsyms. Never fails the capture.
+/// `--guest-profile`, else the kernel an earlier checkpoint found (`scope.memo_dir`), else the
+/// guest's own kallsyms. Never fails the capture.
 pub fn free_pages(
     opts: &EvictOptions,
     info: &crate::hv::DomainInfo,
     mem: &dyn crate::hv::GuestMemory,
     state: &dyn crate::hv::MachineState,
+    scope: ScanScope<'_>,
 ) -> (Option<FreeFilter>, String) {
     if !opts.set.free {
         return ask_agent(opts, info.pfn_count);
@@ -170,15 +184,7 @@ pub fn free_pages(
     let found = if info.guest_type == crate::hv::GuestType::Pv {
         Err("it reads PVH and HVM guests only".to_string())
     } else {
-        let symbols = match opts.guest_profile.as_deref() {
-            Some(p) => Ok(vmi::Symbols::Profile(p)),
-            None => vcpu0_cr3(state).map(|cr3| vmi::Symbols::Guest { cr3 }),
-        };
-        let phys = vmi::HvMem {
-            dom: mem,
-            frames: info.pfn_count,
-        };
-        symbols.and_then(|s| vmi::find_free(&phys, s, opts.vmi_limits).map_err(|e| e.to_string()))
+        introspect(opts, info, mem, state, scope)
     };
     match found {
         Ok(f) => {
@@ -186,8 +192,12 @@ pub fn free_pages(
                 free: f.scan.runs.clone(),
                 ..Default::default()
             };
+            let skipped = match f.scan.skipped {
+                0 => String::new(),
+                n => format!(", {n} pfns outside the pages to copy not read"),
+            };
             let note = format!(
-                "free: by introspection of {} ({}): {} free pages in {} blocks ({} cut to their head, {} changing while read), {} guest pages read in {} ms (agent: {why}){cache}",
+                "free: by introspection of {} ({}): {} free pages in {} blocks ({} cut to their head, {} changing while read), {} guest pages read in {} ms{skipped} (agent: {why}){cache}",
                 f.kernel,
                 f.source,
                 f.scan.pages,
@@ -204,6 +214,45 @@ pub fn free_pages(
             format!("free: skipped, {why}; {how}: {e}; every page stored{cache}"),
         ),
     }
+}
+
+/// The introspection: with the profile, else with the kernel kept from an earlier checkpoint
+/// (if it is still there), else with the guest's own kallsyms; the kernel found is kept for
+/// the next checkpoint.
+fn introspect(
+    opts: &EvictOptions,
+    info: &crate::hv::DomainInfo,
+    mem: &dyn crate::hv::GuestMemory,
+    state: &dyn crate::hv::MachineState,
+    scope: ScanScope<'_>,
+) -> Result<vmi::FreeScan, String> {
+    let phys = vmi::HvMem {
+        dom: mem,
+        frames: info.pfn_count,
+    };
+    let scan = |s: vmi::Symbols<'_>| {
+        vmi::find_free(&phys, s, opts.vmi_limits, scope.only).map_err(|e| e.to_string())
+    };
+    if let Some(p) = opts.guest_profile.as_deref() {
+        return scan(vmi::Symbols::Profile(p));
+    }
+    if let Some(dir) = scope.memo_dir {
+        if let Some(k) = memo::load(dir) {
+            match scan(vmi::Symbols::Known(&k)) {
+                Ok(f) => return Ok(f),
+                // Searched for again below; a kernel found there is kept instead.
+                Err(_) => memo::forget(dir),
+            }
+        }
+    }
+    let f = scan(vmi::Symbols::Guest {
+        cr3: vcpu0_cr3(state)?,
+    })?;
+    if let Some(dir) = scope.memo_dir {
+        // Without the memo the next checkpoint only searches again.
+        let _ = memo::save(dir, &f.known);
+    }
+    Ok(f)
 }
 
 /// Balloon the guest down for the capture (`balloon`): the guest's own used figure comes from

@@ -43,6 +43,8 @@ pub struct Scan {
     pub cut: u64,
     /// Frames whose `struct page` could not be read (unmapped vmemmap).
     pub unread: u64,
+    /// Frames not classified: no pfn of their chunk was asked for ([`Target::only`]).
+    pub skipped: u64,
 }
 
 /// The fields of one `struct page`.
@@ -79,6 +81,8 @@ pub struct Target<'a> {
     pub mark: BuddyMark,
     /// Frames to classify: `0..limit`.
     pub limit: u64,
+    /// If set, only the chunks holding a pfn set in it.
+    pub only: Option<&'a crate::hv::PfnBitmap>,
 }
 
 /// Scan frames `0..t.limit`.
@@ -88,6 +92,11 @@ pub fn scan(r: &mut Reader<'_>, t: &mut Target<'_>) -> Result<Scan, VmiError> {
     let mut start = 0;
     while start < t.limit {
         let n = CHUNK.min(t.limit - start);
+        if !t.only.is_none_or(|o| asked(o, start, n)) {
+            out.skipped += n;
+            start += n;
+            continue;
+        }
         let va0 = start
             .checked_mul(size)
             .and_then(|o| t.vmemmap.checked_add(o))
@@ -133,6 +142,12 @@ pub fn scan(r: &mut Reader<'_>, t: &mut Target<'_>) -> Result<Scan, VmiError> {
     }
     out.pages = out.runs.iter().map(|r| r.1).sum();
     Ok(out)
+}
+
+/// Whether any pfn of `[start, start + n)` is set in `only`.
+fn asked(only: &crate::hv::PfnBitmap, start: u64, n: u64) -> bool {
+    let end = (start + n).min(only.len() as u64);
+    start < end && only[start as usize..end as usize].any()
 }
 
 struct Chunk<'a> {

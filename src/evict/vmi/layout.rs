@@ -15,7 +15,7 @@
 //! -1 there in every version. Pages on the per-CPU lists are not marked (they stay stored).
 
 /// Offsets (bytes) of the `struct page` fields the classifier reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PageLayout {
     /// `sizeof(struct page)`.
     pub size: u32,

@@ -67,6 +67,9 @@ pub enum VmiError {
     /// The read budget ran out.
     #[error("introspection stopped: {0}")]
     Budget(String),
+    /// The kernel an earlier scan found is no longer where it was: the guest rebooted.
+    #[error("the kernel found by an earlier checkpoint is no longer there (the guest rebooted)")]
+    Moved,
     /// Mapping guest memory failed.
     #[error(transparent)]
     Hv(#[from] crate::hv::HvError),
@@ -82,11 +85,67 @@ pub enum Symbols<'p> {
         /// vCPU 0's `cr3`.
         cr3: u64,
     },
+    /// The kernel an earlier scan of this guest found ([`FreeScan::known`]): proved again
+    /// (the whole banner where it was, the page tables mapping the direct map onto it) in a
+    /// few page reads, or refused with [`VmiError::Moved`].
+    Known(&'p KnownKernel),
 }
 
 impl<'p> From<&'p Profile> for Symbols<'p> {
     fn from(p: &'p Profile) -> Self {
         Symbols::Profile(p)
+    }
+}
+
+/// What a scan learnt of the guest's kernel: all a later scan of the same boot needs, so it
+/// does not search the image, kallsyms and BTF again. Kept between checkpoints (until the
+/// guest reboots), as `evict::memo` does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnownKernel {
+    /// The whole banner (up to its NUL).
+    pub banner: String,
+    /// The run-time addresses of the symbols the scan reads (those the kernel has).
+    pub symbols: std::collections::BTreeMap<String, u64>,
+    /// `phys = addr - __START_KERNEL_map + delta` for the image.
+    pub delta: i64,
+    /// The kernel's page-table root (physical).
+    pub root: u64,
+    /// `struct page`.
+    pub layout: layout::PageLayout,
+    /// Where the symbols came from, for the notes.
+    pub source: String,
+}
+
+/// The symbols a scan reads, once the image is found.
+const USED: [&str; 8] = [
+    "linux_banner",
+    "__start_BTF",
+    "__stop_BTF",
+    "vmemmap_base",
+    "page_offset_base",
+    "__pgtable_l5_enabled",
+    "init_top_pgt",
+    "max_pfn",
+];
+
+impl KnownKernel {
+    fn get(&self, name: &'static str) -> Result<u64, VmiError> {
+        self.symbols
+            .get(name)
+            .copied()
+            .ok_or(VmiError::MissingSymbol(name))
+    }
+
+    /// The physical address of image address `a`.
+    fn phys(&self, a: u64) -> Result<u64, VmiError> {
+        image_phys(a, self.delta).ok_or(VmiError::Inconsistent(format!(
+            "{a:#x} is outside the kernel image"
+        )))
+    }
+
+    /// The banner up to the first '(' (e.g. "Linux version 6.1.0-56-amd64").
+    pub fn kernel(&self) -> &str {
+        self.banner.split(" (").next().unwrap_or("").trim()
     }
 }
 
@@ -99,6 +158,8 @@ pub struct FreeScan {
     pub source: String,
     /// The guest's banner, up to the first '(' (e.g. "Linux version 6.1.0-56-amd64").
     pub kernel: String,
+    /// The kernel as found, for the next scan of this boot ([`Symbols::Known`]).
+    pub known: KnownKernel,
     /// Wall time.
     pub took: Duration,
     /// Guest pages read.
@@ -118,19 +179,44 @@ fn sym(p: &Profile, name: &'static str) -> Result<u64, VmiError> {
 }
 
 /// Find the free frames of the guest in `mem`, with the kernel's symbols from `symbols`.
+/// With `only`, just the `struct page` chunks holding a pfn set in it are read: a capture
+/// that copies only those pfns needs no other answer (a free block never spans two chunks).
 pub fn find_free<'p>(
     mem: &dyn PhysMem,
     symbols: impl Into<Symbols<'p>>,
     limits: Limits,
+    only: Option<&crate::hv::PfnBitmap>,
 ) -> Result<FreeScan, VmiError> {
     let t0 = Instant::now();
-    let symbols = symbols.into();
     let mut r = Reader::new(mem, limits);
+    let (known, source) = locate(&mut r, symbols.into())?;
+    let scan = scan_free(&mut r, &known, only)?;
+    Ok(FreeScan {
+        scan,
+        source,
+        kernel: known.kernel().to_string(),
+        known,
+        took: t0.elapsed(),
+        pages_read: r.pages_read,
+    })
+}
+
+/// The kernel in guest memory: from a profile or the guest's kallsyms, searched for; from an
+/// earlier scan, proved to be still there. Returns it and where its symbols came from.
+fn locate(r: &mut Reader<'_>, symbols: Symbols<'_>) -> Result<(KnownKernel, String), VmiError> {
     let found;
     let (profile, known) = match symbols {
+        Symbols::Known(k) => {
+            let at = k.phys(k.get("linux_banner")?)?;
+            if read_banner(r, at)?.as_deref() != Some(k.banner.as_str()) {
+                return Err(VmiError::Moved);
+            }
+            let source = format!("{}, kept from an earlier checkpoint", k.source);
+            return Ok((k.clone(), source));
+        }
         Symbols::Profile(p) => (p, None),
         Symbols::Guest { cr3 } => {
-            found = discover::from_guest(&mut r, cr3)?;
+            found = discover::from_guest(r, cr3)?;
             (&found.profile, Some(&found))
         }
     };
@@ -151,7 +237,7 @@ pub fn find_free<'p>(
     let delta = match known {
         Some(f) => f.delta,
         None => {
-            translate::find_image_delta(&mut r, banner_at, BANNER, &mut |r, d| match btf_range.0 {
+            translate::find_image_delta(r, banner_at, BANNER, &mut |r, d| match btf_range.0 {
                 Some(s) => Ok(image_phys(s, d)
                     .map(|p| r.bytes(p, 2))
                     .transpose()?
@@ -166,40 +252,75 @@ pub fn find_free<'p>(
             "{a:#x} is outside the kernel image"
         )))
     };
-    let banner_phys = at(banner_at)?;
-    let banner = r.bytes(banner_phys, 160)?.unwrap_or_default();
-    if !banner.starts_with(BANNER) {
-        return Err(VmiError::NoImage);
-    }
-    let banner = String::from_utf8_lossy(
-        &banner[..banner.iter().position(|&c| c == 0).unwrap_or(banner.len())],
-    )
-    .to_string();
-    let kernel = banner.split(" (").next().unwrap_or("").trim().to_string();
-    let version =
-        layout::banner_version(&banner).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
-    let marking =
-        layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel.clone()))?;
+    let banner = read_banner(r, at(banner_at)?)?.ok_or(VmiError::NoImage)?;
+    let marking = marking_of(&banner)?;
     let page_layout = match (profile.layout, btf_range) {
         (Some(l), _) => l,
-        (None, (Some(s), Some(e))) => btf_layout(&mut r, at(s)?, at(e)?, marking)?,
+        (None, (Some(s), Some(e))) => btf_layout(r, at(s)?, at(e)?, marking)?,
         (None, _) => return Err(VmiError::MissingSymbol("__stop_BTF")),
     };
-    let value = |r: &mut Reader<'_>, name: &str| -> Result<Option<u64>, VmiError> {
-        match profile.get(name) {
-            Some(a) => r.u64_at(at(a)?).map(|v| v.or(Some(u64::MAX))),
+    let root = match (profile.get("init_top_pgt"), known) {
+        (Some(a), _) => at(a)?,
+        (None, Some(f)) => f.root,
+        (None, None) => return Err(VmiError::MissingSymbol("init_top_pgt")),
+    };
+    let symbols = USED
+        .iter()
+        .filter_map(|&n| Some((n.to_string(), profile.get(n)?)))
+        .collect();
+    let known = KnownKernel {
+        banner,
+        symbols,
+        delta,
+        root,
+        layout: page_layout,
+        source: source.clone(),
+    };
+    Ok((known, source))
+}
+
+/// The banner at physical `at` (up to its NUL), if one starts there.
+fn read_banner(r: &mut Reader<'_>, at: u64) -> Result<Option<String>, VmiError> {
+    let bytes = r.bytes(at, 160)?.unwrap_or_default();
+    if !bytes.starts_with(BANNER) {
+        return Ok(None);
+    }
+    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+    Ok(Some(String::from_utf8_lossy(&bytes[..end]).to_string()))
+}
+
+/// The free-page marking of the kernel the banner names.
+fn marking_of(banner: &str) -> Result<&'static Marking, VmiError> {
+    let kernel = || banner.split(" (").next().unwrap_or("").trim().to_string();
+    let version = layout::banner_version(banner).ok_or_else(|| VmiError::UnknownVersion(kernel()))?;
+    layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel()))
+}
+
+/// The free blocks of the kernel `k` (located): its randomised bases read, its page tables
+/// proved against the banner, then the `struct page` array classified (the chunks holding a
+/// pfn of `only`, or all).
+fn scan_free(
+    r: &mut Reader<'_>,
+    k: &KnownKernel,
+    only: Option<&crate::hv::PfnBitmap>,
+) -> Result<Scan, VmiError> {
+    let marking = marking_of(&k.banner)?;
+    let banner_phys = k.phys(k.get("linux_banner")?)?;
+    let value = |r: &mut Reader<'_>, name: &'static str| -> Result<Option<u64>, VmiError> {
+        match k.symbols.get(name) {
+            Some(&a) => r.u64_at(k.phys(a)?).map(|v| v.or(Some(u64::MAX))),
             None => Ok(None),
         }
     };
-    if let Some(a) = profile.get("__pgtable_l5_enabled") {
-        if r.bytes(at(a)?, 4)?.is_some_and(|b| b != [0; 4]) {
+    if let Some(&a) = k.symbols.get("__pgtable_l5_enabled") {
+        if r.bytes(k.phys(a)?, 4)?.is_some_and(|b| b != [0; 4]) {
             return Err(VmiError::Unsupported(
                 "the guest uses 5-level paging".into(),
             ));
         }
     }
-    let vmemmap = value(&mut r, "vmemmap_base")?.unwrap_or(VMEMMAP_DEFAULT);
-    let page_offset = value(&mut r, "page_offset_base")?.unwrap_or(PAGE_OFFSET_DEFAULT);
+    let vmemmap = value(r, "vmemmap_base")?.unwrap_or(VMEMMAP_DEFAULT);
+    let page_offset = value(r, "page_offset_base")?.unwrap_or(PAGE_OFFSET_DEFAULT);
     for (name, v) in [("vmemmap_base", vmemmap), ("page_offset_base", page_offset)] {
         if v < 0xffff_8000_0000_0000 || v % crate::hv::PAGE_SIZE as u64 != 0 {
             return Err(VmiError::Inconsistent(format!(
@@ -207,41 +328,30 @@ pub fn find_free<'p>(
             )));
         }
     }
-    let root = match (profile.get("init_top_pgt"), known) {
-        (Some(a), _) => at(a)?,
-        (None, Some(f)) => f.root,
-        (None, None) => return Err(VmiError::MissingSymbol("init_top_pgt")),
-    };
-    let mut tables = PageTables::new(root);
+    let mut tables = PageTables::new(k.root);
     // The page tables must map the direct map onto the banner: proves root, delta and base.
     let direct = page_offset
         .checked_add(banner_phys)
         .ok_or_else(|| VmiError::Inconsistent("page_offset_base + phys overflows".into()))?;
-    let mapped = tables.translate(&mut r, direct)?;
+    let mapped = tables.translate(r, direct)?;
     if mapped != Some(banner_phys) {
         return Err(VmiError::Inconsistent(format!(
             "the kernel's page tables map {direct:#x} to {mapped:x?}, not the banner at {banner_phys:#x}"
         )));
     }
-    let limit = match value(&mut r, "max_pfn")? {
+    let limit = match value(r, "max_pfn")? {
         Some(m) if m > 0 => m.min(r.frames()),
         _ => r.frames(),
     };
     let mut target = classify::Target {
         tables: &mut tables,
         vmemmap,
-        layout: page_layout,
+        layout: k.layout,
         mark: marking.mark,
         limit,
+        only,
     };
-    let scan = classify::scan(&mut r, &mut target)?;
-    Ok(FreeScan {
-        scan,
-        source,
-        kernel,
-        took: t0.elapsed(),
-        pages_read: r.pages_read,
-    })
+    classify::scan(r, &mut target)
 }
 
 /// `struct page` from the `.BTF` section at `[start, stop)`, cross-checked with the marking.
