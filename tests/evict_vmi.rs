@@ -22,7 +22,13 @@ fn blocks(s: &mut Synth) {
 }
 
 fn scan(s: &Synth) -> Result<Vec<(u64, u64)>, VmiError> {
-    find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default(), None).map(|f| f.scan.runs)
+    find_free(
+        &ImageMem(s.img.clone()),
+        &s.profile(),
+        Limits::default(),
+        None,
+    )
+    .map(|f| f.scan.runs)
 }
 
 #[test]
@@ -54,7 +60,11 @@ fn the_kernel_found_once_is_proved_again_in_a_few_reads() {
     let again = find_free(&mem, Symbols::Known(&first.known), Limits::default(), None).unwrap();
     assert_eq!(again.scan, first.scan);
     assert_eq!(again.known, first.known);
-    assert!(again.source.ends_with("kept from an earlier checkpoint"), "{}", again.source);
+    assert!(
+        again.source.ends_with("kept from an earlier checkpoint"),
+        "{}",
+        again.source
+    );
     // No delta search and no BTF: the reads left are the struct pages and a few tables.
     assert!(
         again.pages_read + 16 < first.pages_read,
@@ -70,8 +80,13 @@ fn the_kernel_found_once_is_proved_again_in_a_few_reads() {
     let mut other = s.img.clone();
     let at = first.known.symbols["linux_banner"] - 0xffff_ffff_8000_0000 + 2 * MIB2;
     other[at as usize + 14] ^= 1;
-    let e = find_free(&ImageMem(other), Symbols::Known(&first.known), Limits::default(), None)
-        .unwrap_err();
+    let e = find_free(
+        &ImageMem(other),
+        Symbols::Known(&first.known),
+        Limits::default(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, VmiError::Moved), "{e}");
     let moved = Synth::new(PAGES, &K6_1, MIB2);
     let e = find_free(
@@ -113,7 +128,13 @@ fn a_block_whose_tail_is_busy_is_cut_to_its_head() {
     s.set_page(513, 1 << 12, 0, 0, u32::MAX, 0); // PG_reserved
     s.free_block(520, 2);
     s.set_page(521, 0, 0x1234 | 1, 0, u32::MAX, 0); // a compound tail
-    let f = find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default(), None).unwrap();
+    let f = find_free(
+        &ImageMem(s.img.clone()),
+        &s.profile(),
+        Limits::default(),
+        None,
+    )
+    .unwrap();
     assert_eq!(f.scan.runs, vec![(256, 1), (512, 1), (520, 1)]);
     assert_eq!(f.scan.cut, 3);
 }
@@ -220,7 +241,13 @@ fn page_tables_pointing_outside_or_at_themselves_evict_nothing_there() {
     let pt = 0x103_4000u64;
     s.put64(pt, 0x7fff_ffff_f000 | 0x63);
     s.put64(pt + 8, pt | 0x63);
-    let f = find_free(&ImageMem(s.img.clone()), &s.profile(), Limits::default(), None).unwrap();
+    let f = find_free(
+        &ImageMem(s.img.clone()),
+        &s.profile(),
+        Limits::default(),
+        None,
+    )
+    .unwrap();
     assert_eq!(f.scan.runs, vec![(1024, 1024), (4097, 3)]);
     assert!(f.scan.unread >= 64);
 }

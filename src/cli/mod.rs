@@ -2,8 +2,8 @@
 
 mod bench;
 mod bench_restore;
-mod cputime;
 mod chainverbs;
+mod cputime;
 mod generate;
 mod group;
 mod limits;

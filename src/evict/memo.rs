@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(load(dir.path()), None);
         save(dir.path(), &kernel()).unwrap();
         assert_eq!(load(dir.path()), Some(kernel()));
-        let mode = std::fs::metadata(dir.path().join(FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // Another format, or garbage: ignored (the scan searches again).
         let other = serde_json::json!({ "format": FORMAT + 1, "kernel": kernel() });

@@ -100,6 +100,8 @@ pub struct StageClock {
     digest: AtomicU64,
     compress: AtomicU64,
     write: AtomicU64,
+    map: AtomicU64,
+    log: AtomicU64,
 }
 
 /// One stage of the pipeline.
@@ -115,6 +117,10 @@ pub enum Stage {
     Compress,
     /// Writing frames (durably, see the writer).
     Write,
+    /// Page types, mapping and unmapping guest pages.
+    Map,
+    /// Fetch-and-clear of the dirty log.
+    Log,
 }
 
 impl StageClock {
@@ -127,6 +133,8 @@ impl StageClock {
             Stage::Digest => &self.digest,
             Stage::Compress => &self.compress,
             Stage::Write => &self.write,
+            Stage::Map => &self.map,
+            Stage::Log => &self.log,
         };
         slot.fetch_add(ns, Ordering::Relaxed);
     }
@@ -140,6 +148,8 @@ impl StageClock {
             digest_s: s(&self.digest),
             compress_s: s(&self.compress),
             write_s: s(&self.write),
+            map_s: s(&self.map),
+            dirty_log_s: s(&self.log),
         }
     }
 }
@@ -157,6 +167,11 @@ pub struct StageTimes {
     pub compress_s: f64,
     /// Writing frames.
     pub write_s: f64,
+    /// Asking the hypervisor for page types and mapping guest pages (and unmapping them).
+    pub map_s: f64,
+    /// Fetching and clearing the dirty log (each round's end and the mid-round refreshes),
+    /// and dropping the copies it supersedes.
+    pub dirty_log_s: f64,
 }
 
 #[derive(Debug, Default)]

@@ -236,16 +236,14 @@ fn locate(r: &mut Reader<'_>, symbols: Symbols<'_>) -> Result<(KnownKernel, Stri
     }
     let delta = match known {
         Some(f) => f.delta,
-        None => {
-            translate::find_image_delta(r, banner_at, BANNER, &mut |r, d| match btf_range.0 {
-                Some(s) => Ok(image_phys(s, d)
-                    .map(|p| r.bytes(p, 2))
-                    .transpose()?
-                    .flatten()
-                    == Some(vec![0x9f, 0xeb])),
-                None => Ok(true),
-            })?
-        }
+        None => translate::find_image_delta(r, banner_at, BANNER, &mut |r, d| match btf_range.0 {
+            Some(s) => Ok(image_phys(s, d)
+                .map(|p| r.bytes(p, 2))
+                .transpose()?
+                .flatten()
+                == Some(vec![0x9f, 0xeb])),
+            None => Ok(true),
+        })?,
     };
     let at = |a: u64| {
         image_phys(a, delta).ok_or(VmiError::Inconsistent(format!(
@@ -292,7 +290,8 @@ fn read_banner(r: &mut Reader<'_>, at: u64) -> Result<Option<String>, VmiError> 
 /// The free-page marking of the kernel the banner names.
 fn marking_of(banner: &str) -> Result<&'static Marking, VmiError> {
     let kernel = || banner.split(" (").next().unwrap_or("").trim().to_string();
-    let version = layout::banner_version(banner).ok_or_else(|| VmiError::UnknownVersion(kernel()))?;
+    let version =
+        layout::banner_version(banner).ok_or_else(|| VmiError::UnknownVersion(kernel()))?;
     layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel()))
 }
 
