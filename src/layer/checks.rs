@@ -6,9 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::format::{
-    preamble_len, u32_at, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer, FRAME_ENTRY_LEN,
-    MAGIC, PREAMBLE_LEN, SECTION_ENTRY_LEN, SECTION_KINDS, SECTION_RAW, SECTION_ZSTD, TRAILER_LEN,
-    TRAILER_MAGIC, VERSION, VERSION_SEALED, VERSION_V1,
+    is_plain, preamble_len, u32_at, FrameEntry, MetaDoc, SectionEntry, SectionKind, Trailer,
+    FRAME_ENTRY_LEN, MAGIC, PREAMBLE_LEN, SECTION_ENTRY_LEN, SECTION_KINDS, SECTION_RAW,
+    SECTION_ZSTD, TRAILER_LEN, TRAILER_MAGIC, VERSION_SEALED,
 };
 use super::frame::MAX_FRAME_PAGES;
 use super::index::MAX_PFN_COUNT;
@@ -237,11 +237,11 @@ fn check_preamble(
             found: computed,
         });
     }
-    if version == VERSION || version == VERSION_V1 {
+    if is_plain(version) {
         if p[12..28].iter().any(|&b| b != 0) {
             return Err(layout(
                 path,
-                "preamble has flags or reserved bytes set (unknown to versions 1 and 3)",
+                "preamble has flags or reserved bytes set (unknown to versions 1, 3 and 4)",
             ));
         }
         return Ok(None);
@@ -326,8 +326,8 @@ pub(super) fn parse_meta(path: &Path, json: &[u8]) -> Result<LayerMeta, LayerRea
         reason,
     };
     let doc: MetaDoc = serde_json::from_slice(json).map_err(|e| meta_err(e.to_string()))?;
-    if doc.magic.as_bytes() != MAGIC || (doc.version != VERSION && doc.version != VERSION_V1) {
-        // META says the content's version (1 or 3), not the file's sealing.
+    if doc.magic.as_bytes() != MAGIC || !is_plain(doc.version) {
+        // META says the content's version (1, 3 or 4), not the file's sealing.
         return Err(meta_err(format!(
             "magic {:?} version {}",
             doc.magic, doc.version

@@ -9,12 +9,20 @@ use super::LayerMeta;
 pub const MAGIC: [u8; 8] = *b"XCKPTLYR";
 /// Magic of the trailer (the last 64 bytes).
 pub const TRAILER_MAGIC: [u8; 8] = *b"XCKPTEND";
-/// Format version of plain layers written now (without a key). Version 3: zstd frames carry
-/// no zstd content checksum (the frame's crc32c and the pages' xxh3 digests cover them) and
-/// META may record the encoding used; otherwise laid out as version 1.
-pub const VERSION: u32 = 3;
+/// Format version of plain layers written now (without a key). Version 4: a frame's check code
+/// is [`super::frame_code`] (xxh3) instead of crc32c; otherwise as version 3.
+pub const VERSION: u32 = 4;
+/// Format version 3 (still read): zstd frames carry no zstd content checksum (the frame's
+/// crc32c and the pages' xxh3 digests cover them) and META may record the encoding used;
+/// otherwise laid out as version 1.
+pub const VERSION_V3: u32 = 3;
 /// Format version of plain layers written before version 3 (still read).
 pub const VERSION_V1: u32 = 1;
+
+/// Whether `version` is a plain (not encrypted) layer format this reader knows.
+pub fn is_plain(version: u32) -> bool {
+    matches!(version, VERSION | VERSION_V3 | VERSION_V1)
+}
 /// Format version of encrypted layers (written with a key, and read).
 pub const VERSION_SEALED: u32 = 2;
 /// Size of the version 1 preamble.
@@ -76,7 +84,7 @@ impl SectionKind {
 /// The preamble length of format `version`, where frames start; None for unknown versions.
 pub fn preamble_len(version: u32) -> Option<u64> {
     match version {
-        VERSION | VERSION_V1 => Some(PREAMBLE_LEN),
+        VERSION | VERSION_V3 | VERSION_V1 => Some(PREAMBLE_LEN),
         VERSION_SEALED => Some(PREAMBLE_V2_LEN as u64),
         _ => None,
     }

@@ -77,7 +77,7 @@ use crate::hv::{DomainIdentity, GuestType};
 
 pub use decode_cost::{decode_cost, thread_cpu_ns, DecodeCost};
 pub use encode::{Encoding, EncodingUsed, StageTimes};
-pub use frame::{compress_frame, page_digest, Codec, Frame, MAX_FRAME_PAGES};
+pub use frame::{compress_frame, frame_code, page_digest, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};
 pub use reader_frames::FrameCheck;

@@ -37,6 +37,8 @@ pub struct LayerReader {
     pub(super) digests: Vec<u64>,
     pub(super) seal: Option<FileSeal>,
     pub(super) cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+    /// The file's format version (the trailer's): how its frames are checked.
+    pub(super) version: u32,
 }
 
 impl LayerReader {
@@ -92,6 +94,7 @@ impl LayerReader {
             digests,
             seal: raw.seal,
             cache: Mutex::new(Vec::new()),
+            version: raw.trailer.version,
         })
     }
 

@@ -211,14 +211,26 @@ impl LayerReader {
         Ok(())
     }
 
-    /// A plain frame's encoded bytes against its crc32c.
+    /// A plain frame's check code: [`super::frame_code`] of its encoded bytes or, raw, of its
+    /// pages' recorded digests (format version 4; [`Self::check_pages`] proves the pages
+    /// against those), or crc32c of its encoded bytes (versions 1 and 3).
     fn check_crc(
         &self,
         k: usize,
         f: &super::format::FrameEntry,
         bytes: &[u8],
     ) -> Result<(), LayerReadError> {
-        let found = crc32c::crc32c(bytes);
+        let found = if self.version == super::format::VERSION {
+            let codec = Codec::from_code(f.codec).unwrap_or(Codec::Raw);
+            let slots = self.frame_slots(k);
+            let digests = self
+                .digests
+                .get(slots.start as usize..slots.end as usize)
+                .unwrap_or_default();
+            super::frame_code(codec, bytes, digests)
+        } else {
+            crc32c::crc32c(bytes)
+        };
         if found != f.crc {
             return Err(LayerReadError::FrameChecksum {
                 path: self.path.clone(),
