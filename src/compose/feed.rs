@@ -14,14 +14,14 @@
 //! The first integrity failure in plan order is returned by [`PageFeed::page`]; the consumer
 //! stops there, so nothing after a damaged page is streamed. The feed's one pass checks every
 //! page's digest ([`FrameCheck::Pages`]): that proves each page handed out is the captured one;
-//! the frames' crc32c, which names a damaged frame, is `verify`'s.
+//! the frames' check codes, which name a damaged frame, are `verify`'s.
 //!
 //! Decoded frames live in buffers that go back to a pool when their last page is dropped, and
 //! each worker reuses one buffer for encoded bytes: a restore allocates (and, in a PV dom0,
 //! faults in page by page through the hypervisor) about read-ahead frames' worth of memory
 //! once, not a frame's worth per frame.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::Scope;
@@ -108,6 +108,31 @@ impl Default for FeedOptions {
 /// A frame of one layer: (layer index, frame number).
 type FrameId = (usize, usize);
 
+/// Every frame of the image numbered in one sequence (layer 0's frames first): the index of
+/// the flat tables the feed keeps per frame, so no lookup hashes.
+struct FrameNumbers {
+    /// The number of layer `i`'s frame 0.
+    base: Vec<usize>,
+    /// Frames in all.
+    total: usize,
+}
+
+impl FrameNumbers {
+    fn new(image: &ComposedImage) -> Self {
+        let mut base = Vec::with_capacity(image.layers.len());
+        let mut total = 0;
+        for l in &image.layers {
+            base.push(total);
+            total += l.frame_count();
+        }
+        FrameNumbers { base, total }
+    }
+
+    fn of(&self, (layer, frame): FrameId) -> usize {
+        self.base[layer] + frame
+    }
+}
+
 /// What the workers share with the consumer.
 struct Gate {
     state: Mutex<GateState>,
@@ -134,13 +159,14 @@ pub struct PageFeed<'a> {
     /// The next plan position the consumer takes.
     taken: usize,
     read_ahead: usize,
-    /// Frames taken and still holding live pages not yet handed out.
-    held: HashMap<FrameId, Arc<FrameBuf>>,
+    /// Frames taken and still holding live pages not yet handed out, by frame number.
+    held: Vec<Option<Arc<FrameBuf>>>,
     /// Free frame buffers (returned as the last page of a frame is dropped) and how many to
     /// keep.
     pool: (Pool, usize),
-    /// Live pages not yet handed out, per frame.
-    left: HashMap<FrameId, u32>,
+    /// Live pages not yet handed out, by frame number.
+    left: Vec<u32>,
+    numbers: FrameNumbers,
     /// Frames decoded (each at most once).
     decoded: u64,
 }
@@ -152,7 +178,8 @@ impl ComposedImage {
         scope: &'scope Scope<'scope, 'env>,
         opts: FeedOptions,
     ) -> PageFeed<'env> {
-        let (plan, left) = self.frame_plan();
+        let numbers = FrameNumbers::new(self);
+        let (plan, left) = self.frame_plan(&numbers);
         let plan = Arc::new(plan);
         let gate = Arc::new(Gate {
             state: Mutex::new(GateState {
@@ -179,28 +206,35 @@ impl ComposedImage {
             early: BTreeMap::new(),
             taken: 0,
             read_ahead: opts.read_ahead.max(1),
-            held: HashMap::new(),
+            held: vec![None; numbers.total],
             pool: (pool, keep),
             left,
+            numbers,
             decoded: 0,
         }
     }
 
     /// The frames holding live pages, ordered by their lowest live pfn, and the number of live
-    /// pages in each.
-    fn frame_plan(&self) -> (Vec<FrameId>, HashMap<FrameId, u32>) {
-        let mut first: HashMap<FrameId, Pfn> = HashMap::new();
-        let mut left: HashMap<FrameId, u32> = HashMap::new();
-        for pfn in 0..self.owner.len() as Pfn {
-            let Some(id) = self.frame_id(pfn) else {
+    /// pages in each (by frame number).
+    fn frame_plan(&self, numbers: &FrameNumbers) -> (Vec<FrameId>, Vec<u32>) {
+        let mut first: Vec<(Pfn, FrameId)> = Vec::new();
+        let mut left = vec![0u32; numbers.total];
+        for (pfn, &o) in self.owner.iter().enumerate() {
+            if o == super::NONE {
+                continue;
+            }
+            let Some(id) = self.frame_id(pfn as Pfn) else {
                 continue;
             };
-            first.entry(id).or_insert(pfn);
-            *left.entry(id).or_insert(0) += 1;
+            let n = &mut left[numbers.of(id)];
+            if *n == 0 {
+                first.push((pfn as Pfn, id));
+            }
+            *n += 1;
         }
-        let mut plan: Vec<(Pfn, FrameId)> = first.into_iter().map(|(id, p)| (p, id)).collect();
-        plan.sort_unstable();
-        (plan.into_iter().map(|(_, id)| id).collect(), left)
+        // Pfns come in ascending order: each frame's first is its lowest.
+        first.sort_unstable();
+        (first.into_iter().map(|(_, id)| id).collect(), left)
     }
 
     /// The frame and slot `pfn`'s page is read from, if it is a data page.
@@ -297,7 +331,8 @@ impl PageFeed<'_> {
             data: result?,
             pool: Some(self.pool.clone()),
         };
-        self.held.insert(self.plan[at], Arc::new(buf));
+        let n = self.numbers.of(self.plan[at]);
+        self.held[n] = Some(Arc::new(buf));
         Ok(())
     }
 }
@@ -311,7 +346,8 @@ impl PageSource for PageFeed<'_> {
                 path: self.image.top().path().to_path_buf(),
                 reason: format!("pfn {pfn:#x} is not a data page of the image"),
             })?;
-        while !self.held.contains_key(&id) {
+        let n = self.numbers.of(id);
+        while self.held[n].is_none() {
             if self.taken >= self.plan.len() {
                 return Err(LayerReadError::BadIndex {
                     path: self.image.layers[id.0].path().to_path_buf(),
@@ -322,16 +358,18 @@ impl PageSource for PageFeed<'_> {
         }
         let layer = &self.image.layers[id.0];
         let at = (slot - layer.frame_slots(id.1).start) as usize * PAGE_SIZE;
-        let page = PageRef {
-            frame: self.held[&id].clone(),
-            at,
-        };
-        let left = self.left.entry(id).or_insert(1);
+        let left = &mut self.left[n];
         *left = left.saturating_sub(1);
-        if *left == 0 {
-            self.held.remove(&id);
-        }
-        Ok(page)
+        let frame = if *left == 0 {
+            self.held[n].take()
+        } else {
+            self.held[n].clone()
+        };
+        let frame = frame.ok_or_else(|| LayerReadError::BadIndex {
+            path: layer.path().to_path_buf(),
+            reason: format!("pfn {pfn:#x}: its frame was released"),
+        })?;
+        Ok(PageRef { frame, at })
     }
 }
 

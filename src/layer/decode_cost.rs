@@ -10,7 +10,7 @@ pub(super) enum Stage {
     Read = 0,
     /// zstd (or copying nothing, for a raw frame).
     Decompress = 1,
-    /// The integrity checks: crc32c or authentication, and every page's digest.
+    /// The integrity checks: the frame's check code or authentication, and every page's digest.
     Check = 2,
 }
 
@@ -23,7 +23,7 @@ pub struct DecodeCost {
     pub read_s: f64,
     /// Decompressing.
     pub decompress_s: f64,
-    /// Checking (crc32c or authentication, page digests).
+    /// Checking (check code or authentication, page digests).
     pub check_s: f64,
 }
 

@@ -20,7 +20,7 @@ pub enum Codec {
     /// Pages stored as they are.
     Raw,
     /// One zstd frame (format version 1 wrote zstd's content checksum too; version 3 leaves it
-    /// out: the frame's crc32c and the pages' xxh3 digests already cover it).
+    /// out: the frame's check code and the pages' xxh3 digests already cover it).
     Zstd,
 }
 
@@ -148,7 +148,7 @@ pub fn encode_frame(
 }
 
 /// zstd-compress with a per-thread context at `level`, without zstd's content checksum (the
-/// frame's crc32c covers the stored bytes, the pages' digests the decoded ones). None on error.
+/// frame's check code covers the stored bytes, the pages' digests the decoded ones). None on error.
 fn zstd_compress(src: &[u8], level: i32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();

@@ -2,24 +2,25 @@
 //!
 //! A layer is written front to back in one pass ([`LayerWriter`]) and read with random access
 //! ([`LayerReader`]). `docs/format.md` is the full specification; this is its summary.
-//! Little-endian everywhere; every byte of the file is under a crc32c.
+//! Little-endian everywhere; every byte of the file is under a crc32c or, for frames from
+//! format version 4, an xxh3-based check code ([`frame_code`]).
 //!
 //! ```text
 //!  offset 0
 //!  +--------------------------------------------------------------+
 //!  | PREAMBLE (32 bytes)                                          |
-//!  |  0 magic "XCKPTLYR" | 8 version u32 = 1 | 12 flags u32 = 0    |
+//!  |  0 magic "XCKPTLYR" | 8 version u32 = 4 | 12 flags u32 = 0    |
 //!  |  16 reserved [u8; 12] = 0 | 28 crc32c(bytes 0..28) u32        |
 //!  +--------------------------------------------------------------+
 //!  | FRAME 0 | FRAME 1 | ... | FRAME F-1                          |  page data, back to back;
-//!  |   zstd frame (content checksum on) or raw pages              |  crc32c of each in FRAMETAB
+//!  |   zstd frame or raw pages                                    |  check code in FRAMETAB
 //!  +--------------------------------------------------------------+
 //!  | META     serde_json {magic, version, ...LayerMeta}            |  sections, back to back,
 //!  | CONFIG   raw domain config blob                              |  in this order;
 //!  | STATE    per blob: kind u32, len u64, bytes                  |  crc32c of each in the
 //!  | INDEX    zstd(LayerIndex serialized, see index.rs)           |  section table
 //!  | FRAMETAB per frame: offset u64, len u32, pages u32,          |
-//!  |          codec u32 (0 raw, 1 zstd), crc32c u32   (24 bytes)  |
+//!  |          codec u32 (0 raw, 1 zstd), code u32     (24 bytes)  |
 //!  | DIGESTS  per slot: xxh3-64 of the page u64                   |
 //!  +--------------------------------------------------------------+
 //!  | SECTION TABLE: 6 x { kind u32, codec u32, offset u64,        |

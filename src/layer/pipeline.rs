@@ -187,14 +187,24 @@ impl ChunkBuilder {
     }
 
     /// Make sure buffers for about `pages` more pages exist and are faulted in, so that copying
-    /// them later (under pause) costs only the copy.
+    /// them later (under pause) costs only the copy. Buffers already back in the pool (written
+    /// frames') were faulted in by their first use: only the shortfall is allocated.
     pub fn reserve(&mut self, pages: u64) {
-        let chunks = pages.div_ceil(self.frame_pages as u64);
+        let chunks = pages.div_ceil(self.frame_pages as u64) as usize;
         let len = self.frame_pages * PAGE_SIZE;
-        for _ in 0..chunks {
-            // A non-zero fill writes every page, so the kernel faults them in now, not under
-            // pause (a zeroed allocation would only map the shared zero page).
-            let v = vec![0xa5u8; len];
+        let mut ready = Vec::with_capacity(chunks);
+        while ready.len() < chunks {
+            match self.pool.try_recv() {
+                Ok(v) if v.capacity() >= len => ready.push(v),
+                Ok(_) => {} // too small to hold a chunk: it would be reallocated anyway
+                Err(_) => break,
+            }
+        }
+        let short = chunks - ready.len();
+        // A non-zero fill writes every page, so the kernel faults them in now, not under pause
+        // (a zeroed allocation would only map the shared zero page).
+        ready.extend((0..short).map(|_| vec![0xa5u8; len]));
+        for v in ready {
             let _ = self.pool_tx.send(v);
         }
     }

@@ -17,7 +17,7 @@ const CACHE_FRAMES: usize = 8;
 /// What [`LayerReader::decode_into`] checks besides every page's digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameCheck {
-    /// The frame's crc32c too: `verify` and the page reader, which name a damaged frame.
+    /// The frame's check code too: `verify` and the page reader, which name a damaged frame.
     Full,
     /// Only the page digests, which prove every page handed out is the captured one (a
     /// damaged frame fails them, or fails to decode, and the error names the layer and the
@@ -137,7 +137,7 @@ impl LayerReader {
 
     /// [`Self::decode`] into `out`, reusing `out` and `encoded` (the encoded bytes of a
     /// compressed frame) from earlier frames, so a reader that decodes many frames allocates
-    /// and faults in its buffers once. `check` says whether a plain frame's crc32c is checked
+    /// and faults in its buffers once. `check` says whether a plain frame's check code is checked
     /// too; every page's digest always is, and a sealed frame is always authenticated.
     pub fn decode_into(
         &self,
