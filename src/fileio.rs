@@ -40,6 +40,24 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Replace `dir/name` with `bytes`, atomically: a fresh 0600 file `.name.tmp` (a leftover of
+/// an earlier try is removed first), synced, renamed over it. The rename itself is made
+/// durable by [`sync_dir`], if the caller needs that.
+pub fn replace_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    {
+        let mut f = create_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))
+}
+
 /// Open `path` for reading and writing, creating it 0600 if needed and never truncating it;
 /// a symlink is refused.
 pub fn open_private(path: &Path) -> std::io::Result<File> {

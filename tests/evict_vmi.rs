@@ -8,7 +8,9 @@ mod vmi_util;
 use std::time::Duration;
 
 use vmi_util::*;
-use xckpt::evict::vmi::{find_free, ImageMem, KnownKernel, Limits, PhysMem, Symbols, VmiError};
+use xckpt::evict::vmi::{
+    find_free, FreeScan, ImageMem, KnownKernel, Limits, PhysMem, Symbols, VmiError,
+};
 
 const PAGES: u64 = 8192;
 const MIB2: u64 = 2 << 20;
@@ -19,6 +21,17 @@ fn blocks(s: &mut Synth) {
     s.free_block(1024, 10);
     s.free_block(4097, 0);
     s.free_block(4098, 1); // adjacent: merged into one run with 4097
+}
+
+/// The scan of `s` with its profile, which must succeed.
+fn found(s: &Synth) -> FreeScan {
+    find_free(
+        &ImageMem(s.img.clone()),
+        &s.profile(),
+        Limits::default(),
+        None,
+    )
+    .unwrap()
 }
 
 fn scan(s: &Synth) -> Result<Vec<(u64, u64)>, VmiError> {
@@ -128,13 +141,7 @@ fn a_block_whose_tail_is_busy_is_cut_to_its_head() {
     s.set_page(513, 1 << 12, 0, 0, u32::MAX, 0); // PG_reserved
     s.free_block(520, 2);
     s.set_page(521, 0, 0x1234 | 1, 0, u32::MAX, 0); // a compound tail
-    let f = find_free(
-        &ImageMem(s.img.clone()),
-        &s.profile(),
-        Limits::default(),
-        None,
-    )
-    .unwrap();
+    let f = found(&s);
     assert_eq!(f.scan.runs, vec![(256, 1), (512, 1), (520, 1)]);
     assert_eq!(f.scan.cut, 3);
 }
@@ -241,13 +248,7 @@ fn page_tables_pointing_outside_or_at_themselves_evict_nothing_there() {
     let pt = 0x103_4000u64;
     s.put64(pt, 0x7fff_ffff_f000 | 0x63);
     s.put64(pt + 8, pt | 0x63);
-    let f = find_free(
-        &ImageMem(s.img.clone()),
-        &s.profile(),
-        Limits::default(),
-        None,
-    )
-    .unwrap();
+    let f = found(&s);
     assert_eq!(f.scan.runs, vec![(1024, 1024), (4097, 3)]);
     assert!(f.scan.unread >= 64);
 }

@@ -4,7 +4,6 @@
 //! failed write never loses a dirtied page. Layout: magic `XCKPTPD1`, pfn count (u64 LE), the
 //! bitmap words (u64 LE), crc32c of everything before it (u32 LE).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::hv::PfnBitmap;
@@ -41,18 +40,8 @@ pub fn save(chain_dir: &Path, bits: &PfnBitmap) -> std::io::Result<()> {
     }
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
-    let tmp = chain_dir.join(format!(".{FILE}.tmp"));
-    {
-        // A fresh file, so its mode is 0600 whatever a leftover had.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut f = crate::fileio::create_private(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path(chain_dir))?;
+    // A fresh file, so its mode is 0600 whatever a leftover had.
+    crate::fileio::replace_private(chain_dir, FILE, &buf)?;
     crate::fileio::sync_dir(chain_dir)
 }
 

@@ -7,7 +7,6 @@
 //! a guess the scan checks against guest memory. Encrypted chains keep no memo: kernel
 //! addresses (KASLR) would lie in plaintext beside the encrypted layers.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::vmi::KnownKernel;
@@ -36,17 +35,7 @@ pub fn save(dir: &Path, kernel: &KnownKernel) -> std::io::Result<()> {
         kernel: kernel.clone(),
     };
     let bytes = serde_json::to_vec(&memo).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    {
-        let mut f = crate::fileio::create_private(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(FILE))
+    crate::fileio::replace_private(dir, FILE, &bytes)
 }
 
 /// Drop the memo in `dir` (a kernel that is no longer there).
