@@ -372,9 +372,7 @@ pub fn stream_into_xl(
 ) -> Result<StreamStats, RestoreError> {
     let what = point.what();
     let r = xl.restore(paused, &what, &mut |out| {
-        // Zero pages are lent into the pipe, not copied (stream::zeros).
-        let zeros = crate::stream::zeros::ZeroTee::for_pipe(out.as_fd());
-        crate::stream::write_save_file_with_zeros(&point.image, opts, &mut &mut *out, zeros)
+        write_save_file(&point.image, opts, &mut &mut *out)
     });
     name_damage(point, r)
 }
@@ -418,11 +416,6 @@ fn name_damage(
     }
 }
 
-/// The writer of a stream, as [`XlTool::restore`] calls it, into the pipe to `xl restore`.
+/// The writer of a stream, as [`XlTool::restore`] calls it.
 pub type WriteStream<'a> =
-    dyn FnMut(&mut dyn StreamPipe) -> Result<StreamStats, StreamWriteError> + 'a;
-
-/// What a stream is written into: a file descriptor (a pipe, where zero pages can be lent).
-pub trait StreamPipe: std::io::Write + std::os::fd::AsFd {}
-
-impl<T: std::io::Write + std::os::fd::AsFd> StreamPipe for T {}
+    dyn FnMut(&mut dyn std::io::Write) -> Result<StreamStats, StreamWriteError> + 'a;

@@ -16,7 +16,7 @@ use super::format::{
     PAGE_DATA_PFN_MASK, PAGE_SHIFT,
 };
 use super::pv::PvStreamState;
-use super::records::{write_record, write_record_header, ZeroWrite};
+use super::records::{write_record, write_record_header};
 use super::state::StreamState;
 use super::StreamStats;
 use crate::compose::{Image, PageRef, PageSource, PageState};
@@ -51,7 +51,7 @@ fn typed_domain_header(ty: u32, xen_major: u32, xen_minor: u32) -> [u8; 16] {
 
 /// Write the whole libxc stream.
 pub fn write_libxc_stream(
-    w: &mut impl ZeroWrite,
+    w: &mut impl Write,
     image: &dyn Image,
     pages: &mut dyn PageSource,
     st: &StreamState<'_>,
@@ -132,7 +132,7 @@ fn rec_parts(
 /// [`super::format::MAX_BATCH`]). Zero and evicted pages go as
 /// real zero pages (see docs/stream.md). Data pages come from `pages` in pfn order.
 fn write_pages(
-    w: &mut impl ZeroWrite,
+    w: &mut impl Write,
     image: &dyn Image,
     pages: &mut dyn PageSource,
     pv: Option<&PvStreamState<'_>>,
@@ -212,10 +212,9 @@ fn normalised(
 
 /// One PAGE_DATA record: header, count, reserved, pfn words (pfn | type << 32; NOTAB = 0 but
 /// for a PV guest's page tables), then the pages, written from the decoded frames with one
-/// vectored write (no copy on the way); where `w` lends zero pages, each run of them is lent
-/// between the vectored writes of the data around it.
+/// vectored write (no copy on the way).
 fn write_batch(
-    w: &mut impl ZeroWrite,
+    w: &mut impl Write,
     batch: &mut Batch,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
@@ -229,31 +228,14 @@ fn write_batch(
     for (word, _) in &batch.pfns {
         head.extend_from_slice(&word.to_le_bytes());
     }
-    let lend = w.lends_zeros();
     let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(n + 1);
     parts.push(IoSlice::new(head));
-    let mut zeros = 0;
     for (_, body) in &batch.pfns {
-        match body {
-            Some(page) => {
-                if zeros > 0 {
-                    w.write_zeros(zeros * PAGE_SIZE)?;
-                    zeros = 0;
-                }
-                parts.push(IoSlice::new(page.bytes()));
-            }
-            None if lend => {
-                write_all_vectored(w, &mut parts)?;
-                parts.clear();
-                zeros += 1;
-            }
-            None => parts.push(IoSlice::new(&ZERO_PAGE)),
-        }
+        parts.push(IoSlice::new(
+            body.as_ref().map_or(&ZERO_PAGE[..], PageRef::bytes),
+        ));
     }
     write_all_vectored(w, &mut parts)?;
-    if zeros > 0 {
-        w.write_zeros(zeros * PAGE_SIZE)?;
-    }
     // The body is a multiple of 8 bytes: no padding.
     stats.records += 1;
     stats.page_records += 1;

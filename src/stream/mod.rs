@@ -22,13 +22,9 @@ pub mod records;
 pub mod sink;
 pub mod state;
 mod writer;
-pub mod zeros;
 
 pub use error::{SinkError, StreamParseError, StreamWriteError};
 pub use libxc::{domain_header, image_header};
 pub use parser::{parse_save_file, MAX_OPTIONAL_DATA};
 pub use sink::{DomainHeader, ParsedHeader, StreamSink};
-pub use writer::{
-    libxl_header, write_save_file, write_save_file_with_zeros, write_xl_header, StreamOptions,
-    StreamStats,
-};
+pub use writer::{libxl_header, write_save_file, write_xl_header, StreamOptions, StreamStats};

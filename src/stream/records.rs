@@ -4,72 +4,17 @@ use std::io::{self, Write};
 
 use super::error::StreamWriteError;
 use super::format::{padding, REC_HEADER_LEN};
-use super::zeros::ZeroTee;
 
-/// Where a stream goes: bytes, and runs of zero bytes (the zero pages), which a pipe may take
-/// without a copy.
-pub trait ZeroWrite: Write {
-    /// Whether [`ZeroWrite::write_zeros`] is cheaper than writing zero bytes.
-    fn lends_zeros(&self) -> bool {
-        false
-    }
-
-    /// Write `n` zero bytes.
-    fn write_zeros(&mut self, n: usize) -> io::Result<()> {
-        zero_bytes(self, n)
-    }
-}
-
-/// Write `n` zero bytes into `w`, as bytes.
-fn zero_bytes<W: Write + ?Sized>(w: &mut W, mut n: usize) -> io::Result<()> {
-    const Z: [u8; 4096] = [0; 4096];
-    while n > 0 {
-        let k = n.min(Z.len());
-        w.write_all(&Z[..k])?;
-        n -= k;
-    }
-    Ok(())
-}
-
-impl<W: Write> ZeroWrite for CountingWriter<W> {
-    fn lends_zeros(&self) -> bool {
-        self.zeros.is_some()
-    }
-
-    fn write_zeros(&mut self, n: usize) -> io::Result<()> {
-        let Some(z) = &self.zeros else {
-            return zero_bytes(self, n);
-        };
-        // What is buffered goes first, then the zeros, straight into the pipe.
-        self.inner.flush()?;
-        z.put(n)?;
-        self.count += n as u64;
-        Ok(())
-    }
-}
-
-/// A writer that counts the bytes that went through it, and puts runs of zeros into a pipe
-/// without copying them when given a [`ZeroTee`] for it.
+/// A writer that counts the bytes that went through it.
 pub struct CountingWriter<W: Write> {
     inner: W,
     count: u64,
-    zeros: Option<ZeroTee>,
 }
 
 impl<W: Write> CountingWriter<W> {
     /// Wrap `inner`.
     pub fn new(inner: W) -> Self {
-        CountingWriter {
-            inner,
-            count: 0,
-            zeros: None,
-        }
-    }
-
-    /// Lend zero runs from `zeros`, which must feed the pipe `inner` writes into.
-    pub fn with_zeros(mut self, zeros: Option<ZeroTee>) -> Self {
-        self.zeros = zeros;
-        self
+        CountingWriter { inner, count: 0 }
     }
 
     /// Bytes written so far.

@@ -91,17 +91,6 @@ pub fn write_save_file(
     opts: &StreamOptions,
     out: &mut impl Write,
 ) -> Result<StreamStats, StreamWriteError> {
-    write_save_file_with_zeros(image, opts, out, None)
-}
-
-/// [`write_save_file`] into a pipe, its zero pages lent by `zeros` (made for that pipe) rather
-/// than written.
-pub fn write_save_file_with_zeros(
-    image: &dyn Image,
-    opts: &StreamOptions,
-    out: &mut impl Write,
-    zeros: Option<super::zeros::ZeroTee>,
-) -> Result<StreamStats, StreamWriteError> {
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
     if st.pv.is_none() {
@@ -120,7 +109,7 @@ pub fn write_save_file_with_zeros(
     };
     let config = prepare_config(image.config(), &rewrite)?;
 
-    let mut w = CountingWriter::new(BufWriter::with_capacity(1 << 20, out)).with_zeros(zeros);
+    let mut w = CountingWriter::new(BufWriter::with_capacity(1 << 20, out));
     let mut stats = StreamStats::default();
     write_xl_header(&mut w, &config)?;
     write_libxl_header(&mut w)?;
