@@ -124,11 +124,7 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
         }
         if let Some(s) = skip.as_deref_mut() {
             if refreshed.elapsed() >= REFRESH_INTERVAL {
-                let t = thread_cpu();
-                s.refresh(dom, sink)?;
-                builder
-                    .clock()
-                    .add(Stage::Log, thread_cpu().saturating_sub(t));
+                builder.clock().time(Stage::Log, || s.refresh(dom, sink))?;
                 refreshed = Instant::now();
             }
         }
@@ -139,11 +135,9 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
         }
         let t0 = Instant::now();
         let types = &mut types[..batch.len()];
-        let t = thread_cpu();
-        dom.page_types(&batch, types)?;
         builder
             .clock()
-            .add(Stage::Map, thread_cpu().saturating_sub(t));
+            .time(Stage::Map, || dom.page_types(&batch, types))?;
         let mut full = Vec::new();
         copy_batch(dom, &batch, types, builder, rules, &mut full)?;
         figs.busy += t0.elapsed();
@@ -188,11 +182,9 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     if readable.is_empty() {
         return Ok(());
     }
-    let t = thread_cpu();
-    let mapped = dom.map_batch(&readable)?;
-    builder
+    let mapped = builder
         .clock()
-        .add(Stage::Map, thread_cpu().saturating_sub(t));
+        .time(Stage::Map, || dom.map_batch(&readable))?;
     // A frame that fails to map may have left the guest between the type query and the map
     // (a balloon driver still giving memory back): asked again, the hypervisor says so, and the
     // frame is recorded like any unpopulated one. Any other failure is the capture's.
@@ -225,7 +217,7 @@ fn copy_batch<D: GuestMemory + ?Sized>(
         builder
             .clock()
             .add(Stage::Copy, thread_cpu().saturating_sub(t));
-        unmap(builder, mapped);
+        builder.clock().time(Stage::Map, || drop(mapped));
         return Ok(());
     }
     let t = thread_cpu();
@@ -248,15 +240,6 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     builder
         .clock()
         .add(Stage::Copy, thread_cpu().saturating_sub(t1));
-    unmap(builder, mapped);
+    builder.clock().time(Stage::Map, || drop(mapped));
     Ok(())
-}
-
-/// Drop a mapping of guest pages, its cost counted as [`Stage::Map`].
-fn unmap<M>(builder: &ChunkBuilder, mapped: M) {
-    let t = thread_cpu();
-    drop(mapped);
-    builder
-        .clock()
-        .add(Stage::Map, thread_cpu().saturating_sub(t));
 }

@@ -455,15 +455,13 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 progress.rounds += 1;
                 self.round_done(false, figs.pages - before, t);
                 report::finish(&name, task, figs.pages - before);
-                let cpu = crate::layer::encode::thread_cpu();
-                self.clean(dirty)?;
-                self.hold.superseded(dirty);
-                *dirty |= &self.skip.bits;
-                self.skip.bits.fill(false);
-                builder.clock().add(
-                    crate::layer::encode::Stage::Log,
-                    crate::layer::encode::thread_cpu().saturating_sub(cpu),
-                );
+                builder.clock().time(crate::layer::encode::Stage::Log, || {
+                    self.clean(dirty)?;
+                    self.hold.superseded(dirty);
+                    *dirty |= &self.skip.bits;
+                    self.skip.bits.fill(false);
+                    Ok::<_, CaptureError>(())
+                })?;
                 let n = dirty.count_ones() as u64;
                 let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
                 emit(Event::Dirty {

@@ -124,6 +124,14 @@ pub enum Stage {
 }
 
 impl StageClock {
+    /// Run `f`, adding the CPU time it takes on this thread to `stage`.
+    pub fn time<R>(&self, stage: Stage, f: impl FnOnce() -> R) -> R {
+        let t = thread_cpu();
+        let r = f();
+        self.add(stage, thread_cpu().saturating_sub(t));
+        r
+    }
+
     /// Add `d` to `stage`.
     pub fn add(&self, stage: Stage, d: Duration) {
         let ns = d.as_nanos() as u64;

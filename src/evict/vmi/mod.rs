@@ -145,7 +145,7 @@ impl KnownKernel {
 
     /// The banner up to the first '(' (e.g. "Linux version 6.1.0-56-amd64").
     pub fn kernel(&self) -> &str {
-        self.banner.split(" (").next().unwrap_or("").trim()
+        kernel_name(&self.banner)
     }
 }
 
@@ -287,9 +287,14 @@ fn read_banner(r: &mut Reader<'_>, at: u64) -> Result<Option<String>, VmiError> 
     Ok(Some(String::from_utf8_lossy(&bytes[..end]).to_string()))
 }
 
+/// A banner up to its first '('.
+fn kernel_name(banner: &str) -> &str {
+    banner.split(" (").next().unwrap_or("").trim()
+}
+
 /// The free-page marking of the kernel the banner names.
 fn marking_of(banner: &str) -> Result<&'static Marking, VmiError> {
-    let kernel = || banner.split(" (").next().unwrap_or("").trim().to_string();
+    let kernel = || kernel_name(banner).to_string();
     let version =
         layout::banner_version(banner).ok_or_else(|| VmiError::UnknownVersion(kernel()))?;
     layout::marking_for(version).ok_or_else(|| VmiError::UnknownVersion(kernel()))
