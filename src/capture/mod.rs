@@ -116,7 +116,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     ) -> Self {
         let fetched = PfnBitmap::repeat(false, info.pfn_count as usize);
         let skip = SkipSet::new(info.pfn_count);
-        let hold = Holdback::new(info.pfn_count, opts.frame_pages);
+        let hold = Holdback::new(info.populated_pages, opts.frame_pages);
         Run {
             dom,
             chain,

@@ -1,30 +1,54 @@
-//! CPU time of this process and of the children it waited for (`xl restore`, `xl list`), for
-//! the `--json` reports: the wall time of a restore is shared with `xl restore` on the same
-//! CPUs, and these say which side spent it.
+//! CPU time and page faults of this process and of the children it waited for (`xl restore`,
+//! `xl list`), for the `--json` reports: the wall time of a restore is shared with `xl restore`
+//! on the same CPUs, and these say which side spent it. A minor fault costs a trip through the
+//! hypervisor in a PV dom0, so their count says how much fresh memory a run touched.
 
 /// CPU seconds from `/proc/self/stat` (utime, stime, cutime, cstime); `None` where it cannot be
 /// read (not Linux, no /proc).
 pub fn cpu_json() -> Option<serde_json::Value> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    parse_stat(&stat, rustix::param::clock_ticks_per_second())
+    let f = stat_fields()?;
+    parse_cpu(&f, rustix::param::clock_ticks_per_second())
 }
 
-fn parse_stat(stat: &str, ticks: u64) -> Option<serde_json::Value> {
+/// Page faults from `/proc/self/stat` (minflt, cminflt, majflt, cmajflt).
+pub fn faults_json() -> Option<serde_json::Value> {
+    parse_faults(&stat_fields()?)
+}
+
+/// Fields 3 onwards of `/proc/self/stat`.
+fn stat_fields() -> Option<Vec<String>> {
+    split_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+fn split_stat(stat: &str) -> Option<Vec<String>> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11) // state .. cmajflt: fields 3-13
-        .take(4) // utime, stime, cutime, cstime: fields 14-17
-        .map(|v| v.parse().ok())
-        .collect::<Option<_>>()?;
-    let [user, system, children_user, children_system] = f[..] else {
-        return None;
-    };
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Fields `first..first + N` (numbered as in proc(5)) as numbers.
+fn numbers<const N: usize>(f: &[String], first: usize) -> Option<[u64; N]> {
+    let mut out = [0u64; N];
+    for (o, v) in out.iter_mut().zip(f.get(first - 3..first - 3 + N)?) {
+        *o = v.parse().ok()?;
+    }
+    Some(out)
+}
+
+fn parse_cpu(f: &[String], ticks: u64) -> Option<serde_json::Value> {
+    let [user, system, children_user, children_system] = numbers::<4>(f, 14)?;
     let s = |t: u64| t as f64 / ticks.max(1) as f64;
     Some(serde_json::json!({
         "user": s(user), "system": s(system),
         "children_user": s(children_user), "children_system": s(children_system),
+    }))
+}
+
+fn parse_faults(f: &[String]) -> Option<serde_json::Value> {
+    let [minor, children_minor, major, children_major] = numbers::<4>(f, 10)?;
+    Some(serde_json::json!({
+        "minor": minor, "major": major,
+        "children_minor": children_minor, "children_major": children_major,
     }))
 }
 
@@ -33,14 +57,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_four_times_after_the_name() {
+    fn reads_the_times_and_faults_after_the_name() {
         let stat = "4242 (x (y) z) S 1 2 3 4 5 6 7 8 9 10 150 25 300 40 20 0 1 0 100";
-        let v = parse_stat(stat, 100).unwrap();
+        let f = split_stat(stat).unwrap();
+        let v = parse_cpu(&f, 100).unwrap();
         assert_eq!(v["user"], 1.5);
         assert_eq!(v["system"], 0.25);
         assert_eq!(v["children_user"], 3.0);
         assert_eq!(v["children_system"], 0.4);
-        assert!(parse_stat("4242 (x) S 1 2", 100).is_none());
+        let v = parse_faults(&f).unwrap();
+        assert_eq!(v["minor"], 7);
+        assert_eq!(v["children_minor"], 8);
+        assert_eq!(v["major"], 9);
+        assert_eq!(v["children_major"], 10);
+        assert!(parse_cpu(&split_stat("4242 (x) S 1 2").unwrap(), 100).is_none());
+        assert!(split_stat("no name").is_none());
         assert!(cpu_json().is_some());
+        assert!(faults_json().is_some());
     }
 }

@@ -140,6 +140,7 @@ impl CheckpointCmd {
                 domain: &name,
                 downtime_ms: report.downtime.as_secs_f64() * 1e3,
                 cpu_s: super::cputime::cpu_json(),
+                faults: super::cputime::faults_json(),
                 report: &report,
             })?;
         } else {
@@ -233,6 +234,8 @@ struct CheckpointJson<'a> {
     downtime_ms: f64,
     /// CPU seconds of xckpt and of the commands it ran.
     cpu_s: Option<serde_json::Value>,
+    /// Page faults of xckpt and of the commands it ran.
+    faults: Option<serde_json::Value>,
     #[serde(flatten)]
     report: &'a CaptureReport,
 }
@@ -364,7 +367,7 @@ impl RestoreCmd {
             print_json(&serde_json::json!({
                 "chain": r.chain, "layer": r.id, "domain": r.name, "paused": self.paused,
                 "stream": stream_json(&r.stats), "seconds": started.elapsed().as_secs_f64(),
-                "cpu_s": super::cputime::cpu_json(),
+                "cpu_s": super::cputime::cpu_json(), "faults": super::cputime::faults_json(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -439,7 +442,7 @@ impl ExportCmd {
                 "chain": self.target.name, "layer": id, "file": self.output,
                 "bytes": stats.bytes, "stream": stream_json(&stats),
                 "seconds": started.elapsed().as_secs_f64(),
-                "cpu_s": super::cputime::cpu_json(),
+                "cpu_s": super::cputime::cpu_json(), "faults": super::cputime::faults_json(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
