@@ -15,6 +15,16 @@ pub fn faults_json() -> Option<serde_json::Value> {
     parse_faults(&stat_fields()?)
 }
 
+/// Seconds since this process was started (exec included), at 1/`CLK_TCK` resolution: beside
+/// a run's own phases, what its setup and the command's start cost.
+pub fn since_start_s() -> Option<f64> {
+    let [start] = numbers::<1>(&stat_fields()?, 22)?;
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let now = now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9;
+    let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
+    Some(((now - start as f64 / ticks) * 1e3).round() / 1e3)
+}
+
 /// Fields 3 onwards of `/proc/self/stat`.
 fn stat_fields() -> Option<Vec<String>> {
     split_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
@@ -74,5 +84,6 @@ mod tests {
         assert!(split_stat("no name").is_none());
         assert!(cpu_json().is_some());
         assert!(faults_json().is_some());
+        assert!(since_start_s().is_some_and(|s| (0.0..600.0).contains(&s)));
     }
 }

@@ -141,6 +141,7 @@ impl CheckpointCmd {
                 downtime_ms: report.downtime.as_secs_f64() * 1e3,
                 cpu_s: super::cputime::cpu_json(),
                 faults: super::cputime::faults_json(),
+                since_start_s: super::cputime::since_start_s(),
                 report: &report,
             })?;
         } else {
@@ -236,6 +237,8 @@ struct CheckpointJson<'a> {
     cpu_s: Option<serde_json::Value>,
     /// Page faults of xckpt and of the commands it ran.
     faults: Option<serde_json::Value>,
+    /// Seconds from the process's start to this report (setup and the capture's `total_ms`).
+    since_start_s: Option<f64>,
     #[serde(flatten)]
     report: &'a CaptureReport,
 }
@@ -368,6 +371,7 @@ impl RestoreCmd {
                 "chain": r.chain, "layer": r.id, "domain": r.name, "paused": self.paused,
                 "stream": stream_json(&r.stats), "seconds": started.elapsed().as_secs_f64(),
                 "cpu_s": super::cputime::cpu_json(), "faults": super::cputime::faults_json(),
+                "since_start_s": super::cputime::since_start_s(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -443,6 +447,7 @@ impl ExportCmd {
                 "bytes": stats.bytes, "stream": stream_json(&stats),
                 "seconds": started.elapsed().as_secs_f64(),
                 "cpu_s": super::cputime::cpu_json(), "faults": super::cputime::faults_json(),
+                "since_start_s": super::cputime::since_start_s(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }

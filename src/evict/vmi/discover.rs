@@ -134,26 +134,36 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
         });
         rodata.push(m.is_some_and(|m| !m.writable && m.no_exec));
     }
-    // Read-only data first; the rest of the image only if the tables are not found there
-    // (a kernel that maps its read-only data writable or executable).
+    // Read-only data first, and searched only over its span: the image buffer's other pages
+    // are never touched then (each would cost a fault on a zero page, and a PV dom0 takes every
+    // fault through the hypervisor). The rest of the image only if the tables are not found
+    // there (a kernel that maps its read-only data writable or executable).
     let mut bytes = vec![0u8; len as usize];
     let mut read = read_pages(r, &pfns, &mut bytes, |k| rodata[k])?;
-    let search = |bytes: &[u8]| {
-        kallsyms::find(&kallsyms::Image { bytes, vaddr })
-            .map(|k| (k.info().num_syms, k.lookup(NEEDED)))
+    let ro = match (
+        rodata.iter().position(|&d| d),
+        rodata.iter().rposition(|&d| d),
+    ) {
+        (Some(a), Some(b)) => a * PAGE_SIZE..(b + 1) * PAGE_SIZE,
+        _ => 0..0,
     };
-    let (count, mut symbols) = match search(&bytes) {
+    let search = |bytes: &[u8], within: std::ops::Range<usize>| {
+        kallsyms::find_within(&kallsyms::Image { bytes, vaddr }, within.clone())
+            .map(|k| (k.info().num_syms, k.lookup(NEEDED), within))
+    };
+    let (count, mut symbols, within) = match search(&bytes, ro) {
         Ok(found) => found,
         Err(_) => {
             read += read_pages(r, &pfns, &mut bytes, |k| !rodata[k])?;
-            search(&bytes)
+            search(&bytes, 0..bytes.len())
                 .map_err(|e| VmiError::Unsupported(format!("the guest's kallsyms: {e}")))?
         }
     };
     if !symbols.contains_key("__start_BTF") || !symbols.contains_key("__stop_BTF") {
-        if let Some((s, e)) = btf_section(&bytes) {
-            symbols.insert("__start_BTF".into(), vaddr + s as u64);
-            symbols.insert("__stop_BTF".into(), vaddr + e as u64);
+        if let Some((s, e)) = btf_section(&bytes[within.clone()]) {
+            let at = vaddr + within.start as u64;
+            symbols.insert("__start_BTF".into(), at + s as u64);
+            symbols.insert("__stop_BTF".into(), at + e as u64);
         }
     }
     Ok(Found {

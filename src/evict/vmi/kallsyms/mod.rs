@@ -41,6 +41,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 /// Most symbols believed (Debian's 6.1 kernel has 94,266, its 6.12 one about 167,000).
 pub const MAX_SYMS: usize = 2_000_000;
@@ -135,13 +136,22 @@ pub struct Kallsyms<'a> {
 
 /// Find and check the kallsyms tables of `image`: exactly one consistent set, or Err(reason).
 pub fn find<'a>(image: &Image<'a>) -> Result<Kallsyms<'a>, String> {
+    find_within(image, 0..image.bytes.len())
+}
+
+/// As [`find`], with the token table searched for only in `image.bytes[within]` (the read-only
+/// data, where scripts/kallsyms puts the tables): the rest of the image is not scanned, and
+/// addresses are still checked against all of it.
+pub fn find_within<'a>(image: &Image<'a>, within: Range<usize>) -> Result<Kallsyms<'a>, String> {
     let m = Mem {
         b: image.bytes,
         vaddr: image.vaddr,
     };
     let mut found: Vec<Kallsyms<'a>> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
-    let hits = digit_runs(m.b)?;
+    let start = within.start;
+    let mut hits = digit_runs(image.bytes.get(within).unwrap_or_default())?;
+    hits.iter_mut().for_each(|h| *h += start);
     let mut token_tables = 0;
     let mut searches = MAX_SEARCHES;
     let mut checks = MAX_CHECKS;

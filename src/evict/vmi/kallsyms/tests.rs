@@ -268,6 +268,25 @@ fn every_layout_gives_the_run_time_addresses() {
 }
 
 #[test]
+fn a_search_within_a_range_finds_only_tables_inside_it() {
+    let syms = symbols(true);
+    let t = tables(&syms, Layout::OffsetsFirstSeqs, true);
+    let img = image_with(&t, TABLES_AT);
+    let image = Image {
+        bytes: &img,
+        vaddr: VADDR,
+    };
+    // The range holding the tables: the same symbols as a search of the whole image, their
+    // addresses (outside the range) checked against all of it.
+    let k = find_within(&image, TABLES_AT..TABLES_AT + t.len()).unwrap();
+    assert_eq!(k.lookup(&WANT), run(&img, VADDR).unwrap().1);
+    assert_eq!(k.lookup(&["_text"])["_text"], VADDR);
+    // A range before them, or past the image, finds nothing.
+    assert!(find_within(&image, 0..TABLES_AT).is_err());
+    assert!(find_within(&image, img.len()..img.len() + 10).is_err());
+}
+
+#[test]
 fn alignment_follows_the_virtual_address() {
     // The buffer starts 4 bytes past an 8-aligned address: the tables sit at an odd
     // multiple of 4 in it.
