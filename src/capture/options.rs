@@ -100,10 +100,10 @@ pub struct PhaseTimes {
     pub free_ms: f64,
     /// The live pre-copy rounds.
     pub precopy_ms: f64,
-    /// From the end of pre-copy to the resume: the final round's buffers faulted in, the
-    /// stop, the final round, the state.
+    /// From the end of pre-copy to the resume: the backlog written, the final round's buffers
+    /// taken from the pool or faulted in, the stop, the final round, the state.
     pub stopped_ms: f64,
-    /// After the resume: the backlog and the held pages encoded and written, the file synced.
+    /// After the resume: the paused round's pages encoded and written, the file synced.
     pub write_behind_ms: f64,
     /// The domain's config awaited and the layer committed (index, state, manifest).
     pub commit_ms: f64,

@@ -262,9 +262,15 @@ pub struct WriterOut {
     pub stages: StageTimes,
 }
 
+/// Chunks the writer has applied, and a condition variable signalled after each.
+type Applied = Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>;
+
 /// A running pipeline inside a thread scope.
 pub struct Pipeline<'scope> {
     tx: Option<SyncSender<Chunk>>,
+    /// Chunks sent so far, and how many of them the writer has applied.
+    sent: u64,
+    applied: Applied,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
     writer: Option<ScopedJoinHandle<'scope, Result<WriterOut, LayerWriteError>>>,
     tuner: Arc<Tuner>,
@@ -301,15 +307,19 @@ impl<'scope> Pipeline<'scope> {
             workers.push(scope.spawn(move || compress_worker(&rx, &ptx, &pool, &tuner, &clock)));
         }
         drop(ptx);
+        let applied = Applied::default();
         let stage = Stages {
             pool: builder.pool_tx.clone(),
             tuner: tuner.clone(),
             clock: clock.clone(),
+            applied: applied.clone(),
         };
         let writer = scope.spawn(move || write_in_order(prx, writer, index, stage));
         (
             Pipeline {
                 tx: Some(tx),
+                sent: 0,
+                applied,
                 workers,
                 writer: Some(writer),
                 tuner,
@@ -323,7 +333,10 @@ impl<'scope> Pipeline<'scope> {
     pub fn send(&mut self, chunk: Chunk) -> Result<(), LayerWriteError> {
         let tx = self.tx.as_ref().expect("pipeline open");
         match tx.send(chunk) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.sent += 1;
+                Ok(())
+            }
             Err(_) => Err(self.cause()),
         }
     }
@@ -332,10 +345,31 @@ impl<'scope> Pipeline<'scope> {
     pub fn try_send(&mut self, chunk: Chunk) -> Result<Option<Chunk>, LayerWriteError> {
         let tx = self.tx.as_ref().expect("pipeline open");
         match tx.try_send(chunk) {
-            Ok(()) => Ok(None),
+            Ok(()) => {
+                self.sent += 1;
+                Ok(None)
+            }
             Err(mpsc::TrySendError::Full(c)) => Ok(Some(c)),
             Err(mpsc::TrySendError::Disconnected(_)) => Err(self.cause()),
         }
+    }
+
+    /// Wait until every chunk sent so far is written, so that their buffers are back in the
+    /// pool (a raw frame's when it is written, a compressed one's when it is encoded).
+    pub fn wait_written(&mut self) -> Result<(), LayerWriteError> {
+        let (lock, cv) = &*self.applied;
+        let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while *n < self.sent {
+            if self.writer.as_ref().is_none_or(|w| w.is_finished()) {
+                drop(n);
+                return Err(self.cause());
+            }
+            n = cv
+                .wait_timeout(n, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
     }
 
     /// Why the pipeline stopped: the writer's own error (a full disk, say), if it had one.
@@ -380,6 +414,7 @@ struct Stages {
     pool: mpsc::Sender<Vec<u8>>,
     tuner: Arc<Tuner>,
     clock: Arc<StageClock>,
+    applied: Applied,
 }
 
 fn compress_worker(
@@ -439,6 +474,9 @@ fn write_in_order(
         while let Some(p) = pending.remove(&next) {
             apply(&mut writer, &mut index, &mut fig, p, &stage)?;
             next += 1;
+            let (lock, cv) = &*stage.applied;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            cv.notify_all();
         }
     }
     // Every chunk was delivered in sequence; anything left means a worker died mid-way.
@@ -486,4 +524,36 @@ fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_written_the_chunks_buffers_are_back_in_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = LayerWriter::create(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            let (mut pipe, mut builder) =
+                Pipeline::start(s, writer, LayerIndex::new(256), 4, Encoding::Level(0), 1);
+            let mut sent = 0;
+            for pfn in 0..10u64 {
+                let full = builder.add_copied(pfn, |dst| dst.fill(pfn as u8 + 1));
+                if let Some(c) = full {
+                    pipe.send(c).unwrap();
+                    sent += 1;
+                }
+            }
+            assert_eq!(sent, 2);
+            pipe.wait_written().unwrap();
+            assert_eq!(*pipe.applied.0.lock().unwrap(), 2);
+            // Both raw frames' buffers: the paused copy takes them instead of new memory.
+            let back: Vec<Vec<u8>> = builder.pool.try_iter().collect();
+            assert_eq!(back.len(), 2);
+            assert!(back.iter().all(|b| b.capacity() >= 4 * PAGE_SIZE));
+            let out = pipe.finish(builder).unwrap();
+            assert_eq!(out.figures.frames, 3);
+        });
+    }
 }
