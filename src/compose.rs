@@ -113,23 +113,16 @@ pub enum ComposeError {
 pub const MAX_LAYERS: usize = u16::MAX as usize - 1;
 const NONE: u16 = u16::MAX;
 
-/// Layers 0..=N of a chain, composed.
-pub struct ComposedImage {
+/// Layers 0..=N of a chain, opened and linked but not composed: what a few lookups need (the
+/// spot check of an incremental samples 64 pages), without the owner table a
+/// [`ComposedImage`] builds with a pass over every pfn (a million for a PVH guest, whose pfns
+/// reach 4 GiB). Each lookup looks from the top layer down.
+pub struct LayerStack {
     layers: Vec<LayerReader>,
-    owner: Vec<u16>,
 }
 
-impl ComposedImage {
-    /// Open layer `top` and its ancestors; `layer_path` maps a layer id to its file (None if
-    /// the chain does not have it).
-    pub fn open(
-        top: &Path,
-        layer_path: impl FnMut(u64) -> Option<PathBuf>,
-    ) -> Result<Self, ComposeError> {
-        Self::open_with_key(top, None, layer_path)
-    }
-
-    /// [`ComposedImage::open`] with the key of encrypted layers.
+impl LayerStack {
+    /// Open layer `top` and its ancestors (see [`ComposedImage::open_with_key`]).
     pub fn open_with_key(
         top: &Path,
         key: Option<&LayerKey>,
@@ -153,7 +146,68 @@ impl ComposedImage {
             layers.push(LayerReader::open_with_key(&path, key)?);
         }
         layers.reverse();
-        ComposedImage::from_layers(layers)
+        check_links(&layers)?;
+        Ok(LayerStack { layers })
+    }
+
+    /// Size of the pfn space (the top layer's).
+    pub fn pfn_count(&self) -> u64 {
+        self.layers.last().map_or(0, |l| l.meta().pfn_count)
+    }
+
+    /// The index of the newest layer that covers `pfn`, if any.
+    fn owner(&self, pfn: Pfn) -> Option<usize> {
+        self.layers.iter().rposition(|l| l.entry(pfn).is_some())
+    }
+
+    /// The state of `pfn` (as [`Image::page_state`]).
+    pub fn page_state(&self, pfn: Pfn) -> PageState {
+        state_in(&self.layers, self.owner(pfn), pfn)
+    }
+
+    /// The recorded digest of `pfn`'s page when it is stored data (as
+    /// [`ComposedImage::page_digest`]).
+    pub fn page_digest(&self, pfn: Pfn) -> Option<u64> {
+        self.layers[self.owner(pfn)?].page_digest(pfn)
+    }
+}
+
+/// The state of `pfn` as layer `owner` of `layers` records it (None: no layer covers it).
+fn state_in(layers: &[LayerReader], owner: Option<usize>, pfn: Pfn) -> PageState {
+    let Some(i) = owner else {
+        return PageState::Unpopulated;
+    };
+    match layers[i].entry(pfn) {
+        Some(PageEntry::Data) => PageState::Data(i),
+        Some(PageEntry::Zero) => PageState::Zero,
+        Some(PageEntry::Evicted(p)) => PageState::Evicted(p),
+        Some(PageEntry::Unpopulated) | None => PageState::Unpopulated,
+    }
+}
+
+/// Layers 0..=N of a chain, composed.
+pub struct ComposedImage {
+    layers: Vec<LayerReader>,
+    owner: Vec<u16>,
+}
+
+impl ComposedImage {
+    /// Open layer `top` and its ancestors; `layer_path` maps a layer id to its file (None if
+    /// the chain does not have it).
+    pub fn open(
+        top: &Path,
+        layer_path: impl FnMut(u64) -> Option<PathBuf>,
+    ) -> Result<Self, ComposeError> {
+        Self::open_with_key(top, None, layer_path)
+    }
+
+    /// [`ComposedImage::open`] with the key of encrypted layers.
+    pub fn open_with_key(
+        top: &Path,
+        key: Option<&LayerKey>,
+        layer_path: impl FnMut(u64) -> Option<PathBuf>,
+    ) -> Result<Self, ComposeError> {
+        ComposedImage::from_layers(LayerStack::open_with_key(top, key, layer_path)?.layers)
     }
 
     /// Compose already opened layers, base first. Checks that each layer's parent is the one
@@ -263,15 +317,7 @@ impl Image for ComposedImage {
         self.top().meta().vcpus
     }
     fn page_state(&self, pfn: Pfn) -> PageState {
-        let Some(i) = self.owner(pfn) else {
-            return PageState::Unpopulated;
-        };
-        match self.layers[i].entry(pfn) {
-            Some(PageEntry::Data) => PageState::Data(i),
-            Some(PageEntry::Zero) => PageState::Zero,
-            Some(PageEntry::Evicted(p)) => PageState::Evicted(p),
-            Some(PageEntry::Unpopulated) | None => PageState::Unpopulated,
-        }
+        state_in(&self.layers, self.owner(pfn), pfn)
     }
     fn read_page(&self, pfn: Pfn, buf: &mut [u8]) -> Result<(), LayerReadError> {
         match self.owner(pfn) {

@@ -135,6 +135,21 @@ fn ten_layer_chain_matches_model_at_every_point() {
     for top in 1..=10u64 {
         let img = chain.compose(Some(top)).unwrap();
         check_image(&img, &models[top as usize - 1], top);
+        // The same point's layers, not composed, say the same of every pfn.
+        let stack = chain.layers(Some(top)).unwrap();
+        assert_eq!(stack.pfn_count(), img.pfn_count());
+        for pfn in 0..img.pfn_count() {
+            assert_eq!(
+                stack.page_state(pfn),
+                img.page_state(pfn),
+                "pfn {pfn} at {top}"
+            );
+            assert_eq!(
+                stack.page_digest(pfn),
+                img.page_digest(pfn),
+                "pfn {pfn} at {top}"
+            );
+        }
     }
     let newest = chain.compose(None).unwrap();
     assert_eq!(newest.top().meta().id, 10);

@@ -657,3 +657,48 @@ fn pv_live_checkpoint_without_logdirty_says_so_and_no_live_works() {
         .unwrap();
     assert_eq!(&out[libxc + 24..libxc + 28], &1u32.to_le_bytes());
 }
+
+#[test]
+fn the_config_fetched_for_the_disk_plan_serves_the_capture_once() {
+    let xs = MapXs::default();
+    make(291, "cfg", "pvh", 1, &xs);
+    let dir = tempfile::tempdir().unwrap();
+    let (xl, calls) = (dir.path().join("xl"), dir.path().join("calls"));
+    std::fs::write(
+        &xl,
+        format!(
+            "#!/bin/sh\necho x >> {}\n\
+             echo '[{{\"domid\": 291, \"config\": {{\"c_info\": {{\"type\": \"pvh\", \"name\": \"cfg\"}}}}}}]'\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&xl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = open(
+        "cfg",
+        &xs,
+        XenEnv {
+            xl_command: xl,
+            ..quiet_env()
+        },
+    )
+    .unwrap();
+    let runs = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let planned = d.config_for_capture().unwrap();
+    assert_eq!(runs(), 1);
+    // The capture takes the kept copy: `xl list -l` does not run again.
+    assert_eq!(d.config().unwrap(), planned);
+    assert_eq!(runs(), 1);
+    // Kept for one use only; and a balloon in between makes the capture fetch it anew.
+    assert_eq!(d.config().unwrap(), planned);
+    assert_eq!(runs(), 2);
+    d.config_for_capture().unwrap();
+    d.config_changed();
+    d.config().unwrap();
+    assert_eq!(runs(), 4);
+}

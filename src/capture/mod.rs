@@ -235,6 +235,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             // The domain's config (`xl list -l` on Xen, slow there) is only needed at commit:
             // fetch it while round 0 runs.
             let dom = self.dom.clone();
+            if balloon.is_some() {
+                dom.config_changed();
+            }
             let config_job = s.spawn(move || dom.config());
             let (mut pipe, mut builder) = Pipeline::start(
                 s,

@@ -6,7 +6,7 @@
 //! consumer cleared it, or it was restarted) and the run becomes a resync.
 
 use super::CaptureError;
-use crate::compose::{Image, PageState};
+use crate::compose::PageState;
 use crate::hv::{Checkpointable, Pfn, PfnBitmap, PAGE_SIZE};
 use crate::layer::page_digest;
 use crate::store::Chain;
@@ -20,7 +20,8 @@ pub fn differing<D: Checkpointable + ?Sized>(
     chain: &Chain,
     parent: u64,
 ) -> Result<Vec<Pfn>, CaptureError> {
-    let image = chain.compose(Some(parent))?;
+    // A few lookups: the layers are opened, not composed (no pass over every pfn).
+    let image = chain.layers(Some(parent))?;
     let n = image.pfn_count();
     let mut rng = fastrand::Rng::new();
     let mut pfns: Vec<Pfn> = (0..SAMPLES * 8)

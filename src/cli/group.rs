@@ -19,7 +19,7 @@ use xckpt::group::slurm::SlurmStep;
 use xckpt::group::{
     checkpoint_group, Coordinator, GroupDir, GroupReport, LocalCoordinator, Member, Phase,
 };
-use xckpt::hv::{Domain, HvError, MachineState};
+use xckpt::hv::{Domain, HvError};
 use xckpt::store::{ChainLock, Store};
 
 use super::print_json;
@@ -69,7 +69,7 @@ impl DiskArgs {
         if self.no_disk {
             return Ok(DiskPlan::default());
         }
-        let config = dom.config()?;
+        let config = dom.config_for_capture()?;
         Ok(DiskPlan::new(
             &dom.name(),
             &config,

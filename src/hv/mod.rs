@@ -270,6 +270,9 @@ pub trait MachineState: Domain {
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError>;
     /// The domain's configuration blob (libxl JSON on Xen), as `xl save` embeds it.
     fn config(&self) -> Result<Vec<u8>, HvError>;
+    /// The config may have changed since it was last fetched (a balloon): a copy kept by the
+    /// back-end must not be used.
+    fn config_changed(&self) {}
 }
 
 /// Everything a live checkpoint needs.

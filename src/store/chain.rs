@@ -7,7 +7,7 @@ use super::manifest::{self, MANIFEST_TEMP_PREFIX};
 use super::{ensure_private_dir, io, is_layer_name, layer_file_name, lock, ChainLock};
 use super::{LayerRecord, Manifest};
 use super::{StoreError, TrackingState};
-use crate::compose::{ComposeError, ComposedImage};
+use crate::compose::{ComposeError, ComposedImage, LayerStack};
 use crate::hv::StateBlob;
 use crate::layer::{
     LayerIndex, LayerKey, LayerMeta, LayerReadError, LayerReader, LayerWriter, TEMP_PREFIX,
@@ -246,11 +246,30 @@ impl Chain {
     /// A reader that lost a race with `merge`/`prune` (a file removed between reading the
     /// manifest and opening it) reads the new manifest and tries again.
     pub fn compose(&self, upto: Option<u64>) -> Result<ComposedImage, StoreError> {
+        self.open_point(upto, |top, key, path| {
+            ComposedImage::open_with_key(top, key, path)
+        })
+    }
+
+    /// The layers of point `upto` (latest if None), opened but not composed: for a few
+    /// lookups (see [`LayerStack`]).
+    pub fn layers(&self, upto: Option<u64>) -> Result<LayerStack, StoreError> {
+        self.open_point(upto, |top, key, path| {
+            LayerStack::open_with_key(top, key, path)
+        })
+    }
+
+    /// Open point `upto` with `open` (top layer, key, parent lookup), retrying a read that lost
+    /// a race with `merge`/`prune`.
+    fn open_point<T, F>(&self, upto: Option<u64>, open: F) -> Result<T, StoreError>
+    where
+        F: Fn(&Path, Option<&LayerKey>, &dyn Fn(u64) -> Option<PathBuf>) -> Result<T, ComposeError>,
+    {
         let mut tries = 0;
         loop {
             let m = self.manifest()?;
             let top = self.resolve_top(&m, upto)?;
-            let result = ComposedImage::open_with_key(&self.layer_path(&top), self.key(), |id| {
+            let result = open(&self.layer_path(&top), self.key(), &|id| {
                 m.layer(id).map(|r| self.layer_path(r))
             });
             match result {

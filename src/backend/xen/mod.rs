@@ -95,6 +95,9 @@ pub struct XenDomain {
     nested_stops: AtomicU32,
     /// PV guests: the p2m as last read (refreshed at each log-dirty CLEAN).
     p2m: Mutex<Option<std::sync::Arc<crate::pv::P2m>>>,
+    /// The config fetched for the disk plan, kept for the capture (see
+    /// [`XenDomain::config_for_capture`]).
+    config_kept: Mutex<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for XenDomain {
@@ -203,6 +206,7 @@ impl XenDomain {
             suspended: AtomicBool::new(false),
             nested_stops: AtomicU32::new(0),
             p2m: Mutex::new(None),
+            config_kept: Mutex::new(None),
         };
         if guest_type == GuestType::Pv {
             dom.check_pv_width()?;

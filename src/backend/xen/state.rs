@@ -199,6 +199,34 @@ impl MachineState for XenDomain {
     }
 
     fn config(&self) -> Result<Vec<u8>, HvError> {
+        let kept = self
+            .config_kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match kept {
+            Some(c) => Ok(c),
+            None => self.fetch_config(),
+        }
+    }
+
+    fn config_changed(&self) {
+        *self.config_kept.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl XenDomain {
+    /// The domain's config, fetched now (`xl list -l`) and kept for the capture that follows:
+    /// its [`MachineState::config`] takes this copy instead of running `xl list -l` again, a
+    /// few hundred ms of CPU under TCG. A balloon changes the config in between
+    /// ([`MachineState::config_changed`]): the capture then fetches it anew.
+    pub fn config_for_capture(&self) -> Result<Vec<u8>, HvError> {
+        let c = self.fetch_config()?;
+        *self.config_kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    fn fetch_config(&self) -> Result<Vec<u8>, HvError> {
         // As text: `XlError::Spawn` quotes its io cause mid-sentence, and the command's one-line
         // message would print that cause a second time after it.
         xl::domain_config(&self.env.xl_command, self.domid)
