@@ -73,6 +73,11 @@ impl Holdback {
         }
     }
 
+    /// Whether no chunk is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Hand every held chunk to `pipe`, oldest first.
     pub fn drain(&mut self, pipe: &mut Pipeline<'_>) -> Result<(), LayerWriteError> {
         while let Some(c) = self.held.pop_front() {

@@ -44,6 +44,10 @@ mod options;
 pub use error::CaptureError;
 pub use options::{CaptureOptions, CaptureReport, PhaseTimes, RoundReport};
 
+/// Pages the paused round's buffers may lack before the backlog is written ahead of the stop to
+/// lend its buffers (8 MiB: faulting in fewer costs less than the downtime the writing adds).
+const DRAIN_SHORTFALL: u64 = 2048;
+
 /// Take one checkpoint of `dom` into `chain` (memory only: no disk snapshots).
 pub fn checkpoint<D: Checkpointable + 'static>(
     dom: &Arc<D>,
@@ -334,12 +338,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     ) -> Result<(Vec<Chunk>, Vec<StateBlob>, StopFigures, StopReason), CaptureError> {
         let (first, stop) = self.precopy(pipe, builder, dirty, baseline, &*control)?;
         let since_precopy = Instant::now();
-        // The backlog is written before the stop, so that its buffers are back in the pool for
-        // the paused copy: the fresh memory a run faults in (in a PV dom0, each page through the
-        // hypervisor) is then the larger of the two, not their sum. Its copies of pages dirtied
-        // from here to the pause become dead instead of dropped: a fraction of a second's worth.
-        self.hold.drain(pipe).map_err(|e| self.write_error(e))?;
-        pipe.wait_written().map_err(|e| self.write_error(e))?;
         // Buffers for the paused copy are faulted in while the guest still runs; the margin
         // covers what is dirtied between the last live fetch and the pause.
         let expect = if first && self.plan.full_scan() {
@@ -347,7 +345,18 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         } else {
             dirty.count_ones() as u64
         };
-        builder.reserve(expect + expect / 4 + 256);
+        let want = expect + expect / 4 + 256;
+        // When the pool is far short of that, the backlog is written first, so that its
+        // buffers are back in the pool for the paused copy: the fresh memory a run faults in (in
+        // a PV dom0, each page through the hypervisor) is then the larger of the two, not their
+        // sum. Only then: what the guest dirties while the backlog is written adds to the
+        // paused round, i.e. to the downtime (a base's paused round needs thousands of pages
+        // more than the pool has; an incremental's, a few hundred).
+        if !self.hold.is_empty() && want.saturating_sub(builder.pooled_pages()) >= DRAIN_SHORTFALL {
+            self.hold.drain(pipe).map_err(|e| self.write_error(e))?;
+            pipe.wait_written().map_err(|e| self.write_error(e))?;
+        }
+        builder.reserve(want);
         // The stop: from here to resume is the guest's downtime.
         control.stop(self.chain.name(), self.plan.next_id())?;
         let subject = self.info.identity.name.clone();

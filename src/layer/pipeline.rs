@@ -186,6 +186,17 @@ impl ChunkBuilder {
         &self.clock
     }
 
+    /// Pages the buffers back in the pool now can hold.
+    pub fn pooled_pages(&mut self) -> u64 {
+        let len = self.frame_pages * PAGE_SIZE;
+        let back: Vec<Vec<u8>> = self.pool.try_iter().collect();
+        let whole = back.iter().filter(|v| v.capacity() >= len).count();
+        for v in back {
+            let _ = self.pool_tx.send(v);
+        }
+        (whole * self.frame_pages) as u64
+    }
+
     /// Make sure buffers for about `pages` more pages exist and are faulted in, so that copying
     /// them later (under pause) costs only the copy. Buffers already back in the pool (written
     /// frames') were faulted in by their first use: only the shortfall is allocated.
@@ -549,6 +560,7 @@ mod tests {
             pipe.wait_written().unwrap();
             assert_eq!(*pipe.applied.0.lock().unwrap(), 2);
             // Both raw frames' buffers: the paused copy takes them instead of new memory.
+            assert_eq!(builder.pooled_pages(), 8);
             let back: Vec<Vec<u8>> = builder.pool.try_iter().collect();
             assert_eq!(back.len(), 2);
             assert!(back.iter().all(|b| b.capacity() >= 4 * PAGE_SIZE));
