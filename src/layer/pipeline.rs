@@ -186,15 +186,29 @@ impl ChunkBuilder {
         &self.clock
     }
 
+    /// Up to `max` buffers from the pool that can hold a whole chunk; smaller ones are dropped
+    /// (they would be reallocated anyway).
+    fn whole_pooled(&mut self, max: usize) -> Vec<Vec<u8>> {
+        let len = self.frame_pages * PAGE_SIZE;
+        let mut whole = Vec::new();
+        while whole.len() < max {
+            match self.pool.try_recv() {
+                Ok(v) if v.capacity() >= len => whole.push(v),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        whole
+    }
+
     /// Pages the buffers back in the pool now can hold.
     pub fn pooled_pages(&mut self) -> u64 {
-        let len = self.frame_pages * PAGE_SIZE;
-        let back: Vec<Vec<u8>> = self.pool.try_iter().collect();
-        let whole = back.iter().filter(|v| v.capacity() >= len).count();
-        for v in back {
+        let whole = self.whole_pooled(usize::MAX);
+        let pages = (whole.len() * self.frame_pages) as u64;
+        for v in whole {
             let _ = self.pool_tx.send(v);
         }
-        (whole * self.frame_pages) as u64
+        pages
     }
 
     /// Make sure buffers for about `pages` more pages exist and are faulted in, so that copying
@@ -203,14 +217,7 @@ impl ChunkBuilder {
     pub fn reserve(&mut self, pages: u64) {
         let chunks = pages.div_ceil(self.frame_pages as u64) as usize;
         let len = self.frame_pages * PAGE_SIZE;
-        let mut ready = Vec::with_capacity(chunks);
-        while ready.len() < chunks {
-            match self.pool.try_recv() {
-                Ok(v) if v.capacity() >= len => ready.push(v),
-                Ok(_) => {} // too small to hold a chunk: it would be reallocated anyway
-                Err(_) => break,
-            }
-        }
+        let mut ready = self.whole_pooled(chunks);
         let short = chunks - ready.len();
         // A non-zero fill writes every page, so the kernel faults them in now, not under pause
         // (a zeroed allocation would only map the shared zero page).
