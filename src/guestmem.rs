@@ -104,6 +104,27 @@ impl<'a> SharedPageMut<'a> {
         }
     }
 
+    /// View frame `i` of a writable foreign mapping made by `xen-sys` (a domain being restored),
+    /// or the errno Xen gave for that frame (`EACCES` for a read-only mapping). The view
+    /// borrows the mapping, so it cannot outlive the unmap.
+    pub fn from_foreign(mapping: &'a xen_sys::ForeignMapping<'_>, i: usize) -> Result<Self, i32> {
+        if !mapping.is_writable() {
+            return Err(libc::EACCES);
+        }
+        let ptr = mapping.page_ptr(i)?;
+        // SAFETY: an `Ok` pointer from `page_ptr` of a writable mapping is page-aligned, with
+        // PAGE_SIZE readable and writable bytes mapped until the mapping drops; the view borrows
+        // the mapping for 'a, and every access through it is a raw copy or write.
+        Ok(unsafe { SharedPageMut::new(ptr.as_ptr()) })
+    }
+
+    /// Overwrite the page with zeros.
+    pub fn zero(&self) {
+        // SAFETY: `new`'s contract keeps PAGE_SIZE bytes at `ptr` mapped and writable for 'a; no
+        // reference to the page is formed.
+        unsafe { std::ptr::write_bytes(self.ptr.cast::<u8>(), 0, PAGE_SIZE) };
+    }
+
     /// Overwrite the page with `src` (a bulk copy; readers may see old and new bytes mixed).
     pub fn write_from(&self, src: &[u8]) {
         assert_eq!(src.len(), PAGE_SIZE);

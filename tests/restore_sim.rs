@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+use std::os::fd::AsFd;
 use xckpt::backend::sim::SimConfig;
 use xckpt::backend::sim::{page_digest, SimDomain, Truth, TruthMode, UNPOPULATED_DIGEST};
 use xckpt::capture::{checkpoint, CaptureOptions};
@@ -23,7 +24,10 @@ use xckpt::restore::{
     XlTool,
 };
 use xckpt::store::Store;
-use xckpt::stream::{parse_save_file, SinkError, StreamSink, StreamStats, StreamWriteError};
+use xckpt::stream::format::pfinfo;
+use xckpt::stream::{
+    parse_save_file, GuestFill, SinkError, StreamSink, StreamStats, StreamWriteError,
+};
 
 /// A domain the fake `xl` made: its name, whether it is paused, one digest per pfn.
 #[derive(Debug, Clone)]
@@ -44,14 +48,60 @@ struct FakeXl {
     destroyed: Mutex<Vec<String>>,
     /// How long each restore takes beyond its stream (a slow host).
     slow: std::time::Duration,
+    /// Writing the domain's memory fails (its frames cannot be mapped).
+    fill_fails: bool,
 }
 
 /// Collects what `xl restore` would load.
 #[derive(Default)]
 struct Loaded {
     name: String,
-    pages: BTreeMap<Pfn, u64>,
+    memory: Arc<Mutex<Memory>>,
     disks: serde_json::Value,
+}
+
+/// The memory of a domain the fake `xl restore` builds: each pfn's digest, written by the
+/// stream or by the restore's fill, and which pfns the stream populated without data and the
+/// fill wrote.
+#[derive(Default)]
+struct Memory {
+    pages: BTreeMap<Pfn, u64>,
+    allocated: std::collections::BTreeSet<Pfn>,
+    filled: std::collections::BTreeSet<Pfn>,
+}
+
+/// What a frame holds after `XALLOC` until it is written: not zeros (Xen's allocator does not
+/// promise them), so a pfn the fill missed shows.
+const UNWRITTEN_DIGEST: u64 = 0x5eed_f00d_6a4b_a6e0;
+
+/// The fill of the fake: pages go into the shared [`Memory`].
+struct FakeFill {
+    pipe: std::os::fd::OwnedFd,
+    memory: Arc<Mutex<Memory>>,
+    fails: bool,
+}
+
+impl GuestFill for FakeFill {
+    fn drained(&mut self) -> std::io::Result<()> {
+        xckpt::restore::pipe_drained(&self.pipe, || Ok(false))
+    }
+
+    fn write(
+        &mut self,
+        _name: &str,
+        batch: &[(Pfn, Option<&[u8]>)],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.fails {
+            return Err("frame cannot be mapped: Operation not permitted".into());
+        }
+        let mut m = self.memory.lock().unwrap();
+        for &(pfn, page) in batch {
+            let digest = page_digest(page.unwrap_or(&[0u8; PAGE_SIZE]));
+            m.pages.insert(pfn, digest);
+            m.filled.insert(pfn);
+        }
+        Ok(())
+    }
 }
 
 impl StreamSink for Loaded {
@@ -63,9 +113,23 @@ impl StreamSink for Loaded {
         self.disks = v["disks"].clone();
         Ok(())
     }
-    fn page(&mut self, pfn: Pfn, _ty: PageType, data: Option<&[u8]>) -> Result<(), SinkError> {
-        let data = data.expect("every streamed pfn carries data");
-        self.pages.insert(pfn, page_digest(data));
+    fn page(&mut self, pfn: Pfn, ty: PageType, data: Option<&[u8]>) -> Result<(), SinkError> {
+        let mut m = self.memory.lock().unwrap();
+        match data {
+            Some(data) => {
+                m.pages.insert(pfn, page_digest(data));
+            }
+            None => {
+                assert_eq!(
+                    ty,
+                    PageType::Other(pfinfo::XALLOC),
+                    "pfn {pfn:#x} without data"
+                );
+                m.allocated.insert(pfn);
+                // The fill may have come first: it wins, as libxc populates before it.
+                m.pages.entry(pfn).or_insert(UNWRITTEN_DIGEST);
+            }
+        }
         Ok(())
     }
     fn state_blob(&mut self, _blob: StateBlob) -> Result<(), SinkError> {
@@ -82,15 +146,26 @@ impl XlTool for FakeXl {
     ) -> Result<StreamStats, RestoreError> {
         let (reader, writer) = rustix::pipe::pipe().unwrap();
         let (mut reader, mut writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
+        let memory = Arc::new(Mutex::new(Memory::default()));
         let (written, parsed) = std::thread::scope(|s| {
+            let shared = memory.clone();
             let xl = s.spawn(move || {
-                let mut loaded = Loaded::default();
+                let mut loaded = Loaded {
+                    memory: shared,
+                    ..Loaded::default()
+                };
                 let r = parse_save_file(&mut reader, &mut loaded).map(|h| (h, loaded));
                 // Drain what is left, as a reader that stopped would let the pipe close.
                 let _ = std::io::copy(&mut reader, &mut std::io::sink());
                 r
             });
-            let written = write(&mut writer);
+            let mut fill = FakeFill {
+                pipe: writer.as_fd().try_clone_to_owned().unwrap(),
+                memory: memory.clone(),
+                fails: self.fill_fails,
+            };
+            let written = write(&mut writer, Some(&mut fill));
+            drop(fill);
             drop(writer);
             (written, xl.join().unwrap())
         });
@@ -107,7 +182,12 @@ impl XlTool for FakeXl {
             });
         }
         let mut digests = vec![UNPOPULATED_DIGEST; header.pfn_count() as usize];
-        for (pfn, d) in loaded.pages {
+        let m = memory.lock().unwrap();
+        assert_eq!(
+            m.filled, m.allocated,
+            "the fill wrote exactly the pfns populated for it"
+        );
+        for (&pfn, &d) in &m.pages {
             digests[pfn as usize] = d;
         }
         let mut doms = self.domains.lock().unwrap();
@@ -188,6 +268,16 @@ fn every_point_of_a_chain_restores_byte_equal_through_xl() {
         };
         let r = restore_point(&store, "solo", Some(*id), None, &ro, &xl).unwrap();
         assert_eq!((r.id, r.name.as_str()), (*id, "solo"));
+        // Every populated pfn was written into the domain, none sent through the stream.
+        assert_eq!(r.stats.filled_pages, r.stats.pages, "layer {id}");
+        assert!(
+            r.stats.bytes < 1 << 20,
+            "layer {id}: {} bytes",
+            r.stats.bytes
+        );
+        // One PAGE_DATA record per 2 MiB region, whatever the pfns' type.
+        let regions = (r.stats.pages + r.stats.unpopulated_pfns).div_ceil(512);
+        assert!(r.stats.page_records <= regions, "layer {id}: {:?}", r.stats);
         let doms = xl.domains.lock().unwrap();
         let d = &doms["solo"];
         assert_eq!(d.paused, i == 1);
@@ -303,6 +393,31 @@ fn a_damaged_frame_stops_the_stream_and_leaves_no_domain() {
     assert!(xl.domains.lock().unwrap().is_empty(), "a domain was left");
     // `xckpt verify` still finds it.
     assert!(chain.verify(None).is_err());
+}
+
+#[test]
+fn a_fill_that_fails_cuts_the_stream_and_leaves_no_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let dom = sim("nofill", 6, 0.0);
+    let chain = store.chain("nofill").unwrap();
+    checkpoint(&dom, &chain, &opts()).unwrap();
+    let xl = FakeXl {
+        fill_fails: true,
+        ..FakeXl::default()
+    };
+    let err = restore_point(&store, "nofill", None, None, &RestoreOptions::default(), &xl)
+        .expect_err("a failed fill must fail the restore");
+    let RestoreError::Stream { source, .. } = &err else {
+        panic!("expected a stream error, got {err:?}");
+    };
+    let StreamWriteError::Fill { name, pfn, .. } = &**source else {
+        panic!("expected the fill's error, got {source:?}");
+    };
+    assert_eq!((name.as_str(), *pfn), ("nofill", 0));
+    let text = format!("{source}");
+    assert!(text.contains("domain nofill") && text.contains("left no domain"), "{text}");
+    assert!(xl.domains.lock().unwrap().is_empty(), "a domain was left");
 }
 
 fn group_of_two(store: &Store, root: &std::path::Path) -> (Vec<Arc<SimDomain>>, Vec<Truth>) {

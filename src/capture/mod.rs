@@ -72,6 +72,7 @@ pub fn checkpoint_with<D: Checkpointable + 'static>(
     let plan = plan::plan(dom.as_ref(), chain, &info, &manifest, opts)?;
     dom.prepare_capture()?;
     let mut run = Run::new(dom.clone(), chain, info, plan, opts);
+    run.phases.prepare_ms = ms_since(started);
     let result = run.execute(started, stop);
     let finished = dom.finish_capture();
     match result {
@@ -188,10 +189,12 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 e => return Err(e.into()),
             }
         }
+        let t = Instant::now();
         let sample = match &self.plan {
             Plan::Incremental { parent, .. } => spot::differing(&*self.dom, self.chain, *parent)?,
             _ => Vec::new(),
         };
+        self.phases.spot_ms = ms_since(t);
         self.clean(&mut dirty)?;
         // Pages a failed run kept are round 0 too: they explain a sampled difference.
         if let Plan::Incremental {

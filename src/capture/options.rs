@@ -96,6 +96,12 @@ pub struct PhaseTimes {
     /// From the call to round 0: the plan, arming log-dirty, the spot check, the first fetch
     /// of the dirty log, the layer's file (the free-page search not included).
     pub arm_ms: f64,
+    /// Of `arm_ms`: reading the manifest, the plan and the domain's preparation (the watchdog,
+    /// QEMU's dirty log for HVM).
+    pub prepare_ms: f64,
+    /// Of `arm_ms`: the spot check of an incremental (opening the chain's layers, reading the
+    /// sampled pages).
+    pub spot_ms: f64,
     /// Finding free pages: the agent's answer or the introspection (0 without `free`).
     pub free_ms: f64,
     /// The live pre-copy rounds.

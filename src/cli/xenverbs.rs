@@ -408,8 +408,12 @@ pub struct ExportCmd {
 fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
     serde_json::json!({
         "bytes": s.bytes, "pages": s.pages, "data_pages": s.data_pages,
-        "zero_pages": s.zero_pages, "unpopulated_pfns": s.unpopulated_pfns,
-        "records": s.records, "page_records": s.page_records,
+        "zero_pages": s.zero_pages, "filled_pages": s.filled_pages,
+        "unpopulated_pfns": s.unpopulated_pfns, "records": s.records,
+        "ms": {
+            "pages": s.timings.pages_ms, "drain": s.timings.drain_ms,
+            "fill": s.timings.fill_ms, "fill_write": s.timings.fill_write_ms,
+        }, "page_records": s.page_records,
     })
 }
 

@@ -230,6 +230,13 @@ pub fn random_uuid() -> String {
     crate::hv::uuid_text(&b)
 }
 
+/// The domain name a config gives: libxl JSON's `c_info.name` (the simulator's config: `name`).
+pub fn domain_name_of(config: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(strip_nul(config)).ok()?;
+    let name = v.pointer("/c_info/name").or_else(|| v.get("name"))?;
+    name.as_str().filter(|n| !n.is_empty()).map(str::to_string)
+}
+
 /// The guest type named by a libxl JSON config (`c_info.type`, else `b_info.type`).
 pub fn guest_type_of(config: &[u8]) -> Option<GuestType> {
     let v: Value = serde_json::from_slice(strip_nul(config)).ok()?;

@@ -15,6 +15,7 @@
 
 pub mod fetch;
 mod group;
+mod memory;
 mod xl;
 
 use std::collections::BTreeMap;
@@ -24,9 +25,13 @@ use crate::compose::ComposedImage;
 use crate::disk::{DiskError, DiskSnapshot};
 use crate::layer::LayerKey;
 use crate::store::{ChainVerifyError, Store, StoreError};
-use crate::stream::{write_save_file, StreamOptions, StreamStats, StreamWriteError};
+use crate::stream::{
+    write_save_file, write_save_file_filled, GuestFill, StreamOptions, StreamStats,
+    StreamWriteError,
+};
 
 pub use group::{restore_group, restore_group_across, GroupRestored};
+pub use memory::{pipe_drained, XenMemory};
 pub use xl::{size_pipe, Xl, XlTool};
 
 /// Errors of a restore, each naming the chain or group and what to do.
@@ -371,8 +376,8 @@ pub fn stream_into_xl(
     xl: &dyn XlTool,
 ) -> Result<StreamStats, RestoreError> {
     let what = point.what();
-    let r = xl.restore(paused, &what, &mut |out| {
-        write_save_file(&point.image, opts, &mut &mut *out)
+    let r = xl.restore(paused, &what, &mut |out, fill| {
+        write_save_file_filled(&point.image, opts, &mut &mut *out, fill)
     });
     name_damage(point, r)
 }
@@ -416,6 +421,10 @@ fn name_damage(
     }
 }
 
-/// The writer of a stream, as [`XlTool::restore`] calls it.
-pub type WriteStream<'a> =
-    dyn FnMut(&mut dyn std::io::Write) -> Result<StreamStats, StreamWriteError> + 'a;
+/// The writer of a stream, as [`XlTool::restore`] calls it: the stream goes into the writer;
+/// with a [`GuestFill`], an HVM or PVH guest's memory is written into the domain instead.
+pub type WriteStream<'a> = dyn FnMut(
+        &mut dyn std::io::Write,
+        Option<&mut dyn GuestFill>,
+    ) -> Result<StreamStats, StreamWriteError>
+    + 'a;

@@ -1,10 +1,13 @@
 //! The `xl` commands a restore runs: `restore` (fed through a pipe sized for throughput),
 //! `destroy` and `unpause`.
 
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
 
+use super::memory::{pipe_drained, XenMemory};
 use super::{RestoreError, WriteStream};
-use crate::stream::StreamStats;
+use crate::hv::Pfn;
+use crate::stream::{GuestFill, StreamStats};
 
 /// What a restore needs of `xl`. [`Xl`] runs the real command; tests put a consumer that
 /// parses the stream in its place.
@@ -70,9 +73,20 @@ impl XlTool for Xl {
             source: std::io::Error::other("xl restore has no stdin"),
         })?;
         size_pipe(&stdin);
-        let written = write(&mut stdin);
+        let written = match stdin.as_fd().try_clone_to_owned() {
+            Ok(pipe) => {
+                let mut fill = XlFill {
+                    pipe,
+                    child: &mut child,
+                    memory: XenMemory::default(),
+                };
+                write(&mut stdin, Some(&mut fill))
+            }
+            Err(_) => write(&mut stdin, None),
+        };
         let flushed = stdin.flush();
         // Closing the pipe ends the stream: cut short if writing failed, so xl restore fails.
+        // (The fill's copy of the write end was closed with it, above.)
         drop(stdin);
         let status = child.wait().map_err(|source| RestoreError::Wait {
             verb: "restore",
@@ -121,6 +135,29 @@ impl XlTool for Xl {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// The memory of the domain a real `xl restore` builds: `pipe` is a copy of the stream's write
+/// end (to see what is unread), `child` the `xl restore`.
+struct XlFill<'a> {
+    pipe: OwnedFd,
+    child: &'a mut Child,
+    memory: XenMemory,
+}
+
+impl GuestFill for XlFill<'_> {
+    fn drained(&mut self) -> std::io::Result<()> {
+        let XlFill { pipe, child, .. } = self;
+        pipe_drained(pipe, || Ok(child.try_wait()?.is_some()))
+    }
+
+    fn write(
+        &mut self,
+        name: &str,
+        batch: &[(Pfn, Option<&[u8]>)],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.memory.write(name, batch)
     }
 }
 

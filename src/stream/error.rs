@@ -40,6 +40,17 @@ pub enum StreamWriteError {
     /// The image does not fit the format (pfn beyond 2^52, record over 4 GiB).
     #[error("the image cannot be expressed as a Xen stream: {0}")]
     TooLarge(String),
+    /// Writing the memory of the domain `xl restore` was building failed: the stream was cut
+    /// there, so `xl restore` made no domain.
+    #[error("writing the memory of domain {name} (the pages from pfn {pfn:#x}) while `xl restore` built it: {source}; the restore was stopped and left no domain")]
+    Fill {
+        /// The domain.
+        name: String,
+        /// The first pfn of the batch.
+        pfn: Pfn,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Writing to the output failed (for a pipe into `xl restore`: it exited early, see its log).
     #[error("writing the save stream failed: {0} (if this feeds `xl restore`, check its output and /var/log/xen)")]
     Io(#[from] std::io::Error),

@@ -112,6 +112,10 @@ pub mod libxc_rec {
     pub const X86_MSR_POLICY: u32 = 0x12;
     /// Bit set on optional records (restore may ignore them).
     pub const OPTIONAL: u32 = 0x8000_0000;
+    /// xckpt's fence: an empty optional record (libxc skips it) written after the PAGE_DATA
+    /// records of a filled restore. Once `xl restore` has read it, libxc has populated every pfn
+    /// the records named (it handles one record before it reads the next).
+    pub const XCKPT_FENCE: u32 = OPTIONAL | 0x0058_434B;
 }
 
 /// `XEN_DOMCTL_PFINFO_*` page types as they appear in a PAGE_DATA pfn word (bits 60..63 of

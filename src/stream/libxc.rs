@@ -9,10 +9,12 @@
 
 use crate::progress;
 use std::io::{IoSlice, Write};
+use std::time::Instant;
 
 use super::error::StreamWriteError;
+use super::fill::{fill_memory, GuestFill};
 use super::format::{
-    libxc_rec, DHDR_TYPE_X86_HVM, DHDR_TYPE_X86_PV, IHDR_ID, IHDR_MARKER, IHDR_VERSION,
+    libxc_rec, pfinfo, DHDR_TYPE_X86_HVM, DHDR_TYPE_X86_PV, IHDR_ID, IHDR_MARKER, IHDR_VERSION,
     PAGE_DATA_PFN_MASK, PAGE_SHIFT,
 };
 use super::pv::PvStreamState;
@@ -49,13 +51,15 @@ fn typed_domain_header(ty: u32, xen_major: u32, xen_minor: u32) -> [u8; 16] {
     h
 }
 
-/// Write the whole libxc stream.
+/// Write the whole libxc stream. With `fill` (the domain's name and its memory; not for a PV
+/// guest), the pages are written into the domain rather than sent (see `fill.rs`).
 pub fn write_libxc_stream(
     w: &mut impl Write,
     image: &dyn Image,
     pages: &mut dyn PageSource,
     st: &StreamState<'_>,
     xen_version: (u32, u32),
+    fill: Option<(&str, &mut dyn GuestFill)>,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
     w.write_all(&image_header())?;
@@ -78,7 +82,24 @@ pub fn write_libxc_stream(
     if let Some(pv) = &st.pv {
         rec(w, libxc_rec::X86_PV_P2M_FRAMES, pv.p2m_frames, stats)?;
     }
-    write_pages(w, image, pages, st.pv.as_ref(), stats)?;
+    let filling = fill.is_some() && st.pv.is_none();
+    let t = Instant::now();
+    let mut populated = Vec::new();
+    let to_fill = filling.then_some(&mut populated);
+    write_pages(w, image, pages, st.pv.as_ref(), to_fill, stats)?;
+    stats.timings.pages_ms = ms_since(t);
+    if let Some((name, fill)) = fill.filter(|_| filling) {
+        rec(w, libxc_rec::XCKPT_FENCE, &[], stats)?;
+        w.flush()?;
+        let t = Instant::now();
+        fill.drained()?;
+        stats.timings.drain_ms = ms_since(t);
+        let t = Instant::now();
+        let done = fill_memory(&populated, pages, name, fill)?;
+        stats.timings.fill_ms = ms_since(t);
+        stats.timings.fill_write_ms = done.write_ms;
+        stats.filled_pages = done.data_pages + done.zero_pages;
+    }
     // Reserved fields are written as zero, whatever the blob holds (the spec: "set to zero
     // on save"); libxc ignores them on restore.
     if let Some(t) = st.tsc {
@@ -102,6 +123,10 @@ pub fn write_libxc_stream(
     let context = super::hvm_context::portable_context(st.context);
     rec(w, libxc_rec::HVM_CONTEXT, &context, stats)?;
     rec(w, libxc_rec::END, &[], stats)
+}
+
+fn ms_since(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
 }
 
 /// One small record, counted.
@@ -131,13 +156,17 @@ fn rec_parts(
 /// superpage (older Xen takes any batch of up to
 /// [`super::format::MAX_BATCH`]). Zero and evicted pages go as
 /// real zero pages (see docs/stream.md). Data pages come from `pages` in pfn order.
+/// With `to_fill`, every populated pfn goes as `XALLOC`, without data, and is listed there
+/// (with whether the image holds data for it): `pages` is left for the fill.
 fn write_pages(
     w: &mut impl Write,
     image: &dyn Image,
     pages: &mut dyn PageSource,
     pv: Option<&PvStreamState<'_>>,
+    mut to_fill: Option<&mut Vec<(Pfn, bool)>>,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
+    let filling = to_fill.is_some();
     let count = image.pfn_count();
     if count > PAGE_DATA_PFN_MASK + 1 {
         return Err(StreamWriteError::TooLarge(format!(
@@ -153,29 +182,38 @@ fn write_pages(
             stats.unpopulated_pfns += 1;
             continue;
         }
-        if batch
-            .pfns
-            .first()
-            .is_some_and(|&(p, _)| p / SUPERPAGE_PFNS != pfn / SUPERPAGE_PFNS)
-        {
+        if batch.pfns.first().is_some_and(|&(word, _)| {
+            (word & PAGE_DATA_PFN_MASK) / SUPERPAGE_PFNS != pfn / SUPERPAGE_PFNS
+        }) {
             write_batch(w, &mut batch, stats)?;
             progress::advance("", task, pfn - walked);
             walked = pfn;
         }
         let body = match state {
             PageState::Data(_) => {
-                let page = pages
-                    .page(pfn)
-                    .map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
                 stats.data_pages += 1;
-                Some(normalised(pv, pfn, page)?)
+                if filling {
+                    None
+                } else {
+                    let page = pages
+                        .page(pfn)
+                        .map_err(|source| StreamWriteError::ReadPage { pfn, source })?;
+                    Some(normalised(pv, pfn, page)?)
+                }
             }
             _ => {
                 stats.zero_pages += 1;
                 None
             }
         };
-        let ty = pv.map_or(0, |p| p.page_type(pfn));
+        if let Some(list) = to_fill.as_deref_mut() {
+            list.push((pfn, matches!(state, PageState::Data(_))));
+        }
+        let ty = match pv {
+            _ if filling => pfinfo::XALLOC,
+            Some(p) => p.page_type(pfn),
+            None => pfinfo::NOTAB,
+        };
         batch.pfns.push((pfn | (u64::from(ty) << 32), body));
     }
     if !batch.pfns.is_empty() {
@@ -188,7 +226,8 @@ fn write_pages(
 /// Pfns of a 2 MiB superpage: the alignment and size of the runs PAGE_DATA records hold.
 pub const SUPERPAGE_PFNS: u64 = 512;
 
-/// The pfns of one PAGE_DATA record: pfn word and page (None: a zero page).
+/// The pfns of one PAGE_DATA record: pfn word and page (None: a zero page, or no data for a
+/// type without).
 #[derive(Default)]
 struct Batch {
     pfns: Vec<(u64, Option<PageRef>)>,
@@ -211,26 +250,29 @@ fn normalised(
 }
 
 /// One PAGE_DATA record: header, count, reserved, pfn words (pfn | type << 32; NOTAB = 0 but
-/// for a PV guest's page tables), then the pages, written from the decoded frames with one
-/// vectored write (no copy on the way).
+/// for a PV guest's page tables and XALLOC for a filled restore), then the pages of the types
+/// that carry data, written from the decoded frames with one vectored write (no copy on the
+/// way).
 fn write_batch(
     w: &mut impl Write,
     batch: &mut Batch,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
     let n = batch.pfns.len();
+    let carries = |word: u64| pfinfo::has_data((word >> 32) as u32);
+    let with_data = batch.pfns.iter().filter(|(w, _)| carries(*w)).count();
     let head = &mut batch.head;
     head.clear();
-    let len = 8 + n * 8 + n * PAGE_SIZE;
+    let len = 8 + n * 8 + with_data * PAGE_SIZE;
     write_record_header(head, libxc_rec::PAGE_DATA, len)?;
     head.extend_from_slice(&(n as u32).to_le_bytes());
     head.extend_from_slice(&[0; 4]);
     for (word, _) in &batch.pfns {
         head.extend_from_slice(&word.to_le_bytes());
     }
-    let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(n + 1);
+    let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(with_data + 1);
     parts.push(IoSlice::new(head));
-    for (_, body) in &batch.pfns {
+    for (_, body) in batch.pfns.iter().filter(|(w, _)| carries(*w)) {
         parts.push(IoSlice::new(
             body.as_ref().map_or(&ZERO_PAGE[..], PageRef::bytes),
         ));

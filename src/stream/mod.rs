@@ -11,6 +11,7 @@
 //! `libxc_parse` (parsing), [`sink`] (what the parser delivers), [`error`].
 
 pub mod error;
+pub mod fill;
 pub mod format;
 mod hvm_context;
 mod input;
@@ -24,7 +25,11 @@ pub mod state;
 mod writer;
 
 pub use error::{SinkError, StreamParseError, StreamWriteError};
+pub use fill::{GuestFill, FILL_BATCH};
 pub use libxc::{domain_header, image_header};
 pub use parser::{parse_save_file, MAX_OPTIONAL_DATA};
 pub use sink::{DomainHeader, ParsedHeader, StreamSink};
-pub use writer::{libxl_header, write_save_file, write_xl_header, StreamOptions, StreamStats};
+pub use writer::{
+    libxl_header, write_save_file, write_save_file_filled, write_xl_header, StreamOptions,
+    StreamStats, StreamTimings,
+};

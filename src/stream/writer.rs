@@ -14,6 +14,7 @@
 use std::io::{BufWriter, Write};
 
 use super::error::StreamWriteError;
+use super::fill::GuestFill;
 use super::format::{
     libxl_rec, EMULATOR_QEMU_UPSTREAM, LIBXL_IDENT, LIBXL_VERSION, XL_BYTEORDER, XL_FLAG_JSON,
     XL_FLAG_STREAM_V2, XL_MAGIC,
@@ -23,7 +24,7 @@ use super::records::{write_record, CountingWriter};
 use super::state::{collect, StreamState};
 use crate::compose::{Image, PageSource, PageState, ReadPages};
 use crate::hv::GuestType;
-use crate::libxl::config::{guest_type_of, prepare_config, ConfigRewrite};
+use crate::libxl::config::{domain_name_of, guest_type_of, prepare_config, ConfigRewrite};
 
 /// How to write a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +70,30 @@ pub struct StreamStats {
     pub data_pages: u64,
     /// Zero or evicted pages, sent as zero-filled pages.
     pub zero_pages: u64,
+    /// Pages written straight into the domain's memory rather than sent (a filled restore:
+    /// `data_pages + zero_pages`, or 0).
+    pub filled_pages: u64,
     /// Pfns not sent because they are unpopulated.
     pub unpopulated_pfns: u64,
     /// PAGE_DATA records.
     pub page_records: u64,
     /// libxc records (PAGE_DATA included) and libxl records.
     pub records: u64,
+    /// Where the stream's time went.
+    pub timings: StreamTimings,
+}
+
+/// Milliseconds spent in each part of writing a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamTimings {
+    /// The PAGE_DATA records (with their pages, unless filled).
+    pub pages_ms: u64,
+    /// A filled restore: waiting for `xl restore` to populate the pfns.
+    pub drain_ms: u64,
+    /// A filled restore: writing the domain's memory.
+    pub fill_ms: u64,
+    /// Of `fill_ms`: mapping the domain's frames and copying into them.
+    pub fill_write_ms: u64,
 }
 
 /// Write `image` as an `xl` save file (libxl stream v2, libxc v3: Xen 4.17 to 4.22) that stock
@@ -90,6 +109,19 @@ pub fn write_save_file(
     image: &dyn Image,
     opts: &StreamOptions,
     out: &mut impl Write,
+) -> Result<StreamStats, StreamWriteError> {
+    write_save_file_filled(image, opts, out, None)
+}
+
+/// [`write_save_file`] into an `xl restore` that lets the writer fill the domain's memory: with
+/// `fill`, an HVM or PVH guest's pages are written into the domain being built instead of
+/// being sent (see `fill.rs`); a PV guest's, whose page tables libxc rewrites as it loads them,
+/// are sent as usual.
+pub fn write_save_file_filled(
+    image: &dyn Image,
+    opts: &StreamOptions,
+    out: &mut impl Write,
+    fill: Option<&mut dyn GuestFill>,
 ) -> Result<StreamStats, StreamWriteError> {
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
@@ -108,6 +140,8 @@ pub fn write_save_file(
         preserve_domid: opts.preserve_domid,
     };
     let config = prepare_config(image.config(), &rewrite)?;
+    let name = domain_name_of(&config);
+    let fill = fill.zip(name.as_deref()).map(|(f, n)| (n, f));
 
     let mut w = CountingWriter::new(BufWriter::with_capacity(1 << 20, out));
     let mut stats = StreamStats::default();
@@ -124,7 +158,15 @@ pub fn write_save_file(
                 &mut fallback
             }
         };
-        write_libxc_stream(&mut w, image, pages, &st, opts.xen_version, &mut stats)
+        write_libxc_stream(
+            &mut w,
+            image,
+            pages,
+            &st,
+            opts.xen_version,
+            fill,
+            &mut stats,
+        )
     })?;
     let emu = emulator_header();
     if ty == GuestType::Hvm {

@@ -1,4 +1,5 @@
-//! [`ForeignMemory`] and [`ForeignMapping`]: read-only views of another domain's frames.
+//! [`ForeignMemory`] and [`ForeignMapping`]: views of another domain's frames, read-only for a
+//! capture, writable for a restore.
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -49,22 +50,44 @@ impl ForeignMemory {
     /// Map `pfns` of `domid` read-only, in one call (callers batch; libxc's save maps 1024 at
     /// a time). Frames that cannot be mapped report their errno in [`ForeignMapping::error`].
     pub fn map_read(&self, domid: u32, pfns: &[u64]) -> Result<ForeignMapping<'_>, XenError> {
+        self.map(domid, pfns, false)
+    }
+
+    /// Map `pfns` of `domid` readable and writable, in one call, as libxc's restore maps the
+    /// frames it fills. Frames that cannot be mapped report their errno in
+    /// [`ForeignMapping::error`].
+    pub fn map_write(&self, domid: u32, pfns: &[u64]) -> Result<ForeignMapping<'_>, XenError> {
+        self.map(domid, pfns, true)
+    }
+
+    fn map(
+        &self,
+        domid: u32,
+        pfns: &[u64],
+        writable: bool,
+    ) -> Result<ForeignMapping<'_>, XenError> {
         let n = pfns.len();
         if n == 0 {
             return Ok(ForeignMapping {
                 fm: self,
                 addr: None,
                 err: Vec::new(),
+                writable,
             });
         }
         let arr: Vec<crate::abi::XenPfn> = pfns.iter().map(|&p| p as _).collect();
         let mut err = vec![0i32; n];
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: `arr` and `err` hold `n` entries each; the result is checked for NULL.
         let p = unsafe {
             (self.api.xenforeignmemory_map)(
                 self.h.as_ptr(),
                 domid,
-                libc::PROT_READ,
+                prot,
                 n,
                 arr.as_ptr(),
                 err.as_mut_ptr(),
@@ -76,6 +99,7 @@ impl ForeignMemory {
             fm: self,
             addr: Some(addr),
             err,
+            writable,
         })
     }
 }
@@ -87,15 +111,17 @@ impl Drop for ForeignMemory {
     }
 }
 
-/// A read-only mapping of a batch of guest frames, unmapped on drop.
+/// A mapping of a batch of guest frames, unmapped on drop.
 ///
 /// Contract relied on by `xckpt::guestmem`: for every `i` where [`Self::page_ptr`] returns
-/// `Ok(p)`, `p` is page-aligned and `PAGE_SIZE` bytes from `p` are mapped readable until this
-/// value drops. The guest may write them at any time, so they must only be read volatilely.
+/// `Ok(p)`, `p` is page-aligned and `PAGE_SIZE` bytes from `p` are mapped readable (and
+/// writable when [`Self::is_writable`]) until this value drops. The guest may write them at any
+/// time, so they must only be accessed volatilely.
 pub struct ForeignMapping<'a> {
     fm: &'a ForeignMemory,
     addr: Option<NonNull<u8>>,
     err: Vec<i32>,
+    writable: bool,
 }
 
 impl std::fmt::Debug for ForeignMapping<'_> {
@@ -113,6 +139,11 @@ impl ForeignMapping<'_> {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.err.is_empty()
+    }
+
+    /// Whether the frames are mapped writable ([`ForeignMemory::map_write`]).
+    pub fn is_writable(&self) -> bool {
+        self.writable
     }
 
     /// The per-frame errno array (0 = mapped).
