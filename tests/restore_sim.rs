@@ -406,8 +406,15 @@ fn a_fill_that_fails_cuts_the_stream_and_leaves_no_domain() {
         fill_fails: true,
         ..FakeXl::default()
     };
-    let err = restore_point(&store, "nofill", None, None, &RestoreOptions::default(), &xl)
-        .expect_err("a failed fill must fail the restore");
+    let err = restore_point(
+        &store,
+        "nofill",
+        None,
+        None,
+        &RestoreOptions::default(),
+        &xl,
+    )
+    .expect_err("a failed fill must fail the restore");
     let RestoreError::Stream { source, .. } = &err else {
         panic!("expected a stream error, got {err:?}");
     };
@@ -416,7 +423,10 @@ fn a_fill_that_fails_cuts_the_stream_and_leaves_no_domain() {
     };
     assert_eq!((name.as_str(), *pfn), ("nofill", 0));
     let text = format!("{source}");
-    assert!(text.contains("domain nofill") && text.contains("left no domain"), "{text}");
+    assert!(
+        text.contains("domain nofill") && text.contains("left no domain"),
+        "{text}"
+    );
     assert!(xl.domains.lock().unwrap().is_empty(), "a domain was left");
 }
 
