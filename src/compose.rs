@@ -12,7 +12,7 @@ use std::thread::Scope;
 mod feed;
 pub use feed::{FeedOptions, PageFeed, PageRef, PageSource};
 
-use crate::hv::{GuestType, Pfn, StateBlob};
+use crate::hv::{GuestType, Pfn, PfnBitmap, StateBlob};
 use crate::layer::{EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageEntry};
 
 /// The resolved state of one pfn in an image.
@@ -51,6 +51,11 @@ pub trait Image: Sync {
         scope: &'scope Scope<'scope, 'env>,
     ) -> Option<Box<dyn PageSource + 'env>> {
         let _ = scope;
+        None
+    }
+    /// The populated pfns as a bitmap, if the image keeps one (then a walk over a sparse pfn
+    /// space skips the holes a word at a time); None: ask [`Image::page_state`] of each pfn.
+    fn populated(&self) -> Option<&PfnBitmap> {
         None
     }
 }
@@ -189,6 +194,8 @@ fn state_in(layers: &[LayerReader], owner: Option<usize>, pfn: Pfn) -> PageState
 pub struct ComposedImage {
     layers: Vec<LayerReader>,
     owner: Vec<u16>,
+    /// The pfns whose state is not [`PageState::Unpopulated`].
+    populated: PfnBitmap,
 }
 
 impl ComposedImage {
@@ -217,14 +224,20 @@ impl ComposedImage {
         let top = layers.last().ok_or(ComposeError::Empty)?;
         let pfn_count = top.meta().pfn_count as usize;
         let mut owner = vec![NONE; pfn_count];
+        let mut populated = PfnBitmap::repeat(false, pfn_count);
         for (i, layer) in layers.iter().enumerate() {
             for pfn in layer.index().covered() {
                 if let Some(o) = owner.get_mut(pfn as usize) {
                     *o = i as u16;
                 }
             }
+            layer.index().overlay_populated(&mut populated);
         }
-        Ok(ComposedImage { layers, owner })
+        Ok(ComposedImage {
+            layers,
+            owner,
+            populated,
+        })
     }
 
     /// The composed layers, base first.
@@ -318,6 +331,9 @@ impl Image for ComposedImage {
     }
     fn page_state(&self, pfn: Pfn) -> PageState {
         state_in(&self.layers, self.owner(pfn), pfn)
+    }
+    fn populated(&self) -> Option<&PfnBitmap> {
+        Some(&self.populated)
     }
     fn read_page(&self, pfn: Pfn, buf: &mut [u8]) -> Result<(), LayerReadError> {
         match self.owner(pfn) {

@@ -138,11 +138,20 @@ fn ten_layer_chain_matches_model_at_every_point() {
         // The same point's layers, not composed, say the same of every pfn.
         let stack = chain.layers(Some(top)).unwrap();
         assert_eq!(stack.pfn_count(), img.pfn_count());
+        let populated = img
+            .populated()
+            .expect("a composed image keeps its populated pfns");
+        assert_eq!(populated.len() as u64, img.pfn_count());
         for pfn in 0..img.pfn_count() {
             assert_eq!(
                 stack.page_state(pfn),
                 img.page_state(pfn),
                 "pfn {pfn} at {top}"
+            );
+            assert_eq!(
+                populated[pfn as usize],
+                img.page_state(pfn) != PageState::Unpopulated,
+                "populated bit of pfn {pfn} at {top}"
             );
             assert_eq!(
                 stack.page_digest(pfn),

@@ -79,11 +79,23 @@ struct FakeFill {
     pipe: std::os::fd::OwnedFd,
     memory: Arc<Mutex<Memory>>,
     fails: bool,
+    /// The pfns `begin` announced, and how many were written: writes come in that order.
+    announced: Vec<Pfn>,
+    written: usize,
 }
 
 impl GuestFill for FakeFill {
     fn drained(&mut self) -> std::io::Result<()> {
         xckpt::restore::pipe_drained(&self.pipe, || Ok(false))
+    }
+
+    fn begin(
+        &mut self,
+        _name: &str,
+        pfns: &[Pfn],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.announced = pfns.to_vec();
+        Ok(())
     }
 
     fn write(
@@ -96,6 +108,12 @@ impl GuestFill for FakeFill {
         }
         let mut m = self.memory.lock().unwrap();
         for &(pfn, page) in batch {
+            assert_eq!(
+                self.announced.get(self.written),
+                Some(&pfn),
+                "write out of order"
+            );
+            self.written += 1;
             let digest = page_digest(page.unwrap_or(&[0u8; PAGE_SIZE]));
             m.pages.insert(pfn, digest);
             m.filled.insert(pfn);
@@ -163,6 +181,8 @@ impl XlTool for FakeXl {
                 pipe: writer.as_fd().try_clone_to_owned().unwrap(),
                 memory: memory.clone(),
                 fails: self.fill_fails,
+                announced: Vec::new(),
+                written: 0,
             };
             let written = write(&mut writer, Some(&mut fill));
             drop(fill);

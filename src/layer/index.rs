@@ -219,6 +219,26 @@ impl LayerIndex {
         self.covered.iter_ones().map(|i| i as Pfn)
     }
 
+    /// Lay this layer over `populated` (the pfns of the layers below that are populated): the
+    /// pfns it covers become populated unless it records them unpopulated; the others keep
+    /// their bit. Word by word, not pfn by pfn.
+    pub fn overlay_populated(&self, populated: &mut PfnBitmap) {
+        let len = self.covered.len().min(populated.len());
+        let (whole, rest) = (len / 64, len % 64);
+        let cov = self.covered.as_raw_slice();
+        let unpop = self.unpop.as_raw_slice();
+        let words = populated.as_raw_mut_slice();
+        let lay = |w: &mut u64, c: u64, u: u64| *w = (*w & !c) | (c & !u);
+        for i in 0..whole {
+            lay(&mut words[i], cov[i], unpop[i]);
+        }
+        if rest > 0 {
+            // Only this layer's pfns of the last word (Lsb0: bit k is pfn 64·i + k).
+            let mask = (1u64 << rest) - 1;
+            lay(&mut words[whole], cov[whole] & mask, unpop[whole] & mask);
+        }
+    }
+
     /// Every covered pfn with its entry and slot, in increasing pfn order.
     pub fn iter(&self) -> impl Iterator<Item = (Pfn, PageEntry, Option<u64>)> + '_ {
         self.covered()

@@ -6,39 +6,73 @@ use std::error::Error as StdError;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use xen_sys::ForeignMemory;
+use xen_sys::{ForeignMapping, ForeignMemory};
 
 use crate::guestmem::SharedPageMut;
 use crate::hv::Pfn;
 
-/// Writes pages into a domain of this host, by name; the domain and the foreign-memory handle
-/// are looked up at the first write.
-#[derive(Debug, Default)]
-pub struct XenMemory {
-    open: Option<(ForeignMemory, u32, String)>,
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Frames mapped at once: 64 MiB of the domain, in one `xenforeignmemory_map` (a mapping and
+/// an unmapping per window rather than per 2 MiB batch; its page tables take 128 KiB).
+const WINDOW_PAGES: usize = 16 << 10;
+
+/// Writes pages into a domain of this host, found by name at [`XenMemory::begin`], through a
+/// writable mapping of the next [`WINDOW_PAGES`] pfns to write.
+pub struct XenMemory<'a> {
+    fm: &'a ForeignMemory,
+    domid: u32,
+    /// Every pfn to write, ascending, and how many were written.
+    pfns: Vec<Pfn>,
+    next: usize,
+    /// The mapped window: `pfns[start..start + mapping.len()]`.
+    window: Option<(ForeignMapping<'a>, usize)>,
 }
 
-impl XenMemory {
-    /// Write `batch` (ascending pfns, `None` for zeros) into domain `name`: one writable
-    /// mapping of the batch, one copy per page.
-    pub fn write(
-        &mut self,
-        name: &str,
-        batch: &[(Pfn, Option<&[u8]>)],
-    ) -> Result<(), Box<dyn StdError + Send + Sync>> {
-        if self.open.as_ref().is_none_or(|(_, _, n)| n != name) {
-            let domid = crate::backend::xen::domid_of(name)?;
-            self.open = Some((ForeignMemory::open()?, domid, name.to_string()));
+impl<'a> XenMemory<'a> {
+    /// A writer through the foreign-memory handle `fm`.
+    pub fn new(fm: &'a ForeignMemory) -> Self {
+        XenMemory {
+            fm,
+            domid: 0,
+            pfns: Vec::new(),
+            next: 0,
+            window: None,
         }
-        let Some((fm, domid, _)) = &self.open else {
-            unreachable!("opened above")
-        };
-        let pfns: Vec<u64> = batch.iter().map(|&(pfn, _)| pfn).collect();
-        let map = fm.map_write(*domid, &pfns)?;
-        for (i, &(pfn, page)) in batch.iter().enumerate() {
-            let dst = SharedPageMut::from_foreign(&map, i).map_err(|errno| {
+    }
+
+    /// Find domain `name` and take the pfns that will be written, in order.
+    pub fn begin(&mut self, name: &str, pfns: &[Pfn]) -> Result<(), BoxError> {
+        self.domid = crate::backend::xen::domid_of(name)?;
+        self.pfns = pfns.to_vec();
+        self.next = 0;
+        self.window = None;
+        Ok(())
+    }
+
+    /// Write `batch` (the next pfns of those given to `begin`, `None` for zeros): one copy per
+    /// page into the mapped window, the next window mapped when this one is full.
+    pub fn write(&mut self, batch: &[(Pfn, Option<&[u8]>)]) -> Result<(), BoxError> {
+        let fm = self.fm;
+        for &(pfn, page) in batch {
+            if self.pfns.get(self.next) != Some(&pfn) {
+                return Err(format!("pfn {pfn:#x} was not the next one announced").into());
+            }
+            let in_window = matches!(&self.window, Some((m, start)) if self.next < start + m.len());
+            if !in_window {
+                // Unmap the full window before mapping the next.
+                self.window = None;
+                let end = (self.next + WINDOW_PAGES).min(self.pfns.len());
+                let map = fm.map_write(self.domid, &self.pfns[self.next..end])?;
+                self.window = Some((map, self.next));
+            }
+            let Some((map, start)) = &self.window else {
+                unreachable!("mapped above")
+            };
+            let dst = SharedPageMut::from_foreign(map, self.next - start).map_err(|errno| {
                 format!(
-                    "pfn {pfn:#x} of domain {domid} cannot be mapped: {}",
+                    "pfn {pfn:#x} of domain {} cannot be mapped: {}",
+                    self.domid,
                     std::io::Error::from_raw_os_error(errno)
                 )
             })?;
@@ -46,6 +80,7 @@ impl XenMemory {
                 Some(p) => dst.write_from(p),
                 None => dst.zero(),
             }
+            self.next += 1;
         }
         Ok(())
     }

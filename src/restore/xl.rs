@@ -8,6 +8,7 @@ use super::memory::{pipe_drained, XenMemory};
 use super::{RestoreError, WriteStream};
 use crate::hv::Pfn;
 use crate::stream::{GuestFill, StreamStats};
+use xen_sys::ForeignMemory;
 
 /// What a restore needs of `xl`. [`Xl`] runs the real command; tests put a consumer that
 /// parses the stream in its place.
@@ -73,16 +74,20 @@ impl XlTool for Xl {
             source: std::io::Error::other("xl restore has no stdin"),
         })?;
         size_pipe(&stdin);
-        let written = match stdin.as_fd().try_clone_to_owned() {
-            Ok(pipe) => {
+        // The fill needs the Xen foreign-memory device and a second handle on the pipe; without
+        // either the pages go through the stream, as into a file.
+        let fm = ForeignMemory::open().ok();
+        let pipe = stdin.as_fd().try_clone_to_owned().ok();
+        let written = match (fm.as_ref(), pipe) {
+            (Some(fm), Some(pipe)) => {
                 let mut fill = XlFill {
                     pipe,
                     child: &mut child,
-                    memory: XenMemory::default(),
+                    memory: XenMemory::new(fm),
                 };
                 write(&mut stdin, Some(&mut fill))
             }
-            Err(_) => write(&mut stdin, None),
+            _ => write(&mut stdin, None),
         };
         let flushed = stdin.flush();
         // Closing the pipe ends the stream: cut short if writing failed, so xl restore fails.
@@ -143,7 +148,7 @@ impl XlTool for Xl {
 struct XlFill<'a> {
     pipe: OwnedFd,
     child: &'a mut Child,
-    memory: XenMemory,
+    memory: XenMemory<'a>,
 }
 
 impl GuestFill for XlFill<'_> {
@@ -152,12 +157,20 @@ impl GuestFill for XlFill<'_> {
         pipe_drained(pipe, || Ok(child.try_wait()?.is_some()))
     }
 
-    fn write(
+    fn begin(
         &mut self,
         name: &str,
+        pfns: &[Pfn],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.memory.begin(name, pfns)
+    }
+
+    fn write(
+        &mut self,
+        _name: &str,
         batch: &[(Pfn, Option<&[u8]>)],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.memory.write(name, batch)
+        self.memory.write(batch)
     }
 }
 

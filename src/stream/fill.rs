@@ -28,6 +28,14 @@ pub trait GuestFill {
     /// if it went away first.
     fn drained(&mut self) -> std::io::Result<()>;
 
+    /// Before the first [`Self::write`]: every pfn the fill will write, ascending, in the
+    /// domain named `name` (the writes come in this order), so the memory can be mapped in
+    /// large windows.
+    fn begin(&mut self, name: &str, pfns: &[Pfn]) -> Result<(), Box<dyn StdError + Send + Sync>> {
+        let _ = (name, pfns);
+        Ok(())
+    }
+
     /// Write the pages of `batch` (ascending pfns; `None` for a zero page) into the memory of
     /// the domain named `name`, which `xl restore` is building.
     fn write(
@@ -59,6 +67,15 @@ pub fn fill_memory(
     fill: &mut dyn GuestFill,
 ) -> Result<Filled, StreamWriteError> {
     let mut done = Filled::default();
+    let t = std::time::Instant::now();
+    let pfns: Vec<Pfn> = populated.iter().map(|&(pfn, _)| pfn).collect();
+    fill.begin(name, &pfns)
+        .map_err(|source| StreamWriteError::Fill {
+            name: name.to_string(),
+            pfn: pfns.first().copied().unwrap_or(0),
+            source,
+        })?;
+    done.write_ms += t.elapsed().as_millis() as u64;
     let mut batch: Vec<(Pfn, Option<PageRef>)> = Vec::with_capacity(FILL_BATCH);
     for &(pfn, data) in populated {
         let page = if data {
