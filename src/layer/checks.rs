@@ -84,7 +84,7 @@ pub(super) fn read_into(
     buf: &mut Vec<u8>,
 ) -> Result<(), LayerReadError> {
     let len = usize::try_from(len).map_err(|_| layout(path, "length overflows"))?;
-    buf.resize(len, 0);
+    crate::guestmem::resize_for_overwrite(buf, len);
     file.read_exact_at(buf, offset)
         .map_err(|source| io(path, source))
 }

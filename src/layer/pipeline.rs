@@ -124,7 +124,7 @@ impl ChunkBuilder {
 
     fn fresh(&mut self) -> Chunk {
         let mut data = self.pool.try_recv().unwrap_or_default();
-        data.resize(self.frame_pages * PAGE_SIZE, 0);
+        crate::guestmem::resize_for_overwrite(&mut data, self.frame_pages * PAGE_SIZE);
         let seq = self.next_seq;
         self.next_seq += 1;
         Chunk {
@@ -219,9 +219,13 @@ impl ChunkBuilder {
         let len = self.frame_pages * PAGE_SIZE;
         let mut ready = self.whole_pooled(chunks);
         let short = chunks - ready.len();
-        // A non-zero fill writes every page, so the kernel faults them in now, not under pause
-        // (a zeroed allocation would only map the shared zero page).
-        ready.extend((0..short).map(|_| vec![0xa5u8; len]));
+        // Faulted in now, not under pause (a plain zeroed allocation would only map the shared
+        // zero page), and in one call per buffer rather than a fault per page.
+        ready.extend((0..short).map(|_| {
+            let mut v = Vec::new();
+            crate::guestmem::resize_for_overwrite(&mut v, len);
+            v
+        }));
         for v in ready {
             let _ = self.pool_tx.send(v);
         }

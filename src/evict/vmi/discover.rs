@@ -139,7 +139,6 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
     // fault through the hypervisor). The rest of the image only if the tables are not found
     // there (a kernel that maps its read-only data writable or executable).
     let mut bytes = vec![0u8; len as usize];
-    let mut read = read_pages(r, &pfns, &mut bytes, |k| rodata[k])?;
     let ro = match (
         rodata.iter().position(|&d| d),
         rodata.iter().rposition(|&d| d),
@@ -147,6 +146,11 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
         (Some(a), Some(b)) => a * PAGE_SIZE..(b + 1) * PAGE_SIZE,
         _ => 0..0,
     };
+    // The span about to be read, faulted in at once rather than page by page.
+    if let Some(span) = bytes.get_mut(ro.clone()) {
+        crate::guestmem::prefault(span);
+    }
+    let mut read = read_pages(r, &pfns, &mut bytes, |k| rodata[k])?;
     let search = |bytes: &[u8], within: std::ops::Range<usize>| {
         kallsyms::find_within(&kallsyms::Image { bytes, vaddr }, within.clone())
             .map(|k| (k.info().num_syms, k.lookup(NEEDED), within))
