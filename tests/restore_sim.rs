@@ -100,7 +100,6 @@ impl GuestFill for FakeFill {
 
     fn write(
         &mut self,
-        _name: &str,
         batch: &[(Pfn, Option<&[u8]>)],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if self.fails {

@@ -143,7 +143,6 @@ impl GuestFill for ScratchFill {
 
     fn write(
         &mut self,
-        _name: &str,
         batch: &[(xckpt::hv::Pfn, Option<&[u8]>)],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         for (&(_, page), dst) in batch

@@ -167,7 +167,6 @@ impl GuestFill for XlFill<'_> {
 
     fn write(
         &mut self,
-        _name: &str,
         batch: &[(Pfn, Option<&[u8]>)],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.memory.write(batch)

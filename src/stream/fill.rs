@@ -37,10 +37,9 @@ pub trait GuestFill {
     }
 
     /// Write the pages of `batch` (ascending pfns; `None` for a zero page) into the memory of
-    /// the domain named `name`, which `xl restore` is building.
+    /// the domain [`Self::begin`] named, which `xl restore` is building.
     fn write(
         &mut self,
-        name: &str,
         batch: &[(Pfn, Option<&[u8]>)],
     ) -> Result<(), Box<dyn StdError + Send + Sync>>;
 }
@@ -70,11 +69,7 @@ pub fn fill_memory(
     let t = std::time::Instant::now();
     let pfns: Vec<Pfn> = populated.iter().map(|&(pfn, _)| pfn).collect();
     fill.begin(name, &pfns)
-        .map_err(|source| StreamWriteError::Fill {
-            name: name.to_string(),
-            pfn: pfns.first().copied().unwrap_or(0),
-            source,
-        })?;
+        .map_err(fill_error(name, pfns.first().copied().unwrap_or(0)))?;
     done.write_ms += t.elapsed().as_millis() as u64;
     let mut batch: Vec<(Pfn, Option<PageRef>)> = Vec::with_capacity(FILL_BATCH);
     for &(pfn, data) in populated {
@@ -114,13 +109,20 @@ fn write_batch(
     debug_assert!(view
         .iter()
         .all(|(_, p)| p.is_none_or(|p| p.len() == PAGE_SIZE)));
-    fill.write(name, &view)
-        .map_err(|source| StreamWriteError::Fill {
-            name: name.to_string(),
-            pfn: view[0].0,
-            source,
-        })?;
+    fill.write(&view).map_err(fill_error(name, view[0].0))?;
     batch.clear();
     done.write_ms += t.elapsed().as_millis() as u64;
     Ok(())
+}
+
+/// The error of a fill of domain `name` that failed at the batch from `pfn`.
+fn fill_error(
+    name: &str,
+    pfn: Pfn,
+) -> impl FnOnce(Box<dyn StdError + Send + Sync>) -> StreamWriteError + '_ {
+    move |source| StreamWriteError::Fill {
+        name: name.to_string(),
+        pfn,
+        source,
+    }
 }

@@ -82,13 +82,13 @@ pub fn write_libxc_stream(
     if let Some(pv) = &st.pv {
         rec(w, libxc_rec::X86_PV_P2M_FRAMES, pv.p2m_frames, stats)?;
     }
-    let filling = fill.is_some() && st.pv.is_none();
+    let fill = fill.filter(|_| st.pv.is_none());
     let t = Instant::now();
     let mut populated = Vec::new();
-    let to_fill = filling.then_some(&mut populated);
+    let to_fill = fill.is_some().then_some(&mut populated);
     write_pages(w, image, pages, st.pv.as_ref(), to_fill, stats)?;
     stats.timings.pages_ms = ms_since(t);
-    if let Some((name, fill)) = fill.filter(|_| filling) {
+    if let Some((name, fill)) = fill {
         rec(w, libxc_rec::XCKPT_FENCE, &[], stats)?;
         w.flush()?;
         let t = Instant::now();
