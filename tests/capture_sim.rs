@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use xckpt::backend::sim::{AccessPattern, SimConfig, SimDomain, TruthMode, WorkloadSpec};
-use xckpt::capture::{checkpoint, CaptureError, CaptureOptions};
+use xckpt::capture::{checkpoint, spot, CaptureError, CaptureOptions};
 use xckpt::compose::{Image, PageState};
 use xckpt::hv::{DirtyLog, Domain, HvError, Pfn, PfnBitmap, PAGE_SIZE};
 use xckpt::layer::{LayerKind, PageEntry};
@@ -371,6 +371,75 @@ fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
     assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
     assert!(r.resync_reason.unwrap().contains("spot check"));
     assert_restores(&chain, &dom, r.layer.id, 1);
+}
+
+/// Base, an incremental of 200 pages, then every page that incremental holds changes and the
+/// log loses it: the next run must become a resync. `kept` says whether the spot-check sample
+/// kept at the incremental's commit is used, or dropped (as from an older manifest) so the
+/// parent layer is opened instead.
+fn lost_writes_to_the_parent_layers_pages(kept: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let page = vec![0x5au8; PAGE_SIZE];
+    for p in 100..300u64 {
+        dom.write_page(p, &page).unwrap();
+    }
+    let parent = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(parent.layer.kind, LayerKind::Incremental);
+    let mut tracking = chain.manifest().unwrap().tracking.unwrap();
+    assert_eq!(tracking.since_layer, parent.layer.id);
+    assert_eq!(tracking.spot.len(), spot::SAMPLES);
+    assert!(tracking.spot.iter().all(|s| (100..300).contains(&s.pfn)));
+    if !kept {
+        tracking.spot.clear();
+        chain.set_tracking(Some(tracking)).unwrap();
+    }
+    let page = vec![0xa5u8; PAGE_SIZE];
+    for p in 100..300u64 {
+        dom.write_page(p, &page).unwrap();
+    }
+    let mut stolen = PfnBitmap::new();
+    dom.logdirty_clean(&mut stolen).unwrap();
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
+    assert!(r.resync_reason.unwrap().contains("spot check"));
+    assert_restores(&chain, &dom, r.layer.id, 2);
+}
+
+#[test]
+fn the_spot_check_reads_the_sample_kept_at_the_parents_commit() {
+    lost_writes_to_the_parent_layers_pages(true);
+}
+
+#[test]
+fn without_a_kept_sample_the_spot_check_draws_one_from_the_parent_layer() {
+    lost_writes_to_the_parent_layers_pages(false);
+}
+
+/// An encrypted chain keeps no page digests in its plaintext manifest: its spot check opens
+/// the parent layer with the key, and still catches lost writes.
+#[test]
+fn an_encrypted_chain_keeps_no_sample_and_still_catches_lost_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let key = xckpt::layer::LayerKey::from_bytes([7; 32]);
+    let chain = store.chain("g").unwrap().with_key(Some(key));
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let tracking = chain.manifest().unwrap().tracking.unwrap();
+    assert!(tracking.spot.is_empty(), "{:?}", tracking.spot);
+    let page = vec![0x3cu8; PAGE_SIZE];
+    for p in 0..1500u64 {
+        dom.write_page(p, &page).unwrap();
+    }
+    let mut stolen = PfnBitmap::new();
+    dom.logdirty_clean(&mut stolen).unwrap();
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
+    assert!(r.resync_reason.unwrap().contains("spot check"));
 }
 
 #[test]

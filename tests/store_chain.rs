@@ -156,6 +156,10 @@ fn manifest_records_layers_and_tracking() {
         identity: layer_util::identity(),
         since_layer: 2,
         in_flight: false,
+        spot: vec![xckpt::store::SpotPage {
+            pfn: 3,
+            digest: 0x1234_5678_9abc_def0,
+        }],
     };
     chain.set_tracking(Some(tracking.clone())).unwrap();
     let m = chain.manifest().unwrap();

@@ -62,12 +62,17 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             ..
         } = out.figures;
         // The layer and the tracking state after it (armed since this layer, nothing in
-        // flight) go into one manifest write.
+        // flight, the next run's spot-check sample) go into one manifest write.
         let tracking = (!self.untracked).then(|| TrackingState {
             armed: true,
             identity: self.info.identity.clone(),
             since_layer: meta.id,
             in_flight: false,
+            spot: match self.chain.key() {
+                None => spot::draw(&out.index, |slot| out.writer.digest(slot)),
+                // Page digests in the plaintext manifest would tell of an encrypted guest.
+                Some(_) => Vec::new(),
+            },
         });
         let content = crate::store::LayerContent {
             index: &out.index,

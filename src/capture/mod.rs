@@ -71,7 +71,13 @@ pub fn checkpoint_with<D: Checkpointable + 'static>(
     let manifest = chain.manifest()?;
     let plan = plan::plan(dom.as_ref(), chain, &info, &manifest, opts)?;
     dom.prepare_capture()?;
+    // The spot-check sample the parent's commit kept (capture::spot).
+    let kept_spot = match manifest.tracking {
+        Some(t) if Some(t.since_layer) == plan.parent() => t.spot,
+        _ => Vec::new(),
+    };
     let mut run = Run::new(dom.clone(), chain, info, plan, opts);
+    run.kept_spot = kept_spot;
     run.phases.prepare_ms = ms_since(started);
     let result = run.execute(started, stop);
     let finished = dom.finish_capture();
@@ -109,6 +115,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     hold: Holdback,
     /// Where the run's time went.
     phases: PhaseTimes,
+    /// The spot-check sample kept with the tracking state, if it belongs to the parent.
+    kept_spot: Vec<crate::store::SpotPage>,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -137,6 +145,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             untracked: false,
             hold,
             phases: PhaseTimes::default(),
+            kept_spot: Vec::new(),
         }
     }
 
@@ -191,7 +200,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         }
         let t = Instant::now();
         let sample = match &self.plan {
-            Plan::Incremental { parent, .. } => spot::differing(&*self.dom, self.chain, *parent)?,
+            Plan::Incremental { parent, .. } => {
+                spot::differing(&*self.dom, self.chain, *parent, &self.kept_spot)?
+            }
             _ => Vec::new(),
         };
         self.phases.spot_ms = ms_since(t);

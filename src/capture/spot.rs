@@ -1,53 +1,85 @@
 //! The spot check of an incremental: pages the dirty log did not report must equal the chain.
 //!
-//! A random sample of pages the chain holds as data is read from the domain *before* round 0's
-//! fetch-and-clear. A sampled page that differs from the chain was written since the last layer,
-//! before that fetch, so the fetch must report it. If it does not, the log lost writes (another
-//! consumer cleared it, or it was restarted) and the run becomes a resync.
+//! A random sample of the pages the parent layer stores as data is read from the domain
+//! *before* round 0's fetch-and-clear. A sampled page that differs from the chain was written
+//! since the last layer, before that fetch, so the fetch must report it. If it does not, the
+//! log lost writes (another consumer cleared it, or it was restarted) and the run becomes a
+//! resync.
+//!
+//! The sample is drawn when a layer is committed ([`draw`]) and kept in the chain's tracking
+//! state, so the next run reads its pages from the domain without opening any layer. Where
+//! none was kept (an encrypted chain, an older manifest), the parent layer is opened and the
+//! sample drawn from it: one layer, not the whole chain.
 
 use super::CaptureError;
-use crate::compose::PageState;
 use crate::hv::{Checkpointable, Pfn, PfnBitmap, PAGE_SIZE};
-use crate::layer::page_digest;
-use crate::store::Chain;
+use crate::layer::{page_digest, LayerIndex};
+use crate::store::{Chain, SpotPage};
 
 /// Pages sampled per incremental.
 pub const SAMPLES: usize = 64;
 
-/// Sampled pfns that differ from the chain at `parent`, read now.
+/// Up to [`SAMPLES`] random data pages of `index`, in pfn order, with the digest of their
+/// slot. The pages a layer stores are the chain's pages at that point by definition, and
+/// every sample is a populated page however sparse the pfn space (a PVH guest's is mostly
+/// hole); they are the pages the guest wrote in that layer's interval, the likeliest to be
+/// written again.
+pub fn draw(index: &LayerIndex, digest: impl Fn(u64) -> Option<u64>) -> Vec<SpotPage> {
+    let mut picked: Vec<(Pfn, u64)> = index.data_slots().collect();
+    // The first SAMPLES of a partial shuffle: each page at most once.
+    let n = picked.len().min(SAMPLES);
+    let mut rng = fastrand::Rng::new();
+    for i in 0..n {
+        let j = rng.usize(i..picked.len());
+        picked.swap(i, j);
+    }
+    picked.truncate(n);
+    picked.sort_unstable();
+    picked
+        .into_iter()
+        .filter_map(|(pfn, slot)| {
+            Some(SpotPage {
+                pfn,
+                digest: digest(slot)?,
+            })
+        })
+        .collect()
+}
+
+/// Sampled pfns that differ from the chain at `parent`, read now: the sample `kept` at the
+/// parent's commit, or, if there is none, one drawn from the parent layer.
 pub fn differing<D: Checkpointable + ?Sized>(
     dom: &D,
     chain: &Chain,
     parent: u64,
+    kept: &[SpotPage],
 ) -> Result<Vec<Pfn>, CaptureError> {
-    // A few lookups: the layers are opened, not composed (no pass over every pfn).
-    let image = chain.layers(Some(parent))?;
-    let n = image.pfn_count();
-    let mut rng = fastrand::Rng::new();
-    let mut pfns: Vec<Pfn> = (0..SAMPLES * 8)
-        .map(|_| rng.u64(0..n.max(1)))
-        .filter(|&p| matches!(image.page_state(p), PageState::Data(_)))
-        .take(SAMPLES)
-        .collect();
-    pfns.sort_unstable();
-    pfns.dedup();
-    if pfns.is_empty() {
+    let drawn;
+    let sample = if kept.is_empty() {
+        let layer = chain.open_layer(parent)?;
+        drawn = draw(layer.index(), |slot| layer.slot_digest(slot));
+        &drawn[..]
+    } else {
+        kept
+    };
+    if sample.is_empty() {
         return Ok(Vec::new());
     }
+    let pfns: Vec<Pfn> = sample.iter().map(|s| s.pfn).collect();
     let mapped = dom.map_batch(&pfns)?;
     let mut buf = vec![0u8; PAGE_SIZE];
     let mut out = Vec::new();
-    for (i, &pfn) in pfns.iter().enumerate() {
+    for (i, s) in sample.iter().enumerate() {
         // A page that cannot be mapped now (ballooned out) differs from the chain's data.
         let same = match mapped.page(i) {
             Ok(page) => {
                 page.copy_to(&mut buf);
-                image.page_digest(pfn) == Some(page_digest(&buf))
+                page_digest(&buf) == s.digest
             }
             Err(_) => false,
         };
         if !same {
-            out.push(pfn);
+            out.push(s.pfn);
         }
     }
     Ok(out)

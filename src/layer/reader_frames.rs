@@ -277,9 +277,14 @@ impl LayerReader {
     /// stores data for `pfn`). Compare with [`super::page_digest`] of a live page.
     pub fn page_digest(&self, pfn: crate::hv::Pfn) -> Option<u64> {
         match self.index().get(pfn)? {
-            (super::PageEntry::Data, Some(slot)) => self.digests.get(slot as usize).copied(),
+            (super::PageEntry::Data, Some(slot)) => self.slot_digest(slot),
             _ => None,
         }
+    }
+
+    /// The recorded digest of the page in `slot` (live or dead copy).
+    pub fn slot_digest(&self, slot: u64) -> Option<u64> {
+        self.digests.get(usize::try_from(slot).ok()?).copied()
     }
 
     /// Check every frame: checksum, decoding, and every page's digest.

@@ -190,6 +190,11 @@ impl LayerWriter {
         self.digests.len() as u64
     }
 
+    /// The digest of the page in `slot` (as [`super::LayerReader::page_digest`] will read it).
+    pub fn digest(&self, slot: u64) -> Option<u64> {
+        self.digests.get(usize::try_from(slot).ok()?).copied()
+    }
+
     /// Write index, state, config, meta and trailer; fsync; rename to `dest`; fsync the
     /// directory. Returns the final file size.
     pub fn finish(

@@ -217,6 +217,21 @@ pub struct TrackingState {
     /// the bits are lost and the next layer must be a resync.
     #[serde(default)]
     pub in_flight: bool,
+    /// A sample of the pages layer `since_layer` stores as data, with their digests, drawn
+    /// when it was committed: the next incremental's spot check reads these pages from the
+    /// domain and opens no layer (capture::spot). Empty on an encrypted chain, whose page
+    /// digests stay inside its sealed layers, and in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spot: Vec<SpotPage>,
+}
+
+/// A page of a spot-check sample: its pfn and the digest of its stored data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpotPage {
+    /// The pfn.
+    pub pfn: u64,
+    /// xxh3-64 of the page's data as the layer stores it ([`crate::layer::page_digest`]).
+    pub digest: u64,
 }
 
 /// The chain's manifest (`manifest.json`).
