@@ -288,11 +288,10 @@ pub fn open_point(
                 chain: chain.to_string(),
             })?,
     };
-    c.verify_headers(Some(id))?;
     Ok(Point {
         chain: chain.to_string(),
         id,
-        image: c.compose(Some(id))?,
+        image: c.compose_checked(Some(id))?,
     })
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::{Chain, LayerRecord, StoreError};
 use crate::compose::{ComposeError, ComposedImage, Image, PageState};
-use crate::layer::{page_digest, LayerFigures, LayerKind, LayerReadError};
+use crate::layer::{page_digest, LayerFigures, LayerKind, LayerReadError, LayerReader};
 use crate::progress;
 
 /// Result of verifying one layer.
@@ -135,25 +135,55 @@ impl Chain {
     /// frames and digests check, its header matches the manifest, and the parent links from
     /// `upto` lead back to a base.
     pub fn verify(&self, upto: Option<u64>) -> Result<ChainReport, ChainVerifyError> {
-        self.verify_with(upto, true)
+        self.verify_with(upto, true, false)
+            .map(|(report, _)| report)
     }
 
     /// [`Chain::verify`] without decoding any frame: each layer up to `upto` opens (trailer,
     /// table, preamble, sections, index checked), its header matches the manifest, and the
     /// links lead back to a base. A restore checks the page data as it decodes it.
     pub fn verify_headers(&self, upto: Option<u64>) -> Result<ChainReport, ChainVerifyError> {
-        self.verify_with(upto, false)
+        self.verify_with(upto, false, false)
+            .map(|(report, _)| report)
     }
 
+    /// [`Chain::verify_headers`], then the point `upto` composed from the layers it opened
+    /// (each file is opened and its sections read once): what a restore or an export streams.
+    pub fn compose_checked(&self, upto: Option<u64>) -> Result<ComposedImage, ChainVerifyError> {
+        let (report, mut opened) = self.verify_with(upto, false, true)?;
+        let mut layers = Vec::with_capacity(report.path.len());
+        for id in &report.path {
+            let at = opened.iter().position(|l| l.meta().id == *id);
+            // verify_listed opened every listed layer up to the top, so every layer of the
+            // path is there; a missing one is a broken link all the same.
+            let l = at
+                .map(|i| opened.swap_remove(i))
+                .ok_or(ChainVerifyError::BrokenLink {
+                    chain: self.name().to_string(),
+                    id: report.top,
+                    parent: *id,
+                })?;
+            layers.push(l);
+        }
+        ComposedImage::from_layers(layers).map_err(|error| ChainVerifyError::Compose {
+            chain: self.name().to_string(),
+            id: report.top,
+            error,
+        })
+    }
+
+    /// Verify the layers up to `upto` (their frames too if `frames`); with `keep`, the readers
+    /// opened are returned, for a caller that reads the point next.
     fn verify_with(
         &self,
         upto: Option<u64>,
         frames: bool,
-    ) -> Result<ChainReport, ChainVerifyError> {
+        keep: bool,
+    ) -> Result<(ChainReport, Vec<LayerReader>), ChainVerifyError> {
         let mut tries = 0;
         loop {
             let m = self.manifest()?;
-            match self.verify_listed(&m, upto, frames) {
+            match self.verify_listed(&m, upto, frames, keep) {
                 Err(ChainVerifyError::Layer { error, .. })
                     if self.lost_race(&error, &m, &mut tries) => {}
                 r => return r,
@@ -166,11 +196,17 @@ impl Chain {
         m: &super::Manifest,
         upto: Option<u64>,
         frames: bool,
-    ) -> Result<ChainReport, ChainVerifyError> {
+        keep: bool,
+    ) -> Result<(ChainReport, Vec<LayerReader>), ChainVerifyError> {
         let top = self.resolve_top(m, upto)?;
         let mut layers = Vec::new();
+        let mut opened = Vec::new();
         for r in m.layers.iter().filter(|r| r.id <= top.id) {
-            layers.push(self.verify_layer(r, frames)?);
+            let (report, reader) = self.verify_layer(r, frames)?;
+            layers.push(report);
+            if keep {
+                opened.push(reader);
+            }
         }
         let mut path = vec![top.id];
         let mut cur = top;
@@ -201,13 +237,14 @@ impl Chain {
             });
         }
         path.reverse();
-        Ok(ChainReport {
+        let report = ChainReport {
             chain: self.name().to_string(),
             top: *path.last().unwrap_or(&0),
             path,
             layers,
             points: Vec::new(),
-        })
+        };
+        Ok((report, opened))
     }
 
     /// [`Chain::verify`], then compose every point up to `upto` and check every data page of
@@ -286,15 +323,18 @@ impl Chain {
         }
     }
 
-    fn verify_layer(&self, r: &LayerRecord, frames: bool) -> Result<LayerReport, ChainVerifyError> {
+    fn verify_layer(
+        &self,
+        r: &LayerRecord,
+        frames: bool,
+    ) -> Result<(LayerReport, LayerReader), ChainVerifyError> {
         let path = self.layer_path(r);
         let layer_err = |error| ChainVerifyError::Layer {
             chain: self.name().to_string(),
             id: r.id,
             error,
         };
-        let reader =
-            crate::layer::LayerReader::open_with_key(&path, self.key()).map_err(layer_err)?;
+        let reader = LayerReader::open_with_key(&path, self.key()).map_err(layer_err)?;
         if frames {
             reader.verify().map_err(layer_err)?;
         }
@@ -308,12 +348,13 @@ impl Chain {
         } else if reader.file_bytes() != r.bytes {
             format!("{} bytes, manifest says {}", reader.file_bytes(), r.bytes)
         } else {
-            return Ok(LayerReport {
+            let report = LayerReport {
                 id: r.id,
                 path,
                 kind: r.kind,
                 figures: reader.figures(),
-            });
+            };
+            return Ok((report, reader));
         };
         Err(ChainVerifyError::Mismatch {
             chain: self.name().to_string(),
