@@ -226,11 +226,7 @@ impl ComposedImage {
         let mut owner = vec![NONE; pfn_count];
         let mut populated = PfnBitmap::repeat(false, pfn_count);
         for (i, layer) in layers.iter().enumerate() {
-            for pfn in layer.index().covered() {
-                if let Some(o) = owner.get_mut(pfn as usize) {
-                    *o = i as u16;
-                }
-            }
+            layer.index().mark_covered(&mut owner, i as u16);
             layer.index().overlay_populated(&mut populated);
         }
         Ok(ComposedImage {

@@ -347,6 +347,23 @@ fn large_sparse_pfn_space() {
 }
 
 #[test]
+fn mark_covered_sets_exactly_the_covered_pfns() {
+    // Full words, partial words, an uncovered stretch and a table shorter than the space.
+    let mut idx = LayerIndex::new(1000);
+    for pfn in (0..256).chain([300, 301, 363, 700]).chain(900..1000) {
+        idx.set(pfn, PageEntry::Zero, None);
+    }
+    for len in [1000usize, 950, 64, 0] {
+        let mut table = vec![0u8; len];
+        idx.mark_covered(&mut table, 9);
+        for (pfn, &v) in table.iter().enumerate() {
+            let covered = idx.entry(pfn as u64).is_some();
+            assert_eq!(v == 9, covered, "pfn {pfn} of a table of {len}");
+        }
+    }
+}
+
+#[test]
 fn index_pack_and_unpack_agree() {
     let mut idx = LayerIndex::new(5000);
     let mut model = std::collections::HashMap::new();

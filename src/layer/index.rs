@@ -239,6 +239,31 @@ impl LayerIndex {
         }
     }
 
+    /// Set `table[pfn] = value` for every pfn this layer covers (those below `table.len()`), a
+    /// bitmap word at a time: 64 covered pfns in a row are one fill, an uncovered word costs
+    /// nothing (a base covers every pfn of a mostly-hole PVH space).
+    pub fn mark_covered<T: Copy>(&self, table: &mut [T], value: T) {
+        let len = table.len();
+        for (w, &bits) in self.covered.as_raw_slice().iter().enumerate() {
+            let start = w * 64;
+            if bits == 0 || start >= len {
+                continue;
+            }
+            let run = &mut table[start..(start + 64).min(len)];
+            if bits == u64::MAX {
+                run.fill(value);
+                continue;
+            }
+            let mut b = bits;
+            while b != 0 {
+                if let Some(slot) = run.get_mut(b.trailing_zeros() as usize) {
+                    *slot = value;
+                }
+                b &= b - 1;
+            }
+        }
+    }
+
     /// Every covered pfn with its entry and slot, in increasing pfn order.
     pub fn iter(&self) -> impl Iterator<Item = (Pfn, PageEntry, Option<u64>)> + '_ {
         self.covered()
