@@ -89,6 +89,10 @@ pub struct Target<'a> {
 pub fn scan(r: &mut Reader<'_>, t: &mut Target<'_>) -> Result<Scan, VmiError> {
     let mut out = Scan::default();
     let size = t.layout.size as u64;
+    // The frames as read (twice) and laid out along the chunk's virtual pages: allocated and
+    // faulted in once, reused by every chunk (fresh buffers per chunk cost a page fault per
+    // page each time, a trip through the hypervisor in a PV dom0).
+    let (mut a, mut b, mut va_a, mut va_b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;
     while start < t.limit {
         let n = CHUNK.min(t.limit - start);
@@ -111,12 +115,17 @@ pub fn scan(r: &mut Reader<'_>, t: &mut Target<'_>) -> Result<Scan, VmiError> {
             frames.push(t.tables.translate(r, va)?.map(|pa| pa / PAGE_SIZE as u64));
         }
         let pfns: Vec<u64> = frames.iter().flatten().copied().collect();
-        let mut a = vec![0u8; pfns.len() * PAGE_SIZE];
-        let mut b = vec![0u8; pfns.len() * PAGE_SIZE];
+        for (buf, len) in [
+            (&mut a, pfns.len() * PAGE_SIZE),
+            (&mut b, pfns.len() * PAGE_SIZE),
+            (&mut va_a, vpages * PAGE_SIZE),
+            (&mut va_b, vpages * PAGE_SIZE),
+        ] {
+            crate::guestmem::resize_for_overwrite(buf, len);
+            buf.fill(0);
+        }
         let ok = r.frames_into(&pfns, &mut a, Some(&mut b))?;
         // Lay the frames out along the chunk's virtual pages; `valid` per virtual page.
-        let mut va_a = vec![0u8; vpages * PAGE_SIZE];
-        let mut va_b = vec![0u8; vpages * PAGE_SIZE];
         let mut valid = vec![false; vpages];
         let mut k = 0;
         for (v, f) in frames.iter().enumerate() {
