@@ -9,6 +9,9 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if let Some(code) = cli::watchdog_fast_path() {
+        return code;
+    }
     match cli::parse().and_then(cli::run) {
         Ok(code) => code,
         Err(e) => {

@@ -180,3 +180,18 @@ fn read_verbs_work_on_a_copied_store_without_xen() {
     // The original store is untouched by the reads of its copy.
     assert!(orig.join("g").exists());
 }
+
+/// The pause watchdog (`xckpt __watchdog DOMID`, parsed without the command-line parser)
+/// starts, reads its pipe, and after a `U` exits without touching any domain when xckpt closes
+/// the pipe.
+#[test]
+fn the_watchdog_runs_from_its_short_command_line() {
+    use xckpt::backend::xen::watchdog::{Watchdog, RESUMED};
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_xckpt"));
+    let mut w = Watchdog::spawn(exe, 7).expect("the watchdog starts");
+    w.announce(RESUMED).unwrap();
+    drop(w);
+    // Anything else after the hidden verb goes through the parser, which refuses it.
+    let (code, _, err) = xckpt(&["__watchdog", "7", "extra"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -153,6 +153,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     code
 }
 
+/// The pause watchdog's command line, `xckpt __watchdog DOMID` exactly as
+/// [`xckpt::backend::xen::watchdog::Watchdog::spawn`] writes it, run without building the
+/// whole command-line parser: a capture starts the watchdog while it arms tracking, and on a
+/// one-vCPU dom0 every instruction the watchdog runs at its start delays the capture. Anything
+/// else (`--help` included) goes through [`parse`].
+pub fn watchdog_fast_path() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(verb), Some(domid), None) = (args.next(), args.next(), args.next()) else {
+        return None;
+    };
+    if verb != "__watchdog" {
+        return None;
+    }
+    let domid: u32 = domid.to_str()?.parse().ok()?;
+    Some(watchdog(domid))
+}
+
+fn watchdog(domid: u32) -> ExitCode {
+    let undo = |how| xckpt::backend::xen::watchdog::undo_stop(domid, how);
+    let code = xckpt::backend::xen::watchdog::run(domid, std::io::stdin(), undo);
+    ExitCode::from(code as u8)
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Checkpoint(c) => c.run(),
@@ -168,11 +191,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(c) => c.run(),
         Command::Selftest(c) => c.run(),
         Command::Generate(c) => c.run(),
-        Command::Watchdog { domid } => {
-            let undo = |how| xckpt::backend::xen::watchdog::undo_stop(domid, how);
-            let code = xckpt::backend::xen::watchdog::run(domid, std::io::stdin(), undo);
-            Ok(ExitCode::from(code as u8))
-        }
+        Command::Watchdog { domid } => Ok(watchdog(domid)),
     }
 }
 
