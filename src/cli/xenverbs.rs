@@ -414,6 +414,8 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
             "pages": s.timings.pages_ms, "drain": s.timings.drain_ms,
             "fill": s.timings.fill_ms, "fill_write": s.timings.fill_write_ms,
         }, "page_records": s.page_records,
+        // CPU seconds the frames' decoding took, over every thread of this process.
+        "decode_cpu_s": xckpt::layer::decode_cost(),
     })
 }
 
