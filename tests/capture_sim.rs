@@ -353,6 +353,32 @@ fn non_live_capture_restores_byte_equal() {
     assert_restores(&chain, &dom, b.layer.id, 1);
 }
 
+/// Write `byte` over each page of `pfns`.
+fn write_pages(dom: &SimDomain, pfns: std::ops::Range<u64>, byte: u8) {
+    let page = vec![byte; PAGE_SIZE];
+    for p in pfns {
+        dom.write_page(p, &page).unwrap();
+    }
+}
+
+/// Someone else fetches and clears the log (log-dirty stays on, the bits are gone): the next
+/// checkpoint's spot check must catch it, and the run become a resync.
+fn steal_the_log_then_expect_a_resync(
+    dom: &Arc<SimDomain>,
+    chain: &xckpt::store::Chain,
+) -> xckpt::capture::CaptureReport {
+    let mut stolen = PfnBitmap::new();
+    dom.logdirty_clean(&mut stolen).unwrap();
+    let r = checkpoint(dom, chain, &opts(1)).unwrap();
+    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
+    assert!(r
+        .resync_reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("spot check"));
+    r
+}
+
 #[test]
 fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,16 +386,8 @@ fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
     let chain = store.chain("g").unwrap();
     let dom = sim(2048, AccessPattern::Uniform, 0.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
-    let page = vec![0x3cu8; PAGE_SIZE];
-    for p in 0..1500u64 {
-        dom.write_page(p, &page).unwrap();
-    }
-    // Someone else fetches and clears the log: log-dirty stays on, the bits are gone.
-    let mut stolen = PfnBitmap::new();
-    dom.logdirty_clean(&mut stolen).unwrap();
-    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
-    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
-    assert!(r.resync_reason.unwrap().contains("spot check"));
+    write_pages(&dom, 0..1500, 0x3c);
+    let r = steal_the_log_then_expect_a_resync(&dom, &chain);
     assert_restores(&chain, &dom, r.layer.id, 1);
 }
 
@@ -383,10 +401,7 @@ fn lost_writes_to_the_parent_layers_pages(kept: bool) {
     let chain = store.chain("g").unwrap();
     let dom = sim(2048, AccessPattern::Uniform, 0.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
-    let page = vec![0x5au8; PAGE_SIZE];
-    for p in 100..300u64 {
-        dom.write_page(p, &page).unwrap();
-    }
+    write_pages(&dom, 100..300, 0x5a);
     let parent = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(parent.layer.kind, LayerKind::Incremental);
     let mut tracking = chain.manifest().unwrap().tracking.unwrap();
@@ -397,15 +412,8 @@ fn lost_writes_to_the_parent_layers_pages(kept: bool) {
         tracking.spot.clear();
         chain.set_tracking(Some(tracking)).unwrap();
     }
-    let page = vec![0xa5u8; PAGE_SIZE];
-    for p in 100..300u64 {
-        dom.write_page(p, &page).unwrap();
-    }
-    let mut stolen = PfnBitmap::new();
-    dom.logdirty_clean(&mut stolen).unwrap();
-    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
-    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
-    assert!(r.resync_reason.unwrap().contains("spot check"));
+    write_pages(&dom, 100..300, 0xa5);
+    let r = steal_the_log_then_expect_a_resync(&dom, &chain);
     assert_restores(&chain, &dom, r.layer.id, 2);
 }
 
@@ -431,15 +439,8 @@ fn an_encrypted_chain_keeps_no_sample_and_still_catches_lost_writes() {
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     let tracking = chain.manifest().unwrap().tracking.unwrap();
     assert!(tracking.spot.is_empty(), "{:?}", tracking.spot);
-    let page = vec![0x3cu8; PAGE_SIZE];
-    for p in 0..1500u64 {
-        dom.write_page(p, &page).unwrap();
-    }
-    let mut stolen = PfnBitmap::new();
-    dom.logdirty_clean(&mut stolen).unwrap();
-    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
-    assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
-    assert!(r.resync_reason.unwrap().contains("spot check"));
+    write_pages(&dom, 0..1500, 0x3c);
+    steal_the_log_then_expect_a_resync(&dom, &chain);
 }
 
 #[test]
