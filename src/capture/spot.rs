@@ -25,15 +25,17 @@ pub const SAMPLES: usize = 64;
 /// hole); they are the pages the guest wrote in that layer's interval, the likeliest to be
 /// written again.
 pub fn draw(index: &LayerIndex, digest: impl Fn(u64) -> Option<u64>) -> Vec<SpotPage> {
-    let mut picked: Vec<(Pfn, u64)> = index.data_slots().collect();
-    // The first SAMPLES of a partial shuffle: each page at most once.
-    let n = picked.len().min(SAMPLES);
+    // A reservoir: each page at most once, uniformly, in memory for SAMPLES pages whatever
+    // the layer's size (the pages of a large base are not collected).
     let mut rng = fastrand::Rng::new();
-    for i in 0..n {
-        let j = rng.usize(i..picked.len());
-        picked.swap(i, j);
+    let mut picked: Vec<(Pfn, u64)> = Vec::with_capacity(SAMPLES);
+    for (seen, page) in index.data_slots().enumerate() {
+        if picked.len() < SAMPLES {
+            picked.push(page);
+        } else if let Some(at) = picked.get_mut(rng.usize(0..=seen)) {
+            *at = page;
+        }
     }
-    picked.truncate(n);
     picked.sort_unstable();
     picked
         .into_iter()
@@ -92,4 +94,39 @@ pub fn unexplained(differing: &[Pfn], dirty: &PfnBitmap) -> Vec<Pfn> {
         .copied()
         .filter(|&p| !dirty.get(p as usize).is_some_and(|b| *b))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::PageEntry;
+
+    fn index(data: u64) -> LayerIndex {
+        let mut idx = LayerIndex::new(4 * data + 8);
+        for i in 0..data {
+            idx.set(4 * i, PageEntry::Data, Some(100 + i));
+            idx.set(4 * i + 1, PageEntry::Zero, None);
+        }
+        idx
+    }
+
+    #[test]
+    fn a_sample_holds_distinct_data_pages_with_their_slots_digests() {
+        for data in [0u64, 10, 64, 65, 5000] {
+            let sample = draw(&index(data), |slot| Some(slot * 3));
+            assert_eq!(
+                sample.len() as u64,
+                data.min(SAMPLES as u64),
+                "{data} pages"
+            );
+            assert!(
+                sample.windows(2).all(|w| w[0].pfn < w[1].pfn),
+                "sorted, distinct"
+            );
+            for s in &sample {
+                assert_eq!(s.pfn % 4, 0, "a data page");
+                assert_eq!(s.digest, (100 + s.pfn / 4) * 3, "its own slot's digest");
+            }
+        }
+    }
 }
