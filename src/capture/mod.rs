@@ -76,8 +76,7 @@ pub fn checkpoint_with<D: Checkpointable + 'static>(
         Some(t) if Some(t.since_layer) == plan.parent() => t.spot,
         _ => Vec::new(),
     };
-    let mut run = Run::new(dom.clone(), chain, info, plan, opts);
-    run.kept_spot = kept_spot;
+    let mut run = Run::new(dom.clone(), chain, info, plan, opts, kept_spot);
     run.phases.prepare_ms = ms_since(started);
     let result = run.execute(started, stop);
     let finished = dom.finish_capture();
@@ -126,6 +125,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         info: DomainInfo,
         plan: Plan,
         opts: &'c CaptureOptions,
+        kept_spot: Vec<crate::store::SpotPage>,
     ) -> Self {
         let fetched = PfnBitmap::repeat(false, info.pfn_count as usize);
         let skip = SkipSet::new(info.pfn_count);
@@ -145,7 +145,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             untracked: false,
             hold,
             phases: PhaseTimes::default(),
-            kept_spot: Vec::new(),
+            kept_spot,
         }
     }
 
