@@ -169,12 +169,17 @@ pub fn prefault(buf: &mut [u8]) {
 /// old bytes are not kept.
 pub fn resize_for_overwrite(buf: &mut Vec<u8>, len: usize) {
     if buf.capacity() < len {
-        let mut fresh = vec![0u8; len];
-        prefault(&mut fresh);
-        *buf = fresh;
+        *buf = prefaulted(len);
     } else {
         buf.resize(len, 0);
     }
+}
+
+/// A zeroed buffer of `len` bytes whose pages are present already ([`prefault`]).
+pub fn prefaulted(len: usize) -> Vec<u8> {
+    let mut fresh = vec![0u8; len];
+    prefault(&mut fresh);
+    fresh
 }
 
 /// Anonymous memory mapped for the simulator's guest RAM, unmapped on drop.

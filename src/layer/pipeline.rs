@@ -221,11 +221,7 @@ impl ChunkBuilder {
         let short = chunks - ready.len();
         // Faulted in now, not under pause (a plain zeroed allocation would only map the shared
         // zero page), and in one call per buffer rather than a fault per page.
-        ready.extend((0..short).map(|_| {
-            let mut v = Vec::new();
-            crate::guestmem::resize_for_overwrite(&mut v, len);
-            v
-        }));
+        ready.extend((0..short).map(|_| crate::guestmem::prefaulted(len)));
         for v in ready {
             let _ = self.pool_tx.send(v);
         }
