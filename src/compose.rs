@@ -13,7 +13,9 @@ mod feed;
 pub use feed::{FeedOptions, PageFeed, PageRef, PageSource};
 
 use crate::hv::{GuestType, Pfn, PfnBitmap, StateBlob};
-use crate::layer::{EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageEntry};
+use crate::layer::{
+    EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageDigest, PageEntry,
+};
 
 /// The resolved state of one pfn in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +174,7 @@ impl LayerStack {
 
     /// The recorded digest of `pfn`'s page when it is stored data (as
     /// [`ComposedImage::page_digest`]).
-    pub fn page_digest(&self, pfn: Pfn) -> Option<u64> {
+    pub fn page_digest(&self, pfn: Pfn) -> Option<PageDigest> {
         self.layers[self.owner(pfn)?].page_digest(pfn)
     }
 }
@@ -254,9 +256,9 @@ impl ComposedImage {
         }
     }
 
-    /// The recorded xxh3-64 digest of `pfn`'s page when it is stored data (see
-    /// [`crate::layer::page_digest`]); lets a resync compare pages without decoding frames.
-    pub fn page_digest(&self, pfn: Pfn) -> Option<u64> {
+    /// The recorded digest of `pfn`'s page when it is stored data, with the hash of the layer
+    /// that holds it; lets a resync compare pages without decoding frames.
+    pub fn page_digest(&self, pfn: Pfn) -> Option<PageDigest> {
         self.layers[self.owner(pfn)?].page_digest(pfn)
     }
 

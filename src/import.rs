@@ -76,7 +76,7 @@ impl LayerSink {
         if self.frame_pfns.is_empty() {
             return Ok(());
         }
-        let f = compress_frame(&self.frame, self.level);
+        let f = compress_frame(&self.frame, self.level, self.writer.digest_kind());
         let first = self.writer.push_frame(&f)?;
         for (i, pfn) in self.frame_pfns.drain(..).enumerate() {
             self.entries

@@ -427,6 +427,51 @@ fn without_a_kept_sample_the_spot_check_draws_one_from_the_parent_layer() {
     lost_writes_to_the_parent_layers_pages(false);
 }
 
+/// A sample kept by an xckpt before format version 5 holds xxh3 digests and names no hash: the
+/// next incremental compares the pages with xxh3, so unchanged pages do not look written (which
+/// would turn every run into a resync), and lost writes are still caught.
+#[test]
+fn a_sample_kept_before_format_5_is_compared_with_its_own_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    write_pages(&dom, 100..300, 0x5a);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let mut tracking = chain.manifest().unwrap().tracking.unwrap();
+    let old = xckpt::layer::DigestKind::Xxh3.hash(&[0x5a; PAGE_SIZE]);
+    for s in &mut tracking.spot {
+        assert_eq!(
+            s.hash,
+            xckpt::layer::DigestKind::Xxh64,
+            "kept as written now"
+        );
+        s.digest = old;
+    }
+    // The manifest as the older xckpt wrote it: no "hash" key.
+    let mut m = serde_json::to_value(chain.manifest().unwrap()).unwrap();
+    let spot: Vec<serde_json::Value> = tracking
+        .spot
+        .iter()
+        .map(|s| serde_json::json!({ "pfn": s.pfn, "digest": s.digest }))
+        .collect();
+    m["tracking"]["spot"] = serde_json::Value::Array(spot);
+    std::fs::write(chain.dir().join("manifest.json"), m.to_string()).unwrap();
+    let spot = chain.manifest().unwrap().tracking.unwrap().spot;
+    assert!(spot
+        .iter()
+        .all(|s| s.hash == xckpt::layer::DigestKind::Xxh3 && s.digest == old));
+    let quiet = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    assert_eq!(
+        quiet.layer.kind,
+        LayerKind::Incremental,
+        "{:?}",
+        quiet.resync_reason
+    );
+    assert_restores(&chain, &dom, quiet.layer.id, 2);
+}
+
 /// An encrypted chain keeps no page digests in its plaintext manifest: its spot check opens
 /// the parent layer with the key, and still catches lost writes.
 #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use xckpt::compose::{ComposedImage, Image};
 use xckpt::hv::PAGE_SIZE;
 use xckpt::layer::{
-    compress_frame, LayerIndex, LayerReadError, LayerReader, LayerWriter, PageEntry,
+    compress_frame, DigestKind, LayerIndex, LayerReadError, LayerReader, LayerWriter, PageEntry,
 };
 
 fn mib_per_s(bytes: usize, secs: f64) -> f64 {
@@ -48,7 +48,7 @@ fn bench_write_and_read() {
     let t = Instant::now();
     let frames: Vec<_> = image
         .chunks(64 * PAGE_SIZE)
-        .map(|c| compress_frame(c, 1))
+        .map(|c| compress_frame(c, 1, DigestKind::PLAIN))
         .collect();
     let secs = t.elapsed().as_secs_f64();
     let enc: usize = frames.iter().map(|f| f.data.len()).sum();

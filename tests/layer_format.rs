@@ -308,7 +308,11 @@ fn torn_writes_are_refused_with_torn() {
     let (mut writer, _) = fill_writer(dir.path(), 8, &[(0, Put::Data(1)), (1, Put::Data(1))], 1, 3);
     let tmp = writer.temp_path().to_path_buf();
     writer
-        .push_frame(&xckpt::layer::compress_frame(&page(3, 3), 3))
+        .push_frame(&xckpt::layer::compress_frame(
+            &page(3, 3),
+            3,
+            writer.digest_kind(),
+        ))
         .unwrap();
     // Simulate a kill: nothing flushed, nothing removed.
     std::mem::forget(writer);

@@ -159,8 +159,12 @@ fn manifest_records_layers_and_tracking() {
         spot: vec![xckpt::store::SpotPage {
             pfn: 3,
             digest: 0x1234_5678_9abc_def0,
+            hash: xckpt::layer::DigestKind::Xxh64,
         }],
     };
+    // A sample kept before format version 5 names no hash: its digests are xxh3.
+    let old: xckpt::store::SpotPage = serde_json::from_str(r#"{"pfn":3,"digest":5}"#).unwrap();
+    assert_eq!(old.hash, xckpt::layer::DigestKind::Xxh3);
     chain.set_tracking(Some(tracking.clone())).unwrap();
     let m = chain.manifest().unwrap();
     assert_eq!(m.tracking, Some(tracking));

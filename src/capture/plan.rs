@@ -5,7 +5,7 @@ use super::{CaptureError, CaptureOptions};
 use crate::compose::{ComposedImage, Image, PageState};
 use crate::hv::{Checkpointable, DomainInfo, Pfn, PfnBitmap};
 use crate::layer::pipeline::Baseline;
-use crate::layer::{page_digest, LayerKind};
+use crate::layer::LayerKind;
 use crate::store::{Chain, Manifest};
 
 /// The layer a run takes.
@@ -191,7 +191,7 @@ impl Baseline for ChainBaseline {
             (PageState::Unpopulated, Some(_)) | (_, None) => false,
             (PageState::Zero | PageState::Evicted(_), Some(d)) => d.iter().all(|&b| b == 0),
             // The digest stored at capture decides without decoding the chain's frame.
-            (PageState::Data(_), Some(d)) => self.0.page_digest(pfn) == Some(page_digest(d)),
+            (PageState::Data(_), Some(d)) => self.0.page_digest(pfn).is_some_and(|r| r.matches(d)),
         }
     }
 }

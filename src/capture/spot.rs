@@ -13,7 +13,7 @@
 
 use super::CaptureError;
 use crate::hv::{Checkpointable, Pfn, PfnBitmap, PAGE_SIZE};
-use crate::layer::{page_digest, LayerIndex};
+use crate::layer::{LayerIndex, PageDigest};
 use crate::store::{Chain, SpotPage};
 
 /// Pages sampled per incremental.
@@ -24,7 +24,7 @@ pub const SAMPLES: usize = 64;
 /// every sample is a populated page however sparse the pfn space (a PVH guest's is mostly
 /// hole); they are the pages the guest wrote in that layer's interval, the likeliest to be
 /// written again.
-pub fn draw(index: &LayerIndex, digest: impl Fn(u64) -> Option<u64>) -> Vec<SpotPage> {
+pub fn draw(index: &LayerIndex, digest: impl Fn(u64) -> Option<PageDigest>) -> Vec<SpotPage> {
     // A reservoir: each page at most once, uniformly, in memory for SAMPLES pages whatever
     // the layer's size (the pages of a large base are not collected).
     let mut rng = fastrand::Rng::new();
@@ -40,9 +40,11 @@ pub fn draw(index: &LayerIndex, digest: impl Fn(u64) -> Option<u64>) -> Vec<Spot
     picked
         .into_iter()
         .filter_map(|(pfn, slot)| {
+            let d = digest(slot)?;
             Some(SpotPage {
                 pfn,
-                digest: digest(slot)?,
+                digest: d.value,
+                hash: d.kind,
             })
         })
         .collect()
@@ -76,7 +78,7 @@ pub fn differing<D: Checkpointable + ?Sized>(
         let same = match mapped.page(i) {
             Ok(page) => {
                 page.copy_to(&mut buf);
-                page_digest(&buf) == s.digest
+                s.recorded().matches(&buf)
             }
             Err(_) => false,
         };
@@ -99,7 +101,7 @@ pub fn unexplained(differing: &[Pfn], dirty: &PfnBitmap) -> Vec<Pfn> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::PageEntry;
+    use crate::layer::{DigestKind, PageEntry};
 
     fn index(data: u64) -> LayerIndex {
         let mut idx = LayerIndex::new(4 * data + 8);
@@ -113,7 +115,12 @@ mod tests {
     #[test]
     fn a_sample_holds_distinct_data_pages_with_their_slots_digests() {
         for data in [0u64, 10, 64, 65, 5000] {
-            let sample = draw(&index(data), |slot| Some(slot * 3));
+            let sample = draw(&index(data), |slot| {
+                Some(PageDigest {
+                    kind: DigestKind::Xxh64,
+                    value: slot * 3,
+                })
+            });
             assert_eq!(
                 sample.len() as u64,
                 data.min(SAMPLES as u64),
@@ -126,6 +133,7 @@ mod tests {
             for s in &sample {
                 assert_eq!(s.pfn % 4, 0, "a data page");
                 assert_eq!(s.digest, (100 + s.pfn / 4) * 3, "its own slot's digest");
+                assert_eq!(s.hash, DigestKind::Xxh64, "and its hash");
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use xckpt::hv::PAGE_SIZE;
-use xckpt::layer::compress_frame;
+use xckpt::layer::{compress_frame, DigestKind};
 
 /// Measured limits, GB/s (10^9 bytes per second).
 #[derive(Debug, Clone, Serialize)]
@@ -87,7 +87,7 @@ fn zstd_gbps(sample: &[u8], level: i32, threads: usize) -> (f64, f64) {
                     let (mut inb, mut outb) = (0u64, 0u64);
                     let mut i = k;
                     while t.elapsed() < budget {
-                        let f = compress_frame(frames[i % frames.len()], level);
+                        let f = compress_frame(frames[i % frames.len()], level, DigestKind::PLAIN);
                         inb += frame as u64;
                         outb += f.data.len() as u64;
                         i += threads.max(1);

@@ -111,7 +111,7 @@ pub enum Stage {
     Copy,
     /// Zero check on the mapping.
     Zero,
-    /// xxh3 of each page.
+    /// The digest of each page (the layer's [`super::DigestKind`]).
     Digest,
     /// zstd.
     Compress,

@@ -9,11 +9,14 @@ use super::LayerMeta;
 pub const MAGIC: [u8; 8] = *b"XCKPTLYR";
 /// Magic of the trailer (the last 64 bytes).
 pub const TRAILER_MAGIC: [u8; 8] = *b"XCKPTEND";
-/// Format version of plain layers written now (without a key). Version 4: a frame's check code
-/// is [`super::frame_code`] (xxh3) instead of crc32c; otherwise as version 3.
-pub const VERSION: u32 = 4;
+/// Format version of plain layers written now (without a key). Version 5: page digests and
+/// frame check codes are xxh64 instead of xxh3 ([`super::DigestKind`]); otherwise as version 4.
+pub const VERSION: u32 = 5;
+/// Format version 4 (still read): a frame's check code is [`super::DigestKind::frame_code`]
+/// (xxh3) instead of crc32c; otherwise as version 3.
+pub const VERSION_V4: u32 = 4;
 /// Format version 3 (still read): zstd frames carry no zstd content checksum (the frame's
-/// crc32c and the pages' xxh3 digests cover them) and META may record the encoding used;
+/// crc32c and the pages' digests cover them) and META may record the encoding used;
 /// otherwise laid out as version 1.
 pub const VERSION_V3: u32 = 3;
 /// Format version of plain layers written before version 3 (still read).
@@ -21,7 +24,7 @@ pub const VERSION_V1: u32 = 1;
 
 /// Whether `version` is a plain (not encrypted) layer format this reader knows.
 pub fn is_plain(version: u32) -> bool {
-    matches!(version, VERSION | VERSION_V3 | VERSION_V1)
+    matches!(version, VERSION | VERSION_V4 | VERSION_V3 | VERSION_V1)
 }
 /// Format version of encrypted layers (written with a key, and read).
 pub const VERSION_SEALED: u32 = 2;
@@ -53,7 +56,7 @@ pub enum SectionKind {
     Index = 4,
     /// One entry per frame.
     FrameTab = 5,
-    /// xxh3-64 of each slot's page.
+    /// The digest of each slot's page ([`super::DigestKind`]).
     Digests = 6,
 }
 
@@ -84,7 +87,7 @@ impl SectionKind {
 /// The preamble length of format `version`, where frames start; None for unknown versions.
 pub fn preamble_len(version: u32) -> Option<u64> {
     match version {
-        VERSION | VERSION_V3 | VERSION_V1 => Some(PREAMBLE_LEN),
+        VERSION | VERSION_V4 | VERSION_V3 | VERSION_V1 => Some(PREAMBLE_LEN),
         VERSION_SEALED => Some(PREAMBLE_V2_LEN as u64),
         _ => None,
     }

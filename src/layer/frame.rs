@@ -6,8 +6,7 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use xxhash_rust::xxh3::xxh3_64;
-
+use super::digest::DigestKind;
 use super::encode::{thread_cpu, Stage, StageClock, Tuner};
 use crate::hv::PAGE_SIZE;
 
@@ -20,7 +19,7 @@ pub enum Codec {
     /// Pages stored as they are.
     Raw,
     /// One zstd frame (format version 1 wrote zstd's content checksum too; version 3 leaves it
-    /// out: the frame's check code and the pages' xxh3 digests already cover it).
+    /// out: the frame's check code and the pages' digests already cover it).
     Zstd,
 }
 
@@ -51,10 +50,12 @@ pub struct Frame {
     pub codec: Codec,
     /// Encoded bytes.
     pub data: Vec<u8>,
-    /// crc32c of `data`.
+    /// The frame's check code ([`DigestKind::frame_code`]).
     pub crc: u32,
-    /// xxh3-64 of each page's content, in frame order (`pages` entries).
+    /// The digest of each page's content, in frame order (`pages` entries).
     pub digests: Vec<u64>,
+    /// The hash of `digests` and `crc`: the layer's ([`super::LayerWriter::digest_kind`]).
+    pub kind: DigestKind,
 }
 
 thread_local! {
@@ -64,50 +65,32 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// The xxh3-64 digest of one page, as stored in a layer's DIGESTS section.
-pub fn page_digest(page: &[u8]) -> u64 {
-    xxh3_64(page)
-}
-
-/// A frame's check code in format version 4 (FRAMETAB's `crc`): the low 32 bits of the xxh3-64
-/// of its pages' digests (little-endian u64s, in slot order) for a raw frame, whose bytes are
-/// the pages the digests were just computed over, or of its encoded bytes for a zstd frame.
-/// Versions 1 and 3 used crc32c of the encoded bytes: under emulation (the test bed's TCG)
-/// crc32c costs five times xxh3 per byte, and a raw frame's bytes were hashed twice.
-pub fn frame_code(codec: Codec, data: &[u8], digests: &[u64]) -> u32 {
-    match codec {
-        Codec::Raw => {
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            for d in digests {
-                h.update(&d.to_le_bytes());
-            }
-            h.digest() as u32
-        }
-        Codec::Zstd => xxh3_64(data) as u32,
-    }
-}
-
 /// Compress `pages` (a multiple of 4096 bytes, at most [`MAX_FRAME_PAGES`] pages) at `level`
-/// (0 = store raw). Falls back to raw when compression does not shrink the data.
-pub fn compress_frame(pages: &[u8], level: i32) -> Frame {
-    encode_frame(pages.to_vec(), level, &Tuner::fixed(level), None).0
+/// (0 = store raw), its digests taken with `kind`. Falls back to raw when compression does not
+/// shrink the data.
+pub fn compress_frame(pages: &[u8], level: i32, kind: DigestKind) -> Frame {
+    encode_frame(pages.to_vec(), level, &Tuner::fixed(level), None, kind).0
 }
 
 /// Encode the pages in `pages` (a multiple of 4096 bytes) at `level` (0 = raw), taking the
 /// buffer: a raw frame keeps it as its data (no copy), a compressed one hands it back (second
-/// value) for reuse. Times the digest and compress stages on `clock` and tells `tuner` what
-/// compression gave.
+/// value) for reuse. Digests and check code are taken with `kind`. Times the digest and compress
+/// stages on `clock` and tells `tuner` what compression gave.
 pub fn encode_frame(
     pages: Vec<u8>,
     level: i32,
     tuner: &Tuner,
     clock: Option<&StageClock>,
+    kind: DigestKind,
 ) -> (Frame, Option<Vec<u8>>) {
     debug_assert_eq!(pages.len() % PAGE_SIZE, 0, "frame of partial pages");
     let count = (pages.len() / PAGE_SIZE) as u32;
     let cpu = || clock.map(|_| thread_cpu()).unwrap_or_default();
     let t = cpu();
-    let digests: Vec<u64> = pages.chunks_exact(PAGE_SIZE).map(page_digest).collect();
+    let digests: Vec<u64> = pages
+        .chunks_exact(PAGE_SIZE)
+        .map(|p| kind.hash(p))
+        .collect();
     let t1 = cpu();
     let w1 = Instant::now();
     let compressed = if level == 0 {
@@ -136,13 +119,14 @@ pub fn encode_frame(
             (Codec::Raw, pages, None)
         }
     };
-    let crc = frame_code(codec, &data, &digests);
+    let crc = kind.frame_code(codec, &data, &digests);
     let frame = Frame {
         pages: count,
         codec,
         data,
         crc,
         digests,
+        kind,
     };
     (frame, spare)
 }

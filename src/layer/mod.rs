@@ -3,13 +3,14 @@
 //! A layer is written front to back in one pass ([`LayerWriter`]) and read with random access
 //! ([`LayerReader`]). `docs/format.md` is the full specification; this is its summary.
 //! Little-endian everywhere; every byte of the file is under a crc32c or, for frames from
-//! format version 4, an xxh3-based check code ([`frame_code`]).
+//! format version 4, a hash-based check code ([`DigestKind::frame_code`]: xxh64 from version
+//! 5, xxh3 in version 4).
 //!
 //! ```text
 //!  offset 0
 //!  +--------------------------------------------------------------+
 //!  | PREAMBLE (32 bytes)                                          |
-//!  |  0 magic "XCKPTLYR" | 8 version u32 = 4 | 12 flags u32 = 0    |
+//!  |  0 magic "XCKPTLYR" | 8 version u32 = 5 | 12 flags u32 = 0    |
 //!  |  16 reserved [u8; 12] = 0 | 28 crc32c(bytes 0..28) u32        |
 //!  +--------------------------------------------------------------+
 //!  | FRAME 0 | FRAME 1 | ... | FRAME F-1                          |  page data, back to back;
@@ -21,7 +22,7 @@
 //!  | INDEX    zstd(LayerIndex serialized, see index.rs)           |  section table
 //!  | FRAMETAB per frame: offset u64, len u32, pages u32,          |
 //!  |          codec u32 (0 raw, 1 zstd), code u32     (24 bytes)  |
-//!  | DIGESTS  per slot: xxh3-64 of the page u64                   |
+//!  | DIGESTS  per slot: xxh64 of the page u64 (xxh3-64 before v5) |
 //!  +--------------------------------------------------------------+
 //!  | SECTION TABLE: 6 x { kind u32, codec u32, offset u64,        |
 //!  |                      len u64, crc32c u32, reserved u32 = 0 } |  32 bytes each
@@ -50,7 +51,7 @@
 //! let lock = chain.lock_exclusive(wait)?;              // held for the whole capture
 //! let mut writer = chain.begin_layer()?;               // temp file in the chain dir
 //! let mut index = LayerIndex::new(pfn_count);
-//! // compress workers, in parallel:  frame = compress_frame(&pages, level)
+//! // compress workers, in parallel:  frame = compress_frame(&pages, level, writer.digest_kind())
 //! // one writer thread, in order:    first = writer.push_frame(&frame)?;
 //! //                                 index.set(pfn_i, PageEntry::Data, Some(first + i))
 //! // zero / evicted / unpopulated:   index.set(pfn, PageEntry::Zero, None) ...
@@ -59,6 +60,7 @@
 
 mod checks;
 mod decode_cost;
+pub mod digest;
 pub mod encode;
 pub mod format;
 pub mod frame;
@@ -77,8 +79,9 @@ use serde::{Deserialize, Serialize};
 use crate::hv::{DomainIdentity, GuestType};
 
 pub use decode_cost::{decode_cost, thread_cpu_ns, DecodeCost};
+pub use digest::{page_digest, DigestKind, PageDigest};
 pub use encode::{Encoding, EncodingUsed, StageTimes};
-pub use frame::{compress_frame, frame_code, page_digest, Codec, Frame, MAX_FRAME_PAGES};
+pub use frame::{compress_frame, Codec, Frame, MAX_FRAME_PAGES};
 pub use index::{IndexCounts, LayerIndex};
 pub use reader::{LayerFigures, LayerReadError, LayerReader};
 pub use reader_frames::FrameCheck;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  producer thread           compress workers (N)             writer thread
-//!  zero-check on the     --> xxh3 digests; zstd frame  --> reorder by seq, push frame,
+//!  zero-check on the     --> page digests; zstd frame  --> reorder by seq, push frame,
 //!  mapping, copy the          or the buffer itself, raw      set index entries (last wins)
 //!  rest into a chunk          (bounded channel)
 //!        ^--------------- empty buffers come back through a pool ----------------'
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use super::encode::{thread_cpu, Encoding, EncodingUsed, Stage, StageClock, StageTimes, Tuner};
 use super::frame::encode_frame;
-use super::{Codec, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
+use super::{Codec, DigestKind, LayerIndex, LayerWriteError, LayerWriter, PageEntry};
 use crate::hv::{Pfn, PfnBitmap, PAGE_SIZE};
 
 /// Compress workers by default: one per core.
@@ -316,13 +316,15 @@ impl<'scope> Pipeline<'scope> {
             Encoding::Level(l) => Tuner::fixed(l),
         });
         let builder = ChunkBuilder::new(frame_pages as usize, clock.clone());
+        let kind = writer.digest_kind();
         let mut workers = Vec::with_capacity(threads);
         for _ in 0..threads {
             let rx = rx.clone();
             let ptx = ptx.clone();
             let pool = builder.pool_tx.clone();
             let (tuner, clock) = (tuner.clone(), clock.clone());
-            workers.push(scope.spawn(move || compress_worker(&rx, &ptx, &pool, &tuner, &clock)));
+            workers
+                .push(scope.spawn(move || compress_worker(&rx, &ptx, &pool, &tuner, &clock, kind)));
         }
         drop(ptx);
         let applied = Applied::default();
@@ -441,6 +443,7 @@ fn compress_worker(
     pool: &mpsc::Sender<Vec<u8>>,
     tuner: &Tuner,
     clock: &StageClock,
+    kind: DigestKind,
 ) {
     loop {
         let chunk = {
@@ -457,7 +460,7 @@ fn compress_worker(
         let mut data = chunk.data;
         let frame = if n > 0 {
             data.truncate(n * PAGE_SIZE);
-            let (frame, spare) = encode_frame(data, tuner.level(), tuner, Some(clock));
+            let (frame, spare) = encode_frame(data, tuner.level(), tuner, Some(clock), kind);
             if let Some(b) = spare {
                 let _ = pool.send(b);
             }

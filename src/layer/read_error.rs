@@ -76,7 +76,7 @@ pub enum LayerReadError {
         found: [u8; 8],
     },
     /// Unsupported format version.
-    #[error("layer {path} has format version {found}; this xckpt reads versions 1, 3 and {VERSION} (plain) and 2 (encrypted)")]
+    #[error("layer {path} has format version {found}; this xckpt reads versions 1, 3, 4 and {VERSION} (plain) and 2 (encrypted)")]
     BadVersion {
         /// The file.
         path: PathBuf,

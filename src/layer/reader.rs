@@ -5,7 +5,7 @@
 //! table checksum, preamble magic, version, preamble checksum, section layout, each section's
 //! checksum, META, STATE, FRAMETAB and DIGESTS structure, and the index's consistency. Page data
 //! is checked when a frame is decoded (crc32c of the encoded bytes, zstd's own checksum, then
-//! the xxh3 digest of every page), by [`LayerReader::read_page`] and by [`LayerReader::verify`].
+//! the digest of every page), by [`LayerReader::read_page`] and by [`LayerReader::verify`].
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

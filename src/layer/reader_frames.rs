@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use super::checks::{read_into, sealed_err};
 use super::decode_cost::{Stage, StageClock};
-use super::frame::{decode_frame, page_digest};
+use super::frame::decode_frame;
 use super::read_error::LayerReadError;
 use super::{Codec, LayerReader};
+use super::{DigestKind, PageDigest};
 use crate::hv::PAGE_SIZE;
 
 /// Decoded frames kept per reader.
@@ -211,23 +212,26 @@ impl LayerReader {
         Ok(())
     }
 
-    /// A plain frame's check code: [`super::frame_code`] of its encoded bytes or, raw, of its
-    /// pages' recorded digests (format version 4; [`Self::check_pages`] proves the pages
-    /// against those), or crc32c of its encoded bytes (versions 1 and 3).
+    /// A plain frame's check code: [`DigestKind::frame_code`] of its encoded bytes or, raw, of
+    /// its pages' recorded digests (format versions 4 and 5; [`Self::check_pages`] proves the
+    /// pages against those), or crc32c of its encoded bytes (versions 1 and 3).
     fn check_crc(
         &self,
         k: usize,
         f: &super::format::FrameEntry,
         bytes: &[u8],
     ) -> Result<(), LayerReadError> {
-        let found = if self.version == super::format::VERSION {
+        let found = if matches!(
+            self.version,
+            super::format::VERSION | super::format::VERSION_V4
+        ) {
             let codec = Codec::from_code(f.codec).unwrap_or(Codec::Raw);
             let slots = self.frame_slots(k);
             let digests = self
                 .digests
                 .get(slots.start as usize..slots.end as usize)
                 .unwrap_or_default();
-            super::frame_code(codec, bytes, digests)
+            self.digest_kind().frame_code(codec, bytes, digests)
         } else {
             crc32c::crc32c(bytes)
         };
@@ -244,9 +248,10 @@ impl LayerReader {
 
     /// Every decoded page of frame `k` against the digest recorded for its slot.
     fn check_pages(&self, k: usize, pages: &[u8]) -> Result<(), LayerReadError> {
+        let kind = self.digest_kind();
         for (page, slot) in pages.chunks_exact(PAGE_SIZE).zip(self.frame_slots(k)) {
             let expected = self.digests.get(slot as usize).copied().unwrap_or(0);
-            let found = page_digest(page);
+            let found = kind.hash(page);
             if found != expected {
                 return Err(LayerReadError::DigestMismatch {
                     path: self.path.clone(),
@@ -273,9 +278,9 @@ impl LayerReader {
         Ok(())
     }
 
-    /// The recorded xxh3-64 digest of `pfn`'s page, without decoding (None unless the layer
-    /// stores data for `pfn`). Compare with [`super::page_digest`] of a live page.
-    pub fn page_digest(&self, pfn: crate::hv::Pfn) -> Option<u64> {
+    /// The recorded digest of `pfn`'s page, without decoding (None unless the layer stores
+    /// data for `pfn`). [`PageDigest::matches`] compares it with a live page.
+    pub fn page_digest(&self, pfn: crate::hv::Pfn) -> Option<PageDigest> {
         match self.index().get(pfn)? {
             (super::PageEntry::Data, Some(slot)) => self.slot_digest(slot),
             _ => None,
@@ -283,8 +288,17 @@ impl LayerReader {
     }
 
     /// The recorded digest of the page in `slot` (live or dead copy).
-    pub fn slot_digest(&self, slot: u64) -> Option<u64> {
-        self.digests.get(usize::try_from(slot).ok()?).copied()
+    pub fn slot_digest(&self, slot: u64) -> Option<PageDigest> {
+        let value = self.digests.get(usize::try_from(slot).ok()?).copied()?;
+        Some(PageDigest {
+            kind: self.digest_kind(),
+            value,
+        })
+    }
+
+    /// The hash of this layer's page digests and frame check codes (by its format version).
+    pub fn digest_kind(&self) -> DigestKind {
+        DigestKind::of_version(self.version)
     }
 
     /// Check every frame: checksum, decoding, and every page's digest.

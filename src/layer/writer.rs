@@ -11,7 +11,7 @@ use super::format::{
 };
 use super::frame::MAX_FRAME_PAGES;
 use super::seal::{FileSeal, LayerKey, MAX_SEALED_FRAMES};
-use super::{Codec, Frame, LayerIndex, LayerMeta};
+use super::{Codec, DigestKind, Frame, LayerIndex, LayerMeta, PageDigest};
 use crate::failpoint::failpoint;
 use crate::fileio::{create_private, sync_dir};
 use crate::hv::{StateBlob, PAGE_SIZE};
@@ -122,6 +122,16 @@ impl LayerWriter {
         self.seal.is_some()
     }
 
+    /// The hash of this layer's page digests and frame check codes: the frames pushed must be
+    /// encoded with it ([`super::frame::encode_frame`]).
+    pub fn digest_kind(&self) -> DigestKind {
+        if self.seal.is_some() {
+            DigestKind::SEALED
+        } else {
+            DigestKind::PLAIN
+        }
+    }
+
     /// The temporary file being written.
     pub fn temp_path(&self) -> &Path {
         &self.tmp
@@ -159,6 +169,12 @@ impl LayerWriter {
             format!("{} pages (1..={MAX_FRAME_PAGES} allowed)", frame.pages)
         } else if frame.digests.len() != frame.pages as usize {
             format!("{} digests for {} pages", frame.digests.len(), frame.pages)
+        } else if frame.kind != self.digest_kind() {
+            format!(
+                "digests taken with {:?}, the layer's are {:?}",
+                frame.kind,
+                self.digest_kind()
+            )
         } else if self.seal.is_some() && self.frames.len() as u64 >= MAX_SEALED_FRAMES {
             "too many frames for one encrypted layer".to_string()
         } else if u32::try_from(frame.data.len() + 16).is_err() {
@@ -190,9 +206,13 @@ impl LayerWriter {
         self.digests.len() as u64
     }
 
-    /// The digest of the page in `slot` (as [`super::LayerReader::page_digest`] will read it).
-    pub fn digest(&self, slot: u64) -> Option<u64> {
-        self.digests.get(usize::try_from(slot).ok()?).copied()
+    /// The digest of the page in `slot` (as [`super::LayerReader::slot_digest`] will read it).
+    pub fn digest(&self, slot: u64) -> Option<PageDigest> {
+        let value = self.digests.get(usize::try_from(slot).ok()?).copied()?;
+        Some(PageDigest {
+            kind: self.digest_kind(),
+            value,
+        })
     }
 
     /// Write index, state, config, meta and trailer; fsync; rename to `dest`; fsync the

@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::compose::ComposeError;
 use crate::hv::DomainIdentity;
-use crate::layer::{CaptureStats, LayerKind, LayerReadError, LayerWriteError};
+use crate::layer::{
+    CaptureStats, DigestKind, LayerKind, LayerReadError, LayerWriteError, PageDigest,
+};
 
 pub use chain::{Chain, LayerContent};
 pub use fold::Folded;
@@ -230,8 +232,22 @@ pub struct TrackingState {
 pub struct SpotPage {
     /// The pfn.
     pub pfn: u64,
-    /// xxh3-64 of the page's data as the layer stores it ([`crate::layer::page_digest`]).
+    /// The digest of the page's data as the layer stores it.
     pub digest: u64,
+    /// The hash of `digest`, the layer's ([`crate::layer::DigestKind`]); absent (xxh3) in
+    /// manifests written before format version 5.
+    #[serde(default)]
+    pub hash: DigestKind,
+}
+
+impl SpotPage {
+    /// The recorded digest.
+    pub fn recorded(&self) -> PageDigest {
+        PageDigest {
+            kind: self.hash,
+            value: self.digest,
+        }
+    }
 }
 
 /// The chain's manifest (`manifest.json`).

@@ -284,8 +284,10 @@ impl Chain {
             }
             match (state, data) {
                 (PageState::Data(i), Some(page)) => {
-                    let expected = image.page_digest(pfn).unwrap_or(0);
-                    let found = page_digest(page);
+                    let (expected, found) = match image.page_digest(pfn) {
+                        Some(d) => (d.value, d.kind.hash(page)),
+                        None => (0, page_digest(page)),
+                    };
                     if found != expected {
                         return Err(PointError::Digest(
                             pfn,

@@ -119,7 +119,8 @@ pub fn fill(
             if pending.is_empty() {
                 return;
             }
-            let first = w.push_frame(&compress_frame(buf, level)).unwrap();
+            let kind = w.digest_kind();
+            let first = w.push_frame(&compress_frame(buf, level, kind)).unwrap();
             for (i, &pfn) in pending.iter().enumerate() {
                 idx.set(pfn, PageEntry::Data, Some(first + i as u64));
             }
