@@ -1,12 +1,13 @@
 //! The domain's libxl configuration, as `xl save` embeds it.
 //!
 //! `xl save` calls `libxl_retrieve_domain_configuration` and `libxl_domain_config_to_json`, and
-//! embeds the JSON text with its trailing NUL. `xl list -l <domid>` prints the same retrieved
-//! configuration as `[{"domid": N, "config": {...}}]`. Running `xl` is preferred to loading
-//! libxenlight: `libxl_domain_config` is a large generated struct whose layout we would have to
-//! mirror to allocate it, and libxl's context wants a logger and the xl lock conventions;
-//! `xl` is present on every dom0 that has the libraries. The JSON is re-serialised (key order
-//! may differ from libxl's); libxl parses it by key, so restore sees the same configuration.
+//! embeds the JSON text with its trailing NUL. xckpt makes the same two calls in its own
+//! process ([`xen_sys::domain_config_json`]): running `xl list -l <domid>`, which prints the
+//! same retrieved configuration as `[{"domid": N, "config": {...}}]`, costs a process start and
+//! libxl's set-up each time (155-175 ms of CPU under the test bed's emulation). `xl list -l`
+//! stays the way when another `xl` command is configured, or libxenlight cannot be used; its
+//! JSON is re-serialised (key order may differ from libxl's), which libxl parses by key, so
+//! restore sees the same configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,8 +65,23 @@ pub fn resolve(xl: &Path) -> PathBuf {
 }
 
 /// The libxl JSON configuration of `domid` followed by a NUL byte, exactly the optional-data
-/// payload `xl save` writes after its length.
+/// payload `xl save` writes after its length: retrieved through libxenlight when `xl` is the
+/// stock `xl`, else (or if libxenlight fails) from `xl list -l`.
 pub fn domain_config(xl: &Path, domid: u32) -> Result<Vec<u8>, XlError> {
+    if xl == Path::new(STOCK_XL) {
+        if let Ok(mut json) = xen_sys::domain_config_json(domid) {
+            json.push(0);
+            return Ok(json);
+        }
+    }
+    listed_config(xl, domid)
+}
+
+/// The `xl` command of a stock dom0, found in `PATH` or the release's tools directory.
+pub const STOCK_XL: &str = "xl";
+
+/// [`domain_config`] from `xl list -l`.
+fn listed_config(xl: &Path, domid: u32) -> Result<Vec<u8>, XlError> {
     let xl = resolve(xl);
     let cmd = xl.display().to_string();
     let out = Command::new(&xl)

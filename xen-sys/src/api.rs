@@ -173,7 +173,7 @@ pub fn tools_abi() -> Result<&'static Abi, XenError> {
     real().map(|a| a.abi)
 }
 
-fn open_lib(name: &'static str, abi: &Abi) -> Result<Library, XenError> {
+pub(crate) fn open_lib(name: &'static str, abi: &Abi) -> Result<Library, XenError> {
     // SAFETY: loading a Xen tools library runs its ELF initialisers; these libraries have no
     // initialisers with preconditions (they only set up internal state lazily on open).
     unsafe { Library::new(name) }.map_err(|e| XenError::Load {
@@ -192,7 +192,7 @@ fn first_line(s: &str) -> String {
 /// # Safety
 /// `T` must be the exact C signature of the symbol as declared in the headers of every
 /// supported release.
-unsafe fn sym<T: Copy>(
+pub(crate) unsafe fn sym<T: Copy>(
     lib: &Library,
     libname: &'static str,
     name: &'static str,

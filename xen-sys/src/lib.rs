@@ -1,5 +1,5 @@
-//! Run-time loaded bindings to Xen's libxenctrl, libxenguest and libxenforeignmemory (Xen 4.17
-//! to 4.22, the release picked at run time by [`version`]).
+//! Run-time loaded bindings to Xen's libxenctrl, libxenguest, libxenforeignmemory and
+//! libxenlight (Xen 4.17 to 4.22, the release picked at run time by [`version`]).
 //!
 //! This is the only crate of xckpt with FFI. The libraries are opened with `libloading` when a
 //! handle is first needed (once per process), so the `xckpt` binary starts and explains itself
@@ -13,6 +13,7 @@
 //! * [`XenCtrl`]: an open `xc_interface` (domain info, pause, log-dirty, page types, HVM and CPU
 //!   state); [`HypercallBitmap`]: the log-dirty bitmap in hypercall-safe memory.
 //! * [`ForeignMemory`] and [`ForeignMapping`]: read-only mappings of guest frames.
+//! * [`domain_config_json`]: a domain's libxl configuration, through libxenlight.
 
 pub mod abi;
 mod api;
@@ -21,6 +22,7 @@ mod ctrl;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 mod foreign;
+pub mod libxl;
 #[cfg(test)]
 mod tests;
 pub mod version;
@@ -29,6 +31,7 @@ pub use api::{tools_abi, XenApi, LIBXENFOREIGNMEMORY};
 pub use bitmap::HypercallBitmap;
 pub use ctrl::{cpuid_record, msr_record, TscInfo, XenCtrl};
 pub use foreign::{ForeignMapping, ForeignMemory};
+pub use libxl::{domain_config_json, DOMAIN_CONFIG_ROOM, LIBXENTOOLLOG};
 pub use version::{Abi, XenVersion};
 
 /// The privileged command device every Xen control handle needs.
@@ -96,6 +99,14 @@ pub enum XenError {
     /// `/dev/xen/privcmd` exists but may not be opened by this user.
     #[error("cannot open /dev/xen/privcmd: permission denied (run xckpt as root in dom0)")]
     PrivcmdDenied,
+    /// A libxl call failed with an `ERROR_*` code (libxl's own messages went to stderr).
+    #[error("{call} failed: libxl error {code}")]
+    Libxl {
+        /// The C function.
+        call: &'static str,
+        /// Its return code (negative `ERROR_*`, libxl_types.idl).
+        code: i32,
+    },
     /// A library call failed.
     #[error("{call} failed: {} (errno {errno})", std::io::Error::from_raw_os_error(*.errno))]
     Call {

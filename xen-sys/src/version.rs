@@ -53,6 +53,8 @@ pub struct Abi {
     pub libxenctrl: &'static str,
     /// libxenguest's soname.
     pub libxenguest: &'static str,
+    /// libxenlight's soname.
+    pub libxenlight: &'static str,
 }
 
 impl Abi {
@@ -70,6 +72,7 @@ macro_rules! abi {
             domctl_interface: $iface,
             libxenctrl: concat!("libxenctrl.so.4.", $minor),
             libxenguest: concat!("libxenguest.so.4.", $minor),
+            libxenlight: concat!("libxenlight.so.4.", $minor),
         }
     };
 }
@@ -206,6 +209,7 @@ mod tests {
             assert_eq!(a.version, v(minor));
             assert_eq!(a.libxenctrl, format!("libxenctrl.so.4.{minor}"));
             assert_eq!(a.libxenguest, format!("libxenguest.so.4.{minor}"));
+            assert_eq!(a.libxenlight, format!("libxenlight.so.4.{minor}"));
             assert_eq!(a.tools_dir(), format!("/usr/lib/xen-4.{minor}/bin"));
         }
         let iface: Vec<u32> = SUPPORTED.iter().map(|a| a.domctl_interface).collect();

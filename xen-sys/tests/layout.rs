@@ -21,6 +21,7 @@ const C_PROGRAM: &str = r#"
 #include <xenguest.h>
 #include <xenforeignmemory.h>
 #include <xen/hvm/params.h>
+#include <libxl.h>
 #define S(n, t) printf("size %s %zu\n", n, sizeof(t))
 #define O(n, t, f) printf("off %s.%s %zu\n", n, #f, offsetof(t, f))
 #define V(n) printf("val %s %llu\n", #n, (unsigned long long)(n))
@@ -57,8 +58,23 @@ SIG(xenforeignmemory_close, int (*)(xenforeignmemory_handle *));
 SIG(xenforeignmemory_map, void *(*)(xenforeignmemory_handle *, uint32_t, int, size_t,
                                     const xen_pfn_t *, int *));
 SIG(xenforeignmemory_unmap, int (*)(xenforeignmemory_handle *, void *, size_t));
+/* src/libxl.rs: a domain's configuration through libxenlight. */
+SIG(libxl_ctx_alloc, int (*)(libxl_ctx **, int, unsigned, xentoollog_logger *));
+SIG(libxl_ctx_free, int (*)(libxl_ctx *));
+SIG(libxl_domain_config_init, void (*)(libxl_domain_config *));
+SIG(libxl_domain_config_dispose, void (*)(libxl_domain_config *));
+SIG(libxl_retrieve_domain_configuration,
+    int (*)(libxl_ctx *, uint32_t, libxl_domain_config *, const libxl_asyncop_how *));
+SIG(libxl_domain_config_to_json, char *(*)(libxl_ctx *, libxl_domain_config *));
+SIG(xtl_createlogger_stdiostream,
+    xentoollog_logger_stdiostream *(*)(FILE *, xentoollog_level, unsigned));
+SIG(xtl_logger_destroy, void (*)(struct xentoollog_logger *));
 int main(void)
 {
+    /* The room src/libxl.rs gives a libxl_domain_config (-DXCKPT_ROOM) holds it. */
+    printf("fits libxl_domain_config %d\n",
+           sizeof(libxl_domain_config) <= XCKPT_ROOM && _Alignof(libxl_domain_config) <= 16);
+    V(LIBXL_VERSION); V(XTL_ERROR);
     S("domaininfo", xc_domaininfo_t);
     O("domaininfo", xc_domaininfo_t, domain);
     O("domaininfo", xc_domaininfo_t, flags);
@@ -148,6 +164,9 @@ int main(void)
 fn rust_values(abi: &Abi) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     let mut s = |k: &str, v: usize| m.insert(k.to_string(), v as u64);
+    s("fits libxl_domain_config", 1);
+    s("val LIBXL_VERSION", xen_sys::libxl::LIBXL_VERSION as usize);
+    s("val XTL_ERROR", xen_sys::libxl::XTL_ERROR as usize);
     s("size domaininfo", size_of::<XcDomainInfo>());
     s("off domaininfo.domain", offset_of!(XcDomainInfo, domain));
     s("off domaininfo.flags", offset_of!(XcDomainInfo, flags));
@@ -410,6 +429,10 @@ fn c_values(include: &Path) -> Result<BTreeMap<String, u64>, String> {
     let exe = dir.join("layout");
     std::fs::write(&src, C_PROGRAM).map_err(|e| e.to_string())?;
     let out = Command::new(&cc)
+        .arg(format!(
+            "-DXCKPT_ROOM={}",
+            xen_sys::libxl::DOMAIN_CONFIG_ROOM
+        ))
         .arg("-I")
         .arg(include)
         .arg("-o")

@@ -56,7 +56,7 @@ pub struct XenEnv {
 impl Default for XenEnv {
     fn default() -> Self {
         XenEnv {
-            xl_command: PathBuf::from("xl"),
+            xl_command: PathBuf::from(crate::libxl::xl::STOCK_XL),
             qmp_dir: PathBuf::from("/var/run/xen"),
             watchdog_exe: std::env::current_exe().ok(),
             proc_root: Some(PathBuf::from("/proc")),
