@@ -202,11 +202,7 @@ fn frames_that_leave_between_type_query_and_map_are_unpopulated() {
 
 #[test]
 fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
-    let dom = sim(2048, AccessPattern::Uniform, 0.0);
-    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let (_dir, chain, dom) = chain_with_a_base();
     let head = chain.manifest().unwrap().layers.len();
 
     // Dirty some pages, then fail under pause in two ways.
@@ -276,11 +272,7 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
 
 #[test]
 fn lost_tracking_takes_a_resync_that_stores_only_what_differs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
-    let dom = sim(2048, AccessPattern::Uniform, 0.0);
-    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let (_dir, chain, dom) = chain_with_a_base();
     dom.logdirty_disable().unwrap();
     let page = vec![0x77u8; PAGE_SIZE];
     for p in [1u64, 2, 3] {
@@ -353,6 +345,16 @@ fn non_live_capture_restores_byte_equal() {
     assert_restores(&chain, &dom, b.layer.id, 1);
 }
 
+/// A chain "g" in a new store holding a base of a quiet 2048-page sim guest.
+fn chain_with_a_base() -> (tempfile::TempDir, xckpt::store::Chain, Arc<SimDomain>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(2048, AccessPattern::Uniform, 0.0);
+    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    (dir, chain, dom)
+}
+
 /// Write `byte` over each page of `pfns`.
 fn write_pages(dom: &SimDomain, pfns: std::ops::Range<u64>, byte: u8) {
     let page = vec![byte; PAGE_SIZE];
@@ -381,11 +383,7 @@ fn steal_the_log_then_expect_a_resync(
 
 #[test]
 fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
-    let dom = sim(2048, AccessPattern::Uniform, 0.0);
-    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let (_dir, chain, dom) = chain_with_a_base();
     write_pages(&dom, 0..1500, 0x3c);
     let r = steal_the_log_then_expect_a_resync(&dom, &chain);
     assert_restores(&chain, &dom, r.layer.id, 1);
@@ -396,11 +394,7 @@ fn another_consumer_of_the_dirty_log_is_caught_by_the_spot_check() {
 /// kept at the incremental's commit is used, or dropped (as from an older manifest) so the
 /// parent layer is opened instead.
 fn lost_writes_to_the_parent_layers_pages(kept: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
-    let dom = sim(2048, AccessPattern::Uniform, 0.0);
-    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let (_dir, chain, dom) = chain_with_a_base();
     write_pages(&dom, 100..300, 0x5a);
     let parent = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(parent.layer.kind, LayerKind::Incremental);
@@ -432,11 +426,7 @@ fn without_a_kept_sample_the_spot_check_draws_one_from_the_parent_layer() {
 /// would turn every run into a resync), and lost writes are still caught.
 #[test]
 fn a_sample_kept_before_format_5_is_compared_with_its_own_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
-    let dom = sim(2048, AccessPattern::Uniform, 0.0);
-    checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let (_dir, chain, dom) = chain_with_a_base();
     write_pages(&dom, 100..300, 0x5a);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     let mut tracking = chain.manifest().unwrap().tracking.unwrap();
