@@ -8,8 +8,7 @@ use super::checks::{read_into, sealed_err};
 use super::decode_cost::{Stage, StageClock};
 use super::frame::decode_frame;
 use super::read_error::LayerReadError;
-use super::{Codec, LayerReader};
-use super::{DigestKind, PageDigest};
+use super::{Codec, DigestKind, LayerReader, PageDigest};
 use crate::hv::PAGE_SIZE;
 
 /// Decoded frames kept per reader.
