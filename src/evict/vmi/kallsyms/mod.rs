@@ -160,7 +160,7 @@ pub fn find_within<'a>(image: &Image<'a>, within: Range<usize>) -> Result<Kallsy
             continue;
         };
         token_tables += 1;
-        for c in candidates(&m, &t, &mut searches)? {
+        for c in candidates(&m, &t, start, &mut searches)? {
             checks = checks
                 .checked_sub(1)
                 .ok_or("too many candidate kallsyms tables")?;
@@ -223,26 +223,31 @@ impl Kallsyms<'_> {
     /// symbols is taken when exactly one of them is global (upper-case type) or all have one
     /// address; otherwise it is left out.
     pub fn lookup(&self, names: &[&str]) -> HashMap<String, u64> {
-        let mut want: HashMap<&[u8], usize> = HashMap::new();
-        for n in names {
-            let next = want.len();
-            want.entry(n.as_bytes()).or_insert(next);
-        }
+        // A handful of names, each compared by length first: no hash of every symbol's name,
+        // and an address decoded only for a match (the table holds about 100,000 names).
+        let mut want: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+        want.sort_unstable();
+        want.dedup();
+        let longest = want.iter().map(|n| n.len()).max().unwrap_or(0);
         // Per wanted name: (type, address) of its symbols, and how many there were.
         let mut hits: Vec<(Vec<(u8, u64)>, usize)> = vec![(Vec::new(), 0); want.len()];
-        let _ = self.each_symbol(|i, name| {
-            let (Some((&ty, name)), Some(addr)) = (name.split_first(), self.address(i)) else {
+        let _ = self.each_symbol(longest + 1, |i, name| {
+            let Some((&ty, name)) = name.split_first() else {
                 return;
             };
-            if let Some(h) = want.get(name).and_then(|&w| hits.get_mut(w)) {
-                h.1 += 1;
-                if h.0.len() < MAX_SAME_NAME {
-                    h.0.push((ty, addr));
-                }
+            let Some(w) = want.iter().position(|&n| n == name) else {
+                return;
+            };
+            let (Some(h), Some(addr)) = (hits.get_mut(w), self.address(i)) else {
+                return;
+            };
+            h.1 += 1;
+            if h.0.len() < MAX_SAME_NAME {
+                h.0.push((ty, addr));
             }
         });
         let mut out = HashMap::new();
-        for (name, w) in want {
+        for (w, name) in want.into_iter().enumerate() {
             let Some((h, count)) = hits.get(w) else {
                 continue;
             };
@@ -276,14 +281,21 @@ impl Kallsyms<'_> {
         decode(off, self.info.relative_base, self.info.absolute_percpu)
     }
 
-    /// Call `f(i, type letter and name)` for each symbol, in table order.
-    fn each_symbol(&self, mut f: impl FnMut(usize, &[u8])) -> Result<(), String> {
+    /// Call `f(i, type letter and name)` for each symbol of at most `limit` bytes (type letter
+    /// included), in table order.
+    fn each_symbol(&self, limit: usize, mut f: impl FnMut(usize, &[u8])) -> Result<(), String> {
         let mut buf = Vec::with_capacity(MAX_SYMBOL);
         let mut pos = self.names_at;
         for i in 0..self.info.num_syms {
             let (tok, len) = entry(&self.mem, pos).ok_or("a name entry is cut short")?;
-            self.tokens.expand(&self.mem, tok, len, &mut buf)?;
-            f(i, &buf);
+            // Measured first: a longer name is not copied.
+            if self.tokens.measure(&self.mem, tok, len)?.1 <= limit
+                && self
+                    .tokens
+                    .expand_upto(&self.mem, tok, len, limit, &mut buf)?
+            {
+                f(i, &buf);
+            }
             pos = tok.checked_add(len).ok_or("names overflow")?;
         }
         Ok(())

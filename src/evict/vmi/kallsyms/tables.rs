@@ -30,29 +30,56 @@ pub(super) struct Tokens {
 }
 
 impl Tokens {
-    /// Append the expansion of the `len` tokens at `tok` to a cleared `buf`.
-    pub(super) fn expand(
+    /// The first byte and the length of the expansion of the `len` tokens at `tok`, without
+    /// copying it (a name longer than [`MAX_SYMBOL`] is an error).
+    pub(super) fn measure(
         &self,
         m: &Mem,
         tok: usize,
         len: usize,
+    ) -> Result<(Option<u8>, usize), String> {
+        let tokens =
+            m.b.get(tok..tok.checked_add(len).ok_or("names overflow")?)
+                .ok_or("a name entry is cut short")?;
+        let (mut first, mut total) = (None, 0usize);
+        for &t in tokens {
+            let (s, l) = self.spans[usize::from(t)];
+            if first.is_none() && l > 0 {
+                first = Some(*m.b.get(s).ok_or("a token is cut short")?);
+            }
+            total = total.saturating_add(l);
+            if total > MAX_SYMBOL {
+                return Err(format!("a symbol longer than {MAX_SYMBOL} characters"));
+            }
+        }
+        Ok((first, total))
+    }
+
+    /// Append the expansion of the `len` tokens at `tok` to a cleared `buf`, stopping with
+    /// `false` (and `buf` cut short) as soon as it would be longer than `limit` bytes.
+    pub(super) fn expand_upto(
+        &self,
+        m: &Mem,
+        tok: usize,
+        len: usize,
+        limit: usize,
         buf: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         buf.clear();
         let tokens =
             m.b.get(tok..tok.checked_add(len).ok_or("names overflow")?)
                 .ok_or("a name entry is cut short")?;
         for &t in tokens {
             let (s, l) = self.spans[usize::from(t)];
+            if buf.len().saturating_add(l) > limit {
+                return Ok(false);
+            }
             let text =
                 m.b.get(s..s.saturating_add(l))
                     .ok_or("a token is cut short")?;
-            if buf.len().saturating_add(l) > MAX_SYMBOL {
-                return Err(format!("a symbol longer than {MAX_SYMBOL} characters"));
-            }
             buf.extend_from_slice(text);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -184,10 +211,12 @@ fn names_before(m: &Mem, markers_at: usize, count: usize) -> Vec<(usize, usize)>
     out
 }
 
-/// The sets of tables that could go with token table `t`, by layout.
+/// The sets of tables that could go with token table `t`, by layout, none of them starting
+/// below offset `floor` (where the searched span starts).
 pub(super) fn candidates(
     m: &Mem,
     t: &Tokens,
+    floor: usize,
     searches: &mut usize,
 ) -> Result<Vec<Candidate>, String> {
     let mut out = Vec::new();
@@ -217,9 +246,13 @@ pub(super) fn candidates(
         };
         search(at, count, &[Layout::OffsetsFirst, Layout::NamesFirst])?;
     }
-    // The markers, then 3 bytes a symbol of seqs_of_names, before the token table.
+    // The markers, then 3 bytes a symbol of seqs_of_names, before the token table. Before
+    // them, 4 bytes a symbol of offsets and at least 2 of names: n symbols take 9n bytes or
+    // more above `floor`, which bounds the counts tried (a tenth of MAX_SYMS for the
+    // read-only data of Debian's 6.1 kernel: this loop was most of the search's CPU).
+    let most = (t.at.saturating_sub(floor) / 9).min(MAX_SYMS);
     let mut last = None;
-    for n in 1..=MAX_SYMS {
+    for n in 1..=most {
         let count = n.div_ceil(256);
         let Some(at) =
             t.at.checked_sub(3 * n)
@@ -245,10 +278,13 @@ pub(super) fn check<'a>(m: &Mem<'a>, t: &Tokens, c: &Candidate) -> Result<Kallsy
         return Err(format!("kallsyms_num_syms {n} is implausible"));
     }
     let names_at = c.num_syms_at + 8;
-    // Names and markers, and each symbol's type letter.
+    // Names and markers, and each symbol's type letter. Names are measured, not copied: only
+    // those short enough to be `_text` or `_stext` are expanded (copying every name was most
+    // of the search's CPU once the candidates were bounded).
     let mut types = Vec::with_capacity(n);
     // Symbols named _text or _stext.
     let mut text_at = Vec::new();
+    const TEXT_NAMES: [&[u8]; 2] = [b"_text", b"_stext"];
     let mut buf = Vec::with_capacity(MAX_SYMBOL);
     let mut pos = names_at;
     for i in 0..n {
@@ -263,11 +299,13 @@ pub(super) fn check<'a>(m: &Mem<'a>, t: &Tokens, c: &Candidate) -> Result<Kallsy
             }
         }
         let (tok, len) = entry(m, pos).ok_or_else(|| format!("symbol {i}'s length is bad"))?;
-        t.expand(m, tok, len, &mut buf)?;
-        match buf.split_first() {
-            Some((&ty, name)) if ty.is_ascii_alphabetic() && !name.is_empty() => {
+        match t.measure(m, tok, len)? {
+            (Some(ty), total) if ty.is_ascii_alphabetic() && total > 1 => {
                 types.push(ty);
-                if name == b"_text" || name == b"_stext" {
+                if total <= 1 + b"_stext".len()
+                    && t.expand_upto(m, tok, len, total, &mut buf)?
+                    && TEXT_NAMES.contains(&&buf[1..])
+                {
                     text_at.push(i);
                 }
             }
