@@ -56,10 +56,23 @@ impl DigestKind {
     /// crc32c costs twenty times xxh64 per byte, and a raw frame's bytes were hashed twice.
     pub fn frame_code(self, codec: super::Codec, data: &[u8], digests: &[u64]) -> u32 {
         match codec {
-            super::Codec::Raw => {
-                let bytes: Vec<u8> = digests.iter().flat_map(|d| d.to_le_bytes()).collect();
-                self.hash(&bytes) as u32
-            }
+            // Streamed, as the digests' bytes: no buffer per frame.
+            super::Codec::Raw => match self {
+                DigestKind::Xxh3 => {
+                    let mut h = xxh3::Xxh3::new();
+                    for d in digests {
+                        h.update(&d.to_le_bytes());
+                    }
+                    h.digest() as u32
+                }
+                DigestKind::Xxh64 => {
+                    let mut h = xxh64::Xxh64::new(0);
+                    for d in digests {
+                        h.update(&d.to_le_bytes());
+                    }
+                    h.digest() as u32
+                }
+            },
             super::Codec::Zstd => self.hash(data) as u32,
         }
     }
@@ -75,6 +88,12 @@ pub struct PageDigest {
 }
 
 impl PageDigest {
+    /// The digest of `slot` in a layer's DIGESTS table `digests`, taken with `kind`.
+    pub fn of_slot(kind: DigestKind, digests: &[u64], slot: u64) -> Option<PageDigest> {
+        let value = digests.get(usize::try_from(slot).ok()?).copied()?;
+        Some(PageDigest { kind, value })
+    }
+
     /// Whether `page` has this digest.
     pub fn matches(&self, page: &[u8]) -> bool {
         self.kind.hash(page) == self.value

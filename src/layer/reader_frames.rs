@@ -288,11 +288,7 @@ impl LayerReader {
 
     /// The recorded digest of the page in `slot` (live or dead copy).
     pub fn slot_digest(&self, slot: u64) -> Option<PageDigest> {
-        let value = self.digests.get(usize::try_from(slot).ok()?).copied()?;
-        Some(PageDigest {
-            kind: self.digest_kind(),
-            value,
-        })
+        PageDigest::of_slot(self.digest_kind(), &self.digests, slot)
     }
 
     /// The hash of this layer's page digests and frame check codes (by its format version).

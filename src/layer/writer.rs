@@ -208,11 +208,7 @@ impl LayerWriter {
 
     /// The digest of the page in `slot` (as [`super::LayerReader::slot_digest`] will read it).
     pub fn digest(&self, slot: u64) -> Option<PageDigest> {
-        let value = self.digests.get(usize::try_from(slot).ok()?).copied()?;
-        Some(PageDigest {
-            kind: self.digest_kind(),
-            value,
-        })
+        PageDigest::of_slot(self.digest_kind(), &self.digests, slot)
     }
 
     /// Write index, state, config, meta and trailer; fsync; rename to `dest`; fsync the
