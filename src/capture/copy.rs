@@ -137,7 +137,7 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
         let types = &mut types[..batch.len()];
         builder
             .clock()
-            .time(Stage::Map, || dom.page_types(&batch, types))?;
+            .time(Stage::Types, || dom.page_types(&batch, types))?;
         let mut full = Vec::new();
         copy_batch(dom, &batch, types, builder, rules, &mut full)?;
         figs.busy += t0.elapsed();

@@ -220,7 +220,10 @@ impl BenchCmd {
         }
         Ok(if !result.verified {
             ExitCode::from(2)
-        } else if !(result.capture_within_xl_like && result.dead_within_5pct) {
+        } else if !(result.capture_within_xl_like
+            && result.dead_within_5pct
+            && result.restore_within_bound)
+        {
             ExitCode::from(3)
         } else {
             ExitCode::SUCCESS

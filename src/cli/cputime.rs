@@ -25,6 +25,31 @@ pub fn since_start_s() -> Option<f64> {
     Some(((now - start as f64 / ticks) * 1e3).round() / 1e3)
 }
 
+/// Points of a command's setup, each with its [`since_start_s`]: where the time before the
+/// work itself goes (the binary's start, opening Xen, the disk plan, the store's lock).
+static MARKS: std::sync::Mutex<Vec<(&str, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Note that the command reached `what` now.
+pub fn mark(what: &'static str) {
+    if let Some(s) = since_start_s() {
+        MARKS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((what, s));
+    }
+}
+
+/// The marks so far, as `{"what": seconds since start}`.
+pub fn marks_json() -> serde_json::Value {
+    let marks = MARKS.lock().unwrap_or_else(|p| p.into_inner());
+    serde_json::Value::Object(
+        marks
+            .iter()
+            .map(|&(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect(),
+    )
+}
+
 /// Fields 3 onwards of `/proc/self/stat`.
 fn stat_fields() -> Option<Vec<String>> {
     split_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)

@@ -121,6 +121,7 @@ impl EvictArgs {
 impl CheckpointCmd {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         pause::install_handlers()?;
+        super::cputime::mark("command");
         if let Some(group) = &self.group {
             return super::group::checkpoint(&self, group);
         }
@@ -132,7 +133,9 @@ impl CheckpointCmd {
             Some(bytes) => self.capture_sim(bytes, &name),
             None => self.capture_xen(&mut name),
         };
+        super::cputime::mark("captured");
         self.record_run(&name, &result);
+        super::cputime::mark("recorded");
         let report = result?;
         super::progress::clear();
         if self.json {
@@ -142,6 +145,7 @@ impl CheckpointCmd {
                 cpu_s: super::cputime::cpu_json(),
                 faults: super::cputime::faults_json(),
                 since_start_s: super::cputime::since_start_s(),
+                setup_s: super::cputime::marks_json(),
                 report: &report,
             })?;
         } else {
@@ -157,10 +161,13 @@ impl CheckpointCmd {
     fn capture_xen(&self, name: &mut String) -> anyhow::Result<CaptureReport> {
         let dom = Arc::new(XenDomain::open(name)?);
         *name = dom.info()?.identity.name;
+        super::cputime::mark("xen_open");
         // Disks are checked before anything else happens: a refusal leaves the domain untouched.
         let stop = SoloStop::new(dom.clone(), self.disks.plan(&dom)?);
+        super::cputime::mark("disk_plan");
         let mut opts = self.capture.options_for(Some(name));
         opts.evict = self.evict.options(dom.domid())?;
+        super::cputime::mark("options");
         self.capture_into(&dom, name, &opts, stop)
     }
 
@@ -194,6 +201,7 @@ impl CheckpointCmd {
         let store = Store::open(&self.store.store)?;
         let chain = store.chain(name)?.with_key(self.key.key(name)?);
         let _lock = chain.lock_exclusive(Duration::from_secs(self.wait.wait))?;
+        super::cputime::mark("locked");
         take_checkpoint(dom, &chain, opts, &mut stop).with_context(|| {
             format!(
                 "checkpoint of domain {name} into {}",
@@ -239,6 +247,8 @@ struct CheckpointJson<'a> {
     faults: Option<serde_json::Value>,
     /// Seconds from the process's start to this report (setup and the capture's `total_ms`).
     since_start_s: Option<f64>,
+    /// Seconds from the process's start to each step of the setup before the capture.
+    setup_s: serde_json::Value,
     #[serde(flatten)]
     report: &'a CaptureReport,
 }
@@ -359,6 +369,7 @@ impl RestoreCmd {
             .as_ref()
             .context("a chain to restore is needed")?;
         let started = std::time::Instant::now();
+        super::cputime::mark("command");
         let store = Store::open(&self.store.store)?;
         let opts = xckpt::restore::RestoreOptions {
             rename: self.name.clone(),
@@ -372,6 +383,7 @@ impl RestoreCmd {
                 "stream": stream_json(&r.stats), "seconds": started.elapsed().as_secs_f64(),
                 "cpu_s": super::cputime::cpu_json(), "faults": super::cputime::faults_json(),
                 "since_start_s": super::cputime::since_start_s(),
+                "setup_s": super::cputime::marks_json(),
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -411,8 +423,10 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
         "zero_pages": s.zero_pages, "filled_pages": s.filled_pages,
         "unpopulated_pfns": s.unpopulated_pfns, "records": s.records,
         "ms": {
-            "pages": s.timings.pages_ms, "drain": s.timings.drain_ms,
+            "open": s.timings.open_ms, "pages": s.timings.pages_ms, "drain": s.timings.drain_ms,
             "fill": s.timings.fill_ms, "fill_write": s.timings.fill_write_ms,
+            "fill_begin": s.timings.fill_begin_ms,
+            "xl_finish": s.timings.xl_finish_ms,
         }, "page_records": s.page_records,
         // CPU seconds the frames' decoding took, over every thread of this process.
         "decode_cpu_s": xckpt::layer::decode_cost(),

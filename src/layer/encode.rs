@@ -100,6 +100,7 @@ pub struct StageClock {
     digest: AtomicU64,
     compress: AtomicU64,
     write: AtomicU64,
+    types: AtomicU64,
     map: AtomicU64,
     log: AtomicU64,
 }
@@ -117,7 +118,9 @@ pub enum Stage {
     Compress,
     /// Writing frames (durably, see the writer).
     Write,
-    /// Page types, mapping and unmapping guest pages.
+    /// Asking the hypervisor for page types.
+    Types,
+    /// Mapping and unmapping guest pages.
     Map,
     /// Fetch-and-clear of the dirty log.
     Log,
@@ -141,6 +144,7 @@ impl StageClock {
             Stage::Digest => &self.digest,
             Stage::Compress => &self.compress,
             Stage::Write => &self.write,
+            Stage::Types => &self.types,
             Stage::Map => &self.map,
             Stage::Log => &self.log,
         };
@@ -156,6 +160,7 @@ impl StageClock {
             digest_s: s(&self.digest),
             compress_s: s(&self.compress),
             write_s: s(&self.write),
+            types_s: s(&self.types),
             map_s: s(&self.map),
             dirty_log_s: s(&self.log),
         }
@@ -175,7 +180,10 @@ pub struct StageTimes {
     pub compress_s: f64,
     /// Writing frames.
     pub write_s: f64,
-    /// Asking the hypervisor for page types and mapping guest pages (and unmapping them).
+    /// Asking the hypervisor for page types (every pfn of a base's first round: the whole pfn
+    /// space, holes included, as libxc's own saver asks).
+    pub types_s: f64,
+    /// Mapping guest pages and unmapping them.
     pub map_s: f64,
     /// Fetching and clearing the dirty log (each round's end and the mid-round refreshes),
     /// and dropping the copies it supersedes.

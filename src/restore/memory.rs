@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use xen_sys::{ForeignMapping, ForeignMemory};
+use xen_sys::{ForeignMapping, ForeignMemory, XenCtrl};
 
 use crate::guestmem::SharedPageMut;
 use crate::hv::Pfn;
@@ -17,10 +17,15 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// an unmapping per window rather than per 2 MiB batch; its page tables take 128 KiB).
 const WINDOW_PAGES: usize = 16 << 10;
 
+/// A region the fill populates: 2^9 pfns, 2 MiB.
+const REGION_ORDER: u32 = 9;
+
 /// Writes pages into a domain of this host, found by name at [`XenMemory::begin`], through a
 /// writable mapping of the next [`WINDOW_PAGES`] pfns to write.
 pub struct XenMemory<'a> {
     fm: &'a ForeignMemory,
+    /// libxenctrl, to populate whole regions (none: `xl restore` populates every pfn).
+    xc: Option<&'a XenCtrl>,
     domid: u32,
     /// Every pfn to write, ascending, and how many were written.
     pfns: Vec<Pfn>,
@@ -30,10 +35,11 @@ pub struct XenMemory<'a> {
 }
 
 impl<'a> XenMemory<'a> {
-    /// A writer through the foreign-memory handle `fm`.
-    pub fn new(fm: &'a ForeignMemory) -> Self {
+    /// A writer through the foreign-memory handle `fm`, populating regions through `xc`.
+    pub fn new(fm: &'a ForeignMemory, xc: Option<&'a XenCtrl>) -> Self {
         XenMemory {
             fm,
+            xc,
             domid: 0,
             pfns: Vec::new(),
             next: 0,
@@ -41,13 +47,46 @@ impl<'a> XenMemory<'a> {
         }
     }
 
-    /// Find domain `name` and take the pfns that will be written, in order.
-    pub fn begin(&mut self, name: &str, pfns: &[Pfn]) -> Result<(), BoxError> {
+    /// Whether [`Self::begin`] can populate whole regions.
+    pub fn populates(&self) -> bool {
+        self.xc.is_some()
+    }
+
+    /// Find domain `name`, populate the 2 MiB `regions` (their first pfns) and take the pfns
+    /// that will be written, in order.
+    pub fn begin(&mut self, name: &str, pfns: &[Pfn], regions: &[Pfn]) -> Result<(), BoxError> {
         self.domid = crate::backend::xen::domid_of(name)?;
+        if !regions.is_empty() {
+            let xc = self
+                .xc
+                .ok_or("no libxenctrl handle to populate the domain's memory")?;
+            for &start in regions {
+                self.populate(xc, start)?;
+            }
+        }
         self.pfns = pfns.to_vec();
         self.next = 0;
         self.window = None;
         Ok(())
+    }
+
+    /// Populate the 2 MiB region from `start` with one 2 MiB frame, or, where Xen has none
+    /// free, with 512 frames of 4 KiB (what `xl restore` would have allocated).
+    fn populate(&self, xc: &XenCtrl, start: Pfn) -> Result<(), BoxError> {
+        if xc
+            .populate_physmap(self.domid, REGION_ORDER, &[start])
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let pfns: Vec<Pfn> = (start..start + (1 << REGION_ORDER)).collect();
+        xc.populate_physmap(self.domid, 0, &pfns).map_err(|e| {
+            format!(
+                "pfns {start:#x}.. of domain {} cannot be populated: {e}",
+                self.domid
+            )
+            .into()
+        })
     }
 
     /// Write `batch` (the next pfns of those given to `begin`, `None` for zeros): one copy per

@@ -8,7 +8,7 @@ use super::memory::{pipe_drained, XenMemory};
 use super::{RestoreError, WriteStream};
 use crate::hv::Pfn;
 use crate::stream::{GuestFill, StreamStats};
-use xen_sys::ForeignMemory;
+use xen_sys::{ForeignMemory, XenCtrl};
 
 /// What a restore needs of `xl`. [`Xl`] runs the real command; tests put a consumer that
 /// parses the stream in its place.
@@ -77,13 +77,14 @@ impl XlTool for Xl {
         // The fill needs the Xen foreign-memory device and a second handle on the pipe; without
         // either the pages go through the stream, as into a file.
         let fm = ForeignMemory::open().ok();
+        let xc = XenCtrl::open().ok();
         let pipe = stdin.as_fd().try_clone_to_owned().ok();
         let written = match (fm.as_ref(), pipe) {
             (Some(fm), Some(pipe)) => {
                 let mut fill = XlFill {
                     pipe,
                     child: &mut child,
-                    memory: XenMemory::new(fm),
+                    memory: XenMemory::new(fm, xc.as_ref()),
                 };
                 write(&mut stdin, Some(&mut fill))
             }
@@ -93,12 +94,13 @@ impl XlTool for Xl {
         // Closing the pipe ends the stream: cut short if writing failed, so xl restore fails.
         // (The fill's copy of the write end was closed with it, above.)
         drop(stdin);
+        let ended = std::time::Instant::now();
         let status = child.wait().map_err(|source| RestoreError::Wait {
             verb: "restore",
             what: what.to_string(),
             source,
         })?;
-        let stats = written.map_err(|source| RestoreError::Stream {
+        let mut stats = written.map_err(|source| RestoreError::Stream {
             what: what.to_string(),
             source: Box::new(source),
         })?;
@@ -112,6 +114,7 @@ impl XlTool for Xl {
                 status: status.to_string(),
             });
         }
+        stats.timings.xl_finish_ms = ended.elapsed().as_millis() as u64;
         Ok(stats)
     }
 
@@ -157,12 +160,17 @@ impl GuestFill for XlFill<'_> {
         pipe_drained(pipe, || Ok(child.try_wait()?.is_some()))
     }
 
+    fn populates(&self) -> bool {
+        self.memory.populates()
+    }
+
     fn begin(
         &mut self,
         name: &str,
         pfns: &[Pfn],
+        regions: &[Pfn],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.memory.begin(name, pfns)
+        self.memory.begin(name, pfns, regions)
     }
 
     fn write(

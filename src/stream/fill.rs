@@ -3,7 +3,9 @@
 //! Stock `xl restore` copies every page it reads from the stream into the new domain: the pages
 //! cross the pipe once, and are copied three times on the way (into the pipe, out of it, into
 //! the guest). When the consumer offers a [`GuestFill`], the stream names every populated pfn
-//! as `XALLOC` instead (libxc populates it and writes nothing), then an empty
+//! as `XALLOC` instead (libxc populates it and writes nothing; a fill that
+//! [`GuestFill::populates`] takes the whole 2 MiB regions out of the records and populates
+//! each with one allocation, where libxc would make 512), then an empty
 //! [`libxc_rec::XCKPT_FENCE`] record. Once `xl restore` has read the fence, every pfn is
 //! populated, and the writer copies each page straight from the decoded frame into the domain
 //! ([`fill_memory`]), zero pages included: no frame keeps what Xen's allocator left in it.
@@ -28,11 +30,24 @@ pub trait GuestFill {
     /// if it went away first.
     fn drained(&mut self) -> std::io::Result<()>;
 
+    /// Whether the fill populates memory itself, a whole 2 MiB region per allocation: the
+    /// stream then leaves the regions all of whose pfns are populated out of its records
+    /// (`xl restore` would populate them a pfn at a time) and [`Self::begin`] gets them.
+    fn populates(&self) -> bool {
+        false
+    }
+
     /// Before the first [`Self::write`]: every pfn the fill will write, ascending, in the
     /// domain named `name` (the writes come in this order), so the memory can be mapped in
-    /// large windows.
-    fn begin(&mut self, name: &str, pfns: &[Pfn]) -> Result<(), Box<dyn StdError + Send + Sync>> {
-        let _ = (name, pfns);
+    /// large windows; and, if the fill [`Self::populates`], the first pfns of the regions it
+    /// must populate first.
+    fn begin(
+        &mut self,
+        name: &str,
+        pfns: &[Pfn],
+        regions: &[Pfn],
+    ) -> Result<(), Box<dyn StdError + Send + Sync>> {
+        let _ = (name, pfns, regions);
         Ok(())
     }
 
@@ -54,13 +69,18 @@ pub struct Filled {
     /// Milliseconds spent in [`GuestFill::write`] (mapping and copying; the rest of the fill is
     /// waiting for the checked pages).
     pub write_ms: u64,
+    /// Milliseconds spent in [`GuestFill::begin`] (finding the domain, populating the
+    /// regions).
+    pub begin_ms: u64,
 }
 
-/// Write the `populated` pfns (ascending, each with whether the image holds data for it, as
-/// the PAGE_DATA records named them) into domain `name` through `fill`: data pages as `pages`
-/// hands them out (in pfn order, each checked), the others as zeros.
+/// Write the `populated` pfns (ascending, each with whether the image holds data for it) into
+/// domain `name` through `fill`, after it populated the whole 2 MiB `regions` the records left
+/// out: data pages as `pages` hands them out (in pfn order, each checked), the others as
+/// zeros.
 pub fn fill_memory(
     populated: &[(Pfn, bool)],
+    regions: &[Pfn],
     pages: &mut dyn PageSource,
     name: &str,
     fill: &mut dyn GuestFill,
@@ -68,9 +88,9 @@ pub fn fill_memory(
     let mut done = Filled::default();
     let t = std::time::Instant::now();
     let pfns: Vec<Pfn> = populated.iter().map(|&(pfn, _)| pfn).collect();
-    fill.begin(name, &pfns)
+    fill.begin(name, &pfns, regions)
         .map_err(fill_error(name, pfns.first().copied().unwrap_or(0)))?;
-    done.write_ms += t.elapsed().as_millis() as u64;
+    done.begin_ms = t.elapsed().as_millis() as u64;
     let mut batch: Vec<(Pfn, Option<PageRef>)> = Vec::with_capacity(FILL_BATCH);
     for &(pfn, data) in populated {
         let page = if data {

@@ -84,20 +84,24 @@ pub fn write_libxc_stream(
     }
     let fill = fill.filter(|_| st.pv.is_none());
     let t = Instant::now();
-    let mut populated = Vec::new();
-    let to_fill = fill.is_some().then_some(&mut populated);
-    write_pages(w, image, pages, st.pv.as_ref(), to_fill, stats)?;
+    let mut plan = fill.as_ref().map(|(_, f)| FillPlan {
+        pfns: Vec::new(),
+        regions: f.populates().then(Vec::new),
+    });
+    write_pages(w, image, pages, st.pv.as_ref(), plan.as_mut(), stats)?;
     stats.timings.pages_ms = ms_since(t);
-    if let Some((name, fill)) = fill {
+    if let (Some((name, fill)), Some(plan)) = (fill, plan) {
         rec(w, libxc_rec::XCKPT_FENCE, &[], stats)?;
         w.flush()?;
         let t = Instant::now();
         fill.drained()?;
         stats.timings.drain_ms = ms_since(t);
         let t = Instant::now();
-        let done = fill_memory(&populated, pages, name, fill)?;
+        let regions = plan.regions.as_deref().unwrap_or(&[]);
+        let done = fill_memory(&plan.pfns, regions, pages, name, fill)?;
         stats.timings.fill_ms = ms_since(t);
         stats.timings.fill_write_ms = done.write_ms;
+        stats.timings.fill_begin_ms = done.begin_ms;
         stats.filled_pages = done.data_pages + done.zero_pages;
     }
     // Reserved fields are written as zero, whatever the blob holds (the spec: "set to zero
@@ -150,23 +154,32 @@ fn rec_parts(
     write_record(w, ty, parts)
 }
 
+/// What a filled restore writes after the stream's records: every populated pfn (with whether
+/// the image holds data for it), and, when the fill populates memory itself, the first pfns of
+/// the whole 2 MiB regions the records left out.
+struct FillPlan {
+    pfns: Vec<(Pfn, bool)>,
+    regions: Option<Vec<Pfn>>,
+}
+
 /// Stream every populated pfn, in ascending order, as PAGE_DATA records that each cover the
 /// populated pfns of one aligned 2 MiB region ([`SUPERPAGE_PFNS`] pfns): a fully populated
 /// region goes as one record of 512 contiguous, aligned pfns, which Xen 4.21+ restores as a
 /// superpage (older Xen takes any batch of up to
 /// [`super::format::MAX_BATCH`]). Zero and evicted pages go as
 /// real zero pages (see docs/stream.md). Data pages come from `pages` in pfn order.
-/// With `to_fill`, every populated pfn goes as `XALLOC`, without data, and is listed there
-/// (with whether the image holds data for it): `pages` is left for the fill.
+/// With `fill`, every populated pfn goes as `XALLOC`, without data, and is listed there
+/// (with whether the image holds data for it): `pages` is left for the fill, and the whole
+/// regions a fill populates itself get no record at all ([`flush`]).
 fn write_pages(
     w: &mut impl Write,
     image: &dyn Image,
     pages: &mut dyn PageSource,
     pv: Option<&PvStreamState<'_>>,
-    mut to_fill: Option<&mut Vec<(Pfn, bool)>>,
+    mut fill: Option<&mut FillPlan>,
     stats: &mut StreamStats,
 ) -> Result<(), StreamWriteError> {
-    let filling = to_fill.is_some();
+    let filling = fill.is_some();
     let count = image.pfn_count();
     if count > PAGE_DATA_PFN_MASK + 1 {
         return Err(StreamWriteError::TooLarge(format!(
@@ -192,7 +205,7 @@ fn write_pages(
         if batch.pfns.first().is_some_and(|&(word, _)| {
             (word & PAGE_DATA_PFN_MASK) / SUPERPAGE_PFNS != pfn / SUPERPAGE_PFNS
         }) {
-            write_batch(w, &mut batch, stats)?;
+            flush(w, &mut batch, fill.as_deref_mut(), stats)?;
             progress::advance("", task, pfn - walked);
             walked = pfn;
         }
@@ -213,8 +226,8 @@ fn write_pages(
                 None
             }
         };
-        if let Some(list) = to_fill.as_deref_mut() {
-            list.push((pfn, matches!(state, PageState::Data(_))));
+        if let Some(plan) = fill.as_deref_mut() {
+            plan.pfns.push((pfn, matches!(state, PageState::Data(_))));
         }
         let ty = match pv {
             _ if filling => pfinfo::XALLOC,
@@ -224,7 +237,7 @@ fn write_pages(
         batch.pfns.push((pfn | (u64::from(ty) << 32), body));
     }
     if !batch.pfns.is_empty() {
-        write_batch(w, &mut batch, stats)?;
+        flush(w, &mut batch, fill, stats)?;
     }
     stats.unpopulated_pfns = count - visited;
     progress::finish("", task, count);
@@ -255,6 +268,26 @@ fn normalised(
     let mut scratch = vec![0u8; PAGE_SIZE];
     p.normalise(pfn, &mut buf, &mut scratch)?;
     Ok(PageRef::owned(buf))
+}
+
+/// Write `batch` (the pfns of one 2 MiB region) as a PAGE_DATA record, unless a fill that
+/// populates memory itself takes the region: when every one of its pfns is populated, the
+/// fill populates it with one allocation (Xen backs it with a 2 MiB frame), where `xl restore`
+/// would populate 512 pfns one by one.
+fn flush(
+    w: &mut impl Write,
+    batch: &mut Batch,
+    fill: Option<&mut FillPlan>,
+    stats: &mut StreamStats,
+) -> Result<(), StreamWriteError> {
+    if let Some(regions) = fill.and_then(|f| f.regions.as_mut()) {
+        if batch.pfns.len() as u64 == SUPERPAGE_PFNS {
+            regions.push(batch.pfns[0].0 & PAGE_DATA_PFN_MASK);
+            batch.pfns.clear();
+            return Ok(());
+        }
+    }
+    write_batch(w, batch, stats)
 }
 
 /// One PAGE_DATA record: header, count, reserved, pfn words (pfn | type << 32; NOTAB = 0 but

@@ -86,6 +86,9 @@ pub struct StreamStats {
 /// Milliseconds spent in each part of writing a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamTimings {
+    /// Before the stream: opening the point's layers, checking and composing them (set by the
+    /// restore that opened the point).
+    pub open_ms: u64,
     /// The PAGE_DATA records (with their pages, unless filled).
     pub pages_ms: u64,
     /// A filled restore: waiting for `xl restore` to populate the pfns.
@@ -94,6 +97,11 @@ pub struct StreamTimings {
     pub fill_ms: u64,
     /// Of `fill_ms`: mapping the domain's frames and copying into them.
     pub fill_write_ms: u64,
+    /// Of `fill_ms`: finding the domain and populating the whole regions the fill took.
+    pub fill_begin_ms: u64,
+    /// From the stream's end to the exit of the `xl restore` it fed (its own finish: loading
+    /// the vCPU state, the devices, xenstore).
+    pub xl_finish_ms: u64,
 }
 
 /// Write `image` as an `xl` save file (libxl stream v2, libxc v3: Xen 4.17 to 4.22) that stock

@@ -72,6 +72,14 @@ pub struct XenApi {
     ) -> *mut c_void,
     pub xc__hypercall_buffer_free_pages:
         unsafe extern "C" fn(xch: *mut XcInterface, b: *mut XcHypercallBuffer, nr_pages: c_int),
+    pub xc_domain_populate_physmap_exact: unsafe extern "C" fn(
+        xch: *mut XcInterface,
+        domid: u32,
+        nr_extents: c_ulong,
+        extent_order: c_uint,
+        mem_flags: c_uint,
+        extent_start: *mut XenPfn,
+    ) -> c_int,
     pub xc_get_pfn_type_batch: unsafe extern "C" fn(
         xch: *mut XcInterface,
         dom: u32,
@@ -244,6 +252,7 @@ fn load(abi: &'static Abi) -> Result<Loaded, XenError> {
             xc_logdirty_control: c!("xc_logdirty_control"),
             xc__hypercall_buffer_alloc_pages: c!("xc__hypercall_buffer_alloc_pages"),
             xc__hypercall_buffer_free_pages: c!("xc__hypercall_buffer_free_pages"),
+            xc_domain_populate_physmap_exact: c!("xc_domain_populate_physmap_exact"),
             xc_get_pfn_type_batch: c!("xc_get_pfn_type_batch"),
             xc_domain_hvm_getcontext: c!("xc_domain_hvm_getcontext"),
             xc_hvm_param_get: c!("xc_hvm_param_get"),

@@ -241,6 +241,27 @@ impl XenCtrl {
         Ok((rc as u64, stats))
     }
 
+    /// Populate `domid`'s physmap with one extent of 2^`order` frames at each of `starts`, in
+    /// one call, as `xl restore` populates a domain it builds: all of them, or an error (Xen
+    /// may have populated some extents before it failed).
+    pub fn populate_physmap(&self, domid: u32, order: u32, starts: &[u64]) -> Result<(), XenError> {
+        let mut buf: Vec<crate::abi::XenPfn> =
+            starts.iter().map(|&p| p as crate::abi::XenPfn).collect();
+        // SAFETY: `buf` holds `buf.len()` xen_pfn_t extent starts, which libxc bounces into
+        // hypercall memory (and back, as the frames allocated) itself.
+        let rc = unsafe {
+            (self.api().xc_domain_populate_physmap_exact)(
+                self.xch(),
+                domid,
+                buf.len() as std::ffi::c_ulong,
+                order,
+                0,
+                buf.as_mut_ptr(),
+            )
+        };
+        Self::check(rc, "xc_domain_populate_physmap_exact").map(drop)
+    }
+
     /// Page types of `pfns` (raw `XEN_DOMCTL_PFINFO_*` values, masked to the type nibble),
     /// queried in batches of 1024.
     pub fn pfn_types(&self, domid: u32, pfns: &[u64], out: &mut [u32]) -> Result<(), XenError> {

@@ -10,8 +10,9 @@
 //!   which one this host runs.
 //! * [`XenApi`]: the table of C entry points; the wrappers call through it, so tests can
 //!   substitute fakes (see the `fake` feature).
-//! * [`XenCtrl`]: an open `xc_interface` (domain info, pause, log-dirty, page types, HVM and CPU
-//!   state); [`HypercallBitmap`]: the log-dirty bitmap in hypercall-safe memory.
+//! * [`XenCtrl`]: an open `xc_interface` (domain info, pause, log-dirty, page types,
+//!   populating a restored domain, HVM and CPU state); [`HypercallBitmap`]: the log-dirty
+//!   bitmap in hypercall-safe memory.
 //! * [`ForeignMemory`] and [`ForeignMapping`]: read-only mappings of guest frames.
 //! * [`domain_config_json`]: a domain's libxl configuration, through libxenlight.
 

@@ -108,6 +108,30 @@ fn page_types_in_batches() {
 }
 
 #[test]
+fn populating_whole_extents_once() {
+    fake::add_domain(FakeDomainSpec {
+        unpopulated: (512..1536).collect(),
+        ..dom(132, 2048)
+    });
+    let xc = XenCtrl::open_fake();
+    let types = |pfns: &[u64]| {
+        let mut out = vec![0u32; pfns.len()];
+        xc.pfn_types(132, pfns, &mut out).unwrap();
+        out
+    };
+    assert_eq!(types(&[512, 1024]), [XEN_DOMCTL_PFINFO_XTAB; 2]);
+    xc.populate_physmap(132, 9, &[512]).unwrap();
+    assert_eq!(types(&[512, 1023, 1024]), [0, 0, XEN_DOMCTL_PFINFO_XTAB]);
+    // Populated already, or past the pfn space: an error naming the call.
+    let e = xc.populate_physmap(132, 9, &[512]).unwrap_err().to_string();
+    assert!(e.contains("xc_domain_populate_physmap_exact"), "{e}");
+    assert!(xc.populate_physmap(132, 0, &[2048]).is_err());
+    xc.populate_physmap(132, 0, &(1024..1536).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(types(&[1024, 1535]), [0, 0]);
+}
+
+#[test]
 fn foreign_mapping_reads_pages_and_reports_errors() {
     fake::add_domain(dom(141, 2048));
     fake::write_page(141, 5, &page(0x5a));

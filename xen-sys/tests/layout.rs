@@ -42,6 +42,8 @@ SIG(xc_logdirty_control, long long (*)(xc_interface *, uint32_t, unsigned int, x
 SIG(xc__hypercall_buffer_alloc_pages, void *(*)(xc_interface *, xc_hypercall_buffer_t *, int));
 SIG(xc__hypercall_buffer_free_pages, void (*)(xc_interface *, xc_hypercall_buffer_t *, int));
 SIG(xc_domain_hvm_getcontext, int (*)(xc_interface *, uint32_t, uint8_t *, uint32_t));
+SIG(xc_domain_populate_physmap_exact, int (*)(xc_interface *, uint32_t, unsigned long, unsigned int,
+                                              unsigned int, xen_pfn_t *));
 SIG(xc_hvm_param_get, int (*)(xc_interface *, uint32_t, uint32_t, uint64_t *));
 SIG(xc_domain_get_tsc_info, int (*)(xc_interface *, uint32_t, uint32_t *, uint64_t *, uint32_t *, uint32_t *));
 SIG(xc_vcpu_getcontext, int (*)(xc_interface *, uint32_t, uint32_t, vcpu_guest_context_any_t *));

@@ -239,6 +239,7 @@ pub static FAKE_API: XenApi = XenApi {
     xc_logdirty_control: logdirty_control,
     xc__hypercall_buffer_alloc_pages: hbuf_alloc,
     xc__hypercall_buffer_free_pages: hbuf_free,
+    xc_domain_populate_physmap_exact: populate_exact,
     xc_get_pfn_type_batch: pfn_types,
     xc_domain_hvm_getcontext: hvm_getcontext,
     xc_hvm_param_get: hvm_param,

@@ -193,6 +193,35 @@ pub(super) unsafe extern "C" fn hbuf_free(
     unsafe { libc::munmap((*b).hbuf, nr as usize * PAGE_SIZE) };
 }
 
+/// Populate 2^`order` pfns from each extent start, all or none: EINVAL past the pfn space,
+/// EBUSY on a pfn already populated (Xen would replace its frame; a restore never asks that).
+pub(super) unsafe extern "C" fn populate_exact(
+    _: *mut XcInterface,
+    domid: u32,
+    nr: std::ffi::c_ulong,
+    order: c_uint,
+    _flags: c_uint,
+    starts: *mut XenPfn,
+) -> c_int {
+    rc(with_dom(domid, |d| {
+        // SAFETY: the caller passes `nr` extent starts.
+        let starts = unsafe { std::slice::from_raw_parts(starts, nr as usize) };
+        let pfns = || starts.iter().flat_map(|&s| s..s + (1u64 << order));
+        for p in pfns() {
+            if p >= d.spec.pfn_count {
+                return Err(libc::EINVAL);
+            }
+            if !d.unpopulated.contains(&p) {
+                return Err(libc::EBUSY);
+            }
+        }
+        for p in pfns() {
+            d.unpopulated.remove(&p);
+        }
+        Ok(0)
+    }))
+}
+
 pub(super) unsafe extern "C" fn pfn_types(
     _: *mut XcInterface,
     domid: u32,
