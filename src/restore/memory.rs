@@ -10,6 +10,7 @@ use xen_sys::{ForeignMapping, ForeignMemory, XenCtrl};
 
 use crate::guestmem::SharedPageMut;
 use crate::hv::Pfn;
+use crate::stream::SUPERPAGE_PFNS;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -17,8 +18,9 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// an unmapping per window rather than per 2 MiB batch; its page tables take 128 KiB).
 const WINDOW_PAGES: usize = 16 << 10;
 
-/// A region the fill populates: 2^9 pfns, 2 MiB.
-const REGION_ORDER: u32 = 9;
+/// The order of a region the fill populates: the stream's 2 MiB region of
+/// [`SUPERPAGE_PFNS`] pfns, one extent.
+const REGION_ORDER: u32 = SUPERPAGE_PFNS.trailing_zeros();
 
 /// Writes pages into a domain of this host, found by name at [`XenMemory::begin`], through a
 /// writable mapping of the next [`WINDOW_PAGES`] pfns to write.
@@ -79,7 +81,7 @@ impl<'a> XenMemory<'a> {
         {
             return Ok(());
         }
-        let pfns: Vec<Pfn> = (start..start + (1 << REGION_ORDER)).collect();
+        let pfns: Vec<Pfn> = (start..start + SUPERPAGE_PFNS).collect();
         xc.populate_physmap(self.domid, 0, &pfns).map_err(|e| {
             format!(
                 "pfns {start:#x}.. of domain {} cannot be populated: {e}",

@@ -26,7 +26,7 @@ mod writer;
 
 pub use error::{SinkError, StreamParseError, StreamWriteError};
 pub use fill::{GuestFill, FILL_BATCH};
-pub use libxc::{domain_header, image_header};
+pub use libxc::{domain_header, image_header, SUPERPAGE_PFNS};
 pub use parser::{parse_save_file, MAX_OPTIONAL_DATA};
 pub use sink::{DomainHeader, ParsedHeader, StreamSink};
 pub use writer::{

@@ -4,7 +4,8 @@ B=$TBW/bench.json
 BS=$TBW/bench-store
 rm -rf "$BS"
 # Exit status 3 is the bench's own speed check failing (capture over the xl-like save, restore
-# over 1.5x the xl-like read-back, or dead copies over 5%): reported here, not a failure. 2 (a restore not verified) or any other is.
+# over 1.5x the xl-like read-back, or dead copies over 5%): reported here, not a failure. 2 (a
+# restore not verified) or any other is.
 rc=0
 out BENCH_S xckpt bench --sim --mem 256M --dirty-rate 8M --checkpoints 2 --interval 2 \
   --store "$BS" --json || rc=$?
