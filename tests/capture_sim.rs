@@ -345,6 +345,34 @@ fn non_live_capture_restores_byte_equal() {
     assert_restores(&chain, &dom, b.layer.id, 1);
 }
 
+/// A base of a sparse space (a PVH guest's: RAM from pfn 0, a few pages at the top) asks the
+/// types at the two ends only, live or paused, and every layer still restores byte-equal.
+#[test]
+fn a_sparse_space_is_probed_from_its_ends_and_restores_byte_equal() {
+    for live in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let chain = store.chain("g").unwrap();
+        let mut cfg = SimConfig::small(16_384);
+        cfg.populated = vec![0..2048, 16_376..16_384];
+        cfg.workload.rate_mib_s = 20.0;
+        cfg.auto_truth = Some(TruthMode::Full);
+        let dom = Arc::new(SimDomain::new(cfg).unwrap());
+        dom.start_workload().unwrap();
+        let o = CaptureOptions { live, ..opts(1) };
+        let base = checkpoint(&dom, &chain, &o).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let inc = checkpoint(&dom, &chain, &o).unwrap();
+        dom.stop_workload();
+        let p = base.probe.as_ref().expect("a sparse base probes");
+        assert!(p.counted && p.populated == 2056, "live {live}: {p:?}");
+        assert!(p.asked <= 2048 + 3 * 1024, "live {live}: {p:?}");
+        assert!(inc.probe.is_none(), "an incremental reads its dirty set");
+        assert_restores(&chain, &dom, base.layer.id, 0);
+        assert_restores(&chain, &dom, inc.layer.id, 1);
+    }
+}
+
 /// A chain "g" in a new store holding a base of a quiet 2048-page sim guest.
 fn chain_with_a_base() -> (tempfile::TempDir, xckpt::store::Chain, Arc<SimDomain>) {
     let dir = tempfile::tempdir().unwrap();

@@ -73,6 +73,9 @@ impl GuestMemory for Guest {
     fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError> {
         self.0.page_types(pfns, out)
     }
+    fn counted_pages(&self) -> Result<Option<u64>, HvError> {
+        self.0.counted_pages()
+    }
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
         self.0.map_batch(pfns)
     }

@@ -82,6 +82,10 @@ pub struct CopyRules<'a> {
     pub baseline: Option<&'a dyn Baseline>,
     /// Pages free in the guest and not dirtied since arming: recorded as evicted, not read.
     pub evict: Option<&'a crate::evict::FreeFilter>,
+    /// Every pfn given was just found populated (by [`super::probe`], in a PVH or HVM guest,
+    /// whose populated pages are all plain): their types are not asked again. One that left
+    /// the guest since fails to map, and is asked then.
+    pub probed: bool,
 }
 
 /// Where full chunks go.
@@ -135,9 +139,13 @@ pub fn copy_pfns<D: GuestMemory + DirtyLog + ?Sized>(
         }
         let t0 = Instant::now();
         let types = &mut types[..batch.len()];
-        builder
-            .clock()
-            .time(Stage::Types, || dom.page_types(&batch, types))?;
+        if rules.probed {
+            types.fill(PageType::Normal);
+        } else {
+            builder
+                .clock()
+                .time(Stage::Types, || dom.page_types(&batch, types))?;
+        }
         let mut full = Vec::new();
         copy_batch(dom, &batch, types, builder, rules, &mut full)?;
         figs.busy += t0.elapsed();

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! plan (base | incremental | resync)
-//!  -> arm log-dirty; round 0 = every pfn (base, resync) or the dirty set since the parent
+//!  -> arm log-dirty; round 0 = every pfn (resync), the populated ones (base: [`probe`]) or the
+//!     dirty set since the parent
 //!  -> live rounds: fetch-and-clear, send what was dirtied, until the policy says pause
 //!  -> pause; fetch-and-clear; copy the last dirty pages into RAM; save vCPU/platform state
 //!  -> resume (downtime = pause to resume, measured)
@@ -21,6 +22,7 @@ mod holdback;
 pub mod pending;
 pub mod plan;
 pub mod policy;
+pub mod probe;
 pub mod spot;
 pub mod stop;
 
@@ -28,7 +30,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::hv::pause;
-use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
+use crate::hv::{Checkpointable, DomainInfo, GuestType, HvError, PfnBitmap, StateBlob};
+use crate::layer::encode::Stage;
 use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::progress::{self as report, emit, Event, Task};
@@ -43,6 +46,7 @@ mod error;
 mod options;
 pub use error::CaptureError;
 pub use options::{CaptureOptions, CaptureReport, PhaseTimes, RoundReport};
+pub use probe::ProbeReport;
 
 /// Pages the paused round's buffers may lack before the backlog is written ahead of the stop to
 /// lend its buffers (8 MiB: faulting in fewer costs less than the downtime the writing adds).
@@ -116,6 +120,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     phases: PhaseTimes,
     /// The spot-check sample kept with the tracking state, if it belongs to the parent.
     kept_spot: Vec<crate::store::SpotPage>,
+    /// A base's populated pfns, found before its first round ([`probe`]).
+    probe: Option<probe::Probe>,
 }
 
 impl<'c, D: Checkpointable + 'static> Run<'c, D> {
@@ -146,6 +152,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             hold,
             phases: PhaseTimes::default(),
             kept_spot,
+            probe: None,
         }
     }
 
@@ -355,7 +362,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         // Buffers for the paused copy are faulted in while the guest still runs; the margin
         // covers what is dirtied between the last live fetch and the pause.
         let expect = if first && self.plan.full_scan() {
-            self.info.pfn_count
+            // Only populated pages are copied: a PVH guest's space is mostly hole.
+            self.info.populated_pages.min(self.info.pfn_count)
         } else {
             dirty.count_ones() as u64
         };
@@ -403,6 +411,10 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         first: bool,
     ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64, PfnBitmap), CaptureError> {
         let dom = self.dom.clone();
+        let never = || false;
+        if first {
+            self.probe_base(builder, &never)?;
+        }
         let mut last = PfnBitmap::repeat(false, dirty.len());
         self.clean(&mut last)?;
         *dirty |= &last;
@@ -415,9 +427,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             evict: self.free.as_ref(),
             ..self.rules(first, baseline)
         };
-        let never = || false;
         let mut pfigs = CopyFigures::default();
-        let set = round_set(first && self.plan.full_scan(), self.info.pfn_count, dirty);
+        let all = first && self.plan.full_scan();
+        let set = round_set(all, self.probe.as_ref(), self.info.pfn_count, dirty);
         copy_pfns(
             &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
         )?;
@@ -443,6 +455,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let mut stop = StopReason::NotLive;
         let mut first = true;
         if self.opts.live && self.opts.policy.max_rounds > 0 {
+            self.probe_base(builder, &interrupted)?;
             loop {
                 let t = Instant::now();
                 let before = figs.pages;
@@ -454,7 +467,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 let round = progress.rounds;
                 let task = Task::Round(round);
                 let total = Some(if first && full_scan {
-                    self.info.pfn_count
+                    let probed = self.probe.as_ref().map(|p| p.report.populated);
+                    probed.unwrap_or(self.info.pfn_count)
                 } else {
                     dirty.count_ones() as u64
                 });
@@ -466,7 +480,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                     task,
                 };
                 let skip = Some(&mut self.skip);
-                let set = round_set(first && full_scan, self.info.pfn_count, dirty);
+                let all = first && full_scan;
+                let set = round_set(all, self.probe.as_ref(), self.info.pfn_count, dirty);
                 let copied = copy_pfns(
                     &*dom,
                     set,
@@ -487,7 +502,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 progress.rounds += 1;
                 self.round_done(false, figs.pages - before, t);
                 report::finish(&name, task, figs.pages - before);
-                builder.clock().time(crate::layer::encode::Stage::Log, || {
+                builder.clock().time(Stage::Log, || {
                     self.clean(dirty)?;
                     self.hold.superseded(dirty);
                     *dirty |= &self.skip.bits;
@@ -512,6 +527,41 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         Ok((first, stop))
     }
 
+    /// Before a base's first round, where its pfn space is sparse: find the populated pfns,
+    /// which the round then reads ([`probe`]).
+    fn probe_base(
+        &mut self,
+        builder: &ChunkBuilder,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), CaptureError> {
+        // A PV guest's space is its own p2m, dense, and its page types change as page tables
+        // come and go: its first round asks every pfn.
+        let (n, pages) = (self.info.pfn_count, self.info.populated_pages);
+        let translated = self.info.guest_type != GuestType::Pv;
+        if !matches!(self.plan, Plan::Base { .. }) || !translated || !probe::worth_probing(n, pages)
+        {
+            return Ok(());
+        }
+        let (dom, name) = (&*self.dom, &self.info.identity.name);
+        let found = probe::probe(
+            n,
+            || Ok(dom.counted_pages()?),
+            |pfns, out| {
+                if stop() {
+                    return Err(CaptureError::Interrupted {
+                        domain: name.clone(),
+                    });
+                }
+                let asked = builder
+                    .clock()
+                    .time(Stage::Types, || dom.page_types(pfns, out));
+                Ok(asked?)
+            },
+        )?;
+        self.probe = Some(found);
+        Ok(())
+    }
+
     /// How a round treats what it copies. Only the first round of a base skips recording
     /// unpopulated pfns (uncovered means unpopulated there). Only the first, full round of a
     /// resync drops pages equal to the chain: a later round re-sends pages this layer may
@@ -521,6 +571,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             record_unpopulated: !(first && matches!(self.plan, Plan::Base { .. })),
             baseline: if first { baseline } else { None },
             evict: None,
+            probed: first && self.probe.is_some(),
         }
     }
 
@@ -573,10 +624,19 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// The pfns a round copies: all of them (the first round of a base or resync), or the dirty set.
-fn round_set(all: bool, pfn_count: u64, dirty: &PfnBitmap) -> Box<dyn Iterator<Item = u64> + '_> {
+/// The pfns a round copies: in the first round of a base or resync all of them (those the probe
+/// found populated, if it ran), in any other the dirty set.
+fn round_set<'a>(
+    all: bool,
+    probed: Option<&'a probe::Probe>,
+    pfn_count: u64,
+    dirty: &'a PfnBitmap,
+) -> Box<dyn Iterator<Item = u64> + 'a> {
     if all {
-        Box::new(0..pfn_count)
+        match probed {
+            Some(p) => Box::new(p.populated.iter_ones().map(|p| p as u64)),
+            None => Box::new(0..pfn_count),
+        }
     } else {
         Box::new(dirty.iter_ones().map(|p| p as u64))
     }

@@ -87,6 +87,8 @@ pub struct CaptureReport {
     pub superseded_pages: u64,
     /// Wall time of each phase of the run.
     pub phases: PhaseTimes,
+    /// How a base's first round found the populated pfns, when it probed (`probe`).
+    pub probe: Option<super::ProbeReport>,
 }
 
 /// Wall time of each phase of one run, ms, in the order they run: where a checkpoint's time

@@ -240,6 +240,11 @@ pub trait DirtyLog: Domain {
 pub trait GuestMemory: Domain {
     /// The type of each pfn in `pfns`, written to `out` (same length).
     fn page_types(&self, pfns: &[Pfn], out: &mut [PageType]) -> Result<(), HvError>;
+    /// How many pfns [`GuestMemory::page_types`] reports populated now (`Normal` or `Other`),
+    /// when the back-end knows it exactly; `None` when it does not.
+    fn counted_pages(&self) -> Result<Option<u64>, HvError> {
+        Ok(None)
+    }
     /// Map a batch of frames read-only. Frames that cannot be mapped report an errno per frame.
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError>;
 }

@@ -43,7 +43,7 @@ ck() {
   CK_ID=$(ck_json .layer.id); nums CK_ID
   CK_LINE=$(ck_summary "$name")
   # Where the run's time went, ms per phase (capture::PhaseTimes), beside the wall time seen here.
-  CK_PHASES="phases_ms: $(jq -r '.phases | to_entries | map("\(.key | rtrimstr("_ms"))=\(.value | floor)") | join(" ")' "$CK_JSON") total=$(jq -r '.layer.stats.total_ms' "$CK_JSON") since_start=$(jq -r '.since_start_s // "?"' "$CK_JSON") s wall=$CK_S s; cpu_s: $(jq -r '[(.stages | to_entries[]), (.cpu_s // {} | to_entries[])] | map("\(.key | rtrimstr("_s"))=\(.value * 100 | round / 100)") | join(" ")' "$CK_JSON"); faults: $(jq -r '.faults // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON"); setup_s: $(jq -r '.setup_s // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON")"
+  CK_PHASES="phases_ms: $(jq -r '.phases | to_entries | map("\(.key | rtrimstr("_ms"))=\(.value | floor)") | join(" ")' "$CK_JSON") total=$(jq -r '.layer.stats.total_ms' "$CK_JSON") since_start=$(jq -r '.since_start_s // "?"' "$CK_JSON") s wall=$CK_S s; cpu_s: $(jq -r '[(.stages | to_entries[]), (.cpu_s // {} | to_entries[])] | map("\(.key | rtrimstr("_s"))=\(.value * 100 | round / 100)") | join(" ")' "$CK_JSON"); faults: $(jq -r '.faults // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON"); setup_s: $(jq -r '.setup_s // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON"); probe: $(jq -r '.probe // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON")"
   { echo "$CK_LINE"; echo "  $CK_PHASES"
     jq -r '.layer.stats.notes[] | "  note: " + .' "$CK_JSON"
     jq -r '.disks[] | "  disk \(.vdev): \(.backend) snapshot \(.snapshot)"' "$CK_JSON"; } > "$TBW/.out"

@@ -156,6 +156,11 @@ impl GuestMemory for SimDomain {
         Ok(())
     }
 
+    /// The populated pfns, exactly.
+    fn counted_pages(&self) -> Result<Option<u64>, HvError> {
+        Ok(Some(self.inner.populated.count()))
+    }
+
     /// Unpopulated pfns fail with `ENOENT`, pfns beyond `pfn_count` with `EINVAL`, per frame.
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
         self.faults.map_starts();

@@ -211,6 +211,16 @@ impl GuestMemory for XenDomain {
         Ok(())
     }
 
+    /// `tot_pages`: the pages the domain owns, each typed populated where the guest maps it
+    /// (`XEN_DOMCTL_getpageframeinfo3` types Xen's own pages the guest maps, such as grant
+    /// table frames and shared info, `XTAB`, and Xen does not count them). A page shared away
+    /// is typed populated and counted in `shr_pages` instead, a paged-out one the reverse: with
+    /// either, no count.
+    fn counted_pages(&self) -> Result<Option<u64>, HvError> {
+        let info = self.xc_info()?;
+        Ok((info.shr_pages == 0 && info.paged_pages == 0).then_some(info.tot_pages))
+    }
+
     fn map_batch<'a>(&'a self, pfns: &[Pfn]) -> Result<Box<dyn MappedBatch + 'a>, HvError> {
         let frames = self.frames(pfns)?;
         let m = self
