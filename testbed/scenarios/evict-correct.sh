@@ -4,14 +4,19 @@
 G=ecr
 WL_MIB=${ECR_WL_MIB:-100}
 cache_disk 48
-evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=48 BURST_MIB=32
+# 8 MiB: allocated and filled within the capture's pre-copy, which the probe of the pfn space
+# (2026-12-06) made 1-2 s shorter; a 32 MiB burst still ran at the pause in 3 of 5 bases of
+# the CI run of a4af48a.
+BURST=8
+evict_guest "$G" 512 XCKPT_AGENT=1 CACHE_MIB=48 BURST_MIB=$BURST
 figs=""
-# A policy's base is taken again, once, if the agent's report reached the burst only after the
-# pause (the restored guest then runs that burst itself): that run did not race the capture.
+# A policy's base is taken again, at most twice, if the agent's report reached the burst only
+# after the pause (the restored guest then runs that burst itself): that run did not race the
+# capture.
 # Every attempt's restore is still checked (rs: full sweep, bad=0); the count is printed.
 late=0
 for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; do
-  for attempt in 1 2; do
+  for attempt in 1 2 3; do
     clear_store
     m=$(mark "$G")
     ck "$G" --full --evict "$list" --agent-timeout-ms 20000; note "$CK_LINE"
@@ -29,7 +34,7 @@ for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; 
     i=0
     while ! after "$G" "$r" | grep -aq '^BURST-CHECK' && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
     if after "$G" "$r" | grep -aq '^BURST n='; then
-      [ "$attempt" = 1 ] || fail "$list: the burst ran again after restore twice (it came after the pause)"
+      [ "$attempt" -lt 3 ] || fail "$list: the burst ran again after restore three times (it came after the pause)"
       note "$list: the burst came after the pause (the restored guest ran it): taking this base again"
       late=$((late + 1))
       continue
@@ -41,4 +46,4 @@ for list in zero,unpopulated zero,unpopulated,free zero,unpopulated,free,cache; 
   figs="$figs ${list##*,}:evicted_free=$(ck_evicted free),evicted_cache=$(ck_evicted cache),burst=${burst:-none}"
 done
 destroy_guest "$G"
-pass "bad=0 burst_mib=32$figs burst_after_pause_retakes=$late full_sweeps=$(sweep_cost)"
+pass "bad=0 burst_mib=$BURST$figs burst_after_pause_retakes=$late full_sweeps=$(sweep_cost)"
