@@ -251,3 +251,21 @@ fn copy_batch<D: GuestMemory + ?Sized>(
     builder.clock().time(Stage::Map, || drop(mapped));
     Ok(())
 }
+
+/// The pfns a round copies: in the first round of a base or resync all of them (those `found`
+/// populated by a probe, if one ran), in any other the dirty set.
+pub fn round_set<'a>(
+    all: bool,
+    found: Option<&'a PfnBitmap>,
+    pfn_count: u64,
+    dirty: &'a PfnBitmap,
+) -> Box<dyn Iterator<Item = u64> + 'a> {
+    if all {
+        match found {
+            Some(f) => Box::new(f.iter_ones().map(|p| p as u64)),
+            None => Box::new(0..pfn_count),
+        }
+    } else {
+        Box::new(dirty.iter_ones().map(|p| p as u64))
+    }
+}

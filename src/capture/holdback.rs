@@ -10,9 +10,12 @@
 
 use std::collections::VecDeque;
 
+use super::copy::ChunkSink;
+use super::CaptureError;
 use crate::hv::{PfnBitmap, PAGE_SIZE};
 use crate::layer::pipeline::{Chunk, Pipeline};
 use crate::layer::LayerWriteError;
+use crate::progress::{self as report, Task};
 
 /// Bytes of chunk buffers held back at most: an eighth of the guest's populated memory, within
 /// these bounds.
@@ -84,5 +87,34 @@ impl Holdback {
             pipe.send(c)?;
         }
         Ok(())
+    }
+}
+
+/// A live round's sink: chunks go through the backlog, and every mid-round fetch of the dirty
+/// log drops the backlog's superseded copies.
+pub struct HeldSink<'a, 'p> {
+    /// The backlog.
+    pub hold: &'a mut Holdback,
+    /// Where the backlog's oldest chunks go.
+    pub pipe: &'a mut Pipeline<'p>,
+    /// The domain, for errors and progress.
+    pub domain: &'a str,
+    /// The round's progress task: each chunk advances it.
+    pub task: Task,
+}
+
+impl ChunkSink for HeldSink<'_, '_> {
+    fn send(&mut self, chunk: Chunk) -> Result<(), CaptureError> {
+        report::advance(self.domain, self.task, chunk.pages_covered());
+        self.hold
+            .push(chunk, self.pipe)
+            .map_err(|source| CaptureError::Write {
+                domain: self.domain.to_string(),
+                source,
+            })
+    }
+
+    fn superseded(&mut self, fetched: &PfnBitmap) {
+        self.hold.superseded(fetched);
     }
 }

@@ -30,14 +30,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::hv::pause;
-use crate::hv::{Checkpointable, DomainInfo, GuestType, HvError, PfnBitmap, StateBlob};
+use crate::hv::{Checkpointable, DomainInfo, HvError, PfnBitmap, StateBlob};
 use crate::layer::encode::Stage;
 use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, WriterFigures};
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::progress::{self as report, emit, Event, Task};
 use crate::store::{Chain, TrackingState};
-use copy::{copy_pfns, ChunkSink, CopyFigures, CopyRules, SkipSet};
-use holdback::Holdback;
+use copy::{copy_pfns, round_set, CopyFigures, CopyRules, SkipSet};
+use holdback::{HeldSink, Holdback};
 pub use plan::Plan;
 use policy::{Decision, Progress, StopReason};
 pub use stop::{SoloStop, StopControl, StopFigures};
@@ -429,7 +429,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         };
         let mut pfigs = CopyFigures::default();
         let all = first && self.plan.full_scan();
-        let set = round_set(all, self.probe.as_ref(), self.info.pfn_count, dirty);
+        let found = self.probe.as_ref().map(|p| &p.populated);
+        let set = round_set(all, found, self.info.pfn_count, dirty);
         copy_pfns(
             &*dom, set, builder, rules, &mut pfigs, &mut hold, &never, None,
         )?;
@@ -481,7 +482,8 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 };
                 let skip = Some(&mut self.skip);
                 let all = first && full_scan;
-                let set = round_set(all, self.probe.as_ref(), self.info.pfn_count, dirty);
+                let found = self.probe.as_ref().map(|p| &p.populated);
+                let set = round_set(all, found, self.info.pfn_count, dirty);
                 let copied = copy_pfns(
                     &*dom,
                     set,
@@ -527,41 +529,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         Ok((first, stop))
     }
 
-    /// Before a base's first round, where its pfn space is sparse: find the populated pfns,
-    /// which the round then reads ([`probe`]).
-    fn probe_base(
-        &mut self,
-        builder: &ChunkBuilder,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<(), CaptureError> {
-        // A PV guest's space is its own p2m, dense, and its page types change as page tables
-        // come and go: its first round asks every pfn.
-        let (n, pages) = (self.info.pfn_count, self.info.populated_pages);
-        let translated = self.info.guest_type != GuestType::Pv;
-        if !matches!(self.plan, Plan::Base { .. }) || !translated || !probe::worth_probing(n, pages)
-        {
-            return Ok(());
-        }
-        let (dom, name) = (&*self.dom, &self.info.identity.name);
-        let found = probe::probe(
-            n,
-            || Ok(dom.counted_pages()?),
-            |pfns, out| {
-                if stop() {
-                    return Err(CaptureError::Interrupted {
-                        domain: name.clone(),
-                    });
-                }
-                let asked = builder
-                    .clock()
-                    .time(Stage::Types, || dom.page_types(pfns, out));
-                Ok(asked?)
-            },
-        )?;
-        self.probe = Some(found);
-        Ok(())
-    }
-
     /// How a round treats what it copies. Only the first round of a base skips recording
     /// unpopulated pfns (uncovered means unpopulated there). Only the first, full round of a
     /// resync drops pages equal to the chain: a later round re-sends pages this layer may
@@ -593,51 +560,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     }
 }
 
-/// A live round's sink: chunks go through the backlog, and every mid-round fetch of the dirty
-/// log drops the backlog's superseded copies.
-struct HeldSink<'a, 'p> {
-    hold: &'a mut Holdback,
-    pipe: &'a mut Pipeline<'p>,
-    domain: &'a str,
-    /// The round's progress task: each chunk advances it.
-    task: Task,
-}
-
-impl ChunkSink for HeldSink<'_, '_> {
-    fn send(&mut self, chunk: Chunk) -> Result<(), CaptureError> {
-        report::advance(self.domain, self.task, chunk.pages_covered());
-        self.hold
-            .push(chunk, self.pipe)
-            .map_err(|source| CaptureError::Write {
-                domain: self.domain.to_string(),
-                source,
-            })
-    }
-
-    fn superseded(&mut self, fetched: &PfnBitmap) {
-        self.hold.superseded(fetched);
-    }
-}
-
 /// Milliseconds since `t`.
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-/// The pfns a round copies: in the first round of a base or resync all of them (those the probe
-/// found populated, if it ran), in any other the dirty set.
-fn round_set<'a>(
-    all: bool,
-    probed: Option<&'a probe::Probe>,
-    pfn_count: u64,
-    dirty: &'a PfnBitmap,
-) -> Box<dyn Iterator<Item = u64> + 'a> {
-    if all {
-        match probed {
-            Some(p) => Box::new(p.populated.iter_ones().map(|p| p as u64)),
-            None => Box::new(0..pfn_count),
-        }
-    } else {
-        Box::new(dirty.iter_ones().map(|p| p as u64))
-    }
 }

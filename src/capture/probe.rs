@@ -23,8 +23,10 @@
 use std::time::Instant;
 
 use super::copy::MAP_BATCH;
-use super::CaptureError;
-use crate::hv::{PageType, Pfn, PfnBitmap};
+use super::{CaptureError, Plan, Run};
+use crate::hv::{Checkpointable, GuestType, PageType, Pfn, PfnBitmap};
+use crate::layer::encode::Stage;
+use crate::layer::pipeline::ChunkBuilder;
 
 /// What the probe of a base's first round found (`checkpoint --json`'s `probe`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -50,7 +52,7 @@ pub struct Probe {
 }
 
 /// Whether a space of `pfn_count` pfns holding `populated` pages is worth probing: at least half
-/// of it a hole (a PV guest's space is dense, and the round would ask its pfns twice).
+/// of it a hole. A dense space gains nothing from it, and keeps the plain walk.
 pub fn worth_probing(pfn_count: u64, populated: u64) -> bool {
     pfn_count >= populated.max(MAP_BATCH as u64).saturating_mul(2)
 }
@@ -126,6 +128,42 @@ pub fn probe(
         ms: t.elapsed().as_secs_f64() * 1e3,
     };
     Ok(Probe { populated, report })
+}
+
+impl<D: Checkpointable + 'static> Run<'_, D> {
+    /// Before a base's first round, where its pfn space is sparse: find the populated pfns,
+    /// which the round then reads (this module).
+    pub(super) fn probe_base(
+        &mut self,
+        builder: &ChunkBuilder,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), CaptureError> {
+        // A PV guest's space is its own p2m, dense, and its page types change as page tables
+        // come and go: its first round asks every pfn.
+        let (n, pages) = (self.info.pfn_count, self.info.populated_pages);
+        let translated = self.info.guest_type != GuestType::Pv;
+        if !matches!(self.plan, Plan::Base { .. }) || !translated || !worth_probing(n, pages) {
+            return Ok(());
+        }
+        let (dom, name) = (&*self.dom, &self.info.identity.name);
+        let found = probe(
+            n,
+            || Ok(dom.counted_pages()?),
+            |pfns, out| {
+                if stop() {
+                    return Err(CaptureError::Interrupted {
+                        domain: name.clone(),
+                    });
+                }
+                let asked = builder
+                    .clock()
+                    .time(Stage::Types, || dom.page_types(pfns, out));
+                Ok(asked?)
+            },
+        )?;
+        self.probe = Some(found);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
