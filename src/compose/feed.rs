@@ -28,7 +28,7 @@ use std::thread::Scope;
 
 use super::ComposedImage;
 use crate::hv::{Pfn, PAGE_SIZE};
-use crate::layer::{FrameCheck, LayerReadError, PageEntry};
+use crate::layer::{FrameCheck, LayerReadError};
 
 /// Buffers of decoded frames, for reuse.
 type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
@@ -166,6 +166,9 @@ pub struct PageFeed<'a> {
     pool: (Pool, usize),
     /// Live pages not yet handed out, by frame number.
     left: Vec<u32>,
+    /// Every live page in pfn order, and the next one to hand out.
+    live: Vec<Live>,
+    next_live: usize,
     numbers: FrameNumbers,
     /// Frames decoded (each at most once).
     decoded: u64,
@@ -179,7 +182,7 @@ impl ComposedImage {
         opts: FeedOptions,
     ) -> PageFeed<'env> {
         let numbers = FrameNumbers::new(self);
-        let (plan, left) = self.frame_plan(&numbers);
+        let (plan, left, live) = self.frame_plan(&numbers);
         let plan = Arc::new(plan);
         let gate = Arc::new(Gate {
             state: Mutex::new(GateState {
@@ -209,47 +212,64 @@ impl ComposedImage {
             held: vec![None; numbers.total],
             pool: (pool, keep),
             left,
+            live,
+            next_live: 0,
             numbers,
             decoded: 0,
         }
     }
 
-    /// The frames holding live pages, ordered by their lowest live pfn, and the number of live
-    /// pages in each (by frame number).
-    fn frame_plan(&self, numbers: &FrameNumbers) -> (Vec<FrameId>, Vec<u32>) {
+    /// The frames holding live pages, ordered by their lowest live pfn; the number of live
+    /// pages in each (by frame number); and every live page in pfn order, with where it is.
+    ///
+    /// One walk over the populated pfns, with a cursor per layer over that layer's data pages
+    /// (in pfn order, with their slots): no per-pfn lookup of a slot, and no visit to the holes
+    /// of a sparse pfn space (a PVH guest's million pfns for 65,000 pages).
+    fn frame_plan(&self, numbers: &FrameNumbers) -> (Vec<FrameId>, Vec<u32>, Vec<Live>) {
         let mut first: Vec<(Pfn, FrameId)> = Vec::new();
         let mut left = vec![0u32; numbers.total];
-        for (pfn, &o) in self.owner.iter().enumerate() {
-            if o == super::NONE {
-                continue;
-            }
-            let Some(id) = self.frame_id(pfn as Pfn) else {
+        let mut live = Vec::new();
+        let mut cursors: Vec<_> = self
+            .layers
+            .iter()
+            .map(|l| l.index().data_slots().peekable())
+            .collect();
+        for pfn in self.populated.iter_ones().map(|i| i as Pfn) {
+            let Some(i) = self.owner(pfn) else { continue };
+            let cursor = &mut cursors[i];
+            // This layer's data pages below `pfn` are superseded by a layer above.
+            while cursor.next_if(|&(p, _)| p < pfn).is_some() {}
+            let Some((_, slot)) = cursor.next_if(|&(p, _)| p == pfn) else {
                 continue;
             };
-            let n = &mut left[numbers.of(id)];
-            if *n == 0 {
-                first.push((pfn as Pfn, id));
+            let layer = &self.layers[i];
+            let Some(frame) = layer.frame_of_slot(slot) else {
+                continue;
+            };
+            let id = (i, frame);
+            let n = numbers.of(id);
+            if left[n] == 0 {
+                first.push((pfn, id));
             }
-            *n += 1;
+            left[n] += 1;
+            live.push(Live {
+                pfn,
+                frame: n,
+                at: (slot - layer.frame_slots(frame).start) as usize * PAGE_SIZE,
+            });
         }
         // Pfns come in ascending order: each frame's first is its lowest.
         first.sort_unstable();
-        (first.into_iter().map(|(_, id)| id).collect(), left)
+        (first.into_iter().map(|(_, id)| id).collect(), left, live)
     }
+}
 
-    /// The frame and slot `pfn`'s page is read from, if it is a data page.
-    fn frame_slot(&self, pfn: Pfn) -> Option<(FrameId, u64)> {
-        let i = self.owner(pfn)?;
-        let layer = &self.layers[i];
-        match layer.index().get(pfn)? {
-            (PageEntry::Data, Some(slot)) => Some(((i, layer.frame_of_slot(slot)?), slot)),
-            _ => None,
-        }
-    }
-
-    fn frame_id(&self, pfn: Pfn) -> Option<FrameId> {
-        self.frame_slot(pfn).map(|(id, _)| id)
-    }
+/// A live page of the image: its pfn, the number of its frame and its byte offset there.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    pfn: Pfn,
+    frame: usize,
+    at: usize,
 }
 
 /// Take plan entries in order while the gate allows, decode (into a pooled buffer), send.
@@ -339,25 +359,29 @@ impl PageFeed<'_> {
 
 impl PageSource for PageFeed<'_> {
     fn page(&mut self, pfn: Pfn) -> Result<PageRef, LayerReadError> {
-        let (id, slot) = self
-            .image
-            .frame_slot(pfn)
-            .ok_or_else(|| LayerReadError::BadIndex {
-                path: self.image.top().path().to_path_buf(),
-                reason: format!("pfn {pfn:#x} is not a data page of the image"),
-            })?;
-        let n = self.numbers.of(id);
+        let next = self.live.get(self.next_live).copied();
+        let Some(Live { frame: n, at, .. }) = next.filter(|l| l.pfn == pfn) else {
+            let owner = self.image.owner(pfn).unwrap_or(self.image.layers.len() - 1);
+            return Err(LayerReadError::BadIndex {
+                path: self.image.layers[owner].path().to_path_buf(),
+                reason: format!(
+                    "pfn {pfn:#x} is not the next data page of the image (that is {})",
+                    next.map_or("none".into(), |l| format!("{:#x}", l.pfn))
+                ),
+            });
+        };
+        self.next_live += 1;
         while self.held[n].is_none() {
             if self.taken >= self.plan.len() {
                 return Err(LayerReadError::BadIndex {
-                    path: self.image.layers[id.0].path().to_path_buf(),
-                    reason: format!("pfn {pfn:#x} asked for twice or out of order"),
+                    path: self.image.layers[owner_of(&self.numbers, n)]
+                        .path()
+                        .to_path_buf(),
+                    reason: format!("pfn {pfn:#x}: its frame is not in the plan"),
                 });
             }
             self.take_next()?;
         }
-        let layer = &self.image.layers[id.0];
-        let at = (slot - layer.frame_slots(id.1).start) as usize * PAGE_SIZE;
         let left = &mut self.left[n];
         *left = left.saturating_sub(1);
         let frame = if *left == 0 {
@@ -366,11 +390,18 @@ impl PageSource for PageFeed<'_> {
             self.held[n].clone()
         };
         let frame = frame.ok_or_else(|| LayerReadError::BadIndex {
-            path: layer.path().to_path_buf(),
+            path: self.image.layers[owner_of(&self.numbers, n)]
+                .path()
+                .to_path_buf(),
             reason: format!("pfn {pfn:#x}: its frame was released"),
         })?;
         Ok(PageRef { frame, at })
     }
+}
+
+/// The layer of frame number `n`.
+fn owner_of(numbers: &FrameNumbers, n: usize) -> usize {
+    numbers.base.partition_point(|&b| b <= n).saturating_sub(1)
 }
 
 impl Drop for PageFeed<'_> {
