@@ -17,6 +17,7 @@
 //!   * [`hv`]: the hypervisor trait ladder (domain, dirty log, guest memory, machine state) and
 //!     the pause guard.
 //!   * [`fileio`]: private file I/O (nofollow reads, 0600 creation, directory fsync).
+//!   * [`usage`]: this process's CPU time and page faults, for the reports of a command's phases.
 //!   * [`libxl`]: the stock toolstack: `xl`, libxl's domain config JSON, QEMU's monitor.
 //! * the domain's other parts:
 //!   * [`pv`]: PV guests' p2m, page tables and vCPU normalisation, as pure functions.
@@ -58,3 +59,4 @@ pub mod pv;
 pub mod restore;
 pub mod store;
 pub mod stream;
+pub mod usage;

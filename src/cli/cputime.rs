@@ -3,6 +3,8 @@
 //! on the same CPUs, and these say which side spent it. A minor fault costs a trip through the
 //! hypervisor in a PV dom0, so their count says how much fresh memory a run touched.
 
+use xckpt::usage::{numbers, stat_fields};
+
 /// CPU seconds from `/proc/self/stat` (utime, stime, cutime, cstime); `None` where it cannot be
 /// read (not Linux, no /proc).
 pub fn cpu_json() -> Option<serde_json::Value> {
@@ -50,26 +52,6 @@ pub fn marks_json() -> serde_json::Value {
     )
 }
 
-/// Fields 3 onwards of `/proc/self/stat`.
-fn stat_fields() -> Option<Vec<String>> {
-    split_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
-}
-
-fn split_stat(stat: &str) -> Option<Vec<String>> {
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// Fields `first..first + N` (numbered as in proc(5)) as numbers.
-fn numbers<const N: usize>(f: &[String], first: usize) -> Option<[u64; N]> {
-    let mut out = [0u64; N];
-    for (o, v) in out.iter_mut().zip(f.get(first - 3..first - 3 + N)?) {
-        *o = v.parse().ok()?;
-    }
-    Some(out)
-}
-
 fn parse_cpu(f: &[String], ticks: u64) -> Option<serde_json::Value> {
     let [user, system, children_user, children_system] = numbers::<4>(f, 14)?;
     let s = |t: u64| t as f64 / ticks.max(1) as f64;
@@ -90,6 +72,7 @@ fn parse_faults(f: &[String]) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xckpt::usage::split_stat;
 
     #[test]
     fn reads_the_times_and_faults_after_the_name() {

@@ -423,13 +423,25 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
         "zero_pages": s.zero_pages, "filled_pages": s.filled_pages,
         "unpopulated_pfns": s.unpopulated_pfns, "records": s.records,
         "ms": {
-            "open": s.timings.open_ms, "pages": s.timings.pages_ms, "drain": s.timings.drain_ms,
+            "open": s.timings.open_ms, "spawn": s.timings.spawn_ms,
+            "prepare": s.timings.prepare_ms, "pages": s.timings.pages_ms, "drain": s.timings.drain_ms,
             "fill": s.timings.fill_ms, "fill_write": s.timings.fill_write_ms,
             "fill_begin": s.timings.fill_begin_ms,
             "xl_finish": s.timings.xl_finish_ms,
         }, "page_records": s.page_records,
+        // This process's CPU (ms, all threads) and minor faults in each phase.
+        "usage": phase_usage_json(&s.timings.usage),
         // CPU seconds the frames' decoding took, over every thread of this process.
         "decode_cpu_s": xckpt::layer::decode_cost(),
+    })
+}
+
+fn phase_usage_json(u: &xckpt::stream::PhaseUsage) -> serde_json::Value {
+    let one = |u: &xckpt::usage::Usage| serde_json::json!({"user_ms": u.user_ms, "system_ms": u.system_ms, "minor_faults": u.minor_faults});
+    serde_json::json!({
+        "open": one(&u.open), "spawn": one(&u.spawn), "prepare": one(&u.prepare),
+        "pages": one(&u.pages), "drain": one(&u.drain),
+        "fill": one(&u.fill), "finish": one(&u.finish),
     })
 }
 

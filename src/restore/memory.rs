@@ -127,12 +127,19 @@ impl<'a> XenMemory<'a> {
     }
 }
 
+/// The first and the longest pause between two looks at the pipe while it drains.
+const DRAIN_POLL: (Duration, Duration) = (Duration::from_micros(250), Duration::from_millis(2));
+
 /// Return once the pipe whose write end is `pipe` holds nothing unread, checking between
 /// polls whether its reader is `gone` (an error then: it exited before reading everything).
+/// The pauses grow from [`DRAIN_POLL`]'s first to its longest: `xl restore` reads the stream
+/// only once it has made the domain (a few hundred ms), and on a one-vCPU dom0 every look
+/// takes CPU from it.
 pub fn pipe_drained(
     pipe: &impl AsFd,
     mut gone: impl FnMut() -> std::io::Result<bool>,
 ) -> std::io::Result<()> {
+    let mut pause = DRAIN_POLL.0;
     while rustix::io::ioctl_fionread(pipe)? > 0 {
         if gone()? {
             return Err(std::io::Error::new(
@@ -140,7 +147,8 @@ pub fn pipe_drained(
                 "the reader exited before it read the whole stream",
             ));
         }
-        std::thread::sleep(Duration::from_micros(500));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(DRAIN_POLL.1);
     }
     Ok(())
 }

@@ -58,6 +58,7 @@ impl XlTool for Xl {
         write: &mut WriteStream<'_>,
     ) -> Result<StreamStats, RestoreError> {
         use std::io::Write;
+        let (started, usage) = (std::time::Instant::now(), crate::usage::Usage::now());
         let mut cmd = self.command();
         cmd.arg("restore");
         if paused {
@@ -79,6 +80,7 @@ impl XlTool for Xl {
         let fm = ForeignMemory::open().ok();
         let xc = XenCtrl::open().ok();
         let pipe = stdin.as_fd().try_clone_to_owned().ok();
+        let spawn = (started.elapsed(), crate::usage::Usage::now().since(usage));
         let written = match (fm.as_ref(), pipe) {
             (Some(fm), Some(pipe)) => {
                 let mut fill = XlFill {
@@ -94,7 +96,7 @@ impl XlTool for Xl {
         // Closing the pipe ends the stream: cut short if writing failed, so xl restore fails.
         // (The fill's copy of the write end was closed with it, above.)
         drop(stdin);
-        let ended = std::time::Instant::now();
+        let (ended, u) = (std::time::Instant::now(), crate::usage::Usage::now());
         let status = child.wait().map_err(|source| RestoreError::Wait {
             verb: "restore",
             what: what.to_string(),
@@ -115,6 +117,9 @@ impl XlTool for Xl {
             });
         }
         stats.timings.xl_finish_ms = ended.elapsed().as_millis() as u64;
+        stats.timings.spawn_ms = spawn.0.as_millis() as u64;
+        stats.timings.usage.spawn = spawn.1;
+        stats.timings.usage.finish = crate::usage::Usage::now().since(u);
         Ok(stats)
     }
 

@@ -23,6 +23,7 @@ use super::state::StreamState;
 use super::StreamStats;
 use crate::compose::{Image, PageRef, PageSource, PageState};
 use crate::hv::{Pfn, PAGE_SIZE};
+use crate::usage::Usage;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
@@ -83,23 +84,26 @@ pub fn write_libxc_stream(
         rec(w, libxc_rec::X86_PV_P2M_FRAMES, pv.p2m_frames, stats)?;
     }
     let fill = fill.filter(|_| st.pv.is_none());
-    let t = Instant::now();
+    let (t, u) = (Instant::now(), Usage::now());
     let mut plan = fill.as_ref().map(|(_, f)| FillPlan {
         pfns: Vec::new(),
         regions: f.populates().then(Vec::new),
     });
     write_pages(w, image, pages, st.pv.as_ref(), plan.as_mut(), stats)?;
     stats.timings.pages_ms = ms_since(t);
+    stats.timings.usage.pages = Usage::now().since(u);
     if let (Some((name, fill)), Some(plan)) = (fill, plan) {
         rec(w, libxc_rec::XCKPT_FENCE, &[], stats)?;
         w.flush()?;
-        let t = Instant::now();
+        let (t, u) = (Instant::now(), Usage::now());
         fill.drained()?;
         stats.timings.drain_ms = ms_since(t);
-        let t = Instant::now();
+        stats.timings.usage.drain = Usage::now().since(u);
+        let (t, u) = (Instant::now(), Usage::now());
         let regions = plan.regions.as_deref().unwrap_or(&[]);
         let done = fill_memory(&plan.pfns, regions, pages, name, fill)?;
         stats.timings.fill_ms = ms_since(t);
+        stats.timings.usage.fill = Usage::now().since(u);
         stats.timings.fill_write_ms = done.write_ms;
         stats.timings.fill_begin_ms = done.begin_ms;
         stats.filled_pages = done.data_pages + done.zero_pages;

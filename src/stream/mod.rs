@@ -30,6 +30,6 @@ pub use libxc::{domain_header, image_header, SUPERPAGE_PFNS};
 pub use parser::{parse_save_file, MAX_OPTIONAL_DATA};
 pub use sink::{DomainHeader, ParsedHeader, StreamSink};
 pub use writer::{
-    libxl_header, write_save_file, write_save_file_filled, write_xl_header, StreamOptions,
-    StreamStats, StreamTimings,
+    libxl_header, write_save_file, write_save_file_filled, write_xl_header, PhaseUsage,
+    StreamOptions, StreamStats, StreamTimings,
 };

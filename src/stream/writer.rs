@@ -25,6 +25,7 @@ use super::state::{collect, StreamState};
 use crate::compose::{Image, PageSource, PageState, ReadPages};
 use crate::hv::GuestType;
 use crate::libxl::config::{domain_name_of, guest_type_of, prepare_config, ConfigRewrite};
+use crate::usage::Usage;
 
 /// How to write a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,10 @@ pub struct StreamTimings {
     /// Before the stream: opening the point's layers, checking and composing them (set by the
     /// restore that opened the point).
     pub open_ms: u64,
+    /// Starting `xl restore` and opening the Xen handles of the fill (set by the restore).
+    pub spawn_ms: u64,
+    /// The stream's state, config and headers, and the plan of the frames to decode.
+    pub prepare_ms: u64,
     /// The PAGE_DATA records (with their pages, unless filled).
     pub pages_ms: u64,
     /// A filled restore: waiting for `xl restore` to populate the pfns.
@@ -102,6 +107,27 @@ pub struct StreamTimings {
     /// From the stream's end to the exit of the `xl restore` it fed (its own finish: loading
     /// the vCPU state, the devices, xenstore).
     pub xl_finish_ms: u64,
+    /// This process's CPU and faults in the phases above.
+    pub usage: PhaseUsage,
+}
+
+/// This process's CPU time and minor faults (all its threads) in each phase of a restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseUsage {
+    /// Opening the point (as `open_ms`).
+    pub open: Usage,
+    /// As `spawn_ms`.
+    pub spawn: Usage,
+    /// As `prepare_ms`.
+    pub prepare: Usage,
+    /// The records before the fill, or the whole stream (as `pages_ms`).
+    pub pages: Usage,
+    /// Waiting for `xl restore` to read them (as `drain_ms`).
+    pub drain: Usage,
+    /// The fill (as `fill_ms`).
+    pub fill: Usage,
+    /// From the fill's end to the exit of `xl restore` (as `xl_finish_ms`).
+    pub finish: Usage,
 }
 
 /// Write `image` as an `xl` save file (libxl stream v2, libxc v3: Xen 4.17 to 4.22) that stock
@@ -131,6 +157,7 @@ pub fn write_save_file_filled(
     out: &mut impl Write,
     fill: Option<&mut dyn GuestFill>,
 ) -> Result<StreamStats, StreamWriteError> {
+    let (started, usage) = (std::time::Instant::now(), Usage::now());
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
     if st.pv.is_none() {
@@ -156,6 +183,8 @@ pub fn write_save_file_filled(
     write_xl_header(&mut w, &config)?;
     write_libxl_header(&mut w)?;
     write_record(&mut w, libxl_rec::LIBXC_CONTEXT, &[])?;
+    // `xl restore` makes the domain from the config: let it start while the pages are planned.
+    w.flush()?;
     std::thread::scope(|scope| {
         let mut fallback;
         let mut feed = image.pages(scope);
@@ -166,6 +195,8 @@ pub fn write_save_file_filled(
                 &mut fallback
             }
         };
+        stats.timings.prepare_ms = started.elapsed().as_millis() as u64;
+        stats.timings.usage.prepare = Usage::now().since(usage);
         write_libxc_stream(
             &mut w,
             image,

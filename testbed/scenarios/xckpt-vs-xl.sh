@@ -42,7 +42,7 @@ one_type() {
   destroy_guest "$g"
   out RS_S xckpt restore --json --store "$STORE" "$g" || fail "xckpt restore $g failed: $OUT_LAST"
   # Its own report: CPU seconds and page faults of xckpt and of the xl restore it fed.
-  note "  restore: $(sed -n '/^{/,/^}/p' "$TBW/.out" | jq -c '{seconds, since_start_s, setup_s, cpu_s, faults, ms: .stream.ms, decode_cpu_s: .stream.decode_cpu_s}' 2>/dev/null)"
+  note "  restore: $(sed -n '/^{/,/^}/p' "$TBW/.out" | jq -c '{seconds, since_start_s, setup_s, cpu_s, faults, ms: .stream.ms, decode_cpu_s: .stream.decode_cpu_s, usage: .stream.usage}' 2>/dev/null)"
   verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xckpt restore"
   # Export of that point, restored by stock xl.
   timed EX_S xckpt export --store "$STORE" "$g" -o "$img" || fail "xckpt export $g failed"
