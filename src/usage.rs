@@ -79,7 +79,10 @@ mod tests {
             minor_faults: 9,
         };
         let diff = later.since(u);
-        assert_eq!((diff.user_ms, diff.system_ms, diff.minor_faults), (100, 0, 2));
+        assert_eq!(
+            (diff.user_ms, diff.system_ms, diff.minor_faults),
+            (100, 0, 2)
+        );
         assert!(from_fields(&fields[..5], 100).is_none());
         assert!(split_stat("no name").is_none());
         assert!(Usage::now().minor_faults > 0);
