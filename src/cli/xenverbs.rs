@@ -437,7 +437,11 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
 }
 
 fn phase_usage_json(u: &xckpt::stream::PhaseUsage) -> serde_json::Value {
-    let one = |u: &xckpt::usage::Usage| serde_json::json!({"user_ms": u.user_ms, "system_ms": u.system_ms, "minor_faults": u.minor_faults});
+    let one = |u: &xckpt::usage::Usage| {
+        serde_json::json!({
+            "user_ms": u.user_ms, "system_ms": u.system_ms, "minor_faults": u.minor_faults,
+        })
+    };
     serde_json::json!({
         "open": one(&u.open), "spawn": one(&u.spawn), "prepare": one(&u.prepare),
         "pages": one(&u.pages), "drain": one(&u.drain),
