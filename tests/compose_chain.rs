@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chain_util::lock_free;
 use layer_util::{fill, meta, page, state, Put};
-use xckpt::compose::{ComposeError, ComposedImage, Image, PageState};
+use xckpt::compose::{ComposeError, ComposedImage, FeedOptions, Image, PageSource, PageState};
 use xckpt::hv::{Pfn, PAGE_SIZE};
 use xckpt::layer::{EvictPolicy, LayerKind, LayerReadError, PageEntry};
 use xckpt::store::{Chain, Store, StoreError};
@@ -117,21 +117,37 @@ fn check_image(img: &ComposedImage, model: &HashMap<Pfn, Want>, top: u64) {
     );
 }
 
-#[test]
-fn ten_layer_chain_matches_model_at_every_point() {
+/// A reference chain of `layers` layers in a new store (random puts from `seed`), and the
+/// model of each point; the store's directory and the chain's lock live as long as the first
+/// two.
+fn reference_chain(
+    layers: u64,
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    Chain,
+    xckpt::store::ChainLock,
+    Vec<HashMap<Pfn, Want>>,
+) {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(&root.path().join("store")).unwrap();
     let chain = store.chain("guest1").unwrap();
-    let _lock = lock_free(&chain);
-    let mut rng = fastrand::Rng::with_seed(42);
+    let lock = lock_free(&chain);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut models = Vec::new();
     let mut model = HashMap::new();
-    for id in 1..=10 {
+    for id in 1..=layers {
         let puts = layer_puts(id, &mut rng);
         apply(&mut model, id, &puts);
         commit(&chain, id, &puts);
         models.push(model.clone());
     }
+    (root, chain, lock, models)
+}
+
+#[test]
+fn ten_layer_chain_matches_model_at_every_point() {
+    let (_root, chain, _lock, models) = reference_chain(10, 42);
     for top in 1..=10u64 {
         let img = chain.compose(Some(top)).unwrap();
         check_image(&img, &models[top as usize - 1], top);
@@ -169,6 +185,44 @@ fn ten_layer_chain_matches_model_at_every_point() {
         chain.compose(Some(11)),
         Err(StoreError::NoSuchLayer { id: 11, .. })
     ));
+}
+
+/// The feed hands out every live data page of each point in pfn order, each the model's, and
+/// refuses a pfn that is not the next data page (naming the one it expected) without losing
+/// its place.
+#[test]
+fn the_feed_hands_out_live_pages_in_pfn_order_and_refuses_others() {
+    let (_root, chain, _lock, models) = reference_chain(6, 7);
+    for top in 1..=6u64 {
+        let img = chain.compose(Some(top)).unwrap();
+        let data: Vec<(Pfn, u64)> = (0..PFNS)
+            .filter_map(|pfn| match models[top as usize - 1].get(&pfn) {
+                Some(Want::Data(_, v)) => Some((pfn, *v)),
+                _ => None,
+            })
+            .collect();
+        let opts = FeedOptions {
+            workers: 2,
+            read_ahead: 3,
+        };
+        std::thread::scope(|s| {
+            let mut feed = img.feed(s, opts);
+            let (last, _) = *data.last().unwrap();
+            let err = feed.page(last).err().expect("a pfn past the next one");
+            let want = format!("(that is {:#x})", data[0].0);
+            assert!(err.to_string().contains(&want), "{err}");
+            for &(pfn, v) in &data {
+                let got = feed.page(pfn).unwrap();
+                assert_eq!(got.bytes(), &page(pfn, v)[..], "pfn {pfn} at {top}");
+            }
+            assert!(feed.page(last).is_err(), "a pfn handed out twice");
+            assert_eq!(
+                feed.frames_decoded() as usize,
+                feed.frames_needed(),
+                "each frame once"
+            );
+        });
+    }
 }
 
 #[test]
