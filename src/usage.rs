@@ -32,6 +32,29 @@ impl Usage {
     }
 }
 
+/// A phase's clock: its wall time and this process's [`Usage`] since [`PhaseClock::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseClock {
+    started: std::time::Instant,
+    usage: Usage,
+}
+
+impl PhaseClock {
+    /// Start timing a phase now.
+    pub fn start() -> PhaseClock {
+        PhaseClock {
+            started: std::time::Instant::now(),
+            usage: Usage::now(),
+        }
+    }
+
+    /// Milliseconds and usage since the start.
+    pub fn read(&self) -> (u64, Usage) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        (ms, Usage::now().since(self.usage))
+    }
+}
+
 fn from_fields(f: &[String], ticks: u64) -> Option<Usage> {
     let [minor_faults] = numbers::<1>(f, 10)?;
     let [user, system] = numbers::<2>(f, 14)?;
@@ -86,5 +109,7 @@ mod tests {
         assert!(from_fields(&fields[..5], 100).is_none());
         assert!(split_stat("no name").is_none());
         assert!(Usage::now().minor_faults > 0);
+        let (ms, used) = PhaseClock::start().read();
+        assert!(ms < 60_000 && used.user_ms < 60_000, "{ms} ms, {used:?}");
     }
 }

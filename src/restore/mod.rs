@@ -354,15 +354,13 @@ pub fn restore_point(
     opts: &RestoreOptions,
     xl: &dyn XlTool,
 ) -> Result<Restored, RestoreError> {
-    let (t, u) = (std::time::Instant::now(), crate::usage::Usage::now());
+    let clock = crate::usage::PhaseClock::start();
     let point = open_point(store, chain, layer, key)?;
-    let open_ms = t.elapsed().as_millis() as u64;
-    let open_usage = crate::usage::Usage::now().since(u);
+    let open = clock.read();
     let disks = disk_clones(&point.image.top().meta().disks, chain)?;
     let stream = host_stream_options(opts.rename.clone(), disks.clone());
     let mut stats = stream_into_xl(&point, &stream, opts.paused, xl)?;
-    stats.timings.open_ms = open_ms;
-    stats.timings.usage.open = open_usage;
+    (stats.timings.open_ms, stats.timings.usage.open) = open;
     Ok(Restored {
         chain: chain.to_string(),
         id: point.id,

@@ -8,6 +8,7 @@ use super::memory::{pipe_drained, XenMemory};
 use super::{RestoreError, WriteStream};
 use crate::hv::Pfn;
 use crate::stream::{GuestFill, StreamStats};
+use crate::usage::PhaseClock;
 use xen_sys::{ForeignMemory, XenCtrl};
 
 /// What a restore needs of `xl`. [`Xl`] runs the real command; tests put a consumer that
@@ -58,7 +59,7 @@ impl XlTool for Xl {
         write: &mut WriteStream<'_>,
     ) -> Result<StreamStats, RestoreError> {
         use std::io::Write;
-        let (started, usage) = (std::time::Instant::now(), crate::usage::Usage::now());
+        let clock = PhaseClock::start();
         let mut cmd = self.command();
         cmd.arg("restore");
         if paused {
@@ -80,7 +81,7 @@ impl XlTool for Xl {
         let fm = ForeignMemory::open().ok();
         let xc = XenCtrl::open().ok();
         let pipe = stdin.as_fd().try_clone_to_owned().ok();
-        let spawn = (started.elapsed(), crate::usage::Usage::now().since(usage));
+        let spawn = clock.read();
         let written = match (fm.as_ref(), pipe) {
             (Some(fm), Some(pipe)) => {
                 let mut fill = XlFill {
@@ -96,7 +97,7 @@ impl XlTool for Xl {
         // Closing the pipe ends the stream: cut short if writing failed, so xl restore fails.
         // (The fill's copy of the write end was closed with it, above.)
         drop(stdin);
-        let (ended, u) = (std::time::Instant::now(), crate::usage::Usage::now());
+        let clock = PhaseClock::start();
         let status = child.wait().map_err(|source| RestoreError::Wait {
             verb: "restore",
             what: what.to_string(),
@@ -116,10 +117,8 @@ impl XlTool for Xl {
                 status: status.to_string(),
             });
         }
-        stats.timings.xl_finish_ms = ended.elapsed().as_millis() as u64;
-        stats.timings.spawn_ms = spawn.0.as_millis() as u64;
-        stats.timings.usage.spawn = spawn.1;
-        stats.timings.usage.finish = crate::usage::Usage::now().since(u);
+        (stats.timings.xl_finish_ms, stats.timings.usage.finish) = clock.read();
+        (stats.timings.spawn_ms, stats.timings.usage.spawn) = spawn;
         Ok(stats)
     }
 

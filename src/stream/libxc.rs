@@ -9,7 +9,6 @@
 
 use crate::progress;
 use std::io::{IoSlice, Write};
-use std::time::Instant;
 
 use super::error::StreamWriteError;
 use super::fill::{fill_memory, GuestFill};
@@ -23,7 +22,7 @@ use super::state::StreamState;
 use super::StreamStats;
 use crate::compose::{Image, PageRef, PageSource, PageState};
 use crate::hv::{Pfn, PAGE_SIZE};
-use crate::usage::Usage;
+use crate::usage::PhaseClock;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
@@ -84,26 +83,23 @@ pub fn write_libxc_stream(
         rec(w, libxc_rec::X86_PV_P2M_FRAMES, pv.p2m_frames, stats)?;
     }
     let fill = fill.filter(|_| st.pv.is_none());
-    let (t, u) = (Instant::now(), Usage::now());
+    let clock = PhaseClock::start();
     let mut plan = fill.as_ref().map(|(_, f)| FillPlan {
         pfns: Vec::new(),
         regions: f.populates().then(Vec::new),
     });
     write_pages(w, image, pages, st.pv.as_ref(), plan.as_mut(), stats)?;
-    stats.timings.pages_ms = ms_since(t);
-    stats.timings.usage.pages = Usage::now().since(u);
+    (stats.timings.pages_ms, stats.timings.usage.pages) = clock.read();
     if let (Some((name, fill)), Some(plan)) = (fill, plan) {
         rec(w, libxc_rec::XCKPT_FENCE, &[], stats)?;
         w.flush()?;
-        let (t, u) = (Instant::now(), Usage::now());
+        let clock = PhaseClock::start();
         fill.drained()?;
-        stats.timings.drain_ms = ms_since(t);
-        stats.timings.usage.drain = Usage::now().since(u);
-        let (t, u) = (Instant::now(), Usage::now());
+        (stats.timings.drain_ms, stats.timings.usage.drain) = clock.read();
+        let clock = PhaseClock::start();
         let regions = plan.regions.as_deref().unwrap_or(&[]);
         let done = fill_memory(&plan.pfns, regions, pages, name, fill)?;
-        stats.timings.fill_ms = ms_since(t);
-        stats.timings.usage.fill = Usage::now().since(u);
+        (stats.timings.fill_ms, stats.timings.usage.fill) = clock.read();
         stats.timings.fill_write_ms = done.write_ms;
         stats.timings.fill_begin_ms = done.begin_ms;
         stats.filled_pages = done.data_pages + done.zero_pages;
@@ -131,10 +127,6 @@ pub fn write_libxc_stream(
     let context = super::hvm_context::portable_context(st.context);
     rec(w, libxc_rec::HVM_CONTEXT, &context, stats)?;
     rec(w, libxc_rec::END, &[], stats)
-}
-
-fn ms_since(t: Instant) -> u64 {
-    t.elapsed().as_millis() as u64
 }
 
 /// One small record, counted.

@@ -25,7 +25,7 @@ use super::state::{collect, StreamState};
 use crate::compose::{Image, PageSource, PageState, ReadPages};
 use crate::hv::GuestType;
 use crate::libxl::config::{domain_name_of, guest_type_of, prepare_config, ConfigRewrite};
-use crate::usage::Usage;
+use crate::usage::{PhaseClock, Usage};
 
 /// How to write a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +157,7 @@ pub fn write_save_file_filled(
     out: &mut impl Write,
     fill: Option<&mut dyn GuestFill>,
 ) -> Result<StreamStats, StreamWriteError> {
-    let (started, usage) = (std::time::Instant::now(), Usage::now());
+    let clock = PhaseClock::start();
     let ty = image.guest_type();
     let st = collect(image.state_blobs(), ty)?;
     if st.pv.is_none() {
@@ -195,8 +195,7 @@ pub fn write_save_file_filled(
                 &mut fallback
             }
         };
-        stats.timings.prepare_ms = started.elapsed().as_millis() as u64;
-        stats.timings.usage.prepare = Usage::now().since(usage);
+        (stats.timings.prepare_ms, stats.timings.usage.prepare) = clock.read();
         write_libxc_stream(
             &mut w,
             image,
