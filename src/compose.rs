@@ -3,8 +3,9 @@
 //!
 //! [`ComposedImage`] opens layer N and follows parent links back to the base, so any layer of a
 //! chain can be composed. At open it builds a table with, per pfn, the newest layer that covers
-//! it (two bytes per pfn), so [`Image::page_state`] is O(1). A pfn no layer covers is
-//! unpopulated: the base covers every populated pfn.
+//! it (two bytes per pfn, in blocks of 4096 pfns made only where one is populated), so
+//! [`Image::page_state`] is O(1). A pfn no layer covers is unpopulated: the base covers every
+//! populated pfn.
 
 use std::path::{Path, PathBuf};
 use std::thread::Scope;
@@ -13,6 +14,7 @@ mod feed;
 pub use feed::{FeedOptions, PageFeed, PageRef, PageSource};
 
 use crate::hv::{GuestType, Pfn, PfnBitmap, StateBlob};
+use crate::layer::blockbits::Ones;
 use crate::layer::{
     EvictPolicy, LayerKey, LayerKind, LayerReadError, LayerReader, PageDigest, PageEntry,
 };
@@ -192,10 +194,63 @@ fn state_in(layers: &[LayerReader], owner: Option<usize>, pfn: Pfn) -> PageState
     }
 }
 
+/// Per populated pfn, the newest layer covering it, in blocks of [`OWNER_BLOCK`] pfns that
+/// exist only where a layer records a pfn populated: the holes of a sparse pfn space cost
+/// nothing. A pfn without an owner is unpopulated.
+struct Owners {
+    len: usize,
+    blocks: Vec<Option<Box<[u16]>>>,
+}
+
+/// Pfns per block of [`Owners`] (a multiple of 64: filled a bitmap word at a time).
+const OWNER_BLOCK: usize = 4096;
+
+impl Owners {
+    fn new(len: usize) -> Self {
+        let mut blocks = Vec::new();
+        blocks.resize_with(len.div_ceil(OWNER_BLOCK), || None);
+        Owners { len, blocks }
+    }
+
+    fn get(&self, pfn: Pfn) -> Option<usize> {
+        let i = usize::try_from(pfn).ok().filter(|&i| i < self.len)?;
+        match self.blocks[i / OWNER_BLOCK].as_deref()?[i % OWNER_BLOCK] {
+            NONE => None,
+            o => Some(o as usize),
+        }
+    }
+
+    /// Record layer `layer` as the owner of every pfn `index` covers (below the table's end)
+    /// and records populated, and clear the owner of those it records unpopulated: a bitmap
+    /// word at a time, and a block is made only for a populated pfn (a base records every
+    /// pfn of a PVH guest's mostly-hole space unpopulated).
+    fn mark(&mut self, index: &crate::layer::LayerIndex, layer: u16) {
+        for (w, covered, unpop) in index.covered_words(self.len) {
+            let (b, at) = (w * 64 / OWNER_BLOCK, w * 64 % OWNER_BLOCK);
+            let populated = covered & !unpop;
+            let block = match &mut self.blocks[b] {
+                Some(block) => block,
+                None if populated == 0 => continue,
+                slot @ None => slot.insert(vec![NONE; OWNER_BLOCK].into()),
+            };
+            if populated == u64::MAX {
+                block[at..at + 64].fill(layer);
+                continue;
+            }
+            for k in Ones(populated) {
+                block[at + k] = layer;
+            }
+            for k in Ones(unpop) {
+                block[at + k] = NONE;
+            }
+        }
+    }
+}
+
 /// Layers 0..=N of a chain, composed.
 pub struct ComposedImage {
     layers: Vec<LayerReader>,
-    owner: Vec<u16>,
+    owner: Owners,
     /// The pfns whose state is not [`PageState::Unpopulated`].
     populated: PfnBitmap,
 }
@@ -225,10 +280,10 @@ impl ComposedImage {
         check_links(&layers)?;
         let top = layers.last().ok_or(ComposeError::Empty)?;
         let pfn_count = top.meta().pfn_count as usize;
-        let mut owner = vec![NONE; pfn_count];
+        let mut owner = Owners::new(pfn_count);
         let mut populated = PfnBitmap::repeat(false, pfn_count);
         for (i, layer) in layers.iter().enumerate() {
-            layer.index().mark_covered(&mut owner, i as u16);
+            owner.mark(layer.index(), i as u16);
             layer.index().overlay_populated(&mut populated);
         }
         Ok(ComposedImage {
@@ -248,12 +303,10 @@ impl ComposedImage {
         &self.layers[self.layers.len() - 1]
     }
 
-    /// The index (into [`Self::layers`]) of the layer `pfn` is read from, if any covers it.
+    /// The index (into [`Self::layers`]) of the layer `pfn` is read from; None where no
+    /// layer covers it or the newest that does records it unpopulated.
     pub fn owner(&self, pfn: Pfn) -> Option<usize> {
-        match self.owner.get(pfn as usize) {
-            Some(&o) if o != NONE => Some(o as usize),
-            _ => None,
-        }
+        self.owner.get(pfn)
     }
 
     /// The recorded digest of `pfn`'s page when it is stored data, with the hash of the layer
@@ -269,7 +322,7 @@ impl ComposedImage {
         &self,
         mut f: impl FnMut(Pfn, PageState, Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
-        for pfn in 0..self.owner.len() as Pfn {
+        for pfn in 0..self.owner.len as Pfn {
             let state = self.page_state(pfn);
             if !matches!(state, PageState::Data(_)) {
                 f(pfn, state, None)?;
@@ -319,7 +372,7 @@ fn check_links(layers: &[LayerReader]) -> Result<(), ComposeError> {
 
 impl Image for ComposedImage {
     fn pfn_count(&self) -> u64 {
-        self.owner.len() as u64
+        self.owner.len as u64
     }
     fn guest_type(&self) -> GuestType {
         self.top().meta().guest_type

@@ -351,18 +351,31 @@ fn large_sparse_pfn_space() {
 }
 
 #[test]
-fn mark_covered_sets_exactly_the_covered_pfns() {
-    // Full words, partial words, an uncovered stretch and a table shorter than the space.
-    let mut idx = LayerIndex::new(1000);
-    for pfn in (0..256).chain([300, 301, 363, 700]).chain(900..1000) {
+fn covered_words_hold_exactly_the_covered_pfns() {
+    // Full words, partial words, an uncovered stretch, a block of the space never touched, and
+    // limits short of the space.
+    let mut idx = LayerIndex::new(20_000);
+    for pfn in (0..256)
+        .chain([300, 301, 363, 700])
+        .chain(900..1000)
+        .chain([19_999])
+    {
         idx.set(pfn, PageEntry::Zero, None);
     }
-    for len in [1000usize, 950, 64, 0] {
-        let mut table = vec![0u8; len];
-        idx.mark_covered(&mut table, 9);
-        for (pfn, &v) in table.iter().enumerate() {
+    for len in [20_000usize, 950, 64, 0] {
+        let mut seen = vec![false; len];
+        for (w, bits, unpop) in idx.covered_words(len) {
+            assert_ne!(bits, 0, "word {w} is empty");
+            assert_eq!(unpop, 0, "word {w}");
+            for k in 0..64 {
+                if bits >> k & 1 == 1 {
+                    seen[w * 64 + k] = true;
+                }
+            }
+        }
+        for (pfn, &v) in seen.iter().enumerate() {
             let covered = idx.entry(pfn as u64).is_some();
-            assert_eq!(v == 9, covered, "pfn {pfn} of a table of {len}");
+            assert_eq!(v, covered, "pfn {pfn} below {len}");
         }
     }
 }

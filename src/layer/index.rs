@@ -1,11 +1,13 @@
 //! The page index of a layer: what the layer says about each pfn of the domain.
 //!
 //! One bitmap per kind over the whole pfn space (`covered`, `data`, `zero`, `unpopulated`, and
-//! one per [`EvictPolicy`]), plus, for data pages, the frame slot of each page. While a capture
-//! fills the index the slots live in a chunked table addressed by pfn (cheap random `set`); the
-//! packed form, used by readers and on disk, keeps only the data pages' slots, in pfn order,
-//! addressed by `rank(data, pfn)` through a rank directory (a prefix popcount per 512-bit
-//! block), so a lookup is O(1) and costs 8 bytes per data page.
+//! one per [`EvictPolicy`]), plus, for data pages, the frame slot of each page. In memory the
+//! bitmaps are [`BlockBits`]: only the 4096-pfn blocks holding a set bit exist, so a PVH
+//! guest's index (a million pfns, 65,000 of them populated) costs its populated stretches, not
+//! its space. While a capture fills the index the slots live in a chunked table addressed by
+//! pfn (cheap random `set`); the packed form, used by readers and on disk, keeps only the data
+//! pages' slots, in pfn order, addressed by `rank(data, pfn)` through a rank directory (a
+//! prefix popcount per block), so a lookup costs 8 bytes per data page.
 //!
 //! Serialized form (INDEX section payload, before zstd; little-endian):
 //!
@@ -19,8 +21,7 @@
 //! ..  D x u64 slot, the slot of each data page in increasing pfn order
 //! ```
 
-use bitvec::prelude::{BitVec, Lsb0};
-
+use super::blockbits::{BlockBits, BLOCK_WORDS};
 use super::{EvictPolicy, PageEntry};
 use crate::hv::{Pfn, PfnBitmap};
 
@@ -67,16 +68,16 @@ enum Slots {
 #[derive(Debug, Clone)]
 pub struct LayerIndex {
     pfn_count: u64,
-    covered: PfnBitmap,
-    data: PfnBitmap,
-    zero: PfnBitmap,
-    unpop: PfnBitmap,
-    evict: [PfnBitmap; 3],
+    covered: BlockBits,
+    data: BlockBits,
+    zero: BlockBits,
+    unpop: BlockBits,
+    evict: [BlockBits; 3],
     slots: Slots,
 }
 
-fn bitmap(n: u64) -> PfnBitmap {
-    BitVec::<u64, Lsb0>::repeat(false, n as usize)
+fn bitmap(n: u64) -> BlockBits {
+    BlockBits::new(n as usize)
 }
 
 impl LayerIndex {
@@ -93,7 +94,7 @@ impl LayerIndex {
         }
     }
 
-    fn all_mut(&mut self) -> [&mut PfnBitmap; BITMAPS] {
+    fn all_mut(&mut self) -> [&mut BlockBits; BITMAPS] {
         let [a, b, c] = &mut self.evict;
         [
             &mut self.covered,
@@ -106,7 +107,7 @@ impl LayerIndex {
         ]
     }
 
-    fn all(&self) -> [&PfnBitmap; BITMAPS] {
+    fn all(&self) -> [&BlockBits; BITMAPS] {
         let [a, b, c] = &self.evict;
         [&self.covered, &self.data, &self.zero, &self.unpop, a, b, c]
     }
@@ -118,7 +119,7 @@ impl LayerIndex {
         if pfn >= self.pfn_count {
             self.pfn_count = pfn + 1;
             for b in self.all_mut() {
-                b.resize(pfn as usize + 1, false);
+                b.grow(pfn as usize + 1);
             }
         }
         self.unpack();
@@ -161,16 +162,16 @@ impl LayerIndex {
         let i = usize::try_from(pfn)
             .ok()
             .filter(|&i| i < self.covered.len())?;
-        if !self.covered[i] {
+        if !self.covered.get(i) {
             None
-        } else if self.data[i] {
+        } else if self.data.get(i) {
             Some(PageEntry::Data)
-        } else if self.zero[i] {
+        } else if self.zero.get(i) {
             Some(PageEntry::Zero)
-        } else if self.unpop[i] {
+        } else if self.unpop.get(i) {
             Some(PageEntry::Unpopulated)
         } else {
-            let p = (0..3).find(|&p| self.evict[p][i])?;
+            let p = (0..3).find(|&p| self.evict[p].get(i))?;
             Some(PageEntry::Evicted(POLICIES[p]))
         }
     }
@@ -183,7 +184,7 @@ impl LayerIndex {
                 .and_then(|c| c.as_ref())
                 .map_or(NO_SLOT, |c| c[i & (CHUNK - 1)]),
             Slots::Packed { slots, rank } => {
-                let r = rank_of(self.data.as_raw_slice(), rank, i);
+                let r = self.data.rank(rank, i);
                 slots.get(r).copied().unwrap_or(NO_SLOT)
             }
         }
@@ -221,47 +222,30 @@ impl LayerIndex {
 
     /// Lay this layer over `populated` (the pfns of the layers below that are populated): the
     /// pfns it covers become populated unless it records them unpopulated; the others keep
-    /// their bit. Word by word, not pfn by pfn.
+    /// their bit. Word by word, and only the words this layer covers.
     pub fn overlay_populated(&self, populated: &mut PfnBitmap) {
         let len = self.covered.len().min(populated.len());
-        let (whole, rest) = (len / 64, len % 64);
-        let cov = self.covered.as_raw_slice();
-        let unpop = self.unpop.as_raw_slice();
         let words = populated.as_raw_mut_slice();
-        let lay = |w: &mut u64, c: u64, u: u64| *w = (*w & !c) | (c & !u);
-        for i in 0..whole {
-            lay(&mut words[i], cov[i], unpop[i]);
-        }
-        if rest > 0 {
-            // Only this layer's pfns of the last word (Lsb0: bit k is pfn 64·i + k).
-            let mask = (1u64 << rest) - 1;
-            lay(&mut words[whole], cov[whole] & mask, unpop[whole] & mask);
+        for (w, cov, unpop) in self.covered_words(len) {
+            words[w] = (words[w] & !cov) | (cov & !unpop);
         }
     }
 
-    /// Set `table[pfn] = value` for every pfn this layer covers (those below `table.len()`), a
-    /// bitmap word at a time: 64 covered pfns in a row are one fill, an uncovered word costs
-    /// nothing (a base covers every pfn of a mostly-hole PVH space).
-    pub fn mark_covered<T: Copy>(&self, table: &mut [T], value: T) {
-        let len = table.len();
-        for (w, &bits) in self.covered.as_raw_slice().iter().enumerate() {
-            let start = w * 64;
-            if bits == 0 || start >= len {
-                continue;
-            }
-            let run = &mut table[start..(start + 64).min(len)];
-            if bits == u64::MAX {
-                run.fill(value);
-                continue;
-            }
-            let mut b = bits;
-            while b != 0 {
-                if let Some(slot) = run.get_mut(b.trailing_zeros() as usize) {
-                    *slot = value;
-                }
-                b &= b - 1;
-            }
-        }
+    /// The words of the covered bitmap with a pfn below `len` covered, ascending, each with
+    /// the covered pfns this layer records unpopulated: word `w` holds pfns `64w..64w+63`
+    /// (bit `k` is pfn `64w + k`), those from `len` on cleared.
+    pub fn covered_words(&self, len: usize) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        self.covered
+            .words()
+            .take_while(move |&(w, _)| w * 64 < len)
+            .map(move |(w, bits)| {
+                let mask = match len - w * 64 {
+                    rest @ 1..=63 => (1u64 << rest) - 1,
+                    _ => u64::MAX,
+                };
+                (w, bits & mask, self.unpop.word(w) & mask)
+            })
+            .filter(|&(_, bits, _)| bits != 0)
     }
 
     /// Every covered pfn with its entry and slot, in increasing pfn order.
@@ -290,7 +274,7 @@ impl LayerIndex {
     pub fn pack(&mut self) {
         if let Slots::Chunked(_) = self.slots {
             let slots: Vec<u64> = self.data_slots().map(|(_, s)| s).collect();
-            let rank = rank_directory(self.data.as_raw_slice());
+            let rank = self.data.rank_directory();
             self.slots = Slots::Packed { slots, rank };
         }
     }
@@ -323,10 +307,9 @@ impl LayerIndex {
         out.extend_from_slice(&(BITMAPS as u32).to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         for b in self.all() {
-            let raw = b.as_raw_slice();
+            // Bits past pfn_count are never set: `set` only touches bits below it.
             for w in 0..words {
-                // Bits past pfn_count are never set: `set` only touches bits below it.
-                out.extend_from_slice(&raw.get(w).copied().unwrap_or(0).to_le_bytes());
+                out.extend_from_slice(&b.word(w).to_le_bytes());
             }
         }
         for (_, slot) in self.data_slots() {
@@ -354,21 +337,20 @@ impl LayerIndex {
             return Err(format!("index is {} bytes, {expect} expected", bytes.len()));
         }
         let words = pfn_count.div_ceil(64) as usize;
-        let mut maps: Vec<PfnBitmap> = Vec::with_capacity(BITMAPS);
+        let mut maps: Vec<BlockBits> = Vec::with_capacity(BITMAPS);
         for b in 0..BITMAPS {
             let start = HEADER + b * words * 8;
-            let raw: Vec<u64> = bytes[start..start + words * 8]
-                .chunks_exact(8)
-                .map(le_u64)
-                .collect();
-            let mut map = PfnBitmap::from_vec(raw);
-            if map[pfn_count as usize..].any() {
+            let raw = &bytes[start..start + words * 8];
+            let tail = pfn_count % 64;
+            if tail != 0 && le_u64(&raw[raw.len() - 8..]) >> tail != 0 {
                 return Err(format!("bitmap {b} has bits past pfn {pfn_count}"));
             }
-            map.truncate(pfn_count as usize);
-            maps.push(map);
+            maps.push(BlockBits::from_words(
+                pfn_count as usize,
+                raw.chunks_exact(8).map(le_u64),
+            ));
         }
-        check_partition(&maps, words)?;
+        check_partition(&maps)?;
         let slots_at = HEADER + BITMAPS * words * 8;
         let slots: Vec<u64> = bytes[slots_at..].chunks_exact(8).map(le_u64).collect();
         if maps[1].count_ones() as u64 != data_count {
@@ -381,7 +363,7 @@ impl LayerIndex {
                 "slot {bad} beyond the {slot_count} slots of the frames"
             ));
         }
-        let rank = rank_directory(maps[1].as_raw_slice());
+        let rank = maps[1].rank_directory();
         let mut it = maps.into_iter();
         let mut next = || it.next().unwrap_or_default();
         Ok(LayerIndex {
@@ -426,51 +408,31 @@ fn parse_header(bytes: &[u8]) -> Result<(u64, u64), String> {
     Ok((pfn_count, data_count))
 }
 
-/// Kinds (maps 1..) must be pairwise disjoint and their union must be `covered` (map 0).
-fn check_partition(maps: &[PfnBitmap], words: usize) -> Result<(), String> {
-    let raws: Vec<&[u64]> = maps.iter().map(|m| m.as_raw_slice()).collect();
-    for w in 0..words {
-        let (mut union, mut overlap) = (0u64, 0u64);
-        for raw in &raws[1..] {
-            let v = raw.get(w).copied().unwrap_or(0);
-            overlap |= union & v;
-            union |= v;
-        }
-        if overlap != 0 {
-            return Err(format!(
-                "pfn {} has two kinds",
-                w * 64 + overlap.trailing_zeros() as usize
-            ));
-        }
-        if union != raws[0].get(w).copied().unwrap_or(0) {
-            return Err(format!(
-                "covered bitmap disagrees with the kinds near pfn {}",
-                w * 64
-            ));
+/// Kinds (maps 1..) must be pairwise disjoint and their union must be `covered` (map 0); only
+/// the blocks some map holds are looked at.
+fn check_partition(maps: &[BlockBits]) -> Result<(), String> {
+    let blocks = maps.iter().map(BlockBits::block_count).max().unwrap_or(0);
+    for b in (0..blocks).filter(|&b| maps.iter().any(|m| m.has_block(b))) {
+        for w in b * BLOCK_WORDS..(b + 1) * BLOCK_WORDS {
+            let (mut union, mut overlap) = (0u64, 0u64);
+            for m in &maps[1..] {
+                let v = m.word(w);
+                overlap |= union & v;
+                union |= v;
+            }
+            if overlap != 0 {
+                return Err(format!(
+                    "pfn {} has two kinds",
+                    w * 64 + overlap.trailing_zeros() as usize
+                ));
+            }
+            if union != maps[0].word(w) {
+                return Err(format!(
+                    "covered bitmap disagrees with the kinds near pfn {}",
+                    w * 64
+                ));
+            }
         }
     }
     Ok(())
-}
-
-/// Count of set bits before each 512-bit block.
-fn rank_directory(words: &[u64]) -> Vec<u64> {
-    let mut dir = Vec::with_capacity(words.len().div_ceil(8));
-    let mut acc = 0u64;
-    for block in words.chunks(8) {
-        dir.push(acc);
-        acc += block.iter().map(|w| w.count_ones() as u64).sum::<u64>();
-    }
-    dir
-}
-
-/// Number of set bits below bit `i`.
-fn rank_of(words: &[u64], dir: &[u64], i: usize) -> usize {
-    let (w, b) = (i / 64, i % 64);
-    let block = w / 8;
-    let mut r = dir.get(block).copied().unwrap_or(0) as usize;
-    for word in &words[block * 8..w] {
-        r += word.count_ones() as usize;
-    }
-    let mask = (1u64 << b) - 1;
-    r + (words.get(w).copied().unwrap_or(0) & mask).count_ones() as usize
 }

@@ -58,6 +58,7 @@
 //! chain.commit_layer(writer, &meta, &index, &state, &config)?;   // finish + manifest
 //! ```
 
+pub mod blockbits;
 mod checks;
 mod decode_cost;
 pub mod digest;
