@@ -16,10 +16,10 @@
 //! page's digest ([`FrameCheck::Pages`]): that proves each page handed out is the captured one;
 //! the frames' check codes, which name a damaged frame, are `verify`'s.
 //!
-//! Decoded frames live in buffers that go back to a pool when their last page is dropped, and
-//! each worker reuses one buffer for encoded bytes: a restore allocates (and, in a PV dom0,
-//! faults in page by page through the hypervisor) about read-ahead frames' worth of memory
-//! once, not a frame's worth per frame.
+//! Decoded frames live in buffers that go back to a pool when their last page is dropped (the
+//! pool keeps every one: their number is the most in use at once), and each worker reuses one
+//! buffer for encoded bytes: a restore allocates (and, in a PV dom0, faults in through the
+//! hypervisor) about read-ahead frames' worth of memory once, not a frame's worth per frame.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -33,19 +33,17 @@ use crate::layer::{FrameCheck, LayerReadError};
 /// Buffers of decoded frames, for reuse.
 type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
 
-/// A decoded frame's buffer; back to its pool (if any, and not full) when dropped.
+/// A decoded frame's buffer; back to its pool (if any) when dropped.
 struct FrameBuf {
     data: Vec<u8>,
-    pool: Option<(Pool, usize)>,
+    pool: Option<Pool>,
 }
 
 impl Drop for FrameBuf {
     fn drop(&mut self) {
-        if let Some((pool, max)) = &self.pool {
+        if let Some(pool) = &self.pool {
             let mut free = pool.lock().unwrap_or_else(|p| p.into_inner());
-            if free.len() < *max {
-                free.push(std::mem::take(&mut self.data));
-            }
+            free.push(std::mem::take(&mut self.data));
         }
     }
 }
@@ -94,16 +92,24 @@ pub struct FeedOptions {
 impl Default for FeedOptions {
     /// Two workers at least (so reading a frame overlaps decoding one even on a one-CPU
     /// dom0), one per CPU up to 8; read-ahead of eight frames per worker (4 MiB with the
-    /// default 64-page frames).
+    /// default 64-page frames), two on a single CPU ([`ONE_CPU_READ_AHEAD`]).
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = cpus.clamp(2, 8);
+        let per_worker = if cpus == 1 { ONE_CPU_READ_AHEAD } else { 8 };
         FeedOptions {
             workers,
-            read_ahead: 8 * workers,
+            read_ahead: per_worker * workers,
         }
     }
 }
+
+/// Frames decoded ahead per worker on a single CPU, where nothing decodes beside the
+/// consumer: a frame read ahead only waits, and its buffer is one more to fault in (in a PV
+/// dom0, through the hypervisor). With eight, the three-layer restore of a PVH-like guest
+/// faulted in 970 pages more (sim, one CPU); with several CPUs, eight per worker stays (the
+/// sim bench's restore, two CPUs: 0.809-0.815 s against 0.828-0.834 s with two).
+pub const ONE_CPU_READ_AHEAD: usize = 2;
 
 /// A frame of one layer: (layer index, frame number).
 type FrameId = (usize, usize);
@@ -161,9 +167,8 @@ pub struct PageFeed<'a> {
     read_ahead: usize,
     /// Frames taken and still holding live pages not yet handed out, by frame number.
     held: Vec<Option<Arc<FrameBuf>>>,
-    /// Free frame buffers (returned as the last page of a frame is dropped) and how many to
-    /// keep.
-    pool: (Pool, usize),
+    /// Free frame buffers (returned as the last page of a frame is dropped).
+    pool: Pool,
     /// Live pages not yet handed out, by frame number.
     left: Vec<u32>,
     /// Every live page in pfn order, and the next one to hand out.
@@ -194,9 +199,7 @@ impl ComposedImage {
         });
         let (tx, rx) = channel();
         let workers = opts.workers.max(1).min(plan.len().max(1));
-        // Frames in flight: read ahead, one per worker, and those the consumer holds.
         let pool: Pool = Arc::default();
-        let keep = opts.read_ahead.max(1) + 2 * workers;
         for _ in 0..workers {
             let (plan, gate, tx, pool) = (plan.clone(), gate.clone(), tx.clone(), pool.clone());
             scope.spawn(move || decode_worker(self, &plan, &gate, &tx, &pool));
@@ -210,7 +213,7 @@ impl ComposedImage {
             taken: 0,
             read_ahead: opts.read_ahead.max(1),
             held: vec![None; numbers.total],
-            pool: (pool, keep),
+            pool,
             left,
             live,
             next_live: 0,
