@@ -12,6 +12,9 @@ pub const BLOCK_WORDS: usize = 64;
 /// Bits per block (4096: a 16 MiB stretch of guest memory).
 pub const BLOCK_BITS: usize = BLOCK_WORDS * 64;
 
+/// Words per entry of the rank directory (512 bits).
+pub const RANK_WORDS: usize = 8;
+
 type Block = Box<[u64; BLOCK_WORDS]>;
 
 /// A bitmap of `len` bits; bit `i` is bit `i % 64` of word `i / 64` (as [`crate::hv::PfnBitmap`]).
@@ -125,31 +128,40 @@ impl BlockBits {
             .flat_map(|(w, bits)| Ones(bits).map(move |b| w * 64 + b))
     }
 
-    /// The rank directory for [`BlockBits::rank`]: the set bits before each block.
+    /// The rank directory for [`BlockBits::rank`]: the set bits before each group of
+    /// [`RANK_WORDS`] words (16 KiB for a million pfns; a block never made adds its groups'
+    /// entries without counting).
     pub fn rank_directory(&self) -> Vec<u64> {
+        let mut dir = Vec::with_capacity(self.blocks.len() * BLOCK_WORDS / RANK_WORDS);
         let mut acc = 0u64;
-        self.blocks
-            .iter()
-            .map(|block| {
-                let before = acc;
+        for block in &self.blocks {
+            for group in 0..BLOCK_WORDS / RANK_WORDS {
+                dir.push(acc);
                 if let Some(block) = block {
-                    acc += block.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+                    let words = &block[group * RANK_WORDS..(group + 1) * RANK_WORDS];
+                    acc += words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
                 }
-                before
-            })
-            .collect()
+            }
+        }
+        dir
     }
 
-    /// Number of set bits below bit `i`, with `dir` from [`BlockBits::rank_directory`].
+    /// Number of set bits below bit `i`, with `dir` from [`BlockBits::rank_directory`]: at
+    /// most [`RANK_WORDS`] words counted (a resync compares every page by its digest, found
+    /// through this).
     pub fn rank(&self, dir: &[u64], i: usize) -> usize {
-        let b = i / BLOCK_BITS;
-        let before = dir.get(b).copied().unwrap_or(0) as usize;
-        let Some(Some(block)) = self.blocks.get(b) else {
+        let w = i / 64;
+        let before = dir.get(w / RANK_WORDS).copied().unwrap_or(0) as usize;
+        let Some(Some(block)) = self.blocks.get(i / BLOCK_BITS) else {
             return before;
         };
-        let (w, bit) = (i / 64 % BLOCK_WORDS, i % 64);
-        let whole: usize = block[..w].iter().map(|x| x.count_ones() as usize).sum();
-        before + whole + (block[w] & ((1u64 << bit) - 1)).count_ones() as usize
+        let at = w % BLOCK_WORDS;
+        let group = at - at % RANK_WORDS;
+        let whole: usize = block[group..at]
+            .iter()
+            .map(|x| x.count_ones() as usize)
+            .sum();
+        before + whole + (block[at] & ((1u64 << (i % 64)) - 1)).count_ones() as usize
     }
 
     fn block_mut(&mut self, b: usize) -> &mut [u64; BLOCK_WORDS] {

@@ -7,7 +7,7 @@
 //! its space. While a capture fills the index the slots live in a chunked table addressed by
 //! pfn (cheap random `set`); the packed form, used by readers and on disk, keeps only the data
 //! pages' slots, in pfn order, addressed by `rank(data, pfn)` through a rank directory (a
-//! prefix popcount per block), so a lookup costs 8 bytes per data page.
+//! prefix popcount per 512 pfns), so a lookup is O(1) and costs 8 bytes per data page.
 //!
 //! Serialized form (INDEX section payload, before zstd; little-endian):
 //!
