@@ -36,8 +36,9 @@ xl_pair() {
 
 # one_type TYPE: the whole sequence on one guest of TYPE; appends TYPE_key=value to FIG.
 # Stock xl runs twice, before xckpt's runs and after its restore, and each ratio is taken against
-# the mean of the two: this host's speed drifts by a fifth within a boot, and a single `xl save`
-# on one side of xckpt's runs made a ratio swing with it.
+# the mean of the two: this host's speed drifts within a boot (by 2x within seconds on a bad day,
+# docs/benchmarks.md), and a single `xl save` on one side of xckpt's runs made a ratio swing with
+# it.
 one_type() {
   local t=$1 g=xvx$1 img=$TBW/xvx.save m gen_ck gen_stop
   fresh_guest "$t" "$g"
@@ -76,7 +77,8 @@ one_type() {
   local k v kv
   for kv in "xl_save_s=$XS_S" "xl_restore_s=$XR_S" "xl_save1_s=$XS_1" "xl_save2_s=$XS_2" \
             "xl_restore1_s=$XR_1" "xl_restore2_s=$XR_2" "base_s=$base_s" "incr1_s=$incr1_s" \
-            "incr2_s=$incr2_s" "incr_s=$incr_s" "restore_s=$RS_S" "export_s=$EX_S" "export_xl_restore_s=$EXR_S"; do
+            "incr2_s=$incr2_s" "incr_s=$incr_s" "restore_s=$RS_S" "export_s=$EX_S" \
+            "export_xl_restore_s=$EXR_S"; do
     k=${kv%%=*}; v=${kv#*=}
     num "${t}_$k" "$v"
     FIG="$FIG ${t}_$kv"
