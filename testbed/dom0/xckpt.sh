@@ -43,7 +43,15 @@ ck() {
   CK_ID=$(ck_json .layer.id); nums CK_ID
   CK_LINE=$(ck_summary "$name")
   # Where the run's time went, ms per phase (capture::PhaseTimes), beside the wall time seen here.
-  CK_PHASES="phases_ms: $(jq -r '.phases | to_entries | map("\(.key | rtrimstr("_ms"))=\(.value | floor)") | join(" ")' "$CK_JSON") total=$(jq -r '.layer.stats.total_ms' "$CK_JSON") since_start=$(jq -r '.since_start_s // "?"' "$CK_JSON") s wall=$CK_S s; cpu_s: $(jq -r '[(.stages | to_entries[]), (.cpu_s // {} | to_entries[])] | map("\(.key | rtrimstr("_s"))=\(.value * 100 | round / 100)") | join(" ")' "$CK_JSON"); faults: $(jq -r '.faults // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON"); setup_s: $(jq -r '.setup_s // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON"); probe: $(jq -r '.probe // {} | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CK_JSON"); copies: $(jq -r '((.raw_bytes // 0) / 4096 | floor) as $w | (.layer.stats.data_pages // 0) as $d | "written=\($w) data=\($d) dead=\($w - $d) dropped=\(.superseded_pages // 0)"' "$CK_JSON")"
+  # One jq over the report (not one per part: each is a process start at TCG speed in dom0).
+  CK_PHASES=$(jq -r --arg wall "$CK_S" '
+    def pairs: to_entries | map("\(.key)=\(.value)") | join(" ");
+    ((.raw_bytes // 0) / 4096 | floor) as $w | (.layer.stats.data_pages // 0) as $d |
+    "phases_ms: \(.phases // {} | to_entries | map("\(.key | rtrimstr("_ms"))=\(.value | floor)") | join(" "))"
+    + " total=\(.layer.stats.total_ms) since_start=\(.since_start_s // "?") s wall=\($wall) s;"
+    + " cpu_s: \([(.stages // {} | to_entries[]), (.cpu_s // {} | to_entries[])] | map("\(.key | rtrimstr("_s"))=\(.value * 100 | round / 100)") | join(" "));"
+    + " faults: \(.faults // {} | pairs); setup_s: \(.setup_s // {} | pairs); probe: \(.probe // {} | pairs);"
+    + " copies: written=\($w) data=\($d) dead=\($w - $d) dropped=\(.superseded_pages // 0)"' "$CK_JSON")
   { echo "$CK_LINE"; echo "  $CK_PHASES"
     jq -r '.layer.stats.notes[] | "  note: " + .' "$CK_JSON"
     jq -r '.disks[] | "  disk \(.vdev): \(.backend) snapshot \(.snapshot)"' "$CK_JSON"; } > "$TBW/.out"
