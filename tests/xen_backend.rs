@@ -311,7 +311,6 @@ fn pvh_state_is_libxc_record_bodies() {
         .map(|b| (b.kind, b.data))
         .collect();
     assert_eq!(got, expected_pvh_blobs(251));
-    d.finish_capture().unwrap();
 }
 
 /// A QMP server for `connections` connections that answers every command with success. It
@@ -398,7 +397,9 @@ fn hvm_state_config_and_qemu() {
         qmp_dir: dir.path().into(),
         ..quiet_env()
     };
-    let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
+    // Two connections: QEMU's dirty log is turned on and then left on (log-dirty stays on
+    // between checkpoints, and QEMU's reports of its own writes must too).
+    let server = qmp_server(&dir.path().join("qmp-libxl-261"), 2, b"QEVM device state");
     let physmap = "/local/domain/0/device-model/261/physmap/f0000000";
     for (k, v) in [
         ("start_addr", "c0000"),
@@ -411,7 +412,6 @@ fn hvm_state_config_and_qemu() {
 
     d.prepare_capture().unwrap();
     let blobs = d.save_state().unwrap();
-    d.finish_capture().unwrap();
     let seen = server.join().unwrap();
     let cmds: Vec<&str> = seen
         .iter()
@@ -426,13 +426,10 @@ fn hvm_state_config_and_qemu() {
             "add-fd",
             "xen-save-devices-state",
             "remove-fd",
-            "qmp_capabilities",
-            "xen-set-global-dirty-log"
         ]
     );
     assert_eq!(seen[1]["arguments"]["enable"], true);
     assert_eq!(seen[4]["arguments"]["live"], false);
-    assert_eq!(seen[7]["arguments"]["enable"], false);
     let (cpu, emulator) = blobs.split_at(blobs.len() - 2);
     let got: Vec<(u32, Vec<u8>)> = cpu.iter().map(|b| (b.kind, b.data.clone())).collect();
     assert_eq!(got, expected_pvh_blobs(261));

@@ -82,15 +82,8 @@ pub fn checkpoint_with<D: Checkpointable + 'static>(
     };
     let mut run = Run::new(dom.clone(), chain, info, plan, opts, kept_spot);
     run.phases.prepare_ms = ms_since(started);
-    let result = run.execute(started, stop);
-    let finished = dom.finish_capture();
-    match result {
-        Ok(report) => {
-            finished?;
-            Ok(report)
-        }
-        Err(e) => Err(run.keep_dirty_bits(e)),
-    }
+    run.execute(started, stop)
+        .map_err(|e| run.keep_dirty_bits(e))
 }
 
 /// State of one checkpoint run.

@@ -263,12 +263,9 @@ pub trait MappedBatch {
 
 /// CPU and platform state, and the domain's configuration.
 pub trait MachineState: Domain {
-    /// Called once before pre-copy starts (Xen HVM: turn on QEMU's dirty log for DMA).
+    /// Called once before pre-copy starts (Xen HVM: turn on QEMU's dirty log for DMA, and leave
+    /// it on, as log-dirty is).
     fn prepare_capture(&self) -> Result<(), HvError> {
-        Ok(())
-    }
-    /// Called once the capture ended, successful or not.
-    fn finish_capture(&self) -> Result<(), HvError> {
         Ok(())
     }
     /// Opaque CPU / platform state. Called while the domain is paused.

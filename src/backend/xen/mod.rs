@@ -83,8 +83,6 @@ pub struct XenDomain {
     bitmap: Mutex<Option<HypercallBitmap>>,
     /// Whether this handle turned log-dirty on (and has not turned it off since).
     logdirty_ours: AtomicBool,
-    /// Whether QEMU's global dirty log was turned on by `prepare_capture`.
-    qemu_dirty_on: AtomicBool,
     /// The process that unpauses the domain if xckpt dies while it is paused.
     watchdog: Mutex<Option<watchdog::Watchdog>>,
     /// Whether this handle suspended the guest (and has not resumed it yet).
@@ -201,7 +199,6 @@ impl XenDomain {
             identity,
             bitmap: Mutex::new(None),
             logdirty_ours: AtomicBool::new(false),
-            qemu_dirty_on: AtomicBool::new(false),
             watchdog: Mutex::new(None),
             suspended: AtomicBool::new(false),
             nested_stops: AtomicU32::new(0),

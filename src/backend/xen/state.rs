@@ -8,8 +8,6 @@
 //! too: HVM_PARAMS with no non-zero param, and empty CPUID / MSR policies. For HVM guests QEMU's
 //! device state follows as a [`state_kind::QEMU_STATE`] blob.
 
-use std::sync::atomic::Ordering;
-
 use serde_json::json;
 use xen_sys::abi::HVM_PARAMS_SAVED;
 use xen_sys::{cpuid_record, msr_record};
@@ -62,13 +60,21 @@ impl XenDomain {
         qmp::execute(&path, command, args).map_err(|e| HvError::op(self.name(), op, e))
     }
 
-    fn set_qemu_dirty_log(&self, on: bool) -> Result<(), HvError> {
+    /// Turn on QEMU's global dirty log: QEMU then reports every page it writes into the guest
+    /// (emulated DMA) to Xen's log-dirty bitmap, which Xen's own tracking cannot see (QEMU
+    /// writes through its foreign mappings, not through the guest's p2m). Idempotent in QEMU.
+    ///
+    /// It is never turned off by xckpt: log-dirty stays on between checkpoints, so QEMU's
+    /// reports must too, or an incremental would miss the pages QEMU wrote in between. Once
+    /// log-dirty is off (`untrack`, another toolstack), Xen ignores the reports
+    /// (`modified_memory` returns at once). And QEMU aborts on an `enable: false` while its log
+    /// is off (7.2's `memory_global_dirty_log_stop` asserts it was on), a state QMP does not show.
+    fn set_qemu_dirty_log(&self) -> Result<(), HvError> {
         self.qmp(
             "xen-set-global-dirty-log",
-            json!({ "enable": on }),
+            json!({ "enable": true }),
             "QEMU dirty log",
         )?;
-        self.qemu_dirty_on.store(on, Ordering::SeqCst);
         Ok(())
     }
 
@@ -166,16 +172,9 @@ impl MachineState for XenDomain {
         self.check_no_concurrent_save()?;
         self.ensure_watchdog()?;
         match self.guest_type {
-            GuestType::Hvm => self.set_qemu_dirty_log(true),
+            GuestType::Hvm => self.set_qemu_dirty_log(),
             _ => Ok(()),
         }
-    }
-
-    fn finish_capture(&self) -> Result<(), HvError> {
-        if self.qemu_dirty_on.load(Ordering::SeqCst) {
-            self.set_qemu_dirty_log(false)?;
-        }
-        Ok(())
     }
 
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
