@@ -49,18 +49,39 @@ copy_libs() {
     done
 }
 
+# mod_file M: the .ko file of module M in the staged kernel; nothing if it is built in (trixie's
+# 6.12 has virtio and virtio_pci built in).
+mod_file() {
+  local f
+  grep -qE "/$1\.ko\$" "$STAGE/lib/modules/$KVER/modules.builtin" 2>/dev/null && return 0
+  f=$(find "$STAGE/lib/modules/$KVER/kernel" -name "$1.ko" | head -1)
+  [ -n "$f" ] || die "module $1 not found in $STAGE/lib/modules/$KVER"
+  echo "$f"
+}
 # Copies kernel modules "$2.." (names without .ko) flat into root $1 under /lib/mods.
 copy_mods() {
   local root=$1 m f; shift
   mkdir -p "$root/lib/mods"
   for m in "$@"; do
-    # Built into the kernel (trixie's 6.12 has virtio and virtio_pci built in): nothing to copy.
-    grep -qE "/$m\.ko\$" "$STAGE/lib/modules/$KVER/modules.builtin" 2>/dev/null && continue
-    f=$(find "$STAGE/lib/modules/$KVER/kernel" -name "$m.ko" | head -1)
-    [ -n "$f" ] || die "module $m not found in $STAGE/lib/modules/$KVER"
+    f=$(mod_file "$m") || exit 1
+    [ -n "$f" ] || continue
     cp "$f" "$root/lib/mods/"
   done
 }
+# mod_deps M...: modules M and every module they need (the `depends=` of each .ko's modinfo;
+# the .debs carry no modules.dep), each after what it needs and once; built-in ones are left
+# out.
+mod_deps() {
+  local m f d
+  for m in "$@"; do
+    f=$(mod_file "$m") || exit 1
+    [ -n "$f" ] || continue
+    for d in $(tr '\0' '\n' < "$f" | sed -n 's/^depends=//p' | tr , ' '); do mod_deps "$d"; done
+    echo "$m"
+  done | awk '!seen[$0]++'
+}
+# The emulated IDE disk of an HVM guest (xckpt-hvm-dma: QEMU writes the pages a read fills).
+DOMU_IDE_MODS="ata_piix sd_mod"
 # Group and disk scenarios: block and network front-ends and ext4 in the guest; the virtio
 # disk, XFS, the bridge, netback and e2fsprogs/xfsprogs in dom0.
 DOMU_MODS="xen-blkfront xen-netfront crc32c_generic crc16 mbcache jbd2 ext4"
@@ -84,6 +105,11 @@ build_domu() {
   install -m 755 "$TB/domu/init" "$d/init"
   mknod -m 600 "$d/dev/console" c 5 1
   copy_mods "$d" $DOMU_MODS
+  # The IDE stack in load order, for the guest's init (DMA_MIB).
+  local ide; ide=$(mod_deps $DOMU_IDE_MODS) || die "the guest's IDE modules: see above"
+  # shellcheck disable=SC2086
+  copy_mods "$d" $ide
+  echo $ide > "$d/lib/mods/ide.order"
   pack "$d" "$WORK/domu.cpio.gz"
 }
 
