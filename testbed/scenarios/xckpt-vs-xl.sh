@@ -1,4 +1,4 @@
-# about: speed beside stock xl (issue 12): xl save/restore, xckpt base, 2 incrementals 10 s apart, restore, xl save/restore again, export + xl restore, PVH and HVM; base <= 1.0x xl save, incr (mean of the 2) <= 0.5x, restore <= 1.25x xl restore (xl: the mean of its 2 pairs)
+# about: speed beside stock xl (issue 12): xl save/restore, xckpt base, 2 incrementals 10 s apart, restore, xl save/restore again, restore again, export + xl restore, a second base, PVH and HVM; base (mean of 2) <= 1.0x xl save, incr (mean of 2) <= 0.5x, restore (mean of 2) <= 1.25x xl restore (xl: the mean of its 2 pairs)
 . /testbed/xckpt.sh
 FIG=""
 
@@ -34,17 +34,31 @@ xl_pair() {
   verify_resumed "$g" "$m" "$g0" "$g1" "xl restore ($n)"
 }
 
+# xckpt_restore GUEST LO HI N: `xckpt restore` of GUEST's latest point (destroying the guest
+# running now); sets RS_N (seconds) and checks the restored guest against the point's window
+# LO..HI. Prints its report's CPU seconds and faults, of xckpt and of the xl restore it fed.
+xckpt_restore() {
+  local g=$1 lo=$2 hi=$3 n=$4 m
+  m=$(mark "$g")
+  destroy_guest "$g"
+  out "RS_$n" xckpt restore --json --store "$STORE" "$g" || fail "xckpt restore $g ($n) failed: $OUT_LAST"
+  note "  restore $n: $(sed -n '/^{/,/^}/p' "$TBW/.out" | jq -c '{seconds, since_start_s, setup_s, cpu_s, faults, ms: .stream.ms, decode_cpu_s: .stream.decode_cpu_s, usage: .stream.usage}' 2>/dev/null)"
+  verify_resumed "$g" "$m" "$lo" "$hi" "xckpt restore ($n)"
+}
+
 # one_type TYPE: the whole sequence on one guest of TYPE; appends TYPE_key=value to FIG.
-# Stock xl runs twice, before xckpt's runs and after its restore, and each ratio is taken against
-# the mean of the two: this host's speed drifts within a boot (by 2x within seconds on a bad day,
-# docs/benchmarks.md), and a single `xl save` on one side of xckpt's runs made a ratio swing with
-# it.
+# Every path a bar judges is sampled twice on each side, and each ratio is the mean of xckpt's
+# two samples over the mean of xl's: stock xl runs before xckpt's runs and again on the guest
+# xckpt restored; xckpt restores its latest point once before xl's second pair and once after
+# it, and takes a second base at the end, on the guest restored from its export. This host's
+# speed drifts within a boot (by 2x within seconds on a bad day, docs/benchmarks.md), and a
+# single sample on either side made a ratio swing with it.
 one_type() {
   local t=$1 g=xvx$1 img=$TBW/xvx.save m gen_ck gen_stop
   fresh_guest "$t" "$g"
   xl_pair "$g" 1
   # xckpt: base, two incrementals 10 s apart.
-  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local base_s=$CK_S
+  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local base1_s=$CK_S
   sleep 10
   ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local incr1_s=$CK_S
   sleep 10
@@ -53,17 +67,14 @@ one_type() {
   # Each incremental is taken 10 s after the previous one: both are samples of the path the bar
   # is about, and their mean is judged, as the mean of xl's two samples is on the other side.
   local incr_s; incr_s=$(mean "$incr1_s" "$incr2_s")
-  # Restore of the latest point.
+  # Restore of the latest point; its window ends where the guest was destroyed.
   gen_stop=$(last_gen "$g")
-  m=$(mark "$g")
-  destroy_guest "$g"
-  out RS_S xckpt restore --json --store "$STORE" "$g" || fail "xckpt restore $g failed: $OUT_LAST"
-  # Its own report: CPU seconds and page faults of xckpt and of the xl restore it fed.
-  note "  restore: $(sed -n '/^{/,/^}/p' "$TBW/.out" | jq -c '{seconds, since_start_s, setup_s, cpu_s, faults, ms: .stream.ms, decode_cpu_s: .stream.decode_cpu_s, usage: .stream.usage}' 2>/dev/null)"
-  verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xckpt restore"
+  xckpt_restore "$g" "$gen_ck" "$gen_stop" 1
   # Stock xl again, on the guest xckpt restored (the same memory, the same workload).
   xl_pair "$g" 2
-  XS_S=$(mean "$XS_1" "$XS_2") XR_S=$(mean "$XR_1" "$XR_2")
+  # The same point restored again, over the guest xl restored.
+  xckpt_restore "$g" "$gen_ck" "$gen_stop" 2
+  XS_S=$(mean "$XS_1" "$XS_2") XR_S=$(mean "$XR_1" "$XR_2") RS_S=$(mean "$RS_1" "$RS_2")
   # Export of that point, restored by stock xl.
   timed EX_S xckpt export --store "$STORE" "$g" -o "$img" || fail "xckpt export $g failed"
   gen_stop=$(last_gen "$g")
@@ -73,11 +84,16 @@ one_type() {
   timed EXR_S xl restore "$img" || fail "xl restore of the export of $g failed"
   rm -f "$img"
   verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xl restore of the export"
+  # A second base, on a new store: the guest xl restored is a new domain, untracked.
+  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local base2_s=$CK_S
+  local base_s; base_s=$(mean "$base1_s" "$base2_s")
   destroy_guest "$g"
+  clear_store
   local k v kv
   for kv in "xl_save_s=$XS_S" "xl_restore_s=$XR_S" "xl_save1_s=$XS_1" "xl_save2_s=$XS_2" \
-            "xl_restore1_s=$XR_1" "xl_restore2_s=$XR_2" "base_s=$base_s" "incr1_s=$incr1_s" \
-            "incr2_s=$incr2_s" "incr_s=$incr_s" "restore_s=$RS_S" "export_s=$EX_S" \
+            "xl_restore1_s=$XR_1" "xl_restore2_s=$XR_2" "base1_s=$base1_s" "base2_s=$base2_s" \
+            "base_s=$base_s" "incr1_s=$incr1_s" "incr2_s=$incr2_s" "incr_s=$incr_s" \
+            "restore1_s=$RS_1" "restore2_s=$RS_2" "restore_s=$RS_S" "export_s=$EX_S" \
             "export_xl_restore_s=$EXR_S"; do
     k=${kv%%=*}; v=${kv#*=}
     num "${t}_$k" "$v"
