@@ -2,11 +2,11 @@
 . /testbed/xckpt.sh
 BOOT_TIMEOUT=300
 # The guest reads DMA_MIB MiB of its emulated IDE disk into its page cache DMA_AFTER_S seconds
-# after its init starts (testbed/domu/init): after the base checkpoint, before the incremental.
-# QEMU writes those pages by DMA; Xen's log-dirty sees them only because QEMU reports them
-# (its global dirty log, which xckpt turns on and leaves on). init_on_alloc=0: Debian's kernel
-# zeroes every page it allocates, a CPU write that log-dirty sees, and that would put the pages
-# in the incremental even if QEMU's writes were lost.
+# after its DOMU-DMA armed line (testbed/domu/init): after the base checkpoint, before the
+# incremental. QEMU writes those pages by DMA; Xen's log-dirty sees them only because QEMU
+# reports them (its global dirty log, which xckpt turns on and leaves on). init_on_alloc=0:
+# Debian's kernel zeroes every page it allocates, a CPU write that log-dirty sees, and that
+# would put the pages in the incremental even if QEMU's writes were lost.
 g=xdma MIB=16
 img=$TBW/dma-disk.img
 dd if=/dev/urandom of="$img" bs=1M count=$((MIB + 1)) 2>/dev/null || fail "cannot write $img"
