@@ -273,7 +273,8 @@ impl PauseGuard {
     /// Unpause and return the downtime: from the pause request to the unpause's return. The
     /// guest stops somewhere inside the pause call, which waits until every vCPU is off its
     /// CPU (under the test bed's TCG 40-100 ms for a PVH guest, about 235 ms for an HVM one),
-    /// so the figure counts that call whole: an upper bound, never less than the guest saw.
+    /// so the figure counts that call whole rather than none of it. The guest may still see a
+    /// little more: its vCPU runs again some time after the unpause returns.
     pub fn resume(mut self) -> Result<Duration, HvError> {
         self.released = true;
         self.release()?;
