@@ -34,17 +34,18 @@ xl_pair() {
   verify_resumed "$g" "$m" "$g0" "$g1" "xl restore ($n)"
 }
 
-# xckpt_restore GUEST LO HI N: `xckpt restore` of GUEST's latest point (destroying the guest
-# running now); sets RS_N (seconds) and checks the restored guest against the point's window
-# LO..HI. Prints its report's CPU seconds and faults, of xckpt and of the xl restore it fed.
+# xckpt_restore GUEST LO HI N: `rs` (destroy, `xckpt restore --json` of GUEST's latest point,
+# verify_resumed) within the point's window LO..HI; sets RS_N (seconds) and prints the report's
+# CPU seconds and faults, of xckpt and of the xl restore it fed.
 xckpt_restore() {
-  local g=$1 lo=$2 hi=$3 n=$4 m
-  m=$(mark "$g")
-  destroy_guest "$g"
-  out "RS_$n" xckpt restore --json --store "$STORE" "$g" || fail "xckpt restore $g ($n) failed: $OUT_LAST"
-  note "  restore $n: $(sed -n '/^{/,/^}/p' "$TBW/.out" | jq -c '{seconds, since_start_s, setup_s, cpu_s, faults, ms: .stream.ms, decode_cpu_s: .stream.decode_cpu_s, usage: .stream.usage}' 2>/dev/null)"
-  verify_resumed "$g" "$m" "$lo" "$hi" "xckpt restore ($n)"
+  local RS_GEN_LO=$2 RS_GEN_HI=$3
+  rs "$1" "$1" --json
+  eval "RS_$4=\$RS_S"
+  note "  restore $4: $(sed -n '/^{/,/^}/p' "$TBW/.out" | jq -c '{seconds, since_start_s, setup_s, cpu_s, faults, ms: .stream.ms, decode_cpu_s: .stream.decode_cpu_s, usage: .stream.usage}' 2>/dev/null)"
 }
+
+# ck_noted GUEST: `ck`, then its summary line and phases; CK_S holds its seconds.
+ck_noted() { ck "$1"; note "$CK_LINE"; note "  $CK_PHASES"; }
 
 # one_type TYPE: the whole sequence on one guest of TYPE; appends TYPE_key=value to FIG.
 # Every path a bar judges is sampled twice on each side, and each ratio is the mean of xckpt's
@@ -58,11 +59,11 @@ one_type() {
   fresh_guest "$t" "$g"
   xl_pair "$g" 1
   # xckpt: base, two incrementals 10 s apart.
-  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local base1_s=$CK_S
+  ck_noted "$g"; local base1_s=$CK_S
   sleep 10
-  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local incr1_s=$CK_S
+  ck_noted "$g"; local incr1_s=$CK_S
   sleep 10
-  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local incr2_s=$CK_S
+  ck_noted "$g"; local incr2_s=$CK_S
   gen_ck=$CK_GEN
   # Each incremental is taken 10 s after the previous one: both are samples of the path the bar
   # is about, and their mean is judged, as the mean of xl's two samples is on the other side.
@@ -85,7 +86,7 @@ one_type() {
   rm -f "$img"
   verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xl restore of the export"
   # A second base, on a new store: the guest xl restored is a new domain, untracked.
-  ck "$g"; note "$CK_LINE"; note "  $CK_PHASES"; local base2_s=$CK_S
+  ck_noted "$g"; local base2_s=$CK_S
   local base_s; base_s=$(mean "$base1_s" "$base2_s")
   destroy_guest "$g"
   clear_store
