@@ -217,7 +217,34 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
         !dom.info().unwrap().paused,
         "left paused after a state failure"
     );
+    assert_eq!(
+        sessions_open(&dom),
+        0,
+        "the stop's session outlived a state failure"
+    );
     dom.faults().fail_save_state.store(false, Ordering::SeqCst);
+
+    // What the state needs cannot be opened before the stop: nothing is paused.
+    dom.faults()
+        .fail_ready_for_stop
+        .store(true, Ordering::SeqCst);
+    let e = checkpoint(&dom, &chain, &opts(1)).unwrap_err();
+    assert!(e.to_string().contains("ready for stop"), "{e}");
+    assert!(!dom.info().unwrap().paused);
+    dom.faults()
+        .fail_ready_for_stop
+        .store(false, Ordering::SeqCst);
+
+    // The pause itself fails: the session opened for it is released.
+    dom.faults().fail_pause.store(true, Ordering::SeqCst);
+    assert!(checkpoint(&dom, &chain, &opts(1)).is_err());
+    assert!(!dom.info().unwrap().paused);
+    assert_eq!(
+        sessions_open(&dom),
+        0,
+        "the stop's session outlived a failed pause"
+    );
+    dom.faults().fail_pause.store(false, Ordering::SeqCst);
 
     for p in [9u64, 701] {
         dom.write_page(p, &page).unwrap();
@@ -247,6 +274,11 @@ fn failures_under_pause_unpause_and_keep_dirty_bits_for_the_next_run() {
     // The next run stores every page dirtied since the last good layer.
     let inc = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(inc.layer.kind, LayerKind::Incremental);
+    assert_eq!(
+        sessions_open(&dom),
+        0,
+        "a run that succeeded kept its stop's session"
+    );
     let layer = chain.open_layer(inc.layer.id).unwrap();
     for p in [5u64, 700, 1200, 9, 701] {
         assert_eq!(layer.entry(p), Some(PageEntry::Data), "pfn {p} lost");
@@ -525,4 +557,9 @@ fn a_run_killed_after_fetching_dirty_bits_makes_the_next_run_a_resync() {
     assert_eq!(r.layer.kind, LayerKind::Resync, "{:?}", r.resync_reason);
     assert_restores(&chain, &dom, r.layer.id, 1);
     assert!(!chain.manifest().unwrap().tracking.unwrap().in_flight);
+}
+
+/// The sim's count of stop preparations not yet released (a Xen HVM guest's QEMU session).
+fn sessions_open(dom: &SimDomain) -> u64 {
+    dom.faults().stop_sessions_open.load(Ordering::SeqCst)
 }

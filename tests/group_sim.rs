@@ -224,6 +224,8 @@ fn a_prune_that_drops_a_member_layer_breaks_that_group_point_and_says_so() {
 fn assert_all_running_and_unchanged(store: &Store, doms: &[Arc<SimDomain>], layers: usize) {
     for d in doms {
         assert!(!d.info().unwrap().paused, "{} left paused", d.name());
+        let open = d.faults().stop_sessions_open.load(Ordering::SeqCst);
+        assert_eq!(open, 0, "{} kept its stop's session", d.name());
         let m = store.chain(&d.name()).unwrap().manifest().unwrap();
         assert_eq!(m.layers.len(), layers, "{} committed a layer", d.name());
     }

@@ -479,6 +479,16 @@ fn fault_switches_fail_their_operation_and_nothing_else() {
     f.fail_save_state.store(false, Ordering::SeqCst);
     assert!(dom.save_state().is_ok());
 
+    f.fail_ready_for_stop.store(true, Ordering::SeqCst);
+    assert!(dom.ready_for_stop().is_err());
+    assert_eq!(f.stop_sessions_open.load(Ordering::SeqCst), 0);
+    f.fail_ready_for_stop.store(false, Ordering::SeqCst);
+    dom.ready_for_stop().unwrap();
+    assert_eq!(f.stop_sessions_open.load(Ordering::SeqCst), 1);
+    dom.stop_over();
+    dom.stop_over();
+    assert_eq!(f.stop_sessions_open.load(Ordering::SeqCst), 0);
+
     f.fail_map_when_paused.store(true, Ordering::SeqCst);
     assert!(dom.map_batch(&[1]).is_ok(), "running: mapping works");
     dom.pause().unwrap();

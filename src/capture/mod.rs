@@ -372,14 +372,21 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             pipe.wait_written().map_err(|e| self.write_error(e))?;
         }
         builder.reserve(want);
+        // What saving the state needs is opened while the guest runs (an HVM guest's QEMU
+        // session), and released once the stop is over, whatever its outcome.
+        self.dom.ready_for_stop()?;
         // The stop: from here to resume is the guest's downtime.
-        control.stop(self.chain.name(), self.plan.next_id())?;
+        if let Err(e) = control.stop(self.chain.name(), self.plan.next_id()) {
+            self.dom.stop_over();
+            return Err(e);
+        }
         let subject = self.info.identity.name.clone();
         emit(Event::Paused { subject: &subject });
         crate::failpoint::failpoint("capture.paused");
         let t = Instant::now();
         let last = self.final_round(builder, dirty, baseline, first);
         let figures = control.resume(last.is_ok());
+        self.dom.stop_over();
         if let Ok(f) = &figures {
             emit(Event::Resumed {
                 subject: &subject,

@@ -268,8 +268,18 @@ pub trait MachineState: Domain {
     fn prepare_capture(&self) -> Result<(), HvError> {
         Ok(())
     }
+    /// Called right before the stop, while the domain still runs: open what
+    /// [`MachineState::save_state`] will need, so that the pause holds only the saving (Xen
+    /// HVM: QEMU's monitor session and the file its device state goes into). Whatever it
+    /// opened is kept until [`MachineState::stop_over`].
+    fn ready_for_stop(&self) -> Result<(), HvError> {
+        Ok(())
+    }
     /// Opaque CPU / platform state. Called while the domain is paused.
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError>;
+    /// The stop is over (the domain runs again, or the stop failed): release what
+    /// [`MachineState::ready_for_stop`] opened.
+    fn stop_over(&self) {}
     /// The domain's configuration blob (libxl JSON on Xen), as `xl save` embeds it.
     fn config(&self) -> Result<Vec<u8>, HvError>;
     /// The config may have changed since it was last fetched (a balloon): a copy kept by the

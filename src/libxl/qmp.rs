@@ -63,50 +63,105 @@ pub fn execute(path: &Path, command: &str, arguments: Value) -> Result<Value, Qm
 }
 
 /// QEMU's device state (`xen-save-devices-state`, not live), written by QEMU into an anonymous
-/// memory file whose write end is passed to it over the socket at `path`.
+/// memory file whose write end is passed to it over the socket at `path`: a
+/// [`DeviceStateSession`] opened and used at once.
 pub fn save_devices_state(path: &Path) -> Result<Vec<u8>, QmpError> {
-    let io = |source| QmpError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let memfd = rustix::fs::memfd_create("xckpt-qemu-state", rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| io(e.into()))?;
-    // QEMU opens /dev/fdset/N write-only, and only dups an fd of that access mode.
-    let write_end = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/self/fd/{}", memfd.as_raw_fd()))
-        .map_err(io)?;
-    let mut conn = Conn::open(path)?;
-    let added = conn.call("add-fd", json!({}), Some(write_end.as_fd()))?;
-    drop(write_end);
-    let fdset = added
-        .get("fdset-id")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| conn.protocol(&added))?;
-    let saved = conn.call(
-        "xen-save-devices-state",
-        json!({ "filename": format!("/dev/fdset/{fdset}"), "live": false }),
-        None,
-    );
-    // QEMU also frees the set when this connection closes; say so explicitly all the same.
-    let _ = conn.call("remove-fd", json!({ "fdset-id": fdset }), None);
-    saved?;
-    let mut file = std::fs::File::from(memfd);
-    let mut data = Vec::new();
-    file.rewind().map_err(io)?;
-    file.read_to_end(&mut data).map_err(io)?;
-    Ok(data)
+    DeviceStateSession::open(path)?.save()
 }
 
-struct Conn<'p> {
-    path: &'p Path,
+/// QEMU's device state in two steps, so that a checkpoint's pause holds only the second:
+/// [`DeviceStateSession::open`] connects, negotiates capabilities and passes the write end of
+/// an anonymous memory file (`add-fd`) while the guest still runs; [`DeviceStateSession::save`]
+/// asks for the state into that file and reads it back. Under the test bed's TCG the first step
+/// is most of the 64-78 ms an HVM guest's state took inside the pause (docs/benchmarks.md).
+///
+/// The session holds the monitor's connection, which QEMU serves one client at a time, from
+/// `open` until it is dropped; the drop removes the file descriptor set (QEMU would free it on
+/// the disconnect anyway).
+pub struct DeviceStateSession {
+    conn: Conn,
+    memfd: std::os::fd::OwnedFd,
+    fdset: u64,
+    saved: bool,
+}
+
+impl DeviceStateSession {
+    /// Connect to the socket at `path` and hand QEMU the memory file the state will go into.
+    pub fn open(path: &Path) -> Result<Self, QmpError> {
+        let io = |source| QmpError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let memfd = rustix::fs::memfd_create("xckpt-qemu-state", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| io(e.into()))?;
+        // QEMU opens /dev/fdset/N write-only, and only dups an fd of that access mode.
+        let write_end = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", memfd.as_raw_fd()))
+            .map_err(io)?;
+        let mut conn = Conn::open(path)?;
+        let added = conn.call("add-fd", json!({}), Some(write_end.as_fd()))?;
+        let fdset = added
+            .get("fdset-id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| conn.protocol(&added))?;
+        Ok(DeviceStateSession {
+            conn,
+            memfd,
+            fdset,
+            saved: false,
+        })
+    }
+
+    /// Save the device state into the session's file and read it back. A session saves at
+    /// most once: a second call fails.
+    pub fn save(&mut self) -> Result<Vec<u8>, QmpError> {
+        if self.saved {
+            return Err(QmpError::Protocol {
+                path: self.conn.path.clone(),
+                reply: "this session already saved the device state".into(),
+            });
+        }
+        self.saved = true;
+        self.conn.call(
+            "xen-save-devices-state",
+            json!({ "filename": format!("/dev/fdset/{}", self.fdset), "live": false }),
+            None,
+        )?;
+        let read = |fd: std::os::fd::OwnedFd| {
+            let mut file = std::fs::File::from(fd);
+            let mut data = Vec::new();
+            file.rewind()?;
+            file.read_to_end(&mut data)?;
+            Ok(data)
+        };
+        self.memfd
+            .try_clone()
+            .and_then(read)
+            .map_err(|source| QmpError::Io {
+                path: self.conn.path.clone(),
+                source,
+            })
+    }
+}
+
+impl Drop for DeviceStateSession {
+    fn drop(&mut self) {
+        let _ = self
+            .conn
+            .call("remove-fd", json!({ "fdset-id": self.fdset }), None);
+    }
+}
+
+struct Conn {
+    path: PathBuf,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
 
-impl<'p> Conn<'p> {
+impl Conn {
     /// Connect, read the greeting and negotiate capabilities.
-    fn open(path: &'p Path) -> Result<Self, QmpError> {
+    fn open(path: &Path) -> Result<Self, QmpError> {
         let io = |source| QmpError::Io {
             path: path.to_path_buf(),
             source,
@@ -115,7 +170,7 @@ impl<'p> Conn<'p> {
         stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
         let mut conn = Conn {
-            path,
+            path: path.to_path_buf(),
             reader: BufReader::new(stream.try_clone().map_err(io)?),
             writer: stream,
         };
@@ -129,7 +184,7 @@ impl<'p> Conn<'p> {
 
     fn protocol(&self, v: &Value) -> QmpError {
         QmpError::Protocol {
-            path: self.path.to_path_buf(),
+            path: self.path.clone(),
             reply: v.to_string(),
         }
     }
@@ -140,17 +195,17 @@ impl<'p> Conn<'p> {
             .reader
             .read_line(&mut line)
             .map_err(|source| QmpError::Io {
-                path: self.path.to_path_buf(),
+                path: self.path.clone(),
                 source,
             })?;
         if n == 0 {
             return Err(QmpError::Io {
-                path: self.path.to_path_buf(),
+                path: self.path.clone(),
                 source: std::io::ErrorKind::UnexpectedEof.into(),
             });
         }
         serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
-            path: self.path.to_path_buf(),
+            path: self.path.clone(),
             reply: line.trim().to_string(),
         })
     }
@@ -173,7 +228,7 @@ impl<'p> Conn<'p> {
             Some(fd) => send_with_fd(&self.writer, text.as_bytes(), fd),
         };
         sent.map_err(|source| QmpError::Io {
-            path: self.path.to_path_buf(),
+            path: self.path.clone(),
             source,
         })?;
         loop {
@@ -184,7 +239,7 @@ impl<'p> Conn<'p> {
             if let Some(e) = reply.get("error") {
                 let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                 return Err(QmpError::Command {
-                    path: self.path.to_path_buf(),
+                    path: self.path.clone(),
                     command: command.to_string(),
                     class: field("class"),
                     desc: field("desc"),
@@ -239,6 +294,81 @@ mod tests {
                 w.write_all(reply.as_bytes()).unwrap();
             }
         })
+    }
+
+    /// One message from `s` and the file descriptor it carried, if any.
+    fn recv_with_fd(s: &UnixStream) -> (Value, Option<std::os::fd::OwnedFd>) {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let mut buf = [0u8; 4096];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let n = recvmsg(
+            s,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::empty(),
+        )
+        .unwrap()
+        .bytes;
+        let mut fd = None;
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(mut fds) = m {
+                fd = fds.next();
+            }
+        }
+        (serde_json::from_slice(&buf[..n]).unwrap(), fd)
+    }
+
+    #[test]
+    fn device_state_session_saves_into_the_passed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path(), 9);
+        let listener = UnixListener::bind(&path).unwrap();
+        let qemu = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {}}\n").unwrap();
+            let mut seen = Vec::new();
+            let mut passed = None;
+            loop {
+                let (msg, fd) = recv_with_fd(&s);
+                passed = passed.or(fd);
+                let reply = match msg["execute"].as_str().unwrap() {
+                    "add-fd" => "{\"return\": {\"fdset-id\": 3, \"fd\": 40}}\n",
+                    "xen-save-devices-state" => {
+                        let f = passed.take().expect("add-fd carried a descriptor");
+                        std::fs::File::from(f).write_all(b"QEVM state").unwrap();
+                        "{\"return\": {}}\n"
+                    }
+                    _ => "{\"return\": {}}\n",
+                };
+                seen.push(msg);
+                w.write_all(reply.as_bytes()).unwrap();
+                if seen.last().unwrap()["execute"] == "remove-fd" {
+                    return seen;
+                }
+            }
+        });
+        let mut session = DeviceStateSession::open(&path).unwrap();
+        assert_eq!(session.save().unwrap(), b"QEVM state");
+        assert!(matches!(session.save(), Err(QmpError::Protocol { .. })));
+        drop(session);
+        let seen = qemu.join().unwrap();
+        let commands: Vec<_> = seen
+            .iter()
+            .map(|m| m["execute"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "qmp_capabilities",
+                "add-fd",
+                "xen-save-devices-state",
+                "remove-fd"
+            ]
+        );
+        assert_eq!(seen[2]["arguments"]["filename"], "/dev/fdset/3");
+        assert_eq!(seen[3]["arguments"]["fdset-id"], 3);
     }
 
     #[test]

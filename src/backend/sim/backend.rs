@@ -185,6 +185,23 @@ impl GuestMemory for SimDomain {
 }
 
 impl MachineState for SimDomain {
+    fn ready_for_stop(&self) -> Result<(), HvError> {
+        SimFaults::check(
+            &self.faults.fail_ready_for_stop,
+            self.name(),
+            "ready for stop",
+        )?;
+        self.faults
+            .stop_sessions_open
+            .fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn stop_over(&self) {
+        let open = &self.faults.stop_sessions_open;
+        let _ = open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
     /// A [`state_kind::SIM_CPU`] blob ([`SimCpuState`] as JSON), then stand-ins for the two
     /// records a Xen stream of a PVH guest cannot do without (a zeroed HVM_CONTEXT, and
     /// HVM_PARAMS naming pfn 1 as the xenstore ring), so that a sim point streams into a

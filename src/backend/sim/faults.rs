@@ -15,6 +15,15 @@ pub struct SimFaults {
     pub fail_pause: AtomicBool,
     /// Every state save fails.
     pub fail_save_state: AtomicBool,
+    /// Every preparation for a stop ([`MachineState::ready_for_stop`]) fails.
+    ///
+    /// [`MachineState::ready_for_stop`]: crate::hv::MachineState::ready_for_stop
+    pub fail_ready_for_stop: AtomicBool,
+    /// Preparations for a stop not released yet ([`MachineState::stop_over`]): a Xen HVM
+    /// domain's QEMU session, held in the sim by this count alone.
+    ///
+    /// [`MachineState::stop_over`]: crate::hv::MachineState::stop_over
+    pub stop_sessions_open: AtomicU64,
     /// Every mapping fails while the domain is paused.
     pub fail_map_when_paused: AtomicBool,
     /// Log-dirty is turned off just before the N-th CLEAN (counting from 1; 0: never), as

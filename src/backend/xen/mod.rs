@@ -96,6 +96,9 @@ pub struct XenDomain {
     /// The config fetched for the disk plan, kept for the capture (see
     /// [`XenDomain::config_for_capture`]).
     config_kept: Mutex<Option<Vec<u8>>>,
+    /// HVM: the QEMU session opened before a stop for its device state, kept until the stop
+    /// is over (see [`MachineState::ready_for_stop`](crate::hv::MachineState::ready_for_stop)).
+    qemu_session: Mutex<Option<crate::libxl::qmp::DeviceStateSession>>,
 }
 
 impl std::fmt::Debug for XenDomain {
@@ -204,6 +207,7 @@ impl XenDomain {
             nested_stops: AtomicU32::new(0),
             p2m: Mutex::new(None),
             config_kept: Mutex::new(None),
+            qemu_session: Mutex::new(None),
         };
         if guest_type == GuestType::Pv {
             dom.check_pv_width()?;

@@ -56,8 +56,7 @@ impl XenDomain {
         args: serde_json::Value,
         op: &'static str,
     ) -> Result<serde_json::Value, HvError> {
-        let path = qmp::socket_path(&self.env.qmp_dir, self.domid);
-        qmp::execute(&path, command, args).map_err(|e| HvError::op(self.name(), op, e))
+        qmp::execute(&self.qmp_socket(), command, args).map_err(|e| HvError::op(self.name(), op, e))
     }
 
     /// Turn on QEMU's global dirty log: QEMU then reports every page it writes into the guest
@@ -78,10 +77,19 @@ impl XenDomain {
         Ok(())
     }
 
-    /// QEMU's device state, passed back through a file descriptor (see [`qmp`]).
+    /// QEMU's device state, passed back through a file descriptor (see [`qmp`]), over the
+    /// session [`MachineState::ready_for_stop`] opened, or a new one.
     fn qemu_state(&self) -> Result<Vec<u8>, HvError> {
-        let path = qmp::socket_path(&self.env.qmp_dir, self.domid);
-        qmp::save_devices_state(&path).map_err(|e| HvError::op(self.name(), "QEMU device state", e))
+        let err = |e| HvError::op(self.name(), "QEMU device state", e);
+        let mut kept = self.qemu_session.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.as_mut() {
+            Some(session) => session.save().map_err(err),
+            None => qmp::save_devices_state(&self.qmp_socket()).map_err(err),
+        }
+    }
+
+    fn qmp_socket(&self) -> std::path::PathBuf {
+        qmp::socket_path(&self.env.qmp_dir, self.domid)
     }
 
     /// QEMU's `physmap/<id>/{start_addr,size,name}` keys under its device-model path, packed as
@@ -175,6 +183,25 @@ impl MachineState for XenDomain {
             GuestType::Hvm => self.set_qemu_dirty_log(),
             _ => Ok(()),
         }
+    }
+
+    fn ready_for_stop(&self) -> Result<(), HvError> {
+        if self.guest_type == GuestType::Hvm {
+            let session = qmp::DeviceStateSession::open(&self.qmp_socket())
+                .map_err(|e| HvError::op(self.name(), "QEMU device state", e))?;
+            *self.qemu_session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        }
+        Ok(())
+    }
+
+    fn stop_over(&self) {
+        // Dropped outside the lock: the drop talks to QEMU (remove-fd).
+        let session = self
+            .qemu_session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(session);
     }
 
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
