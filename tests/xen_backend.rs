@@ -397,9 +397,10 @@ fn hvm_state_config_and_qemu() {
         qmp_dir: dir.path().into(),
         ..quiet_env()
     };
-    // Two connections: QEMU's dirty log is turned on and then left on (log-dirty stays on
-    // between checkpoints, and QEMU's reports of its own writes must too).
-    let server = qmp_server(&dir.path().join("qmp-libxl-261"), 2, b"QEVM device state");
+    // Three connections: QEMU's dirty log is turned on and then left on (log-dirty stays on
+    // between checkpoints, and QEMU's reports of its own writes must too); the session a stop
+    // opens before the pause; a state saved outside a stop, on a connection of its own.
+    let server = qmp_server(&dir.path().join("qmp-libxl-261"), 3, b"QEVM device state");
     let physmap = "/local/domain/0/device-model/261/physmap/f0000000";
     for (k, v) in [
         ("start_addr", "c0000"),
@@ -411,22 +412,33 @@ fn hvm_state_config_and_qemu() {
     let d = open("win", &xs, env).unwrap();
 
     d.prepare_capture().unwrap();
+    // The capture's order: the session is opened before the pause, the state saved over it
+    // (a new connection would be the server's third, and the fallback below would fail), and
+    // the session closed once the guest runs again.
+    d.ready_for_stop().unwrap();
     let blobs = d.save_state().unwrap();
+    d.stop_over();
+    let again = d.save_state().unwrap();
+    assert_eq!(again.len(), blobs.len());
     let seen = server.join().unwrap();
     let cmds: Vec<&str> = seen
         .iter()
         .map(|v| v["execute"].as_str().unwrap())
         .collect();
+    let one_save = [
+        "qmp_capabilities",
+        "add-fd",
+        "xen-save-devices-state",
+        "remove-fd",
+    ];
     assert_eq!(
         cmds,
         [
-            "qmp_capabilities",
-            "xen-set-global-dirty-log",
-            "qmp_capabilities",
-            "add-fd",
-            "xen-save-devices-state",
-            "remove-fd",
+            &["qmp_capabilities", "xen-set-global-dirty-log"][..],
+            &one_save,
+            &one_save
         ]
+        .concat()
     );
     assert_eq!(seen[1]["arguments"]["enable"], true);
     assert_eq!(seen[4]["arguments"]["live"], false);
