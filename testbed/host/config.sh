@@ -44,7 +44,7 @@ DEMO_REQUIRE_XCKPT=${DEMO_REQUIRE_XCKPT:-1}   # 0: demo passes with the xl basel
 
 TB_BOOT=${TB_BOOT:-1}            # which boot of the run this is (1, 2, ...; set by run_boots)
 
-XCKPT_PROFILE=${XCKPT_PROFILE:-release}  # cargo profile of the xckpt binary
+XCKPT_PROFILE=${XCKPT_PROFILE:-release}  # cargo profile of the xckpt binary (tools/test-all: ci)
 XCKPT_BIN=${XCKPT_BIN:-$ROOT/target/$XCKPT_PROFILE/xckpt}
 
 log() { printf '[testbed %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
