@@ -32,8 +32,11 @@ impl Domain for SimDomain {
         *count += 1;
         if *count == 1 {
             if let Some(mode) = *lock(&inner.auto_truth) {
+                let t = std::time::Instant::now();
                 let n = lock(&inner.truths).len();
                 inner.record(format!("pause#{n}"), mode);
+                let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                inner.auto_truth_ns.fetch_add(ns, Ordering::SeqCst);
             }
         }
         Ok(())

@@ -34,6 +34,7 @@ mod workload;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 pub use agent::{Hook, SimAgent};
 pub use backend::SimBatch;
@@ -117,6 +118,9 @@ pub(crate) struct Inner {
     content: ContentGen,
     truths: Mutex<Vec<Truth>>,
     auto_truth: Mutex<Option<TruthMode>>,
+    /// Nanoseconds spent taking the snapshots `auto_truth` takes inside a pause: the
+    /// observer's own pass over memory, which a hypervisor's pause does not make.
+    auto_truth_ns: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +238,7 @@ impl SimDomain {
             content: ContentGen::new(cfg.seed, &cfg.content),
             truths: Mutex::new(Vec::new()),
             auto_truth: Mutex::new(cfg.auto_truth),
+            auto_truth_ns: AtomicU64::new(0),
         };
         Ok(SimDomain {
             identity: Mutex::new(new_identity(&cfg.name, cfg.seed)),
@@ -393,6 +398,14 @@ impl SimDomain {
     pub fn set_auto_truth(&self, mode: Option<TruthMode>) {
         *lock(&self.inner.auto_truth) = mode;
         lock(&self.cfg).auto_truth = mode;
+    }
+
+    /// Time spent so far in the snapshots taken automatically at a pause
+    /// ([`SimDomain::set_auto_truth`]). They run inside [`crate::hv::Domain::pause`], so a
+    /// caller that times its pause, or a whole checkpoint, times them too: the bench takes
+    /// them out of its figures.
+    pub fn auto_truth_time(&self) -> Duration {
+        Duration::from_nanos(self.inner.auto_truth_ns.load(Ordering::SeqCst))
     }
 
     /// The recorded snapshots, oldest first.
