@@ -412,6 +412,15 @@ fn hvm_state_config_and_qemu() {
     let d = open("win", &xs, env).unwrap();
 
     d.prepare_capture().unwrap();
+    // The vCPUs' state alone (introspection, while the guest runs) does not ask QEMU: a
+    // connection here would take one of the server's three.
+    let cpu_only: Vec<(u32, Vec<u8>)> = d
+        .cpu_state()
+        .unwrap()
+        .iter()
+        .map(|b| (b.kind, b.data.clone()))
+        .collect();
+    assert_eq!(cpu_only, expected_pvh_blobs(261));
     // The capture's order: the session is opened before the pause, the state saved over it
     // (a new connection would be the server's third, and the fallback below would fail), and
     // the session closed once the guest runs again.

@@ -303,7 +303,7 @@ pub fn balloon_for_capture<'a>(
 /// vCPU 0's `cr3`, from the domain's HVM save area.
 fn vcpu0_cr3(state: &dyn crate::hv::MachineState) -> Result<u64, String> {
     let blobs = state
-        .save_state()
+        .cpu_state()
         .map_err(|e| format!("reading vCPU state: {e}"))?;
     blobs
         .iter()

@@ -205,10 +205,7 @@ impl MachineState for XenDomain {
     }
 
     fn save_state(&self) -> Result<Vec<StateBlob>, HvError> {
-        if self.guest_type == GuestType::Pv {
-            return self.pv_blobs();
-        }
-        let mut blobs = self.hvm_blobs()?;
+        let mut blobs = self.cpu_state()?;
         if self.guest_type == GuestType::Hvm {
             blobs.push(StateBlob {
                 kind: state_kind::QEMU_STATE,
@@ -222,6 +219,14 @@ impl MachineState for XenDomain {
             }
         }
         Ok(blobs)
+    }
+
+    fn cpu_state(&self) -> Result<Vec<StateBlob>, HvError> {
+        if self.guest_type == GuestType::Pv {
+            self.pv_blobs()
+        } else {
+            self.hvm_blobs()
+        }
     }
 
     fn config(&self) -> Result<Vec<u8>, HvError> {
