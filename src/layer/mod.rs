@@ -71,6 +71,7 @@ mod read_error;
 pub mod reader;
 mod reader_frames;
 pub mod seal;
+pub mod sink;
 pub mod writer;
 
 use std::collections::BTreeMap;

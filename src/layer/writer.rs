@@ -2,7 +2,7 @@
 //! atomic rename into place.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::format::{
@@ -11,6 +11,7 @@ use super::format::{
 };
 use super::frame::MAX_FRAME_PAGES;
 use super::seal::{FileSeal, LayerKey, MAX_SEALED_FRAMES};
+use super::sink::Sink;
 use super::{Codec, DigestKind, Frame, LayerIndex, LayerMeta, PageDigest};
 use crate::failpoint::failpoint;
 use crate::fileio::{create_private, sync_dir};
@@ -20,11 +21,8 @@ use crate::hv::{StateBlob, PAGE_SIZE};
 pub const TEMP_PREFIX: &str = ".tmp-layer-";
 /// zstd level of the INDEX section.
 const INDEX_LEVEL: i32 = 3;
-/// Write buffer size: small, so that a frame (64 pages by default, compressed or not, is
-/// mostly larger) goes from the encoder's buffer to the kernel without a copy in between;
-/// sections and small frames are still gathered.
-const BUF_BYTES: usize = 64 << 10;
-/// The file is made durable, on a flusher thread, every this many bytes.
+/// Written through the page cache ([`Sink`]), the file is made durable, on a flusher thread,
+/// every this many bytes.
 const WRITEBACK_BYTES: u64 = 64 << 20;
 
 /// Errors while writing a layer.
@@ -69,7 +67,7 @@ pub enum LayerWriteError {
 pub struct LayerWriter {
     dir: PathBuf,
     tmp: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<Sink>,
     pos: u64,
     frames: Vec<FrameEntry>,
     digests: Vec<u64>,
@@ -97,7 +95,7 @@ impl LayerWriter {
         let mut w = LayerWriter {
             dir: dir.to_path_buf(),
             tmp,
-            out: Some(BufWriter::with_capacity(BUF_BYTES, file)),
+            out: Some(Sink::new(file)),
             pos: 0,
             frames: Vec::new(),
             digests: Vec::new(),
@@ -359,19 +357,19 @@ impl LayerWriter {
         Ok(())
     }
 
-    /// Make what is written so far durable (`fdatasync` on a flusher thread, while the writer
-    /// goes on) and drop it from the page cache. The writer waits for the previous window's
-    /// flush first, so at most two windows are in flight and the time writes take follows the
-    /// device, not the page cache (the encoder's `auto` mode weighs it against compression);
-    /// the final fsync has little left to do, and a checkpoint does not push the dom0's own
-    /// page cache out. Errors here are ignored: the final fsync reports them.
+    /// Through the page cache: make what is written so far durable (`fdatasync` on a flusher
+    /// thread, while the writer goes on) and drop it from the page cache. The writer waits for
+    /// the previous window's flush first, so at most two windows are in flight and the time
+    /// writes take follows the device, not the page cache (the encoder's `auto` mode weighs it
+    /// against compression); the final fsync has little left to do, and a checkpoint does not
+    /// push the dom0's own page cache out. Direct writes need none of it: they wait for the
+    /// device themselves. Errors here are ignored: the final fsync reports them.
     fn start_writeback(&mut self) {
         self.wait_flush();
-        let Some(out) = self.out.as_mut() else { return };
-        if out.flush().is_err() {
+        let Some(Some(Ok(file))) = self.out.as_mut().map(Sink::cached_file) else {
             return;
-        }
-        let Ok(file) = out.get_ref().try_clone() else {
+        };
+        let Ok(file) = file.try_clone() else {
             return;
         };
         let upto = std::num::NonZeroU64::new(self.pos - self.pos % WRITEBACK_BYTES);
@@ -397,7 +395,7 @@ impl LayerWriter {
             .out
             .take()
             .ok_or_else(|| self.io(std::io::Error::other("writer closed")))?;
-        let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
+        let file = out.into_file().map_err(|e| self.io(e))?;
         file.sync_all().map_err(|e| self.io(e))
     }
 
