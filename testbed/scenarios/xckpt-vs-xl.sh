@@ -1,4 +1,4 @@
-# about: speed beside stock xl (issue 12): xl save/restore, xckpt base, 2 incrementals 10 s apart, restore, xl save/restore again, restore again, export + xl restore, a second base, PVH and HVM; base (mean of 2) <= 1.0x xl save, incr (mean of 2) <= 0.5x, restore (mean of 2) <= 1.25x xl restore (xl: the mean of its 2 pairs)
+# about: speed beside stock xl (issue 12): three samples a side of each path judged, PVH and HVM: xl save/restore, xckpt base, 3 incrementals 10 s apart, restore, xl save/restore, restore, xl save/restore, restore, export + xl restore, two more bases; base (median of 3) <= 1.0x xl save, incr <= 0.5x, restore <= 1.25x xl restore (xl: the median of its 3 pairs)
 . /testbed/xckpt.sh
 FIG=""
 
@@ -12,8 +12,11 @@ num() {
 # ratio A B: A / B, three decimals (both already checked by num).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b <= 0) print "x"; else printf "%.3f", a / b }'; }
 
-# mean A B: (A + B) / 2, three decimals (A and B are checked by num with the other figures).
-mean() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%.3f", (a + b) / 2 }'; }
+# median A B C: the middle one of three, three decimals (each is checked by num with the other
+# figures).
+median() {
+  printf '%s\n' "$@" | sort -g | sed -n 2p | awk '{ printf "%.3f", $1 }'
+}
 
 # After each restore: verify_resumed (lib.sh), the shared check: the resume generation (its
 # GAP line, or the first TICK less one TICK's step) in [checkpoint, stop], then one whole
@@ -48,34 +51,39 @@ xckpt_restore() {
 ck_noted() { ck "$1"; note "$CK_LINE"; note "  $CK_PHASES"; }
 
 # one_type TYPE: the whole sequence on one guest of TYPE; appends TYPE_key=value to FIG.
-# Every path a bar judges is sampled twice on each side, and each ratio is the mean of xckpt's
-# two samples over the mean of xl's: stock xl runs before xckpt's runs and again on the guest
-# xckpt restored; xckpt restores its latest point once before xl's second pair and once after
-# it, and takes a second base at the end, on the guest restored from its export. This host's
-# speed drifts within a boot (by 2x within seconds on a bad day, docs/benchmarks.md), and a
-# single sample on either side made a ratio swing with it.
+# Every path a bar judges is sampled three times on each side, interleaved, and each ratio is
+# the median of xckpt's three samples over the median of xl's: stock xl runs before xckpt's
+# runs and again on each guest xckpt restored; xckpt restores its latest point three times, once
+# after each of xl's pairs, and takes two more bases at the end, on the guest restored from its
+# export. This host's speed drifts within a boot, and a few seconds of a slow host stretch a
+# single sample by 1.4-2x (docs/benchmarks.md): the mean of two samples moved with one such
+# sample (the fresh-clone CI of 1c928f3), the median of three leaves it out. Every sample is
+# printed.
 one_type() {
   local t=$1 g=xvx$1 img=$TBW/xvx.save m gen_ck gen_stop
   fresh_guest "$t" "$g"
   xl_pair "$g" 1
-  # xckpt: base, two incrementals 10 s apart.
+  # xckpt: base, three incrementals, each 10 s after the previous checkpoint.
   ck_noted "$g"; local base1_s=$CK_S
   sleep 10
   ck_noted "$g"; local incr1_s=$CK_S
   sleep 10
   ck_noted "$g"; local incr2_s=$CK_S
+  sleep 10
+  ck_noted "$g"; local incr3_s=$CK_S
   gen_ck=$CK_GEN
-  # Each incremental is taken 10 s after the previous one: both are samples of the path the bar
-  # is about, and their mean is judged, as the mean of xl's two samples is on the other side.
-  local incr_s; incr_s=$(mean "$incr1_s" "$incr2_s")
+  local incr_s; incr_s=$(median "$incr1_s" "$incr2_s" "$incr3_s")
   # Restore of the latest point; its window ends where the guest was destroyed.
   gen_stop=$(last_gen "$g")
   xckpt_restore "$g" "$gen_ck" "$gen_stop" 1
-  # Stock xl again, on the guest xckpt restored (the same memory, the same workload).
+  # Stock xl again, on the guest xckpt restored (the same memory, the same workload), and the
+  # same point restored again over the guest xl restored; twice.
   xl_pair "$g" 2
-  # The same point restored again, over the guest xl restored.
   xckpt_restore "$g" "$gen_ck" "$gen_stop" 2
-  XS_S=$(mean "$XS_1" "$XS_2") XR_S=$(mean "$XR_1" "$XR_2") RS_S=$(mean "$RS_1" "$RS_2")
+  xl_pair "$g" 3
+  xckpt_restore "$g" "$gen_ck" "$gen_stop" 3
+  XS_S=$(median "$XS_1" "$XS_2" "$XS_3") XR_S=$(median "$XR_1" "$XR_2" "$XR_3")
+  RS_S=$(median "$RS_1" "$RS_2" "$RS_3")
   # Export of that point, restored by stock xl.
   timed EX_S xckpt export --store "$STORE" "$g" -o "$img" || fail "xckpt export $g failed"
   gen_stop=$(last_gen "$g")
@@ -85,17 +93,20 @@ one_type() {
   timed EXR_S xl restore "$img" || fail "xl restore of the export of $g failed"
   rm -f "$img"
   verify_resumed "$g" "$m" "$gen_ck" "$gen_stop" "xl restore of the export"
-  # A second base, on a new store: the guest xl restored is a new domain, untracked.
+  # Two more bases, each on a new store: the guest xl restored is a new domain, untracked.
   ck_noted "$g"; local base2_s=$CK_S
-  local base_s; base_s=$(mean "$base1_s" "$base2_s")
+  clear_store
+  ck_noted "$g"; local base3_s=$CK_S
+  local base_s; base_s=$(median "$base1_s" "$base2_s" "$base3_s")
   destroy_guest "$g"
   clear_store
   local k v kv
   for kv in "xl_save_s=$XS_S" "xl_restore_s=$XR_S" "xl_save1_s=$XS_1" "xl_save2_s=$XS_2" \
-            "xl_restore1_s=$XR_1" "xl_restore2_s=$XR_2" "base1_s=$base1_s" "base2_s=$base2_s" \
-            "base_s=$base_s" "incr1_s=$incr1_s" "incr2_s=$incr2_s" "incr_s=$incr_s" \
-            "restore1_s=$RS_1" "restore2_s=$RS_2" "restore_s=$RS_S" "export_s=$EX_S" \
-            "export_xl_restore_s=$EXR_S"; do
+            "xl_save3_s=$XS_3" "xl_restore1_s=$XR_1" "xl_restore2_s=$XR_2" \
+            "xl_restore3_s=$XR_3" "base1_s=$base1_s" "base2_s=$base2_s" "base3_s=$base3_s" \
+            "base_s=$base_s" "incr1_s=$incr1_s" "incr2_s=$incr2_s" "incr3_s=$incr3_s" \
+            "incr_s=$incr_s" "restore1_s=$RS_1" "restore2_s=$RS_2" "restore3_s=$RS_3" \
+            "restore_s=$RS_S" "export_s=$EX_S" "export_xl_restore_s=$EXR_S"; do
     k=${kv%%=*}; v=${kv#*=}
     num "${t}_$k" "$v"
     FIG="$FIG ${t}_$kv"
