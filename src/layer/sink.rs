@@ -333,6 +333,31 @@ mod tests {
         drop(sink);
     }
 
+    /// A device that fails every write (`/dev/full`: ENOSPC), behind the direct path's thread:
+    /// the error comes back to the writer, whether it was writing on or finishing.
+    #[test]
+    fn a_failed_write_comes_back_to_the_writer() {
+        let full = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .map(DirectFile::start)
+        };
+        let Ok(mut d) = full() else { return };
+        let on = (0..2 * BLOCKS)
+            .map(|_| d.write_all(&vec![3u8; STAGE_BYTES]))
+            .find_map(Result::err);
+        let e = on.expect("writing on past a failed block must fail");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+
+        let mut d = full().unwrap();
+        d.write_all(&vec![3u8; STAGE_BYTES + 10]).unwrap();
+        let e = d
+            .into_file()
+            .expect_err("finishing after a failed block must fail");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    }
+
     #[test]
     fn tmpfs_goes_through_the_page_cache() {
         let shm = std::path::Path::new("/dev/shm");
