@@ -42,7 +42,15 @@ impl Sink {
         if memory_backed(&file) || set_direct(&file, true).is_err() {
             return Sink::Cached(BufWriter::with_capacity(BUF_BYTES, file));
         }
-        Sink::Direct(DirectFile::start(file))
+        match DirectFile::start(file) {
+            Ok(d) => Sink::Direct(d),
+            // No thread for it: through the cache after all (the flag belongs to the open
+            // file, which the thread's copy shared).
+            Err(file) => {
+                let _ = set_direct(&file, false);
+                Sink::Cached(BufWriter::with_capacity(BUF_BYTES, file))
+            }
+        }
     }
 
     /// Whether the bytes go straight to the device (as opened: a file system that takes
@@ -134,7 +142,11 @@ pub struct DirectFile {
 const BLOCKS: usize = 4;
 
 impl DirectFile {
-    fn start(file: File) -> DirectFile {
+    /// The writer of `file`, or `file` back if its thread cannot be had.
+    fn start(file: File) -> Result<DirectFile, File> {
+        let Ok(own) = file.try_clone() else {
+            return Err(file);
+        };
         let (to_io, rx) = mpsc::sync_channel::<Block>(BLOCKS);
         let (back_tx, back) = mpsc::channel();
         let io = std::thread::Builder::new()
@@ -142,19 +154,22 @@ impl DirectFile {
             .spawn(move || {
                 let mut direct = true;
                 for mut b in rx {
-                    write_block(&file, &mut direct, b.filled())?;
+                    write_block(&own, &mut direct, b.filled())?;
                     b.len = 0;
                     // The writer may be gone (it finished or failed): nothing to hand back.
                     let _ = back_tx.send(b);
                 }
-                Ok(file)
+                Ok(own)
             });
-        DirectFile {
-            cur: Block::new(),
-            to_io: Some(to_io),
-            back,
-            made: 1,
-            io: io.ok(),
+        match io {
+            Ok(io) => Ok(DirectFile {
+                cur: Block::new(),
+                to_io: Some(to_io),
+                back,
+                made: 1,
+                io: Some(io),
+            }),
+            Err(_) => Err(file),
         }
     }
 
@@ -341,7 +356,7 @@ mod tests {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open("/dev/full")
-                .map(DirectFile::start)
+                .map(|f| DirectFile::start(f).unwrap_or_else(|_| panic!("no thread")))
         };
         let Ok(mut d) = full() else { return };
         let on = (0..2 * BLOCKS)
