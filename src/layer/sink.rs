@@ -112,10 +112,9 @@ struct Block {
 
 impl Block {
     fn new() -> Block {
-        let mut buf = vec![0u8; STAGE_BYTES + BLOCK];
+        // Its pages present now, in one call, not by the first bytes copied in.
+        let buf = crate::guestmem::prefaulted(STAGE_BYTES + BLOCK);
         let start = buf.as_ptr().align_offset(BLOCK);
-        // Make its pages present now, in one call, not by the first bytes copied in.
-        crate::guestmem::prefault(&mut buf[start..start + STAGE_BYTES]);
         Block { buf, start, len: 0 }
     }
 
@@ -192,21 +191,23 @@ impl DirectFile {
         }
     }
 
-    /// The I/O thread stopped early: its error.
-    fn io_failed(&mut self) -> io::Error {
+    /// No more blocks: wait for the I/O thread to write those it has. The file, or the first
+    /// error.
+    fn join_io(&mut self) -> io::Result<File> {
         self.to_io = None;
         match self.io.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => e,
-            _ => io::Error::other("the direct-write thread stopped"),
+            Some(Ok(r)) => r,
+            _ => Err(thread_stopped()),
         }
     }
 
+    /// The I/O thread stopped early: its error.
+    fn io_failed(&mut self) -> io::Error {
+        self.join_io().err().unwrap_or_else(thread_stopped)
+    }
+
     fn into_file(mut self) -> io::Result<File> {
-        self.to_io = None;
-        let file = match self.io.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r?,
-            _ => return Err(io::Error::other("the direct-write thread stopped")),
-        };
+        let file = self.join_io()?;
         if self.cur.len > 0 {
             // The tail is shorter than a block: through the page cache, at its exact length.
             set_direct(&file, false)?;
@@ -220,10 +221,7 @@ impl Drop for DirectFile {
     /// Unfinished (a failed layer, whose file is removed): the blocks in flight are written
     /// out before the thread is gone.
     fn drop(&mut self) {
-        self.to_io = None;
-        if let Some(h) = self.io.take() {
-            let _ = h.join();
-        }
+        let _ = self.join_io();
     }
 }
 
@@ -262,6 +260,10 @@ fn write_block(mut file: &File, direct: &mut bool, bytes: &[u8]) -> io::Result<(
         }
     }
     Ok(())
+}
+
+fn thread_stopped() -> io::Error {
+    io::Error::other("the direct-write thread stopped")
 }
 
 fn memory_backed(file: &File) -> bool {
