@@ -558,15 +558,17 @@ mod tests {
         std::thread::scope(|s| {
             let (mut pipe, mut builder) =
                 Pipeline::start(s, writer, LayerIndex::new(256), 4, Encoding::Level(0), 1);
-            let mut sent = 0;
+            // The full chunks are sent only once all ten pages are in: a buffer written back
+            // earlier would be taken by the builder for its next chunk, and the count below
+            // would depend on the writer's speed.
+            let mut full = Vec::new();
             for pfn in 0..10u64 {
-                let full = builder.add_copied(pfn, |dst| dst.fill(pfn as u8 + 1));
-                if let Some(c) = full {
-                    pipe.send(c).unwrap();
-                    sent += 1;
-                }
+                full.extend(builder.add_copied(pfn, |dst| dst.fill(pfn as u8 + 1)));
             }
-            assert_eq!(sent, 2);
+            assert_eq!(full.len(), 2);
+            for c in full {
+                pipe.send(c).unwrap();
+            }
             pipe.wait_written().unwrap();
             assert_eq!(*pipe.applied.0.lock().unwrap(), 2);
             // Both raw frames' buffers: the paused copy takes them instead of new memory.
