@@ -4,7 +4,7 @@
 //! wall time alone. The `xckpt` command's `--json` reports read the same fields.
 
 /// CPU time (all threads of this process) and minor faults, at one moment or between two.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
     /// User CPU, milliseconds (at the kernel's clock-tick resolution, 10 ms on most systems).
     pub user_ms: u64,

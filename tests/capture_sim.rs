@@ -563,3 +563,37 @@ fn a_run_killed_after_fetching_dirty_bits_makes_the_next_run_a_resync() {
 fn sessions_open(dom: &SimDomain) -> u64 {
     dom.faults().stop_sessions_open.load(Ordering::SeqCst)
 }
+
+/// The report's usage per phase covers the run and nothing else: its phases add up to at most
+/// what the process used around the call (other tests run in the same process), and the
+/// pre-copy, which faults in the chunk buffers, shows faults.
+#[test]
+fn phase_usage_adds_up_within_the_run() {
+    use xckpt::usage::Usage;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    let dom = sim(8192, AccessPattern::Uniform, 0.0);
+    let before = Usage::now();
+    let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
+    let around = Usage::now().since(before);
+    let u = &r.phase_usage;
+    let phases = [
+        u.arm,
+        u.free,
+        u.precopy,
+        u.stopped,
+        u.write_behind,
+        u.commit,
+    ];
+    let sum = |f: fn(&Usage) -> u64| phases.iter().map(f).sum::<u64>();
+    assert!(
+        sum(|p| p.minor_faults) <= around.minor_faults,
+        "{u:?} {around:?}"
+    );
+    assert!(
+        sum(|p| p.user_ms + p.system_ms) <= around.user_ms + around.system_ms,
+        "{u:?} {around:?}"
+    );
+    assert!(u.precopy.minor_faults > 0, "{u:?}");
+}

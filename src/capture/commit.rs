@@ -98,6 +98,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             stages: out.stages,
             superseded_pages: self.hold.dropped,
             phases: self.phases.clone(),
+            phase_usage: PhaseUsage::default(),
             probe: self.probe.as_ref().map(|p| p.report.clone()),
         })
     }

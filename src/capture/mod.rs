@@ -36,6 +36,7 @@ use crate::layer::pipeline::{self, Baseline, Chunk, ChunkBuilder, Pipeline, Writ
 use crate::layer::{CaptureStats, LayerIndex, LayerMeta, LayerWriteError};
 use crate::progress::{self as report, emit, Event, Task};
 use crate::store::{Chain, TrackingState};
+use crate::usage::Usage;
 use copy::{copy_pfns, round_set, CopyFigures, CopyRules, SkipSet};
 use holdback::{HeldSink, Holdback};
 pub use plan::Plan;
@@ -45,7 +46,7 @@ pub use stop::{SoloStop, StopControl, StopFigures};
 mod error;
 mod options;
 pub use error::CaptureError;
-pub use options::{CaptureOptions, CaptureReport, PhaseTimes, RoundReport};
+pub use options::{CaptureOptions, CaptureReport, PhaseTimes, PhaseUsage, RoundReport};
 pub use probe::ProbeReport;
 
 /// Pages the paused round's buffers may lack before the backlog is written ahead of the stop to
@@ -71,6 +72,7 @@ pub fn checkpoint_with<D: Checkpointable + 'static>(
     stop: &mut dyn StopControl,
 ) -> Result<CaptureReport, CaptureError> {
     let started = Instant::now();
+    let at_start = Usage::now();
     let info = dom.info()?;
     let manifest = chain.manifest()?;
     let plan = plan::plan(dom.as_ref(), chain, &info, &manifest, opts)?;
@@ -82,6 +84,7 @@ pub fn checkpoint_with<D: Checkpointable + 'static>(
     };
     let mut run = Run::new(dom.clone(), chain, info, plan, opts, kept_spot);
     run.phases.prepare_ms = ms_since(started);
+    run.marks.start = at_start;
     run.execute(started, stop)
         .map_err(|e| run.keep_dirty_bits(e))
 }
@@ -111,6 +114,8 @@ struct Run<'c, D: Checkpointable + 'static> {
     hold: Holdback,
     /// Where the run's time went.
     phases: PhaseTimes,
+    /// The process's usage at the phases' ends ([`PhaseUsage`]).
+    marks: UsageMarks,
     /// The spot-check sample kept with the tracking state, if it belongs to the parent.
     kept_spot: Vec<crate::store::SpotPage>,
     /// A base's populated pfns, found before its first round ([`probe`]).
@@ -144,6 +149,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             untracked: false,
             hold,
             phases: PhaseTimes::default(),
+            marks: UsageMarks::default(),
             kept_spot,
             probe: None,
         }
@@ -236,6 +242,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         // incremental copies at most round 0's set and what is dirtied later (never evicted):
         // the introspection need not look further.
         let t = Instant::now();
+        let before_free = Usage::now();
         let scope = crate::evict::ScanScope {
             memo_dir: self.chain.key().is_none().then(|| self.chain.dir()),
             only: matches!(self.plan, Plan::Incremental { .. }).then_some(&dirty),
@@ -243,12 +250,14 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         let (free, note) =
             crate::evict::free_pages(&self.opts.evict, &self.info, &*self.dom, &*self.dom, scope);
         self.phases.free_ms = ms_since(t);
+        self.marks.free = Usage::now().since(before_free);
         self.free = free;
         self.evict_notes.extend((!note.is_empty()).then_some(note));
         let baseline = self.plan.baseline(self.chain)?;
         let index = LayerIndex::new(self.info.pfn_count);
         let opts = self.opts;
         self.phases.arm_ms = ms_since(started) - self.phases.free_ms;
+        self.marks.armed = Usage::now();
         std::thread::scope(|s| {
             // The domain's config (`xl list -l` on Xen, slow there) is only needed at commit:
             // fetch it while round 0 runs.
@@ -277,6 +286,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             let t = Instant::now();
             let written = self.write_behind(pipe, builder, chunks).and_then(|out| {
                 self.phases.write_behind_ms = ms_since(t);
+                self.marks.written = Usage::now();
                 let t = Instant::now();
                 let config = config_job.join().unwrap_or_else(|_| {
                     Err(HvError::op(
@@ -292,6 +302,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
                 };
                 let mut report = self.commit(out, state, config, figures, why, started)?;
                 report.phases.commit_ms = ms_since(t);
+                report.phase_usage = self.marks.phases(Usage::now());
                 Ok(report)
             });
             if written.is_err() {
@@ -352,6 +363,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
     ) -> Result<(Vec<Chunk>, Vec<StateBlob>, StopFigures, StopReason), CaptureError> {
         let (first, stop) = self.precopy(pipe, builder, dirty, baseline, &*control)?;
         let since_precopy = Instant::now();
+        self.marks.precopied = Usage::now();
         // Buffers for the paused copy are faulted in while the guest still runs; the margin
         // covers what is dirtied between the last live fetch and the pause.
         let expect = if first && self.plan.full_scan() {
@@ -394,6 +406,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             });
         }
         self.phases.stopped_ms = ms_since(since_precopy);
+        self.marks.resumed = Usage::now();
         let (held, state, pages, fetched) = last?;
         let figures = figures?;
         // Running again: the backlog's copies of what the paused round re-read are dead.
@@ -556,6 +569,32 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         CaptureError::Write {
             domain: self.info.identity.name.clone(),
             source,
+        }
+    }
+}
+
+/// The process's usage when the run started and at the end of each phase.
+#[derive(Debug, Default)]
+struct UsageMarks {
+    start: Usage,
+    /// Of the free-page search alone (inside `arm`'s span).
+    free: Usage,
+    armed: Usage,
+    precopied: Usage,
+    resumed: Usage,
+    written: Usage,
+}
+
+impl UsageMarks {
+    /// Each phase's usage, the run committed at `committed`.
+    fn phases(&self, committed: Usage) -> PhaseUsage {
+        PhaseUsage {
+            arm: self.armed.since(self.start).since(self.free),
+            free: self.free,
+            precopy: self.precopied.since(self.armed),
+            stopped: self.resumed.since(self.precopied),
+            write_behind: self.written.since(self.resumed),
+            commit: committed.since(self.written),
         }
     }
 }

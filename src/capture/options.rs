@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::policy::{PrecopyPolicy, StopReason};
 use crate::store::LayerRecord;
+use crate::usage::Usage;
 
 /// Options of one checkpoint.
 #[derive(Debug, Clone)]
@@ -87,8 +88,30 @@ pub struct CaptureReport {
     pub superseded_pages: u64,
     /// Wall time of each phase of the run.
     pub phases: PhaseTimes,
+    /// This process's CPU time and minor faults in each phase of the run.
+    pub phase_usage: PhaseUsage,
     /// How a base's first round found the populated pfns, when it probed (`probe`).
     pub probe: Option<super::ProbeReport>,
+}
+
+/// This process's CPU time and minor faults (all its threads) in each phase of [`PhaseTimes`]
+/// but `prepare` and `spot` (parts of `arm`): whether a phase's wall time was work or waiting,
+/// and how much fresh memory it touched (in a PV dom0 each minor fault is a trip through the
+/// hypervisor). `checkpoint --json`'s `phase_usage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PhaseUsage {
+    /// See [`PhaseTimes::arm_ms`].
+    pub arm: Usage,
+    /// See [`PhaseTimes::free_ms`].
+    pub free: Usage,
+    /// From the end of `arm` to the end of the live rounds (see [`PhaseTimes::precopy_ms`]).
+    pub precopy: Usage,
+    /// See [`PhaseTimes::stopped_ms`].
+    pub stopped: Usage,
+    /// See [`PhaseTimes::write_behind_ms`].
+    pub write_behind: Usage,
+    /// See [`PhaseTimes::commit_ms`].
+    pub commit: Usage,
 }
 
 /// Wall time of each phase of one run, ms, in the order they run: where a checkpoint's time

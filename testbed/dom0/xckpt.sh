@@ -51,6 +51,7 @@ ck() {
     + " total=\(.layer.stats.total_ms) since_start=\(.since_start_s // "?") s wall=\($wall) s;"
     + " cpu_s: \([(.stages // {} | to_entries[]), (.cpu_s // {} | to_entries[])] | map("\(.key | rtrimstr("_s"))=\(.value * 100 | round / 100)") | join(" "));"
     + " faults: \(.faults // {} | pairs); setup_s: \(.setup_s // {} | pairs); probe: \(.probe // {} | pairs);"
+    + " phase_cpu_ms/faults: \(.phase_usage // {} | to_entries | map("\(.key)=\(.value.user_ms + .value.system_ms)/\(.value.minor_faults)") | join(" "));"
     + " copies: written=\($w) data=\($d) dead=\($w - $d) dropped=\(.superseded_pages // 0)"' "$CK_JSON")
   { echo "$CK_LINE"; echo "  $CK_PHASES"
     jq -r '.layer.stats.notes[] | "  note: " + .' "$CK_JSON"
