@@ -23,6 +23,14 @@ fn sim(pages: u64, pattern: AccessPattern, rate_mib_s: f64) -> Arc<SimDomain> {
     Arc::new(SimDomain::new(cfg).unwrap())
 }
 
+/// An empty chain "g" in a new store under a temporary directory (kept alive by the caller).
+fn new_chain() -> (tempfile::TempDir, xckpt::store::Chain) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let chain = store.chain("g").unwrap();
+    (dir, chain)
+}
+
 fn opts(level: i32) -> CaptureOptions {
     CaptureOptions {
         compress_level: level,
@@ -68,9 +76,7 @@ fn layers_restore_byte_equal_under_each_workload_with_and_without_compression() 
     ];
     for pattern in patterns {
         for level in [0, 1] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(&dir.path().join("store")).unwrap();
-            let chain = store.chain("g").unwrap();
+            let (_dir, chain) = new_chain();
             let dom = sim(4096, pattern, 40.0);
             dom.start_workload().unwrap();
             let mut ids = Vec::new();
@@ -90,9 +96,7 @@ fn layers_restore_byte_equal_under_each_workload_with_and_without_compression() 
 
 #[test]
 fn incremental_holds_exactly_the_dirtied_pages_less_zero_pages() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(2048, AccessPattern::Uniform, 0.0);
     let base = checkpoint(&dom, &chain, &opts(1)).unwrap();
     assert_eq!(base.layer.kind, LayerKind::Base);
@@ -126,9 +130,7 @@ fn incremental_holds_exactly_the_dirtied_pages_less_zero_pages() {
 
 #[test]
 fn composing_layer_n_of_ten_equals_truth_at_n() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(
         4096,
         AccessPattern::HotSet {
@@ -151,9 +153,7 @@ fn composing_layer_n_of_ten_equals_truth_at_n() {
 
 #[test]
 fn ballooned_pages_become_unpopulated_in_the_next_layer() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(1024, AccessPattern::Uniform, 0.0);
     let first = checkpoint(&dom, &chain, &opts(1)).unwrap();
     dom.balloon_out(100..164).unwrap();
@@ -183,9 +183,7 @@ fn ballooned_pages_become_unpopulated_in_the_next_layer() {
 /// unpopulated, where a copy of them would fail.
 #[test]
 fn frames_that_leave_between_type_query_and_map_are_unpopulated() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(1024, AccessPattern::Uniform, 0.0);
     let weak = Arc::downgrade(&dom);
     let once = std::sync::atomic::AtomicBool::new(false);
@@ -329,9 +327,7 @@ fn lost_tracking_takes_a_resync_that_stores_only_what_differs() {
 
 #[test]
 fn log_dirty_turned_off_during_a_capture_fails_it_and_the_next_run_resyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(2048, AccessPattern::Uniform, 50.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     let head = chain.manifest().unwrap().layers.len();
@@ -359,9 +355,7 @@ fn log_dirty_turned_off_during_a_capture_fails_it_and_the_next_run_resyncs() {
 
 #[test]
 fn non_live_capture_restores_byte_equal() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(2048, AccessPattern::Uniform, 20.0);
     dom.start_workload().unwrap();
     let o = CaptureOptions {
@@ -382,9 +376,7 @@ fn non_live_capture_restores_byte_equal() {
 #[test]
 fn a_sparse_space_is_probed_from_its_ends_and_restores_byte_equal() {
     for live in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        let chain = store.chain("g").unwrap();
+        let (_dir, chain) = new_chain();
         let mut cfg = SimConfig::small(16_384);
         cfg.populated = vec![0..2048, 16_376..16_384];
         cfg.workload.rate_mib_s = 20.0;
@@ -407,9 +399,7 @@ fn a_sparse_space_is_probed_from_its_ends_and_restores_byte_equal() {
 
 /// A chain "g" in a new store holding a base of a quiet 2048-page sim guest.
 fn chain_with_a_base() -> (tempfile::TempDir, xckpt::store::Chain, Arc<SimDomain>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (dir, chain) = new_chain();
     let dom = sim(2048, AccessPattern::Uniform, 0.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     (dir, chain, dom)
@@ -540,9 +530,7 @@ fn an_encrypted_chain_keeps_no_sample_and_still_catches_lost_writes() {
 
 #[test]
 fn a_run_killed_after_fetching_dirty_bits_makes_the_next_run_a_resync() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(1024, AccessPattern::Uniform, 0.0);
     checkpoint(&dom, &chain, &opts(1)).unwrap();
     // What a run killed with SIGKILL after its first fetch-and-clear leaves behind.
@@ -570,9 +558,7 @@ fn sessions_open(dom: &SimDomain) -> u64 {
 #[test]
 fn phase_usage_adds_up_within_the_run() {
     use xckpt::usage::Usage;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let chain = store.chain("g").unwrap();
+    let (_dir, chain) = new_chain();
     let dom = sim(8192, AccessPattern::Uniform, 0.0);
     let before = Usage::now();
     let r = checkpoint(&dom, &chain, &opts(1)).unwrap();
