@@ -104,7 +104,8 @@ pub struct PhaseUsage {
     pub arm: Usage,
     /// See [`PhaseTimes::free_ms`].
     pub free: Usage,
-    /// From the end of `arm` to the end of the live rounds (see [`PhaseTimes::precopy_ms`]).
+    /// From the end of `arm` to the end of the live rounds: [`PhaseTimes::precopy_ms`] and what
+    /// it leaves out between them (the pipeline's start, a base's probe).
     pub precopy: Usage,
     /// See [`PhaseTimes::stopped_ms`].
     pub stopped: Usage,
