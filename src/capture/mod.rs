@@ -46,6 +46,7 @@ pub use stop::{SoloStop, StopControl, StopFigures};
 mod error;
 mod options;
 pub use error::CaptureError;
+use options::UsageMarks;
 pub use options::{CaptureOptions, CaptureReport, PhaseTimes, PhaseUsage, RoundReport};
 pub use probe::ProbeReport;
 
@@ -569,32 +570,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         CaptureError::Write {
             domain: self.info.identity.name.clone(),
             source,
-        }
-    }
-}
-
-/// The process's usage when the run started and at the end of each phase.
-#[derive(Debug, Default)]
-struct UsageMarks {
-    start: Usage,
-    /// Of the free-page search alone (inside `arm`'s span).
-    free: Usage,
-    armed: Usage,
-    precopied: Usage,
-    resumed: Usage,
-    written: Usage,
-}
-
-impl UsageMarks {
-    /// Each phase's usage, the run committed at `committed`.
-    fn phases(&self, committed: Usage) -> PhaseUsage {
-        PhaseUsage {
-            arm: self.armed.since(self.start).since(self.free),
-            free: self.free,
-            precopy: self.precopied.since(self.armed),
-            stopped: self.resumed.since(self.precopied),
-            write_behind: self.written.since(self.resumed),
-            commit: committed.since(self.written),
         }
     }
 }

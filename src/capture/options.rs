@@ -115,6 +115,32 @@ pub struct PhaseUsage {
     pub commit: Usage,
 }
 
+/// The process's usage when the run started and at the end of each phase.
+#[derive(Debug, Default)]
+pub(super) struct UsageMarks {
+    pub(super) start: Usage,
+    /// Of the free-page search alone (inside `arm`'s span).
+    pub(super) free: Usage,
+    pub(super) armed: Usage,
+    pub(super) precopied: Usage,
+    pub(super) resumed: Usage,
+    pub(super) written: Usage,
+}
+
+impl UsageMarks {
+    /// Each phase's usage, the run committed at `committed`.
+    pub(super) fn phases(&self, committed: Usage) -> PhaseUsage {
+        PhaseUsage {
+            arm: self.armed.since(self.start).since(self.free),
+            free: self.free,
+            precopy: self.precopied.since(self.armed),
+            stopped: self.resumed.since(self.precopied),
+            write_behind: self.written.since(self.resumed),
+            commit: committed.since(self.written),
+        }
+    }
+}
+
 /// Wall time of each phase of one run, ms, in the order they run: where a checkpoint's time
 /// goes (`checkpoint --json`'s `phases`; the test bed prints them beside `xl save`'s time).
 #[derive(Debug, Clone, Default, serde::Serialize)]
