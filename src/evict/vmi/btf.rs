@@ -45,9 +45,13 @@ struct Ty {
     extra: usize,
 }
 
-/// A parsed BTF section (type index only; data stays in the bytes).
+/// A parsed BTF section: where each type starts in the type data (the data stays in the
+/// bytes, and a type's header is decoded when it is looked at). Four bytes a type: a kernel's
+/// BTF has over 100,000 types, and in a PV dom0 each page of a fresh index costs a fault
+/// through the hypervisor.
 pub struct Btf<'a> {
-    types: Vec<Ty>,
+    /// Offset of type `id`'s header in `data` (`id` 0, void, has none: `u32::MAX`).
+    types: Vec<u32>,
     data: &'a [u8],
     strs: &'a [u8],
 }
@@ -56,6 +60,37 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(off..off.checked_add(4)?)?.try_into().ok()?,
     ))
+}
+
+/// Why a type's header could not be read.
+enum Bad {
+    Short,
+    Kind(u32),
+}
+
+/// The header of the type at `at` in `data`, and the length of its kind-specific data.
+fn header(data: &[u8], at: usize) -> Result<(Ty, usize), Bad> {
+    let name_off = u32_at(data, at).ok_or(Bad::Short)?;
+    let info = u32_at(data, at + 4).ok_or(Bad::Short)?;
+    let size_or_type = u32_at(data, at + 8).ok_or(Bad::Short)?;
+    let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+    let extra_len = match kind {
+        INT | VAR | DECL_TAG => 4,
+        ARRAY => 12,
+        STRUCT | UNION | DATASEC | ENUM64 => 12 * vlen,
+        ENUM | FUNC_PROTO => 8 * vlen,
+        2 | 7 | TYPEDEF | VOLATILE | CONST | RESTRICT | 12 | 16 | TYPE_TAG => 0,
+        k => return Err(Bad::Kind(k)),
+    };
+    let ty = Ty {
+        name_off,
+        kind,
+        vlen: vlen as u32,
+        kind_flag: info >> 31 == 1,
+        size_or_type,
+        extra: at + 12,
+    };
+    Ok((ty, extra_len))
 }
 
 impl<'a> Btf<'a> {
@@ -73,38 +108,16 @@ impl<'a> Btf<'a> {
         };
         let data = sect(type_off, type_len).ok_or("BTF type section outside the data")?;
         let strs = sect(str_off, str_len).ok_or("BTF string section outside the data")?;
-        let mut types = vec![Ty {
-            name_off: 0,
-            kind: 0,
-            vlen: 0,
-            kind_flag: false,
-            size_or_type: 0,
-            extra: 0,
-        }]; // type id 0 is void
+        let mut types = vec![u32::MAX]; // type id 0 is void
         let mut at = 0usize;
         while at < data.len() {
             let (id, here) = (types.len(), at);
             let bad = move || format!("BTF type {id} cut short at byte {here}");
-            let name_off = u32_at(data, at).ok_or_else(bad)?;
-            let info = u32_at(data, at + 4).ok_or_else(bad)?;
-            let size_or_type = u32_at(data, at + 8).ok_or_else(bad)?;
-            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
-            let extra_len = match kind {
-                INT | VAR | DECL_TAG => 4,
-                ARRAY => 12,
-                STRUCT | UNION | DATASEC | ENUM64 => 12 * vlen,
-                ENUM | FUNC_PROTO => 8 * vlen,
-                2 | 7 | TYPEDEF | VOLATILE | CONST | RESTRICT | 12 | 16 | TYPE_TAG => 0,
-                k => return Err(format!("unknown BTF kind {k} (type {})", types.len())),
-            };
-            types.push(Ty {
-                name_off,
-                kind,
-                vlen: vlen as u32,
-                kind_flag: info >> 31 == 1,
-                size_or_type,
-                extra: at + 12,
-            });
+            let (_, extra_len) = header(data, at).map_err(|e| match e {
+                Bad::Short => bad(),
+                Bad::Kind(k) => format!("unknown BTF kind {k} (type {id})"),
+            })?;
+            types.push(u32::try_from(at).map_err(|_| bad())?);
             at = at + 12 + extra_len;
             if at > data.len() || types.len() > 1 << 22 {
                 return Err(bad());
@@ -113,15 +126,26 @@ impl<'a> Btf<'a> {
         Ok(Btf { types, data, strs })
     }
 
+    /// Type `id`'s header (`None` for void and ids past the last type).
+    fn ty(&self, id: u32) -> Option<Ty> {
+        let at = *self.types.get(id as usize)?;
+        (at != u32::MAX).then(|| header(self.data, at as usize).ok().map(|(t, _)| t))?
+    }
+
+    /// Every type's header, in id order.
+    fn all(&self) -> impl Iterator<Item = Ty> + '_ {
+        (1..self.types.len() as u32).filter_map(|id| self.ty(id))
+    }
+
     fn name(&self, off: u32) -> &'a [u8] {
         let s = self.strs.get(off as usize..).unwrap_or(&[]);
         &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
     }
 
     /// Skip typedefs and qualifiers (bounded).
-    fn resolve(&self, mut id: u32) -> Option<&Ty> {
+    fn resolve(&self, mut id: u32) -> Option<Ty> {
         for _ in 0..16 {
-            let t = self.types.get(id as usize)?;
+            let t = self.ty(id)?;
             match t.kind {
                 TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG => id = t.size_or_type,
                 _ => return Some(t),
@@ -157,18 +181,17 @@ impl<'a> Btf<'a> {
         anon.into_iter().find_map(|(ty, bits)| {
             let inner = self.resolve(ty)?;
             (bits % 8 == 0).then_some(())?;
-            (bits / 8).checked_add(self.field(inner, want, depth + 1)?)
+            (bits / 8).checked_add(self.field(&inner, want, depth + 1)?)
         })
     }
 
     /// The layout of `struct page`.
     pub fn page_layout(&self) -> Result<PageLayout, String> {
         let page = self
-            .types
-            .iter()
+            .all()
             .find(|t| t.kind == STRUCT && self.name(t.name_off) == b"page")
             .ok_or("no struct page in the BTF")?;
-        let f = |n: &str| self.field(page, n, 0);
+        let f = |n: &str| self.field(&page, n, 0);
         let need = |n: &str| f(n).ok_or_else(|| format!("struct page has no field {n} in the BTF"));
         PageLayout {
             size: page.size_or_type,
@@ -183,7 +206,7 @@ impl<'a> Btf<'a> {
 
     /// The value of enumerator `name`, if some enum has it.
     pub fn enumerator(&self, name: &str) -> Option<i64> {
-        self.types.iter().find_map(|t| {
+        self.all().find_map(|t| {
             let step = match t.kind {
                 ENUM => 8,
                 ENUM64 => 12,

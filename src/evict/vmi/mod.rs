@@ -254,7 +254,19 @@ fn locate(r: &mut Reader<'_>, symbols: Symbols<'_>) -> Result<(KnownKernel, Stri
     let marking = marking_of(&banner)?;
     let page_layout = match (profile.layout, btf_range) {
         (Some(l), _) => l,
-        (None, (Some(s), Some(e))) => btf_layout(r, at(s)?, at(e)?, marking)?,
+        // The search read the image's read-only data, where the section is: not read again.
+        (None, (Some(s), Some(e))) => {
+            let len = btf_len(s, e)?;
+            match known.and_then(|f| f.image.range(s, e)) {
+                Some(bytes) => btf_layout(bytes, marking)?,
+                None => {
+                    let bytes = r.bytes(at(s)?, len)?;
+                    let bytes =
+                        bytes.ok_or_else(|| VmiError::Btf("section not readable".into()))?;
+                    btf_layout(&bytes, marking)?
+                }
+            }
+        }
         (None, _) => return Err(VmiError::MissingSymbol("__stop_BTF")),
     };
     let root = match (profile.get("init_top_pgt"), known) {
@@ -358,25 +370,21 @@ fn scan_free(
     classify::scan(r, &mut target)
 }
 
-/// `struct page` from the `.BTF` section at `[start, stop)`, cross-checked with the marking.
-fn btf_layout(
-    r: &mut Reader<'_>,
-    start: u64,
-    stop: u64,
-    marking: &Marking,
-) -> Result<layout::PageLayout, VmiError> {
-    let len = stop
-        .checked_sub(start)
+/// The length of the `.BTF` section `[start, stop)`, if plausible.
+fn btf_len(start: u64, stop: u64) -> Result<usize, VmiError> {
+    stop.checked_sub(start)
         .filter(|&l| l > 24 && l <= MAX_BTF_BYTES)
+        .map(|l| l as usize)
         .ok_or_else(|| {
             VmiError::Btf(format!(
                 "section [{start:#x}, {stop:#x}) has no plausible size"
             ))
-        })?;
-    let bytes = r
-        .bytes(start, len as usize)?
-        .ok_or_else(|| VmiError::Btf("section not readable".into()))?;
-    let btf = btf::Btf::parse(&bytes).map_err(VmiError::Btf)?;
+        })
+}
+
+/// `struct page` from the `.BTF` section `bytes`, cross-checked with the marking.
+fn btf_layout(bytes: &[u8], marking: &Marking) -> Result<layout::PageLayout, VmiError> {
+    let btf = btf::Btf::parse(bytes).map_err(VmiError::Btf)?;
     let l = btf.page_layout().map_err(VmiError::Btf)?;
     if let Some(name) = marking.btf_name {
         let want = match marking.mark {

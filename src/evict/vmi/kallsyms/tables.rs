@@ -4,11 +4,11 @@
 
 use super::*;
 
-/// Where the digit tokens run ("0\0" ... "9\0").
-pub(super) fn digit_runs(b: &[u8]) -> Result<Vec<usize>, String> {
+/// Where the digit tokens run ("0\0" ... "9\0"), at most `most` of them.
+pub(super) fn digit_runs(b: &[u8], most: usize) -> Result<Vec<usize>, String> {
     let mut hits = Vec::new();
     for at in memchr::memmem::find_iter(b, DIGITS) {
-        if hits.len() == MAX_HITS {
+        if hits.len() == most {
             return Err(format!(
                 "more than {MAX_HITS} runs of the tokens \"0\" to \"9\": refusing to search"
             ));
