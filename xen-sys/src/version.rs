@@ -190,9 +190,13 @@ pub fn installed_versions() -> Vec<XenVersion> {
 }
 
 /// The ABI for this host: the running hypervisor's release, else the newest supported tools
-/// installed.
+/// installed. The library directories are listed only when the hypervisor's release is not
+/// known: a dom0 knows it, and every command's start need not read them.
 pub fn detect() -> Result<&'static Abi, XenError> {
-    choose(hypervisor_version(), &installed_versions())
+    match hypervisor_version() {
+        Some(v) => choose(Some(v), &[]),
+        None => choose(None, &installed_versions()),
+    }
 }
 
 #[cfg(test)]
