@@ -129,7 +129,10 @@ impl<'a> Btf<'a> {
     /// Type `id`'s header (`None` for void and ids past the last type).
     fn ty(&self, id: u32) -> Option<Ty> {
         let at = *self.types.get(id as usize)?;
-        (at != u32::MAX).then(|| header(self.data, at as usize).ok().map(|(t, _)| t))?
+        if at == u32::MAX {
+            return None;
+        }
+        header(self.data, at as usize).ok().map(|(t, _)| t)
     }
 
     /// Every type's header, in id order.
