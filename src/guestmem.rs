@@ -145,9 +145,9 @@ impl<'a> SharedPageMut<'a> {
 /// rather than one page fault per page as each is first written: in a PV dom0 every fault is
 /// a trip through the hypervisor, which the kernel's own loop does not take. The bytes are not
 /// changed. On a kernel without it (`EINVAL`) the pages fault in when written, as before.
-pub fn prefault(buf: &mut [u8]) {
+pub fn prefault<T>(buf: &mut [T]) {
     let start = buf.as_mut_ptr() as usize;
-    let end = start + buf.len();
+    let end = start + std::mem::size_of_val(buf);
     let (first, last) = (start.next_multiple_of(PAGE_SIZE), end - end % PAGE_SIZE);
     if last <= first {
         return;

@@ -385,6 +385,9 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
             pipe.wait_written().map_err(|e| self.write_error(e))?;
         }
         builder.reserve(want);
+        // The paused fetch's bitmap too: its pages faulted in now, not under pause.
+        let mut last = PfnBitmap::repeat(false, dirty.len());
+        crate::guestmem::prefault(last.as_raw_mut_slice());
         // What saving the state needs is opened while the guest runs (an HVM guest's QEMU
         // session), and released once the stop is over, whatever its outcome.
         self.dom.ready_for_stop()?;
@@ -397,7 +400,7 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         emit(Event::Paused { subject: &subject });
         crate::failpoint::failpoint("capture.paused");
         let t = Instant::now();
-        let last = self.final_round(builder, dirty, baseline, first);
+        let last = self.final_round(builder, dirty, last, baseline, first);
         let figures = control.resume(last.is_ok());
         self.dom.stop_over();
         if let Ok(f) = &figures {
@@ -416,11 +419,13 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         Ok((held, state, figures, stop))
     }
 
-    /// Under stop: fetch-and-clear, copy the last dirty pages into RAM, save the state.
+    /// Under stop: fetch-and-clear into `last` (empty, as long as `dirty`), copy the last
+    /// dirty pages into RAM, save the state.
     fn final_round(
         &mut self,
         builder: &mut ChunkBuilder,
         dirty: &mut PfnBitmap,
+        mut last: PfnBitmap,
         baseline: Option<&dyn Baseline>,
         first: bool,
     ) -> Result<(Vec<Chunk>, Vec<StateBlob>, u64, PfnBitmap), CaptureError> {
@@ -429,7 +434,6 @@ impl<'c, D: Checkpointable + 'static> Run<'c, D> {
         if first {
             self.probe_base(builder, &never)?;
         }
-        let mut last = PfnBitmap::repeat(false, dirty.len());
         self.clean(&mut last)?;
         *dirty |= &last;
         let mut held = Vec::new();
