@@ -220,17 +220,21 @@ impl GuestFill for ScratchFill {
 /// system allows (the files are fsynced and dropped from the cache first).
 pub fn measure(store: &Store, chain: &str, mem_bytes: u64) -> anyhow::Result<RestoreFigures> {
     let c = store.chain(chain)?;
+    let layers: Vec<PathBuf> = c
+        .manifest()?
+        .layers
+        .iter()
+        .map(|r| c.layer_path(r))
+        .collect();
     let xl = DiscardingXl {
         stream_cpu_ns: 0.into(),
     };
     let raw = write_raw(store.root(), mem_bytes)?;
-    let sampled = sample(store, chain, &xl, &raw);
+    let sampled = sample(store, chain, &layers, &xl, &raw);
     let removed = std::fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()));
     let s = sampled?;
     removed?;
-    for r in &c.manifest()?.layers {
-        drop_cache(&c.layer_path(r));
-    }
+    layers.iter().for_each(|p| drop_cache(p));
     let t = Instant::now();
     c.verify(None)?;
     let image = c.compose(None)?;
@@ -274,10 +278,14 @@ struct Samples {
 }
 
 /// [`RESTORE_SAMPLES`] pairs, in order: the latest point of `chain` restored into `xl` with
-/// the layer files dropped from the cache, then the raw file `raw` read back likewise.
-fn sample(store: &Store, chain: &str, xl: &DiscardingXl, raw: &Path) -> anyhow::Result<Samples> {
-    let c = store.chain(chain)?;
-    let layers = c.manifest()?.layers;
+/// its layer files `layers` dropped from the cache, then the raw file `raw` read back likewise.
+fn sample(
+    store: &Store,
+    chain: &str,
+    layers: &[PathBuf],
+    xl: &DiscardingXl,
+    raw: &Path,
+) -> anyhow::Result<Samples> {
     let mut s = Samples {
         restore_s: Vec::with_capacity(RESTORE_SAMPLES),
         xl_like_s: Vec::with_capacity(RESTORE_SAMPLES),
@@ -287,9 +295,7 @@ fn sample(store: &Store, chain: &str, xl: &DiscardingXl, raw: &Path) -> anyhow::
     };
     let before = xckpt::layer::decode_cost();
     for _ in 0..RESTORE_SAMPLES {
-        for r in &layers {
-            drop_cache(&c.layer_path(r));
-        }
+        layers.iter().for_each(|p| drop_cache(p));
         let t = Instant::now();
         let r = restore_point(store, chain, None, None, &RestoreOptions::default(), xl)
             .context("restoring the latest point")?;

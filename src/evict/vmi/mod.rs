@@ -257,15 +257,16 @@ fn locate(r: &mut Reader<'_>, symbols: Symbols<'_>) -> Result<(KnownKernel, Stri
         // The search read the image's read-only data, where the section is: not read again.
         (None, (Some(s), Some(e))) => {
             let len = btf_len(s, e)?;
-            match known.and_then(|f| f.image.range(s, e)) {
-                Some(bytes) => btf_layout(bytes, marking)?,
+            let read;
+            let bytes = match known.and_then(|f| f.image.range(s, e)) {
+                Some(kept) => kept,
                 None => {
-                    let bytes = r.bytes(at(s)?, len)?;
-                    let bytes =
-                        bytes.ok_or_else(|| VmiError::Btf("section not readable".into()))?;
-                    btf_layout(&bytes, marking)?
+                    read = r.bytes(at(s)?, len)?;
+                    read.as_deref()
+                        .ok_or_else(|| VmiError::Btf("section not readable".into()))?
                 }
-            }
+            };
+            btf_layout(bytes, marking)?
         }
         (None, _) => return Err(VmiError::MissingSymbol("__stop_BTF")),
     };
