@@ -12,21 +12,13 @@ fn main() -> ExitCode {
     if let Some(code) = cli::watchdog_fast_path() {
         return code;
     }
+    if let Some(code) = cli::service::delegate() {
+        return code;
+    }
     match cli::parse().and_then(cli::run) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the context chain joined, outermost first; a cause that its
-            // wrapper already quotes at its end is not repeated.
-            let mut msg = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
-                if !msg.ends_with(&cause) {
-                    if !msg.is_empty() {
-                        msg.push_str(": ");
-                    }
-                    msg.push_str(&cause);
-                }
-            }
-            eprintln!("xckpt: {msg}");
+            eprintln!("xckpt: {}", cli::error_line(&e));
             ExitCode::from(1)
         }
     }

@@ -9,6 +9,8 @@ mod group;
 mod limits;
 mod metrics;
 mod progress;
+mod serve;
+pub mod service;
 mod settings;
 mod show;
 mod size;
@@ -134,6 +136,10 @@ enum Command {
     /// Run the hypervisor conformance checks on a running domain (test bed).
     #[command(hide = true)]
     Selftest(xenverbs::SelftestCmd),
+    /// Run the xl-like verbs of `xckpt` clients in one resident process (systemd: xckpt.service),
+    /// so that a command does not pay again for a new process, Xen's libraries and fresh
+    /// buffers.
+    Serve(serve::ServeCmd),
     /// Write man pages and shell completions into a directory (for packaging).
     #[command(name = "__generate", hide = true)]
     Generate(generate::GenerateCmd),
@@ -149,8 +155,35 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     progress::install(cli.progress, cli.quiet);
     let code = dispatch(cli.command);
-    progress::clear();
+    progress::finish();
     code
+}
+
+/// Parse and run `args` (the program's name first); a usage error, `--help` or `--version` is
+/// printed as clap prints it, with its exit code.
+pub fn run_args(args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
+    match settings::try_parse(args)? {
+        Ok(cli) => run(cli),
+        Err(e) => {
+            let _ = e.print();
+            Ok(ExitCode::from(e.exit_code().clamp(0, 255) as u8))
+        }
+    }
+}
+
+/// `e` as one line: its context chain joined, outermost first; a cause that its wrapper
+/// already quotes at its end is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !msg.ends_with(&cause) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&cause);
+        }
+    }
+    msg
 }
 
 /// The pause watchdog's command line, `xckpt __watchdog DOMID` exactly as
@@ -190,6 +223,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Prune(c) => c.run(),
         Command::Bench(c) => c.run(),
         Command::Selftest(c) => c.run(),
+        Command::Serve(c) => c.run(),
         Command::Generate(c) => c.run(),
         Command::Watchdog { domid } => Ok(watchdog(domid)),
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -27,8 +27,12 @@ pub enum ProgressMode {
     None,
 }
 
-/// The renderer installed for this process, to clear its bars before a result is printed.
-static BARS: OnceLock<Arc<Bars>> = OnceLock::new();
+/// The renderer of the command running now, to clear its bars before a result is printed.
+static BARS: Mutex<Option<Arc<Bars>>> = Mutex::new(None);
+
+/// The observer of the command running now: the library's observer is set once per process
+/// ([`Switch`]), and `xckpt serve` runs one command after another, each with its own.
+static CURRENT: Mutex<Option<Arc<dyn Observer>>> = Mutex::new(None);
 
 /// Whether `--quiet` was given.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -38,30 +42,55 @@ pub fn quiet() -> bool {
     QUIET.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Install the observer `mode` asks for (nothing with `quiet`, or `auto` off a terminal).
+/// The library's observer: hands each event to the command's ([`CURRENT`]).
+struct Switch;
+
+impl Observer for Switch {
+    fn event(&self, e: &Event<'_>) {
+        let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(o) = current {
+            o.event(e);
+        }
+    }
+}
+
+/// Install the observer `mode` asks for (nothing with `quiet`, or `auto` off a terminal), in
+/// place of the previous command's.
 pub fn install(mode: ProgressMode, quiet: bool) {
     QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
-    if quiet {
-        return;
-    }
-    let observer: Box<dyn Observer> = match mode {
-        ProgressMode::None => return,
-        ProgressMode::Json => Box::new(JsonLines::default()),
-        ProgressMode::Auto if !std::io::stderr().is_terminal() => return,
+    let mut bars = None;
+    let observer: Option<Arc<dyn Observer>> = match mode {
+        _ if quiet => None,
+        ProgressMode::None => None,
+        ProgressMode::Json => Some(Arc::new(JsonLines::default())),
+        ProgressMode::Auto if !std::io::stderr().is_terminal() => None,
         ProgressMode::Auto => {
-            let bars = Arc::new(Bars::new());
-            let _ = BARS.set(bars.clone());
-            Box::new(SharedBars(bars))
+            let b = Arc::new(Bars::new());
+            bars = Some(b.clone());
+            Some(b)
         }
     };
-    let _ = xckpt::progress::set_observer(observer);
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = bars;
+    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = observer;
+    static SWITCH: std::sync::Once = std::sync::Once::new();
+    SWITCH.call_once(|| {
+        let _ = xckpt::progress::set_observer(Box::new(Switch));
+    });
 }
 
 /// Remove the bars from the terminal (the lines left above them stay), before a result line.
 pub fn clear() {
-    if let Some(b) = BARS.get() {
+    let bars = BARS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(b) = bars {
         b.clear();
     }
+}
+
+/// Clear the bars and drop the command's observer: nothing of it draws after the command.
+pub fn finish() {
+    clear();
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
 /// `task` as the words a line shows.
@@ -104,11 +133,9 @@ struct Bars {
     lines: Mutex<HashMap<String, Line>>,
 }
 
-struct SharedBars(Arc<Bars>);
-
-impl Observer for SharedBars {
+impl Observer for Bars {
     fn event(&self, e: &Event<'_>) {
-        self.0.event(e)
+        self.draw(e)
     }
 }
 
@@ -149,7 +176,7 @@ impl Bars {
         let _ = self.multi.println(text);
     }
 
-    fn event(&self, e: &Event<'_>) {
+    fn draw(&self, e: &Event<'_>) {
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         match *e {
             Event::Start {

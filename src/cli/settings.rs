@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches};
@@ -12,11 +12,16 @@ use xckpt::layer::LayerKey;
 
 use super::Cli;
 
-static CONFIG: OnceLock<Config> = OnceLock::new();
+/// The configuration of the command running now (`xckpt serve` runs one after another).
+static CONFIG: RwLock<Option<Arc<Config>>> = RwLock::new(None);
 
 /// The configuration read by [`parse`] (empty if there is no file).
-pub fn config() -> &'static Config {
-    CONFIG.get_or_init(Config::default)
+pub fn config() -> Arc<Config> {
+    CONFIG
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_default()
 }
 
 /// The value of `--config` (or `--config=`) in `args`, or of `XCKPT_CONFIG`, before clap
@@ -41,7 +46,12 @@ fn config_arg(args: &[OsString]) -> Option<PathBuf> {
 /// Parse the command line with the configuration file's defaults (exits on `--help` and on
 /// usage errors, as clap does).
 pub fn parse() -> anyhow::Result<Cli> {
-    let args: Vec<OsString> = std::env::args_os().collect();
+    try_parse(std::env::args_os().collect())?.map_err(|e| e.exit())
+}
+
+/// Parse `args` (the program's name first) with the configuration file's defaults; a usage
+/// error, `--help` or `--version` is clap's error, for the caller to print.
+pub fn try_parse(args: Vec<OsString>) -> anyhow::Result<Result<Cli, clap::Error>> {
     let explicit = config_arg(&args);
     let config = match Config::locate(explicit.as_deref()) {
         Some(path) => Config::load(&path)?,
@@ -51,10 +61,13 @@ pub fn parse() -> anyhow::Result<Cli> {
     if let Some(store) = &config.store {
         cmd = with_store_default(cmd, store);
     }
-    let matches = cmd.get_matches_from(args);
+    let matches = match cmd.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
     let cli = Cli::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _ = CONFIG.set(config);
-    Ok(cli)
+    *CONFIG.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));
+    Ok(Ok(cli))
 }
 
 /// `cmd` with the default of every `--store` set to `store`.

@@ -431,8 +431,8 @@ fn stream_json(s: &xckpt::stream::StreamStats) -> serde_json::Value {
         }, "page_records": s.page_records,
         // This process's CPU (ms, all threads) and minor faults in each phase.
         "usage": phase_usage_json(&s.timings.usage),
-        // CPU seconds the frames' decoding took, over every thread of this process.
-        "decode_cpu_s": xckpt::layer::decode_cost(),
+        // CPU seconds the frames' decoding took, over every thread of this command.
+        "decode_cpu_s": super::cputime::decode_cost(),
     })
 }
 

@@ -106,16 +106,7 @@ fn ensure_signal_thread() -> Result<(), HvError> {
 fn on_signal(signo: i32) {
     let seen = SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst) + 1;
     let mut reg = registry();
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    for (_, dom) in reg.paused.drain(..) {
-        match unpause_with_retries(&*dom) {
-            Ok(()) => eprintln!("xckpt: signal {signo}: unpaused domain {}", dom.name()),
-            Err(e) => eprintln!(
-                "xckpt: signal {signo}: {e}; unpause it by hand (`xl unpause {}`)",
-                dom.name()
-            ),
-        }
-    }
+    unpause_all(&mut reg, &format!("signal {signo}"));
     if !FLAG_MODE.load(Ordering::SeqCst) || seen >= 2 {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
@@ -123,6 +114,43 @@ fn on_signal(signo: i32) {
         std::process::exit(128 + signo);
     }
     drop(reg);
+}
+
+/// Set [`interrupted`] and unpause every registered domain, each with a line on stderr that
+/// starts with `why`.
+fn unpause_all(reg: &mut Registry, why: &str) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    for (_, dom) in reg.paused.drain(..) {
+        // Not `eprintln!`, which panics where stderr is gone (a served command's client):
+        // the next domain must still be unpaused.
+        let _ = match unpause_with_retries(&*dom) {
+            Ok(()) => writeln!(
+                std::io::stderr(),
+                "xckpt: {why}: unpaused domain {}",
+                dom.name()
+            ),
+            Err(e) => writeln!(
+                std::io::stderr(),
+                "xckpt: {why}: {e}; unpause it by hand (`xl unpause {}`)",
+                dom.name()
+            ),
+        };
+    }
+}
+
+/// Interrupt the command running in this process as a first SIGINT would in flag mode, from
+/// inside it (`xckpt serve`, whose client went away): set [`interrupted`] and unpause every
+/// registered domain. The process goes on.
+pub fn interrupt(why: &str) {
+    unpause_all(&mut registry(), why);
+}
+
+/// Forget an interruption, before the next command of a process that runs one after another
+/// (`xckpt serve`). A domain paused meanwhile was unpaused by the interruption itself.
+pub fn reset_interrupted() {
+    let _reg = registry();
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    SIGNALS_SEEN.store(0, Ordering::SeqCst);
 }
 
 fn unpause_with_retries(dom: &dyn Domain) -> Result<(), HvError> {
