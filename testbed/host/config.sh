@@ -29,6 +29,7 @@ XEN_LOGLVL=${XEN_LOGLVL:-warning}
 XEN_EXTRA=${XEN_EXTRA:-}         # appended to the Xen command line
 DOM0_EXTRA=${DOM0_EXTRA:-}       # appended to the dom0 kernel command line
 GUEST_EXTRA=${GUEST_EXTRA:-}     # appended to every test guest's kernel command line
+TB_SERVICE=${TB_SERVICE:-1}     # 1: xckpt serve runs in dom0 as xckpt.service would (0: every command its own process)
 XENSTORED=${XENSTORED:-xenstored}
 NOREBOOT=${NOREBOOT:-}           # "noreboot": keep Xen up after a dom0 crash (debug only)
 

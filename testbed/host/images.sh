@@ -199,7 +199,7 @@ build_dom0_run() {
     echo "TB_SCENARIOS=\"$*\""
     local k
     for k in RETRIES SCENARIO_TIMEOUT BOOT_TIMEOUT DOMU_MEM WL_MIB WL_RATE WL_PATTERN XENSTORED \
-             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS GUEST_EXTRA TB_BOOT; do
+             DEMO_REQUIRE_XCKPT TB_VARIANT GUEST_CPUS GUEST_EXTRA TB_BOOT TB_SERVICE; do
       echo "$k=\"${!k}\""
     done
     # Extra settings of one boot (testbed/run pair: TB_PAIR_HOST=1 or 2).

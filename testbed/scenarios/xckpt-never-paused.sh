@@ -1,4 +1,4 @@
-# about: faults confirmed where aimed (failpoint log): SIGKILL-like abort right after the pause, SIGTERM during pre-copy, a full store during the write of a third layer: the domain runs within 1 s each time, the exit codes are the documented ones, both chains verify, hold no temp files and restore bad=0, and the next incremental after each fault restores bad=0
+# about: faults confirmed where aimed (failpoint log): SIGKILL-like abort right after the pause, SIGTERM during pre-copy, a full store during the write of a third layer, the resident service aborting right after the pause of a served checkpoint: the domain runs within 1 s each time, the exit codes are the documented ones, both chains verify, hold no temp files and restore bad=0, and the next incremental after each fault restores bad=0
 . /testbed/xckpt.sh
 G=xnp
 fresh_guest pvh "$G"
@@ -110,7 +110,34 @@ ck "$G"; NEXT_KIND=$(ck_json .layer.kind)
 rs "$G" "$G"
 rs "$G" "$G@2"
 no_temps "$SMALL/$G"
+
+# 4. The resident service dies (abort, as kill -9) right after pausing the domain for a served
+#    checkpoint: the watchdog, a process of its own, resumes it, and the client says the service
+#    ended and exits 1. A second service on a socket of its own, the crash point in its own
+#    environment (a client never hands its crash points over: it runs such a command itself).
+SVC=/run/xckpt-np/service.sock
+rm -f "$FPLOG"; m=$(mark "$G")
+XCKPT_FAILPOINT=capture.paused XCKPT_FAILPOINT_LOG=$FPLOG xckpt serve --socket "$SVC" \
+  > "$TBW/np-serve.log" 2>&1 < /dev/null & spid=$!
+i=0
+until [ -S "$SVC" ] || [ $i -ge 200 ]; do sleep 0.1; i=$((i + 1)); done
+[ -S "$SVC" ] || fail "a second xckpt service did not start: $(tail -n 1 "$TBW/np-serve.log")"
+XCKPT_SERVICE=$SVC xckpt checkpoint --store "$STORE" "$G" > "$TBW/np.out" 2>&1; SVC_CLIENT_RC=$?
+wait "$spid"; SVC_RC=$?
+cat "$TBW/np.out"
+[ "$SVC_RC" = 134 ] || fail "the service at failpoint capture.paused exited $SVC_RC, not 134 (SIGABRT)"
+[ "$(tail -n 1 "$FPLOG" 2>/dev/null)" = capture.paused ] ||
+  fail "the service's abort did not come at capture.paused (failpoint log ends: $(tail -n 2 "$FPLOG" 2>/dev/null | tr '\n' ' '))"
+running_within "$G" 1 || fail "domain $G still stopped 1 s after the service died"
+SVC_MS=$RUN_MS; nums SVC_MS
+[ "$SVC_CLIENT_RC" = 1 ] || fail "the client of the dead service exited $SVC_CLIENT_RC, not 1"
+grep -q "ended before the command did" "$TBW/np.out" ||
+  fail "the client did not say the service ended: $(tail -n 1 "$TBW/np.out")"
+wait_ticks "$G" 2 60 "$m" || fail "workload of $G stopped after the service died"
+check_bad "$G" "$m" || fail "workload of $G saw bad pages after the service died"
+xckpt verify --store "$STORE" "$G" || fail "the chain does not verify after the service died while paused"
+no_temps "$SMALL/$G"
 destroy_guest "$G"
 STORE=/var/lib/xckpt
 umount "$SMALL"; CLEANUP=""
-pass "kill_rc=134 kill_failpoint=capture.paused kill_stopped_resume_ms=$KILL_MS kill_guest_gap_ms=$KILL_GAP sigterm_rc=$TERM_RC sigterm_resume_ms=$TERM_MS sigterm_after=$TERM_AT enospc_reported=1 enospc_after=$NOSPC_AT enospc_chain_layers=2 enospc_chain_verified=1 temp_files=0 next_after_enospc=$NEXT_KIND full_sweeps=$(sweep_cost) bad=0"
+pass "kill_rc=134 kill_failpoint=capture.paused kill_stopped_resume_ms=$KILL_MS kill_guest_gap_ms=$KILL_GAP sigterm_rc=$TERM_RC sigterm_resume_ms=$TERM_MS sigterm_after=$TERM_AT enospc_reported=1 enospc_after=$NOSPC_AT enospc_chain_layers=2 enospc_chain_verified=1 service_abort_rc=$SVC_RC service_client_rc=$SVC_CLIENT_RC service_stopped_resume_ms=$SVC_MS temp_files=0 next_after_enospc=$NEXT_KIND full_sweeps=$(sweep_cost) bad=0"
