@@ -51,7 +51,9 @@ impl Service {
 
     fn command(&self, args: &[&str], through: bool) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_xckpt"));
+        // Another XCKPT_ variable (tools/test-all exports XCKPT_PROFILE) changes nothing.
         c.args(args)
+            .env("XCKPT_PROFILE", "ci")
             .env_remove("XCKPT_STORE")
             .env_remove("XCKPT_CONFIG")
             .env_remove("XCKPT_FAILPOINT")

@@ -10,8 +10,7 @@
 //!
 //! The command runs here instead, as before, when no service listens, when it is busy with
 //! another command, with `XCKPT_SERVICE=off`, for `--help`, `--version` and `--slurm`, and when
-//! the environment holds an `XCKPT_` variable the service does not take over (the crash points
-//! of the tests among them). If this process ends while the service runs its command (Ctrl-C),
+//! the environment sets a crash point of the tests ([`RUN_HERE`]). If this process ends while the service runs its command (Ctrl-C),
 //! the service interrupts the command as a SIGINT would interrupt it here: a paused domain is
 //! unpaused at once.
 
@@ -57,6 +56,10 @@ pub const FORWARDED: &[&str] = &[
     "CLICOLOR_FORCE",
     "COLUMNS",
 ];
+
+/// The environment variables that keep a command in its own process: the crash points of the
+/// tests, which end the process they fire in.
+const RUN_HERE: &[&str] = &[xckpt::failpoint::ENV, xckpt::failpoint::LOG_ENV];
 
 /// Options of the whole command line that take a value (before the verb).
 const GLOBAL_WITH_VALUE: &[&str] = &["--config", "--progress"];
@@ -123,7 +126,7 @@ fn request() -> Option<Request> {
         let (k, v) = (k.into_string().ok()?, v.into_string().ok());
         if FORWARDED.contains(&k.as_str()) {
             env.insert(k, v?);
-        } else if k.starts_with("XCKPT_") {
+        } else if RUN_HERE.contains(&k.as_str()) {
             return None;
         }
     }
