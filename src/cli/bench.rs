@@ -98,16 +98,22 @@ struct BenchResult {
     workload: String,
     threads: usize,
     compress: String,
-    /// Wall time of the base checkpoint, everything `xckpt checkpoint` does, less the sim's
-    /// ground-truth snapshot in its pause (`layers[0].observer_ms`).
+    /// Wall time of a base checkpoint, everything `xckpt checkpoint` does, less the sim's
+    /// ground-truth snapshot in its pause: the median of `full_capture_samples_s`.
     full_capture_s: f64,
+    /// The chain's base (`layers[0]`), then a base on a new chain after each later xl-like
+    /// save, the workload writing throughout.
+    full_capture_samples_s: Vec<f64>,
     full_capture_gbps: f64,
     /// The same memory written raw to a file on the store's file system and fsynced (what
-    /// `xl save` does), in this run.
+    /// `xl save` does): the median of `xl_like_save_samples_s`, each taken right before a
+    /// base of `full_capture_samples_s`.
     xl_like_save_s: f64,
-    /// Thread seconds per GB of guest memory of each stage of the base capture.
+    xl_like_save_samples_s: Vec<f64>,
+    /// Thread seconds per GB of guest memory of each stage of the chain's base capture.
     cpu_s_per_gb: CpuPerGb,
-    /// full_capture_s <= 1.0 x xl_like_save_s.
+    /// full_capture_s <= 1.0 x xl_like_save_s (medians of three interleaved samples a side);
+    /// false when a sample is not a number of seconds above zero.
     capture_within_xl_like: bool,
     /// Dead copies <= 5% of every layer's pages.
     dead_within_5pct: bool,
@@ -146,9 +152,14 @@ impl Taken {
 /// baselines with the restore.
 struct Measured {
     limits: limits::Limits,
-    xl_like_save_s: f64,
+    /// The xl-like saves and the bases on new chains after the chain's own, interleaved.
+    xl_like_save_samples_s: Vec<f64>,
+    more_capture_samples_s: Vec<f64>,
     restore: super::bench_restore::RestoreFigures,
 }
+
+/// Samples of each side of the capture check (the chain's base is the first xckpt sample).
+const CAPTURE_SAMPLES: usize = 3;
 
 /// Thread seconds per GB of guest memory, per capture stage.
 #[derive(Debug, Serialize)]
@@ -211,33 +222,55 @@ impl BenchCmd {
             &store_dir,
         )
         .with_context(|| format!("measuring limits in {}", store_dir.display()))?;
-        let xl_like = xl_like_save(&dom, &store_dir)
-            .with_context(|| format!("xl-like save into {}", store_dir.display()))?;
+        let xl_like = |n: usize| {
+            xl_like_save(&dom, &store_dir)
+                .with_context(|| format!("xl-like save {n} into {}", store_dir.display()))
+        };
+        let take = |chain: &xckpt::store::Chain, what: &str| {
+            let observed = dom.auto_truth_time();
+            let t = Instant::now();
+            // Exactly what `xckpt checkpoint` runs.
+            let mut stop = SoloStop::new(dom.clone(), xckpt::disk::DiskPlan::default());
+            let report = super::xenverbs::take_checkpoint(&dom, chain, &opts, &mut stop)
+                .with_context(|| what.to_string())?;
+            anyhow::Ok(Taken {
+                report,
+                wall: t.elapsed(),
+                observer: dom.auto_truth_time().saturating_sub(observed),
+            })
+        };
         dom.start_workload()?;
+        let mut xl_like_save_samples_s = vec![xl_like(1)?];
         let mut reports = Vec::new();
         for i in 0..self.checkpoints {
             if i > 0 {
                 std::thread::sleep(Duration::from_secs_f64(self.interval));
             }
-            let observed = dom.auto_truth_time();
-            let t = Instant::now();
-            // Exactly what `xckpt checkpoint` runs.
-            let mut stop = SoloStop::new(dom.clone(), xckpt::disk::DiskPlan::default());
-            let report = super::xenverbs::take_checkpoint(&dom, &chain, &opts, &mut stop)
-                .with_context(|| format!("checkpoint {}", i + 1))?;
-            reports.push(Taken {
-                report,
-                wall: t.elapsed(),
-                observer: dom.auto_truth_time().saturating_sub(observed),
-            });
+            reports.push(take(&chain, &format!("checkpoint {}", i + 1))?);
+        }
+        // The capture check's later samples, interleaved: an xl-like save, then a base on a
+        // chain of its own, the workload still writing. Those chains are removed after the
+        // restore's samples, which freeing their blocks meanwhile would disturb.
+        let mut more_capture_samples_s = Vec::new();
+        let mut samples_chains = Vec::new();
+        for n in 2..=CAPTURE_SAMPLES {
+            xl_like_save_samples_s.push(xl_like(n)?);
+            let name = format!("bench-sample-{n}");
+            let taken = take(&store.chain(&name)?, &format!("base sample {n}"))?;
+            more_capture_samples_s.push(taken.net(taken.wall).as_secs_f64());
+            samples_chains.push(store_dir.join(&name));
         }
         dom.stop_workload();
         let failures = verify_layers(&dom, &store, &reports)?;
         let mem = dom.sim_config().pfn_count * PAGE_SIZE as u64;
         let restore = super::bench_restore::measure(&store, "bench", mem)?;
+        for dir in samples_chains {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
         let measured = Measured {
             limits,
-            xl_like_save_s: xl_like,
+            xl_like_save_samples_s,
+            more_capture_samples_s,
             restore,
         };
         let result = self.result(&dom, measured, &reports, failures, &opts);
@@ -247,6 +280,9 @@ impl BenchCmd {
             print_table(&result);
         }
         if let Err(e) = result.restore.check() {
+            eprintln!("xckpt: {e}");
+        }
+        if let Err(e) = result.capture_samples() {
             eprintln!("xckpt: {e}");
         }
         Ok(if !result.verified {
@@ -299,12 +335,17 @@ impl BenchCmd {
     ) -> BenchResult {
         let Measured {
             limits,
-            xl_like_save_s,
+            xl_like_save_samples_s,
+            more_capture_samples_s,
             restore,
         } = measured;
         let mem_bytes = dom.sim_config().pfn_count * PAGE_SIZE as u64;
         let base = &reports[0].report;
-        let full_capture_s = reports[0].net(reports[0].wall).as_secs_f64();
+        let mut full_capture_samples_s = vec![reports[0].net(reports[0].wall).as_secs_f64()];
+        full_capture_samples_s.extend(more_capture_samples_s);
+        let median = super::bench_restore::median;
+        let full_capture_s = median(&full_capture_samples_s);
+        let xl_like_save_s = median(&xl_like_save_samples_s);
         let full_capture_gbps = mem_bytes as f64 / full_capture_s / 1e9;
         // The base's compression: encoded bytes over raw bytes of the pages it wrote.
         let ratio = base.stored_bytes as f64 / base.raw_bytes.max(1) as f64;
@@ -349,17 +390,19 @@ impl BenchCmd {
             compress: st.compress_s / gb,
             write: st.write_s / gb,
         };
-        BenchResult {
+        let mut r = BenchResult {
             mem_bytes,
             dirty_rate_bytes: self.dirty_rate,
             workload: format!("{:?}", self.workload).to_lowercase(),
             threads: opts.threads,
             compress: opts.encoding().to_string(),
             full_capture_s,
+            full_capture_samples_s,
             full_capture_gbps,
             xl_like_save_s,
+            xl_like_save_samples_s,
             cpu_s_per_gb,
-            capture_within_xl_like: full_capture_s <= xl_like_save_s,
+            capture_within_xl_like: false,
             dead_within_5pct: dead_ok,
             limit_gbps: limits.limit_gbps,
             capture_over_limit: full_capture_gbps / limits.limit_gbps,
@@ -371,7 +414,22 @@ impl BenchCmd {
             verify_failures: failures,
             restore_within_bound: restore.check().unwrap_or(false),
             restore,
-        }
+        };
+        r.capture_within_xl_like = r.capture_samples().is_ok() && full_capture_s <= xl_like_save_s;
+        r
+    }
+}
+
+impl BenchResult {
+    /// `Err` naming a sample of the capture check that is not a number of seconds above zero.
+    fn capture_samples(&self) -> Result<(), String> {
+        super::bench_restore::numbers_of_seconds(
+            "capture",
+            [
+                ("full_capture_samples_s", &self.full_capture_samples_s),
+                ("xl_like_save_samples_s", &self.xl_like_save_samples_s),
+            ],
+        )
     }
 }
 
@@ -425,11 +483,14 @@ fn print_table(r: &BenchResult) {
         l.memcpy_gbps, l.zstd_gbps, l.zstd_ratio, l.write_gbps, l.limit_gbps, l.bound_by
     );
     println!(
-        "full capture: {:.2} s, {:.2} GB/s = {:.2} of the limit; xl-like save {:.2} s (within: {})",
+        "full capture: {:.2} s (median of {}), {:.2} GB/s = {:.2} of the limit; xl-like save \
+         {:.2} s (median of {}; within: {})",
         r.full_capture_s,
+        fmt_samples(&r.full_capture_samples_s),
         r.full_capture_gbps,
         r.capture_over_limit,
         r.xl_like_save_s,
+        fmt_samples(&r.xl_like_save_samples_s),
         r.capture_within_xl_like
     );
     let c = &r.cpu_s_per_gb;
@@ -464,4 +525,13 @@ fn print_table(r: &BenchResult) {
         println!("  {f}");
     }
     super::bench_restore::print(&r.restore, r.restore_within_bound);
+}
+
+/// Samples as `0.52, 0.61, 0.58`.
+fn fmt_samples(samples: &[f64]) -> String {
+    samples
+        .iter()
+        .map(|s| format!("{s:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -71,29 +71,39 @@ impl RestoreFigures {
     /// The restore check: `Ok(restore_s <= 1.5 x xl_like_restore_s)`, or `Err` naming the
     /// sample that is not a number of seconds (not finite, or not above zero).
     pub fn check(&self) -> Result<bool, String> {
-        for (side, samples) in [
-            ("restore_samples_s", &self.restore_samples_s),
-            ("xl_like_restore_samples_s", &self.xl_like_restore_samples_s),
-        ] {
-            if samples.is_empty() {
-                return Err(format!("restore check failed: {side} is empty"));
-            }
-            if let Some((i, s)) = samples
-                .iter()
-                .enumerate()
-                .find(|(_, s)| !(s.is_finite() && **s > 0.0))
-            {
-                return Err(format!(
-                    "restore check failed: {side}[{i}] is {s}, not a number of seconds above zero"
-                ));
-            }
-        }
+        numbers_of_seconds(
+            "restore",
+            [
+                ("restore_samples_s", &self.restore_samples_s),
+                ("xl_like_restore_samples_s", &self.xl_like_restore_samples_s),
+            ],
+        )?;
         Ok(self.restore_over_xl_like <= RESTORE_OVER_XL_LIKE_MAX)
     }
 }
 
+/// `Err` naming the first sample of either side of check `what` that is not a number of
+/// seconds above zero, or the side that has none.
+pub fn numbers_of_seconds(what: &str, sides: [(&str, &[f64]); 2]) -> Result<(), String> {
+    for (side, samples) in sides {
+        if samples.is_empty() {
+            return Err(format!("{what} check failed: {side} is empty"));
+        }
+        if let Some((i, s)) = samples
+            .iter()
+            .enumerate()
+            .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+        {
+            return Err(format!(
+                "{what} check failed: {side}[{i}] is {s}, not a number of seconds above zero"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The median of `samples` (the mean of the middle two for an even count; NaN when empty).
-fn median(samples: &[f64]) -> f64 {
+pub fn median(samples: &[f64]) -> f64 {
     let mut v = samples.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
