@@ -482,15 +482,16 @@ fn print_table(r: &BenchResult) {
         "limits: memcpy {:.2} GB/s, zstd {:.2} GB/s (ratio {:.2}), write {:.2} GB/s -> {:.2} GB/s ({})",
         l.memcpy_gbps, l.zstd_gbps, l.zstd_ratio, l.write_gbps, l.limit_gbps, l.bound_by
     );
+    let (clo, chi) = super::bench_restore::range(&r.full_capture_samples_s);
+    let (xlo, xhi) = super::bench_restore::range(&r.xl_like_save_samples_s);
     println!(
-        "full capture: {:.2} s (median of {}), {:.2} GB/s = {:.2} of the limit; xl-like save \
-         {:.2} s (median of {}; within: {})",
+        "full capture: median {:.2} s ({clo:.2}-{chi:.2}), {:.2} GB/s = {:.2} of the limit; \
+         xl-like save median {:.2} s ({xlo:.2}-{xhi:.2}); {} samples each (within: {})",
         r.full_capture_s,
-        fmt_samples(&r.full_capture_samples_s),
         r.full_capture_gbps,
         r.capture_over_limit,
         r.xl_like_save_s,
-        fmt_samples(&r.xl_like_save_samples_s),
+        r.full_capture_samples_s.len(),
         r.capture_within_xl_like
     );
     let c = &r.cpu_s_per_gb;
@@ -525,13 +526,4 @@ fn print_table(r: &BenchResult) {
         println!("  {f}");
     }
     super::bench_restore::print(&r.restore, r.restore_within_bound);
-}
-
-/// Samples as `0.52, 0.61, 0.58`.
-fn fmt_samples(samples: &[f64]) -> String {
-    samples
-        .iter()
-        .map(|s| format!("{s:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -114,7 +114,7 @@ pub fn median(samples: &[f64]) -> f64 {
 }
 
 /// The smallest and the largest of `samples`.
-fn range(samples: &[f64]) -> (f64, f64) {
+pub fn range(samples: &[f64]) -> (f64, f64) {
     samples
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &s| {

@@ -75,7 +75,7 @@ pub fn decode_cost() -> xckpt::layer::DecodeCost {
 }
 
 /// Seconds of `CLOCK_BOOTTIME` now.
-pub fn boottime_s() -> f64 {
+fn boottime_s() -> f64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
 }
