@@ -117,6 +117,75 @@ fn persistent_unpause_failure_is_reported_not_panicked() {
     assert_eq!(d.unpauses.load(Ordering::SeqCst), 8);
 }
 
+/// A domain whose checks before a pause are counted, and refuse when `refuse` is set.
+struct Checked {
+    inner: SimDomain,
+    refuse: bool,
+    checks: AtomicU32,
+    checked_while_paused: AtomicU32,
+}
+
+impl Domain for Checked {
+    fn info(&self) -> Result<DomainInfo, HvError> {
+        self.inner.info()
+    }
+    fn before_pause(&self) -> Result<(), HvError> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        if self.inner.info()?.paused {
+            self.checked_while_paused.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.refuse {
+            return Err(HvError::op("checked", "checkpoint", "being saved by xl"));
+        }
+        Ok(())
+    }
+    fn pause(&self) -> Result<(), HvError> {
+        self.inner.pause()
+    }
+    fn unpause(&self) -> Result<(), HvError> {
+        self.inner.unpause()
+    }
+    fn name(&self) -> String {
+        "checked".into()
+    }
+}
+
+fn checked(refuse: bool) -> Arc<Checked> {
+    Arc::new(Checked {
+        inner: SimDomain::new(SimConfig::small(16)).unwrap(),
+        refuse,
+        checks: AtomicU32::new(0),
+        checked_while_paused: AtomicU32::new(0),
+    })
+}
+
+#[test]
+fn checks_run_before_the_pause_and_a_refusal_pauses_nothing() {
+    let ok = checked(false);
+    PauseGuard::pause(ok.clone()).unwrap().resume().unwrap();
+    assert_eq!(ok.checks.load(Ordering::SeqCst), 1);
+    assert_eq!(ok.checked_while_paused.load(Ordering::SeqCst), 0);
+
+    let no = checked(true);
+    let e = PauseGuard::pause(no.clone()).unwrap_err();
+    assert!(e.to_string().contains("being saved by xl"), "{e}");
+    assert!(!no.inner.info().unwrap().paused);
+
+    // A group: every member checked while running; the refused one is not paused, the others
+    // are, and their guards unpause them.
+    let (a, b) = (checked(false), checked(false));
+    let members: Vec<Arc<dyn Domain>> = vec![a.clone(), no.clone(), b.clone()];
+    let guards = PauseGuard::pause_all(members);
+    assert!(guards[0].is_ok() && guards[1].is_err() && guards[2].is_ok());
+    assert!(!no.inner.info().unwrap().paused);
+    assert!(a.inner.info().unwrap().paused && b.inner.info().unwrap().paused);
+    for d in [&a, &b] {
+        assert_eq!(d.checked_while_paused.load(Ordering::SeqCst), 0);
+    }
+    drop(guards);
+    assert!(!a.inner.info().unwrap().paused && !b.inner.info().unwrap().paused);
+}
+
 // ---- signals, in child processes ----
 
 /// A domain that prints a line from its unpause path.

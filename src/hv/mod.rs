@@ -213,6 +213,12 @@ impl HvError {
 pub trait Domain: Send + Sync {
     /// Current facts about the domain.
     fn info(&self) -> Result<DomainInfo, HvError>;
+    /// What must be checked or made ready before a pause, while the guest still runs (no
+    /// concurrent save, a watchdog): [`pause::PauseGuard`] calls it first and counts the
+    /// downtime from after it. Default: nothing.
+    fn before_pause(&self) -> Result<(), HvError> {
+        Ok(())
+    }
     /// Pause all vCPUs (and writers). Prefer [`pause::PauseGuard`], which always unpauses.
     fn pause(&self) -> Result<(), HvError>;
     /// Undo one [`Domain::pause`].

@@ -2,8 +2,9 @@
 //!
 //! [`PauseGuard::pause`] pauses a domain and registers it in a process-wide registry;
 //! [`PauseGuard::resume`] (or dropping the guard, also while a panic unwinds) unpauses it,
-//! retrying a failed unpause a few times. The measured downtime runs from the instant `pause`
-//! returned to the instant `unpause` returned.
+//! retrying a failed unpause a few times. The measured downtime runs from the pause request (after
+//! [`Domain::before_pause`], whose checks run while the guest still does) to the instant
+//! `unpause` returned.
 //!
 //! Signals. The first guard lazily starts a signal thread (signal-hook's iterator) for SIGINT
 //! and SIGTERM. What it does depends on the mode:
@@ -183,6 +184,7 @@ impl PauseGuard {
         if let Err(e) = ensure_signal_thread() {
             eprintln!("xckpt: warning: {e}");
         }
+        dom.before_pause()?;
         let mut reg = registry();
         if interrupted() {
             return Err(HvError::op(
@@ -205,6 +207,8 @@ impl PauseGuard {
         if let Err(e) = ensure_signal_thread() {
             eprintln!("xckpt: warning: {e}");
         }
+        // Every member's checks first, so that they add nothing to the skew between pauses.
+        let ready: Vec<Result<(), HvError>> = doms.iter().map(|d| d.before_pause()).collect();
         let mut reg = registry();
         if interrupted() {
             return doms
@@ -221,8 +225,10 @@ impl PauseGuard {
         let paused: Vec<Result<(Instant, Instant), HvError>> = std::thread::scope(|s| {
             let threads: Vec<_> = doms
                 .iter()
-                .map(|d| {
+                .zip(ready)
+                .map(|(d, ready)| {
                     s.spawn(move || {
+                        ready?;
                         let asked = Instant::now();
                         d.pause().map(|()| (asked, Instant::now()))
                     })
@@ -298,8 +304,8 @@ impl PauseGuard {
         &self.dom
     }
 
-    /// Unpause and return the downtime: from the pause request to the unpause's return. The
-    /// guest stops somewhere inside the pause call, which waits until every vCPU is off its
+    /// Unpause and return the downtime: from the pause request (after [`Domain::before_pause`])
+    /// to the unpause's return. The guest stops somewhere inside the pause call, which waits until every vCPU is off its
     /// CPU (under the test bed's TCG 40-100 ms for a PVH guest, about 235 ms for an HVM one),
     /// so the figure counts that call whole rather than none of it. The guest may still see a
     /// little more: its vCPU runs again some time after the unpause returns.

@@ -126,10 +126,16 @@ tick_max() {
   ticks "$1" "$2" | tr ' ' '\n' | sed -n "s/^$3=//p" |
     awk 'BEGIN{m=0} {if ($1+0 > m) m=$1+0} END{printf "%d", m + 0.5}'
 }
-# guest_gap NAME MARK: the longest pause the guest saw after MARK (CLOCK_BOOTTIME, ms).
-guest_gap() { tick_max "$1" "$2" gap_ms; }
+# settle NAME: wait for a TICK of NAME printed after now (at most 60 s). A stop's gap is in the
+# first TICK after the guest runs again, up to a tick (1 s) later: read at once after what
+# stopped it, the lines there are may all predate the stop (a CI run read 21 ms beside a
+# 151 ms pause that way). Fails if none comes.
+settle() { wait_ticks "$1" 1 60 "$(mark "$1")"; }
+# guest_gap NAME MARK: the longest pause the guest saw after MARK (CLOCK_BOOTTIME, ms), once
+# settled: call it after the stop. Empty (and fails) if the guest printed no TICK since.
+guest_gap() { settle "$1" && tick_max "$1" "$2" gap_ms; }
 # guest_mgap NAME MARK: the same on CLOCK_MONOTONIC (does not count save/restore suspends).
-guest_mgap() { tick_max "$1" "$2" mgap_ms; }
+guest_mgap() { settle "$1" && tick_max "$1" "$2" mgap_ms; }
 # check_bad NAME MARK: succeeds if the workload reported no corrupted page after MARK.
 # A failure records the cause `verdict` (see set_cause).
 check_bad() {

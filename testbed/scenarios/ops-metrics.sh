@@ -33,7 +33,8 @@ for n in 1 2; do
   LINE=$(grep -a "^$G: layer" "$TBW/.out" | tail -n 1); note "$LINE"
   wait_ticks "$G" 2 60 "$m" || fail "workload of $G stopped after run $n"
   check_bad "$G" "$m" || fail "bad pages after run $n"
-  GAP=$(guest_gap "$G" "$m")
+  GAP=$(guest_gap "$G" "$m") && num "$GAP" || fail "run $n: the guest printed no gap after the run: '$GAP'"
+  GAPS="${GAPS:+$GAPS,}$GAP"
   [ -f "$PROM" ] || fail "run $n left no $PROM"
   note "--- $PROM after run $n"; cat "$PROM"
   well_formed || fail "$PROM is not well-formed after run $n"
@@ -81,4 +82,4 @@ FAILS=$(metric xckpt_failures_total)
 # For the host side: the file between markers (tests/cli_metrics.rs parses it with prometheus-parse).
 echo "PROM-BEGIN"; sed 's/^/PROM| /' "$PROM"; echo "PROM-END"
 destroy_guest "$G"
-pass "layer_bytes=$OK_BYTES downtime_s=$OK_DOWN chain_layers=$OK_LAYERS chain_bytes=$OK_CBYTES failures_total=$FAILS run_s=$RUN_S failed_run_s=$FAIL_S"
+pass "layer_bytes=$OK_BYTES downtime_s=$OK_DOWN guest_gaps_ms=$GAPS chain_layers=$OK_LAYERS chain_bytes=$OK_CBYTES failures_total=$FAILS run_s=$RUN_S failed_run_s=$FAIL_S"

@@ -303,6 +303,17 @@ impl Domain for XenDomain {
         })
     }
 
+    /// No `xl save` / `xl migrate` of this domain runs, and its watchdog runs. The scan of
+    /// `/proc` may wait on the lock of a busy process's memory map (its command line is read
+    /// from its memory): it is no part of the downtime.
+    fn before_pause(&self) -> Result<(), HvError> {
+        if self.suspended.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.check_no_concurrent_save()?;
+        self.ensure_watchdog()
+    }
+
     /// Stops the guest at a consistent instant: a cooperative suspend (see `suspend.rs`), or
     /// a vCPU pause with `XenEnv::suspend` off. The watchdog is told first.
     fn pause(&self) -> Result<(), HvError> {
@@ -310,7 +321,7 @@ impl Domain for XenDomain {
             self.nested_stops.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
-        self.check_no_concurrent_save()?;
+        // Already done by `before_pause` when called through a pause guard: then only a lookup.
         self.ensure_watchdog()?;
         let how = if self.env.suspend {
             watchdog::SUSPENDING
