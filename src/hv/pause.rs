@@ -2,8 +2,8 @@
 //!
 //! [`PauseGuard::pause`] pauses a domain and registers it in a process-wide registry;
 //! [`PauseGuard::resume`] (or dropping the guard, also while a panic unwinds) unpauses it,
-//! retrying a failed unpause a few times. The measured downtime runs from the pause request (after
-//! [`Domain::before_pause`], whose checks run while the guest still does) to the instant
+//! retrying a failed unpause a few times. The measured downtime runs from the pause request
+//! (after [`Domain::before_pause`], whose checks run while the guest still does) to the instant
 //! `unpause` returned.
 //!
 //! Signals. The first guard lazily starts a signal thread (signal-hook's iterator) for SIGINT
@@ -305,10 +305,11 @@ impl PauseGuard {
     }
 
     /// Unpause and return the downtime: from the pause request (after [`Domain::before_pause`])
-    /// to the unpause's return. The guest stops somewhere inside the pause call, which waits until every vCPU is off its
-    /// CPU (under the test bed's TCG 40-100 ms for a PVH guest, about 235 ms for an HVM one),
-    /// so the figure counts that call whole rather than none of it. The guest may still see a
-    /// little more: its vCPU runs again some time after the unpause returns.
+    /// to the unpause's return. The guest stops somewhere inside the pause call, which waits
+    /// until every vCPU is off its CPU (under the test bed's TCG 40-100 ms for a PVH guest,
+    /// about 235 ms for an HVM one), so the figure counts that call whole rather than none of
+    /// it. The guest may still see a little more: its vCPU runs again some time after the
+    /// unpause returns.
     pub fn resume(mut self) -> Result<Duration, HvError> {
         self.released = true;
         self.release()?;

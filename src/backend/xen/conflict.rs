@@ -11,8 +11,8 @@ use std::path::Path;
 pub fn busy_with(proc_root: &Path, domid: u32, name: &str) -> Option<String> {
     let entries = std::fs::read_dir(proc_root).ok()?;
     let id = domid.to_string();
-    // Not this process: it is no `xl`, and reading its own command line would wait for its
-    // other threads' mappings of guest memory.
+    // Not this process: it is no `xl`, and its command line is read from its own memory, under
+    // the lock that its other threads' mappings of guest memory take.
     let own = std::process::id().to_string();
     for e in entries.flatten() {
         let pid = e.file_name();

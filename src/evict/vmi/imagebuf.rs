@@ -3,8 +3,8 @@
 //! The image spans more than the 32 MiB up to which glibc serves a block from its heaps, so a
 //! new buffer is a new mapping and every page read into it is faulted in afresh; in a PV dom0
 //! each fault is a trip through the hypervisor (2,287 of them, about 200 ms, in a base of the
-//! test bed's PVH guest). A process that takes one base after another (`xckpt serve`, a group)
-//! reuses the pages already there.
+//! test bed's PVH guest). A process that takes one base after another (`xckpt serve`) reuses
+//! the pages already there.
 //!
 //! What the search relies on is kept: a page of the buffer it did not read is zero.
 
