@@ -84,17 +84,6 @@ impl ImageCopy {
     }
 }
 
-impl Drop for ImageCopy {
-    /// The buffer goes back to the pool, with the pages read into it.
-    fn drop(&mut self) {
-        let (bytes, read) = (
-            std::mem::take(&mut self.bytes),
-            std::mem::take(&mut self.read),
-        );
-        super::imagebuf::IMAGES.give(bytes, read);
-    }
-}
-
 impl std::fmt::Debug for ImageCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let read = self.read.iter().filter(|&&r| r).count();
@@ -185,7 +174,7 @@ fn image_at(r: &mut Reader<'_>, root: u64) -> Result<Found, VmiError> {
     // last read-only page are about 18 MiB apart, and 8 MiB between them are read-only data.
     // The rest of the image only if the tables are not found there (a kernel that maps its
     // read-only data writable or executable).
-    let mut bytes = super::imagebuf::IMAGES.take(&rodata);
+    let mut bytes = vec![0u8; len as usize];
     let ro = page_runs(&rodata);
     // The pages about to be read, faulted in at once rather than page by page.
     for run in &ro {

@@ -27,7 +27,6 @@
 pub mod btf;
 pub mod classify;
 pub mod discover;
-pub mod imagebuf;
 pub mod kallsyms;
 pub mod layout;
 pub mod reader;
