@@ -282,7 +282,10 @@ impl BenchCmd {
         if let Err(e) = result.restore.check() {
             eprintln!("xckpt: {e}");
         }
-        if let Err(e) = result.capture_samples() {
+        if let Err(e) = capture_samples(
+            &result.full_capture_samples_s,
+            &result.xl_like_save_samples_s,
+        ) {
             eprintln!("xckpt: {e}");
         }
         Ok(if !result.verified {
@@ -346,6 +349,9 @@ impl BenchCmd {
         let median = super::bench_restore::median;
         let full_capture_s = median(&full_capture_samples_s);
         let xl_like_save_s = median(&xl_like_save_samples_s);
+        let capture_within_xl_like =
+            capture_samples(&full_capture_samples_s, &xl_like_save_samples_s).is_ok()
+                && full_capture_s <= xl_like_save_s;
         let full_capture_gbps = mem_bytes as f64 / full_capture_s / 1e9;
         // The base's compression: encoded bytes over raw bytes of the pages it wrote.
         let ratio = base.stored_bytes as f64 / base.raw_bytes.max(1) as f64;
@@ -390,7 +396,7 @@ impl BenchCmd {
             compress: st.compress_s / gb,
             write: st.write_s / gb,
         };
-        let mut r = BenchResult {
+        BenchResult {
             mem_bytes,
             dirty_rate_bytes: self.dirty_rate,
             workload: format!("{:?}", self.workload).to_lowercase(),
@@ -402,7 +408,7 @@ impl BenchCmd {
             xl_like_save_s,
             xl_like_save_samples_s,
             cpu_s_per_gb,
-            capture_within_xl_like: false,
+            capture_within_xl_like,
             dead_within_5pct: dead_ok,
             limit_gbps: limits.limit_gbps,
             capture_over_limit: full_capture_gbps / limits.limit_gbps,
@@ -414,23 +420,19 @@ impl BenchCmd {
             verify_failures: failures,
             restore_within_bound: restore.check().unwrap_or(false),
             restore,
-        };
-        r.capture_within_xl_like = r.capture_samples().is_ok() && full_capture_s <= xl_like_save_s;
-        r
+        }
     }
 }
 
-impl BenchResult {
-    /// `Err` naming a sample of the capture check that is not a number of seconds above zero.
-    fn capture_samples(&self) -> Result<(), String> {
-        super::bench_restore::numbers_of_seconds(
-            "capture",
-            [
-                ("full_capture_samples_s", &self.full_capture_samples_s),
-                ("xl_like_save_samples_s", &self.xl_like_save_samples_s),
-            ],
-        )
-    }
+/// `Err` naming a sample of the capture check that is not a number of seconds above zero.
+fn capture_samples(full_capture_s: &[f64], xl_like_save_s: &[f64]) -> Result<(), String> {
+    super::bench_restore::numbers_of_seconds(
+        "capture",
+        [
+            ("full_capture_samples_s", full_capture_s),
+            ("xl_like_save_samples_s", xl_like_save_s),
+        ],
+    )
 }
 
 /// Representative guest memory for the zstd measurement: the first 64 MiB of the sim.
